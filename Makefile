@@ -1,0 +1,50 @@
+# Krill — the two set-up commands are `make run` and `make test`.
+GO          ?= go
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME    ?= 5m
+BIN         := bin/krill
+
+.PHONY: build run test race bench bench-idle fuzz lint clean
+
+## build: a static binary (no cgo) in bin/krill
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/krill
+
+## run: the server on its embedded defaults (localhost, ./krill-data)
+run:
+	CGO_ENABLED=0 $(GO) run ./cmd/krill serve
+
+## test: formatting, vet and every test, integration tests included
+test:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+
+## race: the tests under the race detector (needs cgo, tests only)
+race:
+	CGO_ENABLED=1 $(GO) test -race -count=1 ./...
+
+## bench: micro-benchmarks and the idle-connection memory bench
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./timerwheel/ ./stanza/ ./sasl/ ./workpool/
+	$(MAKE) bench-idle
+
+## bench-idle: user-space bytes per idle connection at N=10,000
+bench-idle:
+	$(GO) test -run '^$$' -bench BenchmarkIdle -benchtime 1x -timeout 30m ./bench/
+
+## fuzz: each fuzz target for FUZZTIME
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzFramer$$' -fuzztime $(FUZZTIME) ./stanza/
+	$(GO) test -run '^$$' -fuzz '^FuzzScramServer$$' -fuzztime $(FUZZTIME) ./sasl/
+
+## lint: gofmt, go vet, staticcheck, go mod tidy
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	$(GO) mod tidy -diff
+
+clean:
+	rm -rf bin

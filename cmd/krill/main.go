@@ -1,0 +1,169 @@
+// Command krill runs the Krill XMPP server and manages its accounts.
+//
+//	krill serve [--config FILE] [--KEY=VALUE ...]
+//	krill user add JID [--password P]      (password from stdin when omitted)
+//	krill user add                         (bulk: "jid password" lines on stdin)
+//	krill user passwd JID [--password P]
+//	krill user remove JID
+//	krill user list
+//	krill config check [--config FILE]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/modules/disco"
+	"github.com/krill-xmpp/krill/modules/ping"
+	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/server"
+	"github.com/krill-xmpp/krill/storage"
+)
+
+const usage = `usage:
+  krill serve [--config FILE] [--KEY=VALUE ...]
+  krill user add JID [--password P] [--config FILE]
+  krill user add [--config FILE]          (bulk: "jid password" per line on stdin)
+  krill user passwd JID [--password P] [--config FILE]
+  krill user remove JID [--config FILE]
+  krill user list [--config FILE]
+  krill config check [--config FILE]
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run is main without the process: it returns the exit status.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(args[1:], stderr)
+	case "user":
+		err = userCmd(args[1:], stdin, stdout, stderr)
+	case "config":
+		if len(args) < 2 || args[1] != "check" {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		var cfg config.Config
+		if cfg, err = loadConfig("config check", args[2:], stderr); err == nil {
+			fmt.Fprintf(stdout, "configuration OK (domain %s)\n", cfg.Domain)
+		}
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "krill:", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+// loadConfig parses --config and per-key flags from args and loads the
+// configuration. Positional arguments are not allowed.
+func loadConfig(name string, args []string, stderr io.Writer) (config.Config, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "TOML configuration file (default: embedded defaults)")
+	config.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return config.Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config.Config{}, fmt.Errorf("%s: unexpected argument %q", name, fs.Arg(0))
+	}
+	return config.Load(*path, environ(), fs)
+}
+
+func newLogger(cfg config.Log) (*zap.Logger, error) {
+	var zc zap.Config
+	if cfg.Format == "json" {
+		zc = zap.NewProductionConfig()
+	} else {
+		zc = zap.NewDevelopmentConfig()
+		zc.DisableStacktrace = true
+		zc.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
+	}
+	lvl, err := zapcore.ParseLevel(cfg.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	return zc.Build()
+}
+
+func openStore(cfg config.Config) (*storage.SQL, error) {
+	return storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
+}
+
+// modules lists the feature modules, in order. The core imports none.
+func modules() []router.Module {
+	return []router.Module{
+		ping.Module{},
+		disco.Module{},
+	}
+}
+
+func serve(args []string, stderr io.Writer) error {
+	cfg, err := loadConfig("serve", args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	store, err := openStore(cfg)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	r := new(router.Router)
+	if err := r.Register(modules()...); err != nil {
+		return err
+	}
+	srv, err := server.New(cfg, log, store, r)
+	if err != nil {
+		return err
+	}
+	abs, _ := filepath.Abs(cfg.DataDir)
+	log.Info("starting krill", zap.String("domain", cfg.Domain), zap.String("data_dir", abs))
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	s := <-sig
+	log.Info("stopping", zap.Stringer("signal", s))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return srv.Stop(ctx)
+}
+
+// environ is os.Environ, a seam for tests.
+var environ = os.Environ

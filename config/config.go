@@ -1,0 +1,237 @@
+// Package config defines Krill's configuration: one struct with documented
+// defaults, loaded from a TOML file, KRILL_* environment variables and
+// command-line flags, in that order of precedence (flags win).
+//
+// Every key has exactly one name, used in all three places:
+//
+//	TOML:  [preauth] timeout = "5s"
+//	env:   KRILL_PREAUTH_TIMEOUT=5s
+//	flag:  --preauth.timeout=5s
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// Config is the whole server configuration. The zero value is not useful;
+// start from Default. A Config must not be modified once a server uses it.
+type Config struct {
+	// Domain is the XMPP domain this server hosts (one domain per server).
+	Domain string `koanf:"domain"`
+	// DataDir holds the embedded database and generated certificates.
+	DataDir string `koanf:"data_dir"`
+
+	C2S     C2S     `koanf:"c2s"`
+	Preauth Preauth `koanf:"preauth"`
+	TLS     TLS     `koanf:"tls"`
+	Log     Log     `koanf:"log"`
+	Server  Server  `koanf:"server"`
+}
+
+// C2S configures client-to-server listeners and authenticated sessions.
+type C2S struct {
+	// Listen is the STARTTLS/plain c2s listener address (host:port).
+	Listen string `koanf:"listen"`
+	// DirectTLSListen is the XEP-0368 direct TLS listener; empty disables it.
+	// Reserved until TLS support lands.
+	DirectTLSListen string `koanf:"direct_tls_listen"`
+	// AllowPlaintext permits authentication on connections without TLS.
+	AllowPlaintext bool `koanf:"allow_plaintext"`
+	// IdlePing is how long an authenticated session may stay silent before
+	// the server sends it an XEP-0199 ping. Zero disables pinging.
+	IdlePing time.Duration `koanf:"idle_ping"`
+	// PingTimeout is how long the server waits for any traffic after a
+	// ping before it closes the session with connection-timeout.
+	PingTimeout time.Duration `koanf:"ping_timeout"`
+	// MaxStanzaSize is the largest stanza an authenticated session may
+	// send, in bytes.
+	MaxStanzaSize int `koanf:"max_stanza_size"`
+	// MaxDepth is the deepest element nesting allowed in one stanza.
+	MaxDepth int `koanf:"max_depth"`
+}
+
+// Preauth configures the policy for connections that have not yet
+// authenticated and bound a resource.
+type Preauth struct {
+	// Timeout is the absolute deadline from accept: an unauthenticated
+	// connection is closed with connection-timeout when it expires,
+	// whatever it sends meanwhile.
+	Timeout time.Duration `koanf:"timeout"`
+	// MaxPerIP caps concurrent unauthenticated connections from one source
+	// address; 0 means no cap.
+	MaxPerIP int `koanf:"max_per_ip"`
+	// MaxTotal caps all concurrent unauthenticated connections; 0 means no cap.
+	MaxTotal int `koanf:"max_total"`
+	// MaxFailedAuth is how many failed SASL attempts a connection may make
+	// before it is closed with policy-violation.
+	MaxFailedAuth int `koanf:"max_failed_auth"`
+	// MaxStanzaSize is the largest element accepted before authentication,
+	// in bytes.
+	MaxStanzaSize int `koanf:"max_stanza_size"`
+	// MaxElements is the most elements one pre-auth element may contain,
+	// itself included.
+	MaxElements int `koanf:"max_elements"`
+}
+
+// TLS configures certificates. Reserved until TLS support lands.
+type TLS struct {
+	// Cert is a PEM certificate chain file.
+	Cert string `koanf:"cert"`
+	// Key is the PEM private key file for Cert.
+	Key string `koanf:"key"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is one of debug, info, warn, error.
+	Level string `koanf:"level"`
+	// Format is "console" (human-readable) or "json".
+	Format string `koanf:"format"`
+}
+
+// Server configures the reactor and the worker pool.
+type Server struct {
+	// EventLoops is the number of gnet event loops; 0 means one per CPU.
+	EventLoops int `koanf:"event_loops"`
+	// Workers is the number of goroutines that run blocking work (storage,
+	// password hashing) off the event loops.
+	Workers int `koanf:"workers"`
+	// WorkQueue is how many jobs may wait for a worker; when it is full,
+	// new work is refused with resource-constraint rather than queued.
+	WorkQueue int `koanf:"work_queue"`
+	// Tick is the timer-wheel resolution: deadlines fire at most one tick late.
+	Tick time.Duration `koanf:"tick"`
+}
+
+// Defaults, in one place. They are also the embedded configuration that
+// `krill serve` runs with when given no file.
+const (
+	DefaultDomain            = "localhost"
+	DefaultDataDir           = "./krill-data"
+	DefaultListen            = "127.0.0.1:5222"
+	DefaultDirectTLSListen   = "127.0.0.1:5223"
+	DefaultIdlePing          = 5 * time.Minute
+	DefaultPingTimeout       = 30 * time.Second
+	DefaultMaxStanzaSize     = 256 << 10
+	DefaultMaxDepth          = 64
+	DefaultPreauthTimeout    = 60 * time.Second
+	DefaultMaxPerIP          = 0
+	DefaultMaxTotal          = 0
+	DefaultMaxFailedAuth     = 3
+	DefaultPreauthStanzaSize = 8 << 10
+	DefaultPreauthElements   = 32
+	DefaultWorkers           = 8
+	DefaultWorkQueue         = 4096
+	DefaultTick              = 10 * time.Millisecond
+)
+
+// Default returns the configuration used when nothing is set.
+func Default() Config {
+	return Config{
+		Domain:  DefaultDomain,
+		DataDir: DefaultDataDir,
+		C2S: C2S{
+			Listen:          DefaultListen,
+			DirectTLSListen: DefaultDirectTLSListen,
+			AllowPlaintext:  true,
+			IdlePing:        DefaultIdlePing,
+			PingTimeout:     DefaultPingTimeout,
+			MaxStanzaSize:   DefaultMaxStanzaSize,
+			MaxDepth:        DefaultMaxDepth,
+		},
+		Preauth: Preauth{
+			Timeout:       DefaultPreauthTimeout,
+			MaxPerIP:      DefaultMaxPerIP,
+			MaxTotal:      DefaultMaxTotal,
+			MaxFailedAuth: DefaultMaxFailedAuth,
+			MaxStanzaSize: DefaultPreauthStanzaSize,
+			MaxElements:   DefaultPreauthElements,
+		},
+		Log:    Log{Level: "info", Format: "console"},
+		Server: Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick},
+	}
+}
+
+// Validate reports every problem in c at once, each naming its key and value.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key string, v any, why string) {
+		errs = append(errs, fmt.Errorf("%s: %s, got %v", key, why, v))
+	}
+	if c.Domain == "" {
+		bad("domain", `""`, "must not be empty")
+	} else if strings.ContainsAny(c.Domain, "@/ ") {
+		bad("domain", c.Domain, "must be a bare domain")
+	}
+	if c.DataDir == "" {
+		bad("data_dir", `""`, "must not be empty")
+	}
+	if _, _, err := net.SplitHostPort(c.C2S.Listen); err != nil {
+		bad("c2s.listen", c.C2S.Listen, "must be host:port")
+	}
+	if c.C2S.DirectTLSListen != "" {
+		if _, _, err := net.SplitHostPort(c.C2S.DirectTLSListen); err != nil {
+			bad("c2s.direct_tls_listen", c.C2S.DirectTLSListen, "must be host:port or empty")
+		}
+	}
+	if c.C2S.IdlePing < 0 {
+		bad("c2s.idle_ping", c.C2S.IdlePing, "must be >= 0")
+	}
+	if c.C2S.IdlePing > 0 && c.C2S.PingTimeout <= 0 {
+		bad("c2s.ping_timeout", c.C2S.PingTimeout, "must be > 0 while c2s.idle_ping is set")
+	}
+	if c.C2S.MaxStanzaSize < 1024 {
+		bad("c2s.max_stanza_size", c.C2S.MaxStanzaSize, "must be >= 1024")
+	}
+	if c.C2S.MaxDepth < 2 {
+		bad("c2s.max_depth", c.C2S.MaxDepth, "must be >= 2")
+	}
+	if c.Preauth.Timeout <= 0 {
+		bad("preauth.timeout", c.Preauth.Timeout, "must be > 0")
+	}
+	if c.Preauth.MaxPerIP < 0 {
+		bad("preauth.max_per_ip", c.Preauth.MaxPerIP, "must be >= 0")
+	}
+	if c.Preauth.MaxTotal < 0 {
+		bad("preauth.max_total", c.Preauth.MaxTotal, "must be >= 0")
+	}
+	if c.Preauth.MaxFailedAuth < 1 {
+		bad("preauth.max_failed_auth", c.Preauth.MaxFailedAuth, "must be >= 1")
+	}
+	if c.Preauth.MaxStanzaSize < 512 {
+		bad("preauth.max_stanza_size", c.Preauth.MaxStanzaSize, "must be >= 512")
+	}
+	if c.Preauth.MaxElements < 4 {
+		bad("preauth.max_elements", c.Preauth.MaxElements, "must be >= 4")
+	}
+	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
+		bad("tls.cert", c.TLS.Cert, "tls.cert and tls.key must be set together")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", c.Log.Level, "must be debug, info, warn or error")
+	}
+	switch c.Log.Format {
+	case "console", "json":
+	default:
+		bad("log.format", c.Log.Format, "must be console or json")
+	}
+	if c.Server.EventLoops < 0 {
+		bad("server.event_loops", c.Server.EventLoops, "must be >= 0")
+	}
+	if c.Server.Workers < 1 {
+		bad("server.workers", c.Server.Workers, "must be >= 1")
+	}
+	if c.Server.WorkQueue < 1 {
+		bad("server.work_queue", c.Server.WorkQueue, "must be >= 1")
+	}
+	if c.Server.Tick < time.Millisecond || c.Server.Tick > time.Second {
+		bad("server.tick", c.Server.Tick, "must be between 1ms and 1s")
+	}
+	return errors.Join(errs...)
+}

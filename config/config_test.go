@@ -1,0 +1,116 @@
+package config
+
+import (
+	"flag"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	loaded, err := Load("", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loaded != c {
+		t.Fatalf("Load with nothing set = %+v, want the defaults %+v", loaded, c)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	cases := []struct {
+		name  string
+		file  string
+		env   []string
+		flags []string
+		check func(t *testing.T, c Config)
+	}{
+		{
+			name: "file",
+			file: "testdata/full.toml",
+			check: func(t *testing.T, c Config) {
+				if c.Domain != "example.net" || c.C2S.IdlePing != 2*time.Minute || c.Preauth.MaxPerIP != 10 ||
+					c.C2S.AllowPlaintext || c.Log.Format != "json" || c.TLS.Key != "/etc/krill/key.pem" {
+					t.Fatalf("file not applied: %+v", c)
+				}
+			},
+		},
+		{
+			name: "env over file",
+			file: "testdata/full.toml",
+			env:  []string{"KRILL_PREAUTH_TIMEOUT=5s", "KRILL_PREAUTH_MAX_PER_IP=3", "KRILL_DATA_DIR=/tmp/k", "KRILL_C2S_ALLOW_PLAINTEXT=true", "HOME=/root"},
+			check: func(t *testing.T, c Config) {
+				if c.Preauth.Timeout != 5*time.Second || c.Preauth.MaxPerIP != 3 || c.DataDir != "/tmp/k" || !c.C2S.AllowPlaintext {
+					t.Fatalf("env not applied: %+v", c)
+				}
+			},
+		},
+		{
+			name:  "flags over env",
+			env:   []string{"KRILL_PREAUTH_TIMEOUT=5s"},
+			flags: []string{"--preauth.timeout=7s", "--domain=chat.example"},
+			check: func(t *testing.T, c Config) {
+				if c.Preauth.Timeout != 7*time.Second || c.Domain != "chat.example" {
+					t.Fatalf("flags not applied: %+v", c)
+				}
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			RegisterFlags(fs)
+			if err := fs.Parse(tc.flags); err != nil {
+				t.Fatal(err)
+			}
+			c, err := Load(tc.file, tc.env, fs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		file string
+		env  []string
+		want []string // every one must appear in the error
+	}{
+		{"missing file", "testdata/nope.toml", nil, []string{"nope.toml"}},
+		{"unknown key", "testdata/unknown_key.toml", nil, []string{"max_per_addr"}},
+		{"unknown env", "", []string{"KRILL_PREAUTH_TIMOUT=5s"}, []string{"KRILL_PREAUTH_TIMOUT"}},
+		{"bad duration", "", []string{"KRILL_PREAUTH_TIMEOUT=soon"}, []string{"timeout"}},
+		{"every invalid value at once", "testdata/invalid.toml", nil, []string{
+			"domain: must not be empty", "preauth.timeout: must be > 0, got 0s",
+			"preauth.max_failed_auth: must be >= 1, got 0", "log.level: must be debug, info, warn or error, got loud",
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(tc.file, tc.env, nil)
+			if err == nil {
+				t.Fatal("Load succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestEnvNames(t *testing.T) {
+	for key := range Keys() {
+		if got := EnvKey(EnvName(key)); got != key {
+			t.Errorf("EnvKey(EnvName(%q)) = %q", key, got)
+		}
+	}
+}

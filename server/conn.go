@@ -1,0 +1,272 @@
+package server
+
+import (
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"go.uber.org/zap"
+	"mellium.im/xmpp/stream"
+
+	"github.com/krill-xmpp/krill/sasl"
+	"github.com/krill-xmpp/krill/stanza"
+	"github.com/krill-xmpp/krill/timerwheel"
+)
+
+// phase is where a connection is in RFC 6120 negotiation.
+type phase uint8
+
+const (
+	phaseHeader     phase = iota // waiting for the first stream header
+	phaseNegotiate               // stream open, before authentication: STARTTLS, SASL
+	phaseAuthHeader              // SASL succeeded; waiting for the restarted header
+	phaseBind                    // authenticated stream open: waiting for resource binding
+	phaseSession                 // bound: a routable session
+)
+
+// conn flags.
+const (
+	flagClosed      uint8 = 1 << iota // closed or closing; late callbacks are dropped
+	flagHeaderSent                    // our stream header is on the wire
+	flagPreauth                       // counted in the pre-auth limiter
+	flagWorkPending                   // waiting for a worker; input is held in gnet's buffer
+	flagAwaitPong                     // a server ping is outstanding
+)
+
+// conn is the state of one client connection. It is kept small because
+// every accepted socket has one, including hostile ones: SASL state and the
+// session exist only once reached. Only the connection's own loop touches it.
+type conn struct {
+	gc     gnet.Conn
+	loop   *loop
+	timer  timerwheel.Timer[*conn] // the one deadline: pre-auth, then idle ping / pong wait
+	framer stanza.Framer
+	ip     netip.Addr
+	ex     sasl.Server // non-nil only during a SASL exchange
+	sess   *session    // non-nil once authenticated
+	phase  phase
+	flags  uint8
+	failed uint8 // failed SASL attempts
+}
+
+func (c *conn) has(f uint8) bool { return c.flags&f != 0 }
+
+// open accepts a connection, applies the pre-auth caps and arms the
+// absolute pre-auth deadline.
+func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
+	s.stats.accepted.Add(1)
+	ip := addrIP(gc.RemoteAddr())
+	if cond := s.preauth.acquire(ip); cond != "" {
+		s.stats.closedPolicy.Add(1)
+		s.log.Info("connection refused", zap.String("reason", cond), zap.Stringer("ip", ip))
+		text := "too many unauthenticated connections from your address"
+		if cond == stream.ResourceConstraint.Err {
+			text = "too many unauthenticated connections"
+		}
+		b := s.appendHeader(nil)
+		b = appendStreamError(b, cond, text)
+		return b, gnet.Close
+	}
+	l := s.loopFor(gc.EventLoop())
+	c := &conn{gc: gc, loop: l, ip: ip, flags: flagPreauth}
+	c.framer.SetLimits(stanza.Limits{
+		MaxBytes:    s.cfg.Preauth.MaxStanzaSize,
+		MaxElements: s.cfg.Preauth.MaxElements,
+		MaxDepth:    s.cfg.C2S.MaxDepth,
+	})
+	gc.SetContext(c)
+	// Absolute from accept: nothing the client sends moves it.
+	l.wheel.Arm(&c.timer, c, time.Now().Add(s.cfg.Preauth.Timeout))
+	return nil, gnet.None
+}
+
+func addrIP(a net.Addr) netip.Addr {
+	if t, ok := a.(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(t.IP); ok {
+			return ip.Unmap()
+		}
+	}
+	return netip.Addr{}
+}
+
+// traffic frames and handles every complete unit in the input. Partial
+// input stays in gnet's buffer; the framer resumes on it next time.
+func (s *Server) traffic(gc gnet.Conn) gnet.Action {
+	c, _ := gc.Context().(*conn)
+	if c == nil || c.has(flagClosed) {
+		_, _ = gc.Discard(-1)
+		return gnet.None
+	}
+	s.process(c)
+	if c.has(flagClosed) {
+		return gnet.Close
+	}
+	return gnet.None
+}
+
+// process handles buffered input until it runs out, the connection closes,
+// or a worker is needed (the rest waits in gnet's buffer until it answers).
+func (s *Server) process(c *conn) {
+	buf, _ := c.gc.Peek(-1)
+	if c.sess != nil && len(buf) > 0 {
+		c.sess.lastActive = c.loop.now
+	}
+	off := 0
+	defer func() {
+		if off > 0 && !c.has(flagClosed) {
+			_, _ = c.gc.Discard(off)
+		}
+	}()
+	for off < len(buf) && !c.has(flagClosed) {
+		if c.has(flagWorkPending) {
+			// Bound what a client may queue while a worker runs for it.
+			if len(buf)-off > s.maxStanza(c) {
+				s.fail(c, stream.PolicyViolation.Err, "too much input while authenticating")
+			}
+			return
+		}
+		tok, err := c.framer.Next(buf[off:])
+		if err != nil {
+			s.stats.closedBadInput.Add(1)
+			s.fail(c, stanza.Condition(err), err.Error())
+			return
+		}
+		if tok.Kind == stanza.KindNone {
+			return
+		}
+		unit := buf[off : off+tok.Len]
+		off += tok.Len
+		switch tok.Kind {
+		case stanza.KindHeader:
+			s.handleHeader(c, unit)
+		case stanza.KindElement:
+			s.handleElement(c, unit)
+		case stanza.KindClose:
+			s.closeStream(c)
+		case stanza.KindWhitespace:
+			// Keepalive: it proves liveness of a session but buys a
+			// pre-auth connection nothing.
+		}
+	}
+}
+
+func (s *Server) maxStanza(c *conn) int {
+	if c.phase == phaseSession {
+		return s.cfg.C2S.MaxStanzaSize
+	}
+	return s.cfg.Preauth.MaxStanzaSize
+}
+
+// write queues b on the connection. Called on its loop only.
+func (c *conn) write(b []byte) {
+	if c.has(flagClosed) {
+		return
+	}
+	_, _ = c.gc.Write(b)
+}
+
+// fail sends a stream error with cond and text, closes the stream and the
+// connection. It logs once, here.
+func (s *Server) fail(c *conn, cond, text string) {
+	if c.has(flagClosed) {
+		return
+	}
+	b := c.loop.scratch[:0]
+	if !c.has(flagHeaderSent) {
+		b = s.appendHeader(b)
+		c.flags |= flagHeaderSent
+	}
+	b = appendStreamError(b, cond, text)
+	c.write(b)
+	c.loop.scratch = b[:0]
+	if ce := s.log.Check(zap.InfoLevel, "stream error"); ce != nil {
+		fields := []zap.Field{zap.String("condition", cond), zap.String("text", text), zap.Stringer("ip", c.ip)}
+		if c.sess != nil && c.sess.bound {
+			fields = append(fields, zap.String("jid", c.sess.jid.String()))
+		}
+		ce.Write(fields...)
+	}
+	s.shut(c)
+}
+
+// closeStream answers the client's </stream:stream> and closes.
+func (s *Server) closeStream(c *conn) {
+	s.stats.closedClient.Add(1)
+	c.write([]byte(streamClose))
+	s.shut(c)
+}
+
+// shut marks the connection closed and asks its loop to close the socket
+// after flushing what was written. Called on the loop.
+func (s *Server) shut(c *conn) {
+	if c.has(flagClosed) {
+		return
+	}
+	s.release(c)
+	_ = c.loop.el.Close(c.gc)
+}
+
+// release drops everything the connection holds in shared state. It runs
+// exactly once per connection, from shut or from gnet's OnClose.
+func (s *Server) release(c *conn) {
+	c.flags |= flagClosed
+	c.loop.wheel.Cancel(&c.timer)
+	if c.has(flagPreauth) {
+		c.flags &^= flagPreauth
+		s.preauth.release(c.ip)
+	}
+	c.ex = nil
+	if c.sess != nil && c.sess.bound {
+		s.sessions.unbind(c.sess)
+		c.sess.closeMailbox()
+	}
+}
+
+// closed is gnet's OnClose: the socket is gone (by us or by the peer).
+func (s *Server) closed(gc gnet.Conn, err error) {
+	c, _ := gc.Context().(*conn)
+	if c == nil {
+		return
+	}
+	if !c.has(flagClosed) {
+		s.stats.closedPeer.Add(1)
+		s.release(c)
+	}
+	s.stats.closed.Add(1)
+	gc.SetContext(nil)
+}
+
+// onDeadline runs on the loop when a connection's one timer fires.
+func (s *Server) onDeadline(c *conn) {
+	if c.has(flagClosed) {
+		return
+	}
+	if c.phase != phaseSession {
+		s.stats.closedDeadline.Add(1)
+		s.fail(c, stream.ConnectionTimeout.Err, "authentication took too long")
+		return
+	}
+	sess := c.sess
+	now := c.loop.now
+	idle := s.cfg.C2S.IdlePing
+	if c.has(flagAwaitPong) {
+		if !sess.lastActive.After(sess.pingSent) {
+			s.stats.closedDeadline.Add(1)
+			s.fail(c, stream.ConnectionTimeout.Err, "no answer to ping")
+			return
+		}
+		c.flags &^= flagAwaitPong
+	}
+	if idle <= 0 {
+		return
+	}
+	if due := sess.lastActive.Add(idle); due.After(now) {
+		c.loop.wheel.Arm(&c.timer, c, due)
+		return
+	}
+	sess.pingSent = now
+	c.flags |= flagAwaitPong
+	c.write(s.appendPing(c.loop.scratch[:0], sess))
+	c.loop.wheel.Arm(&c.timer, c, now.Add(s.cfg.C2S.PingTimeout))
+}

@@ -1,0 +1,256 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	msasl "mellium.im/sasl"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
+
+	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/modules/disco"
+	"github.com/krill-xmpp/krill/modules/ping"
+	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/sasl"
+	"github.com/krill-xmpp/krill/server"
+	"github.com/krill-xmpp/krill/storage"
+)
+
+// testPassword is every test account's password.
+const testPassword = "correct horse battery staple"
+
+// ioTimeout bounds every read a test waits for.
+const ioTimeout = 10 * time.Second
+
+// testConfig returns the configuration tests start from: loopback, an
+// ephemeral port, plaintext allowed.
+func testConfig(t *testing.T) config.Config {
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.C2S.Listen = "127.0.0.1:0"
+	cfg.C2S.DirectTLSListen = ""
+	cfg.C2S.AllowPlaintext = true
+	cfg.Server.EventLoops = 2
+	return cfg
+}
+
+// startServer runs a real server for cfg with the given accounts (all with
+// testPassword) and stops it when the test ends.
+func startServer(t *testing.T, cfg config.Config, users ...string) *server.Server {
+	t.Helper()
+	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := sasl.NewCredentials(testPassword, sasl.DefaultIterations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range users {
+		if err := store.AddAccount(context.Background(), u, creds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := new(router.Router)
+	if err := r.Register(ping.Module{}, disco.Module{}); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(cfg, nil, store, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Stop(ctx); err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+		_ = store.Close()
+	})
+	return srv
+}
+
+// login connects a mellium.im/xmpp client (an independent implementation)
+// and negotiates SASL with mech and resource binding. mellium refuses SASL
+// on streams it does not consider secure, so the session starts in the
+// Secure state: the server under test still sees plaintext.
+func login(t *testing.T, srv *server.Server, user, resource string, mech msasl.Mechanism) *xmpp.Session {
+	t.Helper()
+	s, err := dialSession(srv, user, resource, testPassword, mech)
+	if err != nil {
+		t.Fatalf("login %s/%s: %v", user, resource, err)
+	}
+	t.Cleanup(func() { _ = s.Close(); _ = s.Conn().Close() })
+	return s
+}
+
+func dialSession(srv *server.Server, user, resource, password string, mech msasl.Mechanism) (*xmpp.Session, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	conn, err := net.DialTimeout("tcp", srv.Addr().String(), ioTimeout)
+	if err != nil {
+		return nil, err
+	}
+	origin := jid.MustParse(user + "@localhost")
+	if resource != "" {
+		origin, _ = origin.WithResource(resource)
+	}
+	// mellium.im/xmpp v0.22.0 sends an empty <resource/> whatever the
+	// origin's resourcepart, so the server generates one.
+	features := []xmpp.StreamFeature{xmpp.SASL("", password, mech), xmpp.BindResource()}
+	s, err := xmpp.NewSession(ctx, origin.Domain(), origin, conn, xmpp.Secure,
+		xmpp.NewNegotiator(func(*xmpp.Session, *xmpp.StreamConfig) xmpp.StreamConfig {
+			return xmpp.StreamConfig{Features: features}
+		}))
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// rawConn is a test client that speaks raw XML and reads with deadlines.
+type rawConn struct {
+	t    *testing.T
+	conn net.Conn
+	buf  bytes.Buffer
+}
+
+func dialRaw(t *testing.T, srv *server.Server) *rawConn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", srv.Addr().String(), ioTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return &rawConn{t: t, conn: conn}
+}
+
+func (r *rawConn) send(s string) {
+	r.t.Helper()
+	_ = r.conn.SetWriteDeadline(time.Now().Add(ioTimeout))
+	if _, err := r.conn.Write([]byte(s)); err != nil {
+		r.t.Fatalf("write %q: %v", s, err)
+	}
+}
+
+// until reads until the received text contains want and returns everything
+// received so far, consuming it.
+func (r *rawConn) until(want string) string {
+	r.t.Helper()
+	got, err := r.readUntil(want, time.Now().Add(ioTimeout))
+	if err != nil {
+		r.t.Fatalf("waiting for %q: %v; received %q", want, err, got)
+	}
+	return got
+}
+
+func (r *rawConn) readUntil(want string, deadline time.Time) (string, error) {
+	var chunk [4096]byte
+	for !strings.Contains(r.buf.String(), want) {
+		_ = r.conn.SetReadDeadline(deadline)
+		n, err := r.conn.Read(chunk[:])
+		r.buf.Write(chunk[:n])
+		if err != nil {
+			return r.buf.String(), err
+		}
+	}
+	i := strings.Index(r.buf.String(), want) + len(want)
+	out := r.buf.String()[:i]
+	r.buf.Next(i)
+	return out, nil
+}
+
+// closed waits for the server to close the connection and returns what it
+// sent before.
+func (r *rawConn) closed() string {
+	r.t.Helper()
+	var chunk [4096]byte
+	deadline := time.Now().Add(ioTimeout)
+	for {
+		_ = r.conn.SetReadDeadline(deadline)
+		n, err := r.conn.Read(chunk[:])
+		r.buf.Write(chunk[:n])
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				r.t.Fatalf("connection still open; received %q", r.buf.String())
+			}
+			out := r.buf.String()
+			r.buf.Reset()
+			return out
+		}
+	}
+}
+
+const clientHeader = `<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>`
+
+// open sends a stream header and waits for the features.
+func (r *rawConn) open() string {
+	r.send(clientHeader)
+	return r.until("</stream:features>")
+}
+
+// scramLogin runs SCRAM-SHA-256 with mellium's client over raw XML and
+// binds resource; it returns the bound full JID.
+func (r *rawConn) scramLogin(user, password, resource string) string {
+	r.t.Helper()
+	r.open()
+	c := msasl.NewClient(msasl.ScramSha256, msasl.Credentials(func() ([]byte, []byte, []byte) {
+		return []byte(user), []byte(password), nil
+	}))
+	_, first, err := c.Step(nil)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + base64.StdEncoding.EncodeToString(first) + `</auth>`)
+	chal := between(r.until("</challenge>"), "'>", "</challenge>")
+	raw, _ := base64.StdEncoding.DecodeString(chal)
+	_, final, err := c.Step(raw)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.send(`<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` + base64.StdEncoding.EncodeToString(final) + `</response>`)
+	r.until("</success>")
+	r.open()
+	r.send(fmt.Sprintf(`<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>%s</resource></bind></iq>`, resource))
+	return between(r.until("</jid>"), "<jid>", "</jid>")
+}
+
+func between(s, a, b string) string {
+	i := strings.LastIndex(s, a)
+	j := strings.LastIndex(s, b)
+	if i < 0 || j < i {
+		return ""
+	}
+	return s[i+len(a) : j]
+}
+
+// waitFor polls cond every 10 ms until it holds or timeout passes; it
+// reports whether it held. The bound keeps every loop finite.
+func waitFor(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cond()
+}
+
+func contextTimeout() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), ioTimeout)
+}

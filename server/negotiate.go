@@ -1,0 +1,420 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stream"
+
+	"github.com/krill-xmpp/krill/sasl"
+	"github.com/krill-xmpp/krill/stanza"
+	"github.com/krill-xmpp/krill/storage"
+	"github.com/krill-xmpp/krill/workpool"
+)
+
+// Namespaces the core speaks.
+const (
+	nsClient  = "jabber:client"
+	nsStream  = "http://etherx.jabber.org/streams"
+	nsStreams = "urn:ietf:params:xml:ns:xmpp-streams"
+	nsSASL    = "urn:ietf:params:xml:ns:xmpp-sasl"
+	nsTLS     = "urn:ietf:params:xml:ns:xmpp-tls"
+	nsBind    = "urn:ietf:params:xml:ns:xmpp-bind"
+	nsSession = "urn:ietf:params:xml:ns:xmpp-session"
+	nsStanzas = "urn:ietf:params:xml:ns:xmpp-stanzas"
+	nsPing    = "urn:xmpp:ping"
+)
+
+const streamClose = "</stream:stream>"
+
+// storageTimeout bounds one credential look-up on a worker.
+const storageTimeout = 10 * time.Second
+
+// mechanisms offered on this connection. PLAIN needs TLS, which this
+// build does not terminate yet, so it is never offered in plaintext.
+func (s *Server) mechanisms() []string {
+	if !s.cfg.C2S.AllowPlaintext {
+		return nil
+	}
+	return []string{sasl.ScramSHA512, sasl.ScramSHA256, sasl.ScramSHA1}
+}
+
+func (s *Server) buildPreauthFeatures() []byte {
+	b := []byte(`<stream:features>`)
+	if mechs := s.mechanisms(); len(mechs) > 0 {
+		b = append(b, `<mechanisms xmlns='`+nsSASL+`'>`...)
+		for _, m := range mechs {
+			b = append(b, `<mechanism>`+m+`</mechanism>`...)
+		}
+		b = append(b, `</mechanisms>`...)
+	}
+	return append(b, `</stream:features>`...)
+}
+
+func (s *Server) appendHeader(b []byte) []byte {
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	b = append(b, `<?xml version='1.0'?><stream:stream xmlns='`+nsClient+`' xmlns:stream='`+nsStream+`' id='`...)
+	b = hex.AppendEncode(b, id[:])
+	b = append(b, `' from='`...)
+	b = stanza.AppendEscaped(b, s.cfg.Domain)
+	return append(b, `' version='1.0' xml:lang='en'>`...)
+}
+
+func appendStreamError(b []byte, cond, text string) []byte {
+	b = append(b, `<stream:error><`...)
+	b = append(b, cond...)
+	b = append(b, ` xmlns='`+nsStreams+`'/>`...)
+	if text != "" {
+		b = append(b, `<text xmlns='`+nsStreams+`'>`...)
+		b = stanza.AppendEscaped(b, text)
+		b = append(b, `</text>`...)
+	}
+	return append(b, `</stream:error>`+streamClose...)
+}
+
+// handleHeader checks the client's stream header and answers with ours and
+// the features of the current phase.
+func (s *Server) handleHeader(c *conn, unit []byte) {
+	h, err := stanza.ParseHeader(unit)
+	if err != nil {
+		s.fail(c, stream.BadFormat.Err, "malformed stream header")
+		return
+	}
+	switch {
+	case h.Name.Local != "stream" || h.Name.Space != nsStream:
+		s.fail(c, stream.InvalidNamespace.Err, "the stream element must be {"+nsStream+"}stream")
+		return
+	case h.DefaultNS != nsClient:
+		s.fail(c, stream.InvalidNamespace.Err, "the default namespace must be "+nsClient)
+		return
+	case h.Version == "" || !validVersion(h.Version):
+		s.fail(c, stream.UnsupportedVersion.Err, "only XMPP 1.0 streams are supported")
+		return
+	}
+	if h.To != s.cfg.Domain {
+		if d, err := jid.New("", h.To, ""); err != nil || d.Domainpart() != s.cfg.Domain {
+			s.fail(c, stream.HostUnknown.Err, "this server does not serve that domain")
+			return
+		}
+	}
+	b := s.appendHeader(c.loop.scratch[:0])
+	c.flags |= flagHeaderSent
+	switch c.phase {
+	case phaseHeader, phaseNegotiate:
+		c.phase = phaseNegotiate
+		b = append(b, s.featuresPreauth...)
+	case phaseAuthHeader, phaseBind:
+		c.phase = phaseBind
+		b = append(b, s.featuresBind...)
+	default:
+		// A restart after binding is not part of RFC 6120.
+		s.fail(c, stream.NotAuthorized.Err, "stream restart after resource binding")
+		return
+	}
+	c.write(b)
+	c.loop.scratch = b[:0]
+}
+
+// validVersion accepts major version 1 (RFC 6120 section 4.7.5).
+func validVersion(v string) bool {
+	major, _, _ := bytes.Cut([]byte(v), []byte("."))
+	return string(major) == "1"
+}
+
+// handleElement dispatches one top-level element by phase.
+func (s *Server) handleElement(c *conn, unit []byte) {
+	tag, err := stanza.ParseStartTag(unit)
+	if err != nil {
+		s.fail(c, stream.NotWellFormed.Err, err.Error())
+		return
+	}
+	ns, hasNS := tag.AttrString("xmlns")
+	if !hasNS && len(tag.Prefix()) == 0 {
+		ns = nsClient
+	}
+	local := string(tag.Local())
+	switch c.phase {
+	case phaseHeader, phaseAuthHeader:
+		s.fail(c, stream.NotWellFormed.Err, "expected a stream header")
+	case phaseNegotiate:
+		if ns == nsSASL {
+			s.handleSASL(c, tag, local, unit)
+			return
+		}
+		if ns == nsTLS && local == "starttls" {
+			s.fail(c, stream.UnsupportedFeature.Err, "STARTTLS is not offered by this server yet")
+			return
+		}
+		// Nothing but negotiation before authentication, and no pong.
+		s.stats.closedPolicy.Add(1)
+		s.fail(c, stream.NotAuthorized.Err, "authenticate first")
+	case phaseBind:
+		if ns == nsClient && local == "iq" {
+			s.handleBindIQ(c, tag, unit)
+			return
+		}
+		s.stats.closedPolicy.Add(1)
+		s.fail(c, stream.NotAuthorized.Err, "bind a resource first")
+	case phaseSession:
+		s.handleStanza(c, tag, ns, local, unit)
+	}
+}
+
+// handleSASL runs RFC 6120 section 6 on one element of the SASL namespace.
+func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []byte) {
+	switch local {
+	case "auth":
+		if c.ex != nil {
+			s.saslFail(c, "aborted", "")
+			return
+		}
+		mech, _ := tag.AttrString("mechanism")
+		if !s.offered(mech) {
+			s.saslFail(c, "invalid-mechanism", "")
+			return
+		}
+		ex, err := sasl.NewServer(sasl.Options{Mechanism: mech})
+		if err != nil {
+			s.saslFail(c, "invalid-mechanism", "")
+			return
+		}
+		payload, err := saslPayload(unit)
+		if err != nil {
+			s.saslFail(c, "incorrect-encoding", "")
+			return
+		}
+		c.ex = ex
+		if payload == nil {
+			// No initial response: an empty challenge asks for it.
+			c.write([]byte(`<challenge xmlns='` + nsSASL + `'/>`))
+			return
+		}
+		s.saslStart(c, payload)
+	case "response":
+		if c.ex == nil {
+			s.saslFail(c, "malformed-request", "no exchange in progress")
+			return
+		}
+		payload, err := saslPayload(unit)
+		if err != nil {
+			s.saslFail(c, "incorrect-encoding", "")
+			return
+		}
+		if payload == nil {
+			payload = []byte{}
+		}
+		if !c.exStarted() {
+			s.saslStart(c, payload)
+			return
+		}
+		chal, done, err := c.ex.Next(payload)
+		s.saslStep(c, chal, done, err)
+	case "abort":
+		c.ex = nil
+		s.saslFail(c, "aborted", "")
+	default:
+		s.fail(c, stream.UnsupportedStanzaType.Err, "unknown SASL element")
+	}
+}
+
+// exStarted reports whether Start has run for the exchange: the session
+// holding the username exists from then on.
+func (c *conn) exStarted() bool { return c.sess != nil }
+
+func (s *Server) offered(mech string) bool {
+	for _, m := range s.mechanisms() {
+		if m == mech {
+			return true
+		}
+	}
+	return false
+}
+
+// saslPayload decodes the base64 content of auth/response: nil when the
+// element is empty, empty (not nil) for "=".
+func saslPayload(unit []byte) ([]byte, error) {
+	raw, err := stanza.Unescape(nil, stanza.Inner(unit))
+	if err != nil {
+		return nil, err
+	}
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	if len(raw) == 1 && raw[0] == '=' {
+		return []byte{}, nil
+	}
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(raw)))
+	n, err := base64.StdEncoding.Decode(out, raw)
+	if err != nil {
+		return nil, err
+	}
+	return out[:n], nil
+}
+
+// saslStart parses the initial response on the loop, then looks up the
+// account on a worker, which also runs the mechanism's first step (PLAIN's
+// password hashing must not run on a loop).
+func (s *Server) saslStart(c *conn, initial []byte) {
+	username, authzid, err := c.ex.Start(initial)
+	if err != nil {
+		s.saslStep(c, nil, false, err)
+		return
+	}
+	local, err := normalizeLocal(username, s.cfg.Domain)
+	if err != nil {
+		s.saslFail(c, "not-authorized", "")
+		return
+	}
+	if authzid != "" && authzid != local+"@"+s.cfg.Domain {
+		s.saslFail(c, "invalid-authzid", "")
+		return
+	}
+	c.sess = &session{local: local}
+	ex := c.ex
+	c.flags |= flagWorkPending
+	err = s.pool.Submit(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
+		creds, lerr := s.accounts.Credentials(ctx, local)
+		cancel()
+		var (
+			chal []byte
+			done bool
+			serr error
+		)
+		switch {
+		case lerr == nil:
+			chal, done, serr = ex.Respond(&creds)
+		case errors.Is(lerr, storage.ErrNotFound):
+			chal, done, serr = ex.Respond(nil)
+		default:
+			s.log.Error("credential look-up failed", zap.String("user", local), zap.Error(lerr))
+			serr = errTemporary
+		}
+		s.onLoop(c, func() {
+			c.flags &^= flagWorkPending
+			s.saslStep(c, chal, done, serr)
+			s.process(c) // input that arrived meanwhile
+		})
+	})
+	if err != nil {
+		c.flags &^= flagWorkPending
+		if errors.Is(err, workpool.ErrFull) {
+			s.stats.workRejected.Add(1)
+		}
+		s.saslStep(c, nil, false, errTemporary)
+	}
+}
+
+// errTemporary maps to the temporary-auth-failure SASL condition.
+var errTemporary = errors.New("server: authentication temporarily unavailable")
+
+// saslStep sends the outcome of one exchange step.
+func (s *Server) saslStep(c *conn, chal []byte, done bool, err error) {
+	switch {
+	case err != nil:
+		cond := sasl.Condition(err)
+		if errors.Is(err, errTemporary) {
+			cond = "temporary-auth-failure"
+		}
+		s.saslFail(c, cond, "")
+	case done:
+		s.saslSucceed(c, chal)
+	default:
+		b := append(c.loop.scratch[:0], `<challenge xmlns='`+nsSASL+`'>`...)
+		b = base64.StdEncoding.AppendEncode(b, chal)
+		b = append(b, `</challenge>`...)
+		c.write(b)
+		c.loop.scratch = b[:0]
+	}
+}
+
+func (s *Server) saslSucceed(c *conn, additional []byte) {
+	c.ex = nil
+	c.phase = phaseAuthHeader
+	c.flags &^= flagHeaderSent
+	c.framer.Reset()
+	if c.has(flagPreauth) {
+		c.flags &^= flagPreauth
+		s.preauth.release(c.ip)
+	}
+	s.stats.authSucceeded.Add(1)
+	b := append(c.loop.scratch[:0], `<success xmlns='`+nsSASL+`'`...)
+	if len(additional) > 0 {
+		b = append(b, '>')
+		b = base64.StdEncoding.AppendEncode(b, additional)
+		b = append(b, `</success>`...)
+	} else {
+		b = append(b, `/>`...)
+	}
+	c.write(b)
+	c.loop.scratch = b[:0]
+}
+
+// saslFail sends a SASL failure and counts it; too many close the stream.
+func (s *Server) saslFail(c *conn, cond, text string) {
+	c.ex = nil
+	if c.phase < phaseAuthHeader {
+		c.sess = nil
+	}
+	s.stats.authFailed.Add(1)
+	b := append(c.loop.scratch[:0], `<failure xmlns='`+nsSASL+`'><`...)
+	b = append(b, cond...)
+	b = append(b, `/>`...)
+	if text != "" {
+		b = append(b, `<text>`...)
+		b = stanza.AppendEscaped(b, text)
+		b = append(b, `</text>`...)
+	}
+	b = append(b, `</failure>`...)
+	c.write(b)
+	c.loop.scratch = b[:0]
+	// Aborts count too: an endless abort loop is an attempt loop.
+	c.failed++
+	if int(c.failed) >= s.cfg.Preauth.MaxFailedAuth {
+		s.stats.closedPolicy.Add(1)
+		s.fail(c, stream.PolicyViolation.Err, "too many failed authentication attempts")
+	}
+}
+
+// normalizeLocal prepares a SASL username as a JID localpart.
+func normalizeLocal(username, domain string) (string, error) {
+	j, err := jid.New(username, domain, "")
+	if err != nil {
+		return "", err
+	}
+	if j.Localpart() == "" {
+		return "", errors.New("server: empty username")
+	}
+	return j.Localpart(), nil
+}
+
+// onLoop runs fn on c's event loop unless c has closed by then.
+func (s *Server) onLoop(c *conn, fn func()) {
+	err := c.loop.el.Execute(context.Background(), runOnLoop{c: c, fn: fn})
+	if err != nil {
+		s.log.Debug("dropping loop task", zap.Error(err))
+	}
+}
+
+type runOnLoop struct {
+	c  *conn
+	fn func()
+}
+
+// Run implements gnet.Runnable. gnet does not check Execute tasks against
+// closed connections, so the connection's own flag does.
+func (r runOnLoop) Run(context.Context) error {
+	if !r.c.has(flagClosed) {
+		r.fn()
+	}
+	return nil
+}

@@ -1,0 +1,430 @@
+package server
+
+import (
+	"bytes"
+	"crypto/rand"
+	"strconv"
+	"encoding/base32"
+	"strings"
+
+	"go.uber.org/zap"
+	"mellium.im/xmpp/jid"
+	xstanza "mellium.im/xmpp/stanza"
+	"mellium.im/xmpp/stream"
+
+	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/stanza"
+)
+
+// pingID marks the server's own pings so that their answers are recognised.
+const pingID = "krill-ping"
+
+// handleBindIQ handles an iq before binding: only bind and the legacy
+// session request are allowed (RFC 6120 section 7, RFC 3921 section 3).
+func (s *Server) handleBindIQ(c *conn, tag stanza.StartTag, unit []byte) {
+	typ, _ := tag.AttrString("type")
+	id, _ := tag.AttrString("id")
+	child, ok := stanza.FirstChild(unit)
+	if !ok || typ != "set" {
+		s.fail(c, stream.NotAuthorized.Err, "bind a resource first")
+		return
+	}
+	ctag, err := stanza.ParseStartTag(child)
+	if err != nil {
+		s.fail(c, stream.NotWellFormed.Err, err.Error())
+		return
+	}
+	ns, _ := ctag.AttrString("xmlns")
+	switch {
+	case ns == nsSession && string(ctag.Local()) == "session":
+		c.write(appendResult(c.loop.scratch[:0], id, "", nil))
+		return
+	case ns != nsBind || string(ctag.Local()) != "bind":
+		s.fail(c, stream.NotAuthorized.Err, "bind a resource first")
+		return
+	}
+	resource := ""
+	if r, ok := stanza.FirstChild(child); ok {
+		if rtag, err := stanza.ParseStartTag(r); err == nil && string(rtag.Local()) == "resource" {
+			raw, err := stanza.Unescape(nil, stanza.Inner(r))
+			if err != nil {
+				s.replyBindError(c, id, "modify", "bad-request")
+				return
+			}
+			resource = strings.TrimSpace(string(raw))
+		}
+	}
+	if resource == "" {
+		resource = newResource()
+	}
+	full, err := jid.New(c.sess.local, s.cfg.Domain, resource)
+	if err != nil || full.Resourcepart() == "" {
+		s.replyBindError(c, id, "modify", "bad-request")
+		return
+	}
+	sess := c.sess
+	sess.conn = c
+	sess.jid = full
+	sess.full = full.String()
+	sess.resource = full.Resourcepart()
+	sess.bound = true
+	sess.lastActive = c.loop.now
+	if old := s.sessions.bind(sess); old != nil {
+		s.stats.replaced.Add(1)
+		old.closeWith(stream.Conflict.Err)
+	}
+	c.phase = phaseSession
+	c.framer.SetLimits(stanza.Limits{MaxBytes: s.cfg.C2S.MaxStanzaSize, MaxDepth: s.cfg.C2S.MaxDepth})
+	// The pre-auth deadline ends here; the idle-ping schedule begins.
+	c.loop.wheel.Cancel(&c.timer)
+	if s.cfg.C2S.IdlePing > 0 {
+		c.loop.wheel.Arm(&c.timer, c, c.loop.now.Add(s.cfg.C2S.IdlePing))
+	}
+	s.stats.bound.Add(1)
+	payload := append([]byte(`<bind xmlns='`+nsBind+`'><jid>`), stanza.AppendEscaped(nil, sess.full)...)
+	payload = append(payload, `</jid></bind>`...)
+	c.write(appendResult(c.loop.scratch[:0], id, "", payload))
+	s.log.Debug("session bound", zap.String("jid", sess.full))
+}
+
+func (s *Server) replyBindError(c *conn, id, typ, cond string) {
+	b := appendStanzaError(c.loop.scratch[:0], "iq", id, "", "", typ, cond)
+	c.write(b)
+}
+
+func newResource() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return "krill-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// handleStanza routes one stanza of a bound session.
+func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, unit []byte) {
+	sess := c.sess
+	if ns != nsClient {
+		s.fail(c, stream.InvalidNamespace.Err, "stanzas must be in the "+nsClient+" namespace")
+		return
+	}
+	switch local {
+	case "message", "presence", "iq":
+	default:
+		s.fail(c, stream.UnsupportedStanzaType.Err, "unknown top-level element")
+		return
+	}
+	s.stats.stanzasIn.Add(1)
+	if from, ok := tag.AttrString("from"); ok && from != sess.full {
+		if fj, err := jid.Parse(from); err != nil || !(fj.Equal(sess.jid) || fj.Equal(sess.jid.Bare())) {
+			s.fail(c, stream.InvalidFrom.Err, "from does not match the session's address")
+			return
+		}
+	}
+	typ, _ := tag.AttrString("type")
+	id, _ := tag.AttrString("id")
+	toStr, hasTo := tag.AttrString("to")
+	var to jid.JID
+	if hasTo && toStr != "" {
+		var err error
+		if to, err = jid.Parse(toStr); err != nil {
+			if typ != "error" {
+				c.write(appendStanzaError(c.loop.scratch[:0], local, id, "", sess.full, "modify", "jid-malformed"))
+			}
+			return
+		}
+	}
+	switch {
+	case !hasTo || toStr == "":
+		s.toServer(c, local, typ, id, jid.JID{}, unit)
+	case to.Domainpart() != s.cfg.Domain:
+		if local != "presence" && typ != "error" {
+			c.write(appendStanzaError(c.loop.scratch[:0], local, id, toStr, sess.full, "cancel", "remote-server-not-found"))
+		}
+	case to.Localpart() == "":
+		if to.Resourcepart() != "" {
+			s.unavailable(c, local, typ, id, toStr)
+			return
+		}
+		s.toServer(c, local, typ, id, to, unit)
+	case to.Resourcepart() != "":
+		s.toFull(c, tag, local, typ, id, to, toStr, unit)
+	default:
+		s.toBare(c, tag, local, typ, id, to, toStr, unit)
+	}
+}
+
+// toServer handles stanzas addressed to the server itself (or, for iq
+// handled on an account's behalf, to a bare JID).
+func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byte) {
+	sess := c.sess
+	switch local {
+	case "presence":
+		if to.Localpart() != "" {
+			return
+		}
+		s.ownPresence(c, typ, unit)
+	case "message":
+		// Messages to the server are not handled by the core.
+	case "iq":
+		switch typ {
+		case "result", "error":
+			if id == pingID {
+				c.flags &^= flagAwaitPong
+			}
+			return
+		case "get", "set":
+		default:
+			c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "modify", "bad-request"))
+			return
+		}
+		child, ok := stanza.FirstChild(unit)
+		if !ok {
+			c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "modify", "bad-request"))
+			return
+		}
+		ctag, err := stanza.ParseStartTag(child)
+		if err != nil {
+			s.fail(c, stream.NotWellFormed.Err, err.Error())
+			return
+		}
+		cns, _ := ctag.AttrString("xmlns")
+		kind := router.IQGet
+		if typ == "set" {
+			kind = router.IQSet
+		}
+		mod := s.router.Lookup(router.Route{Kind: kind, NS: cns, Local: string(ctag.Local())})
+		iq := router.IQ{ID: id, Type: xstanza.IQType(typ), From: sess.jid, To: to, Payload: child}
+		if mod == nil {
+			(&replier{s: s, c: c}).ReplyError(iq, xstanza.Cancel, xstanza.ServiceUnavailable)
+			return
+		}
+		ctx := &router.Ctx{Domain: s.cfg.Domain, Router: s.router, Replier: &replier{s: s, c: c}}
+		if err := mod.HandleIQ(ctx, iq); err != nil {
+			s.log.Warn("module failed", zap.String("module", mod.Name()), zap.Error(err))
+			ctx.ReplyError(iq, xstanza.Cancel, xstanza.InternalServerError)
+		}
+	}
+}
+
+// ownPresence records the session's broadcast presence and sends it to the
+// account's other available resources (RFC 6121 section 4.2.2; presence to
+// contacts arrives with rosters).
+func (s *Server) ownPresence(c *conn, typ string, unit []byte) {
+	sess := c.sess
+	switch typ {
+	case "":
+		sess.priority.Store(presencePriority(unit))
+		sess.available.Store(true)
+	case "unavailable":
+		sess.available.Store(false)
+	default:
+		return // subscriptions and probes come with rosters
+	}
+	tag, err := stanza.ParseStartTag(unit)
+	if err != nil {
+		return
+	}
+	s.sessions.each(sess.local, func(o *session) {
+		if o != sess && o.available.Load() {
+			o.deliver(c.loop, stamp(nil, tag, unit, sess.full))
+		}
+	})
+}
+
+// presencePriority reads <priority/> of an available presence (RFC 6121
+// section 4.7.2.3): an integer from -128 to 127, 0 when absent or invalid.
+func presencePriority(unit []byte) int32 {
+	inner := stanza.Inner(unit)
+	i := bytes.Index(inner, []byte("<priority>"))
+	if i < 0 {
+		return 0
+	}
+	inner = inner[i+len("<priority>"):]
+	j := bytes.Index(inner, []byte("</priority>"))
+	if j < 0 {
+		return 0
+	}
+	n, err := strconv.Atoi(string(bytes.TrimSpace(inner[:j])))
+	if err != nil || n < -128 || n > 127 {
+		return 0
+	}
+	return int32(n)
+}
+
+// toFull routes to one resource (RFC 6121 section 8.5.3).
+func (s *Server) toFull(c *conn, tag stanza.StartTag, local, typ, id string, to jid.JID, toStr string, unit []byte) {
+	target := s.sessions.full(to.Localpart(), to.Resourcepart())
+	if target != nil && target.deliver(c.loop, stamp(nil, tag, unit, c.sess.full)) {
+		s.stats.stanzasRouted.Add(1)
+		return
+	}
+	if local == "message" && (typ == "" || typ == "normal" || typ == "chat") {
+		s.toBare(c, tag, local, typ, id, to.Bare(), to.Bare().String(), unit)
+		return
+	}
+	s.unavailable(c, local, typ, id, toStr)
+}
+
+// toBare routes to an account (RFC 6121 section 8.5.2): messages to every
+// available resource with non-negative priority, presence to every
+// available resource, iq handled on the account's behalf.
+func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to jid.JID, toStr string, unit []byte) {
+	if local == "iq" {
+		if to.Localpart() == c.sess.local && (typ == "result" || typ == "error") {
+			return
+		}
+		s.toServer(c, local, typ, id, to, unit)
+		return
+	}
+	if local == "message" && (typ == "groupchat" || typ == "error" || typ == "headline") {
+		if typ == "groupchat" {
+			s.unavailable(c, local, typ, id, toStr)
+		}
+		return
+	}
+	var out []byte
+	n := 0
+	s.sessions.each(to.Localpart(), func(o *session) {
+		if !o.available.Load() || (local == "message" && o.priority.Load() < 0) {
+			return
+		}
+		if out == nil {
+			out = stamp(nil, tag, unit, c.sess.full)
+		}
+		// Each mailbox owns its bytes.
+		if o.deliver(c.loop, append([]byte(nil), out...)) {
+			n++
+		}
+	})
+	if n > 0 {
+		s.stats.stanzasRouted.Add(uint64(n))
+		return
+	}
+	if local == "message" {
+		// Offline storage arrives with the IM core.
+		s.unavailable(c, local, typ, id, toStr)
+	}
+}
+
+// unavailable answers a stanza nobody can take with service-unavailable,
+// except error stanzas and presence, which are dropped.
+func (s *Server) unavailable(c *conn, local, typ, id, toStr string) {
+	if typ == "error" || local == "presence" {
+		return
+	}
+	c.write(appendStanzaError(c.loop.scratch[:0], local, id, toStr, c.sess.full, "cancel", "service-unavailable"))
+}
+
+// stamp appends unit with its from attribute set to from (RFC 6120 section
+// 8.1.2.1: the server stamps the sender's full JID).
+func stamp(b []byte, tag stanza.StartTag, unit []byte, from string) []byte {
+	if b == nil {
+		b = make([]byte, 0, len(unit)+len(from)+16)
+	}
+	b = append(b, '<')
+	b = append(b, tag.Local()...)
+	tag.Attrs(func(name, raw []byte) bool {
+		if string(name) == "from" {
+			return true
+		}
+		q := byte('\'')
+		if strings.IndexByte(string(raw), '\'') >= 0 {
+			q = '"'
+		}
+		b = append(b, ' ')
+		b = append(b, name...)
+		b = append(b, '=', q)
+		b = append(b, raw...)
+		b = append(b, q)
+		return true
+	})
+	b = append(b, ` from='`...)
+	b = stanza.AppendEscaped(b, from)
+	b = append(b, '\'')
+	rest := tag.Len() - 1
+	if tag.SelfClosing() {
+		rest--
+	}
+	return append(b, unit[rest:]...)
+}
+
+// appendResult appends an iq result.
+func appendResult(b []byte, id, from string, payload []byte) []byte {
+	b = append(b, `<iq type='result' id='`...)
+	b = stanza.AppendEscaped(b, id)
+	b = append(b, '\'')
+	if from != "" {
+		b = append(b, ` from='`...)
+		b = stanza.AppendEscaped(b, from)
+		b = append(b, '\'')
+	}
+	if len(payload) == 0 {
+		return append(b, `/>`...)
+	}
+	b = append(b, '>')
+	b = append(b, payload...)
+	return append(b, `</iq>`...)
+}
+
+// appendStanzaError appends a stanza error reply (RFC 6120 section 8.3).
+func appendStanzaError(b []byte, local, id, from, to, typ, cond string) []byte {
+	b = append(b, '<')
+	b = append(b, local...)
+	b = append(b, ` type='error'`...)
+	if id != "" {
+		b = append(b, ` id='`...)
+		b = stanza.AppendEscaped(b, id)
+		b = append(b, '\'')
+	}
+	if from != "" {
+		b = append(b, ` from='`...)
+		b = stanza.AppendEscaped(b, from)
+		b = append(b, '\'')
+	}
+	if to != "" {
+		b = append(b, ` to='`...)
+		b = stanza.AppendEscaped(b, to)
+		b = append(b, '\'')
+	}
+	b = append(b, `><error type='`...)
+	b = append(b, typ...)
+	b = append(b, `'><`...)
+	b = append(b, cond...)
+	b = append(b, ` xmlns='`+nsStanzas+`'/></error></`...)
+	b = append(b, local...)
+	return append(b, '>')
+}
+
+// appendPing appends the server's ping of an idle session.
+func (s *Server) appendPing(b []byte, sess *session) []byte {
+	b = append(b, `<iq type='get' id='`+pingID+`' from='`...)
+	b = stanza.AppendEscaped(b, s.cfg.Domain)
+	b = append(b, `' to='`...)
+	b = stanza.AppendEscaped(b, sess.full)
+	return append(b, `'><ping xmlns='`+nsPing+`'/></iq>`...)
+}
+
+// replier answers module requests on the requesting connection.
+type replier struct {
+	s *Server
+	c *conn
+}
+
+func (r *replier) from(iq router.IQ) string {
+	if iq.To.Domainpart() == "" {
+		return r.s.cfg.Domain
+	}
+	return iq.To.String()
+}
+
+// ReplyResult implements router.Replier.
+func (r *replier) ReplyResult(iq router.IQ, payload []byte) {
+	b := appendResult(r.c.loop.scratch[:0], iq.ID, r.from(iq), payload)
+	r.c.write(b)
+	r.c.loop.scratch = b[:0]
+}
+
+// ReplyError implements router.Replier.
+func (r *replier) ReplyError(iq router.IQ, typ xstanza.ErrorType, cond xstanza.Condition) {
+	b := appendStanzaError(r.c.loop.scratch[:0], "iq", iq.ID, r.from(iq), r.c.sess.full, string(typ), string(cond))
+	r.c.write(b)
+	r.c.loop.scratch = b[:0]
+}

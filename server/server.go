@@ -1,0 +1,280 @@
+// Package server is Krill's client-to-server core: a gnet event handler that
+// negotiates RFC 6120 streams (SASL, resource binding) and routes stanzas
+// between local sessions, with no goroutine per connection.
+//
+// Concurrency model. Each connection belongs to one gnet event loop and its
+// state is touched only on that loop. Blocking work (storage, password
+// hashing) runs on a bounded workpool.Pool and hands its result back with
+// EventLoop.Execute; the callback first checks the connection's own closed
+// flag, since gnet does not. Stanzas for a session on another loop go
+// through that session's mailbox (mutex-guarded, drained on its own loop),
+// which keeps per-sender order where gnet's task queues do not. Each loop has
+// one timer wheel holding one deadline per connection, advanced by a single
+// ticker goroutine that posts to every loop.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/storage"
+	"github.com/krill-xmpp/krill/timerwheel"
+	"github.com/krill-xmpp/krill/workpool"
+)
+
+// Errors returned by the Server's methods.
+var (
+	// ErrStarted means Start was called twice.
+	ErrStarted = errors.New("server: already started")
+	// ErrNotStarted means the server is not running.
+	ErrNotStarted = errors.New("server: not started")
+)
+
+// Server is one Krill c2s endpoint. Create it with New, run it with Start,
+// stop it with Stop.
+type Server struct {
+	cfg      config.Config
+	log      *zap.Logger
+	accounts storage.Accounts
+	router   *router.Router
+	pool     *workpool.Pool
+	sessions sessionTable
+	preauth  preauthLimiter
+	stats    Stats
+
+	// Prebuilt wire bytes that depend only on the configuration.
+	featuresPreauth []byte
+	featuresBind    []byte
+
+	loopsMu sync.Mutex
+	loops   map[gnet.EventLoop]*loop
+	loopsV  atomic.Pointer[[]*loop] // copy-on-write view for the ticker
+
+	started  atomic.Bool
+	booted   chan error
+	done     chan struct{}
+	eng      gnet.Engine
+	addr     net.Addr
+	runErr   error
+	tickStop chan struct{}
+	// epoch is the common start of every loop's wheel and of the ticker,
+	// so that ticks land on wheel tick boundaries: a deadline then fires
+	// at most one tick (plus scheduling delay) after it is due.
+	epoch time.Time
+}
+
+// New returns a server for cfg that authenticates against accounts and
+// dispatches iq requests to the modules in r. cfg is validated.
+func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, r *router.Router) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("server: invalid configuration:\n%w", err)
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if r == nil {
+		r = new(router.Router)
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      log,
+		accounts: accounts,
+		router:   r,
+		loops:    make(map[gnet.EventLoop]*loop),
+		booted:   make(chan error, 1),
+		done:     make(chan struct{}),
+		tickStop: make(chan struct{}),
+	}
+	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal)
+	s.sessions.init()
+	s.featuresPreauth = s.buildPreauthFeatures()
+	s.featuresBind = []byte(`<stream:features><bind xmlns='` + nsBind + `'/><session xmlns='` + nsSession + `'><optional/></session></stream:features>`)
+	return s, nil
+}
+
+// Start begins listening and returns once the listener is up.
+func (s *Server) Start() error {
+	if !s.started.CompareAndSwap(false, true) {
+		return ErrStarted
+	}
+	s.pool = workpool.New(s.cfg.Server.Workers, s.cfg.Server.WorkQueue)
+	loops := s.cfg.Server.EventLoops
+	if loops == 0 {
+		loops = runtime.GOMAXPROCS(0)
+	}
+	s.epoch = time.Now()
+	ticker := time.NewTicker(s.cfg.Server.Tick)
+	h := &handler{srv: s}
+	addr := "tcp://" + s.cfg.C2S.Listen
+	go func() {
+		err := gnet.Run(h, addr,
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(loops),
+			gnet.WithReuseAddr(true),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithLogger(s.log.Sugar().Named("gnet")),
+		)
+		s.runErr = err
+		select {
+		case s.booted <- fmt.Errorf("server: listen %s: %w", s.cfg.C2S.Listen, err):
+		default:
+		}
+		close(s.done)
+	}()
+	if err := <-s.booted; err != nil {
+		ticker.Stop()
+		s.pool.Close()
+		return err
+	}
+	go s.tick(ticker)
+	s.log.Info("listening", zap.String("listener", "c2s"), zap.Stringer("addr", s.addr),
+		zap.String("domain", s.cfg.Domain), zap.Bool("allow_plaintext", s.cfg.C2S.AllowPlaintext))
+	return nil
+}
+
+// Addr returns the c2s listener's address once Start has returned.
+func (s *Server) Addr() net.Addr { return s.addr }
+
+// Stop closes the listener and every connection and waits for the event
+// loops and workers to finish, or for ctx.
+func (s *Server) Stop(ctx context.Context) error {
+	if !s.started.Load() {
+		return ErrNotStarted
+	}
+	close(s.tickStop)
+	err := s.eng.Stop(ctx)
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.pool.Close()
+	return err
+}
+
+// Stats returns a snapshot of the server's counters.
+func (s *Server) Stats() StatsSnapshot {
+	snap := s.stats.snapshot()
+	snap.Preauth = s.preauth.count()
+	snap.Sessions = s.sessions.count()
+	return snap
+}
+
+// tick advances every loop's timer wheel once per configured tick, on the
+// loop itself. A loop that has not run its previous tick is skipped, so a
+// busy loop never accumulates tick tasks.
+func (s *Server) tick(t *time.Ticker) {
+	defer t.Stop()
+	for {
+		select {
+		case <-s.tickStop:
+			return
+		case <-t.C:
+		}
+		lp := s.loopsV.Load()
+		if lp == nil {
+			continue
+		}
+		for _, l := range *lp {
+			if l.tickPending.CompareAndSwap(false, true) {
+				if err := l.el.Execute(context.Background(), l.tickTask); err != nil {
+					l.tickPending.Store(false)
+				}
+			}
+		}
+	}
+}
+
+// loopFor returns the state of an event loop, creating it on first use.
+// Called on that loop.
+func (s *Server) loopFor(el gnet.EventLoop) *loop {
+	s.loopsMu.Lock()
+	defer s.loopsMu.Unlock()
+	if l, ok := s.loops[el]; ok {
+		return l
+	}
+	l := newLoop(s, el)
+	s.loops[el] = l
+	view := make([]*loop, 0, len(s.loops))
+	for _, v := range s.loops {
+		view = append(view, v)
+	}
+	s.loopsV.Store(&view)
+	return l
+}
+
+// loop is the per-event-loop state: its timer wheel and a scratch buffer.
+// Only its own event loop touches it, except tickPending.
+type loop struct {
+	srv         *Server
+	el          gnet.EventLoop
+	wheel       *timerwheel.Wheel[*conn]
+	now         time.Time // wheel time, refreshed every tick
+	scratch     []byte
+	tickPending atomic.Bool
+	tickTask    gnet.RunnableFunc
+}
+
+func newLoop(s *Server, el gnet.EventLoop) *loop {
+	now := time.Now()
+	l := &loop{srv: s, el: el, now: now}
+	l.wheel = timerwheel.New(s.cfg.Server.Tick, s.epoch, s.onDeadline)
+	l.wheel.Advance(now)
+	l.tickTask = func(context.Context) error {
+		l.tickPending.Store(false)
+		l.now = time.Now()
+		l.wheel.Advance(l.now)
+		return nil
+	}
+	return l
+}
+
+// handler adapts the Server to gnet's callbacks.
+type handler struct {
+	gnet.BuiltinEventEngine
+	srv *Server
+}
+
+func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
+	s := h.srv
+	s.eng = eng
+	if fd, err := eng.Dup(); err == nil {
+		if sa, err := unix.Getsockname(fd); err == nil {
+			s.addr = sockaddrToTCP(sa)
+		}
+		_ = unix.Close(fd)
+	}
+	s.booted <- nil
+	return gnet.None
+}
+
+func sockaddrToTCP(sa unix.Sockaddr) net.Addr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	}
+	return nil
+}
+
+func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) { return h.srv.open(gc) }
+
+func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action { return h.srv.traffic(gc) }
+
+func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
+	h.srv.closed(gc, err)
+	return gnet.None
+}

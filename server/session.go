@@ -1,0 +1,201 @@
+package server
+
+import (
+	"hash/maphash"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stream"
+)
+
+// session is what an authenticated connection adds to its conn. The loop
+// owns every field except those marked as shared.
+type session struct {
+	conn       *conn
+	local      string  // account localpart, set when SASL starts
+	jid        jid.JID // full JID, once bound
+	full       string  // jid.String(), cached for stamping
+	resource   string
+	bound      bool
+	lastActive time.Time // last input, loop time
+	pingSent   time.Time
+
+	// Shared: read by other loops when they route to this session.
+	available atomic.Bool  // has sent available presence
+	priority  atomic.Int32 // of its last available presence
+
+	// Mailbox: stanzas from other loops, drained on the owner's loop.
+	mu     sync.Mutex
+	inbox  [][]byte
+	posted bool   // a drain task is queued
+	gone   bool   // closed: drop further deliveries
+	kick   string // stream error to close with, set by another loop
+}
+
+// deliver hands b (owned by the callee from now on) to the session.
+// It may be called from any goroutine. It reports false when the session
+// has gone.
+func (s *session) deliver(from *loop, b []byte) bool {
+	c := s.conn
+	s.mu.Lock()
+	if s.gone {
+		s.mu.Unlock()
+		return false
+	}
+	if from == c.loop && !s.posted {
+		// Same loop and nothing queued ahead: write now, in order.
+		s.mu.Unlock()
+		c.write(b)
+		return true
+	}
+	s.inbox = append(s.inbox, b)
+	post := !s.posted
+	s.posted = true
+	s.mu.Unlock()
+	if post {
+		c.loop.srv.onLoop(c, s.drain)
+	}
+	return true
+}
+
+// closeWith asks the session's own loop to close it with a stream error.
+func (s *session) closeWith(cond string) {
+	c := s.conn
+	s.mu.Lock()
+	if s.gone {
+		s.mu.Unlock()
+		return
+	}
+	s.kick = cond
+	post := !s.posted
+	s.posted = true
+	s.mu.Unlock()
+	if post {
+		c.loop.srv.onLoop(c, s.drain)
+	}
+}
+
+// drain runs on the owner's loop.
+func (s *session) drain() {
+	s.mu.Lock()
+	in, kick := s.inbox, s.kick
+	s.inbox, s.kick, s.posted = nil, "", false
+	s.mu.Unlock()
+	for _, b := range in {
+		s.conn.write(b)
+	}
+	if kick != "" {
+		text := ""
+		if kick == stream.Conflict.Err {
+			text = "replaced by a new session with the same resource"
+		}
+		s.conn.loop.srv.fail(s.conn, kick, text)
+	}
+}
+
+// closeMailbox drops anything queued; later deliveries fail.
+func (s *session) closeMailbox() {
+	s.mu.Lock()
+	s.gone = true
+	s.inbox = nil
+	s.mu.Unlock()
+	s.available.Store(false)
+}
+
+// sessionTable maps account localparts to their bound sessions. It is
+// sharded so that loops binding and routing at once rarely contend.
+type sessionTable struct {
+	seed   maphash.Seed
+	shards [64]tableShard
+}
+
+type tableShard struct {
+	mu sync.RWMutex
+	m  map[string][]*session
+}
+
+func (t *sessionTable) init() {
+	t.seed = maphash.MakeSeed()
+	for i := range t.shards {
+		t.shards[i].m = make(map[string][]*session)
+	}
+}
+
+func (t *sessionTable) shard(local string) *tableShard {
+	return &t.shards[maphash.String(t.seed, local)%uint64(len(t.shards))]
+}
+
+// bind adds s and returns the session it replaces (same resource), if any.
+func (t *sessionTable) bind(s *session) (old *session) {
+	sh := t.shard(s.local)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	list := sh.m[s.local]
+	for i, o := range list {
+		if o.resource == s.resource {
+			list[i] = s
+			return o
+		}
+	}
+	sh.m[s.local] = append(list, s)
+	return nil
+}
+
+// unbind removes s if it is still bound.
+func (t *sessionTable) unbind(s *session) {
+	sh := t.shard(s.local)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	list := sh.m[s.local]
+	i := slices.Index(list, s)
+	if i < 0 {
+		return
+	}
+	list = slices.Delete(list, i, i+1)
+	if len(list) == 0 {
+		delete(sh.m, s.local)
+		return
+	}
+	sh.m[s.local] = list
+}
+
+// full returns the session bound to local/resource, or nil.
+func (t *sessionTable) full(local, resource string) *session {
+	sh := t.shard(local)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	for _, s := range sh.m[local] {
+		if s.resource == resource {
+			return s
+		}
+	}
+	return nil
+}
+
+// each calls fn for every session of local, under the shard's read lock:
+// fn must not block or take the table's locks.
+func (t *sessionTable) each(local string, fn func(*session)) {
+	sh := t.shard(local)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	for _, s := range sh.m[local] {
+		fn(s)
+	}
+}
+
+// count returns the number of bound sessions.
+func (t *sessionTable) count() int {
+	n := 0
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.RLock()
+		for _, l := range sh.m {
+			n += len(l)
+		}
+		sh.mu.RUnlock()
+	}
+	return n
+}

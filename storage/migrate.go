@@ -1,0 +1,162 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// A migration moves the schema from version-1 to version. Its statements
+// run in one transaction together with the row that records it, so a
+// migration is applied entirely or not at all (both SQLite and PostgreSQL
+// have transactional DDL).
+type migration struct {
+	version int
+	name    string
+	stmts   []string
+}
+
+// migrations is the schema's history, in order, versions 1, 2, 3 ... Never
+// edit or reorder an entry once released: databases in the field have
+// applied it. Append a new one instead.
+var migrations = []migration{
+	{
+		version: 1,
+		name:    "create accounts",
+		stmts: []string{
+			// Each scram_* column holds one RFC 5803 credential or
+			// NULL when the account has none for that hash. Times are
+			// Unix seconds: one integer type both databases share.
+			`CREATE TABLE accounts (
+				username     TEXT   NOT NULL PRIMARY KEY,
+				scram_sha1   TEXT,
+				scram_sha256 TEXT,
+				scram_sha512 TEXT,
+				created_at   BIGINT NOT NULL,
+				updated_at   BIGINT NOT NULL
+			)`,
+		},
+	},
+}
+
+// createMigrationsTable is the bootstrap that precedes every version: it
+// cannot be a migration since it records them.
+const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
+	version    BIGINT NOT NULL PRIMARY KEY,
+	name       TEXT   NOT NULL,
+	applied_at BIGINT NOT NULL
+)`
+
+// SchemaVersion is the schema version this binary migrates databases to:
+// the version of the last entry of migrations (a test holds them equal).
+const SchemaVersion = 1
+
+// Migrate brings the schema of db up to [SchemaVersion]: it applies, in
+// order, each migration the database has not recorded yet, each in its own
+// transaction, and records it in the schema_migrations table. A database
+// that is up to date is left untouched, so Migrate is idempotent. A
+// database at a version newer than this binary knows is refused with
+// [ErrSchemaTooNew] and left untouched.
+//
+// With SQLite, open db with _txlock=immediate (as [OpenSQLite] does) so
+// that two processes migrating at once serialise instead of failing.
+func Migrate(ctx context.Context, db *sql.DB, d Dialect) error {
+	return migrate(ctx, db, d, migrations)
+}
+
+func migrate(ctx context.Context, db *sql.DB, d Dialect, list []migration) error {
+	if !d.valid() {
+		return fmt.Errorf("%w: %v", ErrUnknownDialect, d)
+	}
+	if _, err := db.ExecContext(ctx, createMigrationsTable); err != nil {
+		return fmt.Errorf("storage: create schema_migrations: %w", err)
+	}
+	latest := list[len(list)-1].version
+	// Check before the loop too, so that a too-new database is refused
+	// even when every migration this binary knows is applied.
+	current, err := schemaVersion(ctx, db)
+	if err != nil {
+		return err
+	}
+	if current > latest {
+		return tooNew(current, latest)
+	}
+	for _, m := range list {
+		if m.version <= current {
+			continue
+		}
+		if current, err = apply(ctx, db, d, m, latest); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// apply runs one migration in its own transaction unless, by the time the
+// transaction holds the lock, another process has applied it. It returns
+// the version the database is at afterwards.
+func apply(ctx context.Context, db *sql.DB, d Dialect, m migration, latest int) (version int, err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("storage: migration %d (%s): %w", m.version, m.name, err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ignoreDone(tx.Rollback()))
+		}
+	}()
+	current, err := schemaVersion(ctx, tx)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case current > latest:
+		return 0, tooNew(current, latest)
+	case current >= m.version:
+		return current, tx.Commit()
+	case current != m.version-1:
+		return 0, fmt.Errorf("storage: migration %d (%s): database at version %d", m.version, m.name, current)
+	}
+	for _, stmt := range m.stmts {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return 0, fmt.Errorf("storage: migration %d (%s): %w", m.version, m.name, err)
+		}
+	}
+	record := d.rebind(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`)
+	if _, err := tx.ExecContext(ctx, record, m.version, m.name, time.Now().Unix()); err != nil {
+		return 0, fmt.Errorf("storage: migration %d (%s): record: %w", m.version, m.name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("storage: migration %d (%s): commit: %w", m.version, m.name, err)
+	}
+	return m.version, nil
+}
+
+// queryer is what schemaVersion needs of a *sql.DB or *sql.Tx.
+type queryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// schemaVersion returns the highest recorded migration, 0 for none.
+func schemaVersion(ctx context.Context, q queryer) (int, error) {
+	var v sql.NullInt64
+	if err := q.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("storage: read schema version: %w", err)
+	}
+	return int(v.Int64), nil
+}
+
+func tooNew(current, latest int) error {
+	return fmt.Errorf("%w: database is at version %d, this binary knows versions up to %d; upgrade Krill", ErrSchemaTooNew, current, latest)
+}
+
+// ignoreDone drops the error Rollback returns after a failed Commit, which
+// has already ended the transaction.
+func ignoreDone(err error) error {
+	if errors.Is(err, sql.ErrTxDone) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,290 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/krill-xmpp/krill/sasl"
+)
+
+// Queries, written once with '?' parameters and rebound per [Dialect].
+const (
+	queryCredentials = `SELECT scram_sha1, scram_sha256, scram_sha512 FROM accounts WHERE username = ?`
+	// ON CONFLICT DO NOTHING rather than a failed INSERT: "exists" is then
+	// RowsAffected() == 0 in every database, not a driver-specific error
+	// code, and in PostgreSQL a conflict does not abort the transaction.
+	queryInsert = `INSERT INTO accounts (username, scram_sha1, scram_sha256, scram_sha512, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username) DO NOTHING`
+	queryUpdate = `UPDATE accounts SET scram_sha1 = ?, scram_sha256 = ?, scram_sha512 = ?, updated_at = ? WHERE username = ?`
+	queryDelete = `DELETE FROM accounts WHERE username = ?`
+	queryList   = `SELECT username FROM accounts`
+)
+
+// SQL implements [Accounts] on database/sql, with prepared statements for
+// every query. It is safe for concurrent use.
+//
+// Create one with [OpenSQLite] or [NewSQL]; the zero SQL is not usable.
+type SQL struct {
+	dialect Dialect
+	// write runs every statement that changes data; read runs lookups.
+	// They are the same pool except with SQLite, where writes go through
+	// a single connection (SQLite has one writer at a time anyway, and
+	// queueing in Go beats spinning on SQLITE_BUSY) and reads through
+	// several read-only ones (WAL lets them run beside the writer).
+	write, read *sql.DB
+
+	credentials, insert, update, remove, list *sql.Stmt
+}
+
+// NewSQL returns a store on db, a database of dialect d, after migrating
+// it with [Migrate]. The store owns db: its Close closes db.
+func NewSQL(ctx context.Context, db *sql.DB, d Dialect) (*SQL, error) {
+	return newSQL(ctx, db, db, d)
+}
+
+// newSQL migrates through write and prepares the statements. On error it
+// closes both pools.
+func newSQL(ctx context.Context, write, read *sql.DB, d Dialect) (*SQL, error) {
+	s := &SQL{dialect: d, write: write, read: read}
+	if err := Migrate(ctx, write, d); err != nil {
+		return nil, errors.Join(err, s.Close())
+	}
+	for _, p := range []struct {
+		stmt  **sql.Stmt
+		db    *sql.DB
+		query string
+	}{
+		{&s.credentials, read, queryCredentials},
+		{&s.list, read, queryList},
+		{&s.insert, write, queryInsert},
+		{&s.update, write, queryUpdate},
+		{&s.remove, write, queryDelete},
+	} {
+		stmt, err := p.db.PrepareContext(ctx, d.rebind(p.query))
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("storage: prepare %q: %w", p.query, err), s.Close())
+		}
+		*p.stmt = stmt
+	}
+	return s, nil
+}
+
+// Credentials implements [Accounts.Credentials].
+func (s *SQL) Credentials(ctx context.Context, username string) (sasl.Credentials, error) {
+	var cols [3]sql.NullString
+	err := s.credentials.QueryRowContext(ctx, username).Scan(&cols[0], &cols[1], &cols[2])
+	if errors.Is(err, sql.ErrNoRows) {
+		return sasl.Credentials{}, fmt.Errorf("%w: %q", ErrNotFound, username)
+	}
+	if err != nil {
+		return sasl.Credentials{}, fmt.Errorf("storage: look up %q: %w", username, err)
+	}
+	var c sasl.Credentials
+	for i, dst := range []*sasl.Credential{&c.SHA1, &c.SHA256, &c.SHA512} {
+		if !cols[i].Valid {
+			continue
+		}
+		h, cred, err := sasl.ParseCredential(cols[i].String)
+		if err != nil {
+			return sasl.Credentials{}, fmt.Errorf("%w: account %q, column %s: %w", ErrCorrupt, username, columns[i].name, err)
+		}
+		if h != columns[i].hash {
+			return sasl.Credentials{}, fmt.Errorf("%w: account %q, column %s holds another hash", ErrCorrupt, username, columns[i].name)
+		}
+		*dst = cred
+	}
+	return c, nil
+}
+
+// AddAccount implements [Accounts.AddAccount].
+func (s *SQL) AddAccount(ctx context.Context, username string, c sasl.Credentials) error {
+	args, err := insertArgs(username, c, time.Now().Unix())
+	if err != nil {
+		return err
+	}
+	res, err := s.insert.ExecContext(ctx, args[:]...)
+	if err != nil {
+		return fmt.Errorf("storage: add %q: %w", username, err)
+	}
+	return wantOneRow(res, ErrExists, username)
+}
+
+// AddAccounts implements [Accounts.AddAccounts]. It checks the batch for
+// duplicates before it touches the database, then inserts every account
+// through one prepared statement in one transaction.
+func (s *SQL) AddAccounts(ctx context.Context, accounts []NewAccount) (err error) {
+	if len(accounts) == 0 {
+		return nil
+	}
+	now := time.Now().Unix()
+	args := make([][6]any, len(accounts))
+	seen := make(map[string]struct{}, len(accounts))
+	for i, a := range accounts {
+		if _, dup := seen[a.Username]; dup {
+			return fmt.Errorf("%w: %q appears twice in the batch", ErrExists, a.Username)
+		}
+		seen[a.Username] = struct{}{}
+		if args[i], err = insertArgs(a.Username, a.Credentials, now); err != nil {
+			return err
+		}
+	}
+	tx, err := s.write.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("storage: add %d accounts: %w", len(accounts), err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ignoreDone(tx.Rollback()))
+		}
+	}()
+	// The transaction closes its copy of the statement when it ends.
+	insert := tx.StmtContext(ctx, s.insert)
+	for i := range args {
+		res, err := insert.ExecContext(ctx, args[i][:]...)
+		if err != nil {
+			return fmt.Errorf("storage: add %q: %w", accounts[i].Username, err)
+		}
+		if err := wantOneRow(res, ErrExists, accounts[i].Username); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("storage: add %d accounts: commit: %w", len(accounts), err)
+	}
+	return nil
+}
+
+// SetCredentials implements [Accounts.SetCredentials].
+func (s *SQL) SetCredentials(ctx context.Context, username string, c sasl.Credentials) error {
+	cols, err := credentialColumns(username, c)
+	if err != nil {
+		return err
+	}
+	res, err := s.update.ExecContext(ctx, cols[0], cols[1], cols[2], time.Now().Unix(), username)
+	if err != nil {
+		return fmt.Errorf("storage: set credentials of %q: %w", username, err)
+	}
+	return wantOneRow(res, ErrNotFound, username)
+}
+
+// RemoveAccount implements [Accounts.RemoveAccount].
+func (s *SQL) RemoveAccount(ctx context.Context, username string) error {
+	res, err := s.remove.ExecContext(ctx, username)
+	if err != nil {
+		return fmt.Errorf("storage: remove %q: %w", username, err)
+	}
+	return wantOneRow(res, ErrNotFound, username)
+}
+
+// ListAccounts implements [Accounts.ListAccounts]. It sorts in Go: an
+// ORDER BY would follow the database's collation, which in PostgreSQL
+// depends on the locale.
+func (s *SQL) ListAccounts(ctx context.Context) ([]string, error) {
+	rows, err := s.list.QueryContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("storage: list accounts: %w", err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, fmt.Errorf("storage: list accounts: %w", err)
+		}
+		names = append(names, name)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("storage: list accounts: %w", err)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// Close closes the prepared statements and the database. It is safe to
+// call more than once.
+func (s *SQL) Close() error {
+	var errs []error
+	for _, stmt := range []*sql.Stmt{s.credentials, s.insert, s.update, s.remove, s.list} {
+		if stmt != nil {
+			errs = append(errs, stmt.Close())
+		}
+	}
+	if s.read != nil && s.read != s.write {
+		errs = append(errs, s.read.Close())
+	}
+	if s.write != nil {
+		errs = append(errs, s.write.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// columns maps the credential columns, in query order, to their hashes.
+var columns = [3]struct {
+	name string
+	hash sasl.Hash
+}{
+	{"scram_sha1", sasl.SHA1},
+	{"scram_sha256", sasl.SHA256},
+	{"scram_sha512", sasl.SHA512},
+}
+
+// credentialColumns returns the column values for c: the RFC 5803 text of
+// each credential, or nil (NULL) for an absent one. Each text is parsed
+// back before it is stored, so that a credential [SQL.Credentials] would
+// reject as corrupt (keys of the wrong length, say) never reaches the
+// database. It fails if all three are absent.
+func credentialColumns(username string, c sasl.Credentials) ([3]any, error) {
+	var cols [3]any
+	some := false
+	for i, cred := range [3]*sasl.Credential{&c.SHA1, &c.SHA256, &c.SHA512} {
+		if isZero(cred) {
+			continue
+		}
+		text := cred.Text(columns[i].hash)
+		if _, _, err := sasl.ParseCredential(text); err != nil {
+			return cols, fmt.Errorf("storage: account %q, %v credential: %w", username, columns[i].hash, err)
+		}
+		cols[i] = text
+		some = true
+	}
+	if !some {
+		return cols, fmt.Errorf("%w: account %q", ErrNoCredentials, username)
+	}
+	return cols, nil
+}
+
+// insertArgs returns the arguments of queryInsert.
+func insertArgs(username string, c sasl.Credentials, now int64) ([6]any, error) {
+	if username == "" {
+		return [6]any{}, ErrEmptyUsername
+	}
+	cols, err := credentialColumns(username, c)
+	if err != nil {
+		return [6]any{}, err
+	}
+	return [6]any{username, cols[0], cols[1], cols[2], now, now}, nil
+}
+
+// isZero reports whether c is the zero Credential, the "absent" marker of
+// [sasl.Credentials]. It is written here, not taken from sasl, so that
+// storage depends only on the Credential fields and Text/ParseCredential.
+func isZero(c *sasl.Credential) bool {
+	return c.Iterations == 0 && len(c.Salt) == 0 && len(c.StoredKey) == 0 && len(c.ServerKey) == 0
+}
+
+// wantOneRow turns a statement that touched no row into notOne wrapped
+// with the username.
+func wantOneRow(res sql.Result, notOne error, username string) error {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("storage: %q: rows affected: %w", username, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: %q", notOne, username)
+	}
+	return nil
+}
