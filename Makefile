@@ -4,15 +4,18 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 5m
 BIN         := bin/krill
 
+# No cgo anywhere: static binaries, and one build cache for build, vet and test.
+export CGO_ENABLED = 0
+
 .PHONY: build run test race bench bench-idle fuzz lint clean
 
 ## build: a static binary (no cgo) in bin/krill
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/krill
+	$(GO) build -trimpath -o $(BIN) ./cmd/krill
 
 ## run: the server on its embedded defaults (localhost, ./krill-data)
 run:
-	CGO_ENABLED=0 $(GO) run ./cmd/krill serve
+	$(GO) run ./cmd/krill serve
 
 ## test: formatting, vet and every test, integration tests included
 test:

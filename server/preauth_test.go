@@ -22,7 +22,7 @@ func TestPreauthDeadline(t *testing.T) {
 	cfg.Preauth.Timeout = 600 * time.Millisecond
 	srv := startServer(t, cfg)
 	cases := []struct {
-		name   string
+		name    string
 		trickle []string
 	}{
 		{"silent", nil},

@@ -3,8 +3,8 @@ package server
 import (
 	"bytes"
 	"crypto/rand"
-	"strconv"
 	"encoding/base32"
+	"strconv"
 	"strings"
 
 	"go.uber.org/zap"

@@ -1,0 +1,259 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Errors returned by Drive and the stages.
+var (
+	// ErrUnknownStage means Options.Stage names no stage.
+	ErrUnknownStage = errors.New("bench: unknown stage")
+	// ErrBadOptions means Options cannot describe a run (no address, N < 1).
+	ErrBadOptions = errors.New("bench: invalid options")
+	// ErrNoFeatures means the server closed the stream, or sent more than
+	// maxNegotiation bytes, before its stream features were complete.
+	ErrNoFeatures = errors.New("bench: no stream features from server")
+	// ErrStreamError means the server answered with a stream error.
+	ErrStreamError = errors.New("bench: stream error from server")
+)
+
+// Stage names the point of a client's negotiation at which Drive holds a
+// connection idle. Each stage is one small function (see stageFuncs); a
+// later stage runs the earlier ones first.
+type Stage string
+
+// The stages Drive knows.
+const (
+	// StageTCP is a connection accepted by the server; the client sends
+	// nothing.
+	StageTCP Stage = "tcp"
+	// StageStream is a stream opened by the client whose stream features
+	// the server has sent in full (RFC 6120 section 4.3.2).
+	StageStream Stage = "stream"
+)
+
+// stageFuncs bring a freshly dialled connection to each stage. A stage may
+// wrap the connection (STARTTLS will), so it returns the one to hold. Drive
+// has set a deadline on c that bounds the whole stage.
+var stageFuncs = map[Stage]func(c net.Conn, o *Options) (net.Conn, error){
+	StageTCP:    func(c net.Conn, _ *Options) (net.Conn, error) { return c, nil },
+	StageStream: openStream,
+}
+
+// Stages returns the names of the stages Drive knows, in negotiation order.
+func Stages() []Stage { return []Stage{StageTCP, StageStream} }
+
+// Options configure Drive. The zero value of each field but Addr and N
+// selects its documented default.
+type Options struct {
+	// Addr is the server's c2s address, host:port.
+	Addr string
+	// N is how many connections to open; it must be at least 1.
+	N int
+	// Stage is where each connection is brought; empty means StageTCP.
+	Stage Stage
+	// Domain is the stream's 'to' address; empty means "localhost".
+	Domain string
+	// LocalAddrs are the source addresses connections are dialled from,
+	// in turn. Spreading connections over several loopback addresses
+	// (127.0.0.2, 127.0.0.3, ...) keeps each one's ephemeral ports from
+	// running out. Empty lets the system choose.
+	LocalAddrs []netip.Addr
+	// Concurrency is how many connections are being opened at once;
+	// 0 means 64.
+	Concurrency int
+	// Timeout bounds dialling plus bringing one connection to its stage;
+	// 0 means 30 seconds.
+	Timeout time.Duration
+	// Ready, if non-nil, is called once, with N, when every connection has
+	// reached the stage.
+	Ready func(n int)
+}
+
+// Defaults for the zero fields of Options.
+const (
+	DefaultDomain      = "localhost"
+	DefaultConcurrency = 64
+	DefaultTimeout     = 30 * time.Second
+)
+
+// maxNegotiation bounds what a stage reads while waiting for one answer,
+// so that a server that never sends what a stage waits for cannot make it
+// read forever.
+const maxNegotiation = 64 << 10
+
+func (o *Options) setDefaults() error {
+	if o.Addr == "" || o.N < 1 {
+		return fmt.Errorf("%w: need an address and N >= 1, got %q and %d", ErrBadOptions, o.Addr, o.N)
+	}
+	if o.Stage == "" {
+		o.Stage = StageTCP
+	}
+	if _, ok := stageFuncs[o.Stage]; !ok {
+		return fmt.Errorf("%w: %q", ErrUnknownStage, o.Stage)
+	}
+	if o.Domain == "" {
+		o.Domain = DefaultDomain
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = DefaultConcurrency
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	return nil
+}
+
+// Drive opens o.N connections to o.Addr, at most o.Concurrency at a time,
+// brings each to o.Stage, calls o.Ready, and then holds them, idle, until
+// ctx is done. It closes every connection before it returns.
+//
+// Drive returns nil when ctx ends after all connections reached the stage,
+// the first connection's error if any failed (the others are then
+// abandoned), and ctx's error if ctx ended before they were ready.
+func Drive(ctx context.Context, o Options) error {
+	if err := o.setDefaults(); err != nil {
+		return err
+	}
+	stage := stageFuncs[o.Stage]
+	conns := make([]net.Conn, o.N)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		next     atomic.Int64 // index of the next connection to open
+		firstErr error
+		errOnce  sync.Once
+		wg       sync.WaitGroup
+	)
+	workers := min(o.Concurrency, o.N)
+	for range workers {
+		wg.Go(func() {
+			// Each index is taken by exactly one worker, so conns[i] has
+			// one writer, and the loop ends after at most N iterations
+			// overall.
+			for i := int(next.Add(1) - 1); i < o.N; i = int(next.Add(1) - 1) {
+				if runCtx.Err() != nil {
+					return
+				}
+				c, err := open(runCtx, &o, i, stage)
+				if err != nil {
+					errOnce.Do(func() {
+						firstErr = fmt.Errorf("bench: connection %d of %d to %s: %w", i+1, o.N, o.Addr, err)
+						cancel()
+					})
+					return
+				}
+				conns[i] = c
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if o.Ready != nil {
+		o.Ready(o.N)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// open dials connection i and brings it to its stage within o.Timeout.
+func open(ctx context.Context, o *Options, i int, stage func(net.Conn, *Options) (net.Conn, error)) (net.Conn, error) {
+	d := net.Dialer{Timeout: o.Timeout}
+	if len(o.LocalAddrs) > 0 {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(o.LocalAddrs[i%len(o.LocalAddrs)], 0))
+	}
+	c, err := d.DialContext(ctx, "tcp", o.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetDeadline(time.Now().Add(o.Timeout)); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	held, err := stage(c, o)
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	// Idle from here on: no deadline.
+	if err := held.SetDeadline(time.Time{}); err != nil {
+		_ = held.Close()
+		return nil, err
+	}
+	return held, nil
+}
+
+// openStream sends an RFC 6120 stream header and waits for the end of the
+// server's stream features.
+func openStream(c net.Conn, o *Options) (net.Conn, error) {
+	header := `<?xml version='1.0'?><stream:stream to='` + escapeAttr(o.Domain) +
+		`' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>`
+	if _, err := io.WriteString(c, header); err != nil {
+		return nil, err
+	}
+	if err := readUntil(c, "</stream:features>"); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// readUntil reads from r until what it received contains want. It stops
+// with ErrStreamError at a stream error and with ErrNoFeatures at EOF or
+// after maxNegotiation bytes.
+func readUntil(r io.Reader, want string) error {
+	var (
+		got   []byte
+		chunk [2048]byte
+	)
+	for len(got) < maxNegotiation {
+		n, err := r.Read(chunk[:])
+		got = append(got, chunk[:n]...)
+		if bytes.Contains(got, []byte(want)) {
+			return nil
+		}
+		if i := bytes.Index(got, []byte("<stream:error")); i >= 0 {
+			return fmt.Errorf("%w: %s", ErrStreamError, clip(got[i:], 200))
+		}
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: connection closed after %d bytes: %s", ErrNoFeatures, len(got), clip(got, 200))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: no %s in the first %d bytes", ErrNoFeatures, want, len(got))
+}
+
+func clip(b []byte, n int) string {
+	if len(b) > n {
+		return string(b[:n]) + "..."
+	}
+	return string(b)
+}
+
+var attrEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", "'", "&apos;", `"`, "&quot;")
+
+func escapeAttr(s string) string { return attrEscaper.Replace(s) }

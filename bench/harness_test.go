@@ -1,0 +1,229 @@
+package bench_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/krill-xmpp/krill/bench"
+	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/modules/disco"
+	"github.com/krill-xmpp/krill/modules/ping"
+	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/server"
+	"github.com/krill-xmpp/krill/storage"
+)
+
+// stopTimeout bounds stopping a server or a client process.
+const stopTimeout = 30 * time.Second
+
+// startServer runs a Krill server on 127.0.0.1 with the modules of a
+// default build and a pre-auth deadline that outlives any benchmark, and
+// stops it when tb ends.
+func startServer(tb testing.TB) *server.Server {
+	tb.Helper()
+	cfg := config.Default()
+	cfg.DataDir = tb.TempDir()
+	cfg.C2S.Listen = "127.0.0.1:0"
+	cfg.C2S.DirectTLSListen = ""
+	cfg.Preauth.Timeout = 30 * time.Minute
+	// The clients come from a handful of addresses: no per-address or
+	// total pre-auth cap may refuse them.
+	cfg.Preauth.MaxPerIP = 0
+	cfg.Preauth.MaxTotal = 0
+	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := new(router.Router)
+	if err := r.Register(ping.Module{}, disco.Module{}); err != nil {
+		tb.Fatal(err)
+	}
+	srv, err := server.New(cfg, nil, store, r)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		defer cancel()
+		if err := srv.Stop(ctx); err != nil {
+			tb.Errorf("server Stop: %v", err)
+		}
+		_ = store.Close()
+	})
+	return srv
+}
+
+// waitFor polls cond every 10 ms until it holds or timeout passes, and
+// reports whether it held. The bound keeps every loop finite.
+func waitFor(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cond()
+}
+
+// clientProc is a client process: this test binary re-executed to run
+// bench.ServeClient.
+type clientProc struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	stderr *capped
+	ready  chan string // the first stdout line; closed without one at EOF
+	done   chan error  // cmd.Wait's result, once stdout is drained
+	exited error       // valid once done has been received from
+	waited bool
+}
+
+// startClient starts a client process that will bring n connections to
+// stage at addr from the source addresses src once told to begin. It kills
+// the process when tb ends.
+func startClient(tb testing.TB, addr string, stage bench.Stage, n int, src []netip.Addr) (*clientProc, error) {
+	tb.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	srcs := make([]string, len(src))
+	for i, a := range src {
+		srcs[i] = a.String()
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(),
+		envClient+"=1",
+		envClientAddr+"="+addr,
+		envClientN+"="+strconv.Itoa(n),
+		envClientStage+"="+string(stage),
+		envClientSrc+"="+strings.Join(srcs, ","),
+	)
+	p := &clientProc{cmd: cmd, stderr: &capped{max: 16 << 10}, ready: make(chan string, 1), done: make(chan error, 1)}
+	cmd.Stderr = p.stderr
+	if p.stdin, err = cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	tb.Cleanup(p.kill)
+	go func() {
+		// Wait must not run before stdout is drained; stdout ends when
+		// the process does.
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			p.ready <- sc.Text()
+		}
+		close(p.ready)
+		_, _ = io.Copy(io.Discard, stdout)
+		p.done <- cmd.Wait()
+	}()
+	return p, nil
+}
+
+// begin tells the process to start dialling.
+func (p *clientProc) begin() error {
+	if _, err := io.WriteString(p.stdin, "go\n"); err != nil {
+		return fmt.Errorf("client %d: %w", p.cmd.Process.Pid, err)
+	}
+	return nil
+}
+
+// waitReady waits up to timeout for the ready line and returns its count.
+func (p *clientProc) waitReady(timeout time.Duration) (int, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case line, ok := <-p.ready:
+		if ok {
+			n, err := bench.ParseReady(line)
+			if err != nil {
+				return 0, fmt.Errorf("client %d: %w; stderr: %s", p.cmd.Process.Pid, err, p.stderr)
+			}
+			return n, nil
+		}
+		err := p.wait(stopTimeout)
+		return 0, fmt.Errorf("client %d exited before it was ready (%v); stderr: %s", p.cmd.Process.Pid, err, p.stderr)
+	case <-t.C:
+		return 0, fmt.Errorf("client %d not ready after %v; stderr: %s", p.cmd.Process.Pid, timeout, p.stderr)
+	}
+}
+
+// wait waits up to timeout for the process to exit, killing it after.
+func (p *clientProc) wait(timeout time.Duration) error {
+	if p.waited {
+		return p.exited
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case p.exited = <-p.done:
+	case <-t.C:
+		_ = p.cmd.Process.Kill()
+		p.exited = errors.Join(fmt.Errorf("client %d did not exit within %v; killed", p.cmd.Process.Pid, timeout), <-p.done)
+	}
+	p.waited = true
+	return p.exited
+}
+
+// stop asks the process to finish by closing its stdin, and returns how it
+// exited; a failure includes its stderr.
+func (p *clientProc) stop() error {
+	_ = p.stdin.Close()
+	if err := p.wait(stopTimeout); err != nil {
+		return fmt.Errorf("client %d: %w; stderr: %s", p.cmd.Process.Pid, err, p.stderr)
+	}
+	return nil
+}
+
+// kill ends the process at once unless it has been waited for.
+func (p *clientProc) kill() {
+	if p.waited {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	_ = p.wait(stopTimeout)
+}
+
+// capped is an io.Writer that keeps the first max bytes written to it,
+// safe for the goroutine exec copies stderr on.
+type capped struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if room := c.max - len(c.b); room > 0 {
+		c.b = append(c.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (c *capped) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.TrimSpace(string(c.b))
+}

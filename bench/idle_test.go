@@ -1,0 +1,314 @@
+package bench_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/krill-xmpp/krill/bench"
+	"github.com/krill-xmpp/krill/server"
+)
+
+// Knobs of BenchmarkIdle. The connection count comes from -idle.conns,
+// else from $BENCH_CONNS, else defaultConns; the settle period from
+// $BENCH_SETTLE (a Go duration).
+var connsFlag = flag.Int("idle.conns", 0, "connections BenchmarkIdle holds idle (default $BENCH_CONNS or 10000)")
+
+const (
+	defaultConns  = 10000
+	defaultSettle = 3 * time.Second
+	// clientProcs is how many client processes share the connections.
+	clientProcs = 2
+	// connsPerSource bounds the connections dialled from one source
+	// address, well inside one address's ephemeral port range.
+	connsPerSource = 10000
+	// warmConns are opened and closed before the baseline, so that code
+	// and per-loop buffers first touched by the first connections are in
+	// the baseline rather than charged to the N connections.
+	warmConns = 16
+	// clientStartup lets the client processes finish starting (and map
+	// what they share with this one) before the baseline; it is not
+	// checked, only a figure's accuracy depends on it.
+	clientStartup = 500 * time.Millisecond
+	// readyTimeout bounds bringing every connection to its stage.
+	readyTimeout = 10 * time.Minute
+	// goroutineSlack is how many more goroutines the benchmark process
+	// may have at the stage than before it: a few the runtime or the
+	// server starts on demand, never one per connection.
+	goroutineSlack = 4
+	// fdReserve is what the server process needs besides the connections'
+	// sockets: listener, epoll, database, pipes.
+	fdReserve = 64
+)
+
+// BenchmarkIdle measures user-space bytes per idle connection in the
+// server process, one sub-benchmark per stage. Run it once per stage:
+//
+//	go test -run '^$' -bench BenchmarkIdle -benchtime 1x -timeout 30m ./bench/
+func BenchmarkIdle(b *testing.B) {
+	n, err := idleConns()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, st := range bench.Stages() {
+		b.Run(string(st), func(b *testing.B) { benchIdle(b, st, n) })
+	}
+}
+
+func idleConns() (int, error) {
+	if *connsFlag > 0 {
+		return *connsFlag, nil
+	}
+	if s := os.Getenv("BENCH_CONNS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < clientProcs {
+			return 0, fmt.Errorf("BENCH_CONNS: want an integer >= %d, got %q", clientProcs, s)
+		}
+		return n, nil
+	}
+	return defaultConns, nil
+}
+
+func settlePeriod() (time.Duration, error) {
+	s := os.Getenv("BENCH_SETTLE")
+	if s == "" {
+		return defaultSettle, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("BENCH_SETTLE: want a duration >= 0, got %q", s)
+	}
+	return d, nil
+}
+
+// benchIdle brings n connections to stage against a fresh server and
+// reports the server process's growth per connection.
+func benchIdle(b *testing.B, stage bench.Stage, n int) {
+	settle, err := settlePeriod()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := checkFileLimit(n + fdReserve); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(0, "ns/op") // the time to set up says nothing here
+
+	// A fresh server, warmed up and then idle with nothing connected.
+	// Memory the runtime kept from an earlier stage's server would be
+	// reused by this one without showing in RSS, so it is returned to
+	// the OS before the baseline; the stage itself is measured as an
+	// operator sees it, without returning anything.
+	srv := startServer(b)
+	if err := warmUp(srv, stage); err != nil {
+		b.Fatal(err)
+	}
+	// The client processes, started before the baseline but dialling only
+	// after it: they map this same binary, which divides its pages' PSS
+	// among more processes, and the parent keeps goroutines for them.
+	procs := make([]*clientProc, 0, clientProcs)
+	share := splitEven(n, clientProcs)
+	perClient := (share[0] + connsPerSource - 1) / connsPerSource
+	for i := range clientProcs {
+		p, err := startClient(b, srv.Addr().String(), stage, share[i], sourceAddrs(i, perClient))
+		if err != nil {
+			b.Fatal(err)
+		}
+		procs = append(procs, p)
+	}
+	time.Sleep(clientStartup)
+	runtime.GC()
+	debug.FreeOSMemory()
+	before, err := takeSnapshot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	writeHeapProfile(b, stage, "before")
+	statsBefore := srv.Stats()
+
+	start := time.Now()
+	for _, p := range procs {
+		if err := p.begin(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(readyTimeout)
+	for i, p := range procs {
+		got, err := p.waitReady(time.Until(deadline))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got != share[i] {
+			b.Fatalf("client %d ready with %d connections, want %d", i, got, share[i])
+		}
+	}
+	if !waitFor(time.Until(deadline), func() bool { return srv.Stats().Preauth == n }) {
+		b.Fatalf("server holds %d pre-auth connections, want %d", srv.Stats().Preauth, n)
+	}
+	ramp := time.Since(start)
+
+	time.Sleep(settle)
+	after, err := takeSnapshot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	writeHeapProfile(b, stage, "after")
+	st := srv.Stats()
+	if st.Preauth != n {
+		b.Fatalf("after settling the server holds %d pre-auth connections, want %d", st.Preauth, n)
+	}
+	if closed := st.Closed - statsBefore.Closed; closed != 0 {
+		b.Fatalf("%d connections closed during the stage (%+v)", closed, st)
+	}
+	if grew := after.goroutines - before.goroutines; grew > goroutineSlack {
+		b.Errorf("goroutines grew from %d to %d with %d connections: one per connection?", before.goroutines, after.goroutines, n)
+	}
+
+	perConn := func(a, z uint64) float64 { return (float64(a) - float64(z)) / float64(n) }
+	rss := perConn(after.proc.RSS, before.proc.RSS)
+	pss := perConn(after.proc.PSS, before.proc.PSS)
+	heapStack := perConn(after.heapInuse+after.stackInuse, before.heapInuse+before.stackInuse)
+	heapAlloc := perConn(after.heapAlloc, before.heapAlloc)
+	b.ReportMetric(rss, "rss-B/conn")
+	b.ReportMetric(pss, "pss-B/conn")
+	b.ReportMetric(heapStack, "heap+stack-B/conn")
+	b.ReportMetric(heapAlloc, "heapalloc-B/conn")
+	b.ReportMetric(float64(n), "conns")
+	b.ReportMetric(float64(after.goroutines), "goroutines")
+	kernel := ""
+	if before.kernelErr == nil && after.kernelErr == nil {
+		// Both ends of every connection are on this machine, and so is
+		// everything else running on it: these are rough.
+		sock := perConn(after.kernel.SockBuf, before.kernel.SockBuf)
+		slab := perConn(after.kernel.Slab, before.kernel.Slab)
+		b.ReportMetric(sock, "kernel-sockbuf-B/conn")
+		b.ReportMetric(slab, "kernel-slab-B/conn")
+		kernel = fmt.Sprintf("; kernel, both ends, system-wide: slab %.0f B/conn, socket buffers %.0f B/conn", slab, sock)
+	}
+	b.Logf("stage %s, %d idle connections (ready in %v, settled %v): server process rss %.0f B/conn, pss %.0f B/conn, "+
+		"heap+stack %.0f B/conn, heapalloc %.0f B/conn; %d goroutines (%d before)%s",
+		stage, n, ramp.Round(time.Millisecond), settle, rss, pss, heapStack, heapAlloc,
+		after.goroutines, before.goroutines, kernel)
+
+	for _, p := range procs {
+		if err := p.stop(); err != nil {
+			b.Error(err)
+		}
+	}
+}
+
+// warmUp brings a few connections to stage and closes them again, then
+// waits until the server has let go of them.
+func warmUp(srv *server.Server, stage bench.Stage) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := bench.Drive(ctx, bench.Options{Addr: srv.Addr().String(), N: warmConns, Stage: stage, Ready: func(int) { cancel() }})
+	if err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	if !waitFor(time.Minute, func() bool { return srv.Stats().Preauth == 0 }) {
+		return fmt.Errorf("warm-up: server still holds %d connections", srv.Stats().Preauth)
+	}
+	return nil
+}
+
+// snapshot is the benchmark process's memory at one instant, after
+// garbage collection.
+type snapshot struct {
+	proc       bench.ProcMemory
+	heapInuse  uint64
+	stackInuse uint64
+	heapAlloc  uint64
+	goroutines int
+	kernel     bench.KernelMemory
+	kernelErr  error
+}
+
+// takeSnapshot collects garbage twice (the second cycle frees what the
+// first one's finalizers released) and reads the figures, without
+// returning any memory to the OS.
+func takeSnapshot() (snapshot, error) {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	s := snapshot{
+		heapInuse:  ms.HeapInuse,
+		stackInuse: ms.StackInuse,
+		heapAlloc:  ms.HeapAlloc,
+		goroutines: runtime.NumGoroutine(),
+	}
+	var err error
+	if s.proc, err = bench.ReadProcMemory(0); err != nil {
+		return snapshot{}, err
+	}
+	s.kernel, s.kernelErr = bench.ReadKernelMemory()
+	return s, nil
+}
+
+// writeHeapProfile writes the heap profile to $BENCH_HEAPPROFILE/heap-STAGE-WHEN.pprof
+// when that variable is set. Compare with
+// go tool pprof -top -sample_index=inuse_space -base heap-stream-before.pprof heap-stream-after.pprof
+func writeHeapProfile(b *testing.B, stage bench.Stage, when string) {
+	dir := os.Getenv(envHeapProfile)
+	if dir == "" {
+		return
+	}
+	name := filepath.Join(dir, "heap-"+string(stage)+"-"+when+".pprof")
+	f, err := os.Create(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("heap profile: %s", name)
+}
+
+// splitEven divides n into k shares that differ by at most one, larger
+// ones first.
+func splitEven(n, k int) []int {
+	s := make([]int, k)
+	for i := range s {
+		s[i] = n / k
+		if i < n%k {
+			s[i]++
+		}
+	}
+	return s
+}
+
+// sourceAddrs returns the per loopback source addresses of client process
+// i: 127.0.0.2 onwards, disjoint from every other client's and from
+// 127.0.0.1.
+func sourceAddrs(i, per int) []netip.Addr {
+	per = max(per, 1)
+	addrs := make([]netip.Addr, per)
+	for j := range addrs {
+		k := 2 + i*per + j
+		addrs[j] = netip.AddrFrom4([4]byte{127, byte(k >> 16), byte(k >> 8), byte(k)})
+	}
+	return addrs
+}
+
+// checkFileLimit reports whether this process may hold need descriptors.
+func checkFileLimit(need int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur < uint64(need) {
+		return fmt.Errorf("open-file limit %d is below the %d the server process needs; lower -idle.conns or raise ulimit -n", lim.Cur, need)
+	}
+	return nil
+}
