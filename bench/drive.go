@@ -116,7 +116,8 @@ func (o *Options) setDefaults() error {
 
 // Drive opens o.N connections to o.Addr, at most o.Concurrency at a time,
 // brings each to o.Stage, calls o.Ready, and then holds them, idle, until
-// ctx is done. It closes every connection before it returns.
+// ctx is done. It closes every connection before it returns, with a reset
+// (SO_LINGER 0) so that no source port is left in TIME_WAIT.
 //
 // Drive returns nil when ctx ends after all connections reached the stage,
 // the first connection's error if any failed (the others are then
@@ -130,7 +131,7 @@ func Drive(ctx context.Context, o Options) error {
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
-				_ = c.Close()
+				abort(c)
 			}
 		}
 	}()
@@ -166,17 +167,37 @@ func Drive(ctx context.Context, o Options) error {
 		})
 	}
 	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		// Failures after ctx ended are its consequence.
+		return err
+	}
 	if firstErr != nil {
 		return firstErr
-	}
-	if err := ctx.Err(); err != nil {
-		return err
 	}
 	if o.Ready != nil {
 		o.Ready(o.N)
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// abort closes c with a reset rather than a FIN, so that its source port
+// does not linger in TIME_WAIT: runs back to back from the same source
+// addresses would otherwise run out of ephemeral ports.
+func abort(c net.Conn) {
+	nc := c
+	// Unwrap stages that wrap the TCP connection, as *tls.Conn does.
+	for range 4 {
+		u, ok := nc.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		nc = u.NetConn()
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
 }
 
 // open dials connection i and brings it to its stage within o.Timeout.
@@ -193,14 +214,19 @@ func open(ctx context.Context, o *Options, i int, stage func(net.Conn, *Options)
 		_ = c.Close()
 		return nil, err
 	}
+	// Ending ctx interrupts the stage's reads and writes at once.
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
 	held, err := stage(c, o)
+	if !stop() {
+		err = errors.Join(err, ctx.Err())
+	}
 	if err != nil {
-		_ = c.Close()
+		abort(c)
 		return nil, err
 	}
 	// Idle from here on: no deadline.
 	if err := held.SetDeadline(time.Time{}); err != nil {
-		_ = held.Close()
+		abort(held)
 		return nil, err
 	}
 	return held, nil

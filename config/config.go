@@ -37,9 +37,9 @@ type C2S struct {
 	// Listen is the STARTTLS/plain c2s listener address (host:port).
 	Listen string `koanf:"listen"`
 	// DirectTLSListen is the XEP-0368 direct TLS listener; empty disables it.
-	// Reserved until TLS support lands.
 	DirectTLSListen string `koanf:"direct_tls_listen"`
-	// AllowPlaintext permits authentication on connections without TLS.
+	// AllowPlaintext permits authentication on connections without TLS
+	// (SCRAM only; PLAIN always needs TLS). Off, STARTTLS is required.
 	AllowPlaintext bool `koanf:"allow_plaintext"`
 	// IdlePing is how long an authenticated session may stay silent before
 	// the server sends it an XEP-0199 ping. Zero disables pinging.
@@ -77,12 +77,21 @@ type Preauth struct {
 	MaxElements int `koanf:"max_elements"`
 }
 
-// TLS configures certificates. Reserved until TLS support lands.
+// TLS configures certificates and the TLS handshake policy.
 type TLS struct {
-	// Cert is a PEM certificate chain file.
+	// Cert is a PEM certificate chain file. Empty (with Key empty) means a
+	// self-signed development certificate for the domain, generated once
+	// in DataDir.
 	Cert string `koanf:"cert"`
 	// Key is the PEM private key file for Cert.
 	Key string `koanf:"key"`
+	// MaxHandshakes caps TLS handshakes in progress at once; each holds a
+	// goroutine (about 8 KB) until it ends. Connections beyond the cap
+	// wait, their deadlines running.
+	MaxHandshakes int `koanf:"max_handshakes"`
+	// HandshakeTimeout bounds one handshake from the complete ClientHello.
+	// The pre-auth deadline still applies.
+	HandshakeTimeout time.Duration `koanf:"handshake_timeout"`
 }
 
 // Log configures logging.
@@ -124,6 +133,8 @@ const (
 	DefaultMaxFailedAuth     = 3
 	DefaultPreauthStanzaSize = 8 << 10
 	DefaultPreauthElements   = 32
+	DefaultMaxHandshakes     = 256
+	DefaultHandshakeTimeout  = 10 * time.Second
 	DefaultWorkers           = 8
 	DefaultWorkQueue         = 4096
 	DefaultTick              = 10 * time.Millisecond
@@ -137,7 +148,7 @@ func Default() Config {
 		C2S: C2S{
 			Listen:          DefaultListen,
 			DirectTLSListen: DefaultDirectTLSListen,
-			AllowPlaintext:  true,
+			AllowPlaintext:  false,
 			IdlePing:        DefaultIdlePing,
 			PingTimeout:     DefaultPingTimeout,
 			MaxStanzaSize:   DefaultMaxStanzaSize,
@@ -151,6 +162,7 @@ func Default() Config {
 			MaxStanzaSize: DefaultPreauthStanzaSize,
 			MaxElements:   DefaultPreauthElements,
 		},
+		TLS:    TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
 		Log:    Log{Level: "info", Format: "console"},
 		Server: Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick},
 	}
@@ -210,6 +222,12 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		bad("tls.cert", c.TLS.Cert, "tls.cert and tls.key must be set together")
+	}
+	if c.TLS.MaxHandshakes < 1 {
+		bad("tls.max_handshakes", c.TLS.MaxHandshakes, "must be >= 1")
+	}
+	if c.TLS.HandshakeTimeout <= 0 {
+		bad("tls.handshake_timeout", c.TLS.HandshakeTimeout, "must be > 0")
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -108,16 +108,16 @@ func TestPlainNotOffered(t *testing.T) {
 	r.until("<invalid-mechanism/>")
 }
 
-// TestPlaintextRefused: with allow_plaintext off and no TLS, no mechanism is
-// offered and none is accepted.
+// TestPlaintextRefused: with allow_plaintext off and no TLS, STARTTLS is
+// required, no mechanism is offered and SASL gets encryption-required.
 func TestPlaintextRefused(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.C2S.AllowPlaintext = false
 	srv := startServer(t, cfg, "judy")
 	r := dialRaw(t, srv)
-	if feats := r.open(); strings.Contains(feats, "<mechanism>") {
-		t.Fatalf("features %q offer a mechanism in plaintext", feats)
+	if feats := r.open(); strings.Contains(feats, "<mechanism>") || !strings.Contains(feats, "<required/></starttls>") {
+		t.Fatalf("features %q: want required STARTTLS and no mechanism", feats)
 	}
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>biwsbj1qdWR5LHI9YWJj</auth>`)
-	r.until("<invalid-mechanism/>")
+	r.until("<encryption-required/>")
 }

@@ -45,9 +45,13 @@ type conn struct {
 	ip     netip.Addr
 	ex     sasl.Server // non-nil only during a SASL exchange
 	sess   *session    // non-nil once authenticated
-	phase  phase
-	flags  uint8
-	failed uint8 // failed SASL attempts
+	tls    *tlsConn    // non-nil once STARTTLS or direct TLS began
+	// preauthAt is the pre-auth deadline as an offset from the server's
+	// epoch (monotonic, and 8 bytes instead of a time.Time's 24).
+	preauthAt time.Duration
+	phase     phase
+	flags     uint8
+	failed    uint8 // failed SASL attempts
 }
 
 func (c *conn) has(f uint8) bool { return c.flags&f != 0 }
@@ -77,8 +81,24 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 	})
 	gc.SetContext(c)
 	// Absolute from accept: nothing the client sends moves it.
-	l.wheel.Arm(&c.timer, c, time.Now().Add(s.cfg.Preauth.Timeout))
+	c.preauthAt = time.Since(s.epoch) + s.cfg.Preauth.Timeout
+	if s.isDirectTLS(gc) {
+		s.startTLS(c, true)
+	} else {
+		s.armDeadline(c)
+	}
 	return nil, gnet.None
+}
+
+// armDeadline arms c's one timer for the earliest of its deadlines before
+// binding: the absolute pre-auth deadline and, while TLS is being set up,
+// the handshake deadline.
+func (s *Server) armDeadline(c *conn) {
+	at := s.epoch.Add(c.preauthAt)
+	if t := c.tls; t != nil && t.stage != tlsEstablished && t.hsDeadline.Before(at) {
+		at = t.hsDeadline
+	}
+	c.loop.wheel.Arm(&c.timer, c, at)
 }
 
 func addrIP(a net.Addr) netip.Addr {
@@ -108,32 +128,49 @@ func (s *Server) traffic(gc gnet.Conn) gnet.Action {
 // process handles buffered input until it runs out, the connection closes,
 // or a worker is needed (the rest waits in gnet's buffer until it answers).
 func (s *Server) process(c *conn) {
+	if c.tls != nil {
+		s.processTLS(c)
+		return
+	}
 	buf, _ := c.gc.Peek(-1)
+	off := s.frame(c, buf)
+	if c.has(flagClosed) {
+		return
+	}
+	if off > 0 {
+		_, _ = c.gc.Discard(off)
+	}
+	if c.tls != nil {
+		// STARTTLS: what follows <starttls/> is the ClientHello.
+		s.processTLS(c)
+	}
+}
+
+// frame handles the complete units at the start of buf (plaintext, from
+// gnet or decrypted) and returns how many bytes it consumed. It stops when
+// the connection closes, waits for a worker, or starts TLS.
+func (s *Server) frame(c *conn, buf []byte) int {
 	if c.sess != nil && len(buf) > 0 {
 		c.sess.lastActive = c.loop.now
 	}
+	tlsBefore := c.tls
 	off := 0
-	defer func() {
-		if off > 0 && !c.has(flagClosed) {
-			_, _ = c.gc.Discard(off)
-		}
-	}()
-	for off < len(buf) && !c.has(flagClosed) {
+	for off < len(buf) && !c.has(flagClosed) && c.tls == tlsBefore {
 		if c.has(flagWorkPending) {
 			// Bound what a client may queue while a worker runs for it.
 			if len(buf)-off > s.maxStanza(c) {
 				s.fail(c, stream.PolicyViolation.Err, "too much input while authenticating")
 			}
-			return
+			return off
 		}
 		tok, err := c.framer.Next(buf[off:])
 		if err != nil {
 			s.stats.closedBadInput.Add(1)
 			s.fail(c, stanza.Condition(err), err.Error())
-			return
+			return off
 		}
 		if tok.Kind == stanza.KindNone {
-			return
+			return off
 		}
 		unit := buf[off : off+tok.Len]
 		off += tok.Len
@@ -149,6 +186,7 @@ func (s *Server) process(c *conn) {
 			// pre-auth connection nothing.
 		}
 	}
+	return off
 }
 
 func (s *Server) maxStanza(c *conn) int {
@@ -158,9 +196,16 @@ func (s *Server) maxStanza(c *conn) int {
 	return s.cfg.Preauth.MaxStanzaSize
 }
 
-// write queues b on the connection. Called on its loop only.
+// write queues b on the connection, encrypted once TLS is up. Called on
+// its loop only. Nothing is written while a TLS handshake is under way.
 func (c *conn) write(b []byte) {
 	if c.has(flagClosed) {
+		return
+	}
+	if t := c.tls; t != nil {
+		if t.stage == tlsEstablished {
+			_, _ = t.tc.Write(b)
+		}
 		return
 	}
 	_, _ = c.gc.Write(b)
@@ -170,6 +215,12 @@ func (c *conn) write(b []byte) {
 // connection. It logs once, here.
 func (s *Server) fail(c *conn, cond, text string) {
 	if c.has(flagClosed) {
+		return
+	}
+	if c.tls != nil && c.tls.stage != tlsEstablished {
+		// No stream to speak on mid-handshake.
+		s.log.Info("connection closed during tls setup", zap.String("condition", cond), zap.Stringer("ip", c.ip))
+		s.shut(c)
 		return
 	}
 	b := c.loop.scratch[:0]
@@ -203,6 +254,9 @@ func (s *Server) shut(c *conn) {
 	if c.has(flagClosed) {
 		return
 	}
+	if t := c.tls; t != nil && t.stage == tlsEstablished {
+		_ = t.tc.Close() // close_notify, then the pipe
+	}
 	s.release(c)
 	_ = c.loop.el.Close(c.gc)
 }
@@ -217,6 +271,10 @@ func (s *Server) release(c *conn) {
 		s.preauth.release(c.ip)
 	}
 	c.ex = nil
+	if c.tls != nil {
+		_ = c.tls.pipe.Close() // releases a blocked handshake goroutine
+		c.tls.plain = nil
+	}
 	if c.sess != nil && c.sess.bound {
 		s.sessions.unbind(c.sess)
 		c.sess.closeMailbox()
@@ -243,6 +301,18 @@ func (s *Server) onDeadline(c *conn) {
 		return
 	}
 	if c.phase != phaseSession {
+		now := time.Now()
+		if t := c.tls; t != nil && t.stage != tlsEstablished && !now.Before(t.hsDeadline) {
+			s.stats.tlsTimeouts.Add(1)
+			s.stats.closedDeadline.Add(1)
+			s.log.Info("tls handshake timed out", zap.Stringer("ip", c.ip))
+			s.shut(c)
+			return
+		}
+		if now.Before(s.epoch.Add(c.preauthAt)) {
+			s.armDeadline(c) // the handshake deadline was re-armed away
+			return
+		}
 		s.stats.closedDeadline.Add(1)
 		s.fail(c, stream.ConnectionTimeout.Err, "authentication took too long")
 		return

@@ -30,6 +30,7 @@ const (
 	nsSession = "urn:ietf:params:xml:ns:xmpp-session"
 	nsStanzas = "urn:ietf:params:xml:ns:xmpp-stanzas"
 	nsPing    = "urn:xmpp:ping"
+	nsSASLCB  = "urn:xmpp:sasl-cb:0"
 )
 
 const streamClose = "</stream:stream>"
@@ -37,23 +38,44 @@ const streamClose = "</stream:stream>"
 // storageTimeout bounds one credential look-up on a worker.
 const storageTimeout = 10 * time.Second
 
-// mechanisms offered on this connection. PLAIN needs TLS, which this
-// build does not terminate yet, so it is never offered in plaintext.
-func (s *Server) mechanisms() []string {
-	if !s.cfg.C2S.AllowPlaintext {
-		return nil
+// plaintextMechanisms are offered without TLS when c2s.allow_plaintext is
+// on. PLAIN would send the password in the clear: never without TLS.
+var plaintextMechanisms = []string{sasl.ScramSHA512, sasl.ScramSHA256, sasl.ScramSHA1}
+
+// mechanisms returns the SASL mechanisms offered on a connection.
+func (s *Server) mechanisms(overTLS bool) []string {
+	if overTLS {
+		return sasl.Mechanisms(true)
 	}
-	return []string{sasl.ScramSHA512, sasl.ScramSHA256, sasl.ScramSHA1}
+	if s.cfg.C2S.AllowPlaintext {
+		return plaintextMechanisms
+	}
+	return nil
 }
 
-func (s *Server) buildPreauthFeatures() []byte {
+// buildFeatures returns the pre-authentication stream features.
+func (s *Server) buildFeatures(overTLS bool) []byte {
 	b := []byte(`<stream:features>`)
-	if mechs := s.mechanisms(); len(mechs) > 0 {
+	if !overTLS {
+		b = append(b, `<starttls xmlns='`+nsTLS+`'>`...)
+		if !s.cfg.C2S.AllowPlaintext {
+			b = append(b, `<required/>`...)
+		}
+		b = append(b, `</starttls>`...)
+	}
+	if mechs := s.mechanisms(overTLS); len(mechs) > 0 {
 		b = append(b, `<mechanisms xmlns='`+nsSASL+`'>`...)
 		for _, m := range mechs {
 			b = append(b, `<mechanism>`+m+`</mechanism>`...)
 		}
 		b = append(b, `</mechanisms>`...)
+	}
+	if overTLS {
+		// XEP-0440: the channel-binding types a -PLUS client may choose.
+		b = append(b, `<sasl-channel-binding xmlns='`+nsSASLCB+`'>`+
+			`<channel-binding type='`+sasl.BindingTLSExporter+`'/>`+
+			`<channel-binding type='`+sasl.BindingTLSServerEndPoint+`'/>`+
+			`</sasl-channel-binding>`...)
 	}
 	return append(b, `</stream:features>`...)
 }
@@ -110,7 +132,11 @@ func (s *Server) handleHeader(c *conn, unit []byte) {
 	switch c.phase {
 	case phaseHeader, phaseNegotiate:
 		c.phase = phaseNegotiate
-		b = append(b, s.featuresPreauth...)
+		if c.tls != nil {
+			b = append(b, s.featuresTLS...)
+		} else {
+			b = append(b, s.featuresPlain...)
+		}
 	case phaseAuthHeader, phaseBind:
 		c.phase = phaseBind
 		b = append(b, s.featuresBind...)
@@ -150,7 +176,13 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 			return
 		}
 		if ns == nsTLS && local == "starttls" {
-			s.fail(c, stream.UnsupportedFeature.Err, "STARTTLS is not offered by this server yet")
+			if c.tls != nil || c.ex != nil || c.sess != nil {
+				c.write([]byte(`<failure xmlns='` + nsTLS + `'/>` + streamClose))
+				s.shut(c)
+				return
+			}
+			c.write([]byte(`<proceed xmlns='` + nsTLS + `'/>`))
+			s.startTLS(c, false)
 			return
 		}
 		// Nothing but negotiation before authentication, and no pong.
@@ -177,11 +209,21 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 			return
 		}
 		mech, _ := tag.AttrString("mechanism")
-		if !s.offered(mech) {
-			s.saslFail(c, "invalid-mechanism", "")
+		if !s.offered(c, mech) {
+			cond := "invalid-mechanism"
+			if c.tls == nil && !s.cfg.C2S.AllowPlaintext {
+				cond = "encryption-required"
+			}
+			s.saslFail(c, cond, "")
 			return
 		}
-		ex, err := sasl.NewServer(sasl.Options{Mechanism: mech})
+		opts := sasl.Options{Mechanism: mech}
+		if c.tls != nil {
+			cs := c.tls.tc.ConnectionState()
+			opts.Binding = sasl.TLSBinding(&cs, c.tls.pipe.leaf)
+			opts.PlusAdvertised = true
+		}
+		ex, err := sasl.NewServer(opts)
 		if err != nil {
 			s.saslFail(c, "invalid-mechanism", "")
 			return
@@ -229,8 +271,8 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 // holding the username exists from then on.
 func (c *conn) exStarted() bool { return c.sess != nil }
 
-func (s *Server) offered(mech string) bool {
-	for _, m := range s.mechanisms() {
+func (s *Server) offered(c *conn, mech string) bool {
+	for _, m := range s.mechanisms(c.tls != nil) {
 		if m == mech {
 			return true
 		}
@@ -398,23 +440,34 @@ func normalizeLocal(username, domain string) (string, error) {
 }
 
 // onLoop runs fn on c's event loop unless c has closed by then.
-func (s *Server) onLoop(c *conn, fn func()) {
-	err := c.loop.el.Execute(context.Background(), runOnLoop{c: c, fn: fn})
+func (s *Server) onLoop(c *conn, fn func()) { s.onLoopOr(c, fn, nil) }
+
+// onLoopOr runs fn on c's event loop, or dropped instead (on the loop, or
+// at once if the loop no longer takes tasks) when c has closed: for tasks
+// that carry a resource, such as a handshake slot.
+func (s *Server) onLoopOr(c *conn, fn, dropped func()) {
+	err := c.loop.el.Execute(context.Background(), runOnLoop{c: c, fn: fn, dropped: dropped})
 	if err != nil {
 		s.log.Debug("dropping loop task", zap.Error(err))
+		if dropped != nil {
+			dropped()
+		}
 	}
 }
 
 type runOnLoop struct {
-	c  *conn
-	fn func()
+	c           *conn
+	fn, dropped func()
 }
 
 // Run implements gnet.Runnable. gnet does not check Execute tasks against
 // closed connections, so the connection's own flag does.
 func (r runOnLoop) Run(context.Context) error {
-	if !r.c.has(flagClosed) {
+	switch {
+	case !r.c.has(flagClosed):
 		r.fn()
+	case r.dropped != nil:
+		r.dropped()
 	}
 	return nil
 }

@@ -15,9 +15,11 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -54,9 +56,19 @@ type Server struct {
 	preauth  preauthLimiter
 	stats    Stats
 
+	// TLS: the certificate, the two configurations and the handshake cap.
+	certs       *certSource
+	tlsStartTLS *tls.Config
+	tlsDirect   *tls.Config
+	handshakes  handshakeLimiter
+	directAddr  netip.AddrPort // the direct TLS listener, once bound
+
+	listen, directListen string // listener addresses with concrete ports
+
 	// Prebuilt wire bytes that depend only on the configuration.
-	featuresPreauth []byte
-	featuresBind    []byte
+	featuresPlain []byte // before TLS: STARTTLS, and SCRAM if plaintext auth is allowed
+	featuresTLS   []byte // over TLS: every mechanism, -PLUS first, and XEP-0440
+	featuresBind  []byte
 
 	loopsMu sync.Mutex
 	loops   map[gnet.EventLoop]*loop
@@ -99,7 +111,19 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, r *route
 	}
 	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal)
 	s.sessions.init()
-	s.featuresPreauth = s.buildPreauthFeatures()
+	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes}
+	certs, err := newCertSource(cfg.TLS.Cert, cfg.TLS.Key, cfg.Domain, cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if certs.generated {
+		log.Warn("using a self-signed development certificate; set tls.cert and tls.key for production",
+			zap.String("cert", certs.certFile))
+	}
+	s.certs = certs
+	s.tlsStartTLS, s.tlsDirect = tlsConfigs(certs)
+	s.featuresPlain = s.buildFeatures(false)
+	s.featuresTLS = s.buildFeatures(true)
 	s.featuresBind = []byte(`<stream:features><bind xmlns='` + nsBind + `'/><session xmlns='` + nsSession + `'><optional/></session></stream:features>`)
 	return s, nil
 }
@@ -117,9 +141,21 @@ func (s *Server) Start() error {
 	s.epoch = time.Now()
 	ticker := time.NewTicker(s.cfg.Server.Tick)
 	h := &handler{srv: s}
-	addr := "tcp://" + s.cfg.C2S.Listen
+	// gnet tells listeners apart by their configured address, so port 0
+	// (tests) is resolved to a free port first.
+	var err error
+	if s.listen, err = concretePort(s.cfg.C2S.Listen); err != nil {
+		return err
+	}
+	addrs := []string{"tcp://" + s.listen}
+	if s.cfg.C2S.DirectTLSListen != "" {
+		if s.directListen, err = concretePort(s.cfg.C2S.DirectTLSListen); err != nil {
+			return err
+		}
+		addrs = append(addrs, "tcp://"+s.directListen)
+	}
 	go func() {
-		err := gnet.Run(h, addr,
+		err := gnet.Rotate(h, addrs,
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(loops),
 			gnet.WithReuseAddr(true),
@@ -128,7 +164,7 @@ func (s *Server) Start() error {
 		)
 		s.runErr = err
 		select {
-		case s.booted <- fmt.Errorf("server: listen %s: %w", s.cfg.C2S.Listen, err):
+		case s.booted <- fmt.Errorf("server: listen %v: %w", addrs, err):
 		default:
 		}
 		close(s.done)
@@ -141,7 +177,51 @@ func (s *Server) Start() error {
 	go s.tick(ticker)
 	s.log.Info("listening", zap.String("listener", "c2s"), zap.Stringer("addr", s.addr),
 		zap.String("domain", s.cfg.Domain), zap.Bool("allow_plaintext", s.cfg.C2S.AllowPlaintext))
+	if s.directAddr.IsValid() {
+		s.log.Info("listening", zap.String("listener", "c2s direct tls"), zap.Stringer("addr", s.directAddr),
+			zap.String("domain", s.cfg.Domain))
+	}
 	return nil
+}
+
+// DirectTLSAddr returns the direct TLS listener's address, or nil when it
+// is disabled.
+func (s *Server) DirectTLSAddr() net.Addr {
+	if !s.directAddr.IsValid() {
+		return nil
+	}
+	return net.TCPAddrFromAddrPort(s.directAddr)
+}
+
+// ReloadCertificates reads the certificate and key files again; new
+// handshakes use them, established connections are not touched.
+func (s *Server) ReloadCertificates() error {
+	if err := s.certs.Reload(); err != nil {
+		return err
+	}
+	s.log.Info("certificates reloaded", zap.String("cert", s.certs.certFile))
+	return nil
+}
+
+// isDirectTLS reports whether gc was accepted on the direct TLS listener.
+// gnet reports the listener's configured address as the local address,
+// which is ambiguous with port 0, so ask the socket.
+func (s *Server) isDirectTLS(gc gnet.Conn) bool {
+	if !s.directAddr.IsValid() {
+		return false
+	}
+	sa, err := unix.Getsockname(gc.Fd())
+	if err != nil {
+		return false
+	}
+	var port int
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		port = a.Port
+	case *unix.SockaddrInet6:
+		port = a.Port
+	}
+	return port == int(s.directAddr.Port()) && port != int(s.addr.(*net.TCPAddr).Port)
 }
 
 // Addr returns the c2s listener's address once Start has returned.
@@ -169,6 +249,7 @@ func (s *Server) Stats() StatsSnapshot {
 	snap := s.stats.snapshot()
 	snap.Preauth = s.preauth.count()
 	snap.Sessions = s.sessions.count()
+	snap.TLSActive, snap.TLSWaiting = s.handshakes.inFlight()
 	return snap
 }
 
@@ -223,6 +304,7 @@ type loop struct {
 	wheel       *timerwheel.Wheel[*conn]
 	now         time.Time // wheel time, refreshed every tick
 	scratch     []byte
+	plainBuf    []byte // decrypted records, allocated on first TLS read
 	tickPending atomic.Bool
 	tickTask    gnet.RunnableFunc
 }
@@ -250,24 +332,48 @@ type handler struct {
 func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 	s := h.srv
 	s.eng = eng
-	if fd, err := eng.Dup(); err == nil {
-		if sa, err := unix.Getsockname(fd); err == nil {
-			s.addr = sockaddrToTCP(sa)
-		}
-		_ = unix.Close(fd)
+	s.addr = net.TCPAddrFromAddrPort(boundAddr(eng, s.listen))
+	if s.directListen != "" {
+		s.directAddr = boundAddr(eng, s.directListen)
 	}
 	s.booted <- nil
 	return gnet.None
 }
 
-func sockaddrToTCP(sa unix.Sockaddr) net.Addr {
+// concretePort returns addr, with port 0 replaced by a port that was free
+// a moment ago.
+func concretePort(addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port != "0" {
+		return addr, err
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("server: finding a free port on %s: %w", host, err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// boundAddr returns the address a listener is bound to (the real port
+// when configured with port 0).
+func boundAddr(eng gnet.Engine, addr string) netip.AddrPort {
+	fd, err := eng.DupListener("tcp", addr)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return netip.AddrPort{}
+	}
 	switch a := sa.(type) {
 	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
 	case *unix.SockaddrInet6:
-		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
 	}
-	return nil
+	return netip.AddrPort{}
 }
 
 func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) { return h.srv.open(gc) }

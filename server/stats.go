@@ -18,6 +18,9 @@ type Stats struct {
 	stanzasIn      atomic.Uint64
 	stanzasRouted  atomic.Uint64
 	workRejected   atomic.Uint64
+	tlsHandshakes  atomic.Uint64
+	tlsFailed      atomic.Uint64
+	tlsTimeouts    atomic.Uint64
 }
 
 // StatsSnapshot is a point-in-time copy of Stats.
@@ -36,6 +39,11 @@ type StatsSnapshot struct {
 	StanzasIn      uint64 // stanzas received from bound sessions
 	StanzasRouted  uint64 // stanzas delivered to local sessions
 	WorkRejected   uint64 // jobs refused because the worker queue was full
+	TLSHandshakes  uint64 // handshakes started
+	TLSFailed      uint64 // handshakes that failed, and connections that sent no TLS
+	TLSTimeouts    uint64 // connections closed at the handshake deadline
+	TLSActive      int    // handshakes running now
+	TLSWaiting     int    // handshakes waiting for a slot now
 	Preauth        int    // unauthenticated connections now
 	Sessions       int    // bound sessions now
 }
@@ -56,5 +64,8 @@ func (s *Stats) snapshot() StatsSnapshot {
 		StanzasIn:      s.stanzasIn.Load(),
 		StanzasRouted:  s.stanzasRouted.Load(),
 		WorkRejected:   s.workRejected.Load(),
+		TLSHandshakes:  s.tlsHandshakes.Load(),
+		TLSFailed:      s.tlsFailed.Load(),
+		TLSTimeouts:    s.tlsTimeouts.Load(),
 	}
 }

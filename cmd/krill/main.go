@@ -157,8 +157,13 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	s := <-sig
+	for ; s == syscall.SIGHUP; s = <-sig {
+		if err := srv.ReloadCertificates(); err != nil {
+			log.Error("certificate reload failed; keeping the current certificate", zap.Error(err))
+		}
+	}
 	log.Info("stopping", zap.Stringer("signal", s))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

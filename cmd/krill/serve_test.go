@@ -25,16 +25,11 @@ func TestServeProcess(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
+	addr, direct := freePort(t), freePort(t)
 
 	data := filepath.Join(dir, "data")
 	cmd := exec.Command(bin, "serve")
-	cmd.Env = append(os.Environ(), "KRILL_C2S_LISTEN="+addr, "KRILL_DATA_DIR="+data,
+	cmd.Env = append(os.Environ(), "KRILL_C2S_LISTEN="+addr, "KRILL_C2S_DIRECT_TLS_LISTEN="+direct, "KRILL_DATA_DIR="+data,
 		"KRILL_LOG_FORMAT=json", "KRILL_DOMAIN=example.test")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -55,7 +50,7 @@ func TestServeProcess(t *testing.T) {
 	}()
 	var log strings.Builder
 	deadline := time.After(30 * time.Second)
-	for !strings.Contains(log.String(), `"listening"`) {
+	for strings.Count(log.String(), `"listening"`) < 2 {
 		select {
 		case l, ok := <-lines:
 			if !ok {
@@ -66,7 +61,8 @@ func TestServeProcess(t *testing.T) {
 			t.Fatalf("no listening line:\n%s", log.String())
 		}
 	}
-	for _, want := range []string{`"domain":"example.test"`, `"addr":"` + addr + `"`, `"data_dir":"` + data + `"`} {
+	for _, want := range []string{`"domain":"example.test"`, `"addr":"` + addr + `"`, `"addr":"` + direct + `"`,
+		`"data_dir":"` + data + `"`, `self-signed development certificate`} {
 		if !strings.Contains(log.String(), want) {
 			t.Errorf("start-up log lacks %s:\n%s", want, log.String())
 		}
@@ -88,8 +84,24 @@ func TestServeProcess(t *testing.T) {
 			t.Fatalf("reading features: %v; got %q", err, got.String())
 		}
 	}
-	if !strings.Contains(got.String(), "from='example.test'") || !strings.Contains(got.String(), "SCRAM-SHA-256") {
+	if !strings.Contains(got.String(), "from='example.test'") || !strings.Contains(got.String(), "<required/></starttls>") {
 		t.Fatalf("unexpected stream opening %q", got.String())
+	}
+
+	// SIGHUP reloads the certificates and keeps serving.
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(log.String(), `"certificates reloaded"`) {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("krill serve exited after SIGHUP:\n%s", log.String())
+			}
+			log.WriteString(l + "\n")
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no reload line after SIGHUP:\n%s", log.String())
+		}
 	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -105,4 +117,14 @@ func TestServeProcess(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("krill serve did not stop on SIGTERM")
 	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

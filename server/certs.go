@@ -1,0 +1,144 @@
+package server
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+)
+
+// Development certificate files, generated in the data directory when no
+// certificate is configured.
+const (
+	devCertFile = "dev-cert.pem"
+	devKeyFile  = "dev-key.pem"
+	devValidity = 365 * 24 * time.Hour
+)
+
+// certSource holds the certificate every handshake uses; Reload swaps it
+// without touching established connections.
+type certSource struct {
+	certFile, keyFile string
+	generated         bool
+	cert              atomic.Pointer[tls.Certificate]
+}
+
+// newCertSource loads the configured certificate, or generates (once) and
+// loads a self-signed development certificate for domain in dataDir.
+func newCertSource(certFile, keyFile, domain, dataDir string) (*certSource, error) {
+	cs := &certSource{certFile: certFile, keyFile: keyFile}
+	if certFile == "" {
+		cs.generated = true
+		cs.certFile = filepath.Join(dataDir, devCertFile)
+		cs.keyFile = filepath.Join(dataDir, devKeyFile)
+		if err := ensureDevCert(cs.certFile, cs.keyFile, domain); err != nil {
+			return nil, err
+		}
+	}
+	return cs, cs.Reload()
+}
+
+// Reload reads the certificate and key files again.
+func (cs *certSource) Reload() error {
+	cert, err := tls.LoadX509KeyPair(cs.certFile, cs.keyFile)
+	if err != nil {
+		return fmt.Errorf("server: loading certificate %s: %w", cs.certFile, err)
+	}
+	if cert.Leaf == nil {
+		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return fmt.Errorf("server: parsing certificate %s: %w", cs.certFile, err)
+		}
+	}
+	cs.cert.Store(&cert)
+	return nil
+}
+
+// ensureDevCert reuses a valid development certificate for domain, or
+// writes a new one: ECDSA P-256, self-signed, valid for a year.
+func ensureDevCert(certFile, keyFile, domain string) error {
+	if cert, err := tls.LoadX509KeyPair(certFile, keyFile); err == nil {
+		leaf, err := x509.ParseCertificate(cert.Certificate[0])
+		if err == nil && leaf.VerifyHostname(domain) == nil && time.Now().Add(24*time.Hour).Before(leaf.NotAfter) {
+			return nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("server: development certificate %s: %w", certFile, err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("server: generating a development key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: domain, Organization: []string{"Krill development certificate"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(devValidity),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		DNSNames:              []string{domain},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return fmt.Errorf("server: creating a development certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(certFile), 0o700); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	if err := writePEM(keyFile, "PRIVATE KEY", keyDER, 0o600); err != nil {
+		return err
+	}
+	return writePEM(certFile, "CERTIFICATE", der, 0o644)
+}
+
+func writePEM(path, typ string, der []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	b := pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return fmt.Errorf("server: writing %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("server: writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// tlsConfigs returns the configuration for STARTTLS and the one for direct
+// TLS (XEP-0368), which adds the xmpp-client ALPN protocol. Both take the
+// certificate from cs at each handshake, so a reload applies to the next.
+func tlsConfigs(cs *certSource) (starttls, direct *tls.Config) {
+	starttls = &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			cert := cs.cert.Load()
+			// Remember the certificate per connection for
+			// tls-server-end-point channel binding.
+			if p, ok := hello.Conn.(*tlsPipe); ok {
+				p.leaf = cert.Leaf
+			}
+			return cert, nil
+		},
+	}
+	direct = starttls.Clone()
+	direct.NextProtos = []string{"xmpp-client"}
+	return starttls, direct
+}

@@ -1,0 +1,422 @@
+package server
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// TLS on the event loop, as the design brief describes: crypto/tls
+// unforked, over an in-memory net.Conn (tlsPipe). The handshake runs on a
+// short-lived goroutine, started only once a complete ClientHello record
+// is buffered and a handshake slot is free; afterwards the loop itself
+// drives tls.Conn: Read until the pipe reports would-block, Write straight
+// into gnet's outbound buffer. No goroutine exists for an idle connection.
+
+// tlsStage is where a connection's TLS layer is.
+type tlsStage uint8
+
+const (
+	tlsAwaitHello  tlsStage = iota // waiting for a complete ClientHello record
+	tlsQueued                      // ClientHello buffered, waiting for a handshake slot
+	tlsHandshaking                 // a goroutine runs the handshake
+	tlsEstablished                 // the loop drives tls.Conn
+)
+
+// maxRecord is the largest TLS record a client may send (RFC 8446 5.1).
+const maxRecord = 5 + 16384 + 256
+
+// maxHandshakeInput bounds what a client may send while its handshake
+// runs or waits: a flood there costs at most this much.
+const maxHandshakeInput = 64 << 10
+
+// tlsConn is the TLS state of one connection, allocated at STARTTLS or at
+// accept on the direct TLS listener and owned by the connection's loop.
+type tlsConn struct {
+	tc         *tls.Conn
+	pipe       tlsPipe
+	plain      []byte    // decrypted input the framer has not consumed
+	hsDeadline time.Time // end of the handshake allowance
+	stage      tlsStage
+}
+
+// errWouldBlock is what the pipe's Read returns on the loop when no
+// ciphertext is left. It is a temporary, timeout net.Error, which crypto/tls
+// does not keep as a permanent error after the handshake (pinned by
+// TestTLSTemporaryErrorNotSticky).
+var errWouldBlock net.Error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "server: no TLS input buffered" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+// tlsPipe is the net.Conn under tls.Conn. During the handshake the
+// goroutine reads (blocking) and writes (into out, flushed by the loop);
+// afterwards only the loop uses it, reads never block and writes go to
+// gnet directly.
+type tlsPipe struct {
+	c    *conn
+	leaf *x509.Certificate // the certificate sent, for tls-server-end-point
+
+	mu          sync.Mutex // guards everything below while a handshake runs
+	in          []byte     // ciphertext not yet read by tls.Conn
+	out         []byte     // handshake output not yet written to gnet
+	ready       chan struct{}
+	handshaking bool
+	closed      bool
+	flushPosted bool
+}
+
+// Read implements net.Conn.
+func (p *tlsPipe) Read(b []byte) (int, error) {
+	p.mu.Lock()
+	for {
+		if len(p.in) > 0 {
+			n := copy(b, p.in)
+			p.in = p.in[n:]
+			if len(p.in) == 0 {
+				p.in = nil
+			}
+			p.mu.Unlock()
+			return n, nil
+		}
+		if p.closed {
+			p.mu.Unlock()
+			return 0, io.EOF
+		}
+		if !p.handshaking {
+			p.mu.Unlock()
+			return 0, errWouldBlock
+		}
+		// The handshake goroutine is about to wait for the client: what it
+		// wrote must reach the client first, or both wait forever.
+		post := len(p.out) > 0 && !p.flushPosted
+		p.flushPosted = p.flushPosted || post
+		ready := p.ready
+		p.mu.Unlock()
+		if post {
+			p.c.loop.srv.onLoop(p.c, p.flush)
+		}
+		<-ready
+		p.mu.Lock()
+	}
+}
+
+// Write implements net.Conn.
+func (p *tlsPipe) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	if p.handshaking {
+		p.out = append(p.out, b...)
+		p.mu.Unlock()
+		return len(b), nil
+	}
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return 0, net.ErrClosed
+	}
+	// Established: we are on the connection's loop.
+	_, _ = p.c.gc.Write(b)
+	return len(b), nil
+}
+
+// flush writes pending handshake output. Runs on the loop.
+func (p *tlsPipe) flush() {
+	p.mu.Lock()
+	out := p.out
+	p.out = nil
+	p.flushPosted = false
+	p.mu.Unlock()
+	if len(out) > 0 {
+		_, _ = p.c.gc.Write(out)
+	}
+}
+
+// feed appends ciphertext for the handshake goroutine and wakes it.
+func (p *tlsPipe) feed(b []byte) {
+	p.mu.Lock()
+	p.in = append(p.in, b...)
+	if p.ready != nil {
+		select {
+		case p.ready <- struct{}{}:
+		default:
+		}
+	}
+	p.mu.Unlock()
+}
+
+// Close implements net.Conn; it also releases a blocked handshake.
+func (p *tlsPipe) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	p.in, p.out = nil, nil
+	if p.ready != nil {
+		close(p.ready)
+		p.ready = nil
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// LocalAddr implements net.Conn.
+func (p *tlsPipe) LocalAddr() net.Addr { return p.c.gc.LocalAddr() }
+
+// RemoteAddr implements net.Conn.
+func (p *tlsPipe) RemoteAddr() net.Addr { return p.c.gc.RemoteAddr() }
+
+// SetDeadline implements net.Conn; deadlines live in the timer wheel.
+func (p *tlsPipe) SetDeadline(time.Time) error { return nil }
+
+// SetReadDeadline implements net.Conn.
+func (p *tlsPipe) SetReadDeadline(time.Time) error { return nil }
+
+// SetWriteDeadline implements net.Conn; tls.Conn.Close calls it.
+func (p *tlsPipe) SetWriteDeadline(time.Time) error { return nil }
+
+// startTLS gives c a TLS layer waiting for the ClientHello, with its
+// handshake deadline. Called on the loop.
+func (s *Server) startTLS(c *conn, direct bool) {
+	t := &tlsConn{hsDeadline: time.Now().Add(s.cfg.TLS.HandshakeTimeout)}
+	t.pipe.c = c
+	cfg := s.tlsStartTLS
+	if direct {
+		cfg = s.tlsDirect
+	}
+	t.tc = tls.Server(&t.pipe, cfg)
+	c.tls = t
+	s.armDeadline(c)
+}
+
+// processTLS takes the ciphertext gnet holds for c according to the TLS
+// stage.
+func (s *Server) processTLS(c *conn) {
+	t := c.tls
+	buf, _ := c.gc.Peek(-1)
+	switch t.stage {
+	case tlsAwaitHello:
+		if len(buf) == 0 {
+			return
+		}
+		if buf[0] != 0x16 { // not a handshake record: not TLS at all
+			s.stats.tlsFailed.Add(1)
+			s.log.Info("tls handshake failed", zap.String("reason", "not a TLS handshake record"), zap.Stringer("ip", c.ip))
+			s.shut(c)
+			return
+		}
+		if len(buf) < 5 {
+			return
+		}
+		n := 5 + int(binary.BigEndian.Uint16(buf[3:5]))
+		if n > maxRecord {
+			s.stats.tlsFailed.Add(1)
+			s.log.Info("tls handshake failed", zap.String("reason", "oversized first record"), zap.Stringer("ip", c.ip))
+			s.shut(c)
+			return
+		}
+		if len(buf) < n {
+			// Stays in gnet's buffer: a trickled ClientHello holds no
+			// goroutine and no copy.
+			return
+		}
+		t.pipe.in = append([]byte(nil), buf...)
+		_, _ = c.gc.Discard(len(buf))
+		s.beginHandshake(c)
+	case tlsQueued, tlsHandshaking:
+		if len(buf) == 0 {
+			return
+		}
+		t.pipe.mu.Lock()
+		pending := len(t.pipe.in)
+		t.pipe.mu.Unlock()
+		if pending+len(buf) > maxHandshakeInput {
+			s.stats.tlsFailed.Add(1)
+			s.log.Info("tls handshake failed", zap.String("reason", "too much input during the handshake"), zap.Stringer("ip", c.ip))
+			s.shut(c)
+			return
+		}
+		t.pipe.feed(buf)
+		_, _ = c.gc.Discard(len(buf))
+	case tlsEstablished:
+		s.readTLS(c, buf)
+	}
+}
+
+// readTLS decrypts everything buffered and frames the plaintext. buf is
+// gnet's input, lent to the pipe only for this call.
+func (s *Server) readTLS(c *conn, buf []byte) {
+	t := c.tls
+	p := &t.pipe
+	if len(buf) > 0 {
+		if len(p.in) > 0 {
+			p.in = append(p.in, buf...)
+		} else {
+			p.in = buf
+		}
+	}
+	scratch := c.loop.tlsScratch()
+	var rerr error
+	for {
+		n, err := t.tc.Read(scratch)
+		if n > 0 {
+			t.plain = append(t.plain, scratch[:n]...)
+		}
+		if err != nil {
+			if !errors.Is(err, errWouldBlock) {
+				rerr = err
+			}
+			break
+		}
+	}
+	p.in = nil
+	if len(buf) > 0 {
+		_, _ = c.gc.Discard(len(buf))
+	}
+	off := s.frame(c, t.plain)
+	if c.has(flagClosed) {
+		return
+	}
+	switch rest := t.plain[off:]; {
+	case len(rest) == 0:
+		t.plain = nil // an idle connection keeps no buffer
+	case cap(t.plain) > 2*len(rest)+4096:
+		t.plain = append([]byte(nil), rest...)
+	default:
+		t.plain = append(t.plain[:0], rest...)
+	}
+	if rerr != nil {
+		// close_notify, an alert or a broken record: the stream is over.
+		if !errors.Is(rerr, io.EOF) {
+			s.stats.closedBadInput.Add(1)
+			s.log.Info("tls read failed", zap.Error(rerr), zap.Stringer("ip", c.ip))
+		} else {
+			s.stats.closedPeer.Add(1)
+		}
+		s.shut(c)
+	}
+}
+
+// beginHandshake runs the handshake now if a slot is free, or queues it.
+func (s *Server) beginHandshake(c *conn) {
+	if !s.handshakes.acquire(c) {
+		c.tls.stage = tlsQueued
+		return
+	}
+	s.runHandshake(c)
+}
+
+// runHandshake starts the handshake goroutine; the caller holds a slot.
+func (s *Server) runHandshake(c *conn) {
+	t := c.tls
+	t.stage = tlsHandshaking
+	p := &t.pipe
+	p.mu.Lock()
+	p.handshaking = true
+	p.ready = make(chan struct{}, 1)
+	p.mu.Unlock()
+	s.stats.tlsHandshakes.Add(1)
+	tc := t.tc
+	go func() {
+		err := tc.Handshake()
+		s.handshakes.release()
+		s.onLoop(c, func() { s.finishHandshake(c, err) })
+	}()
+}
+
+// finishHandshake switches c to loop-driven TLS. The last handshake bytes
+// are written before anything else, in the same critical section that
+// ends the handshake mode.
+func (s *Server) finishHandshake(c *conn, err error) {
+	t := c.tls
+	p := &t.pipe
+	p.mu.Lock()
+	out := p.out
+	p.out, p.ready, p.handshaking, p.flushPosted = nil, nil, false, false
+	p.mu.Unlock()
+	if len(out) > 0 {
+		_, _ = c.gc.Write(out)
+	}
+	if err != nil {
+		s.stats.tlsFailed.Add(1)
+		s.log.Info("tls handshake failed", zap.Error(err), zap.Stringer("ip", c.ip))
+		s.shut(c)
+		return
+	}
+	t.stage = tlsEstablished
+	c.phase = phaseHeader
+	c.flags &^= flagHeaderSent
+	c.framer.Reset()
+	s.armDeadline(c)
+	// Clients often send their stream header with their Finished: read now.
+	s.readTLS(c, nil)
+}
+
+// tlsScratch returns the loop's buffer for decrypted records.
+func (l *loop) tlsScratch() []byte {
+	if l.plainBuf == nil {
+		l.plainBuf = make([]byte, 16<<10)
+	}
+	return l.plainBuf
+}
+
+// handshakeLimiter caps concurrent handshakes; connections beyond the cap
+// wait in FIFO order, their deadlines running.
+type handshakeLimiter struct {
+	srv    *Server
+	max    int
+	mu     sync.Mutex
+	active int
+	wait   []*conn
+}
+
+// acquire takes a slot, or queues c and reports false. Called on c's loop.
+func (h *handshakeLimiter) acquire(c *conn) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.active < h.max {
+		h.active++
+		return true
+	}
+	h.wait = append(h.wait, c)
+	return false
+}
+
+// release frees a slot, handing it to the next waiting connection. A
+// connection that closed meanwhile passes the slot on.
+func (h *handshakeLimiter) release() {
+	h.mu.Lock()
+	if len(h.wait) == 0 {
+		h.active--
+		h.mu.Unlock()
+		return
+	}
+	next := h.wait[0]
+	h.wait[0] = nil
+	h.wait = h.wait[1:]
+	if len(h.wait) == 0 {
+		h.wait = nil
+	}
+	h.mu.Unlock()
+	h.srv.onLoopOr(next, func() {
+		if next.tls != nil && next.tls.stage == tlsQueued {
+			h.srv.runHandshake(next)
+			return
+		}
+		h.release()
+	}, h.release)
+}
+
+// inFlight returns the handshakes running and waiting.
+func (h *handshakeLimiter) inFlight() (active, waiting int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.active, len(h.wait)
+}
