@@ -314,19 +314,21 @@ func TestHandshakeDeadlines(t *testing.T) {
 func TestHandshakeCap(t *testing.T) {
 	cfg := tlsConfig(t)
 	cfg.TLS.MaxHandshakes = 2
-	cfg.TLS.HandshakeTimeout = 1500 * time.Millisecond
+	cfg.TLS.HandshakeTimeout = 30 * time.Second
 	srv := startServer(t, cfg, "frank")
 	tc := clientTLS(t, cfg)
 	established := tlsRaw(t, srv, tc)
 	established.scramLoginOpened("frank", testPassword, "e")
 
 	hello := clientHello(t)
+	var stalled []*rawConn
 	for range 2 {
 		r := dialRaw(t, srv)
 		r.open()
 		r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
 		r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
 		r.send(string(hello))
+		stalled = append(stalled, r)
 	}
 	if !waitFor(ioTimeout, func() bool { return srv.Stats().TLSActive == 2 }) {
 		t.Fatalf("stalled handshakes: %+v", srv.Stats())
@@ -360,6 +362,8 @@ func TestHandshakeCap(t *testing.T) {
 	}
 	established.send(`<iq type='get' id='busy' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
 	established.until(`id='busy'`)
+	// A stalled client goes away: its slot passes to the waiting one.
+	_ = stalled[0].conn.Close()
 	r := <-waiting
 	if r == nil {
 		t.FailNow()
