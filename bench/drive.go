@@ -3,11 +3,14 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +28,9 @@ var (
 	ErrNoFeatures = errors.New("bench: no stream features from server")
 	// ErrStreamError means the server answered with a stream error.
 	ErrStreamError = errors.New("bench: stream error from server")
+	// ErrRefused means the server answered a STARTTLS, SASL or bind
+	// request with a failure or an error.
+	ErrRefused = errors.New("bench: server refused the request")
 )
 
 // Stage names the point of a client's negotiation at which Drive holds a
@@ -40,18 +46,32 @@ const (
 	// StageStream is a stream opened by the client whose stream features
 	// the server has sent in full (RFC 6120 section 4.3.2).
 	StageStream Stage = "stream"
+	// StageTLS is StageStream, then STARTTLS (RFC 6120 section 5), a TLS
+	// handshake with Options.TLSConfig, and the stream opened again over
+	// TLS with its features received.
+	StageTLS Stage = "tls"
+	// StageAuth is StageTLS, then a SCRAM-SHA-256 login (RFC 7677) as the
+	// connection's own account, the stream restarted, a resource bound
+	// (RFC 6120 section 7) and initial presence sent (RFC 6121 section
+	// 4.2).
+	StageAuth Stage = "auth"
 )
 
-// stageFuncs bring a freshly dialled connection to each stage. A stage may
-// wrap the connection (STARTTLS will), so it returns the one to hold. Drive
-// has set a deadline on c that bounds the whole stage.
-var stageFuncs = map[Stage]func(c net.Conn, o *Options) (net.Conn, error){
-	StageTCP:    func(c net.Conn, _ *Options) (net.Conn, error) { return c, nil },
+// stageFunc brings a freshly dialled connection, the i-th of a run, to a
+// stage. A stage may wrap the connection (STARTTLS does), so it returns
+// the one to hold. The caller has set a deadline on c that bounds the
+// whole stage.
+type stageFunc func(c net.Conn, o *Options, i int) (net.Conn, error)
+
+var stageFuncs = map[Stage]stageFunc{
+	StageTCP:    func(c net.Conn, _ *Options, _ int) (net.Conn, error) { return c, nil },
 	StageStream: openStream,
+	StageTLS:    startTLS,
+	StageAuth:   login,
 }
 
 // Stages returns the names of the stages Drive knows, in negotiation order.
-func Stages() []Stage { return []Stage{StageTCP, StageStream} }
+func Stages() []Stage { return []Stage{StageTCP, StageStream, StageTLS, StageAuth} }
 
 // Options configure Drive. The zero value of each field but Addr and N
 // selects its documented default.
@@ -78,6 +98,21 @@ type Options struct {
 	// Ready, if non-nil, is called once, with N, when every connection has
 	// reached the stage.
 	Ready func(n int)
+
+	// TLSConfig is the client's TLS configuration for StageTLS and
+	// StageAuth, which need it. An empty ServerName means Domain. It is
+	// not modified; set CurvePreferences here to choose the key share.
+	TLSConfig *tls.Config
+	// UserPrefix and FirstUser name the accounts of StageAuth: connection
+	// i logs in as UserPrefix followed by FirstUser+i in decimal. An empty
+	// UserPrefix means DefaultUserPrefix.
+	UserPrefix string
+	FirstUser  int
+	// Password is every account's password; empty means DefaultPassword.
+	Password string
+	// Resource is the resource StageAuth binds; empty means
+	// DefaultResource.
+	Resource string
 }
 
 // Defaults for the zero fields of Options.
@@ -85,6 +120,9 @@ const (
 	DefaultDomain      = "localhost"
 	DefaultConcurrency = 64
 	DefaultTimeout     = 30 * time.Second
+	DefaultUserPrefix  = "bench"
+	DefaultPassword    = "bench password"
+	DefaultResource    = "bench"
 )
 
 // maxNegotiation bounds what a stage reads while waiting for one answer,
@@ -110,6 +148,24 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
+	}
+	if o.Stage == StageTLS || o.Stage == StageAuth {
+		if o.TLSConfig == nil {
+			return fmt.Errorf("%w: stage %q needs a TLS configuration", ErrBadOptions, o.Stage)
+		}
+		if o.TLSConfig.ServerName == "" {
+			o.TLSConfig = o.TLSConfig.Clone()
+			o.TLSConfig.ServerName = o.Domain
+		}
+	}
+	if o.UserPrefix == "" {
+		o.UserPrefix = DefaultUserPrefix
+	}
+	if o.Password == "" {
+		o.Password = DefaultPassword
+	}
+	if o.Resource == "" {
+		o.Resource = DefaultResource
 	}
 	return nil
 }
@@ -200,8 +256,26 @@ func abort(c net.Conn) {
 	_ = c.Close()
 }
 
+// Dial opens one connection, the i-th of a run (which names its account
+// in StageAuth), and brings it to o.Stage within o.Timeout; o.N and
+// o.Ready are ignored. The caller closes the connection it returns; Abort
+// closes it with a reset.
+func Dial(ctx context.Context, o Options, i int) (net.Conn, error) {
+	if o.N < 1 {
+		o.N = 1
+	}
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	return open(ctx, &o, i, stageFuncs[o.Stage])
+}
+
+// Abort closes c, a connection from Dial, with a reset rather than a FIN,
+// so that its source port does not linger in TIME_WAIT.
+func Abort(c net.Conn) { abort(c) }
+
 // open dials connection i and brings it to its stage within o.Timeout.
-func open(ctx context.Context, o *Options, i int, stage func(net.Conn, *Options) (net.Conn, error)) (net.Conn, error) {
+func open(ctx context.Context, o *Options, i int, stage stageFunc) (net.Conn, error) {
 	d := net.Dialer{Timeout: o.Timeout}
 	if len(o.LocalAddrs) > 0 {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(o.LocalAddrs[i%len(o.LocalAddrs)], 0))
@@ -216,7 +290,7 @@ func open(ctx context.Context, o *Options, i int, stage func(net.Conn, *Options)
 	}
 	// Ending ctx interrupts the stage's reads and writes at once.
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
-	held, err := stage(c, o)
+	held, err := stage(c, o, i)
 	if !stop() {
 		err = errors.Join(err, ctx.Err())
 	}
@@ -234,22 +308,132 @@ func open(ctx context.Context, o *Options, i int, stage func(net.Conn, *Options)
 
 // openStream sends an RFC 6120 stream header and waits for the end of the
 // server's stream features.
-func openStream(c net.Conn, o *Options) (net.Conn, error) {
+func openStream(c net.Conn, o *Options, _ int) (net.Conn, error) {
 	header := `<?xml version='1.0'?><stream:stream to='` + escapeAttr(o.Domain) +
 		`' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>`
 	if _, err := io.WriteString(c, header); err != nil {
 		return nil, err
 	}
-	if err := readUntil(c, "</stream:features>"); err != nil {
+	if _, err := readUntil(c, "</stream:features>"); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// readUntil reads from r until what it received contains want. It stops
-// with ErrStreamError at a stream error and with ErrNoFeatures at EOF or
-// after maxNegotiation bytes.
-func readUntil(r io.Reader, want string) error {
+const (
+	nsTLS  = "urn:ietf:params:xml:ns:xmpp-tls"
+	nsSASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+	nsBind = "urn:ietf:params:xml:ns:xmpp-bind"
+)
+
+// startTLS opens the stream, upgrades it with STARTTLS and opens it again
+// over TLS.
+func startTLS(c net.Conn, o *Options, i int) (net.Conn, error) {
+	if _, err := openStream(c, o, i); err != nil {
+		return nil, err
+	}
+	if _, err := io.WriteString(c, `<starttls xmlns='`+nsTLS+`'/>`); err != nil {
+		return nil, err
+	}
+	// The whole <proceed/> must be read here: a byte of it left in the
+	// socket would reach the TLS handshake.
+	got, err := readUntil(c, nsTLS+"'/>", nsTLS+`"/>`)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Contains(got, []byte("<proceed")) {
+		return nil, fmt.Errorf("%w: STARTTLS answered with %s", ErrRefused, clip(got, 200))
+	}
+	tc := tls.Client(c, o.TLSConfig)
+	if err := tc.Handshake(); err != nil {
+		return nil, fmt.Errorf("bench: TLS handshake: %w", err)
+	}
+	return openStream(tc, o, i)
+}
+
+// login brings a connection to StageTLS, then logs in with SCRAM-SHA-256
+// as account i, restarts the stream, binds o.Resource and sends initial
+// presence.
+func login(c net.Conn, o *Options, i int) (net.Conn, error) {
+	tc, err := startTLS(c, o, i)
+	if err != nil {
+		return nil, err
+	}
+	user := o.UserPrefix + strconv.Itoa(o.FirstUser+i)
+	sc, first := newSCRAM(user, o.Password)
+	if _, err := io.WriteString(tc, `<auth xmlns='`+nsSASL+`' mechanism='SCRAM-SHA-256'>`+
+		base64.StdEncoding.EncodeToString(first)+`</auth>`); err != nil {
+		return nil, err
+	}
+	challenge, err := readSASL(tc, "challenge")
+	if err != nil {
+		return nil, err
+	}
+	final, err := sc.final(challenge)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.WriteString(tc, `<response xmlns='`+nsSASL+`'>`+
+		base64.StdEncoding.EncodeToString(final)+`</response>`); err != nil {
+		return nil, err
+	}
+	success, err := readSASL(tc, "success")
+	if err != nil {
+		return nil, err
+	}
+	if err := sc.verify(success); err != nil {
+		return nil, err
+	}
+	if _, err := openStream(tc, o, i); err != nil {
+		return nil, err
+	}
+	if _, err := io.WriteString(tc, `<iq type='set' id='bind'><bind xmlns='`+nsBind+`'><resource>`+
+		escapeAttr(o.Resource)+`</resource></bind></iq>`); err != nil {
+		return nil, err
+	}
+	got, err := readUntil(tc, "</iq>", "/>")
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Contains(got, []byte("<jid>")) {
+		return nil, fmt.Errorf("%w: bind answered with %s", ErrRefused, clip(got, 200))
+	}
+	if _, err := io.WriteString(tc, `<presence/>`); err != nil {
+		return nil, err
+	}
+	return tc, nil
+}
+
+// readSASL reads one SASL element, <name>, and returns its decoded
+// content. A <failure> instead is ErrRefused.
+func readSASL(r io.Reader, name string) ([]byte, error) {
+	got, err := readUntil(r, "</"+name+">", "</failure>")
+	if err != nil {
+		return nil, err
+	}
+	start := bytes.Index(got, []byte("<"+name))
+	if start < 0 {
+		return nil, fmt.Errorf("%w: SASL answered with %s", ErrRefused, clip(got, 200))
+	}
+	body := got[start:]
+	open := bytes.IndexByte(body, '>')
+	end := bytes.Index(body, []byte("</"+name+">"))
+	if open < 0 || end < open {
+		return nil, fmt.Errorf("%w: malformed <%s>: %s", ErrRefused, name, clip(body, 200))
+	}
+	dec, err := base64.StdEncoding.DecodeString(string(bytes.TrimSpace(body[open+1 : end])))
+	if err != nil {
+		return nil, fmt.Errorf("%w: <%s> content: %w", ErrSCRAM, name, err)
+	}
+	return dec, nil
+}
+
+// readUntil reads from r until what it received contains one of wants,
+// and returns what it received. It stops with ErrStreamError at a stream
+// error and with ErrNoFeatures at EOF or after maxNegotiation bytes. It
+// reads nothing past the read that completed a want; the stages only
+// wait for an answer when the server has nothing else to send.
+func readUntil(r io.Reader, wants ...string) ([]byte, error) {
 	var (
 		got   []byte
 		chunk [2048]byte
@@ -257,20 +441,22 @@ func readUntil(r io.Reader, want string) error {
 	for len(got) < maxNegotiation {
 		n, err := r.Read(chunk[:])
 		got = append(got, chunk[:n]...)
-		if bytes.Contains(got, []byte(want)) {
-			return nil
+		for _, w := range wants {
+			if bytes.Contains(got, []byte(w)) {
+				return got, nil
+			}
 		}
 		if i := bytes.Index(got, []byte("<stream:error")); i >= 0 {
-			return fmt.Errorf("%w: %s", ErrStreamError, clip(got[i:], 200))
+			return got, fmt.Errorf("%w: %s", ErrStreamError, clip(got[i:], 200))
 		}
 		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: connection closed after %d bytes: %s", ErrNoFeatures, len(got), clip(got, 200))
+			return got, fmt.Errorf("%w: connection closed after %d bytes: %s", ErrNoFeatures, len(got), clip(got, 200))
 		}
 		if err != nil {
-			return err
+			return got, err
 		}
 	}
-	return fmt.Errorf("%w: no %s in the first %d bytes", ErrNoFeatures, want, len(got))
+	return got, fmt.Errorf("%w: no %s in the first %d bytes", ErrNoFeatures, wants[0], len(got))
 }
 
 func clip(b []byte, n int) string {

@@ -306,9 +306,9 @@ func TestServeClient(t *testing.T) {
 // TestClientProcess runs ServeClient in a child process, as BenchmarkIdle
 // does, once to success and once to a reported failure.
 func TestClientProcess(t *testing.T) {
-	srv := startServer(t)
+	srv := startBenchServer(t, 30)
 	t.Run("ready and stop", func(t *testing.T) {
-		p, err := startClient(t, srv.Addr().String(), bench.StageStream, 30, sourceAddrs(0, 1))
+		p, err := startClient(t, srv.Addr().String(), srv.caFile, bench.StageAuth, 30, 0, sourceAddrs(0, 1))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -319,14 +319,14 @@ func TestClientProcess(t *testing.T) {
 		if err != nil || n != 30 {
 			t.Fatalf("waitReady = %d, %v; want 30", n, err)
 		}
-		if !waitFor(testTimeout, func() bool { return srv.Stats().Preauth == 30 }) {
-			t.Errorf("server holds %d connections, want 30", srv.Stats().Preauth)
+		if !waitFor(testTimeout, func() bool { return srv.Stats().Sessions == 30 }) {
+			t.Errorf("server holds %d sessions, want 30", srv.Stats().Sessions)
 		}
 		if err := p.stop(); err != nil {
 			t.Fatal(err)
 		}
-		if !waitFor(testTimeout, func() bool { return srv.Stats().Preauth == 0 }) {
-			t.Errorf("server still holds %d connections after the client exited", srv.Stats().Preauth)
+		if !waitFor(testTimeout, func() bool { st := srv.Stats(); return st.Preauth == 0 && st.Sessions == 0 }) {
+			t.Errorf("server still holds %+v after the client exited", srv.Stats())
 		}
 	})
 	t.Run("failure is reported", func(t *testing.T) {
@@ -336,7 +336,7 @@ func TestClientProcess(t *testing.T) {
 		}
 		addr := ln.Addr().String()
 		_ = ln.Close()
-		p, err := startClient(t, addr, bench.StageTCP, 3, nil)
+		p, err := startClient(t, addr, "", bench.StageTCP, 3, 0, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,8 @@ package bench_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +23,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/ping"
 	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
 )
@@ -31,12 +34,29 @@ const stopTimeout = 30 * time.Second
 // startServer runs a Krill server on 127.0.0.1 with the modules of a
 // default build and a pre-auth deadline that outlives any benchmark, and
 // stops it when tb ends.
-func startServer(tb testing.TB) *server.Server {
+func startServer(tb testing.TB) *server.Server { return startBenchServer(tb, 0).Server }
+
+// benchServer is a server under test with what its clients need.
+type benchServer struct {
+	*server.Server
+	// caFile is the server's development certificate (PEM), which its
+	// clients trust.
+	caFile string
+}
+
+// startBenchServer runs a Krill server as startServer does, with accounts
+// bench0 .. bench<accounts-1>, all with bench.DefaultPassword. The
+// configuration is the TLS tests' one: STARTTLS required, no direct TLS
+// listener, no idle pings, so that nothing but the clients moves during a
+// measurement.
+func startBenchServer(tb testing.TB, accounts int) *benchServer {
 	tb.Helper()
 	cfg := config.Default()
 	cfg.DataDir = tb.TempDir()
 	cfg.C2S.Listen = "127.0.0.1:0"
 	cfg.C2S.DirectTLSListen = ""
+	cfg.C2S.AllowPlaintext = false
+	cfg.C2S.IdlePing = 0
 	cfg.Preauth.Timeout = 30 * time.Minute
 	// The clients come from a handful of addresses: no per-address or
 	// total pre-auth cap may refuse them.
@@ -44,6 +64,9 @@ func startServer(tb testing.TB) *server.Server {
 	cfg.Preauth.MaxTotal = 0
 	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
 	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := addAccounts(store, accounts); err != nil {
 		tb.Fatal(err)
 	}
 	r := new(router.Router)
@@ -65,7 +88,62 @@ func startServer(tb testing.TB) *server.Server {
 		}
 		_ = store.Close()
 	})
-	return srv
+	return &benchServer{Server: srv, caFile: filepath.Join(cfg.DataDir, "dev-cert.pem")}
+}
+
+// addAccounts creates accounts bench0 .. bench<n-1> in one transaction,
+// all with one credential (one PBKDF2 run per hash, not per account), and
+// then reads every one back once, so that the database's page cache is
+// as warm before a measurement as the logins will make it.
+func addAccounts(store *storage.SQL, n int) error {
+	if n == 0 {
+		return nil
+	}
+	creds, err := sasl.NewCredentials(bench.DefaultPassword, sasl.DefaultIterations)
+	if err != nil {
+		return err
+	}
+	accts := make([]storage.NewAccount, n)
+	for i := range accts {
+		accts[i] = storage.NewAccount{Username: bench.DefaultUserPrefix + strconv.Itoa(i), Credentials: creds}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	if err := store.AddAccounts(ctx, accts); err != nil {
+		return err
+	}
+	for _, a := range accts {
+		if _, err := store.Credentials(ctx, a.Username); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clientTLS returns a client configuration that trusts the certificate in
+// caFile and offers the key exchange groups named by $BENCH_CURVES.
+func clientTLS(caFile string) (*tls.Config, error) {
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no certificate in %s", caFile)
+	}
+	curves, err := bench.ParseCurves(os.Getenv(envCurves))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", envCurves, err)
+	}
+	return &tls.Config{ServerName: "localhost", RootCAs: pool, CurvePreferences: curves}, nil
+}
+
+// curvesLabel names the client's key exchange preference for logs.
+func curvesLabel() string {
+	if s := os.Getenv(envCurves); s != "" {
+		return s
+	}
+	return "default (X25519MLKEM768)"
 }
 
 // waitFor polls cond every 10 ms until it holds or timeout passes, and
@@ -94,9 +172,10 @@ type clientProc struct {
 }
 
 // startClient starts a client process that will bring n connections to
-// stage at addr from the source addresses src once told to begin. It kills
-// the process when tb ends.
-func startClient(tb testing.TB, addr string, stage bench.Stage, n int, src []netip.Addr) (*clientProc, error) {
+// stage at addr from the source addresses src once told to begin,
+// trusting the certificate in caFile (if any) and logging in (StageAuth)
+// as accounts first onwards. It kills the process when tb ends.
+func startClient(tb testing.TB, addr, caFile string, stage bench.Stage, n, first int, src []netip.Addr) (*clientProc, error) {
 	tb.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -110,6 +189,8 @@ func startClient(tb testing.TB, addr string, stage bench.Stage, n int, src []net
 	cmd.Env = append(os.Environ(),
 		envClient+"=1",
 		envClientAddr+"="+addr,
+		envClientCA+"="+caFile,
+		envClientFirst+"="+strconv.Itoa(first),
 		envClientN+"="+strconv.Itoa(n),
 		envClientStage+"="+string(stage),
 		envClientSrc+"="+strings.Join(srcs, ","),

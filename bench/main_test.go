@@ -23,6 +23,12 @@ const (
 	envClientN     = "BENCH_CLIENT_N"
 	envClientStage = "BENCH_CLIENT_STAGE"
 	envClientSrc   = "BENCH_CLIENT_SRC" // comma-separated source addresses
+	envClientCA    = "BENCH_CLIENT_CA"  // the server's certificate file
+	envClientFirst = "BENCH_CLIENT_FIRST"
+	// envCurves chooses the clients' TLS key exchange groups for the tls
+	// and auth stages and BenchmarkTLSLogin (see bench.ParseCurves);
+	// unset means Go's default, an X25519MLKEM768 key share.
+	envCurves = "BENCH_CURVES"
 	// envHeapProfile names a directory: BenchmarkIdle then writes heap
 	// profiles of the server process before and after each stage there,
 	// with every allocation sampled (which itself costs memory: figures
@@ -70,6 +76,16 @@ func clientOptions() (bench.Options, error) {
 		Addr:  os.Getenv(envClientAddr),
 		N:     n,
 		Stage: bench.Stage(os.Getenv(envClientStage)),
+	}
+	if s := os.Getenv(envClientFirst); s != "" {
+		if o.FirstUser, err = strconv.Atoi(s); err != nil {
+			return bench.Options{}, fmt.Errorf("%s: %w", envClientFirst, err)
+		}
+	}
+	if ca := os.Getenv(envClientCA); ca != "" {
+		if o.TLSConfig, err = clientTLS(ca); err != nil {
+			return bench.Options{}, err
+		}
 	}
 	if src := os.Getenv(envClientSrc); src != "" {
 		for s := range strings.SplitSeq(src, ",") {
