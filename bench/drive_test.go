@@ -3,6 +3,7 @@ package bench_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -369,6 +370,72 @@ func TestParseReady(t *testing.T) {
 			got, err := bench.ParseReady(tt.line)
 			if !errors.Is(err, tt.err) || got != tt.want {
 				t.Fatalf("ParseReady(%q) = %d, %v; want %d, %v", tt.line, got, err, tt.want, tt.err)
+			}
+		})
+	}
+}
+
+// TestDriveTLS brings connections to the TLS and authenticated stages,
+// with Go's default key share and with X25519 alone, and checks what the
+// server holds.
+func TestDriveTLS(t *testing.T) {
+	srv := startBenchServer(t, 20)
+	base, err := clientTLS(srv.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x25519 := base.Clone()
+	x25519.CurvePreferences = []tls.CurveID{tls.X25519}
+	tests := []struct {
+		name     string
+		stage    bench.Stage
+		tc       *tls.Config
+		password string
+		want     error
+	}{
+		{name: "tls", stage: bench.StageTLS, tc: base},
+		{name: "tls x25519", stage: bench.StageTLS, tc: x25519},
+		{name: "auth", stage: bench.StageAuth, tc: base},
+		{name: "auth x25519", stage: bench.StageAuth, tc: x25519},
+		{name: "auth wrong password", stage: bench.StageAuth, tc: base, password: "wrong", want: bench.ErrRefused},
+		{name: "tls without a configuration", stage: bench.StageTLS, want: bench.ErrBadOptions},
+	}
+	const n = 10
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			before := srv.Stats()
+			held := make(chan bool, 1)
+			err := bench.Drive(ctx, bench.Options{
+				Addr: srv.Addr().String(), N: n, Stage: tt.stage, TLSConfig: tt.tc, Password: tt.password,
+				FirstUser: 5, Concurrency: 4,
+				Ready: func(int) {
+					ok := waitFor(testTimeout, func() bool {
+						st := srv.Stats()
+						if tt.stage == bench.StageAuth {
+							return st.Sessions == n && st.StanzasIn-before.StanzasIn == n
+						}
+						return st.Preauth == n && st.TLSHandshakes-before.TLSHandshakes == n
+					})
+					held <- ok
+					cancel()
+				},
+			})
+			if tt.want != nil {
+				if !errors.Is(err, tt.want) {
+					t.Fatalf("Drive = %v, want %v", err, tt.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Drive = %v", err)
+			}
+			if !<-held {
+				t.Errorf("server holds %+v, want %d connections at stage %s", srv.Stats(), n, tt.stage)
+			}
+			if !waitFor(testTimeout, func() bool { st := srv.Stats(); return st.Preauth == 0 && st.Sessions == 0 }) {
+				t.Errorf("server still holds %+v after Drive returned", srv.Stats())
 			}
 		})
 	}

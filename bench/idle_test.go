@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -108,8 +109,16 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	// reused by this one without showing in RSS, so it is returned to
 	// the OS before the baseline; the stage itself is measured as an
 	// operator sees it, without returning anything.
-	srv := startServer(b)
-	if err := warmUp(srv, stage); err != nil {
+	accounts := 0
+	if stage == bench.StageAuth {
+		accounts = n
+	}
+	srv := startBenchServer(b, accounts)
+	tlsConf, err := clientTLS(srv.caFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := warmUp(srv.Server, stage, tlsConf); err != nil {
 		b.Fatal(err)
 	}
 	// The client processes, started before the baseline but dialling only
@@ -119,7 +128,11 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	share := splitEven(n, clientProcs)
 	perClient := (share[0] + connsPerSource - 1) / connsPerSource
 	for i := range clientProcs {
-		p, err := startClient(b, srv.Addr().String(), stage, share[i], sourceAddrs(i, perClient))
+		first := 0
+		for _, k := range share[:i] {
+			first += k
+		}
+		p, err := startClient(b, srv.Addr().String(), srv.caFile, stage, share[i], first, sourceAddrs(i, perClient))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -151,8 +164,16 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 			b.Fatalf("client %d ready with %d connections, want %d", i, got, share[i])
 		}
 	}
-	if !waitFor(time.Until(deadline), func() bool { return srv.Stats().Preauth == n }) {
-		b.Fatalf("server holds %d pre-auth connections, want %d", srv.Stats().Preauth, n)
+	// An authenticated client's last act, its initial presence, is
+	// counted once the server has handled it.
+	atStage := func(st server.StatsSnapshot) bool {
+		if stage == bench.StageAuth {
+			return st.Sessions == n && st.Preauth == 0 && st.StanzasIn-statsBefore.StanzasIn == uint64(n)
+		}
+		return st.Preauth == n
+	}
+	if !waitFor(time.Until(deadline), func() bool { return atStage(srv.Stats()) }) {
+		b.Fatalf("server holds %+v, want %d connections at stage %s", srv.Stats(), n, stage)
 	}
 	ramp := time.Since(start)
 
@@ -163,8 +184,8 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	}
 	writeHeapProfile(b, stage, "after")
 	st := srv.Stats()
-	if st.Preauth != n {
-		b.Fatalf("after settling the server holds %d pre-auth connections, want %d", st.Preauth, n)
+	if !atStage(st) {
+		b.Fatalf("after settling the server holds %+v, want %d connections at stage %s", st, n, stage)
 	}
 	if closed := st.Closed - statsBefore.Closed; closed != 0 {
 		b.Fatalf("%d connections closed during the stage (%+v)", closed, st)
@@ -194,6 +215,9 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 		b.ReportMetric(slab, "kernel-slab-B/conn")
 		kernel = fmt.Sprintf("; kernel, both ends, system-wide: slab %.0f B/conn, socket buffers %.0f B/conn", slab, sock)
 	}
+	if stage == bench.StageTLS || stage == bench.StageAuth {
+		b.Logf("client key exchange groups: %s", curvesLabel())
+	}
 	b.Logf("stage %s, %d idle connections (ready in %v, settled %v): server process rss %.0f B/conn, pss %.0f B/conn, "+
 		"heap+stack %.0f B/conn, heapalloc %.0f B/conn; %d goroutines (%d before)%s",
 		stage, n, ramp.Round(time.Millisecond), settle, rss, pss, heapStack, heapAlloc,
@@ -208,15 +232,16 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 
 // warmUp brings a few connections to stage and closes them again, then
 // waits until the server has let go of them.
-func warmUp(srv *server.Server, stage bench.Stage) error {
+func warmUp(srv *server.Server, stage bench.Stage, tc *tls.Config) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err := bench.Drive(ctx, bench.Options{Addr: srv.Addr().String(), N: warmConns, Stage: stage, Ready: func(int) { cancel() }})
+	err := bench.Drive(ctx, bench.Options{Addr: srv.Addr().String(), N: warmConns, Stage: stage, TLSConfig: tc,
+		Ready: func(int) { cancel() }})
 	if err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
-	if !waitFor(time.Minute, func() bool { return srv.Stats().Preauth == 0 }) {
-		return fmt.Errorf("warm-up: server still holds %d connections", srv.Stats().Preauth)
+	if !waitFor(time.Minute, func() bool { st := srv.Stats(); return st.Preauth == 0 && st.Sessions == 0 }) {
+		return fmt.Errorf("warm-up: server still holds %+v", srv.Stats())
 	}
 	return nil
 }

@@ -309,10 +309,12 @@ func (s *Server) onDeadline(c *conn) {
 			s.shut(c)
 			return
 		}
-		if now.Before(s.epoch.Add(c.preauthAt)) {
+		due := s.epoch.Add(c.preauthAt)
+		if now.Before(due) {
 			s.armDeadline(c) // the handshake deadline was re-armed away
 			return
 		}
+		s.stats.noteLateness(now.Sub(due))
 		s.stats.closedDeadline.Add(1)
 		s.fail(c, stream.ConnectionTimeout.Err, "authentication took too long")
 		return

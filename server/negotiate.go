@@ -16,7 +16,6 @@ import (
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/stanza"
 	"github.com/krill-xmpp/krill/storage"
-	"github.com/krill-xmpp/krill/workpool"
 )
 
 // Namespaces the core speaks.
@@ -322,11 +321,8 @@ func (s *Server) saslStart(c *conn, initial []byte) {
 	}
 	c.sess = &session{local: local}
 	ex := c.ex
-	c.flags |= flagWorkPending
-	err = s.pool.Submit(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
+	s.async(c, func(ctx context.Context) func() {
 		creds, lerr := s.accounts.Credentials(ctx, local)
-		cancel()
 		var (
 			chal []byte
 			done bool
@@ -341,19 +337,8 @@ func (s *Server) saslStart(c *conn, initial []byte) {
 			s.log.Error("credential look-up failed", zap.String("user", local), zap.Error(lerr))
 			serr = errTemporary
 		}
-		s.onLoop(c, func() {
-			c.flags &^= flagWorkPending
-			s.saslStep(c, chal, done, serr)
-			s.process(c) // input that arrived meanwhile
-		})
-	})
-	if err != nil {
-		c.flags &^= flagWorkPending
-		if errors.Is(err, workpool.ErrFull) {
-			s.stats.workRejected.Add(1)
-		}
-		s.saslStep(c, nil, false, errTemporary)
-	}
+		return func() { s.saslStep(c, chal, done, serr) }
+	}, func() { s.saslStep(c, nil, false, errTemporary) })
 }
 
 // errTemporary maps to the temporary-auth-failure SASL condition.

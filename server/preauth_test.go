@@ -181,6 +181,14 @@ func TestSeedScenario(t *testing.T) {
 	}
 	st := srv.Stats()
 	t.Logf("stats: %+v", st)
+	// The wheel fires a deadline at the first tick at or after it; loop
+	// scheduling adds a little. Five ticks of slack tolerate a loaded
+	// machine and still catch a coarse wheel (a non-cascading one would be
+	// up to 64 ticks late at 2 s).
+	t.Logf("latest pre-auth deadline fired %v after it was due (tick %v)", st.DeadlineLateMax, cfg.Server.Tick)
+	if st.DeadlineLateMax > 5*cfg.Server.Tick {
+		t.Fatalf("a pre-auth deadline fired %v late, tick %v", st.DeadlineLateMax, cfg.Server.Tick)
+	}
 	if st.Preauth != 0 {
 		t.Fatalf("%d connections still counted as pre-auth", st.Preauth)
 	}

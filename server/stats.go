@@ -1,6 +1,9 @@
 package server
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // Stats are the server's counters, updated from every loop.
 type Stats struct {
@@ -21,6 +24,17 @@ type Stats struct {
 	tlsHandshakes  atomic.Uint64
 	tlsFailed      atomic.Uint64
 	tlsTimeouts    atomic.Uint64
+	maxLateness    atomic.Int64 // nanoseconds
+}
+
+// noteLateness records how late a pre-auth deadline fired.
+func (s *Stats) noteLateness(d time.Duration) {
+	for {
+		cur := s.maxLateness.Load()
+		if int64(d) <= cur || s.maxLateness.CompareAndSwap(cur, int64(d)) {
+			return
+		}
+	}
 }
 
 // StatsSnapshot is a point-in-time copy of Stats.
@@ -42,30 +56,34 @@ type StatsSnapshot struct {
 	TLSHandshakes  uint64 // handshakes started
 	TLSFailed      uint64 // handshakes that failed, and connections that sent no TLS
 	TLSTimeouts    uint64 // connections closed at the handshake deadline
-	TLSActive      int    // handshakes running now
-	TLSWaiting     int    // handshakes waiting for a slot now
-	Preauth        int    // unauthenticated connections now
-	Sessions       int    // bound sessions now
+	// DeadlineLateMax is the most a pre-auth deadline fired after it was
+	// due, measured on the loop: one wheel tick plus scheduling delay.
+	DeadlineLateMax time.Duration
+	TLSActive       int // handshakes running now
+	TLSWaiting      int // handshakes waiting for a slot now
+	Preauth         int // unauthenticated connections now
+	Sessions        int // bound sessions now
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
 	return StatsSnapshot{
-		Accepted:       s.accepted.Load(),
-		Closed:         s.closed.Load(),
-		ClosedDeadline: s.closedDeadline.Load(),
-		ClosedPolicy:   s.closedPolicy.Load(),
-		ClosedBadInput: s.closedBadInput.Load(),
-		ClosedClient:   s.closedClient.Load(),
-		ClosedPeer:     s.closedPeer.Load(),
-		AuthSucceeded:  s.authSucceeded.Load(),
-		AuthFailed:     s.authFailed.Load(),
-		Bound:          s.bound.Load(),
-		Replaced:       s.replaced.Load(),
-		StanzasIn:      s.stanzasIn.Load(),
-		StanzasRouted:  s.stanzasRouted.Load(),
-		WorkRejected:   s.workRejected.Load(),
-		TLSHandshakes:  s.tlsHandshakes.Load(),
-		TLSFailed:      s.tlsFailed.Load(),
-		TLSTimeouts:    s.tlsTimeouts.Load(),
+		Accepted:        s.accepted.Load(),
+		Closed:          s.closed.Load(),
+		ClosedDeadline:  s.closedDeadline.Load(),
+		ClosedPolicy:    s.closedPolicy.Load(),
+		ClosedBadInput:  s.closedBadInput.Load(),
+		ClosedClient:    s.closedClient.Load(),
+		ClosedPeer:      s.closedPeer.Load(),
+		AuthSucceeded:   s.authSucceeded.Load(),
+		AuthFailed:      s.authFailed.Load(),
+		Bound:           s.bound.Load(),
+		Replaced:        s.replaced.Load(),
+		StanzasIn:       s.stanzasIn.Load(),
+		StanzasRouted:   s.stanzasRouted.Load(),
+		WorkRejected:    s.workRejected.Load(),
+		TLSHandshakes:   s.tlsHandshakes.Load(),
+		TLSFailed:       s.tlsFailed.Load(),
+		TLSTimeouts:     s.tlsTimeouts.Load(),
+		DeadlineLateMax: time.Duration(s.maxLateness.Load()),
 	}
 }
