@@ -24,6 +24,12 @@ test:
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 
+## test-postgres: the storage suite against a local PostgreSQL (TEST_POSTGRES_DSN; storage/README.md)
+TEST_POSTGRES_DSN ?= postgres://krill_test:krill_test@127.0.0.1:5432/krill_test?sslmode=disable
+.PHONY: test-postgres
+test-postgres:
+	CI=true TEST_POSTGRES_DSN='$(TEST_POSTGRES_DSN)' $(GO) test -count=1 -run 'Postgres|Open' ./storage/
+
 ## race: the tests under the race detector (needs cgo, tests only)
 race:
 	CGO_ENABLED=1 $(GO) test -race -count=1 ./...

@@ -44,6 +44,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envClient) == "1" {
 		os.Exit(clientMain())
 	}
+	if os.Getenv(envLogin) == "1" {
+		os.Exit(loginMain())
+	}
 	if os.Getenv(envHeapProfile) != "" {
 		runtime.MemProfileRate = 1
 	}

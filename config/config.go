@@ -30,6 +30,24 @@ type Config struct {
 	TLS     TLS     `koanf:"tls"`
 	Log     Log     `koanf:"log"`
 	Server  Server  `koanf:"server"`
+	Storage Storage `koanf:"storage"`
+	IM      IM      `koanf:"im"`
+}
+
+// Storage selects the database.
+type Storage struct {
+	// Driver is "sqlite" (embedded, the default) or "postgres".
+	Driver string `koanf:"driver"`
+	// DSN locates the database: for sqlite a file path (empty means
+	// DataDir/krill.db), for postgres a connection string (required).
+	DSN string `koanf:"dsn"`
+}
+
+// IM configures instant-messaging behaviour (RFC 6121).
+type IM struct {
+	// OfflineQuota is how many messages are stored per account while it
+	// has no available resource; 0 disables offline storage.
+	OfflineQuota int `koanf:"offline_quota"`
 }
 
 // C2S configures client-to-server listeners and authenticated sessions.
@@ -135,6 +153,7 @@ const (
 	DefaultPreauthElements   = 32
 	DefaultMaxHandshakes     = 256
 	DefaultHandshakeTimeout  = 10 * time.Second
+	DefaultOfflineQuota      = 1000
 	DefaultWorkers           = 8
 	DefaultWorkQueue         = 4096
 	DefaultTick              = 10 * time.Millisecond
@@ -162,9 +181,11 @@ func Default() Config {
 			MaxStanzaSize: DefaultPreauthStanzaSize,
 			MaxElements:   DefaultPreauthElements,
 		},
-		TLS:    TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
-		Log:    Log{Level: "info", Format: "console"},
-		Server: Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick},
+		TLS:     TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
+		Log:     Log{Level: "info", Format: "console"},
+		Server:  Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick},
+		Storage: Storage{Driver: "sqlite"},
+		IM:      IM{OfflineQuota: DefaultOfflineQuota},
 	}
 }
 
@@ -238,6 +259,18 @@ func (c *Config) Validate() error {
 	case "console", "json":
 	default:
 		bad("log.format", c.Log.Format, "must be console or json")
+	}
+	switch c.Storage.Driver {
+	case "sqlite":
+	case "postgres":
+		if c.Storage.DSN == "" {
+			bad("storage.dsn", `""`, "must be set for the postgres driver")
+		}
+	default:
+		bad("storage.driver", c.Storage.Driver, "must be sqlite or postgres")
+	}
+	if c.IM.OfflineQuota < 0 {
+		bad("im.offline_quota", c.IM.OfflineQuota, "must be >= 0")
 	}
 	if c.Server.EventLoops < 0 {
 		bad("server.event_loops", c.Server.EventLoops, "must be >= 0")

@@ -278,6 +278,7 @@ func (s *Server) release(c *conn) {
 	if c.sess != nil && c.sess.bound {
 		s.sessions.unbind(c.sess)
 		c.sess.closeMailbox()
+		s.sessionGone(c.sess)
 	}
 }
 

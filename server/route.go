@@ -1,10 +1,10 @@
 package server
 
 import (
-	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base32"
-	"strconv"
+	"errors"
 	"strings"
 
 	"go.uber.org/zap"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/krill-xmpp/krill/router"
 	"github.com/krill-xmpp/krill/stanza"
+	"github.com/krill-xmpp/krill/storage"
 )
 
 // pingID marks the server's own pings so that their answers are recognised.
@@ -131,6 +132,10 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 			return
 		}
 	}
+	if local == "presence" {
+		s.handlePresence(c, tag, typ, id, to, toStr, unit)
+		return
+	}
 	switch {
 	case !hasTo || toStr == "":
 		s.toServer(c, local, typ, id, jid.JID{}, unit)
@@ -156,11 +161,6 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byte) {
 	sess := c.sess
 	switch local {
-	case "presence":
-		if to.Localpart() != "" {
-			return
-		}
-		s.ownPresence(c, typ, unit)
 	case "message":
 		// Messages to the server are not handled by the core.
 	case "iq":
@@ -186,6 +186,14 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 			return
 		}
 		cns, _ := ctag.AttrString("xmlns")
+		if cns == nsRoster && string(ctag.Local()) == "query" {
+			if to.Localpart() != "" && to.Localpart() != sess.local {
+				c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "auth", "forbidden"))
+				return
+			}
+			s.handleRoster(c, typ, id, child)
+			return
+		}
 		kind := router.IQGet
 		if typ == "set" {
 			kind = router.IQSet
@@ -202,51 +210,6 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 			ctx.ReplyError(iq, xstanza.Cancel, xstanza.InternalServerError)
 		}
 	}
-}
-
-// ownPresence records the session's broadcast presence and sends it to the
-// account's other available resources (RFC 6121 section 4.2.2; presence to
-// contacts arrives with rosters).
-func (s *Server) ownPresence(c *conn, typ string, unit []byte) {
-	sess := c.sess
-	switch typ {
-	case "":
-		sess.priority.Store(presencePriority(unit))
-		sess.available.Store(true)
-	case "unavailable":
-		sess.available.Store(false)
-	default:
-		return // subscriptions and probes come with rosters
-	}
-	tag, err := stanza.ParseStartTag(unit)
-	if err != nil {
-		return
-	}
-	s.sessions.each(sess.local, func(o *session) {
-		if o != sess && o.available.Load() {
-			o.deliver(c.loop, stamp(nil, tag, unit, sess.full))
-		}
-	})
-}
-
-// presencePriority reads <priority/> of an available presence (RFC 6121
-// section 4.7.2.3): an integer from -128 to 127, 0 when absent or invalid.
-func presencePriority(unit []byte) int32 {
-	inner := stanza.Inner(unit)
-	i := bytes.Index(inner, []byte("<priority>"))
-	if i < 0 {
-		return 0
-	}
-	inner = inner[i+len("<priority>"):]
-	j := bytes.Index(inner, []byte("</priority>"))
-	if j < 0 {
-		return 0
-	}
-	n, err := strconv.Atoi(string(bytes.TrimSpace(inner[:j])))
-	if err != nil || n < -128 || n > 127 {
-		return 0
-	}
-	return int32(n)
 }
 
 // toFull routes to one resource (RFC 6121 section 8.5.3).
@@ -283,7 +246,7 @@ func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to 
 	var out []byte
 	n := 0
 	s.sessions.each(to.Localpart(), func(o *session) {
-		if !o.available.Load() || (local == "message" && o.priority.Load() < 0) {
+		if !o.available.Load() || o.priority.Load() < 0 {
 			return
 		}
 		if out == nil {
@@ -298,10 +261,30 @@ func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to 
 		s.stats.stanzasRouted.Add(uint64(n))
 		return
 	}
-	if local == "message" {
-		// Offline storage arrives with the IM core.
-		s.unavailable(c, local, typ, id, toStr)
-	}
+	s.storeOffline(c, tag, typ, id, to, toStr, unit)
+}
+
+// storeOffline keeps a chat or normal message for an account with no
+// available resource (XEP-0160), within the per-user quota. An unknown
+// account, or a full quota, gets service-unavailable.
+func (s *Server) storeOffline(c *conn, tag stanza.StartTag, typ, id string, to jid.JID, toStr string, unit []byte) {
+	sess := c.sess
+	b := stamp(nil, tag, unit, sess.full)
+	user := to.Localpart()
+	fail := func() { s.unavailable(c, "message", typ, id, toStr) }
+	s.async(c, func(ctx context.Context) func() {
+		if _, err := s.accounts.Credentials(ctx, user); err != nil {
+			return fail
+		}
+		if err := s.store.StoreOffline(ctx, user, b, s.cfg.IM.OfflineQuota); err != nil {
+			if !errors.Is(err, storage.ErrQuota) {
+				s.log.Error("offline store failed", zap.String("user", user), zap.Error(err))
+			}
+			return fail
+		}
+		s.stats.offlineStored.Add(1)
+		return nil
+	}, fail)
 }
 
 // unavailable answers a stanza nobody can take with service-unavailable,

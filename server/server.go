@@ -50,6 +50,7 @@ type Server struct {
 	cfg      config.Config
 	log      *zap.Logger
 	accounts storage.Accounts
+	store    Store
 	router   *router.Router
 	pool     *workpool.Pool
 	sessions sessionTable
@@ -75,6 +76,7 @@ type Server struct {
 	loopsV  atomic.Pointer[[]*loop] // copy-on-write view for the ticker
 
 	started  atomic.Bool
+	stopped  atomic.Bool
 	booted   chan error
 	done     chan struct{}
 	eng      gnet.Engine
@@ -87,9 +89,16 @@ type Server struct {
 	epoch time.Time
 }
 
-// New returns a server for cfg that authenticates against accounts and
+// Store is what the server needs from storage: accounts for logins, and
+// rosters, subscription requests and offline messages for IM.
+type Store interface {
+	storage.Accounts
+	storage.IM
+}
+
+// New returns a server for cfg that keeps its data in store and
 // dispatches iq requests to the modules in r. cfg is validated.
-func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, r *router.Router) (*Server, error) {
+func New(cfg config.Config, log *zap.Logger, store Store, r *router.Router) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("server: invalid configuration:\n%w", err)
 	}
@@ -102,7 +111,8 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, r *route
 	s := &Server{
 		cfg:      cfg,
 		log:      log,
-		accounts: accounts,
+		accounts: store,
+		store:    store,
 		router:   r,
 		loops:    make(map[gnet.EventLoop]*loop),
 		booted:   make(chan error, 1),
@@ -232,6 +242,9 @@ func (s *Server) Addr() net.Addr { return s.addr }
 func (s *Server) Stop(ctx context.Context) error {
 	if !s.started.Load() {
 		return ErrNotStarted
+	}
+	if !s.stopped.CompareAndSwap(false, true) {
+		return nil
 	}
 	close(s.tickStop)
 	err := s.eng.Stop(ctx)

@@ -23,9 +23,12 @@ type session struct {
 	lastActive time.Time // last input, loop time
 	pingSent   time.Time
 
+	directed []string // directed-presence recipients (RFC 6121 4.6)
+
 	// Shared: read by other loops when they route to this session.
-	available atomic.Bool  // has sent available presence
-	priority  atomic.Int32 // of its last available presence
+	available  atomic.Bool  // has sent available presence
+	priority   atomic.Int32 // of its last available presence
+	interested atomic.Bool  // requested the roster: gets roster pushes
 
 	// Mailbox: stanzas from other loops, drained on the owner's loop.
 	mu     sync.Mutex
@@ -33,6 +36,7 @@ type session struct {
 	posted bool   // a drain task is queued
 	gone   bool   // closed: drop further deliveries
 	kick   string // stream error to close with, set by another loop
+	last   []byte // last broadcast presence, stamped; nil when unavailable
 }
 
 // deliver hands b (owned by the callee from now on) to the session.
@@ -101,8 +105,8 @@ func (s *session) closeMailbox() {
 	s.mu.Lock()
 	s.gone = true
 	s.inbox = nil
+	s.last = nil
 	s.mu.Unlock()
-	s.available.Store(false)
 }
 
 // sessionTable maps account localparts to their bound sessions. It is

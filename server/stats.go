@@ -7,24 +7,26 @@ import (
 
 // Stats are the server's counters, updated from every loop.
 type Stats struct {
-	accepted       atomic.Uint64
-	closed         atomic.Uint64
-	closedDeadline atomic.Uint64
-	closedPolicy   atomic.Uint64
-	closedBadInput atomic.Uint64
-	closedClient   atomic.Uint64
-	closedPeer     atomic.Uint64
-	authSucceeded  atomic.Uint64
-	authFailed     atomic.Uint64
-	bound          atomic.Uint64
-	replaced       atomic.Uint64
-	stanzasIn      atomic.Uint64
-	stanzasRouted  atomic.Uint64
-	workRejected   atomic.Uint64
-	tlsHandshakes  atomic.Uint64
-	tlsFailed      atomic.Uint64
-	tlsTimeouts    atomic.Uint64
-	maxLateness    atomic.Int64 // nanoseconds
+	accepted         atomic.Uint64
+	closed           atomic.Uint64
+	closedDeadline   atomic.Uint64
+	closedPolicy     atomic.Uint64
+	closedBadInput   atomic.Uint64
+	closedClient     atomic.Uint64
+	closedPeer       atomic.Uint64
+	authSucceeded    atomic.Uint64
+	authFailed       atomic.Uint64
+	bound            atomic.Uint64
+	replaced         atomic.Uint64
+	stanzasIn        atomic.Uint64
+	stanzasRouted    atomic.Uint64
+	workRejected     atomic.Uint64
+	tlsHandshakes    atomic.Uint64
+	tlsFailed        atomic.Uint64
+	tlsTimeouts      atomic.Uint64
+	maxLateness      atomic.Int64 // nanoseconds
+	offlineStored    atomic.Uint64
+	offlineDelivered atomic.Uint64
 }
 
 // noteLateness records how late a pre-auth deadline fired.
@@ -39,23 +41,25 @@ func (s *Stats) noteLateness(d time.Duration) {
 
 // StatsSnapshot is a point-in-time copy of Stats.
 type StatsSnapshot struct {
-	Accepted       uint64 // connections accepted
-	Closed         uint64 // connections gone, for any reason
-	ClosedDeadline uint64 // closed by the pre-auth deadline or an unanswered ping
-	ClosedPolicy   uint64 // closed by a pre-auth rule or cap
-	ClosedBadInput uint64 // closed for malformed or oversized input
-	ClosedClient   uint64 // closed by the client's stream close
-	ClosedPeer     uint64 // dropped by the peer without a stream close
-	AuthSucceeded  uint64
-	AuthFailed     uint64
-	Bound          uint64 // resources bound
-	Replaced       uint64 // sessions replaced by a bind of the same full JID
-	StanzasIn      uint64 // stanzas received from bound sessions
-	StanzasRouted  uint64 // stanzas delivered to local sessions
-	WorkRejected   uint64 // jobs refused because the worker queue was full
-	TLSHandshakes  uint64 // handshakes started
-	TLSFailed      uint64 // handshakes that failed, and connections that sent no TLS
-	TLSTimeouts    uint64 // connections closed at the handshake deadline
+	Accepted         uint64 // connections accepted
+	Closed           uint64 // connections gone, for any reason
+	ClosedDeadline   uint64 // closed by the pre-auth deadline or an unanswered ping
+	ClosedPolicy     uint64 // closed by a pre-auth rule or cap
+	ClosedBadInput   uint64 // closed for malformed or oversized input
+	ClosedClient     uint64 // closed by the client's stream close
+	ClosedPeer       uint64 // dropped by the peer without a stream close
+	AuthSucceeded    uint64
+	AuthFailed       uint64
+	Bound            uint64 // resources bound
+	Replaced         uint64 // sessions replaced by a bind of the same full JID
+	StanzasIn        uint64 // stanzas received from bound sessions
+	StanzasRouted    uint64 // stanzas delivered to local sessions
+	WorkRejected     uint64 // jobs refused because the worker queue was full
+	TLSHandshakes    uint64 // handshakes started
+	TLSFailed        uint64 // handshakes that failed, and connections that sent no TLS
+	TLSTimeouts      uint64 // connections closed at the handshake deadline
+	OfflineStored    uint64 // messages stored for accounts with no available resource
+	OfflineDelivered uint64 // stored messages delivered at a later login
 	// DeadlineLateMax is the most a pre-auth deadline fired after it was
 	// due, measured on the loop: one wheel tick plus scheduling delay.
 	DeadlineLateMax time.Duration
@@ -67,23 +71,25 @@ type StatsSnapshot struct {
 
 func (s *Stats) snapshot() StatsSnapshot {
 	return StatsSnapshot{
-		Accepted:        s.accepted.Load(),
-		Closed:          s.closed.Load(),
-		ClosedDeadline:  s.closedDeadline.Load(),
-		ClosedPolicy:    s.closedPolicy.Load(),
-		ClosedBadInput:  s.closedBadInput.Load(),
-		ClosedClient:    s.closedClient.Load(),
-		ClosedPeer:      s.closedPeer.Load(),
-		AuthSucceeded:   s.authSucceeded.Load(),
-		AuthFailed:      s.authFailed.Load(),
-		Bound:           s.bound.Load(),
-		Replaced:        s.replaced.Load(),
-		StanzasIn:       s.stanzasIn.Load(),
-		StanzasRouted:   s.stanzasRouted.Load(),
-		WorkRejected:    s.workRejected.Load(),
-		TLSHandshakes:   s.tlsHandshakes.Load(),
-		TLSFailed:       s.tlsFailed.Load(),
-		TLSTimeouts:     s.tlsTimeouts.Load(),
-		DeadlineLateMax: time.Duration(s.maxLateness.Load()),
+		Accepted:         s.accepted.Load(),
+		Closed:           s.closed.Load(),
+		ClosedDeadline:   s.closedDeadline.Load(),
+		ClosedPolicy:     s.closedPolicy.Load(),
+		ClosedBadInput:   s.closedBadInput.Load(),
+		ClosedClient:     s.closedClient.Load(),
+		ClosedPeer:       s.closedPeer.Load(),
+		AuthSucceeded:    s.authSucceeded.Load(),
+		AuthFailed:       s.authFailed.Load(),
+		Bound:            s.bound.Load(),
+		Replaced:         s.replaced.Load(),
+		StanzasIn:        s.stanzasIn.Load(),
+		StanzasRouted:    s.stanzasRouted.Load(),
+		WorkRejected:     s.workRejected.Load(),
+		TLSHandshakes:    s.tlsHandshakes.Load(),
+		TLSFailed:        s.tlsFailed.Load(),
+		TLSTimeouts:      s.tlsTimeouts.Load(),
+		DeadlineLateMax:  time.Duration(s.maxLateness.Load()),
+		OfflineStored:    s.offlineStored.Load(),
+		OfflineDelivered: s.offlineDelivered.Load(),
 	}
 }

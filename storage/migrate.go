@@ -39,6 +39,67 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		version: 2,
+		name:    "create im tables",
+		stmts: []string{
+			// One row per user whose roster has ever changed: the
+			// XEP-0237 version, bumped by every change in the same
+			// transaction.
+			`CREATE TABLE roster_versions (
+				username TEXT   NOT NULL PRIMARY KEY,
+				version  BIGINT NOT NULL
+			)`,
+			// Booleans are BIGINT 0 or 1 and the subscription is
+			// 0 none, 1 to, 2 from, 3 both: SQLite has no BOOLEAN and
+			// PostgreSQL's does not take integers.
+			`CREATE TABLE roster_items (
+				username     TEXT   NOT NULL,
+				contact      TEXT   NOT NULL,
+				name         TEXT   NOT NULL,
+				subscription BIGINT NOT NULL,
+				ask_out      BIGINT NOT NULL,
+				pre_approved BIGINT NOT NULL,
+				PRIMARY KEY (username, contact)
+			)`,
+			// Groups in their own table rather than encoded in a
+			// column: a group name may hold any character.
+			`CREATE TABLE roster_groups (
+				username   TEXT NOT NULL,
+				contact    TEXT NOT NULL,
+				group_name TEXT NOT NULL,
+				PRIMARY KEY (username, contact, group_name)
+			)`,
+			`CREATE TABLE subscription_requests (
+				username  TEXT   NOT NULL,
+				contact   TEXT   NOT NULL,
+				stanza    TEXT   NOT NULL,
+				stored_at BIGINT NOT NULL,
+				PRIMARY KEY (username, contact)
+			)`,
+			// id comes from a database sequence that never reuses a
+			// value (AUTOINCREMENT in SQLite), so that DeleteOffline
+			// up to an ID a session has read cannot delete a message
+			// stored later.
+			`CREATE TABLE offline_messages (
+				id        {{serial}},
+				username  TEXT   NOT NULL,
+				stanza    TEXT   NOT NULL,
+				stored_at BIGINT NOT NULL
+			)`,
+			`CREATE INDEX offline_messages_username_id ON offline_messages (username, id)`,
+			`CREATE TABLE blocklist (
+				username TEXT NOT NULL,
+				jid      TEXT NOT NULL,
+				PRIMARY KEY (username, jid)
+			)`,
+			`CREATE TABLE vcards (
+				username   TEXT   NOT NULL PRIMARY KEY,
+				vcard      TEXT   NOT NULL,
+				updated_at BIGINT NOT NULL
+			)`,
+		},
+	},
 }
 
 // createMigrationsTable is the bootstrap that precedes every version: it
@@ -51,7 +112,7 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // SchemaVersion is the schema version this binary migrates databases to:
 // the version of the last entry of migrations (a test holds them equal).
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Migrate brings the schema of db up to [SchemaVersion]: it applies, in
 // order, each migration the database has not recorded yet, each in its own
@@ -61,7 +122,10 @@ const SchemaVersion = 1
 // [ErrSchemaTooNew] and left untouched.
 //
 // With SQLite, open db with _txlock=immediate (as [OpenSQLite] does) so
-// that two processes migrating at once serialise instead of failing.
+// that two processes migrating at once serialise instead of failing. With
+// PostgreSQL, every transaction of Migrate first takes a transaction-level
+// advisory lock ([migrationLock]), so that servers starting at once
+// serialise too.
 func Migrate(ctx context.Context, db *sql.DB, d Dialect) error {
 	return migrate(ctx, db, d, migrations)
 }
@@ -70,7 +134,7 @@ func migrate(ctx context.Context, db *sql.DB, d Dialect, list []migration) error
 	if !d.valid() {
 		return fmt.Errorf("%w: %v", ErrUnknownDialect, d)
 	}
-	if _, err := db.ExecContext(ctx, createMigrationsTable); err != nil {
+	if err := bootstrap(ctx, db, d); err != nil {
 		return fmt.Errorf("storage: create schema_migrations: %w", err)
 	}
 	latest := list[len(list)-1].version
@@ -107,6 +171,9 @@ func apply(ctx context.Context, db *sql.DB, d Dialect, m migration, latest int) 
 			err = errors.Join(err, ignoreDone(tx.Rollback()))
 		}
 	}()
+	if err := d.lockMigrations(ctx, tx); err != nil {
+		return 0, fmt.Errorf("storage: migration %d (%s): lock: %w", m.version, m.name, err)
+	}
 	current, err := schemaVersion(ctx, tx)
 	if err != nil {
 		return 0, err
@@ -120,7 +187,7 @@ func apply(ctx context.Context, db *sql.DB, d Dialect, m migration, latest int) 
 		return 0, fmt.Errorf("storage: migration %d (%s): database at version %d", m.version, m.name, current)
 	}
 	for _, stmt := range m.stmts {
-		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+		if _, err := tx.ExecContext(ctx, d.ddl(stmt)); err != nil {
 			return 0, fmt.Errorf("storage: migration %d (%s): %w", m.version, m.name, err)
 		}
 	}
@@ -132,6 +199,29 @@ func apply(ctx context.Context, db *sql.DB, d Dialect, m migration, latest int) 
 		return 0, fmt.Errorf("storage: migration %d (%s): commit: %w", m.version, m.name, err)
 	}
 	return m.version, nil
+}
+
+// bootstrap creates the schema_migrations table if it does not exist, in a
+// transaction holding the migration lock: in PostgreSQL, two concurrent
+// CREATE TABLE IF NOT EXISTS of one table can both pass the check, and the
+// second then fails on a catalogue unique index.
+func bootstrap(ctx context.Context, db *sql.DB, d Dialect) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ignoreDone(tx.Rollback()))
+		}
+	}()
+	if err := d.lockMigrations(ctx, tx); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, createMigrationsTable); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 // queryer is what schemaVersion needs of a *sql.DB or *sql.Tx.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -66,8 +67,16 @@ func TestSchemaVersion(t *testing.T) {
 
 func TestMigrate(t *testing.T) {
 	ctx := context.Background()
-	extra := migration{version: 2, name: "add t2", stmts: []string{`CREATE TABLE t2 (x BIGINT)`}}
-	broken := migration{version: 2, name: "broken", stmts: []string{`CREATE TABLE t2 (x BIGINT)`, `NOT SQL AT ALL`}}
+	next := len(migrations) + 1
+	extra := migration{version: next, name: "add t2", stmts: []string{`CREATE TABLE t2 (x BIGINT)`}}
+	broken := migration{version: next, name: "broken", stmts: []string{`CREATE TABLE t2 (x BIGINT)`, `NOT SQL AT ALL`}}
+	withExtra := append(slices.Clone(migrations), extra)
+	withBroken := append(slices.Clone(migrations), broken)
+	all := make([]int, len(migrations))
+	for i := range all {
+		all[i] = i + 1
+	}
+	allAndNext := append(slices.Clone(all), next)
 	tests := []struct {
 		name string
 		// runs are the migration lists passed to successive migrate calls.
@@ -83,39 +92,40 @@ func TestMigrate(t *testing.T) {
 		{
 			name:        "fresh database",
 			runs:        [][]migration{migrations},
-			wantApplied: []int{1},
-			wantTables:  []string{"schema_migrations", "accounts"},
+			wantApplied: all,
+			wantTables: []string{"schema_migrations", "accounts", "roster_versions", "roster_items", "roster_groups",
+				"subscription_requests", "offline_messages", "blocklist", "vcards"},
 		},
 		{
 			name:        "idempotent",
 			runs:        [][]migration{migrations, migrations, migrations},
-			wantApplied: []int{1},
+			wantApplied: all,
 			wantTables:  []string{"accounts"},
 		},
 		{
 			name:        "applies only what is new",
-			runs:        [][]migration{migrations, {migrations[0], extra}},
-			wantApplied: []int{1, 2},
-			wantTables:  []string{"accounts", "t2"},
+			runs:        [][]migration{migrations[:1], migrations, withExtra},
+			wantApplied: allAndNext,
+			wantTables:  []string{"accounts", "vcards", "t2"},
 		},
 		{
 			name:        "newer database refused",
-			runs:        [][]migration{{migrations[0], extra}, migrations},
+			runs:        [][]migration{withExtra, migrations},
 			wantErr:     ErrSchemaTooNew,
-			wantApplied: []int{1, 2},
+			wantApplied: allAndNext,
 		},
 		{
 			name:        "failed migration rolls back",
-			runs:        [][]migration{{migrations[0], broken}},
+			runs:        [][]migration{withBroken},
 			anyErr:      true,
-			wantApplied: []int{1},
-			wantTables:  []string{"accounts"},
+			wantApplied: all,
+			wantTables:  []string{"accounts", "vcards"},
 			noTables:    []string{"t2"},
 		},
 		{
 			name:        "retry after failure",
-			runs:        [][]migration{{migrations[0], broken}, {migrations[0], extra}},
-			wantApplied: []int{1, 2},
+			runs:        [][]migration{withBroken, withExtra},
+			wantApplied: allAndNext,
 			wantTables:  []string{"t2"},
 		},
 	}

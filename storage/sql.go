@@ -24,10 +24,11 @@ const (
 	queryList   = `SELECT username FROM accounts`
 )
 
-// SQL implements [Accounts] on database/sql, with prepared statements for
-// every query. It is safe for concurrent use.
+// SQL implements [Accounts] and [IM] on database/sql, with prepared
+// statements for every frequent query. It is safe for concurrent use.
 //
-// Create one with [OpenSQLite] or [NewSQL]; the zero SQL is not usable.
+// Create one with [Open], [OpenSQLite], [OpenPostgres] or [NewSQL]; the
+// zero SQL is not usable.
 type SQL struct {
 	dialect Dialect
 	// write runs every statement that changes data; read runs lookups.
@@ -38,6 +39,26 @@ type SQL struct {
 	write, read *sql.DB
 
 	credentials, insert, update, remove, list *sql.Stmt
+	im                                        imStmts
+}
+
+// stmtSpec is one statement to prepare: where it is stored, on which pool,
+// and its query with '?' parameters.
+type stmtSpec struct {
+	stmt  **sql.Stmt
+	write bool
+	query string
+}
+
+// statements lists every prepared statement of s.
+func (s *SQL) statements() []stmtSpec {
+	return append([]stmtSpec{
+		{&s.credentials, false, queryCredentials},
+		{&s.list, false, queryList},
+		{&s.insert, true, queryInsert},
+		{&s.update, true, queryUpdate},
+		{&s.remove, true, queryDelete},
+	}, s.im.statements()...)
 }
 
 // NewSQL returns a store on db, a database of dialect d, after migrating
@@ -53,18 +74,12 @@ func newSQL(ctx context.Context, write, read *sql.DB, d Dialect) (*SQL, error) {
 	if err := Migrate(ctx, write, d); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
-	for _, p := range []struct {
-		stmt  **sql.Stmt
-		db    *sql.DB
-		query string
-	}{
-		{&s.credentials, read, queryCredentials},
-		{&s.list, read, queryList},
-		{&s.insert, write, queryInsert},
-		{&s.update, write, queryUpdate},
-		{&s.remove, write, queryDelete},
-	} {
-		stmt, err := p.db.PrepareContext(ctx, d.rebind(p.query))
+	for _, p := range s.statements() {
+		db := read
+		if p.write {
+			db = write
+		}
+		stmt, err := db.PrepareContext(ctx, d.rebind(p.query))
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("storage: prepare %q: %w", p.query, err), s.Close())
 		}
@@ -171,13 +186,43 @@ func (s *SQL) SetCredentials(ctx context.Context, username string, c sasl.Creden
 	return wantOneRow(res, ErrNotFound, username)
 }
 
-// RemoveAccount implements [Accounts.RemoveAccount].
+// ownedTables are the tables of per-user data, keyed by a username column,
+// that RemoveAccount empties of the account's rows. Other users' roster
+// items for the removed account stay: RFC 6121 leaves them to the contacts.
+var ownedTables = []string{
+	"roster_items", "roster_groups", "roster_versions", "subscription_requests",
+	"offline_messages", "blocklist", "vcards",
+}
+
+// RemoveAccount implements [Accounts.RemoveAccount]. It deletes the account
+// and all its IM data (roster, requests, offline messages, blocklist,
+// vCard) in one transaction.
 func (s *SQL) RemoveAccount(ctx context.Context, username string) error {
-	res, err := s.remove.ExecContext(ctx, username)
-	if err != nil {
+	err := s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
+		// Wait for transactions changing the roster to end, so that
+		// none writes it again after it is deleted. This is the
+		// transaction's only lock wait, so it cannot deadlock.
+		if err := s.dialect.lockUser(ctx, tx, rosterLockClass, username); err != nil {
+			return err
+		}
+		res, err := tx.StmtContext(ctx, s.remove).ExecContext(ctx, username)
+		if err != nil {
+			return err
+		}
+		if err := wantOneRow(res, ErrNotFound, username); err != nil {
+			return err
+		}
+		for _, table := range ownedTables {
+			if _, err := tx.ExecContext(ctx, s.dialect.rebind(`DELETE FROM `+table+` WHERE username = ?`), username); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("storage: remove %q: %w", username, err)
 	}
-	return wantOneRow(res, ErrNotFound, username)
+	return err
 }
 
 // ListAccounts implements [Accounts.ListAccounts]. It sorts in Go: an
@@ -208,9 +253,9 @@ func (s *SQL) ListAccounts(ctx context.Context) ([]string, error) {
 // call more than once.
 func (s *SQL) Close() error {
 	var errs []error
-	for _, stmt := range []*sql.Stmt{s.credentials, s.insert, s.update, s.remove, s.list} {
-		if stmt != nil {
-			errs = append(errs, stmt.Close())
+	for _, p := range s.statements() {
+		if *p.stmt != nil {
+			errs = append(errs, (*p.stmt).Close())
 		}
 	}
 	if s.read != nil && s.read != s.write {

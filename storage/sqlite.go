@@ -19,7 +19,7 @@ import (
 // before it gives up with SQLITE_BUSY.
 const sqliteBusyTimeout = 5000
 
-// OpenSQLite opens the SQLite account database at path, creating it (mode
+// OpenSQLite opens the SQLite database at path, creating it (mode
 // 0600) and its directory (mode 0700) if needed, and migrates it.
 //
 // The database runs in WAL mode, so lookups proceed while a write is in

@@ -34,6 +34,10 @@ func TestSQLite(t *testing.T) {
 	testAccounts(t, func(t *testing.T) Accounts { return openTestSQLite(t) })
 }
 
+func TestSQLiteIM(t *testing.T) {
+	testIM(t, func(t *testing.T) imStore { return openTestSQLite(t) })
+}
+
 func TestOpenSQLiteCreatesFiles(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "new", "dir")
 	path := filepath.Join(dir, "accounts.db")

@@ -1,16 +1,21 @@
-// Package storage is Krill's account store.
+// Package storage is Krill's store: accounts and the instant-messaging data
+// of RFC 6121 and its XEPs.
 //
 // An account is a username (an already-normalised JID localpart; the domain
 // is implicit, one domain per server) and its SCRAM credentials, one per hash
 // (SHA-1, SHA-256, SHA-512), each stored as the RFC 5803 text form
 // "SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>". Passwords are never
 // stored, nor anything from which a password is recovered more cheaply than
-// by guessing.
+// by guessing. Beside the accounts, [IM] stores rosters with their versions
+// (XEP-0237), pending subscription requests, offline messages (XEP-0160),
+// blocklists (XEP-0191) and vCards (XEP-0054).
 //
-// [SQL] implements [Accounts] on database/sql with versioned migrations
-// ([Migrate]). [OpenSQLite] opens the embedded default, SQLite through the
-// pure-Go modernc.org/sqlite driver. The schema and queries are portable SQL;
-// what differs between databases lives in [Dialect].
+// [SQL] implements [Accounts] and [IM] on database/sql with versioned
+// migrations ([Migrate]). [Open] picks a database by driver name:
+// [OpenSQLite] opens the embedded default, SQLite through the pure-Go
+// modernc.org/sqlite driver; [OpenPostgres] opens PostgreSQL through pgx.
+// The schema and queries are portable SQL; what differs between databases
+// lives in [Dialect].
 //
 // Storage calls block. The server makes them from its bounded worker pool,
 // never from an event loop.
@@ -23,7 +28,7 @@ import (
 	"github.com/krill-xmpp/krill/sasl"
 )
 
-// Errors returned by the account store. Callers test for them with
+// Errors returned by the store. Callers test for them with
 // [errors.Is]; most are wrapped with the username or version concerned.
 var (
 	// ErrNotFound reports that no account has the given username.
@@ -47,6 +52,20 @@ var (
 	// ErrUnknownDialect reports a [Dialect] value that is none of the
 	// declared ones.
 	ErrUnknownDialect = errors.New("storage: unknown SQL dialect")
+	// ErrQuota reports that a user's offline message store is full.
+	ErrQuota = errors.New("storage: offline quota exceeded")
+	// ErrInvalidText reports text that is not valid UTF-8 or holds a NUL
+	// byte: XML never does, and PostgreSQL's TEXT refuses it, so both
+	// databases refuse it alike.
+	ErrInvalidText = errors.New("storage: text is not valid UTF-8 without NUL")
+	// ErrInvalidItem reports a roster item or request that cannot be
+	// stored: an empty contact or an undeclared subscription state.
+	ErrInvalidItem = errors.New("storage: invalid roster item")
+
+	// errRosterBusy reports that another transaction holds a roster an
+	// UpdateRosters transaction needs. It never leaves the package:
+	// the transaction is retried.
+	errRosterBusy = errors.New("storage: roster locked by another transaction")
 )
 
 // NewAccount is one account for bulk creation with [Accounts.AddAccounts].

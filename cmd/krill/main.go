@@ -27,6 +27,7 @@ import (
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/ping"
+	"github.com/krill-xmpp/krill/modules/version"
 	"github.com/krill-xmpp/krill/router"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
@@ -117,7 +118,9 @@ func newLogger(cfg config.Log) (*zap.Logger, error) {
 }
 
 func openStore(cfg config.Config) (*storage.SQL, error) {
-	return storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return storage.Open(ctx, cfg.Storage.Driver, cfg.Storage.DSN, cfg.DataDir)
 }
 
 // modules lists the feature modules, in order. The core imports none.
@@ -125,6 +128,7 @@ func modules() []router.Module {
 	return []router.Module{
 		ping.Module{},
 		disco.Module{},
+		version.Module{},
 	}
 }
 
@@ -152,7 +156,8 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	abs, _ := filepath.Abs(cfg.DataDir)
-	log.Info("starting krill", zap.String("domain", cfg.Domain), zap.String("data_dir", abs))
+	log.Info("starting krill", zap.String("domain", cfg.Domain), zap.String("data_dir", abs),
+		zap.String("storage", cfg.Storage.Driver))
 	if err := srv.Start(); err != nil {
 		return err
 	}

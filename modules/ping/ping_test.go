@@ -14,7 +14,9 @@ type recorder struct {
 	errs    []string
 }
 
-func (r *recorder) ReplyResult(_ router.IQ, payload []byte) { r.results = append(r.results, string(payload)) }
+func (r *recorder) ReplyResult(_ router.IQ, payload []byte) {
+	r.results = append(r.results, string(payload))
+}
 func (r *recorder) ReplyError(_ router.IQ, _ stanza.ErrorType, c stanza.Condition) {
 	r.errs = append(r.errs, string(c))
 }

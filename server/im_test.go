@@ -1,0 +1,191 @@
+package server_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRoster covers roster get, set, pushes to interested resources,
+// versioning (XEP-0237) and removal.
+func TestRoster(t *testing.T) {
+	srv := startServer(t, testConfig(t), "alice", "bob")
+	a1 := dialRaw(t, srv)
+	a1.scramLogin("alice", testPassword, "one")
+	a2 := dialRaw(t, srv)
+	a2.scramLogin("alice", testPassword, "two")
+
+	a1.send(`<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>`)
+	a1.until(`<iq type='result' id='r1'><query xmlns='jabber:iq:roster' ver='0'></query></iq>`)
+	a2.send(`<iq type='get' id='r1'><query xmlns='jabber:iq:roster' ver='0'/></iq>`)
+	a2.until(`<iq type='result' id='r1'/>`) // current version: nothing to send
+
+	a1.send(`<iq type='set' id='s1'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='Bob'><group>Friends</group><group>Work</group></item></query></iq>`)
+	item := `<item jid='bob@localhost' name='Bob' subscription='none'><group>Friends</group><group>Work</group></item>`
+	var vers []string
+	for _, r := range []*rawConn{a1, a2} {
+		got := r.until(item + `</query></iq>`)
+		vers = append(vers, between(got, `<query xmlns='jabber:iq:roster' ver='`, `'>`+item))
+	}
+	if vers[0] == "" || vers[0] == "0" || vers[0] != vers[1] {
+		t.Fatalf("pushes carry versions %q, want one new version", vers)
+	}
+	a1.until(`<iq type='result' id='s1'/>`)
+
+	a1.send(`<iq type='get' id='r2'><query xmlns='jabber:iq:roster' ver='0'/></iq>`)
+	a1.until(`ver='` + vers[0] + `'>` + item + `</query></iq>`)
+	a1.send(`<iq type='get' id='r3'><query xmlns='jabber:iq:roster' ver='` + vers[0] + `'/></iq>`)
+	a1.until(`<iq type='result' id='r3'/>`)
+
+	a1.send(`<iq type='set' id='s2'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='remove'/></query></iq>`)
+	a2.until(`<item jid='bob@localhost' subscription='remove'/>`)
+	a1.until(`<iq type='result' id='s2'/>`)
+	a1.send(`<iq type='set' id='s3'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='remove'/></query></iq>`)
+	a1.until(`<item-not-found`)
+	a1.send(`<iq type='set' id='s4'><query xmlns='jabber:iq:roster'><item jid='a@localhost'/><item jid='b@localhost'/></query></iq>`)
+	a1.until(`<bad-request`)
+}
+
+// TestSubscriptionAndPresence walks the subscription state machine both
+// ways (RFC 6121 section 3) and the presence that follows it (section 4).
+func TestSubscriptionAndPresence(t *testing.T) {
+	srv := startServer(t, testConfig(t), "alice", "bob")
+	alice := dialRaw(t, srv)
+	alice.scramLogin("alice", testPassword, "a")
+	alice.send(`<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq><presence/>`)
+	alice.until(`<presence from='alice@localhost/a'`) // own presence echoed
+	bob := dialRaw(t, srv)
+	bob.scramLogin("bob", testPassword, "b")
+	bob.send(`<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq><presence><priority>1</priority></presence>`)
+	bob.until(`<presence from='bob@localhost/b'`)
+
+	// alice asks; bob sees the request; alice's item shows ask.
+	alice.send(`<presence to='bob@localhost' type='subscribe'/>`)
+	alice.until(`<item jid='bob@localhost' subscription='none' ask='subscribe'/>`)
+	bob.until(`<presence type='subscribe' from='alice@localhost' to='bob@localhost'/>`)
+
+	// bob approves: both rosters change, alice gets subscribed and bob's presence.
+	bob.send(`<presence to='alice@localhost' type='subscribed'/>`)
+	bob.until(`<item jid='alice@localhost' subscription='from'/>`)
+	alice.until(`<item jid='bob@localhost' subscription='to'/>`)
+	alice.until(`<presence type='subscribed' from='bob@localhost' to='alice@localhost'/>`)
+	alice.until(`from='bob@localhost/b'`)
+
+	// bob changes status: alice (subscribed to bob) sees it.
+	bob.send(`<presence><show>away</show></presence>`)
+	alice.until(`<show>away</show></presence>`)
+
+	// bob subscribes back, alice approves: both.
+	bob.send(`<presence to='alice@localhost' type='subscribe'/>`)
+	alice.until(`<presence type='subscribe' from='bob@localhost' to='alice@localhost'/>`)
+	alice.send(`<presence to='bob@localhost' type='subscribed'/>`)
+	alice.until(`<item jid='bob@localhost' subscription='both'/>`)
+	bob.until(`<item jid='alice@localhost' subscription='both'/>`)
+
+	// alice unsubscribes from bob: alice none->from, bob both->to, and
+	// alice receives bob's unavailable presence.
+	alice.send(`<presence to='bob@localhost' type='unsubscribe'/>`)
+	alice.until(`<item jid='bob@localhost' subscription='from'/>`)
+	bob.until(`<item jid='alice@localhost' subscription='to'/>`)
+	alice.until(`<presence type='unavailable' from='bob@localhost/b' to='alice@localhost'/>`)
+
+	// alice drops her connection without closing the stream: bob, who is
+	// subscribed to her, learns she is unavailable.
+	_ = alice.conn.Close()
+	bob.until(`<presence type='unavailable' from='alice@localhost/a'`)
+}
+
+// TestSubscriptionWhileOffline: a request made while the contact is offline
+// is stored and delivered at its next login; pre-approval approves at once.
+func TestSubscriptionWhileOffline(t *testing.T) {
+	srv := startServer(t, testConfig(t), "carol", "dave", "erin")
+	carol := dialRaw(t, srv)
+	carol.scramLogin("carol", testPassword, "c")
+	carol.send(`<presence to='dave@localhost' type='subscribe'/>`)
+	carol.send(`<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>`)
+	carol.until(`<item jid='dave@localhost' subscription='none' ask='subscribe'/>`)
+
+	dave := dialRaw(t, srv)
+	dave.scramLogin("dave", testPassword, "d")
+	dave.send(`<presence/>`)
+	dave.until(`<presence type='subscribe' from='carol@localhost' to='dave@localhost'/>`)
+
+	// erin pre-approves carol; carol's request is then approved at once.
+	erin := dialRaw(t, srv)
+	erin.scramLogin("erin", testPassword, "e")
+	erin.send(`<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>`)
+	erin.send(`<presence to='carol@localhost' type='subscribed'/>`)
+	erin.until(`<item jid='carol@localhost' subscription='none' approved='true'/>`)
+	carol.send(`<presence to='erin@localhost' type='subscribe'/>`)
+	carol.until(`<item jid='erin@localhost' subscription='to'/>`)
+	erin.until(`<item jid='carol@localhost' subscription='from'/>`)
+
+	// A subscription request to a missing account fails.
+	carol.send(`<presence id='x' to='nobody@localhost' type='subscribe'/>`)
+	carol.until(`<service-unavailable`)
+}
+
+// TestOfflineMessages: a message to an account with no available resource is
+// stored, delivered with a delay stamp at the next available presence, and
+// not again after.
+func TestOfflineMessages(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.IM.OfflineQuota = 2
+	srv := startServer(t, cfg, "frank", "gina")
+	frank := dialRaw(t, srv)
+	frank.scramLogin("frank", testPassword, "f")
+	for i, body := range []string{"first", "second", "over quota"} {
+		frank.send(`<message id='m` + string(rune('0'+i)) + `' to='gina@localhost' type='chat'><body>` + body + `</body></message>`)
+	}
+	frank.until(`<message type='error' id='m2'`)
+	frank.send(`<message id='u' to='nobody@localhost'><body>x</body></message>`)
+	frank.until(`<message type='error' id='u'`)
+
+	gina := dialRaw(t, srv)
+	gina.scramLogin("gina", testPassword, "g")
+	gina.send(`<presence/>`)
+	got := gina.until(`second</body><delay xmlns='urn:xmpp:delay' from='localhost'`)
+	if !strings.Contains(got, `first</body><delay`) || strings.Index(got, "first") > strings.Index(got, "second") {
+		t.Fatalf("offline messages out of order or missing: %q", got)
+	}
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().OfflineDelivered == 2 }) {
+		t.Fatalf("stats: %+v", srv.Stats())
+	}
+	gina2 := dialRaw(t, srv)
+	gina2.scramLogin("gina", testPassword, "g2")
+	gina2.send(`<presence/><iq type='get' id='end' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	if out := gina2.until(`id='end'`); strings.Contains(out, "<body>") {
+		t.Fatalf("offline messages delivered twice: %q", out)
+	}
+}
+
+// TestRestartKeepsRosterAndOffline: a roster and an offline message survive
+// a server restart on the same data directory.
+func TestRestartKeepsRosterAndOffline(t *testing.T) {
+	cfg := testConfig(t)
+	first := startServer(t, cfg, "hank", "ivy")
+	hank := dialRaw(t, first)
+	hank.scramLogin("hank", testPassword, "h")
+	hank.send(`<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='ivy@localhost' name='Ivy'/></query></iq>`)
+	hank.until(`<iq type='result' id='s'/>`)
+	hank.send(`<message id='m' to='ivy@localhost'><body>kept</body></message>`)
+	if !waitFor(ioTimeout, func() bool { return first.Stats().OfflineStored == 1 }) {
+		t.Fatal("message not stored")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := first.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	second := startServer(t, cfg) // same data directory, no new accounts
+	hank = dialRaw(t, second)
+	hank.scramLogin("hank", testPassword, "h")
+	hank.send(`<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>`)
+	hank.until(`<item jid='ivy@localhost' name='Ivy' subscription='none'/>`)
+	ivy := dialRaw(t, second)
+	ivy.scramLogin("ivy", testPassword, "i")
+	ivy.send(`<presence/>`)
+	ivy.until(`kept</body>`)
+}
