@@ -77,6 +77,9 @@ func startBenchServer(tb testing.TB, accounts int) *benchServer {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	// The runtime settings krill serve applies (the GC target): the bench
+	// measures what an operator runs.
+	server.TuneRuntime(cfg)
 	if err := srv.Start(); err != nil {
 		tb.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -396,4 +397,11 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action { return h.srv.traffic(gc)
 func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	h.srv.closed(gc, err)
 	return gnet.None
+}
+
+// TuneRuntime applies the process-wide runtime settings of cfg (the GC
+// target). krill serve and the bench call it, so that what the bench
+// measures is what an operator runs.
+func TuneRuntime(cfg config.Config) {
+	debug.SetGCPercent(cfg.Server.GCPercent)
 }

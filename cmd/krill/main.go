@@ -155,6 +155,7 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	server.TuneRuntime(cfg)
 	abs, _ := filepath.Abs(cfg.DataDir)
 	log.Info("starting krill", zap.String("domain", cfg.Domain), zap.String("data_dir", abs),
 		zap.String("storage", cfg.Storage.Driver))
