@@ -159,11 +159,13 @@ func serve(args []string, stderr io.Writer) error {
 	abs, _ := filepath.Abs(cfg.DataDir)
 	log.Info("starting krill", zap.String("domain", cfg.Domain), zap.String("data_dir", abs),
 		zap.String("storage", cfg.Storage.Driver))
+	// Signals are caught before the listeners open: a SIGHUP that arrives
+	// during start-up must reload, not kill.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	s := <-sig
 	for ; s == syscall.SIGHUP; s = <-sig {
 		if err := srv.ReloadCertificates(); err != nil {
