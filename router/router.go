@@ -9,6 +9,7 @@
 package router
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -76,6 +77,12 @@ type Ctx struct {
 	Router *Router
 	// Replier answers the request.
 	Replier
+	// Async runs job on the server's worker pool, where blocking (storage)
+	// is allowed, with the connection's input paused; the function job
+	// returns runs back on the connection's loop, where it may reply. If
+	// the pool is full, the core answers resource-constraint itself. job
+	// must not use the Replier; HandleIQ returns right after calling Async.
+	Async func(job func(ctx context.Context) (then func()))
 }
 
 // Errors from Register.

@@ -19,6 +19,8 @@ import (
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/ping"
+	"github.com/krill-xmpp/krill/modules/vcard"
+	"github.com/krill-xmpp/krill/modules/version"
 	"github.com/krill-xmpp/krill/router"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
@@ -61,7 +63,7 @@ func startServer(t *testing.T, cfg config.Config, users ...string) *server.Serve
 		}
 	}
 	r := new(router.Router)
-	if err := r.Register(ping.Module{}, disco.Module{}); err != nil {
+	if err := r.Register(ping.Module{}, disco.Module{}, version.Module{}, vcard.Module{Store: store}); err != nil {
 		t.Fatal(err)
 	}
 	srv, err := server.New(cfg, nil, store, r)

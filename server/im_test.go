@@ -189,3 +189,28 @@ func TestRestartKeepsRosterAndOffline(t *testing.T) {
 	ivy.send(`<presence/>`)
 	ivy.until(`kept</body>`)
 }
+
+// TestModulesWithStorage: vCards (XEP-0054) through the worker pool, and
+// the software version (XEP-0092).
+func TestModulesWithStorage(t *testing.T) {
+	srv := startServer(t, testConfig(t), "judy", "ken")
+	judy := dialRaw(t, srv)
+	judy.scramLogin("judy", testPassword, "j")
+	ken := dialRaw(t, srv)
+	ken.scramLogin("ken", testPassword, "k")
+	steps := []struct {
+		who        *rawConn
+		send, want string
+	}{
+		{judy, `<iq type='get' id='v0'><vCard xmlns='vcard-temp'/></iq>`, `<iq type='result' id='v0' from='localhost'><vCard xmlns='vcard-temp'/></iq>`},
+		{judy, `<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>Judy</FN></vCard></iq>`, `<iq type='result' id='v1' from='localhost'/>`},
+		{judy, `<iq type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>`, `<FN>Judy</FN></vCard></iq>`},
+		{ken, `<iq type='get' id='v3' to='judy@localhost'><vCard xmlns='vcard-temp'/></iq>`, `<iq type='result' id='v3' from='judy@localhost'><vCard xmlns='vcard-temp'><FN>Judy</FN></vCard></iq>`},
+		{ken, `<iq type='set' id='v4' to='judy@localhost'><vCard xmlns='vcard-temp'><FN>Evil</FN></vCard></iq>`, `<forbidden`},
+		{ken, `<iq type='get' id='sv' to='localhost'><query xmlns='jabber:iq:version'/></iq>`, `<name>Krill</name>`},
+	}
+	for _, st := range steps {
+		st.who.send(st.send)
+		st.who.until(st.want)
+	}
+}

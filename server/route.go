@@ -204,7 +204,11 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 			(&replier{s: s, c: c}).ReplyError(iq, xstanza.Cancel, xstanza.ServiceUnavailable)
 			return
 		}
-		ctx := &router.Ctx{Domain: s.cfg.Domain, Router: s.router, Replier: &replier{s: s, c: c}}
+		rep := &replier{s: s, c: c}
+		ctx := &router.Ctx{Domain: s.cfg.Domain, Router: s.router, Replier: rep,
+			Async: func(job func(context.Context) func()) {
+				s.async(c, job, func() { rep.ReplyError(iq, xstanza.Wait, xstanza.ResourceConstraint) })
+			}}
 		if err := mod.HandleIQ(ctx, iq); err != nil {
 			s.log.Warn("module failed", zap.String("module", mod.Name()), zap.Error(err))
 			ctx.ReplyError(iq, xstanza.Cancel, xstanza.InternalServerError)

@@ -27,6 +27,7 @@ import (
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/ping"
+	"github.com/krill-xmpp/krill/modules/vcard"
 	"github.com/krill-xmpp/krill/modules/version"
 	"github.com/krill-xmpp/krill/router"
 	"github.com/krill-xmpp/krill/server"
@@ -124,11 +125,12 @@ func openStore(cfg config.Config) (*storage.SQL, error) {
 }
 
 // modules lists the feature modules, in order. The core imports none.
-func modules() []router.Module {
+func modules(store *storage.SQL) []router.Module {
 	return []router.Module{
 		ping.Module{},
 		disco.Module{},
 		version.Module{},
+		vcard.Module{Store: store},
 	}
 }
 
@@ -148,7 +150,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	defer store.Close()
 	r := new(router.Router)
-	if err := r.Register(modules()...); err != nil {
+	if err := r.Register(modules(store)...); err != nil {
 		return err
 	}
 	srv, err := server.New(cfg, log, store, r)
