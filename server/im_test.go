@@ -214,3 +214,48 @@ func TestModulesWithStorage(t *testing.T) {
 		st.who.until(st.want)
 	}
 }
+
+// TestBlocking covers XEP-0191: the blocklist, pushes, and enforcement both
+// ways, online and offline.
+func TestBlocking(t *testing.T) {
+	srv := startServer(t, testConfig(t), "lea", "max")
+	lea := dialRaw(t, srv)
+	lea.scramLogin("lea", testPassword, "l")
+	lea2 := dialRaw(t, srv)
+	lea2.scramLogin("lea", testPassword, "l2")
+	max := dialRaw(t, srv)
+	max.scramLogin("max", testPassword, "m")
+	max.send(`<presence/>`)
+	max.until(`<presence from='max@localhost/m'`)
+
+	lea2.send(`<iq type='get' id='bl'><blocklist xmlns='urn:xmpp:blocking'/></iq>`)
+	lea2.until(`<iq type='result' id='bl'><blocklist xmlns='urn:xmpp:blocking'></blocklist></iq>`)
+	lea.send(`<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='max@localhost'/></block></iq>`)
+	lea.until(`<iq type='result' id='b1'/>`)
+	lea2.until(`<block xmlns='urn:xmpp:blocking'><item jid='max@localhost'/></block></iq>`)
+
+	max.send(`<message id='x1' to='lea@localhost/l' type='chat'><body>hi</body></message>`)
+	max.until(`<message type='error' id='x1' from='lea@localhost/l' to='max@localhost/m'><error type='cancel'><service-unavailable`)
+	lea.send(`<message id='x2' to='max@localhost' type='chat'><body>hi</body></message>`)
+	lea.until(`<not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><blocked xmlns='urn:xmpp:blocking:errors'/>`)
+
+	// Offline: lea gone, max's message is refused, not stored.
+	_ = lea.conn.Close()
+	_ = lea2.conn.Close()
+	waitFor(ioTimeout, func() bool { return srv.Stats().Sessions == 1 })
+	max.send(`<message id='x3' to='lea@localhost' type='chat'><body>hi</body></message>`)
+	max.until(`<message type='error' id='x3'`)
+	if got := srv.Stats().OfflineStored; got != 0 {
+		t.Fatalf("%d messages stored from a blocked sender", got)
+	}
+
+	// Unblock all: messages flow again.
+	lea = dialRaw(t, srv)
+	lea.scramLogin("lea", testPassword, "l")
+	lea.send(`<iq type='set' id='u1'><unblock xmlns='urn:xmpp:blocking'/></iq>`)
+	lea.until(`<iq type='result' id='u1'/>`)
+	lea.send(`<presence/>`)
+	lea.until(`<presence from='lea@localhost/l'`)
+	max.send(`<message id='x4' to='lea@localhost' type='chat'><body>back</body></message>`)
+	lea.until(`back</body></message>`)
+}

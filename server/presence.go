@@ -121,6 +121,7 @@ func (s *Server) fanOutPresence(ctx context.Context, sess *session, stamped []by
 	if err != nil {
 		s.log.Error("roster read for presence failed", zap.String("user", sess.local), zap.Error(err))
 	}
+	own := s.sessions.blocklist(sess.local)
 	for _, it := range items {
 		if it.Subscription != storage.SubFrom && it.Subscription != storage.SubBoth {
 			continue
@@ -128,6 +129,9 @@ func (s *Server) fanOutPresence(ctx context.Context, sess *session, stamped []by
 		local, ok := s.localOf(it.Contact)
 		if !ok {
 			continue
+		}
+		if cj, err := jid.Parse(it.Contact); err == nil && (blocks(own, cj) || blocks(s.sessions.blocklist(local), sess.jid)) {
+			continue // XEP-0191: no presence to or from a blocked entity
 		}
 		directed = slices.DeleteFunc(directed, func(d string) bool { return d == it.Contact })
 		s.toAvailable(local, withTo(stamped, it.Contact))

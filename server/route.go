@@ -86,6 +86,7 @@ func (s *Server) handleBindIQ(c *conn, tag stanza.StartTag, unit []byte) {
 	payload = append(payload, `</jid></bind>`...)
 	c.write(appendResult(c.loop.scratch[:0], id, "", payload))
 	s.log.Debug("session bound", zap.String("jid", sess.full))
+	s.loadBlocklist(c)
 }
 
 func (s *Server) replyBindError(c *conn, id, typ, cond string) {
@@ -132,6 +133,9 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 			return
 		}
 	}
+	if to.Domainpart() == s.cfg.Domain && to.Localpart() != "" && !s.blockingAllows(c, local, typ, id, to, toStr) {
+		return
+	}
 	if local == "presence" {
 		s.handlePresence(c, tag, typ, id, to, toStr, unit)
 		return
@@ -154,6 +158,28 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 	default:
 		s.toBare(c, tag, local, typ, id, to, toStr, unit)
 	}
+}
+
+// blockingAllows applies XEP-0191 to a stanza for a local account: to a
+// JID the sender blocked, the sender gets not-acceptable; from a JID the
+// recipient blocked, presence is dropped and the rest gets
+// service-unavailable, as if the recipient did not exist.
+func (s *Server) blockingAllows(c *conn, local, typ, id string, to jid.JID, toStr string) bool {
+	sess := c.sess
+	answerable := typ != "error" && typ != "result" && local != "presence"
+	if blocks(s.sessions.blocklist(sess.local), to) {
+		if answerable {
+			s.blockedError(c, local, id, toStr)
+		}
+		return false
+	}
+	if blocks(s.sessions.blocklist(to.Localpart()), sess.jid) {
+		if answerable {
+			s.unavailable(c, local, typ, id, toStr)
+		}
+		return false
+	}
+	return true
 }
 
 // toServer handles stanzas addressed to the server itself (or, for iq
@@ -186,6 +212,14 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 			return
 		}
 		cns, _ := ctag.AttrString("xmlns")
+		if cns == nsBlocking {
+			if to.Localpart() != "" && to.Localpart() != sess.local {
+				c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "auth", "forbidden"))
+				return
+			}
+			s.handleBlocking(c, typ, id, child)
+			return
+		}
 		if cns == nsRoster && string(ctag.Local()) == "query" {
 			if to.Localpart() != "" && to.Localpart() != sess.local {
 				c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "auth", "forbidden"))
@@ -276,8 +310,12 @@ func (s *Server) storeOffline(c *conn, tag stanza.StartTag, typ, id string, to j
 	b := stamp(nil, tag, unit, sess.full)
 	user := to.Localpart()
 	fail := func() { s.unavailable(c, "message", typ, id, toStr) }
+	from := sess.jid
 	s.async(c, func(ctx context.Context) func() {
 		if _, err := s.accounts.Credentials(ctx, user); err != nil {
+			return fail
+		}
+		if list, err := s.store.Blocklist(ctx, user); err != nil || blocks(list, from) {
 			return fail
 		}
 		if err := s.store.StoreOffline(ctx, user, b, s.cfg.IM.OfflineQuota); err != nil {

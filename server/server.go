@@ -135,7 +135,11 @@ func New(cfg config.Config, log *zap.Logger, store Store, r *router.Router) (*Se
 	s.tlsStartTLS, s.tlsDirect = tlsConfigs(certs)
 	s.featuresPlain = s.buildFeatures(false)
 	s.featuresTLS = s.buildFeatures(true)
-	s.featuresBind = []byte(`<stream:features><bind xmlns='` + nsBind + `'/><session xmlns='` + nsSession + `'><optional/></session></stream:features>`)
+	// After authentication: binding, the legacy session, and the IM
+	// features the core implements (roster versioning, pre-approval).
+	s.featuresBind = []byte(`<stream:features><bind xmlns='` + nsBind + `'/><session xmlns='` + nsSession + `'><optional/></session>` +
+		`<ver xmlns='urn:xmpp:features:rosterver'/><sub xmlns='urn:xmpp:features:pre-approval'/></stream:features>`)
+	r.AddFeatures(nsBlocking)
 	return s, nil
 }
 

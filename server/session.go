@@ -29,6 +29,8 @@ type session struct {
 	available  atomic.Bool  // has sent available presence
 	priority   atomic.Int32 // of its last available presence
 	interested atomic.Bool  // requested the roster: gets roster pushes
+	// blockInterested: requested the blocklist, gets its pushes.
+	blockInterested atomic.Bool
 
 	// Mailbox: stanzas from other loops, drained on the owner's loop.
 	mu     sync.Mutex
@@ -119,12 +121,16 @@ type sessionTable struct {
 type tableShard struct {
 	mu sync.RWMutex
 	m  map[string][]*session
+	// blocked holds the XEP-0191 blocklists of accounts with bound
+	// sessions: a key is present once loaded (nil value: empty list).
+	blocked map[string][]string
 }
 
 func (t *sessionTable) init() {
 	t.seed = maphash.MakeSeed()
 	for i := range t.shards {
 		t.shards[i].m = make(map[string][]*session)
+		t.shards[i].blocked = make(map[string][]string)
 	}
 }
 
@@ -161,6 +167,7 @@ func (t *sessionTable) unbind(s *session) {
 	list = slices.Delete(list, i, i+1)
 	if len(list) == 0 {
 		delete(sh.m, s.local)
+		delete(sh.blocked, s.local)
 		return
 	}
 	sh.m[s.local] = list
@@ -202,4 +209,40 @@ func (t *sessionTable) count() int {
 		sh.mu.RUnlock()
 	}
 	return n
+}
+
+// blocklistLoaded reports whether local's blocklist is in the table.
+func (t *sessionTable) blocklistLoaded(local string) bool {
+	sh := t.shard(local)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	_, ok := sh.blocked[local]
+	return ok
+}
+
+// setBlocklist records local's blocklist while it has bound sessions. With
+// ifLoaded, it only replaces one already there.
+func (t *sessionTable) setBlocklist(local string, list []string, ifLoaded bool) {
+	sh := t.shard(local)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if _, bound := sh.m[local]; !bound {
+		return
+	}
+	if _, ok := sh.blocked[local]; ifLoaded && !ok {
+		return
+	}
+	if len(list) == 0 {
+		list = nil
+	}
+	sh.blocked[local] = list
+}
+
+// blocklist returns local's blocklist if loaded (nil otherwise). The caller
+// must not modify it.
+func (t *sessionTable) blocklist(local string) []string {
+	sh := t.shard(local)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	return sh.blocked[local]
 }
