@@ -25,13 +25,26 @@ type Config struct {
 	// DataDir holds the embedded database and generated certificates.
 	DataDir string `koanf:"data_dir"`
 
-	C2S     C2S     `koanf:"c2s"`
-	Preauth Preauth `koanf:"preauth"`
-	TLS     TLS     `koanf:"tls"`
-	Log     Log     `koanf:"log"`
-	Server  Server  `koanf:"server"`
-	Storage Storage `koanf:"storage"`
-	IM      IM      `koanf:"im"`
+	C2S      C2S      `koanf:"c2s"`
+	Preauth  Preauth  `koanf:"preauth"`
+	TLS      TLS      `koanf:"tls"`
+	Log      Log      `koanf:"log"`
+	Server   Server   `koanf:"server"`
+	Storage  Storage  `koanf:"storage"`
+	IM       IM       `koanf:"im"`
+	Register Register `koanf:"register"`
+}
+
+// Register configures XEP-0077 in-band registration.
+type Register struct {
+	// Enabled lets clients create accounts before authenticating. It is
+	// part of the pre-auth negotiation: the deadline and limits apply.
+	Enabled bool `koanf:"enabled"`
+	// MaxPerIP is how many accounts one source address may create per
+	// Window; 0 means no limit.
+	MaxPerIP int `koanf:"max_per_ip"`
+	// Window is the period MaxPerIP counts over.
+	Window time.Duration `koanf:"window"`
 }
 
 // Storage selects the database.
@@ -187,11 +200,12 @@ func Default() Config {
 			MaxStanzaSize: DefaultPreauthStanzaSize,
 			MaxElements:   DefaultPreauthElements,
 		},
-		TLS:     TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
-		Log:     Log{Level: "info", Format: "console"},
-		Server:  Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick, GCPercent: DefaultGCPercent},
-		Storage: Storage{Driver: "sqlite"},
-		IM:      IM{OfflineQuota: DefaultOfflineQuota},
+		TLS:      TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
+		Log:      Log{Level: "info", Format: "console"},
+		Server:   Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick, GCPercent: DefaultGCPercent},
+		Storage:  Storage{Driver: "sqlite"},
+		IM:       IM{OfflineQuota: DefaultOfflineQuota},
+		Register: Register{MaxPerIP: 5, Window: time.Hour},
 	}
 }
 
@@ -274,6 +288,12 @@ func (c *Config) Validate() error {
 		}
 	default:
 		bad("storage.driver", c.Storage.Driver, "must be sqlite or postgres")
+	}
+	if c.Register.MaxPerIP < 0 {
+		bad("register.max_per_ip", c.Register.MaxPerIP, "must be >= 0")
+	}
+	if c.Register.Window <= 0 {
+		bad("register.window", c.Register.Window, "must be > 0")
 	}
 	if c.IM.OfflineQuota < 0 {
 		bad("im.offline_quota", c.IM.OfflineQuota, "must be >= 0")

@@ -259,3 +259,43 @@ func TestBlocking(t *testing.T) {
 	max.send(`<message id='x4' to='lea@localhost' type='chat'><body>back</body></message>`)
 	lea.until(`back</body></message>`)
 }
+
+// TestRegistration covers XEP-0077 before authentication: off by default,
+// rate-limited per address when on, and failures count like failed logins.
+func TestRegistration(t *testing.T) {
+	off := startServer(t, testConfig(t))
+	r := dialRaw(t, off)
+	if feats := r.open(); strings.Contains(feats, "iq-register") {
+		t.Fatalf("registration offered while disabled: %q", feats)
+	}
+	r.send(`<iq type='get' id='g'><query xmlns='jabber:iq:register'/></iq>`)
+	if out := r.closed(); !strings.Contains(out, "<not-authorized "+streamsNS+"/>") {
+		t.Fatalf("registration while disabled got %q", out)
+	}
+
+	cfg := testConfig(t)
+	cfg.Register.Enabled = true
+	cfg.Register.MaxPerIP = 2
+	cfg.Preauth.MaxFailedAuth = 5
+	srv := startServer(t, cfg, "taken")
+	r = dialRaw(t, srv)
+	if feats := r.open(); !strings.Contains(feats, "<register xmlns='http://jabber.org/features/iq-register'/>") {
+		t.Fatalf("registration not offered: %q", feats)
+	}
+	steps := []struct{ send, want string }{
+		{`<iq type='get' id='g'><query xmlns='jabber:iq:register'/></iq>`, `<username/><password/></query></iq>`},
+		{`<iq type='set' id='r1'><query xmlns='jabber:iq:register'><username>newbie</username><password>pw1</password></query></iq>`, `<iq type='result' id='r1'/>`},
+		{`<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>taken</username><password>pw</password></query></iq>`, `<conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>`},
+		{`<iq type='set' id='r3'><query xmlns='jabber:iq:register'><username>bad@name</username><password>pw</password></query></iq>`, `<not-acceptable`},
+		{`<iq type='set' id='r4'><query xmlns='jabber:iq:register'><username>third</username><password>pw</password></query></iq>`, `<resource-constraint`},
+	}
+	for _, st := range steps {
+		r.send(st.send)
+		r.until(st.want)
+	}
+	// The new account logs in.
+	n := dialRaw(t, srv)
+	if got := n.scramLogin("newbie", "pw1", "x"); got != "newbie@localhost/x" {
+		t.Fatalf("bound %q", got)
+	}
+}

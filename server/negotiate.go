@@ -69,6 +69,9 @@ func (s *Server) buildFeatures(overTLS bool) []byte {
 		}
 		b = append(b, `</mechanisms>`...)
 	}
+	if s.cfg.Register.Enabled && (overTLS || s.cfg.C2S.AllowPlaintext) {
+		b = append(b, `<register xmlns='`+nsRegisterFeature+`'/>`...)
+	}
 	if overTLS {
 		// XEP-0440: the channel-binding types a -PLUS client may choose.
 		b = append(b, `<sasl-channel-binding xmlns='`+nsSASLCB+`'>`+
@@ -183,6 +186,16 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 			c.write([]byte(`<proceed xmlns='` + nsTLS + `'/>`))
 			s.startTLS(c, false)
 			return
+		}
+		if ns == nsClient && local == "iq" && s.registerOffered(c) && c.ex == nil {
+			if child, ok := stanza.FirstChild(unit); ok {
+				if ct, err := stanza.ParseStartTag(child); err == nil {
+					if cns, _ := ct.AttrString("xmlns"); cns == nsRegister {
+						s.handleRegister(c, tag, unit)
+						return
+					}
+				}
+			}
 		}
 		// Nothing but negotiation before authentication, and no pong.
 		s.stats.closedPolicy.Add(1)

@@ -63,7 +63,9 @@ type Server struct {
 	tlsStartTLS *tls.Config
 	tlsDirect   *tls.Config
 	handshakes  handshakeLimiter
-	directAddr  netip.AddrPort // the direct TLS listener, once bound
+
+	registrations registrationLimiter
+	directAddr    netip.AddrPort // the direct TLS listener, once bound
 
 	listen, directListen string // listener addresses with concrete ports
 
@@ -123,6 +125,7 @@ func New(cfg config.Config, log *zap.Logger, store Store, r *router.Router) (*Se
 	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal)
 	s.sessions.init()
 	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes}
+	s.registrations = registrationLimiter{max: cfg.Register.MaxPerIP, window: cfg.Register.Window}
 	certs, err := newCertSource(cfg.TLS.Cert, cfg.TLS.Key, cfg.Domain, cfg.DataDir)
 	if err != nil {
 		return nil, err

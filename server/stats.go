@@ -25,6 +25,7 @@ type Stats struct {
 	tlsFailed        atomic.Uint64
 	tlsTimeouts      atomic.Uint64
 	maxLateness      atomic.Int64 // nanoseconds
+	registered       atomic.Uint64
 	offlineStored    atomic.Uint64
 	offlineDelivered atomic.Uint64
 }
@@ -58,6 +59,7 @@ type StatsSnapshot struct {
 	TLSHandshakes    uint64 // handshakes started
 	TLSFailed        uint64 // handshakes that failed, and connections that sent no TLS
 	TLSTimeouts      uint64 // connections closed at the handshake deadline
+	Registered       uint64 // accounts created by in-band registration
 	OfflineStored    uint64 // messages stored for accounts with no available resource
 	OfflineDelivered uint64 // stored messages delivered at a later login
 	// DeadlineLateMax is the most a pre-auth deadline fired after it was
@@ -89,6 +91,7 @@ func (s *Stats) snapshot() StatsSnapshot {
 		TLSFailed:        s.tlsFailed.Load(),
 		TLSTimeouts:      s.tlsTimeouts.Load(),
 		DeadlineLateMax:  time.Duration(s.maxLateness.Load()),
+		Registered:       s.registered.Load(),
 		OfflineStored:    s.offlineStored.Load(),
 		OfflineDelivered: s.offlineDelivered.Load(),
 	}
