@@ -299,3 +299,75 @@ func TestRegistration(t *testing.T) {
 		t.Fatalf("bound %q", got)
 	}
 }
+
+// TestMessageDelivery is RFC 6121 section 8.5's delivery rules as a table:
+// each message type to a bare JID, a bound full JID and an unbound full
+// JID, of an account with an available resource, of one whose only
+// resource has negative priority, and of no account.
+func TestMessageDelivery(t *testing.T) {
+	srv := startServer(t, testConfig(t), "snd", "rcpt", "neg")
+	snd := dialRaw(t, srv)
+	snd.scramLogin("snd", testPassword, "s")
+	rcpt := dialRaw(t, srv)
+	rcpt.scramLogin("rcpt", testPassword, "r")
+	rcpt.send(`<presence/>`)
+	rcpt.until(`<presence from='rcpt@localhost/r'`)
+	neg := dialRaw(t, srv)
+	neg.scramLogin("neg", testPassword, "n")
+	neg.send(`<presence><priority>-1</priority></presence>`)
+	neg.until(`<presence from='neg@localhost/n'`)
+
+	cases := []struct {
+		stanza, to string
+		want       string // delivered (to rcpt), stored, error, dropped
+	}{
+		{"message type='chat'", "rcpt@localhost", "delivered"},
+		{"message type='normal'", "rcpt@localhost/r", "delivered"},
+		{"message", "rcpt@localhost", "delivered"},
+		{"message type='headline'", "rcpt@localhost", "delivered"},
+		{"message type='groupchat'", "rcpt@localhost", "error"},
+		{"message type='chat'", "rcpt@localhost/gone", "delivered"},
+		{"message type='headline'", "rcpt@localhost/gone", "dropped"},
+		{"message type='groupchat'", "rcpt@localhost/gone", "error"},
+		{"message type='error'", "rcpt@localhost/gone", "dropped"},
+		{"message type='chat'", "neg@localhost", "stored"},
+		{"message type='normal'", "neg@localhost", "stored"},
+		{"message type='headline'", "neg@localhost", "dropped"},
+		{"message type='chat'", "nobody@localhost", "error"},
+		{"iq type='get'", "rcpt@localhost/gone", "error"},
+		{"iq type='error'", "rcpt@localhost/gone", "dropped"},
+	}
+	for i, tc := range cases {
+		name := tc.stanza + " to " + tc.to
+		t.Run(name, func(t *testing.T) {
+			id := "c" + strings.Repeat("x", i)
+			body := "case-" + id
+			elem, _, _ := strings.Cut(tc.stanza, " ")
+			payload := `<body>` + body + `</body>`
+			if elem == "iq" {
+				payload = `<query xmlns='urn:example:` + body + `'/>`
+			}
+			stored := srv.Stats().OfflineStored
+			snd.send(`<` + tc.stanza + ` id='` + id + `' to='` + tc.to + `'>` + payload + `</` + elem + `>`)
+			// A ping round trip orders what came back for this case.
+			snd.send(`<iq type='get' id='end-` + id + `' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
+			back := snd.until(`id='end-` + id + `'`)
+			gotError := strings.Contains(back, `type='error' id='`+id+`'`)
+			if gotError != (tc.want == "error") {
+				t.Fatalf("error reply %v, want %s: %q", gotError, tc.want, back)
+			}
+			rcpt.send(`<iq type='get' id='mark-` + id + `' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
+			// Deliveries go through the mailbox; give them the same path.
+			got := rcpt.until(`id='mark-` + id + `'`)
+			if tc.want == "delivered" && !strings.Contains(got, body) {
+				got += rcpt.until(body)
+			}
+			if delivered := strings.Contains(got, body); delivered != (tc.want == "delivered") {
+				t.Fatalf("delivered %v, want %s: %q", delivered, tc.want, got)
+			}
+			if now := srv.Stats().OfflineStored; (now > stored) != (tc.want == "stored") {
+				t.Fatalf("stored %d -> %d, want %s", stored, now, tc.want)
+			}
+		})
+	}
+}

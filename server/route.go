@@ -250,23 +250,28 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 	}
 }
 
-// toFull routes to one resource (RFC 6121 section 8.5.3).
+// toFull routes to one resource (RFC 6121 section 8.5.3): to the bound
+// session, or else a normal or chat message as if to the bare JID, an iq
+// or a groupchat message gets service-unavailable, the rest is dropped.
 func (s *Server) toFull(c *conn, tag stanza.StartTag, local, typ, id string, to jid.JID, toStr string, unit []byte) {
 	target := s.sessions.full(to.Localpart(), to.Resourcepart())
 	if target != nil && target.deliver(c.loop, stamp(nil, tag, unit, c.sess.full)) {
 		s.stats.stanzasRouted.Add(1)
 		return
 	}
-	if local == "message" && (typ == "" || typ == "normal" || typ == "chat") {
+	switch {
+	case local == "message" && (typ == "" || typ == "normal" || typ == "chat"):
 		s.toBare(c, tag, local, typ, id, to.Bare(), to.Bare().String(), unit)
-		return
+	case local == "iq" || typ == "groupchat":
+		s.unavailable(c, local, typ, id, toStr)
 	}
-	s.unavailable(c, local, typ, id, toStr)
 }
 
-// toBare routes to an account (RFC 6121 section 8.5.2): messages to every
-// available resource with non-negative priority, presence to every
-// available resource, iq handled on the account's behalf.
+// toBare routes to an account (RFC 6121 section 8.5.2): an iq is handled
+// on the account's behalf; a message of type normal, chat or headline goes
+// to every available resource with non-negative priority, and when there
+// is none a normal or chat message is stored offline; groupchat gets
+// service-unavailable, error is dropped.
 func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to jid.JID, toStr string, unit []byte) {
 	if local == "iq" {
 		if to.Localpart() == c.sess.local && (typ == "result" || typ == "error") {
@@ -275,10 +280,11 @@ func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to 
 		s.toServer(c, local, typ, id, to, unit)
 		return
 	}
-	if local == "message" && (typ == "groupchat" || typ == "error" || typ == "headline") {
-		if typ == "groupchat" {
-			s.unavailable(c, local, typ, id, toStr)
-		}
+	switch typ {
+	case "groupchat":
+		s.unavailable(c, local, typ, id, toStr)
+		return
+	case "error":
 		return
 	}
 	var out []byte
@@ -299,7 +305,9 @@ func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to 
 		s.stats.stanzasRouted.Add(uint64(n))
 		return
 	}
-	s.storeOffline(c, tag, typ, id, to, toStr, unit)
+	if typ != "headline" {
+		s.storeOffline(c, tag, typ, id, to, toStr, unit)
+	}
 }
 
 // storeOffline keeps a chat or normal message for an account with no
