@@ -47,7 +47,7 @@ func (s *Server) handlePresence(c *conn, tag stanza.StartTag, typ, id string, to
 	if to.Domainpart() != s.cfg.Domain || to.Localpart() == "" {
 		return // no server-to-server yet; presence to the domain is dropped
 	}
-	b := stamp(nil, tag, unit, sess.full)
+	b := stamp(tag, unit, sess.full)
 	if to.Resourcepart() != "" {
 		if t := s.sessions.full(to.Localpart(), to.Resourcepart()); t != nil {
 			t.deliver(c.loop, b)
@@ -80,7 +80,7 @@ const maxDirected = 64
 // pending subscription requests and offline messages.
 func (s *Server) broadcastPresence(c *conn, typ string, tag stanza.StartTag, unit []byte) {
 	sess := c.sess
-	stamped := stamp(nil, tag, unit, sess.full)
+	stamped := stamp(tag, unit, sess.full)
 	initial := false
 	var directed []string
 	if typ == "unavailable" {
@@ -239,32 +239,7 @@ func withTo(b []byte, to string) []byte {
 	if err != nil {
 		return slices.Clone(b)
 	}
-	out := make([]byte, 0, len(b)+len(to)+8)
-	out = append(out, '<')
-	out = append(out, tag.Local()...)
-	tag.Attrs(func(name, raw []byte) bool {
-		if string(name) == "to" {
-			return true
-		}
-		q := byte('\'')
-		if bytes.IndexByte(raw, '\'') >= 0 {
-			q = '"'
-		}
-		out = append(out, ' ')
-		out = append(out, name...)
-		out = append(out, '=', q)
-		out = append(out, raw...)
-		out = append(out, q)
-		return true
-	})
-	out = append(out, ` to='`...)
-	out = stanza.AppendEscaped(out, to)
-	out = append(out, '\'')
-	rest := tag.Len() - 1
-	if tag.SelfClosing() {
-		rest--
-	}
-	return append(out, b[rest:]...)
+	return withAttr(tag, b, "to", to)
 }
 
 // withDelay adds an XEP-0203 delay element to a stored message.

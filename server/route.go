@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
@@ -255,7 +256,7 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 // or a groupchat message gets service-unavailable, the rest is dropped.
 func (s *Server) toFull(c *conn, tag stanza.StartTag, local, typ, id string, to jid.JID, toStr string, unit []byte) {
 	target := s.sessions.full(to.Localpart(), to.Resourcepart())
-	if target != nil && target.deliver(c.loop, stamp(nil, tag, unit, c.sess.full)) {
+	if target != nil && target.deliver(c.loop, stamp(tag, unit, c.sess.full)) {
 		s.stats.stanzasRouted.Add(1)
 		return
 	}
@@ -294,7 +295,7 @@ func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to 
 			return
 		}
 		if out == nil {
-			out = stamp(nil, tag, unit, c.sess.full)
+			out = stamp(tag, unit, c.sess.full)
 		}
 		// Each mailbox owns its bytes.
 		if o.deliver(c.loop, append([]byte(nil), out...)) {
@@ -315,7 +316,7 @@ func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to 
 // account, or a full quota, gets service-unavailable.
 func (s *Server) storeOffline(c *conn, tag stanza.StartTag, typ, id string, to jid.JID, toStr string, unit []byte) {
 	sess := c.sess
-	b := stamp(nil, tag, unit, sess.full)
+	b := stamp(tag, unit, sess.full)
 	user := to.Localpart()
 	fail := func() { s.unavailable(c, "message", typ, id, toStr) }
 	from := sess.jid
@@ -346,37 +347,43 @@ func (s *Server) unavailable(c *conn, local, typ, id, toStr string) {
 	c.write(appendStanzaError(c.loop.scratch[:0], local, id, toStr, c.sess.full, "cancel", "service-unavailable"))
 }
 
-// stamp appends unit with its from attribute set to from (RFC 6120 section
-// 8.1.2.1: the server stamps the sender's full JID).
-func stamp(b []byte, tag stanza.StartTag, unit []byte, from string) []byte {
-	if b == nil {
-		b = make([]byte, 0, len(unit)+len(from)+16)
-	}
+// stamp returns unit with its from attribute set to from (RFC 6120
+// section 8.1.2.1: the server stamps the sender's full JID).
+func stamp(tag stanza.StartTag, unit []byte, from string) []byte {
+	return withAttr(tag, unit, "from", from)
+}
+
+// withAttr returns a copy of elem (whose start tag is tag) with attribute
+// name set to value, replacing any it had; the rest is copied unchanged.
+func withAttr(tag stanza.StartTag, elem []byte, name, value string) []byte {
+	b := make([]byte, 0, len(elem)+len(value)+16)
 	b = append(b, '<')
 	b = append(b, tag.Local()...)
-	tag.Attrs(func(name, raw []byte) bool {
-		if string(name) == "from" {
+	tag.Attrs(func(n, raw []byte) bool {
+		if string(n) == name {
 			return true
 		}
 		q := byte('\'')
-		if strings.IndexByte(string(raw), '\'') >= 0 {
-			q = '"'
+		if bytes.IndexByte(raw, '\'') >= 0 {
+			q = '"' // the raw value may hold the other quote unescaped
 		}
 		b = append(b, ' ')
-		b = append(b, name...)
+		b = append(b, n...)
 		b = append(b, '=', q)
 		b = append(b, raw...)
 		b = append(b, q)
 		return true
 	})
-	b = append(b, ` from='`...)
-	b = stanza.AppendEscaped(b, from)
+	b = append(b, ' ')
+	b = append(b, name...)
+	b = append(b, `='`...)
+	b = stanza.AppendEscaped(b, value)
 	b = append(b, '\'')
 	rest := tag.Len() - 1
 	if tag.SelfClosing() {
 		rest--
 	}
-	return append(b, unit[rest:]...)
+	return append(b, elem[rest:]...)
 }
 
 // appendResult appends an iq result.

@@ -62,15 +62,7 @@ func userCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "added %d accounts\n", n)
 			return nil
 		}
-		local, err := localpart(who, cfg.Domain)
-		if err != nil {
-			return err
-		}
-		pw, err := passwordArg(*password, passwordSet, stdin)
-		if err != nil {
-			return err
-		}
-		creds, err := sasl.NewCredentials(pw, sasl.DefaultIterations)
+		local, creds, err := newCredentials(who, cfg.Domain, *password, passwordSet, stdin)
 		if err != nil {
 			return err
 		}
@@ -79,15 +71,7 @@ func userCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "added %s@%s\n", local, cfg.Domain)
 	case "passwd":
-		local, err := localpart(who, cfg.Domain)
-		if err != nil {
-			return err
-		}
-		pw, err := passwordArg(*password, passwordSet, stdin)
-		if err != nil {
-			return err
-		}
-		creds, err := sasl.NewCredentials(pw, sasl.DefaultIterations)
+		local, creds, err := newCredentials(who, cfg.Domain, *password, passwordSet, stdin)
 		if err != nil {
 			return err
 		}
@@ -116,6 +100,21 @@ func userCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return fmt.Errorf("user: unknown command %q (want add, passwd, remove or list)", sub)
 	}
 	return nil
+}
+
+// newCredentials resolves who to a localpart and derives the SCRAM
+// credentials of the password from the flag or stdin.
+func newCredentials(who, domain, flagValue string, flagSet bool, stdin io.Reader) (string, sasl.Credentials, error) {
+	local, err := localpart(who, domain)
+	if err != nil {
+		return "", sasl.Credentials{}, err
+	}
+	pw, err := passwordArg(flagValue, flagSet, stdin)
+	if err != nil {
+		return "", sasl.Credentials{}, err
+	}
+	creds, err := sasl.NewCredentials(pw, sasl.DefaultIterations)
+	return local, creds, err
 }
 
 // localpart accepts "alice" or "alice@domain" and returns the normalised
