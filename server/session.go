@@ -186,13 +186,16 @@ func (t *sessionTable) full(local, resource string) *session {
 	return nil
 }
 
-// each calls fn for every session of local, under the shard's read lock:
-// fn must not block or take the table's locks.
+// each calls fn for every session of local bound when it was called. fn
+// runs without the table's lock (on a snapshot), so it may use the table
+// itself: routing often nests one account's sessions inside another's.
 func (t *sessionTable) each(local string, fn func(*session)) {
+	var buf [4]*session
 	sh := t.shard(local)
 	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	for _, s := range sh.m[local] {
+	list := append(buf[:0], sh.m[local]...)
+	sh.mu.RUnlock()
+	for _, s := range list {
 		fn(s)
 	}
 }
