@@ -106,6 +106,13 @@ type Preauth struct {
 	// MaxElements is the most elements one pre-auth element may contain,
 	// itself included.
 	MaxElements int `koanf:"max_elements"`
+	// MaxFailuresPerIP is how many failed logins one source address may
+	// have per FailureWindow before its logins are refused at once with
+	// temporary-auth-failure until the window ends; 0 means no throttling
+	// (the default: many users may share one address behind NAT).
+	MaxFailuresPerIP int `koanf:"max_failures_per_ip"`
+	// FailureWindow is the period MaxFailuresPerIP counts over.
+	FailureWindow time.Duration `koanf:"failure_window"`
 }
 
 // TLS configures certificates and the TLS handshake policy.
@@ -199,6 +206,7 @@ func Default() Config {
 			MaxFailedAuth: DefaultMaxFailedAuth,
 			MaxStanzaSize: DefaultPreauthStanzaSize,
 			MaxElements:   DefaultPreauthElements,
+			FailureWindow: time.Minute,
 		},
 		TLS:      TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
 		Log:      Log{Level: "info", Format: "console"},
@@ -257,6 +265,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Preauth.MaxStanzaSize < 512 {
 		bad("preauth.max_stanza_size", c.Preauth.MaxStanzaSize, "must be >= 512")
+	}
+	if c.Preauth.MaxFailuresPerIP < 0 {
+		bad("preauth.max_failures_per_ip", c.Preauth.MaxFailuresPerIP, "must be >= 0")
+	}
+	if c.Preauth.FailureWindow <= 0 {
+		bad("preauth.failure_window", c.Preauth.FailureWindow, "must be > 0")
 	}
 	if c.Preauth.MaxElements < 4 {
 		bad("preauth.max_elements", c.Preauth.MaxElements, "must be >= 4")

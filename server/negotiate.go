@@ -220,6 +220,12 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 			s.saslFail(c, "aborted", "")
 			return
 		}
+		if s.authFailures.over(c.ip, time.Now()) {
+			// Throttled: no look-up, no hashing, for this address a while.
+			s.stats.authThrottled.Add(1)
+			s.saslFail(c, "temporary-auth-failure", "too many failed logins from your address; try later")
+			return
+		}
 		mech, _ := tag.AttrString("mechanism")
 		if !s.offered(c, mech) {
 			cond := "invalid-mechanism"
@@ -419,6 +425,9 @@ func (s *Server) saslFail(c *conn, cond, text string) {
 	c.loop.scratch = b[:0]
 	// Aborts count too: an endless abort loop is an attempt loop.
 	c.failed++
+	if cond != "temporary-auth-failure" {
+		s.authFailures.add(c.ip, time.Now())
+	}
 	if int(c.failed) >= s.cfg.Preauth.MaxFailedAuth {
 		s.stats.closedPolicy.Add(1)
 		s.fail(c, stream.PolicyViolation.Err, "too many failed authentication attempts")

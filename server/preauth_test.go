@@ -243,3 +243,31 @@ func attack(addr string, ping bool, deadline time.Duration) (res struct {
 	res.err = "never closed; got " + out.String()
 	return res
 }
+
+// TestFailureThrottle: after preauth.max_failures_per_ip failed logins from
+// one address, its logins are refused at once, even with the right
+// password; other addresses are not affected.
+func TestFailureThrottle(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Preauth.MaxFailuresPerIP = 2
+	cfg.Preauth.MaxFailedAuth = 10
+	srv := startServer(t, cfg, "nina")
+	bad := base64.StdEncoding.EncodeToString([]byte("n,,n=nina,r=abcdefghijklmnopqrstuvwx"))
+	r := dialRaw(t, srv)
+	r.open()
+	for range 2 {
+		r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + bad + `</auth>`)
+		r.until("</challenge>")
+		r.send(`<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` + base64.StdEncoding.EncodeToString([]byte("c=biws,r=wrong,p=AAAA")) + `</response>`)
+		r.until("</failure>")
+	}
+	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + bad + `</auth>`)
+	r.until("<temporary-auth-failure/>")
+	if srv.Stats().AuthThrottled != 1 {
+		t.Fatalf("stats: %+v", srv.Stats())
+	}
+	other := dialFrom(t, srv, "127.0.0.2")
+	if got := other.scramLogin("nina", testPassword, "n"); got != "nina@localhost/n" {
+		t.Fatalf("login from another address bound %q", got)
+	}
+}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/xml"
 	"errors"
-	"net/netip"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -96,32 +94,4 @@ func (s *Server) handleRegister(c *conn, tag stanza.StartTag, unit []byte) {
 			return func() { refuse("wait", "internal-server-error") }
 		}
 	}, func() { refuse("wait", "resource-constraint") })
-}
-
-// registrationLimiter counts accounts created per source address within a
-// fixed window; a zero max means no limit.
-type registrationLimiter struct {
-	max    int
-	window time.Duration
-	mu     sync.Mutex
-	start  time.Time
-	byIP   map[netip.Addr]int
-}
-
-// allow counts one registration from ip, or reports false when over the
-// limit.
-func (r *registrationLimiter) allow(ip netip.Addr, now time.Time) bool {
-	if r.max <= 0 {
-		return true
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.byIP == nil || now.Sub(r.start) >= r.window {
-		r.byIP, r.start = make(map[netip.Addr]int), now
-	}
-	if r.byIP[ip] >= r.max {
-		return false
-	}
-	r.byIP[ip]++
-	return true
 }

@@ -64,7 +64,8 @@ type Server struct {
 	tlsDirect   *tls.Config
 	handshakes  handshakeLimiter
 
-	registrations registrationLimiter
+	registrations ipCounter      // XEP-0077 accounts per address
+	authFailures  ipCounter      // failed logins per address
 	directAddr    netip.AddrPort // the direct TLS listener, once bound
 
 	listen, directListen string // listener addresses with concrete ports
@@ -125,7 +126,8 @@ func New(cfg config.Config, log *zap.Logger, store Store, r *router.Router) (*Se
 	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal)
 	s.sessions.init()
 	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes}
-	s.registrations = registrationLimiter{max: cfg.Register.MaxPerIP, window: cfg.Register.Window}
+	s.registrations = ipCounter{max: cfg.Register.MaxPerIP, window: cfg.Register.Window}
+	s.authFailures = ipCounter{max: cfg.Preauth.MaxFailuresPerIP, window: cfg.Preauth.FailureWindow}
 	certs, err := newCertSource(cfg.TLS.Cert, cfg.TLS.Key, cfg.Domain, cfg.DataDir)
 	if err != nil {
 		return nil, err
