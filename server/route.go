@@ -335,7 +335,9 @@ func (s *Server) storeOffline(c *conn, tag stanza.StartTag, typ, id string, to j
 		}
 		s.stats.offlineStored.Add(1)
 		return nil
-	}, fail)
+	}, func() {
+		c.write(appendStanzaError(c.loop.scratch[:0], "message", id, toStr, sess.full, "wait", "resource-constraint"))
+	})
 }
 
 // unavailable answers a stanza nobody can take with service-unavailable,
