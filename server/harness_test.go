@@ -49,6 +49,13 @@ func testConfig(t *testing.T) config.Config {
 // testPassword) and stops it when the test ends.
 func startServer(t *testing.T, cfg config.Config, users ...string) *server.Server {
 	t.Helper()
+	return startServerWith(t, cfg, nil, users...)
+}
+
+// startServerWith is startServer with the store wrapped by wrap (nil: the
+// store itself), for tests that need to hold storage back.
+func startServerWith(t *testing.T, cfg config.Config, wrap func(server.Store) server.Store, users ...string) *server.Server {
+	t.Helper()
 	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +73,11 @@ func startServer(t *testing.T, cfg config.Config, users ...string) *server.Serve
 	if err := r.Register(ping.Module{}, disco.Module{}, version.Module{}, vcard.Module{Store: store}); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(cfg, nil, store, r)
+	var st server.Store = store
+	if wrap != nil {
+		st = wrap(store)
+	}
+	srv, err := server.New(cfg, nil, st, r)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/krill-xmpp/krill/server"
+	"github.com/krill-xmpp/krill/storage"
 )
 
 // TestRoster covers roster get, set, pushes to interested resources,
@@ -369,5 +372,52 @@ func TestMessageDelivery(t *testing.T) {
 				t.Fatalf("stored %d -> %d, want %s", stored, now, tc.want)
 			}
 		})
+	}
+}
+
+// heldStore holds every roster read until release is closed.
+type heldStore struct {
+	server.Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *heldStore) Roster(ctx context.Context, user string) ([]storage.RosterItem, uint64, error) {
+	h.entered <- struct{}{}
+	<-h.release
+	return h.Store.Roster(ctx, user)
+}
+
+// TestWorkerOverload: with the one worker busy and its queue full, storage
+// requests are answered with resource-constraint (type wait) at once; the
+// event loop does not stall, and the queued work completes afterwards.
+func TestWorkerOverload(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Server.Workers = 1
+	cfg.Server.WorkQueue = 1
+	held := &heldStore{entered: make(chan struct{}, 4), release: make(chan struct{})}
+	srv := startServerWith(t, cfg, func(s server.Store) server.Store { held.Store = s; return held }, "olga", "pete", "quin")
+	var conns []*rawConn
+	for _, u := range []string{"olga", "pete", "quin"} {
+		r := dialRaw(t, srv)
+		r.scramLogin(u, testPassword, "x")
+		conns = append(conns, r)
+	}
+	conns[0].send(`<iq type='get' id='busy'><query xmlns='jabber:iq:roster'/></iq>`)
+	<-held.entered // the worker is held
+	conns[1].send(`<iq type='get' id='queued'><query xmlns='jabber:iq:roster'/></iq>`)
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().StanzasIn >= 2 }) {
+		t.Fatal("second request not received")
+	}
+	conns[2].send(`<iq type='get' id='refused'><query xmlns='jabber:iq:roster'/></iq>`)
+	conns[2].until(`<iq type='error' id='refused' to='quin@localhost/x'><error type='wait'><resource-constraint`)
+	// The loops still serve everyone else meanwhile.
+	conns[2].send(`<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	conns[2].until(`id='alive'`)
+	close(held.release)
+	conns[0].until(`<iq type='result' id='busy'>`)
+	conns[1].until(`<iq type='result' id='queued'>`)
+	if srv.Stats().WorkRejected == 0 {
+		t.Fatal("rejection not counted")
 	}
 }
