@@ -33,6 +33,15 @@ type Config struct {
 	Storage  Storage  `koanf:"storage"`
 	IM       IM       `koanf:"im"`
 	Register Register `koanf:"register"`
+	Admin    Admin    `koanf:"admin"`
+}
+
+// Admin configures the operators' HTTP listener: Prometheus metrics at
+// /metrics, /healthz and /readyz.
+type Admin struct {
+	// Listen is host:port; empty disables the listener. Keep it off the
+	// public interface: it is not authenticated.
+	Listen string `koanf:"listen"`
 }
 
 // Register configures XEP-0077 in-band registration.
@@ -152,6 +161,10 @@ type Server struct {
 	WorkQueue int `koanf:"work_queue"`
 	// Tick is the timer-wheel resolution: deadlines fire at most one tick late.
 	Tick time.Duration `koanf:"tick"`
+	// ShutdownTimeout bounds a graceful stop: sessions are closed with
+	// system-shutdown, queued stanzas flushed and storage writes finished
+	// within it, then whatever remains is closed.
+	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"`
 	// GCPercent is the garbage collector's growth target (GOGC). Idle
 	// connections are long-lived heap, so the headroom GOGC allows over
 	// them is paid per connection in resident memory: 25 keeps an idle TLS
@@ -183,6 +196,7 @@ const (
 	DefaultWorkQueue         = 4096
 	DefaultTick              = 10 * time.Millisecond
 	DefaultGCPercent         = 25
+	DefaultAdminListen       = "127.0.0.1:5280"
 )
 
 // Default returns the configuration used when nothing is set.
@@ -208,9 +222,11 @@ func Default() Config {
 			MaxElements:   DefaultPreauthElements,
 			FailureWindow: time.Minute,
 		},
-		TLS:      TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
-		Log:      Log{Level: "info", Format: "console"},
-		Server:   Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick, GCPercent: DefaultGCPercent},
+		TLS: TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
+		Log: Log{Level: "info", Format: "console"},
+		Server: Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick,
+			GCPercent: DefaultGCPercent, ShutdownTimeout: 10 * time.Second},
+		Admin:    Admin{Listen: DefaultAdminListen},
 		Storage:  Storage{Driver: "sqlite"},
 		IM:       IM{OfflineQuota: DefaultOfflineQuota},
 		Register: Register{MaxPerIP: 5, Window: time.Hour},
@@ -320,6 +336,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Server.WorkQueue < 1 {
 		bad("server.work_queue", c.Server.WorkQueue, "must be >= 1")
+	}
+	if c.Admin.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+			bad("admin.listen", c.Admin.Listen, "must be host:port or empty")
+		}
+	}
+	if c.Server.ShutdownTimeout <= 0 {
+		bad("server.shutdown_timeout", c.Server.ShutdownTimeout, "must be > 0")
 	}
 	if c.Server.GCPercent < -1 || c.Server.GCPercent == 0 {
 		bad("server.gc_percent", c.Server.GCPercent, "must be -1 (off) or > 0")

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/krill-xmpp/krill/workpool"
 )
@@ -17,7 +18,9 @@ import (
 // reads and writes shared state (storage, the session table, mailboxes).
 func (s *Server) async(c *conn, job func(ctx context.Context) func(), busy func()) {
 	c.flags |= flagWorkPending
+	submitted := time.Now()
 	err := s.pool.Submit(func() {
+		s.metrics.poolWait.Observe(time.Since(submitted).Seconds())
 		ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
 		then := job(ctx)
 		cancel()
@@ -28,6 +31,9 @@ func (s *Server) async(c *conn, job func(ctx context.Context) func(), busy func(
 			}
 			if !c.has(flagClosed) {
 				s.process(c) // input that arrived meanwhile
+			}
+			if c.sess != nil && !c.has(flagClosed) && !c.has(flagWorkPending) {
+				c.sess.drain() // a close requested while the job ran
 			}
 		})
 	})

@@ -61,6 +61,10 @@ func (c *conn) has(f uint8) bool { return c.flags&f != 0 }
 func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 	s.stats.accepted.Add(1)
 	ip := addrIP(gc.RemoteAddr())
+	if s.stopping.Load() {
+		b := s.appendHeader(nil)
+		return appendStreamError(b, stream.SystemShutdown.Err, "the server is shutting down"), gnet.Close
+	}
 	if cond := s.preauth.acquire(ip); cond != "" {
 		s.stats.closedPolicy.Add(1)
 		s.log.Info("connection refused", zap.String("reason", cond), zap.Stringer("ip", ip))
@@ -80,6 +84,7 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 		MaxDepth:    s.cfg.C2S.MaxDepth,
 	})
 	gc.SetContext(c)
+	s.stats.preauthPlain.Add(1)
 	// Absolute from accept: nothing the client sends moves it.
 	c.preauthAt = time.Since(s.epoch) + s.cfg.Preauth.Timeout
 	if s.isDirectTLS(gc) {
@@ -264,7 +269,7 @@ func (s *Server) shut(c *conn) {
 // release drops everything the connection holds in shared state. It runs
 // exactly once per connection, from shut or from gnet's OnClose.
 func (s *Server) release(c *conn) {
-	c.flags |= flagClosed
+	s.stats.move(c, func() { c.flags |= flagClosed })
 	c.loop.wheel.Cancel(&c.timer)
 	if c.has(flagPreauth) {
 		c.flags &^= flagPreauth

@@ -42,6 +42,7 @@ func testConfig(t *testing.T) config.Config {
 	cfg.C2S.DirectTLSListen = ""
 	cfg.C2S.AllowPlaintext = true
 	cfg.Server.EventLoops = 2
+	cfg.Admin.Listen = "127.0.0.1:0"
 	return cfg
 }
 

@@ -385,13 +385,15 @@ func (s *Server) saslStep(c *conn, chal []byte, done bool, err error) {
 
 func (s *Server) saslSucceed(c *conn, additional []byte) {
 	c.ex = nil
-	c.phase = phaseAuthHeader
+	s.stats.move(c, func() {
+		c.phase = phaseAuthHeader
+		if c.has(flagPreauth) {
+			c.flags &^= flagPreauth
+			s.preauth.release(c.ip)
+		}
+	})
 	c.flags &^= flagHeaderSent
 	c.framer.Reset()
-	if c.has(flagPreauth) {
-		c.flags &^= flagPreauth
-		s.preauth.release(c.ip)
-	}
 	s.stats.authSucceeded.Add(1)
 	b := append(c.loop.scratch[:0], `<success xmlns='`+nsSASL+`'`...)
 	if len(additional) > 0 {

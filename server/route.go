@@ -115,6 +115,7 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 		return
 	}
 	s.stats.stanzasIn.Add(1)
+	s.stats.in[kindIndex(unit)].Add(1)
 	if from, ok := tag.AttrString("from"); ok && from != sess.full {
 		if fj, err := jid.Parse(from); err != nil || !(fj.Equal(sess.jid) || fj.Equal(sess.jid.Bare())) {
 			s.fail(c, stream.InvalidFrom.Err, "from does not match the session's address")

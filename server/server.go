@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"runtime"
 	"runtime/debug"
@@ -29,6 +30,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+	"mellium.im/xmpp/stream"
 
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/router"
@@ -81,12 +83,17 @@ type Server struct {
 
 	started  atomic.Bool
 	stopped  atomic.Bool
-	booted   chan error
-	done     chan struct{}
-	eng      gnet.Engine
-	addr     net.Addr
-	runErr   error
-	tickStop chan struct{}
+	stopping atomic.Bool // graceful shutdown under way: refuse new clients
+
+	metrics   serverMetrics
+	admin     *http.Server
+	adminAddr net.Addr
+	booted    chan error
+	done      chan struct{}
+	eng       gnet.Engine
+	addr      net.Addr
+	runErr    error
+	tickStop  chan struct{}
 	// epoch is the common start of every loop's wheel and of the ticker,
 	// so that ticks land on wheel tick boundaries: a deadline then fires
 	// at most one tick (plus scheduling delay) after it is due.
@@ -123,6 +130,7 @@ func New(cfg config.Config, log *zap.Logger, store Store, r *router.Router) (*Se
 		done:     make(chan struct{}),
 		tickStop: make(chan struct{}),
 	}
+	s.metrics = newServerMetrics()
 	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal)
 	s.sessions.init()
 	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes}
@@ -195,6 +203,10 @@ func (s *Server) Start() error {
 		return err
 	}
 	go s.tick(ticker)
+	if err := s.startAdmin(); err != nil {
+		_ = s.Stop(context.Background())
+		return fmt.Errorf("server: admin listener %s: %w", s.cfg.Admin.Listen, err)
+	}
 	s.log.Info("listening", zap.String("listener", "c2s"), zap.Stringer("addr", s.addr),
 		zap.String("domain", s.cfg.Domain), zap.Bool("allow_plaintext", s.cfg.C2S.AllowPlaintext))
 	if s.directAddr.IsValid() {
@@ -256,6 +268,10 @@ func (s *Server) Stop(ctx context.Context) error {
 	if !s.stopped.CompareAndSwap(false, true) {
 		return nil
 	}
+	s.stopping.Store(true)
+	if s.admin != nil {
+		_ = s.admin.Shutdown(ctx)
+	}
 	close(s.tickStop)
 	err := s.eng.Stop(ctx)
 	select {
@@ -263,8 +279,33 @@ func (s *Server) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	// Jobs already queued (offline messages being stored, say) finish.
 	s.pool.Close()
 	return err
+}
+
+// Shutdown stops gracefully: new connections are refused, every session
+// gets the system-shutdown stream error after what was queued for it is
+// written, and storage work in flight finishes; then Stop. Sessions still
+// open when ctx ends are closed by Stop.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if !s.started.Load() {
+		return ErrNotStarted
+	}
+	s.stopping.Store(true)
+	s.log.Info("shutting down", zap.Int("sessions", s.sessions.count()), zap.Int("preauth", s.preauth.count()))
+	s.sessions.all(func(sess *session) { sess.closeWith(stream.SystemShutdown.Err) })
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for s.sessions.count() > 0 {
+		select {
+		case <-ctx.Done():
+			s.log.Warn("shutdown timeout: closing the remaining sessions", zap.Int("sessions", s.sessions.count()))
+			return s.Stop(context.Background())
+		case <-t.C:
+		}
+	}
+	return s.Stop(ctx)
 }
 
 // Stats returns a snapshot of the server's counters.
@@ -293,6 +334,7 @@ func (s *Server) tick(t *time.Ticker) {
 		}
 		for _, l := range *lp {
 			if l.tickPending.CompareAndSwap(false, true) {
+				l.tickPosted.Store(time.Now().UnixNano())
 				if err := l.el.Execute(context.Background(), l.tickTask); err != nil {
 					l.tickPending.Store(false)
 				}
@@ -329,6 +371,7 @@ type loop struct {
 	scratch     []byte
 	plainBuf    []byte // decrypted records, allocated on first TLS read
 	tickPending atomic.Bool
+	tickPosted  atomic.Int64 // when the pending tick was posted, Unix ns
 	tickTask    gnet.RunnableFunc
 }
 
@@ -340,6 +383,7 @@ func newLoop(s *Server, el gnet.EventLoop) *loop {
 	l.tickTask = func(context.Context) error {
 		l.tickPending.Store(false)
 		l.now = time.Now()
+		s.metrics.loopLag.Observe(float64(l.now.UnixNano()-l.tickPosted.Load()) / 1e9)
 		l.wheel.Advance(l.now)
 		return nil
 	}

@@ -46,6 +46,7 @@ type session struct {
 // has gone.
 func (s *session) deliver(from *loop, b []byte) bool {
 	c := s.conn
+	c.loop.srv.stats.out[kindIndex(b)].Add(1)
 	s.mu.Lock()
 	if s.gone {
 		s.mu.Unlock()
@@ -92,6 +93,14 @@ func (s *session) drain() {
 	s.mu.Unlock()
 	for _, b := range in {
 		s.conn.write(b)
+	}
+	if kick != "" && s.conn.has(flagWorkPending) {
+		// Finish the stanza being handled first (an offline message being
+		// stored, say); the worker's return closes the session.
+		s.mu.Lock()
+		s.kick = kick
+		s.mu.Unlock()
+		return
 	}
 	if kick != "" {
 		text := ""
@@ -195,6 +204,22 @@ func (t *sessionTable) each(local string, fn func(*session)) {
 	sh.mu.RLock()
 	list := append(buf[:0], sh.m[local]...)
 	sh.mu.RUnlock()
+	for _, s := range list {
+		fn(s)
+	}
+}
+
+// all calls fn for every bound session, on a snapshot.
+func (t *sessionTable) all(fn func(*session)) {
+	var list []*session
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.RLock()
+		for _, l := range sh.m {
+			list = append(list, l...)
+		}
+		sh.mu.RUnlock()
+	}
 	for _, s := range list {
 		fn(s)
 	}

@@ -29,6 +29,56 @@ type Stats struct {
 	authThrottled    atomic.Uint64
 	offlineStored    atomic.Uint64
 	offlineDelivered atomic.Uint64
+
+	// Connections by state, as gauges.
+	preauthPlain  atomic.Int64
+	preauthTLS    atomic.Int64
+	authenticated atomic.Int64
+
+	in, out [3]atomic.Uint64 // stanzas by kind, indexed like stanzaKinds
+}
+
+// stanzaKinds names the indexes of Stats.in and Stats.out.
+var stanzaKinds = [3]string{"message", "presence", "iq"}
+
+// kindIndex returns the stanzaKinds index of a stanza's wire form.
+func kindIndex(b []byte) int {
+	if len(b) > 1 {
+		switch b[1] {
+		case 'm':
+			return 0
+		case 'p':
+			return 1
+		}
+	}
+	return 2
+}
+
+// connState is the gauge a connection is counted in, or nil before it is
+// admitted and after it is gone.
+func (s *Stats) connState(c *conn) *atomic.Int64 {
+	switch {
+	case c.has(flagClosed):
+		return nil
+	case c.has(flagPreauth) && c.tls == nil:
+		return &s.preauthPlain
+	case c.has(flagPreauth):
+		return &s.preauthTLS
+	case c.phase >= phaseAuthHeader:
+		return &s.authenticated
+	}
+	return nil
+}
+
+// move runs change on c, keeping the state gauges right around it.
+func (s *Stats) move(c *conn, change func()) {
+	if g := s.connState(c); g != nil {
+		g.Add(-1)
+	}
+	change()
+	if g := s.connState(c); g != nil {
+		g.Add(1)
+	}
 }
 
 // noteLateness records how late a pre-auth deadline fired.
@@ -67,10 +117,13 @@ type StatsSnapshot struct {
 	// DeadlineLateMax is the most a pre-auth deadline fired after it was
 	// due, measured on the loop: one wheel tick plus scheduling delay.
 	DeadlineLateMax time.Duration
-	TLSActive       int // handshakes running now
-	TLSWaiting      int // handshakes waiting for a slot now
-	Preauth         int // unauthenticated connections now
-	Sessions        int // bound sessions now
+	TLSActive       int   // handshakes running now
+	TLSWaiting      int   // handshakes waiting for a slot now
+	PreauthPlain    int64 // unauthenticated connections without TLS now
+	PreauthTLS      int64 // unauthenticated connections with TLS (or setting it up) now
+	Authenticated   int64 // authenticated connections now
+	Preauth         int   // unauthenticated connections now
+	Sessions        int   // bound sessions now
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
@@ -97,5 +150,8 @@ func (s *Stats) snapshot() StatsSnapshot {
 		AuthThrottled:    s.authThrottled.Load(),
 		OfflineStored:    s.offlineStored.Load(),
 		OfflineDelivered: s.offlineDelivered.Load(),
+		PreauthPlain:     s.preauthPlain.Load(),
+		PreauthTLS:       s.preauthTLS.Load(),
+		Authenticated:    s.authenticated.Load(),
 	}
 }

@@ -192,7 +192,7 @@ func (s *Server) startTLS(c *conn, direct bool) {
 		cfg = s.tlsDirect
 	}
 	t.tc = tls.Server(&t.pipe, cfg)
-	c.tls = t
+	s.stats.move(c, func() { c.tls = t })
 	s.armDeadline(c)
 }
 

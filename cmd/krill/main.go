@@ -7,6 +7,7 @@
 //	krill user remove JID
 //	krill user list
 //	krill config check [--config FILE]
+//	krill health [--addr HOST:PORT]
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -42,6 +44,7 @@ const usage = `usage:
   krill user remove JID [--config FILE]
   krill user list [--config FILE]
   krill config check [--config FILE]
+  krill health [--addr HOST:PORT] [--config FILE]   (exit 0 when /healthz answers)
 `
 
 func main() {
@@ -69,6 +72,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if cfg, err = loadConfig("config check", args[2:], stderr); err == nil {
 			fmt.Fprintf(stdout, "configuration OK (domain %s)\n", cfg.Domain)
 		}
+	case "health":
+		err = health(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -175,10 +180,44 @@ func serve(args []string, stderr io.Writer) error {
 		}
 	}
 	log.Info("stopping", zap.Stringer("signal", s))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
 	defer cancel()
-	return srv.Stop(ctx)
+	return srv.Shutdown(ctx)
 }
 
 // environ is os.Environ, a seam for tests.
 var environ = os.Environ
+
+// health asks a running server's admin listener for /healthz: the
+// container image's health check.
+func health(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("health", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "", "admin listener (default: admin.listen from the configuration)")
+	path := fs.String("config", "", "TOML configuration file")
+	config.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *addr == "" {
+		cfg, err := config.Load(*path, environ(), fs)
+		if err != nil {
+			return err
+		}
+		*addr = cfg.Admin.Listen
+	}
+	if *addr == "" {
+		return errors.New("health: no admin listener configured")
+	}
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + *addr + "/healthz")
+	if err != nil {
+		return fmt.Errorf("health: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("health: %s answered %s", *addr, resp.Status)
+	}
+	fmt.Fprintln(stdout, "ok")
+	return nil
+}

@@ -1,0 +1,198 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+)
+
+// The admin listener: Prometheus metrics, liveness and readiness, on plain
+// net/http (a goroutine per admin request is fine: operators, not
+// clients). Metrics read the server's atomic counters at scrape time, so
+// the hot paths pay nothing for them beyond the counters themselves.
+
+// Pinger is an optional Store ability used by /readyz.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// startAdmin opens the admin listener when configured.
+func (s *Server) startAdmin() error {
+	if s.cfg.Admin.Listen == "" {
+		return nil
+	}
+	l, err := net.Listen("tcp", s.cfg.Admin.Listen)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		s.metrics.poolWait, s.metrics.loopLag,
+		(*statsCollector)(s),
+	)
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.ready(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	s.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s.adminAddr = l.Addr()
+	go func() {
+		if err := s.admin.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("admin listener failed", zap.Error(err))
+		}
+	}()
+	s.log.Info("listening", zap.String("listener", "admin"), zap.Stringer("addr", l.Addr()))
+	return nil
+}
+
+// AdminAddr returns the admin listener's address, or nil when disabled.
+func (s *Server) AdminAddr() net.Addr { return s.adminAddr }
+
+// ready reports why the server cannot take clients, or nil.
+func (s *Server) ready(ctx context.Context) error {
+	if s.stopping.Load() {
+		return errors.New("shutting down")
+	}
+	if s.addr == nil {
+		return errors.New("listeners not up")
+	}
+	if p, ok := s.store.(Pinger); ok {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := p.Ping(ctx); err != nil {
+			return errors.New("storage unreachable: " + err.Error())
+		}
+	}
+	return nil
+}
+
+// serverMetrics are the metrics observed on hot paths; the rest are read
+// from Stats at scrape time.
+type serverMetrics struct {
+	poolWait prometheus.Histogram
+	loopLag  prometheus.Histogram
+}
+
+func newServerMetrics() serverMetrics {
+	return serverMetrics{
+		poolWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "krill_worker_wait_seconds",
+			Help:    "Time blocking work waited in the worker pool's queue before a worker took it.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+		}),
+		loopLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "krill_event_loop_lag_seconds",
+			Help:    "Delay between a timer tick being posted to an event loop and the loop running it.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+		}),
+	}
+}
+
+// statsCollector exposes Stats as Prometheus metrics.
+type statsCollector Server
+
+var (
+	descConns     = prometheus.NewDesc("krill_connections", "Open client connections by state.", []string{"state"}, nil)
+	descAccepted  = prometheus.NewDesc("krill_connections_accepted_total", "Client connections accepted.", nil, nil)
+	descClosed    = prometheus.NewDesc("krill_connections_closed_total", "Client connections closed, by reason.", []string{"reason"}, nil)
+	descAuth      = prometheus.NewDesc("krill_logins_total", "SASL authentications by result.", []string{"result"}, nil)
+	descHandshake = prometheus.NewDesc("krill_tls_handshakes", "TLS handshakes now, running or waiting for a slot.", []string{"state"}, nil)
+	descTLS       = prometheus.NewDesc("krill_tls_handshakes_total", "TLS handshakes started, failed and timed out.", []string{"result"}, nil)
+	descQueue     = prometheus.NewDesc("krill_worker_queue_depth", "Jobs waiting for a worker.", nil, nil)
+	descRejected  = prometheus.NewDesc("krill_worker_rejected_total", "Jobs refused because the worker queue was full.", nil, nil)
+	descStanzas   = prometheus.NewDesc("krill_stanzas_total", "Stanzas received from and delivered to sessions, by direction and kind.", []string{"direction", "kind"}, nil)
+	descOffline   = prometheus.NewDesc("krill_offline_messages_total", "Offline messages stored and delivered.", []string{"event"}, nil)
+	descLate      = prometheus.NewDesc("krill_preauth_deadline_lateness_max_seconds", "Most a pre-auth deadline fired after it was due.", nil, nil)
+	descBytesConn = prometheus.NewDesc("krill_process_resident_bytes_per_connection", "Process resident memory divided by open connections (0 without connections).", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS,
+		descQueue, descRejected, descStanzas, descOffline, descLate, descBytesConn} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
+	s := (*Server)(c)
+	st := s.Stats()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge(descConns, float64(st.PreauthPlain), "preauth_plain")
+	gauge(descConns, float64(st.PreauthTLS), "preauth_tls")
+	gauge(descConns, float64(st.Authenticated), "authenticated")
+	counter(descAccepted, st.Accepted)
+	counter(descClosed, st.ClosedDeadline, "deadline")
+	counter(descClosed, st.ClosedPolicy, "policy")
+	counter(descClosed, st.ClosedBadInput, "error")
+	counter(descClosed, st.ClosedClient, "client_close")
+	counter(descClosed, st.ClosedPeer, "dropped")
+	counter(descAuth, st.AuthSucceeded, "success")
+	counter(descAuth, st.AuthFailed, "failure")
+	counter(descAuth, st.AuthThrottled, "throttled")
+	gauge(descHandshake, float64(st.TLSActive), "running")
+	gauge(descHandshake, float64(st.TLSWaiting), "waiting")
+	counter(descTLS, st.TLSHandshakes, "started")
+	counter(descTLS, st.TLSFailed, "failed")
+	counter(descTLS, st.TLSTimeouts, "timeout")
+	if s.pool != nil {
+		gauge(descQueue, float64(s.pool.Queued()))
+	}
+	counter(descRejected, st.WorkRejected)
+	for i, kind := range stanzaKinds {
+		counter(descStanzas, s.stats.in[i].Load(), "in", kind)
+		counter(descStanzas, s.stats.out[i].Load(), "out", kind)
+	}
+	counter(descOffline, st.OfflineStored, "stored")
+	counter(descOffline, st.OfflineDelivered, "delivered")
+	gauge(descLate, st.DeadlineLateMax.Seconds())
+	open := st.Accepted - st.Closed
+	if rss := residentBytes(); rss > 0 && open > 0 {
+		gauge(descBytesConn, float64(rss)/float64(open))
+	} else {
+		gauge(descBytesConn, 0)
+	}
+}
+
+// residentBytes reads the process's resident set size from /proc.
+func residentBytes() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, err := strconv.ParseUint(f[1], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return pages * uint64(os.Getpagesize())
+}
