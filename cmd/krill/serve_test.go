@@ -30,6 +30,7 @@ func TestServeProcess(t *testing.T) {
 	data := filepath.Join(dir, "data")
 	cmd := exec.Command(bin, "serve")
 	cmd.Env = append(os.Environ(), "KRILL_C2S_LISTEN="+addr, "KRILL_C2S_DIRECT_TLS_LISTEN="+direct, "KRILL_DATA_DIR="+data,
+		"KRILL_ADMIN_LISTEN="+freePort(t),
 		"KRILL_LOG_FORMAT=json", "KRILL_DOMAIN=example.test")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -50,7 +51,7 @@ func TestServeProcess(t *testing.T) {
 	}()
 	var log strings.Builder
 	deadline := time.After(30 * time.Second)
-	for strings.Count(log.String(), `"listening"`) < 2 {
+	for strings.Count(log.String(), `"listening"`) < 3 {
 		select {
 		case l, ok := <-lines:
 			if !ok {
