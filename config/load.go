@@ -22,9 +22,12 @@ const EnvPrefix = "KRILL_"
 
 // Keys returns every configuration key ("c2s.listen", ...) with its default
 // value, flattened from Default. Durations are given as strings ("60s").
-func Keys() map[string]any {
+func Keys() map[string]any { return Flatten(Default()) }
+
+// Flatten returns every key of c with its value, durations as strings.
+func Flatten(c Config) map[string]any {
 	out := make(map[string]any)
-	flatten("", reflect.ValueOf(Default()), out)
+	flatten("", reflect.ValueOf(c), out)
 	return out
 }
 

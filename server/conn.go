@@ -79,14 +79,14 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := s.loopFor(gc.EventLoop())
 	c := &conn{gc: gc, loop: l, ip: ip, flags: flagPreauth}
 	c.framer.SetLimits(stanza.Limits{
-		MaxBytes:    s.cfg.Preauth.MaxStanzaSize,
-		MaxElements: s.cfg.Preauth.MaxElements,
-		MaxDepth:    s.cfg.C2S.MaxDepth,
+		MaxBytes:    s.conf().Preauth.MaxStanzaSize,
+		MaxElements: s.conf().Preauth.MaxElements,
+		MaxDepth:    s.conf().C2S.MaxDepth,
 	})
 	gc.SetContext(c)
 	s.stats.preauthPlain.Add(1)
 	// Absolute from accept: nothing the client sends moves it.
-	c.preauthAt = time.Since(s.epoch) + s.cfg.Preauth.Timeout
+	c.preauthAt = time.Since(s.epoch) + s.conf().Preauth.Timeout
 	if s.isDirectTLS(gc) {
 		s.startTLS(c, true)
 	} else {
@@ -196,9 +196,9 @@ func (s *Server) frame(c *conn, buf []byte) int {
 
 func (s *Server) maxStanza(c *conn) int {
 	if c.phase == phaseSession {
-		return s.cfg.C2S.MaxStanzaSize
+		return s.conf().C2S.MaxStanzaSize
 	}
-	return s.cfg.Preauth.MaxStanzaSize
+	return s.conf().Preauth.MaxStanzaSize
 }
 
 // write queues b on the connection, encrypted once TLS is up. Called on
@@ -327,7 +327,7 @@ func (s *Server) onDeadline(c *conn) {
 	}
 	sess := c.sess
 	now := c.loop.now
-	idle := s.cfg.C2S.IdlePing
+	idle := s.conf().C2S.IdlePing
 	if c.has(flagAwaitPong) {
 		if !sess.lastActive.After(sess.pingSent) {
 			s.stats.closedDeadline.Add(1)
@@ -346,5 +346,5 @@ func (s *Server) onDeadline(c *conn) {
 	sess.pingSent = now
 	c.flags |= flagAwaitPong
 	c.write(s.appendPing(c.loop.scratch[:0], sess))
-	c.loop.wheel.Arm(&c.timer, c, now.Add(s.cfg.C2S.PingTimeout))
+	c.loop.wheel.Arm(&c.timer, c, now.Add(s.conf().C2S.PingTimeout))
 }

@@ -27,22 +27,22 @@ func (r *ipCounter) roll(now time.Time) {
 
 // over reports whether ip has reached the limit in this window.
 func (r *ipCounter) over(ip netip.Addr, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.max <= 0 {
 		return false
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.roll(now)
 	return r.byIP[ip] >= r.max
 }
 
 // add counts one event from ip.
 func (r *ipCounter) add(ip netip.Addr, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.max <= 0 {
 		return
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.roll(now)
 	r.byIP[ip]++
 }
@@ -50,11 +50,11 @@ func (r *ipCounter) add(ip netip.Addr, now time.Time) {
 // allow counts one event from ip unless it is over the limit, and reports
 // whether it was counted.
 func (r *ipCounter) allow(ip netip.Addr, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.max <= 0 {
 		return true
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.roll(now)
 	if r.byIP[ip] >= r.max {
 		return false

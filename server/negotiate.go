@@ -430,7 +430,7 @@ func (s *Server) saslFail(c *conn, cond, text string) {
 	if cond != "temporary-auth-failure" {
 		s.authFailures.add(c.ip, time.Now())
 	}
-	if int(c.failed) >= s.cfg.Preauth.MaxFailedAuth {
+	if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
 		s.stats.closedPolicy.Add(1)
 		s.fail(c, stream.PolicyViolation.Err, "too many failed authentication attempts")
 	}

@@ -55,7 +55,7 @@ func (s *Server) handleRegister(c *conn, tag stanza.StartTag, unit []byte) {
 	refuse := func(etype, cond string) {
 		c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", "", etype, cond))
 		c.failed++
-		if int(c.failed) >= s.cfg.Preauth.MaxFailedAuth {
+		if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
 			s.stats.closedPolicy.Add(1)
 			s.fail(c, stream.PolicyViolation.Err, "too many failed attempts")
 		}

@@ -76,11 +76,11 @@ func (s *Server) handleBindIQ(c *conn, tag stanza.StartTag, unit []byte) {
 		old.closeWith(stream.Conflict.Err)
 	}
 	c.phase = phaseSession
-	c.framer.SetLimits(stanza.Limits{MaxBytes: s.cfg.C2S.MaxStanzaSize, MaxDepth: s.cfg.C2S.MaxDepth})
+	c.framer.SetLimits(stanza.Limits{MaxBytes: s.conf().C2S.MaxStanzaSize, MaxDepth: s.conf().C2S.MaxDepth})
 	// The pre-auth deadline ends here; the idle-ping schedule begins.
 	c.loop.wheel.Cancel(&c.timer)
-	if s.cfg.C2S.IdlePing > 0 {
-		c.loop.wheel.Arm(&c.timer, c, c.loop.now.Add(s.cfg.C2S.IdlePing))
+	if s.conf().C2S.IdlePing > 0 {
+		c.loop.wheel.Arm(&c.timer, c, c.loop.now.Add(s.conf().C2S.IdlePing))
 	}
 	s.stats.bound.Add(1)
 	payload := append([]byte(`<bind xmlns='`+nsBind+`'><jid>`), stanza.AppendEscaped(nil, sess.full)...)
@@ -328,7 +328,7 @@ func (s *Server) storeOffline(c *conn, tag stanza.StartTag, typ, id string, to j
 		if list, err := s.store.Blocklist(ctx, user); err != nil || blocks(list, from) {
 			return fail
 		}
-		if err := s.store.StoreOffline(ctx, user, b, s.cfg.IM.OfflineQuota); err != nil {
+		if err := s.store.StoreOffline(ctx, user, b, s.conf().IM.OfflineQuota); err != nil {
 			if !errors.Is(err, storage.ErrQuota) {
 				s.log.Error("offline store failed", zap.String("user", user), zap.Error(err))
 			}

@@ -50,7 +50,8 @@ var (
 // Server is one Krill c2s endpoint. Create it with New, run it with Start,
 // stop it with Stop.
 type Server struct {
-	cfg      config.Config
+	cfg      config.Config                 // as started; never changes
+	live     atomic.Pointer[config.Config] // the live keys, swapped by Reload
 	log      *zap.Logger
 	accounts storage.Accounts
 	store    Store
@@ -130,6 +131,7 @@ func New(cfg config.Config, log *zap.Logger, store Store, r *router.Router) (*Se
 		done:     make(chan struct{}),
 		tickStop: make(chan struct{}),
 	}
+	s.live.Store(&cfg)
 	s.metrics = newServerMetrics()
 	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal)
 	s.sessions.init()

@@ -185,7 +185,7 @@ func (p *tlsPipe) SetWriteDeadline(time.Time) error { return nil }
 // startTLS gives c a TLS layer waiting for the ClientHello, with its
 // handshake deadline. Called on the loop.
 func (s *Server) startTLS(c *conn, direct bool) {
-	t := &tlsConn{hsDeadline: time.Now().Add(s.cfg.TLS.HandshakeTimeout)}
+	t := &tlsConn{hsDeadline: time.Now().Add(s.conf().TLS.HandshakeTimeout)}
 	t.pipe.c = c
 	cfg := s.tlsStartTLS
 	if direct {
@@ -405,6 +405,12 @@ func (h *handshakeLimiter) release() {
 		h.wait = nil
 	}
 	h.mu.Unlock()
+	h.handOver(next)
+}
+
+// handOver gives a held slot to a waiting connection on its loop; one that
+// closed meanwhile passes the slot on.
+func (h *handshakeLimiter) handOver(next *conn) {
 	h.srv.onLoopOr(next, func() {
 		if next.tls != nil && next.tls.stage == tlsQueued {
 			h.srv.runHandshake(next)

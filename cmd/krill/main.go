@@ -8,6 +8,7 @@
 //	krill user list
 //	krill config check [--config FILE]
 //	krill health [--addr HOST:PORT]
+//	krill reload [--config FILE]
 package main
 
 import (
@@ -20,6 +21,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -45,6 +48,7 @@ const usage = `usage:
   krill user list [--config FILE]
   krill config check [--config FILE]
   krill health [--addr HOST:PORT] [--config FILE]   (exit 0 when /healthz answers)
+  krill reload [--config FILE]            (SIGHUP to the running server: configuration and certificates)
 `
 
 func main() {
@@ -74,6 +78,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	case "health":
 		err = health(args[1:], stdout, stderr)
+	case "reload":
+		err = reloadCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -93,20 +99,29 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 // loadConfig parses --config and per-key flags from args and loads the
 // configuration. Positional arguments are not allowed.
 func loadConfig(name string, args []string, stderr io.Writer) (config.Config, error) {
+	cfg, _, err := configLoader(name, args, stderr)
+	return cfg, err
+}
+
+// configLoader is loadConfig that also returns a function loading the same
+// sources (file, environment, flags) again, for reloads.
+func configLoader(name string, args []string, stderr io.Writer) (config.Config, func() (config.Config, error), error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "TOML configuration file (default: embedded defaults)")
 	config.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		return config.Config{}, err
+		return config.Config{}, nil, err
 	}
 	if fs.NArg() > 0 {
-		return config.Config{}, fmt.Errorf("%s: unexpected argument %q", name, fs.Arg(0))
+		return config.Config{}, nil, fmt.Errorf("%s: unexpected argument %q", name, fs.Arg(0))
 	}
-	return config.Load(*path, environ(), fs)
+	load := func() (config.Config, error) { return config.Load(*path, environ(), fs) }
+	cfg, err := load()
+	return cfg, load, err
 }
 
-func newLogger(cfg config.Log) (*zap.Logger, error) {
+func newLogger(cfg config.Log) (*zap.Logger, zap.AtomicLevel, error) {
 	var zc zap.Config
 	if cfg.Format == "json" {
 		zc = zap.NewProductionConfig()
@@ -117,10 +132,11 @@ func newLogger(cfg config.Log) (*zap.Logger, error) {
 	}
 	lvl, err := zapcore.ParseLevel(cfg.Level)
 	if err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)
 	}
 	zc.Level = zap.NewAtomicLevelAt(lvl)
-	return zc.Build()
+	log, err := zc.Build()
+	return log, zc.Level, err
 }
 
 func openStore(cfg config.Config) (*storage.SQL, error) {
@@ -140,11 +156,11 @@ func modules(store *storage.SQL) []router.Module {
 }
 
 func serve(args []string, stderr io.Writer) error {
-	cfg, err := loadConfig("serve", args, stderr)
+	cfg, reload, err := configLoader("serve", args, stderr)
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg.Log)
+	log, level, err := newLogger(cfg.Log)
 	if err != nil {
 		return err
 	}
@@ -173,16 +189,60 @@ func serve(args []string, stderr io.Writer) error {
 	if err := srv.Start(); err != nil {
 		return err
 	}
+	pidFile := filepath.Join(cfg.DataDir, pidFileName)
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		log.Warn("no pid file: krill reload will not find this process", zap.Error(err))
+	}
+	defer os.Remove(pidFile)
 	s := <-sig
 	for ; s == syscall.SIGHUP; s = <-sig {
-		if err := srv.ReloadCertificates(); err != nil {
-			log.Error("certificate reload failed; keeping the current certificate", zap.Error(err))
+		// SIGHUP: configuration and certificates again; what cannot
+		// change live is logged as needing a restart.
+		next, err := reload()
+		if err != nil {
+			log.Error("reload: configuration refused; keeping the current one", zap.Error(err))
+			if err := srv.ReloadCertificates(); err != nil {
+				log.Error("certificate reload failed; keeping the current certificate", zap.Error(err))
+			}
+			continue
+		}
+		if _, _, err := srv.Reload(next); err != nil {
+			log.Error("reload failed", zap.Error(err))
+		}
+		if l, err := zapcore.ParseLevel(next.Log.Level); err == nil {
+			level.SetLevel(l)
 		}
 	}
 	log.Info("stopping", zap.Stringer("signal", s))
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
 	defer cancel()
 	return srv.Shutdown(ctx)
+}
+
+// pidFileName is written in the data directory while krill serve runs, for
+// krill reload.
+const pidFileName = "krill.pid"
+
+// reloadCmd signals a running krill serve (found by its pid file in the
+// data directory) to reload its configuration and certificates.
+func reloadCmd(args []string, stdout, stderr io.Writer) error {
+	cfg, err := loadConfig("reload", args, stderr)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(cfg.DataDir, pidFileName))
+	if err != nil {
+		return fmt.Errorf("reload: is krill serve running with data_dir %s? %w", cfg.DataDir, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return fmt.Errorf("reload: bad pid file %s", filepath.Join(cfg.DataDir, pidFileName))
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("reload: signalling pid %d: %w", pid, err)
+	}
+	fmt.Fprintf(stdout, "asked krill (pid %d) to reload\n", pid)
+	return nil
 }
 
 // environ is os.Environ, a seam for tests.

@@ -189,3 +189,68 @@ func TestSIGTERMKeepsMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestReloadCommand: krill reload re-reads the file; live keys apply to new
+// connections, the others are reported as needing a restart.
+func TestReloadCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := buildKrill(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "krill.toml")
+	addr := freePort(t)
+	write := func(domain, timeout string) {
+		conf := "domain = \"" + domain + "\"\ndata_dir = \"" + filepath.Join(dir, "data") + "\"\n" +
+			"[c2s]\nlisten = \"" + addr + "\"\ndirect_tls_listen = \"\"\n" +
+			"[admin]\nlisten = \"\"\n[log]\nformat = \"json\"\n[preauth]\ntimeout = \"" + timeout + "\"\n"
+		if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("localhost", "30s")
+	p := &krillProcess{cmd: exec.Command(bin, "serve", "--config", file), lines: make(chan string, 256)}
+	stderr, _ := p.cmd.StderrPipe()
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.cmd.Process.Kill(); _ = p.cmd.Wait() })
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+	}()
+	p.waitLog(t, `"listening"`, 1)
+
+	write("example.org", "1s")
+	if out, err := exec.Command(bin, "reload", "--config", file).CombinedOutput(); err != nil {
+		t.Fatalf("krill reload: %v %s", err, out)
+	}
+	p.waitLog(t, `"configuration reloaded"`, 1)
+	if !strings.Contains(p.log.String(), `"changed":["domain","preauth.timeout"],"needs_restart":["domain"]`) {
+		t.Fatalf("reload log:\n%s", p.log.String())
+	}
+	// A new connection gets the new pre-auth deadline.
+	start := time.Now()
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	for {
+		n, err := conn.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	if !strings.Contains(got.String(), "<connection-timeout") || time.Since(start) > 15*time.Second {
+		t.Fatalf("after reload got %q after %v, want connection-timeout at the new 1s deadline", got.String(), time.Since(start))
+	}
+	p.stop(t, syscall.SIGTERM)
+}
