@@ -13,6 +13,15 @@ export CGO_ENABLED = 0
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/krill
 
+## image: the container image as an OCI layout tarball, bin/krill-image.tar, built without a
+## container engine or registry (packaging/README.md; load with podman load -i / docker load -i)
+IMAGE_TAG         ?= krill:latest
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+.PHONY: image
+image:
+	SOURCE_DATE_EPOCH='$(SOURCE_DATE_EPOCH)' $(GO) run ./packaging/image -o bin/krill-image.tar -tag '$(IMAGE_TAG)' \
+	  -version "$$(git describe --tags --always --dirty 2>/dev/null)" -revision "$$(git rev-parse HEAD 2>/dev/null)"
+
 ## run: the server on its embedded defaults (localhost, ./krill-data)
 run:
 	$(GO) run ./cmd/krill serve
