@@ -249,6 +249,14 @@ func (s *SQL) ListAccounts(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
+// Ping reports whether the database answers (the server's /readyz).
+func (s *SQL) Ping(ctx context.Context) error {
+	if err := s.read.PingContext(ctx); err != nil {
+		return fmt.Errorf("storage: ping: %w", err)
+	}
+	return nil
+}
+
 // Close closes the prepared statements and the database. It is safe to
 // call more than once.
 func (s *SQL) Close() error {

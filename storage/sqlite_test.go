@@ -315,3 +315,17 @@ func TestSQLiteClosed(t *testing.T) {
 		t.Errorf("second Close = %v, want nil", err)
 	}
 }
+
+func TestPing(t *testing.T) {
+	s, err := OpenSQLite(filepath.Join(t.TempDir(), "k.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(context.Background()); err != nil {
+		t.Fatalf("Ping of an open database: %v", err)
+	}
+	_ = s.Close()
+	if err := s.Ping(context.Background()); err == nil {
+		t.Fatal("Ping of a closed database succeeded")
+	}
+}
