@@ -43,10 +43,17 @@ test-postgres:
 race:
 	CGO_ENABLED=1 $(GO) test -race -count=1 ./...
 
-## bench: micro-benchmarks and the idle-connection memory bench
+## bench: micro-benchmarks, then the Krill-only quick suite of bench/cmd/krill-bench
+## (idle stages at N=2000, login rate, throughput, pre-auth attack; a few minutes)
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./timerwheel/ ./stanza/ ./sasl/ ./workpool/
-	$(MAKE) bench-idle
+	QUICK=1 bash bench/scripts/compare.sh
+
+## bench-compare: Krill, Prosody and ejabberd side by side (as root; installs the
+## Debian packages; results in bench/results/DATE-MACHINE; see bench/README.md)
+.PHONY: bench-compare
+bench-compare:
+	bash bench/scripts/compare.sh
 
 ## bench-idle: user-space bytes per idle connection at N=10,000
 bench-idle:

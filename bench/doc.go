@@ -15,5 +15,10 @@
 // ReadKernelMemory for the system-wide socket and slab memory that the
 // kernel spends on the same connections.
 //
-// See README.md for the command and the figures measured.
+// The standalone program bench/cmd/krill-bench builds on these to measure
+// any server by address (Krill, Prosody, ejabberd): idle stages, login
+// rate, message throughput and a pre-auth attack; bench/scripts/compare.sh
+// runs it side by side.
+//
+// See README.md for the commands and the figures measured.
 package bench

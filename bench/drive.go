@@ -98,6 +98,10 @@ type Options struct {
 	// Ready, if non-nil, is called once, with N, when every connection has
 	// reached the stage.
 	Ready func(n int)
+	// Progress, if non-nil, is called each time a connection reaches the
+	// stage, from the goroutine that opened it; it must be safe for
+	// concurrent use and quick (a counter, for a progress bar).
+	Progress func()
 
 	// TLSConfig is the client's TLS configuration for StageTLS and
 	// StageAuth, which need it. An empty ServerName means Domain. It is
@@ -219,6 +223,9 @@ func Drive(ctx context.Context, o Options) error {
 					return
 				}
 				conns[i] = c
+				if o.Progress != nil {
+					o.Progress()
+				}
 			}
 		})
 	}
@@ -359,29 +366,7 @@ func login(c net.Conn, o *Options, i int) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	user := o.UserPrefix + strconv.Itoa(o.FirstUser+i)
-	sc, first := newSCRAM(user, o.Password)
-	if _, err := io.WriteString(tc, `<auth xmlns='`+nsSASL+`' mechanism='SCRAM-SHA-256'>`+
-		base64.StdEncoding.EncodeToString(first)+`</auth>`); err != nil {
-		return nil, err
-	}
-	challenge, err := readSASL(tc, "challenge")
-	if err != nil {
-		return nil, err
-	}
-	final, err := sc.final(challenge)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := io.WriteString(tc, `<response xmlns='`+nsSASL+`'>`+
-		base64.StdEncoding.EncodeToString(final)+`</response>`); err != nil {
-		return nil, err
-	}
-	success, err := readSASL(tc, "success")
-	if err != nil {
-		return nil, err
-	}
-	if err := sc.verify(success); err != nil {
+	if err := Authenticate(tc, o.UserPrefix+strconv.Itoa(o.FirstUser+i), o.Password); err != nil {
 		return nil, err
 	}
 	if _, err := openStream(tc, o, i); err != nil {
@@ -402,6 +387,38 @@ func login(c net.Conn, o *Options, i int) (net.Conn, error) {
 		return nil, err
 	}
 	return tc, nil
+}
+
+// Authenticate logs in as user with SCRAM-SHA-256 (RFC 7677) on c, a
+// stream whose features the server has just sent (after STARTTLS, for
+// servers that require it), and checks the server's signature. A <failure>
+// from the server is ErrRefused. The client's PBKDF2 keys are cached per
+// password, salt and iteration count, so repeated logins, failing ones
+// included, cost little client CPU. The stream must be restarted after a
+// nil return, as RFC 6120 section 6.4.6 requires.
+func Authenticate(c net.Conn, user, password string) error {
+	sc, first := newSCRAM(user, password)
+	if _, err := io.WriteString(c, `<auth xmlns='`+nsSASL+`' mechanism='SCRAM-SHA-256'>`+
+		base64.StdEncoding.EncodeToString(first)+`</auth>`); err != nil {
+		return err
+	}
+	challenge, err := readSASL(c, "challenge")
+	if err != nil {
+		return err
+	}
+	final, err := sc.final(challenge)
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(c, `<response xmlns='`+nsSASL+`'>`+
+		base64.StdEncoding.EncodeToString(final)+`</response>`); err != nil {
+		return err
+	}
+	success, err := readSASL(c, "success")
+	if err != nil {
+		return err
+	}
+	return sc.verify(success)
 }
 
 // readSASL reads one SASL element, <name>, and returns its decoded

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -45,16 +46,21 @@ func TestDrive(t *testing.T) {
 			defer cancel()
 			ready := make(chan int, 1)
 			done := make(chan error, 1)
+			var progress atomic.Int64
 			go func() {
 				done <- bench.Drive(ctx, bench.Options{
 					Addr: srv.Addr().String(), N: tt.n, Stage: tt.stage, LocalAddrs: tt.src,
 					Concurrency: 8, Ready: func(n int) { ready <- n },
+					Progress: func() { progress.Add(1) },
 				})
 			}()
 			select {
 			case n := <-ready:
 				if n != tt.n {
 					t.Errorf("Ready(%d), want Ready(%d)", n, tt.n)
+				}
+				if p := progress.Load(); p != int64(tt.n) {
+					t.Errorf("Progress called %d times before Ready, want %d", p, tt.n)
 				}
 			case err := <-done:
 				t.Fatalf("Drive returned before ready: %v", err)

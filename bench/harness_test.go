@@ -55,6 +55,9 @@ func startBenchServer(tb testing.TB, accounts int) *benchServer {
 	cfg.DataDir = tb.TempDir()
 	cfg.C2S.Listen = "127.0.0.1:0"
 	cfg.C2S.DirectTLSListen = ""
+	// No admin listener: its fixed default port would collide with a
+	// server running on the machine (a bench run) or another test.
+	cfg.Admin.Listen = ""
 	cfg.C2S.AllowPlaintext = false
 	cfg.C2S.IdlePing = 0
 	cfg.Preauth.Timeout = 30 * time.Minute
