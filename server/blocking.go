@@ -31,20 +31,17 @@ type blockQuery struct {
 	} `xml:"item"`
 }
 
-// loadBlocklist makes sure the account's blocklist is in the session table
-// before the session's next stanza is routed.
+// loadBlocklist puts the account's blocklist in the session table before
+// the session's next stanza is routed (one indexed read per login).
 func (s *Server) loadBlocklist(c *conn) {
 	local := c.sess.local
-	if s.sessions.blocklistLoaded(local) {
-		return
-	}
 	s.async(c, func(ctx context.Context) func() {
 		list, err := s.store.Blocklist(ctx, local)
 		if err != nil {
 			s.log.Error("blocklist read failed", zap.String("user", local), zap.Error(err))
 			return nil
 		}
-		s.sessions.setBlocklist(local, list, false)
+		s.sessions.setBlocklist(local, list)
 		return nil
 	}, func() {})
 }
@@ -105,7 +102,7 @@ func (s *Server) handleBlocking(c *conn, typ, id string, payload []byte) {
 		}
 		list, err := s.store.Blocklist(ctx, sess.local)
 		if err == nil {
-			s.sessions.setBlocklist(sess.local, list, true)
+			s.sessions.setBlocklist(sess.local, list)
 		}
 		// Pushes to every resource that asked for the blocklist (§3.3).
 		push := append([]byte(`<`+op+` xmlns='`+nsBlocking+`'>`), appendBlockItems(nil, jids)...)

@@ -156,7 +156,9 @@ func (s *Server) process(c *conn) {
 // the connection closes, waits for a worker, or starts TLS.
 func (s *Server) frame(c *conn, buf []byte) int {
 	if c.sess != nil && len(buf) > 0 {
-		c.sess.lastActive = c.loop.now
+		// Any input proves the session alive, the answer to a ping or not.
+		c.sess.lastActive = c.loop.since()
+		c.flags &^= flagAwaitPong
 	}
 	tlsBefore := c.tls
 	off := 0
@@ -329,21 +331,18 @@ func (s *Server) onDeadline(c *conn) {
 	now := c.loop.now
 	idle := s.conf().C2S.IdlePing
 	if c.has(flagAwaitPong) {
-		if !sess.lastActive.After(sess.pingSent) {
-			s.stats.closedDeadline.Add(1)
-			s.fail(c, stream.ConnectionTimeout.Err, "no answer to ping")
-			return
-		}
-		c.flags &^= flagAwaitPong
+		// Any input since the ping would have cleared the flag.
+		s.stats.closedDeadline.Add(1)
+		s.fail(c, stream.ConnectionTimeout.Err, "no answer to ping")
+		return
 	}
 	if idle <= 0 {
 		return
 	}
-	if due := sess.lastActive.Add(idle); due.After(now) {
+	if due := s.epoch.Add(sess.lastActive + idle); due.After(now) {
 		c.loop.wheel.Arm(&c.timer, c, due)
 		return
 	}
-	sess.pingSent = now
 	c.flags |= flagAwaitPong
 	c.write(s.appendPing(c.loop.scratch[:0], sess))
 	c.loop.wheel.Arm(&c.timer, c, now.Add(s.conf().C2S.PingTimeout))

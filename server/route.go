@@ -70,7 +70,7 @@ func (s *Server) handleBindIQ(c *conn, tag stanza.StartTag, unit []byte) {
 	sess.full = full.String()
 	sess.resource = full.Resourcepart()
 	sess.bound = true
-	sess.lastActive = c.loop.now
+	sess.lastActive = c.loop.since()
 	if old := s.sessions.bind(sess); old != nil {
 		s.stats.replaced.Add(1)
 		old.closeWith(stream.Conflict.Err)

@@ -392,6 +392,9 @@ func newLoop(s *Server, el gnet.EventLoop) *loop {
 	return l
 }
 
+// since returns the loop's time as an offset from the server's epoch.
+func (l *loop) since() time.Duration { return l.now.Sub(l.srv.epoch) }
+
 // handler adapts the Server to gnet's callbacks.
 type handler struct {
 	gnet.BuiltinEventEngine

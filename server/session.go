@@ -20,8 +20,9 @@ type session struct {
 	full       string  // jid.String(), cached for stamping
 	resource   string
 	bound      bool
-	lastActive time.Time // last input, loop time
-	pingSent   time.Time
+	// lastActive is an offset from the server's epoch, in loop time:
+	// monotonic, and 8 bytes instead of a time.Time's 24.
+	lastActive time.Duration
 
 	directed []string // directed-presence recipients (RFC 6121 4.6)
 
@@ -130,8 +131,8 @@ type sessionTable struct {
 type tableShard struct {
 	mu sync.RWMutex
 	m  map[string][]*session
-	// blocked holds the XEP-0191 blocklists of accounts with bound
-	// sessions: a key is present once loaded (nil value: empty list).
+	// blocked holds the non-empty XEP-0191 blocklists of accounts with
+	// bound sessions.
 	blocked map[string][]string
 }
 
@@ -239,35 +240,21 @@ func (t *sessionTable) count() int {
 	return n
 }
 
-// blocklistLoaded reports whether local's blocklist is in the table.
-func (t *sessionTable) blocklistLoaded(local string) bool {
-	sh := t.shard(local)
-	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	_, ok := sh.blocked[local]
-	return ok
-}
-
-// setBlocklist records local's blocklist while it has bound sessions. With
-// ifLoaded, it only replaces one already there.
-func (t *sessionTable) setBlocklist(local string, list []string, ifLoaded bool) {
+// setBlocklist records local's blocklist while it has bound sessions. Only
+// non-empty lists take memory: most accounts block nobody.
+func (t *sessionTable) setBlocklist(local string, list []string) {
 	sh := t.shard(local)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if _, bound := sh.m[local]; !bound {
+	if _, bound := sh.m[local]; !bound || len(list) == 0 {
+		delete(sh.blocked, local)
 		return
-	}
-	if _, ok := sh.blocked[local]; ifLoaded && !ok {
-		return
-	}
-	if len(list) == 0 {
-		list = nil
 	}
 	sh.blocked[local] = list
 }
 
-// blocklist returns local's blocklist if loaded (nil otherwise). The caller
-// must not modify it.
+// blocklist returns local's blocklist (nil when empty or not bound). The
+// caller must not modify it.
 func (t *sessionTable) blocklist(local string) []string {
 	sh := t.shard(local)
 	sh.mu.RLock()
