@@ -14,12 +14,12 @@ import (
 // session is what an authenticated connection adds to its conn. The loop
 // owns every field except those marked as shared.
 type session struct {
-	conn       *conn
-	local      string  // account localpart, set when SASL starts
-	jid        jid.JID // full JID, once bound
-	full       string  // jid.String(), cached for stamping
-	resource   string
-	bound      bool
+	conn     *conn
+	local    string  // account localpart, set when SASL starts
+	jid      jid.JID // full JID, once bound
+	full     string  // jid.String(), cached for stamping
+	resource string
+	bound    bool
 	// lastActive is an offset from the server's epoch, in loop time:
 	// monotonic, and 8 bytes instead of a time.Time's 24.
 	lastActive time.Duration
