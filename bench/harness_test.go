@@ -39,6 +39,7 @@ func startServer(tb testing.TB) *server.Server { return startBenchServer(tb, 0).
 // benchServer is a server under test with what its clients need.
 type benchServer struct {
 	*server.Server
+	store *storage.SQL
 	// caFile is the server's development certificate (PEM), which its
 	// clients trust.
 	caFile string
@@ -94,7 +95,7 @@ func startBenchServer(tb testing.TB, accounts int) *benchServer {
 		}
 		_ = store.Close()
 	})
-	return &benchServer{Server: srv, caFile: filepath.Join(cfg.DataDir, "dev-cert.pem")}
+	return &benchServer{Server: srv, store: store, caFile: filepath.Join(cfg.DataDir, "dev-cert.pem")}
 }
 
 // addAccounts creates accounts bench0 .. bench<n-1> in one transaction,
@@ -313,4 +314,40 @@ func (c *capped) String() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return strings.TrimSpace(string(c.b))
+}
+
+// provisionRosters gives each of the n accounts k contacts among its
+// neighbours (k/2 on each side, wrapping around), all with subscription
+// both, so that every login exchanges presence with k contacts. Each batch
+// of users is one transaction; every roster is read back once, as the
+// accounts are, to warm the database's cache before the baseline.
+func provisionRosters(store *storage.SQL, n, k int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*readyTimeout)
+	defer cancel()
+	name := func(i int) string { return bench.DefaultUserPrefix + strconv.Itoa((i%n+n)%n) }
+	const batch = 100
+	for lo := 0; lo < n; lo += batch {
+		err := store.UpdateRosters(ctx, func(tx storage.RosterTx) error {
+			for u := lo; u < min(lo+batch, n); u++ {
+				for d := 1; d <= k/2; d++ {
+					for _, c := range []int{u + d, u - d} {
+						item := storage.RosterItem{Contact: name(c) + "@" + bench.DefaultDomain, Subscription: storage.SubBoth}
+						if err := tx.PutItem(name(u), item); err != nil {
+							return err
+						}
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for i := range n {
+		if _, _, err := store.Roster(ctx, name(i)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -114,6 +114,13 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 		accounts = n
 	}
 	srv := startBenchServer(b, accounts)
+	if k, _ := strconv.Atoi(os.Getenv(envRoster)); stage == bench.StageAuth && k > 0 {
+		t0 := time.Now()
+		if err := provisionRosters(srv.store, n, k); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("rosters of %d contacts (subscription both) for %d accounts in %v", k, n, time.Since(t0).Round(time.Millisecond))
+	}
 	tlsConf, err := clientTLS(srv.caFile)
 	if err != nil {
 		b.Fatal(err)

@@ -29,6 +29,9 @@ const (
 	// and auth stages and BenchmarkTLSLogin (see bench.ParseCurves);
 	// unset means Go's default, an X25519MLKEM768 key share.
 	envCurves = "BENCH_CURVES"
+	// envRoster gives every account of the auth stage a roster of that
+	// many contacts, subscribed both ways (issue: 50-contact rosters).
+	envRoster = "BENCH_ROSTER"
 	// envHeapProfile names a directory: BenchmarkIdle then writes heap
 	// profiles of the server process before and after each stage there,
 	// with every allocation sampled (which itself costs memory: figures
