@@ -160,11 +160,15 @@ func (s *Server) initialPresence(ctx context.Context, sess *session) {
 	if err != nil {
 		s.log.Error("roster read for probes failed", zap.String("user", sess.local), zap.Error(err))
 	}
+	own := s.sessions.blocklist(sess.local)
 	for _, it := range items {
 		if it.Subscription != storage.SubTo && it.Subscription != storage.SubBoth {
 			continue
 		}
 		if local, ok := s.localOf(it.Contact); ok {
+			if cj, err := jid.Parse(it.Contact); err == nil && (blocks(own, cj) || blocks(s.sessions.blocklist(local), sess.jid)) {
+				continue // XEP-0191: no presence to or from a blocked entity
+			}
 			s.sessions.each(local, func(o *session) {
 				if last := o.lastPresence(); last != nil {
 					sess.deliver(nil, withTo(last, sess.full))
