@@ -188,13 +188,9 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 			return
 		}
 		if ns == nsClient && local == "iq" && s.registerOffered(c) && c.ex == nil {
-			if child, ok := stanza.FirstChild(unit); ok {
-				if ct, err := stanza.ParseStartTag(child); err == nil {
-					if cns, _ := ct.AttrString("xmlns"); cns == nsRegister {
-						s.handleRegister(c, tag, unit)
-						return
-					}
-				}
+			if _, cns, _, ok := payloadOf(unit); ok && cns == nsRegister {
+				s.handleRegister(c, tag, unit)
+				return
 			}
 		}
 		// Nothing but negotiation before authentication, and no pong.

@@ -21,27 +21,36 @@ import (
 // pingID marks the server's own pings so that their answers are recognised.
 const pingID = "krill-ping"
 
+// payloadOf returns an iq's first child element, its namespace and its
+// local name; ok is false when there is none.
+func payloadOf(unit []byte) (child []byte, ns, local string, ok bool) {
+	child, ok = stanza.FirstChild(unit)
+	if !ok {
+		return nil, "", "", false
+	}
+	tag, err := stanza.ParseStartTag(child)
+	if err != nil {
+		return nil, "", "", false
+	}
+	ns, _ = tag.AttrString("xmlns")
+	return child, ns, string(tag.Local()), true
+}
+
 // handleBindIQ handles an iq before binding: only bind and the legacy
 // session request are allowed (RFC 6120 section 7, RFC 3921 section 3).
 func (s *Server) handleBindIQ(c *conn, tag stanza.StartTag, unit []byte) {
 	typ, _ := tag.AttrString("type")
 	id, _ := tag.AttrString("id")
-	child, ok := stanza.FirstChild(unit)
+	child, ns, clocal, ok := payloadOf(unit)
 	if !ok || typ != "set" {
 		s.fail(c, stream.NotAuthorized.Err, "bind a resource first")
 		return
 	}
-	ctag, err := stanza.ParseStartTag(child)
-	if err != nil {
-		s.fail(c, stream.NotWellFormed.Err, err.Error())
-		return
-	}
-	ns, _ := ctag.AttrString("xmlns")
 	switch {
-	case ns == nsSession && string(ctag.Local()) == "session":
+	case ns == nsSession && clocal == "session":
 		c.write(appendResult(c.loop.scratch[:0], id, "", nil))
 		return
-	case ns != nsBind || string(ctag.Local()) != "bind":
+	case ns != nsBind || clocal != "bind":
 		s.fail(c, stream.NotAuthorized.Err, "bind a resource first")
 		return
 	}
@@ -203,17 +212,11 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 			c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "modify", "bad-request"))
 			return
 		}
-		child, ok := stanza.FirstChild(unit)
+		child, cns, clocal, ok := payloadOf(unit)
 		if !ok {
 			c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "modify", "bad-request"))
 			return
 		}
-		ctag, err := stanza.ParseStartTag(child)
-		if err != nil {
-			s.fail(c, stream.NotWellFormed.Err, err.Error())
-			return
-		}
-		cns, _ := ctag.AttrString("xmlns")
 		if cns == nsBlocking {
 			if to.Localpart() != "" && to.Localpart() != sess.local {
 				c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "auth", "forbidden"))
@@ -222,7 +225,7 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 			s.handleBlocking(c, typ, id, child)
 			return
 		}
-		if cns == nsRoster && string(ctag.Local()) == "query" {
+		if cns == nsRoster && clocal == "query" {
 			if to.Localpart() != "" && to.Localpart() != sess.local {
 				c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "auth", "forbidden"))
 				return
@@ -234,7 +237,7 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 		if typ == "set" {
 			kind = router.IQSet
 		}
-		mod := s.router.Lookup(router.Route{Kind: kind, NS: cns, Local: string(ctag.Local())})
+		mod := s.router.Lookup(router.Route{Kind: kind, NS: cns, Local: clocal})
 		iq := router.IQ{ID: id, Type: xstanza.IQType(typ), From: sess.jid, To: to, Payload: child}
 		if mod == nil {
 			(&replier{s: s, c: c}).ReplyError(iq, xstanza.Cancel, xstanza.ServiceUnavailable)

@@ -140,9 +140,7 @@ func TestTLSVersions(t *testing.T) {
 		c := clientTLS(t, cfg)
 		c.MinVersion, c.MaxVersion = tls.VersionTLS11, tls.VersionTLS11
 		r := dialRaw(t, srv)
-		r.open()
-		r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
-		r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+		r.proceed()
 		tc := tls.Client(r.conn, c)
 		_ = tc.SetDeadline(time.Now().Add(ioTimeout))
 		if err := tc.Handshake(); err == nil {
@@ -181,13 +179,19 @@ func TestDirectTLS(t *testing.T) {
 	_ = s.Close()
 }
 
+// proceed opens the stream and asks for STARTTLS; what follows is TLS.
+func (r *rawConn) proceed() {
+	r.t.Helper()
+	r.open()
+	r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
+	r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+}
+
 // tlsRaw upgrades a raw connection with STARTTLS and returns it.
 func tlsRaw(t *testing.T, srv *server.Server, c *tls.Config) *rawConn {
 	t.Helper()
 	r := dialRaw(t, srv)
-	r.open()
-	r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
-	r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+	r.proceed()
 	tc := tls.Client(r.conn, c)
 	_ = tc.SetDeadline(time.Now().Add(ioTimeout))
 	if err := tc.Handshake(); err != nil {
@@ -254,9 +258,7 @@ func TestHandshakeDeadlines(t *testing.T) {
 	t.Run("slow loris ClientHello", func(t *testing.T) {
 		start := time.Now()
 		r := dialRaw(t, srv)
-		r.open()
-		r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
-		r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+		r.proceed()
 		timeouts := srv.Stats().TLSTimeouts
 		closed := make(chan struct{})
 		go func() {
@@ -283,9 +285,7 @@ func TestHandshakeDeadlines(t *testing.T) {
 	t.Run("stalled handshake", func(t *testing.T) {
 		start := time.Now()
 		r := dialRaw(t, srv)
-		r.open()
-		r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
-		r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+		r.proceed()
 		r.send(string(hello))
 		if !waitFor(ioTimeout, func() bool { return srv.Stats().TLSActive == 1 }) {
 			t.Fatal("no handshake started for a complete ClientHello")
@@ -300,9 +300,7 @@ func TestHandshakeDeadlines(t *testing.T) {
 	})
 	t.Run("not TLS", func(t *testing.T) {
 		r := dialRaw(t, srv)
-		r.open()
-		r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
-		r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+		r.proceed()
 		r.send("GET / HTTP/1.1\r\n\r\n")
 		r.closed()
 	})
@@ -324,9 +322,7 @@ func TestHandshakeCap(t *testing.T) {
 	var stalled []*rawConn
 	for range 2 {
 		r := dialRaw(t, srv)
-		r.open()
-		r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
-		r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+		r.proceed()
 		r.send(string(hello))
 		stalled = append(stalled, r)
 	}
@@ -447,9 +443,7 @@ func TestCertificateReload(t *testing.T) {
 	old.send(`<iq type='get' id='after-reload' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
 	old.until(`id='after-reload'`)
 	r := dialRaw(t, srv)
-	r.open()
-	r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
-	r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+	r.proceed()
 	c := tls.Client(r.conn, tc)
 	_ = c.SetDeadline(time.Now().Add(ioTimeout))
 	if err := c.Handshake(); err == nil {

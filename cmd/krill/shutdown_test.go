@@ -29,9 +29,9 @@ type krillProcess struct {
 }
 
 // startKrill runs bin serve with env and waits for n "listening" lines.
-func startKrill(t *testing.T, bin string, env []string, n int) *krillProcess {
+func startKrill(t *testing.T, bin string, env []string, n int, args ...string) *krillProcess {
 	t.Helper()
-	p := &krillProcess{cmd: exec.Command(bin, "serve"), lines: make(chan string, 256)}
+	p := &krillProcess{cmd: exec.Command(bin, append([]string{"serve"}, args...)...), lines: make(chan string, 256)}
 	p.cmd.Env = append(os.Environ(), env...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
@@ -209,20 +209,7 @@ func TestReloadCommand(t *testing.T) {
 		}
 	}
 	write("localhost", "30s")
-	p := &krillProcess{cmd: exec.Command(bin, "serve", "--config", file), lines: make(chan string, 256)}
-	stderr, _ := p.cmd.StderrPipe()
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.cmd.Process.Kill(); _ = p.cmd.Wait() })
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			p.lines <- sc.Text()
-		}
-		close(p.lines)
-	}()
-	p.waitLog(t, `"listening"`, 1)
+	p := startKrill(t, bin, nil, 1, "--config", file)
 
 	write("example.org", "1s")
 	if out, err := exec.Command(bin, "reload", "--config", file).CombinedOutput(); err != nil {
