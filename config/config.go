@@ -70,6 +70,10 @@ type IM struct {
 	// OfflineQuota is how many messages are stored per account while it
 	// has no available resource; 0 disables offline storage.
 	OfflineQuota int `koanf:"offline_quota"`
+	// MaxRosterItems caps one account's roster; adding beyond it gets
+	// policy-violation (a roster set) or resource-constraint (a
+	// subscription request). 0 means no cap.
+	MaxRosterItems int `koanf:"max_roster_items"`
 }
 
 // C2S configures client-to-server listeners and authenticated sessions.
@@ -228,7 +232,7 @@ func Default() Config {
 			GCPercent: DefaultGCPercent, ShutdownTimeout: 10 * time.Second},
 		Admin:    Admin{Listen: DefaultAdminListen},
 		Storage:  Storage{Driver: "sqlite"},
-		IM:       IM{OfflineQuota: DefaultOfflineQuota},
+		IM:       IM{OfflineQuota: DefaultOfflineQuota, MaxRosterItems: 1000},
 		Register: Register{MaxPerIP: 5, Window: time.Hour},
 	}
 }
@@ -324,6 +328,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Register.Window <= 0 {
 		bad("register.window", c.Register.Window, "must be > 0")
+	}
+	if c.IM.MaxRosterItems < 0 {
+		bad("im.max_roster_items", c.IM.MaxRosterItems, "must be >= 0")
 	}
 	if c.IM.OfflineQuota < 0 {
 		bad("im.offline_quota", c.IM.OfflineQuota, "must be >= 0")

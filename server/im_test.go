@@ -421,3 +421,22 @@ func TestWorkerOverload(t *testing.T) {
 		t.Fatal("rejection not counted")
 	}
 }
+
+// TestRosterCap: im.max_roster_items refuses new contacts beyond the cap;
+// existing ones can still be edited.
+func TestRosterCap(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.IM.MaxRosterItems = 2
+	srv := startServer(t, cfg, "vic")
+	r := dialRaw(t, srv)
+	r.scramLogin("vic", testPassword, "v")
+	for i, j := range []string{"a@localhost", "b@localhost", "c@localhost", "a@localhost"} {
+		id := string(rune('0' + i))
+		r.send(`<iq type='set' id='` + id + `'><query xmlns='jabber:iq:roster'><item jid='` + j + `' name='x'/></query></iq>`)
+		if i == 2 {
+			r.until(`<iq type='error' id='` + id + `' to='vic@localhost/v'><error type='modify'><policy-violation`)
+			continue
+		}
+		r.until(`<iq type='result' id='` + id + `'/>`)
+	}
+}

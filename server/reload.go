@@ -23,7 +23,7 @@ import (
 // owns the logger.
 var liveKeys = []string{
 	"preauth.", "c2s.idle_ping", "c2s.ping_timeout", "c2s.max_stanza_size", "c2s.max_depth",
-	"tls.max_handshakes", "tls.handshake_timeout", "im.offline_quota",
+	"tls.max_handshakes", "tls.handshake_timeout", "im.offline_quota", "im.max_roster_items",
 	"register.max_per_ip", "register.window", "log.level",
 }
 
@@ -66,7 +66,7 @@ func (s *Server) Reload(next config.Config) (changed, restart []string, err erro
 	merged.C2S.IdlePing, merged.C2S.PingTimeout = next.C2S.IdlePing, next.C2S.PingTimeout
 	merged.C2S.MaxStanzaSize, merged.C2S.MaxDepth = next.C2S.MaxStanzaSize, next.C2S.MaxDepth
 	merged.TLS.MaxHandshakes, merged.TLS.HandshakeTimeout = next.TLS.MaxHandshakes, next.TLS.HandshakeTimeout
-	merged.IM.OfflineQuota = next.IM.OfflineQuota
+	merged.IM.OfflineQuota, merged.IM.MaxRosterItems = next.IM.OfflineQuota, next.IM.MaxRosterItems
 	merged.Register.MaxPerIP, merged.Register.Window = next.Register.MaxPerIP, next.Register.Window
 	merged.Log.Level = next.Log.Level
 	s.live.Store(&merged)

@@ -93,6 +93,14 @@ func (s *Server) handleRoster(c *conn, typ, id string, payload []byte) {
 	bare := contact.Bare().String()
 	remove := in.Subscription == "remove"
 	s.async(c, func(ctx context.Context) func() {
+		if !remove {
+			if err := s.rosterRoom(ctx, sess.local, bare); err != nil {
+				if errors.Is(err, errRosterFull) {
+					return reply("policy-violation", "modify")
+				}
+				return reply("internal-server-error", "wait")
+			}
+		}
 		var fx effects
 		err := s.store.UpdateRosters(ctx, func(tx storage.RosterTx) error {
 			fx = effects{}
@@ -390,7 +398,29 @@ func (s *Server) removeItem(tx storage.RosterTx, fx *effects, user, contact stri
 	return nil
 }
 
-var errItemNotFound = errors.New("server: no such roster item")
+var (
+	errItemNotFound = errors.New("server: no such roster item")
+	errRosterFull   = errors.New("server: roster full")
+)
+
+// rosterRoom reports errRosterFull when user's roster has reached
+// im.max_roster_items and has no item for contact yet. It reads before the
+// change's transaction: the cap guards against abuse, it is not an exact
+// count under concurrent sets.
+func (s *Server) rosterRoom(ctx context.Context, user, contact string) error {
+	limit := s.conf().IM.MaxRosterItems
+	if limit <= 0 {
+		return nil
+	}
+	items, _, err := s.store.Roster(ctx, user)
+	if err != nil {
+		return err
+	}
+	if len(items) >= limit && !slices.ContainsFunc(items, func(it storage.RosterItem) bool { return it.Contact == contact }) {
+		return errRosterFull
+	}
+	return nil
+}
 
 func (s *Server) bare(local string) string { return local + "@" + s.cfg.Domain }
 
