@@ -96,6 +96,11 @@ type C2S struct {
 	MaxStanzaSize int `koanf:"max_stanza_size"`
 	// MaxDepth is the deepest element nesting allowed in one stanza.
 	MaxDepth int `koanf:"max_depth"`
+	// MaxOutbound is how many bytes may wait in user space for a client
+	// that does not read (beyond what its socket buffer holds) before the
+	// connection is closed: a slow reader must not make the server hold
+	// everything sent to it. 0 means no limit.
+	MaxOutbound int `koanf:"max_outbound"`
 }
 
 // Preauth configures the policy for connections that have not yet
@@ -216,6 +221,7 @@ func Default() Config {
 			PingTimeout:     DefaultPingTimeout,
 			MaxStanzaSize:   DefaultMaxStanzaSize,
 			MaxDepth:        DefaultMaxDepth,
+			MaxOutbound:     1 << 20,
 		},
 		Preauth: Preauth{
 			Timeout:       DefaultPreauthTimeout,
@@ -267,6 +273,9 @@ func (c *Config) Validate() error {
 	}
 	if c.C2S.MaxStanzaSize < 1024 {
 		bad("c2s.max_stanza_size", c.C2S.MaxStanzaSize, "must be >= 1024")
+	}
+	if c.C2S.MaxOutbound < 0 {
+		bad("c2s.max_outbound", c.C2S.MaxOutbound, "must be >= 0")
 	}
 	if c.C2S.MaxDepth < 2 {
 		bad("c2s.max_depth", c.C2S.MaxDepth, "must be >= 2")

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"net"
 	"strings"
 	"testing"
 )
@@ -120,4 +121,33 @@ func TestPlaintextRefused(t *testing.T) {
 	}
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>biwsbj1qdWR5LHI9YWJj</auth>`)
 	r.until("<encryption-required/>")
+}
+
+// TestSlowReader: a client that stops reading is closed once
+// c2s.max_outbound bytes wait for it in user space; the sender is fine.
+func TestSlowReader(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.C2S.MaxOutbound = 64 << 10
+	srv := startServer(t, cfg, "wes", "xia")
+	slow := dialRaw(t, srv)
+	slow.scramLogin("xia", testPassword, "x")
+	_ = slow.conn.(*net.TCPConn).SetReadBuffer(4096)
+	sender := dialRaw(t, srv)
+	sender.scramLogin("wes", testPassword, "w")
+	body := strings.Repeat("z", 4000)
+	policy := srv.Stats().ClosedPolicy
+	closed := false
+	for i := 0; i < 20000 && !closed; i++ {
+		// Headlines to a gone resource are dropped, not stored: the
+		// sender never waits for storage here.
+		sender.send(`<message type='headline' to='xia@localhost/x'><body>` + body + `</body></message>`)
+		if i%100 == 99 {
+			closed = srv.Stats().ClosedPolicy > policy
+		}
+	}
+	if !closed && !waitFor(ioTimeout, func() bool { return srv.Stats().ClosedPolicy > policy }) {
+		t.Fatalf("the slow reader was never closed: %+v", srv.Stats())
+	}
+	sender.send(`<iq type='get' id='fine' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	sender.until(`id='fine'`)
 }

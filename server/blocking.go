@@ -31,21 +31,6 @@ type blockQuery struct {
 	} `xml:"item"`
 }
 
-// loadBlocklist puts the account's blocklist in the session table before
-// the session's next stanza is routed (one indexed read per login).
-func (s *Server) loadBlocklist(c *conn) {
-	local := c.sess.local
-	s.async(c, func(ctx context.Context) func() {
-		list, err := s.store.Blocklist(ctx, local)
-		if err != nil {
-			s.log.Error("blocklist read failed", zap.String("user", local), zap.Error(err))
-			return nil
-		}
-		s.sessions.setBlocklist(local, list)
-		return nil
-	}, func() {})
-}
-
 // handleBlocking answers blocklist get, block and unblock (XEP-0191 §3).
 func (s *Server) handleBlocking(c *conn, typ, id string, payload []byte) {
 	sess := c.sess

@@ -165,8 +165,8 @@ func (s *Server) frame(c *conn, buf []byte) int {
 	for off < len(buf) && !c.has(flagClosed) && c.tls == tlsBefore {
 		if c.has(flagWorkPending) {
 			// Bound what a client may queue while a worker runs for it.
-			if len(buf)-off > s.maxStanza(c) {
-				s.fail(c, stream.PolicyViolation.Err, "too much input while authenticating")
+			if len(buf)-off > s.maxPending(c) {
+				s.fail(c, stream.PolicyViolation.Err, "too much input while a request is processed")
 			}
 			return off
 		}
@@ -196,9 +196,12 @@ func (s *Server) frame(c *conn, buf []byte) int {
 	return off
 }
 
-func (s *Server) maxStanza(c *conn) int {
+// maxPending bounds the input a connection may send while its input is
+// paused for a worker: one stanza before authentication, a few after (a
+// client may pipeline while a message is stored).
+func (s *Server) maxPending(c *conn) int {
 	if c.phase == phaseSession {
-		return s.conf().C2S.MaxStanzaSize
+		return 4 * s.conf().C2S.MaxStanzaSize
 	}
 	return s.conf().Preauth.MaxStanzaSize
 }
@@ -210,12 +213,25 @@ func (c *conn) write(b []byte) {
 		return
 	}
 	if t := c.tls; t != nil {
-		if t.stage == tlsEstablished {
-			_, _ = t.tc.Write(b)
+		if t.stage != tlsEstablished {
+			return
 		}
-		return
+		_, _ = t.tc.Write(b)
+	} else {
+		_, _ = c.gc.Write(b)
 	}
-	_, _ = c.gc.Write(b)
+	if max := c.loop.srv.conf().C2S.MaxOutbound; max > 0 && c.gc.OutboundBuffered() > max {
+		c.loop.srv.slowReader(c)
+	}
+}
+
+// slowReader closes a connection whose client stopped reading: a stream
+// error would only queue behind what it does not read.
+func (s *Server) slowReader(c *conn) {
+	s.stats.closedPolicy.Add(1)
+	s.log.Info("connection closed", zap.String("reason", "client does not read"),
+		zap.Int("buffered", c.gc.OutboundBuffered()), zap.Stringer("ip", c.ip))
+	s.shut(c)
 }
 
 // fail sends a stream error with cond and text, closes the stream and the

@@ -22,7 +22,7 @@ import (
 // that apply without a restart. log.level is applied by the caller, who
 // owns the logger.
 var liveKeys = []string{
-	"preauth.", "c2s.idle_ping", "c2s.ping_timeout", "c2s.max_stanza_size", "c2s.max_depth",
+	"preauth.", "c2s.idle_ping", "c2s.max_outbound", "c2s.ping_timeout", "c2s.max_stanza_size", "c2s.max_depth",
 	"tls.max_handshakes", "tls.handshake_timeout", "im.offline_quota", "im.max_roster_items",
 	"register.max_per_ip", "register.window", "log.level",
 }
@@ -65,6 +65,7 @@ func (s *Server) Reload(next config.Config) (changed, restart []string, err erro
 	merged.Preauth = next.Preauth
 	merged.C2S.IdlePing, merged.C2S.PingTimeout = next.C2S.IdlePing, next.C2S.PingTimeout
 	merged.C2S.MaxStanzaSize, merged.C2S.MaxDepth = next.C2S.MaxStanzaSize, next.C2S.MaxDepth
+	merged.C2S.MaxOutbound = next.C2S.MaxOutbound
 	merged.TLS.MaxHandshakes, merged.TLS.HandshakeTimeout = next.TLS.MaxHandshakes, next.TLS.HandshakeTimeout
 	merged.IM.OfflineQuota, merged.IM.MaxRosterItems = next.IM.OfflineQuota, next.IM.MaxRosterItems
 	merged.Register.MaxPerIP, merged.Register.Window = next.Register.MaxPerIP, next.Register.Window

@@ -73,6 +73,22 @@ func (s *Server) handleBindIQ(c *conn, tag stanza.StartTag, unit []byte) {
 		s.replyBindError(c, id, "modify", "bad-request")
 		return
 	}
+	// The account's blocklist is read before the session exists, so that
+	// XEP-0191 applies from its first stanza; the client waits for the
+	// bind result anyway (RFC 6120 7.6).
+	local := c.sess.local
+	s.async(c, func(ctx context.Context) func() {
+		list, err := s.store.Blocklist(ctx, local)
+		if err != nil {
+			s.log.Error("blocklist read failed", zap.String("user", local), zap.Error(err))
+			return func() { s.replyBindError(c, id, "wait", "internal-server-error") }
+		}
+		return func() { s.completeBind(c, id, full, list) }
+	}, func() { s.replyBindError(c, id, "wait", "resource-constraint") })
+}
+
+// completeBind makes c a routable session for full.
+func (s *Server) completeBind(c *conn, id string, full jid.JID, blocklist []string) {
 	sess := c.sess
 	sess.conn = c
 	sess.jid = full
@@ -95,8 +111,8 @@ func (s *Server) handleBindIQ(c *conn, tag stanza.StartTag, unit []byte) {
 	payload := append([]byte(`<bind xmlns='`+nsBind+`'><jid>`), stanza.AppendEscaped(nil, sess.full)...)
 	payload = append(payload, `</jid></bind>`...)
 	c.write(appendResult(c.loop.scratch[:0], id, "", payload))
+	s.sessions.setBlocklist(sess.local, blocklist)
 	s.log.Debug("session bound", zap.String("jid", sess.full))
-	s.loadBlocklist(c)
 }
 
 func (s *Server) replyBindError(c *conn, id, typ, cond string) {
