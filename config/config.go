@@ -176,7 +176,7 @@ type Server struct {
 	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"`
 	// GCPercent is the garbage collector's growth target (GOGC). Idle
 	// connections are long-lived heap, so the headroom GOGC allows over
-	// them is paid per connection in resident memory: 25 keeps an idle TLS
+	// them is paid per connection in resident memory: 20 keeps an idle TLS
 	// session within its budget at a modest GC cost. -1 disables the GC.
 	GCPercent int `koanf:"gc_percent"`
 }
@@ -204,7 +204,7 @@ const (
 	DefaultWorkers           = 8
 	DefaultWorkQueue         = 4096
 	DefaultTick              = 10 * time.Millisecond
-	DefaultGCPercent         = 25
+	DefaultGCPercent         = 20
 	DefaultAdminListen       = "127.0.0.1:5280"
 )
 
