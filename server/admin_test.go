@@ -119,7 +119,10 @@ func TestShutdown(t *testing.T) {
 		batch.WriteString(`<message type='chat' to='uma@localhost'><body>m` + string(rune('a'+i)) + `</body></message>`)
 	}
 	tom.send(batch.String())
-	// Shut down at once: the messages are in flight.
+	// Shut down once the server has read them, while they are being stored.
+	if !waitFor(ioTimeout, func() bool { return first.Stats().StanzasIn >= n }) {
+		t.Fatalf("the server read %d of %d messages", first.Stats().StanzasIn, n)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	done := make(chan error, 1)

@@ -32,7 +32,7 @@ func (s *Server) async(c *conn, job func(ctx context.Context) func(), busy func(
 			if !c.has(flagClosed) {
 				s.process(c) // input that arrived meanwhile
 			}
-			if c.sess != nil && !c.has(flagClosed) && !c.has(flagWorkPending) {
+			if c.sess != nil && c.sess.bound && !c.has(flagClosed) && !c.has(flagWorkPending) {
 				c.sess.drain() // a close requested while the job ran
 			}
 		})

@@ -117,12 +117,13 @@ func addrIP(a net.Addr) netip.Addr {
 
 // traffic frames and handles every complete unit in the input. Partial
 // input stays in gnet's buffer; the framer resumes on it next time.
-func (s *Server) traffic(gc gnet.Conn) gnet.Action {
+func (s *Server) traffic(gc gnet.Conn) (action gnet.Action) {
 	c, _ := gc.Context().(*conn)
 	if c == nil || c.has(flagClosed) {
 		_, _ = gc.Discard(-1)
 		return gnet.None
 	}
+	defer s.contain(c, &action)
 	s.process(c)
 	if c.has(flagClosed) {
 		return gnet.Close
@@ -319,11 +320,35 @@ func (s *Server) closed(gc gnet.Conn, err error) {
 	gc.SetContext(nil)
 }
 
+// contain stops a panic raised while handling c from taking down its event
+// loop and every other connection on it: it is logged with its stack,
+// counted, and c alone is closed (invariant 7 of the design brief).
+func (s *Server) contain(c *conn, action *gnet.Action) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	s.stats.panics.Add(1)
+	s.log.Error("panic handling a connection; closing it", zap.Any("panic", r), zap.Stack("stack"), zap.Stringer("ip", c.ip))
+	if !c.has(flagClosed) {
+		func() {
+			defer func() { _ = recover() }() // releasing must not panic twice
+			s.release(c)
+		}()
+	}
+	if action != nil {
+		*action = gnet.Close
+		return
+	}
+	_ = c.loop.el.Close(c.gc)
+}
+
 // onDeadline runs on the loop when a connection's one timer fires.
 func (s *Server) onDeadline(c *conn) {
 	if c.has(flagClosed) {
 		return
 	}
+	defer s.contain(c, nil)
 	if c.phase != phaseSession {
 		now := time.Now()
 		if t := c.tls; t != nil && t.stage != tlsEstablished && !now.Before(t.hsDeadline) {

@@ -470,6 +470,7 @@ type runOnLoop struct {
 func (r runOnLoop) Run(context.Context) error {
 	switch {
 	case !r.c.has(flagClosed):
+		defer r.c.loop.srv.contain(r.c, nil)
 		r.fn()
 	case r.dropped != nil:
 		r.dropped()

@@ -95,12 +95,20 @@ func (s *session) drain() {
 	for _, b := range in {
 		s.conn.write(b)
 	}
+	if kick == stream.SystemShutdown.Err && !s.conn.has(flagWorkPending) && !s.conn.has(flagClosed) {
+		// Stanzas the server has already read are handled before the
+		// session goes: a message in them is delivered or stored.
+		s.conn.loop.srv.process(s.conn)
+	}
 	if kick != "" && s.conn.has(flagWorkPending) {
 		// Finish the stanza being handled first (an offline message being
 		// stored, say); the worker's return closes the session.
 		s.mu.Lock()
 		s.kick = kick
 		s.mu.Unlock()
+		return
+	}
+	if s.conn.has(flagClosed) {
 		return
 	}
 	if kick != "" {

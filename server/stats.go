@@ -26,6 +26,7 @@ type Stats struct {
 	tlsTimeouts      atomic.Uint64
 	maxLateness      atomic.Int64 // nanoseconds
 	registered       atomic.Uint64
+	panics           atomic.Uint64
 	authThrottled    atomic.Uint64
 	offlineStored    atomic.Uint64
 	offlineDelivered atomic.Uint64
@@ -111,6 +112,7 @@ type StatsSnapshot struct {
 	TLSFailed        uint64 // handshakes that failed, and connections that sent no TLS
 	TLSTimeouts      uint64 // connections closed at the handshake deadline
 	Registered       uint64 // accounts created by in-band registration
+	Panics           uint64 // panics contained to their connection (each one a bug)
 	AuthThrottled    uint64 // logins refused because their address failed too often
 	OfflineStored    uint64 // messages stored for accounts with no available resource
 	OfflineDelivered uint64 // stored messages delivered at a later login
@@ -147,6 +149,7 @@ func (s *Stats) snapshot() StatsSnapshot {
 		TLSTimeouts:      s.tlsTimeouts.Load(),
 		DeadlineLateMax:  time.Duration(s.maxLateness.Load()),
 		Registered:       s.registered.Load(),
+		Panics:           s.panics.Load(),
 		AuthThrottled:    s.authThrottled.Load(),
 		OfflineStored:    s.offlineStored.Load(),
 		OfflineDelivered: s.offlineDelivered.Load(),

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/xml"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -155,7 +157,24 @@ func TestSIGTERMKeepsMessages(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p.stop(t, syscall.SIGTERM) // the last messages are still being stored
+	// SIGTERM once the server has read them all, while the last are still
+	// being stored.
+	want := `krill_stanzas_total{direction="in",kind="message"} ` + strconv.Itoa(n)
+	for i := 0; ; i++ {
+		resp, err := http.Get("http://" + admin + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(b), want) {
+				break
+			}
+		}
+		if i == 500 {
+			t.Fatalf("the server never read the %d messages", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.stop(t, syscall.SIGTERM)
 	if out, err := exec.Command(bin, "health", "--addr", admin).CombinedOutput(); err == nil {
 		t.Fatalf("health after stop succeeded: %q", out)
 	}
