@@ -123,13 +123,14 @@ var (
 	descStanzas   = prometheus.NewDesc("krill_stanzas_total", "Stanzas received from and delivered to sessions, by direction and kind.", []string{"direction", "kind"}, nil)
 	descOffline   = prometheus.NewDesc("krill_offline_messages_total", "Offline messages stored and delivered.", []string{"event"}, nil)
 	descLate      = prometheus.NewDesc("krill_preauth_deadline_lateness_max_seconds", "Most a pre-auth deadline fired after it was due.", nil, nil)
+	descPanics    = prometheus.NewDesc("krill_panics_total", "Panics contained to the connection that raised them; each is a bug.", nil, nil)
 	descBytesConn = prometheus.NewDesc("krill_process_resident_bytes_per_connection", "Process resident memory divided by open connections (0 without connections).", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS,
-		descQueue, descRejected, descStanzas, descOffline, descLate, descBytesConn} {
+		descQueue, descRejected, descStanzas, descOffline, descLate, descPanics, descBytesConn} {
 		ch <- d
 	}
 }
@@ -172,6 +173,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descOffline, st.OfflineStored, "stored")
 	counter(descOffline, st.OfflineDelivered, "delivered")
 	gauge(descLate, st.DeadlineLateMax.Seconds())
+	counter(descPanics, st.Panics)
 	open := st.Accepted - st.Closed
 	if rss := residentBytes(); rss > 0 && open > 0 {
 		gauge(descBytesConn, float64(rss)/float64(open))
