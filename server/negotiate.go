@@ -367,6 +367,10 @@ func (s *Server) saslStep(c *conn, chal []byte, done bool, err error) {
 		if errors.Is(err, errTemporary) {
 			cond = "temporary-auth-failure"
 		}
+		// Why, for whoever debugs a client; never the credentials.
+		if ce := s.log.Check(zap.DebugLevel, "sasl failure"); ce != nil {
+			ce.Write(zap.String("condition", cond), zap.Error(err), zap.Stringer("ip", c.ip))
+		}
 		s.saslFail(c, cond, "")
 	case done:
 		s.saslSucceed(c, chal)
