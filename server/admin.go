@@ -56,6 +56,8 @@ func (s *Server) startAdmin() error {
 	})
 	s.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	s.adminAddr = l.Addr()
+	// One goroutine for the admin listener (net/http serves each admin
+	// request on its own): operators, never clients.
 	go func() {
 		if err := s.admin.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("admin listener failed", zap.Error(err))

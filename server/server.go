@@ -184,6 +184,8 @@ func (s *Server) Start() error {
 		}
 		addrs = append(addrs, "tcp://"+s.directListen)
 	}
+	// gnet.Rotate blocks for the engine's life; its event loops are the
+	// only goroutines that serve clients.
 	go func() {
 		err := gnet.Rotate(h, addrs,
 			gnet.WithMulticore(true),
@@ -204,6 +206,7 @@ func (s *Server) Start() error {
 		s.pool.Close()
 		return err
 	}
+	// One ticker goroutine for the whole server drives every loop's wheel.
 	go s.tick(ticker)
 	if err := s.startAdmin(); err != nil {
 		_ = s.Stop(context.Background())

@@ -324,6 +324,8 @@ func (s *Server) runHandshake(c *conn) {
 	p.mu.Unlock()
 	s.stats.tlsHandshakes.Add(1)
 	tc := t.tc
+	// The one goroutine a connection may have: for its handshake only,
+	// bounded by tls.max_handshakes and the handshake deadline.
 	go func() {
 		err := tc.Handshake()
 		s.handshakes.release()
