@@ -35,7 +35,7 @@ const ioTimeout = 10 * time.Second
 
 // testConfig returns the configuration tests start from: loopback, an
 // ephemeral port, plaintext allowed.
-func testConfig(t *testing.T) config.Config {
+func testConfig(t testing.TB) config.Config {
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
 	cfg.C2S.Listen = "127.0.0.1:0"
@@ -48,14 +48,14 @@ func testConfig(t *testing.T) config.Config {
 
 // startServer runs a real server for cfg with the given accounts (all with
 // testPassword) and stops it when the test ends.
-func startServer(t *testing.T, cfg config.Config, users ...string) *server.Server {
+func startServer(t testing.TB, cfg config.Config, users ...string) *server.Server {
 	t.Helper()
 	return startServerWith(t, cfg, nil, users...)
 }
 
 // startServerWith is startServer with the store wrapped by wrap (nil: the
 // store itself), for tests that need to hold storage back.
-func startServerWith(t *testing.T, cfg config.Config, wrap func(server.Store) server.Store, users ...string) *server.Server {
+func startServerWith(t testing.TB, cfg config.Config, wrap func(server.Store) server.Store, users ...string) *server.Server {
 	t.Helper()
 	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
 	if err != nil {
@@ -137,12 +137,12 @@ func dialSession(srv *server.Server, user, resource, password string, mech msasl
 
 // rawConn is a test client that speaks raw XML and reads with deadlines.
 type rawConn struct {
-	t    *testing.T
+	t    testing.TB
 	conn net.Conn
 	buf  bytes.Buffer
 }
 
-func dialRaw(t *testing.T, srv *server.Server) *rawConn {
+func dialRaw(t testing.TB, srv *server.Server) *rawConn {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", srv.Addr().String(), ioTimeout)
 	if err != nil {
