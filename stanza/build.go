@@ -1,0 +1,89 @@
+package stanza
+
+// Builders of the stanzas the server writes itself. Each appends to b and
+// returns the extended slice; values are escaped, names and conditions
+// are trusted (they come from the server's own constants).
+
+// NSStanzas is the namespace of stanza error conditions (RFC 6120 8.3.3).
+const NSStanzas = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+// AppendResult appends an iq result with id, from and to (each omitted
+// when empty) carrying payload (nil: an empty result).
+func AppendResult(b []byte, id, from, to string, payload []byte) []byte {
+	b = append(b, `<iq type='result'`...)
+	b = appendAttr(b, "id", id)
+	b = appendAttr(b, "from", from)
+	b = appendAttr(b, "to", to)
+	if len(payload) == 0 {
+		return append(b, `/>`...)
+	}
+	b = append(b, '>')
+	b = append(b, payload...)
+	return append(b, `</iq>`...)
+}
+
+// AppendError appends a stanza error reply (RFC 6120 8.3) of kind
+// ("message", "presence", "iq") with error type typ and condition cond,
+// and a text element when text is not empty.
+func AppendError(b []byte, kind, id, from, to, typ, cond, text string) []byte {
+	return AppendErrorApp(b, kind, id, from, to, typ, cond, text, "")
+}
+
+// AppendErrorApp is AppendError with an application-specific condition
+// element (such as XEP-0191's <blocked/>) given as raw XML.
+func AppendErrorApp(b []byte, kind, id, from, to, typ, cond, text, app string) []byte {
+	b = append(b, '<')
+	b = append(b, kind...)
+	b = append(b, ` type='error'`...)
+	b = appendAttr(b, "id", id)
+	b = appendAttr(b, "from", from)
+	b = appendAttr(b, "to", to)
+	b = append(b, `><error type='`...)
+	b = append(b, typ...)
+	b = append(b, `'><`...)
+	b = append(b, cond...)
+	b = append(b, ` xmlns='`+NSStanzas+`'/>`...)
+	if text != "" {
+		b = append(b, `<text xmlns='`+NSStanzas+`'>`...)
+		b = AppendEscaped(b, text)
+		b = append(b, `</text>`...)
+	}
+	b = append(b, app...)
+	b = append(b, `</error></`...)
+	b = append(b, kind...)
+	return append(b, '>')
+}
+
+// AppendPresence appends an empty presence of type typ ("" for available)
+// from from to to (each omitted when empty).
+func AppendPresence(b []byte, typ, from, to string) []byte {
+	b = append(b, `<presence`...)
+	b = appendAttr(b, "type", typ)
+	b = appendAttr(b, "from", from)
+	b = appendAttr(b, "to", to)
+	return append(b, `/>`...)
+}
+
+// AppendIQ appends an iq request of type typ with payload.
+func AppendIQ(b []byte, typ, id, from, to string, payload []byte) []byte {
+	b = append(b, `<iq type='`...)
+	b = append(b, typ...)
+	b = append(b, '\'')
+	b = appendAttr(b, "id", id)
+	b = appendAttr(b, "from", from)
+	b = appendAttr(b, "to", to)
+	b = append(b, '>')
+	b = append(b, payload...)
+	return append(b, `</iq>`...)
+}
+
+func appendAttr(b []byte, name, value string) []byte {
+	if value == "" {
+		return b
+	}
+	b = append(b, ' ')
+	b = append(b, name...)
+	b = append(b, `='`...)
+	b = AppendEscaped(b, value)
+	return append(b, '\'')
+}
