@@ -6,6 +6,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/stanza"
 )
 
@@ -285,6 +286,9 @@ type Host interface {
 	Go(job func(ctx context.Context)) bool
 	// Logger returns the server's logger.
 	Logger() *zap.Logger
+	// Config returns the configuration in force (live keys follow a
+	// reload). The caller must not modify it.
+	Config() *config.Config
 }
 
 // Conn is the connection an event came in on, as the core offers it to a
