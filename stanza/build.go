@@ -1,5 +1,7 @@
 package stanza
 
+import "bytes"
+
 // Builders of the stanzas the server writes itself. Each appends to b and
 // returns the extended slice; values are escaped, names and conditions
 // are trusted (they come from the server's own constants).
@@ -86,4 +88,37 @@ func appendAttr(b []byte, name, value string) []byte {
 	b = append(b, `='`...)
 	b = AppendEscaped(b, value)
 	return append(b, '\'')
+}
+
+// WithAttr returns a copy of elem (whose start tag is tag) with attribute
+// name set to value, replacing any it had; the rest is copied unchanged.
+func WithAttr(tag StartTag, elem []byte, name, value string) []byte {
+	b := make([]byte, 0, len(elem)+len(value)+16)
+	b = append(b, '<')
+	b = append(b, tag.Local()...)
+	tag.Attrs(func(n, raw []byte) bool {
+		if string(n) == name {
+			return true
+		}
+		q := byte('\'')
+		if bytes.IndexByte(raw, '\'') >= 0 {
+			q = '"' // the raw value may hold the other quote unescaped
+		}
+		b = append(b, ' ')
+		b = append(b, n...)
+		b = append(b, '=', q)
+		b = append(b, raw...)
+		b = append(b, q)
+		return true
+	})
+	b = append(b, ' ')
+	b = append(b, name...)
+	b = append(b, `='`...)
+	b = AppendEscaped(b, value)
+	b = append(b, '\'')
+	rest := tag.Len() - 1
+	if tag.SelfClosing() {
+		rest--
+	}
+	return append(b, elem[rest:]...)
 }
