@@ -143,8 +143,18 @@ type IM interface {
 	// quota messages stored, in which case it returns ErrQuota. quota <= 0
 	// means no limit.
 	StoreOffline(ctx context.Context, user string, stanza []byte, quota int) error
+	// StoreOfflineWithin is StoreOffline with a quota in bytes as well: it
+	// returns ErrQuota when user already has maxMessages messages stored,
+	// or when the stored stanzas and this one would exceed maxBytes bytes
+	// together. A quota <= 0 means no limit of that kind.
+	StoreOfflineWithin(ctx context.Context, user string, stanza []byte, maxMessages int, maxBytes int64) error
 	// Offline returns the user's stored messages, oldest first.
 	Offline(ctx context.Context, user string) ([]OfflineMessage, error)
+	// OfflineBatch returns at most limit of the user's stored messages
+	// with an ID greater than afterID, oldest first, so that a large
+	// store is read in bounded pieces: pass the last ID of one batch to
+	// get the next. limit <= 0 returns none.
+	OfflineBatch(ctx context.Context, user string, afterID int64, limit int) ([]OfflineMessage, error)
 	// DeleteOffline removes the user's messages with ID <= upTo, once they
 	// have been delivered. Messages stored since they were read have
 	// greater IDs and stay.

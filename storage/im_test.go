@@ -511,6 +511,83 @@ func testIM(t *testing.T, open func(t *testing.T) imStore) {
 				t.Fatalf("Offline = %d messages, %v; want 9", len(msgs), err)
 			}
 		}},
+		{"offline quota in bytes", func(t *testing.T, s imStore) {
+			// Multi-byte text counts in bytes: "é" is two.
+			msg := []byte("<message><body>é</body></message>") // 33 bytes
+			size := int64(len(msg))
+			for i := range 3 {
+				if err := s.StoreOfflineWithin(ctx, "alice", msg, 0, 3*size); err != nil {
+					t.Fatalf("store %d: %v", i, err)
+				}
+			}
+			if err := s.StoreOfflineWithin(ctx, "alice", msg, 0, 3*size); !errors.Is(err, ErrQuota) {
+				t.Fatalf("store over the byte quota = %v, want ErrQuota", err)
+			}
+			// A smaller message that fits exactly is taken.
+			if err := s.StoreOfflineWithin(ctx, "alice", []byte("<m/>"), 0, 3*size+4); err != nil {
+				t.Fatalf("exact fit: %v", err)
+			}
+			// The message count applies as well.
+			if err := s.StoreOfflineWithin(ctx, "alice", []byte("<m/>"), 4, 1<<20); !errors.Is(err, ErrQuota) {
+				t.Fatalf("store over the count quota = %v, want ErrQuota", err)
+			}
+			// Per user, and no limit when both are <= 0.
+			if err := s.StoreOfflineWithin(ctx, "bob", msg, 1, size); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.StoreOfflineWithin(ctx, "alice", msg, 0, 0); err != nil {
+				t.Fatalf("no limit: %v", err)
+			}
+			if err := s.StoreOfflineWithin(ctx, "", msg, 0, 1); !errors.Is(err, ErrEmptyUsername) {
+				t.Fatalf("empty user = %v", err)
+			}
+		}},
+		{"offline in batches", func(t *testing.T, s imStore) {
+			var want []string
+			for i := range 7 {
+				st := "<message id='" + strconv.Itoa(i) + "'/>"
+				want = append(want, st)
+				if err := s.StoreOffline(ctx, "alice", []byte(st), 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.StoreOffline(ctx, "bob", []byte("<message/>"), 0); err != nil {
+				t.Fatal(err)
+			}
+			var (
+				got   []string
+				after int64
+				reads int
+			)
+			for reads = 0; reads < 10; reads++ {
+				batch, err := s.OfflineBatch(ctx, "alice", after, 3)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(batch) > 3 {
+					t.Fatalf("batch of %d, limit 3", len(batch))
+				}
+				if len(batch) == 0 {
+					break
+				}
+				for _, m := range batch {
+					if m.ID <= after {
+						t.Fatalf("ID %d not after %d", m.ID, after)
+					}
+					got = append(got, string(m.Stanza))
+					after = m.ID
+				}
+			}
+			if !slices.Equal(got, want) || reads != 3 {
+				t.Fatalf("batches gave %q in %d reads, want %q in 3", got, reads, want)
+			}
+			if batch, err := s.OfflineBatch(ctx, "alice", 0, 0); err != nil || len(batch) != 0 {
+				t.Fatalf("limit 0 = %d, %v", len(batch), err)
+			}
+			if batch, err := s.OfflineBatch(ctx, "nobody", 0, 5); err != nil || len(batch) != 0 {
+				t.Fatalf("unknown user = %d, %v", len(batch), err)
+			}
+		}},
 		{"offline invalid input", func(t *testing.T, s imStore) {
 			for _, tt := range []struct {
 				name   string

@@ -45,7 +45,15 @@ const (
 	queryStoreOffline = `INSERT INTO offline_messages (username, stanza, stored_at)
 		SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT)
 		WHERE (SELECT COUNT(*) FROM offline_messages WHERE username = ?) < ?`
+	// The byte quota sums the stored stanzas' sizes; the count comes
+	// from the (username, id) index, the sum reads the user's rows, at
+	// most the byte quota's worth.
+	queryStoreOfflineBytes = `INSERT INTO offline_messages (username, stanza, stored_at)
+		SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT)
+		WHERE (SELECT COUNT(*) FROM offline_messages WHERE username = ?) < ?
+		AND (SELECT COALESCE(SUM(OCTET_LENGTH(stanza)), 0) FROM offline_messages WHERE username = ?) + CAST(? AS BIGINT) <= CAST(? AS BIGINT)`
 	queryOffline       = `SELECT id, stanza, stored_at FROM offline_messages WHERE username = ? ORDER BY id`
+	queryOfflineBatch  = `SELECT id, stanza, stored_at FROM offline_messages WHERE username = ? AND id > ? ORDER BY id LIMIT ?`
 	queryDeleteOffline = `DELETE FROM offline_messages WHERE username = ? AND id <= ?`
 
 	queryBlocklist  = `SELECT jid FROM blocklist WHERE username = ?`
@@ -68,9 +76,9 @@ type imStmts struct {
 	version, bump, item, itemGroups, putItem, deleteItem, deleteGroups, insertGroup *sql.Stmt
 	request, putRequest, deleteRequest                                              *sql.Stmt
 
-	requests, offline, blocklist, vcard            *sql.Stmt
-	storeOffline, deleteOffline                    *sql.Stmt
-	block, unblock, unblockAll, setVCard, delVCard *sql.Stmt
+	requests, offline, offlineBatch, blocklist, vcard *sql.Stmt
+	storeOffline, storeOfflineBytes, deleteOffline    *sql.Stmt
+	block, unblock, unblockAll, setVCard, delVCard    *sql.Stmt
 }
 
 func (m *imStmts) statements() []stmtSpec {
@@ -80,6 +88,7 @@ func (m *imStmts) statements() []stmtSpec {
 		{&m.rosterGroups, false, queryRosterGroups},
 		{&m.requests, false, queryRequests},
 		{&m.offline, false, queryOffline},
+		{&m.offlineBatch, false, queryOfflineBatch},
 		{&m.blocklist, false, queryBlocklist},
 		{&m.vcard, false, queryVCard},
 
@@ -95,6 +104,7 @@ func (m *imStmts) statements() []stmtSpec {
 		{&m.putRequest, true, queryPutRequest},
 		{&m.deleteRequest, true, queryDeleteRequest},
 		{&m.storeOffline, true, queryStoreOffline},
+		{&m.storeOfflineBytes, true, queryStoreOfflineBytes},
 		{&m.deleteOffline, true, queryDeleteOffline},
 		{&m.block, true, queryBlock},
 		{&m.unblock, true, queryUnblock},
@@ -468,6 +478,11 @@ func (s *SQL) Requests(ctx context.Context, user string) ([]SubscriptionRequest,
 
 // StoreOffline implements [IM.StoreOffline].
 func (s *SQL) StoreOffline(ctx context.Context, user string, stanza []byte, quota int) error {
+	return s.StoreOfflineWithin(ctx, user, stanza, quota, 0)
+}
+
+// StoreOfflineWithin implements [IM.StoreOfflineWithin].
+func (s *SQL) StoreOfflineWithin(ctx context.Context, user string, stanza []byte, maxMessages int, maxBytes int64) error {
 	switch {
 	case user == "":
 		return ErrEmptyUsername
@@ -475,19 +490,28 @@ func (s *SQL) StoreOffline(ctx context.Context, user string, stanza []byte, quot
 		return fmt.Errorf("%w: offline message for %q", ErrInvalidText, user)
 	}
 	limit := int64(math.MaxInt64)
-	if quota > 0 {
-		limit = int64(quota)
+	if maxMessages > 0 {
+		limit = int64(maxMessages)
 	}
 	now := time.Now().Unix()
 	err := s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
-		if quota > 0 {
+		if maxMessages > 0 || maxBytes > 0 {
 			// Concurrent stores for one user queue on a lock, so that
 			// two cannot both see room for one message.
 			if err := s.dialect.lockUser(ctx, tx, offlineLockClass, user); err != nil {
 				return err
 			}
 		}
-		res, err := tx.StmtContext(ctx, s.im.storeOffline).ExecContext(ctx, user, string(stanza), now, user, limit)
+		var (
+			res sql.Result
+			err error
+		)
+		if maxBytes > 0 {
+			res, err = tx.StmtContext(ctx, s.im.storeOfflineBytes).ExecContext(ctx, user, string(stanza), now, user, limit,
+				user, int64(len(stanza)), maxBytes)
+		} else {
+			res, err = tx.StmtContext(ctx, s.im.storeOffline).ExecContext(ctx, user, string(stanza), now, user, limit)
+		}
 		if err != nil {
 			return err
 		}
@@ -496,7 +520,7 @@ func (s *SQL) StoreOffline(ctx context.Context, user string, stanza []byte, quot
 			return err
 		}
 		if n == 0 {
-			return fmt.Errorf("%w: %q has %d messages stored", ErrQuota, user, quota)
+			return fmt.Errorf("%w: %q has %d messages or %d bytes stored", ErrQuota, user, maxMessages, maxBytes)
 		}
 		return nil
 	})
@@ -514,6 +538,34 @@ func (s *SQL) Offline(ctx context.Context, user string) ([]OfflineMessage, error
 	}
 	defer rows.Close()
 	var msgs []OfflineMessage
+	for rows.Next() {
+		var (
+			m      OfflineMessage
+			stored int64
+		)
+		if err := rows.Scan(&m.ID, &m.Stanza, &stored); err != nil {
+			return nil, fmt.Errorf("storage: offline messages of %q: %w", user, err)
+		}
+		m.Stored = time.Unix(stored, 0)
+		msgs = append(msgs, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("storage: offline messages of %q: %w", user, err)
+	}
+	return msgs, nil
+}
+
+// OfflineBatch implements [IM.OfflineBatch].
+func (s *SQL) OfflineBatch(ctx context.Context, user string, afterID int64, limit int) ([]OfflineMessage, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	rows, err := s.im.offlineBatch.QueryContext(ctx, user, afterID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("storage: offline messages of %q: %w", user, err)
+	}
+	defer rows.Close()
+	msgs := make([]OfflineMessage, 0, min(limit, 16))
 	for rows.Next() {
 		var (
 			m      OfflineMessage
