@@ -88,7 +88,9 @@ func hasTo(s storage.Subscription) bool { return s == storage.SubTo || s == stor
 func hasFrom(s storage.Subscription) bool { return s == storage.SubFrom || s == storage.SubBoth }
 
 // withTo returns s with the to direction set to on.
-func withTo(s storage.Subscription, on bool) storage.Subscription { return sub[b2i(on)][b2i(hasFrom(s))] }
+func withTo(s storage.Subscription, on bool) storage.Subscription {
+	return sub[b2i(on)][b2i(hasFrom(s))]
+}
 
 // withFrom returns s with the from direction set to on.
 func withFrom(s storage.Subscription, on bool) storage.Subscription {
