@@ -20,9 +20,9 @@ import (
 
 	"github.com/krill-xmpp/krill/bench"
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/ping"
-	"github.com/krill-xmpp/krill/router"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
@@ -73,8 +73,8 @@ func startBenchServer(tb testing.TB, accounts int) *benchServer {
 	if err := addAccounts(store, accounts); err != nil {
 		tb.Fatal(err)
 	}
-	r := new(router.Router)
-	if err := r.Register(ping.Module{}, disco.Module{}); err != nil {
+	r, err := hook.New(ping.Module{}, disco.Module{})
+	if err != nil {
 		tb.Fatal(err)
 	}
 	srv, err := server.New(cfg, nil, store, r)

@@ -78,7 +78,7 @@ func (s *Server) ready(ctx context.Context) error {
 	if s.addr == nil {
 		return errors.New("listeners not up")
 	}
-	if p, ok := s.store.(Pinger); ok {
+	if p, ok := s.accounts.(Pinger); ok {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		if err := p.Ping(ctx); err != nil {

@@ -13,10 +13,30 @@ import (
 // returns (which may be nil) runs on c's loop, then input processing
 // resumes; nothing runs there if c has closed meanwhile. When the pool
 // refuses the job (queue full), busy runs at once instead, on the loop.
+// Jobs of one connection run one at a time, in the order asked: a stanza
+// whose modules each need storage (initial presence: probes, requests,
+// offline messages) gets their answers in module order.
 //
 // job gets a context bounded by storageTimeout and must not touch c: it
-// reads and writes shared state (storage, the session table, mailboxes).
+// reads and writes shared state (storage, mailboxes, through hook.Host).
 func (s *Server) async(c *conn, job func(ctx context.Context) func(), busy func()) {
+	if c.has(flagWorkPending) {
+		if c.queued == nil {
+			c.queued = new([]asyncJob)
+		}
+		*c.queued = append(*c.queued, asyncJob{job, busy})
+		return
+	}
+	s.submit(c, job, busy)
+}
+
+// asyncJob is a job waiting for the one before it on its connection.
+type asyncJob struct {
+	job  func(ctx context.Context) func()
+	busy func()
+}
+
+func (s *Server) submit(c *conn, job func(ctx context.Context) func(), busy func()) {
 	c.flags |= flagWorkPending
 	submitted := time.Now()
 	err := s.pool.Submit(func() {
@@ -29,7 +49,8 @@ func (s *Server) async(c *conn, job func(ctx context.Context) func(), busy func(
 			if then != nil {
 				then()
 			}
-			if !c.has(flagClosed) {
+			s.next(c)
+			if !c.has(flagClosed) && !c.has(flagWorkPending) {
 				s.process(c) // input that arrived meanwhile
 			}
 			if c.sess != nil && c.sess.bound && !c.has(flagClosed) && !c.has(flagWorkPending) {
@@ -43,12 +64,30 @@ func (s *Server) async(c *conn, job func(ctx context.Context) func(), busy func(
 			s.stats.workRejected.Add(1)
 		}
 		busy()
+		s.next(c)
 	}
 }
 
-// detached runs job on the worker pool for a connection that is gone (its
-// unavailable presence, say). A full queue drops it, counted.
-func (s *Server) detached(job func(ctx context.Context)) {
+// next submits c's next queued job, unless one is running (a continuation
+// may have asked for one).
+func (s *Server) next(c *conn) {
+	for c.queued != nil && len(*c.queued) > 0 && !c.has(flagWorkPending) && !c.has(flagClosed) {
+		q := *c.queued
+		j := q[0]
+		q[0] = asyncJob{}
+		if len(q) == 1 {
+			c.queued = nil
+		} else {
+			*c.queued = q[1:]
+		}
+		s.submit(c, j.job, j.busy)
+	}
+}
+
+// detached runs job on the worker pool for no connection (a session's
+// unavailable presence after it has gone, say). A full queue drops it,
+// counted, and reports false.
+func (s *Server) detached(job func(ctx context.Context)) bool {
 	err := s.pool.Submit(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), storageTimeout)
 		defer cancel()
@@ -56,5 +95,7 @@ func (s *Server) detached(job func(ctx context.Context)) {
 	})
 	if err != nil {
 		s.stats.workRejected.Add(1)
+		return false
 	}
+	return true
 }

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 	"mellium.im/xmpp/stream"
 
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/stanza"
 	"github.com/krill-xmpp/krill/timerwheel"
@@ -46,6 +47,7 @@ type conn struct {
 	ex     sasl.Server // non-nil only during a SASL exchange
 	sess   *session    // non-nil once authenticated
 	tls    *tlsConn    // non-nil once STARTTLS or direct TLS began
+	queued *[]asyncJob // jobs waiting for the running one; nil when none
 	// preauthAt is the pre-auth deadline as an offset from the server's
 	// epoch (monotonic, and 8 bytes instead of a time.Time's 24).
 	preauthAt time.Duration
@@ -258,7 +260,7 @@ func (s *Server) fail(c *conn, cond, text string) {
 	if ce := s.log.Check(zap.InfoLevel, "stream error"); ce != nil {
 		fields := []zap.Field{zap.String("condition", cond), zap.String("text", text), zap.Stringer("ip", c.ip)}
 		if c.sess != nil && c.sess.bound {
-			fields = append(fields, zap.String("jid", c.sess.jid.String()))
+			fields = append(fields, zap.String("jid", c.sess.full))
 		}
 		ce.Write(fields...)
 	}
@@ -299,10 +301,20 @@ func (s *Server) release(c *conn) {
 		_ = c.tls.pipe.Close() // releases a blocked handshake goroutine
 		c.tls.plain = nil
 	}
-	if c.sess != nil && c.sess.bound {
-		s.sessions.unbind(c.sess)
-		c.sess.closeMailbox()
-		s.sessionGone(c.sess)
+	if sess := c.sess; sess != nil && sess.conn == c {
+		if sess.bound && s.hooks.HasEvent(hook.Closing) && !s.stopping.Load() {
+			cx := c.loop.sessionCtx(sess)
+			cx.Conn = nil
+			kept := s.hooks.Fire(cx, hook.Closing) == hook.Stop
+			cx.Reset(nil, nil, nil)
+			if kept {
+				// A module keeps the session without its connection
+				// (resumption); it ends it later with Session.Close.
+				sess.conn = nil
+				return
+			}
+		}
+		s.endSession(sess, "connection closed")
 	}
 }
 

@@ -17,11 +17,7 @@ import (
 	"mellium.im/xmpp/jid"
 
 	"github.com/krill-xmpp/krill/config"
-	"github.com/krill-xmpp/krill/modules/disco"
-	"github.com/krill-xmpp/krill/modules/ping"
-	"github.com/krill-xmpp/krill/modules/vcard"
-	"github.com/krill-xmpp/krill/modules/version"
-	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/modules"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
@@ -55,7 +51,7 @@ func startServer(t testing.TB, cfg config.Config, users ...string) *server.Serve
 
 // startServerWith is startServer with the store wrapped by wrap (nil: the
 // store itself), for tests that need to hold storage back.
-func startServerWith(t testing.TB, cfg config.Config, wrap func(server.Store) server.Store, users ...string) *server.Server {
+func startServerWith(t testing.TB, cfg config.Config, wrap func(modules.Store) modules.Store, users ...string) *server.Server {
 	t.Helper()
 	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
 	if err != nil {
@@ -70,15 +66,15 @@ func startServerWith(t testing.TB, cfg config.Config, wrap func(server.Store) se
 			t.Fatal(err)
 		}
 	}
-	r := new(router.Router)
-	if err := r.Register(ping.Module{}, disco.Module{}, version.Module{}, vcard.Module{Store: store}); err != nil {
-		t.Fatal(err)
-	}
-	var st server.Store = store
+	var st modules.Store = store
 	if wrap != nil {
 		st = wrap(store)
 	}
-	srv, err := server.New(cfg, nil, st, r)
+	reg, err := modules.Registry(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(cfg, nil, st, reg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/krill-xmpp/krill/server"
+	"github.com/krill-xmpp/krill/modules"
 	"github.com/krill-xmpp/krill/storage"
 )
 
@@ -377,7 +377,7 @@ func TestMessageDelivery(t *testing.T) {
 
 // heldStore holds every roster read until release is closed.
 type heldStore struct {
-	server.Store
+	modules.Store
 	entered chan struct{}
 	release chan struct{}
 }
@@ -396,7 +396,7 @@ func TestWorkerOverload(t *testing.T) {
 	cfg.Server.Workers = 1
 	cfg.Server.WorkQueue = 1
 	held := &heldStore{entered: make(chan struct{}, 4), release: make(chan struct{})}
-	srv := startServerWith(t, cfg, func(s server.Store) server.Store { held.Store = s; return held }, "olga", "pete", "quin")
+	srv := startServerWith(t, cfg, func(s modules.Store) modules.Store { held.Store = s; return held }, "olga", "pete", "quin")
 	var conns []*rawConn
 	for _, u := range []string{"olga", "pete", "quin"} {
 		r := dialRaw(t, srv)

@@ -13,6 +13,7 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stream"
 
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/stanza"
 	"github.com/krill-xmpp/krill/storage"
@@ -69,9 +70,7 @@ func (s *Server) buildFeatures(overTLS bool) []byte {
 		}
 		b = append(b, `</mechanisms>`...)
 	}
-	if s.cfg.Register.Enabled && (overTLS || s.cfg.C2S.AllowPlaintext) {
-		b = append(b, `<register xmlns='`+nsRegisterFeature+`'/>`...)
-	}
+	b = s.hooks.StreamFeatures(b, hook.PhasePreAuth, overTLS)
 	if overTLS {
 		// XEP-0440: the channel-binding types a -PLUS client may choose.
 		b = append(b, `<sasl-channel-binding xmlns='`+nsSASLCB+`'>`+
@@ -187,11 +186,8 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 			s.startTLS(c, false)
 			return
 		}
-		if ns == nsClient && local == "iq" && s.registerOffered(c) && c.ex == nil {
-			if _, cns, _, ok := payloadOf(unit); ok && cns == nsRegister {
-				s.handleRegister(c, tag, unit)
-				return
-			}
+		if ns == nsClient && local == "iq" && c.ex == nil && s.preauthIQ(c, tag, unit) {
+			return
 		}
 		// Nothing but negotiation before authentication, and no pong.
 		s.stats.closedPolicy.Add(1)
@@ -204,6 +200,12 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 		s.stats.closedPolicy.Add(1)
 		s.fail(c, stream.NotAuthorized.Err, "bind a resource first")
 	case phaseSession:
+		if ns != nsClient {
+			if h := s.hooks.Nonza(hook.PhaseBound, ns, local); h != nil {
+				s.nonza(c, h, unit)
+				return
+			}
+		}
 		s.handleStanza(c, tag, ns, local, unit)
 	}
 }
@@ -405,6 +407,9 @@ func (s *Server) saslSucceed(c *conn, additional []byte) {
 	}
 	c.write(b)
 	c.loop.scratch = b[:0]
+	c.sess.loop = c.loop
+	c.sess.conn = c
+	s.hooks.Fire(c.loop.sessionCtx(c.sess), hook.Authenticated)
 }
 
 // saslFail sends a SASL failure and counts it; too many close the stream.
@@ -479,5 +484,74 @@ func (r runOnLoop) Run(context.Context) error {
 	case r.dropped != nil:
 		r.dropped()
 	}
+	return nil
+}
+
+// preauthIQ offers an iq before authentication to the module registered
+// for its payload (in-band registration); false when none is.
+func (s *Server) preauthIQ(c *conn, tag stanza.StartTag, unit []byte) bool {
+	typ, _ := tag.AttrString("type")
+	var t hook.IQType
+	switch typ {
+	case "get":
+		t = hook.IQGet
+	case "set":
+		t = hook.IQSet
+	default:
+		return false
+	}
+	child, ns, name, ok := payloadOf(unit)
+	if !ok {
+		return false
+	}
+	h := s.hooks.IQ(hook.PhasePreAuth, t, hook.ToNone|hook.ToHost, ns, name)
+	if h == nil {
+		return false
+	}
+	st := &c.loop.stanza
+	*st = hook.Stanza{Kind: hook.IQ, Type: typ, Tag: tag, Raw: unit, Payload: child, NS: ns, Name: name, Addr: hook.ToNone}
+	st.ID, _ = tag.AttrString("id")
+	cx := c.loop.ctxFor(c, st)
+	defer cx.Reset(nil, nil, nil)
+	if err := h(cx, st); err != nil {
+		s.log.Warn("module failed", zap.String("ns", ns), zap.Error(err))
+		cx.ReplyError("cancel", "internal-server-error", "")
+	}
+	return true
+}
+
+// nonza hands a top-level element that is not a stanza to its module.
+func (s *Server) nonza(c *conn, h hook.NonzaHandler, unit []byte) {
+	cx := c.loop.ctxFor(c, nil)
+	defer cx.Reset(nil, nil, nil)
+	if err := h(cx, unit); err != nil {
+		s.fail(c, stream.BadFormat.Err, err.Error())
+	}
+}
+
+// onLoopSession runs fn on sess's loop, unless its connection has closed
+// by then.
+func (s *Server) onLoopSession(sess *session, fn func()) {
+	err := sess.loop.el.Execute(context.Background(), sessionTask{sess: sess, fn: fn})
+	if err != nil {
+		s.log.Debug("dropping loop task", zap.Error(err))
+	}
+}
+
+type sessionTask struct {
+	sess *session
+	fn   func()
+}
+
+// Run implements gnet.Runnable. The session's connection is read here, on
+// its loop, where it may change.
+func (t sessionTask) Run(context.Context) error {
+	if c := t.sess.conn; c != nil {
+		if c.has(flagClosed) {
+			return nil
+		}
+		defer c.loop.srv.contain(c, nil)
+	}
+	t.fn()
 	return nil
 }

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules/ping"
-	"github.com/krill-xmpp/krill/router"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
@@ -18,11 +18,11 @@ import (
 type panicky struct{}
 
 func (panicky) Name() string { return "panicky" }
-func (panicky) Routes() []router.Route {
-	return []router.Route{{Kind: router.IQGet, NS: "urn:example:bug", Local: "query"}}
+func (panicky) Register(r *hook.Registrar) error {
+	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToHost, "urn:example:bug", "query",
+		func(*hook.Ctx, *hook.Stanza) error { panic("a bug in a module") })
+	return nil
 }
-func (panicky) Features() []string                    { return nil }
-func (panicky) HandleIQ(*router.Ctx, router.IQ) error { panic("a bug in a module") }
 
 // TestPanicContained: a panic while handling one connection closes that
 // connection only; the event loop and every other session go on.
@@ -39,8 +39,8 @@ func TestPanicContained(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r := new(router.Router)
-	if err := r.Register(ping.Module{}, panicky{}); err != nil {
+	r, err := hook.New(ping.Module{}, panicky{})
+	if err != nil {
 		t.Fatal(err)
 	}
 	srv, err := server.New(cfg, nil, store, r)

@@ -1,21 +1,16 @@
 package server
 
 import (
-	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/base32"
-	"errors"
 	"strings"
 
 	"go.uber.org/zap"
 	"mellium.im/xmpp/jid"
-	xstanza "mellium.im/xmpp/stanza"
 	"mellium.im/xmpp/stream"
 
-	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
-	"github.com/krill-xmpp/krill/storage"
 )
 
 // pingID marks the server's own pings so that their answers are recognised.
@@ -48,7 +43,7 @@ func (s *Server) handleBindIQ(c *conn, tag stanza.StartTag, unit []byte) {
 	}
 	switch {
 	case ns == nsSession && clocal == "session":
-		c.write(appendResult(c.loop.scratch[:0], id, "", nil))
+		c.write(stanza.AppendResult(c.loop.scratch[:0], id, "", "", nil))
 		return
 	case ns != nsBind || clocal != "bind":
 		s.fail(c, stream.NotAuthorized.Err, "bind a resource first")
@@ -73,27 +68,15 @@ func (s *Server) handleBindIQ(c *conn, tag stanza.StartTag, unit []byte) {
 		s.replyBindError(c, id, "modify", "bad-request")
 		return
 	}
-	// The account's blocklist is read before the session exists, so that
-	// XEP-0191 applies from its first stanza; the client waits for the
-	// bind result anyway (RFC 6120 7.6).
-	local := c.sess.local
-	s.async(c, func(ctx context.Context) func() {
-		list, err := s.store.Blocklist(ctx, local)
-		if err != nil {
-			s.log.Error("blocklist read failed", zap.String("user", local), zap.Error(err))
-			return func() { s.replyBindError(c, id, "wait", "internal-server-error") }
-		}
-		return func() { s.completeBind(c, id, full, list) }
-	}, func() { s.replyBindError(c, id, "wait", "resource-constraint") })
+	s.completeBind(c, id, full)
 }
 
 // completeBind makes c a routable session for full.
-func (s *Server) completeBind(c *conn, id string, full jid.JID, blocklist []string) {
+func (s *Server) completeBind(c *conn, id string, full jid.JID) {
 	sess := c.sess
 	sess.conn = c
-	sess.jid = full
 	sess.full = full.String()
-	sess.resource = full.Resourcepart()
+	sess.resOff = len(sess.full) - len(full.Resourcepart())
 	sess.bound = true
 	sess.lastActive = c.loop.since()
 	if old := s.sessions.bind(sess); old != nil {
@@ -110,14 +93,13 @@ func (s *Server) completeBind(c *conn, id string, full jid.JID, blocklist []stri
 	s.stats.bound.Add(1)
 	payload := append([]byte(`<bind xmlns='`+nsBind+`'><jid>`), stanza.AppendEscaped(nil, sess.full)...)
 	payload = append(payload, `</jid></bind>`...)
-	c.write(appendResult(c.loop.scratch[:0], id, "", payload))
-	s.sessions.setBlocklist(sess.local, blocklist)
+	c.write(stanza.AppendResult(c.loop.scratch[:0], id, "", "", payload))
+	s.hooks.Fire(c.loop.sessionCtx(sess), hook.Bound)
 	s.log.Debug("session bound", zap.String("jid", sess.full))
 }
 
 func (s *Server) replyBindError(c *conn, id, typ, cond string) {
-	b := appendStanzaError(c.loop.scratch[:0], "iq", id, "", "", typ, cond)
-	c.write(b)
+	c.write(stanza.AppendError(c.loop.scratch[:0], "iq", id, "", "", typ, cond, ""))
 }
 
 func newResource() string {
@@ -126,367 +108,174 @@ func newResource() string {
 	return "krill-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 }
 
-// handleStanza routes one stanza of a bound session.
+// handleStanza checks one stanza of a bound session, fires its Pre stage
+// and routes what the modules leave: the core knows no feature.
 func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, unit []byte) {
 	sess := c.sess
 	if ns != nsClient {
 		s.fail(c, stream.InvalidNamespace.Err, "stanzas must be in the "+nsClient+" namespace")
 		return
 	}
-	switch local {
-	case "message", "presence", "iq":
-	default:
+	kind, ok := hook.KindOf(tag.Local())
+	if !ok {
 		s.fail(c, stream.UnsupportedStanzaType.Err, "unknown top-level element")
 		return
 	}
 	s.stats.stanzasIn.Add(1)
 	s.stats.in[kindIndex(unit)].Add(1)
-	if from, ok := tag.AttrString("from"); ok && from != sess.full {
-		if fj, err := jid.Parse(from); err != nil || !(fj.Equal(sess.jid) || fj.Equal(sess.jid.Bare())) {
+	if from, ok := tag.AttrString("from"); ok && from != sess.full && from != sess.full[:sess.resOff-1] {
+		if fj, err := jid.Parse(from); err != nil || (fj.String() != sess.full && fj.String() != sess.full[:sess.resOff-1]) {
 			s.fail(c, stream.InvalidFrom.Err, "from does not match the session's address")
 			return
 		}
 	}
-	typ, _ := tag.AttrString("type")
-	id, _ := tag.AttrString("id")
-	toStr, hasTo := tag.AttrString("to")
-	var to jid.JID
-	if hasTo && toStr != "" {
-		var err error
-		if to, err = jid.Parse(toStr); err != nil {
-			if typ != "error" {
-				c.write(appendStanzaError(c.loop.scratch[:0], local, id, "", sess.full, "modify", "jid-malformed"))
+	st := &c.loop.stanza
+	*st = hook.Stanza{Kind: kind, From: sess.full, Tag: tag, Raw: unit}
+	st.Type, _ = tag.AttrString("type")
+	st.ID, _ = tag.AttrString("id")
+	st.To, _ = tag.AttrString("to")
+	cx := c.loop.ctxFor(c, st)
+	defer cx.Reset(nil, nil, nil)
+	if !s.address(st) {
+		cx.ReplyError("modify", "jid-malformed", "")
+		return
+	}
+	if kind == hook.IQ {
+		st.Payload, st.NS, st.Name, _ = payloadOf(unit)
+	}
+	if s.hooks.Stanza(cx, hook.Pre, st) == hook.Stop || c.has(flagClosed) {
+		return
+	}
+	switch st.Addr {
+	case hook.ToRemote:
+		cx.ReplyError("cancel", "remote-server-not-found", "")
+	case hook.ToNone, hook.ToHost:
+		if st.Addr == hook.ToHost && st.Resource != "" {
+			cx.ReplyError("cancel", "service-unavailable", "")
+			return
+		}
+		if kind == hook.IQ {
+			s.toServer(c, cx, st)
+		}
+		// Messages and presence to the server itself: nobody takes them.
+	case hook.ToBare:
+		if kind == hook.IQ {
+			if st.Local == sess.local && (st.Type == "result" || st.Type == "error") {
+				return
 			}
+			s.toServer(c, cx, st)
 			return
 		}
-	}
-	if to.Domainpart() == s.cfg.Domain && to.Localpart() != "" && !s.blockingAllows(c, local, typ, id, to, toStr) {
-		return
-	}
-	if local == "presence" {
-		s.handlePresence(c, tag, typ, id, to, toStr, unit)
-		return
-	}
-	switch {
-	case !hasTo || toStr == "":
-		s.toServer(c, local, typ, id, jid.JID{}, unit)
-	case to.Domainpart() != s.cfg.Domain:
-		if local != "presence" && typ != "error" {
-			c.write(appendStanzaError(c.loop.scratch[:0], local, id, toStr, sess.full, "cancel", "remote-server-not-found"))
-		}
-	case to.Localpart() == "":
-		if to.Resourcepart() != "" {
-			s.unavailable(c, local, typ, id, toStr)
-			return
-		}
-		s.toServer(c, local, typ, id, to, unit)
-	case to.Resourcepart() != "":
-		s.toFull(c, tag, local, typ, id, to, toStr, unit)
-	default:
-		s.toBare(c, tag, local, typ, id, to, toStr, unit)
+		s.route(c, cx, st)
+	case hook.ToFull:
+		s.route(c, cx, st)
 	}
 }
 
-// blockingAllows applies XEP-0191 to a stanza for a local account: to a
-// JID the sender blocked, the sender gets not-acceptable; from a JID the
-// recipient blocked, presence is dropped and the rest gets
-// service-unavailable, as if the recipient did not exist.
-func (s *Server) blockingAllows(c *conn, local, typ, id string, to jid.JID, toStr string) bool {
-	sess := c.sess
-	answerable := typ != "error" && typ != "result" && local != "presence"
-	if blocks(s.sessions.blocklist(sess.local), to) {
-		if answerable {
-			s.blockedError(c, local, id, toStr)
-		}
+// address sets st's addressing from its to attribute; false when to is
+// not a valid JID.
+func (s *Server) address(st *hook.Stanza) bool {
+	if st.To == "" {
+		st.Addr = hook.ToNone
+		return true
+	}
+	to, err := jid.Parse(st.To)
+	if err != nil {
 		return false
 	}
-	if blocks(s.sessions.blocklist(to.Localpart()), sess.jid) {
-		if answerable {
-			s.unavailable(c, local, typ, id, toStr)
-		}
-		return false
+	st.Local, st.Domain, st.Resource = to.Localpart(), to.Domainpart(), to.Resourcepart()
+	switch {
+	case st.Domain != s.cfg.Domain:
+		st.Addr = hook.ToRemote
+	case st.Local == "":
+		st.Addr = hook.ToHost
+	case st.Resource == "":
+		st.Addr = hook.ToBare
+	default:
+		st.Addr = hook.ToFull
 	}
 	return true
 }
 
-// toServer handles stanzas addressed to the server itself (or, for iq
-// handled on an account's behalf, to a bare JID).
-func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byte) {
-	sess := c.sess
-	switch local {
-	case "message":
-		// Messages to the server are not handled by the core.
-	case "iq":
-		switch typ {
-		case "result", "error":
-			if id == pingID {
-				c.flags &^= flagAwaitPong
-			}
-			return
-		case "get", "set":
-		default:
-			c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "modify", "bad-request"))
-			return
+// toServer answers an iq addressed to the server or handled on an
+// account's behalf, with the module registered for its payload.
+func (s *Server) toServer(c *conn, cx *hook.Ctx, st *hook.Stanza) {
+	var t hook.IQType
+	switch st.Type {
+	case "result", "error":
+		if st.ID == pingID {
+			c.flags &^= flagAwaitPong
 		}
-		child, cns, clocal, ok := payloadOf(unit)
-		if !ok {
-			c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "modify", "bad-request"))
-			return
-		}
-		if cns == nsBlocking {
-			if to.Localpart() != "" && to.Localpart() != sess.local {
-				c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "auth", "forbidden"))
-				return
-			}
-			s.handleBlocking(c, typ, id, child)
-			return
-		}
-		if cns == nsRoster && clocal == "query" {
-			if to.Localpart() != "" && to.Localpart() != sess.local {
-				c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "auth", "forbidden"))
-				return
-			}
-			s.handleRoster(c, typ, id, child)
-			return
-		}
-		kind := router.IQGet
-		if typ == "set" {
-			kind = router.IQSet
-		}
-		mod := s.router.Lookup(router.Route{Kind: kind, NS: cns, Local: clocal})
-		iq := router.IQ{ID: id, Type: xstanza.IQType(typ), From: sess.jid, To: to, Payload: child}
-		if mod == nil {
-			(&replier{s: s, c: c}).ReplyError(iq, xstanza.Cancel, xstanza.ServiceUnavailable)
-			return
-		}
-		rep := &replier{s: s, c: c}
-		ctx := &router.Ctx{Domain: s.cfg.Domain, Router: s.router, Replier: rep,
-			Async: func(job func(context.Context) func()) {
-				s.async(c, job, func() { rep.ReplyError(iq, xstanza.Wait, xstanza.ResourceConstraint) })
-			}}
-		if err := mod.HandleIQ(ctx, iq); err != nil {
-			s.log.Warn("module failed", zap.String("module", mod.Name()), zap.Error(err))
-			ctx.ReplyError(iq, xstanza.Cancel, xstanza.InternalServerError)
-		}
+		return
+	case "get":
+		t = hook.IQGet
+	case "set":
+		t = hook.IQSet
+	default:
+		cx.ReplyError("modify", "bad-request", "")
+		return
+	}
+	if st.Payload == nil {
+		cx.ReplyError("modify", "bad-request", "")
+		return
+	}
+	h := s.hooks.IQ(hook.PhaseBound, t, st.Addr, st.NS, st.Name)
+	if h == nil {
+		cx.ReplyError("cancel", "service-unavailable", "")
+		return
+	}
+	if err := h(cx, st); err != nil {
+		s.log.Warn("module failed", zap.String("ns", st.NS), zap.Error(err))
+		cx.ReplyError("cancel", "internal-server-error", "")
 	}
 }
 
-// toFull routes to one resource (RFC 6121 section 8.5.3): to the bound
-// session, or else a normal or chat message as if to the bare JID, an iq
-// or a groupchat message gets service-unavailable, the rest is dropped.
-func (s *Server) toFull(c *conn, tag stanza.StartTag, local, typ, id string, to jid.JID, toStr string, unit []byte) {
-	target := s.sessions.full(to.Localpart(), to.Resourcepart())
-	if target != nil && target.deliver(c.loop, stamp(tag, unit, c.sess.full)) {
-		s.stats.stanzasRouted.Add(1)
+// route delivers a stanza to a local account and answers what nobody took
+// as RFC 6121 8.5 says.
+func (s *Server) route(c *conn, cx *hook.Ctx, st *hook.Stanza) {
+	to := st.Local + "@" + st.Domain
+	if st.Resource != "" {
+		to = st.To
+		if j, err := jid.New(st.Local, st.Domain, st.Resource); err == nil {
+			to = j.String()
+		}
+	}
+	if st.Kind == hook.Message && st.Type == "groupchat" && (st.Addr == hook.ToBare || s.sessions.find(st.Local, st.Resource) == nil) {
+		cx.ReplyError("cancel", "service-unavailable", "")
 		return
 	}
-	switch {
-	case local == "message" && (typ == "" || typ == "normal" || typ == "chat"):
-		s.toBare(c, tag, local, typ, id, to.Bare(), to.Bare().String(), unit)
-	case local == "iq" || typ == "groupchat":
-		s.unavailable(c, local, typ, id, toStr)
-	}
-}
-
-// toBare routes to an account (RFC 6121 section 8.5.2): an iq is handled
-// on the account's behalf; a message of type normal, chat or headline goes
-// to every available resource with non-negative priority, and when there
-// is none a normal or chat message is stored offline; groupchat gets
-// service-unavailable, error is dropped.
-func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to jid.JID, toStr string, unit []byte) {
-	if local == "iq" {
-		if to.Localpart() == c.sess.local && (typ == "result" || typ == "error") {
-			return
-		}
-		s.toServer(c, local, typ, id, to, unit)
+	if s.deliver(c.loop, to, stamp(st.Tag, st.Raw, st.From)) > 0 {
 		return
 	}
-	switch typ {
-	case "groupchat":
-		s.unavailable(c, local, typ, id, toStr)
+	switch st.Kind {
+	case hook.Presence:
 		return
-	case "error":
-		return
-	}
-	var out []byte
-	n := 0
-	s.sessions.each(to.Localpart(), func(o *session) {
-		if !o.available.Load() || o.priority.Load() < 0 {
-			return
-		}
-		if out == nil {
-			out = stamp(tag, unit, c.sess.full)
-		}
-		// Each mailbox owns its bytes.
-		if o.deliver(c.loop, append([]byte(nil), out...)) {
-			n++
-		}
-	})
-	if n > 0 {
-		s.stats.stanzasRouted.Add(uint64(n))
+	case hook.IQ:
+		cx.ReplyError("cancel", "service-unavailable", "")
 		return
 	}
-	if typ != "headline" {
-		s.storeOffline(c, tag, typ, id, to, toStr, unit)
-	}
-}
-
-// storeOffline keeps a chat or normal message for an account with no
-// available resource (XEP-0160), within the per-user quota. An unknown
-// account, or a full quota, gets service-unavailable.
-func (s *Server) storeOffline(c *conn, tag stanza.StartTag, typ, id string, to jid.JID, toStr string, unit []byte) {
-	sess := c.sess
-	b := stamp(tag, unit, sess.full)
-	user := to.Localpart()
-	fail := func() { s.unavailable(c, "message", typ, id, toStr) }
-	from := sess.jid
-	s.async(c, func(ctx context.Context) func() {
-		if _, err := s.accounts.Credentials(ctx, user); err != nil {
-			return fail
-		}
-		if list, err := s.store.Blocklist(ctx, user); err != nil || blocks(list, from) {
-			return fail
-		}
-		if err := s.store.StoreOffline(ctx, user, b, s.conf().IM.OfflineQuota); err != nil {
-			if !errors.Is(err, storage.ErrQuota) {
-				s.log.Error("offline store failed", zap.String("user", user), zap.Error(err))
-			}
-			return fail
-		}
-		s.stats.offlineStored.Add(1)
-		return nil
-	}, func() {
-		c.write(appendStanzaError(c.loop.scratch[:0], "message", id, toStr, sess.full, "wait", "resource-constraint"))
-	})
-}
-
-// unavailable answers a stanza nobody can take with service-unavailable,
-// except error stanzas and presence, which are dropped.
-func (s *Server) unavailable(c *conn, local, typ, id, toStr string) {
-	if typ == "error" || local == "presence" {
+	switch st.Type {
+	case "error", "headline":
 		return
 	}
-	c.write(appendStanzaError(c.loop.scratch[:0], local, id, toStr, c.sess.full, "cancel", "service-unavailable"))
+	if st.Addr == hook.ToFull {
+		// Undelivered to a full JID: it was tried as the bare JID.
+		st.Addr = hook.ToBare
+		defer func() { st.Addr = hook.ToFull }()
+	}
+	if s.hooks.Stanza(cx, hook.Undelivered, st) == hook.Stop {
+		return
+	}
+	cx.ReplyError("cancel", "service-unavailable", "")
 }
 
 // stamp returns unit with its from attribute set to from (RFC 6120
 // section 8.1.2.1: the server stamps the sender's full JID).
 func stamp(tag stanza.StartTag, unit []byte, from string) []byte {
-	return withAttr(tag, unit, "from", from)
-}
-
-// withAttr returns a copy of elem (whose start tag is tag) with attribute
-// name set to value, replacing any it had; the rest is copied unchanged.
-func withAttr(tag stanza.StartTag, elem []byte, name, value string) []byte {
-	b := make([]byte, 0, len(elem)+len(value)+16)
-	b = append(b, '<')
-	b = append(b, tag.Local()...)
-	tag.Attrs(func(n, raw []byte) bool {
-		if string(n) == name {
-			return true
-		}
-		q := byte('\'')
-		if bytes.IndexByte(raw, '\'') >= 0 {
-			q = '"' // the raw value may hold the other quote unescaped
-		}
-		b = append(b, ' ')
-		b = append(b, n...)
-		b = append(b, '=', q)
-		b = append(b, raw...)
-		b = append(b, q)
-		return true
-	})
-	b = append(b, ' ')
-	b = append(b, name...)
-	b = append(b, `='`...)
-	b = stanza.AppendEscaped(b, value)
-	b = append(b, '\'')
-	rest := tag.Len() - 1
-	if tag.SelfClosing() {
-		rest--
-	}
-	return append(b, elem[rest:]...)
-}
-
-// appendResult appends an iq result.
-func appendResult(b []byte, id, from string, payload []byte) []byte {
-	b = append(b, `<iq type='result' id='`...)
-	b = stanza.AppendEscaped(b, id)
-	b = append(b, '\'')
-	if from != "" {
-		b = append(b, ` from='`...)
-		b = stanza.AppendEscaped(b, from)
-		b = append(b, '\'')
-	}
-	if len(payload) == 0 {
-		return append(b, `/>`...)
-	}
-	b = append(b, '>')
-	b = append(b, payload...)
-	return append(b, `</iq>`...)
-}
-
-// appendStanzaError appends a stanza error reply (RFC 6120 section 8.3).
-func appendStanzaError(b []byte, local, id, from, to, typ, cond string) []byte {
-	b = append(b, '<')
-	b = append(b, local...)
-	b = append(b, ` type='error'`...)
-	if id != "" {
-		b = append(b, ` id='`...)
-		b = stanza.AppendEscaped(b, id)
-		b = append(b, '\'')
-	}
-	if from != "" {
-		b = append(b, ` from='`...)
-		b = stanza.AppendEscaped(b, from)
-		b = append(b, '\'')
-	}
-	if to != "" {
-		b = append(b, ` to='`...)
-		b = stanza.AppendEscaped(b, to)
-		b = append(b, '\'')
-	}
-	b = append(b, `><error type='`...)
-	b = append(b, typ...)
-	b = append(b, `'><`...)
-	b = append(b, cond...)
-	b = append(b, ` xmlns='`+nsStanzas+`'/></error></`...)
-	b = append(b, local...)
-	return append(b, '>')
+	return stanza.WithAttr(tag, unit, "from", from)
 }
 
 // appendPing appends the server's ping of an idle session.
 func (s *Server) appendPing(b []byte, sess *session) []byte {
-	b = append(b, `<iq type='get' id='`+pingID+`' from='`...)
-	b = stanza.AppendEscaped(b, s.cfg.Domain)
-	b = append(b, `' to='`...)
-	b = stanza.AppendEscaped(b, sess.full)
-	return append(b, `'><ping xmlns='`+nsPing+`'/></iq>`...)
-}
-
-// replier answers module requests on the requesting connection.
-type replier struct {
-	s *Server
-	c *conn
-}
-
-func (r *replier) from(iq router.IQ) string {
-	if iq.To.Domainpart() == "" {
-		return r.s.cfg.Domain
-	}
-	return iq.To.String()
-}
-
-// ReplyResult implements router.Replier.
-func (r *replier) ReplyResult(iq router.IQ, payload []byte) {
-	b := appendResult(r.c.loop.scratch[:0], iq.ID, r.from(iq), payload)
-	r.c.write(b)
-	r.c.loop.scratch = b[:0]
-}
-
-// ReplyError implements router.Replier.
-func (r *replier) ReplyError(iq router.IQ, typ xstanza.ErrorType, cond xstanza.Condition) {
-	b := appendStanzaError(r.c.loop.scratch[:0], "iq", iq.ID, r.from(iq), r.c.sess.full, string(typ), string(cond))
-	r.c.write(b)
-	r.c.loop.scratch = b[:0]
+	return stanza.AppendIQ(b, "get", pingID, s.cfg.Domain, sess.full, []byte(`<ping xmlns='`+nsPing+`'/>`))
 }

@@ -33,7 +33,7 @@ import (
 	"mellium.im/xmpp/stream"
 
 	"github.com/krill-xmpp/krill/config"
-	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/storage"
 	"github.com/krill-xmpp/krill/timerwheel"
 	"github.com/krill-xmpp/krill/workpool"
@@ -54,8 +54,8 @@ type Server struct {
 	live     atomic.Pointer[config.Config] // the live keys, swapped by Reload
 	log      *zap.Logger
 	accounts storage.Accounts
-	store    Store
-	router   *router.Router
+	hooks    *hook.Registry
+	host     host
 	pool     *workpool.Pool
 	sessions sessionTable
 	preauth  preauthLimiter
@@ -76,7 +76,7 @@ type Server struct {
 	// Prebuilt wire bytes that depend only on the configuration.
 	featuresPlain []byte // before TLS: STARTTLS, and SCRAM if plaintext auth is allowed
 	featuresTLS   []byte // over TLS: every mechanism, -PLUS first, and XEP-0440
-	featuresBind  []byte
+	featuresBind  []byte // after authentication: bind, session, and the modules' features
 
 	loopsMu sync.Mutex
 	loops   map[gnet.EventLoop]*loop
@@ -101,31 +101,24 @@ type Server struct {
 	epoch time.Time
 }
 
-// Store is what the server needs from storage: accounts for logins, and
-// rosters, subscription requests and offline messages for IM.
-type Store interface {
-	storage.Accounts
-	storage.IM
-}
-
-// New returns a server for cfg that keeps its data in store and
-// dispatches iq requests to the modules in r. cfg is validated.
-func New(cfg config.Config, log *zap.Logger, store Store, r *router.Router) (*Server, error) {
+// New returns a server for cfg that checks logins against accounts and
+// hands every stanza, feature and lifecycle event to the modules in reg
+// (nil: none, a bare XMPP router). cfg is validated.
+func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hook.Registry) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("server: invalid configuration:\n%w", err)
 	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	if r == nil {
-		r = new(router.Router)
+	if reg == nil {
+		reg, _ = hook.New()
 	}
 	s := &Server{
 		cfg:      cfg,
 		log:      log,
-		accounts: store,
-		store:    store,
-		router:   r,
+		accounts: accounts,
+		hooks:    reg,
 		loops:    make(map[gnet.EventLoop]*loop),
 		booted:   make(chan error, 1),
 		done:     make(chan struct{}),
@@ -148,13 +141,12 @@ func New(cfg config.Config, log *zap.Logger, store Store, r *router.Router) (*Se
 	}
 	s.certs = certs
 	s.tlsStartTLS, s.tlsDirect = tlsConfigs(certs)
+	s.host = host{s}
 	s.featuresPlain = s.buildFeatures(false)
 	s.featuresTLS = s.buildFeatures(true)
-	// After authentication: binding, the legacy session, and the IM
-	// features the core implements (roster versioning, pre-approval).
-	s.featuresBind = []byte(`<stream:features><bind xmlns='` + nsBind + `'/><session xmlns='` + nsSession + `'><optional/></session>` +
-		`<ver xmlns='urn:xmpp:features:rosterver'/><sub xmlns='urn:xmpp:features:pre-approval'/></stream:features>`)
-	r.AddFeatures(nsBlocking)
+	s.featuresBind = append([]byte(`<stream:features><bind xmlns='`+nsBind+`'/><session xmlns='`+nsSession+`'><optional/></session>`),
+		reg.StreamFeatures(nil, hook.PhaseBind, true)...)
+	s.featuresBind = append(s.featuresBind, `</stream:features>`...)
 	return s, nil
 }
 
@@ -366,10 +358,13 @@ func (s *Server) loopFor(el gnet.EventLoop) *loop {
 	return l
 }
 
-// loop is the per-event-loop state: its timer wheel and a scratch buffer.
-// Only its own event loop touches it, except tickPending.
+// loop is the per-event-loop state: its timer wheel, a scratch buffer and
+// the hook context its handlers get. Only its own event loop touches it,
+// except tickPending.
 type loop struct {
 	srv         *Server
+	ctx         hook.Ctx    // reused for every event on the loop
+	stanza      hook.Stanza // the stanza being dispatched
 	el          gnet.EventLoop
 	wheel       *timerwheel.Wheel[*conn]
 	now         time.Time // wheel time, refreshed every tick
@@ -383,6 +378,7 @@ type loop struct {
 func newLoop(s *Server, el gnet.EventLoop) *loop {
 	now := time.Now()
 	l := &loop{srv: s, el: el, now: now}
+	l.ctx = hook.Ctx{Host: s.host, Registry: s.hooks, Log: s.log}
 	l.wheel = timerwheel.New(s.cfg.Server.Tick, s.epoch, s.onDeadline)
 	l.wheel.Advance(now)
 	l.tickTask = func(context.Context) error {

@@ -3,77 +3,186 @@ package server
 import (
 	"hash/maphash"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stream"
+
+	"github.com/krill-xmpp/krill/hook"
 )
 
-// session is what an authenticated connection adds to its conn. The loop
-// owns every field except those marked as shared.
+// session is an authenticated client session. It is not its connection:
+// conn is the transport it currently has, and the session's loop, JID and
+// state are its own, so that a module may keep a session whose connection
+// has gone (hook.Closing). The loop owns every field except those marked
+// shared.
 type session struct {
-	conn     *conn
-	local    string  // account localpart, set when SASL starts
-	jid      jid.JID // full JID, once bound
-	full     string  // jid.String(), cached for stamping
-	resource string
-	bound    bool
+	conn  *conn // the transport; nil when the session has none
+	loop  *loop
+	local string // account localpart, set when SASL starts
+	// full is the one representation of the bound JID, "" before
+	// binding; local and resource are read out of it.
+	full   string
+	resOff int // index of the resource in full
+	bound  bool
 	// lastActive is an offset from the server's epoch, in loop time:
 	// monotonic, and 8 bytes instead of a time.Time's 24.
 	lastActive time.Duration
-
-	directed []string // directed-presence recipients (RFC 6121 4.6)
+	slots      []any // module slots, allocated on first use
 
 	// Shared: read by other loops when they route to this session.
-	available  atomic.Bool  // has sent available presence
-	priority   atomic.Int32 // of its last available presence
-	interested atomic.Bool  // requested the roster: gets roster pushes
-	// blockInterested: requested the blocklist, gets its pushes.
-	blockInterested atomic.Bool
+	available atomic.Bool  // has sent available presence
+	priority  atomic.Int32 // of its last available presence
+	flags     atomic.Uint32
 
 	// Mailbox: stanzas from other loops, drained on the owner's loop.
-	mu     sync.Mutex
-	inbox  [][]byte
-	posted bool   // a drain task is queued
-	gone   bool   // closed: drop further deliveries
-	kick   string // stream error to close with, set by another loop
-	last   []byte // last broadcast presence, stamped; nil when unavailable
+	mu         sync.Mutex
+	inbox      [][]byte
+	inboxBytes int
+	posted     bool   // a drain task is queued
+	gone       bool   // closed: drop further deliveries
+	kick       string // stream error to close with, set by another loop
+	last       []byte // last broadcast presence, stamped; nil when unavailable
 }
 
+var _ hook.Session = (*session)(nil)
+
+// Local implements hook.Session.
+func (s *session) Local() string { return s.local }
+
+// Full implements hook.Session.
+func (s *session) Full() string { return s.full }
+
+// resource returns the bound resource.
+func (s *session) resource() string { return s.full[s.resOff:] }
+
+// Available implements hook.Session.
+func (s *session) Available() bool { return s.available.Load() }
+
+// Priority implements hook.Session.
+func (s *session) Priority() int { return int(s.priority.Load()) }
+
+// Has implements hook.Session.
+func (s *session) Has(f hook.Flag) bool { return s.flags.Load()&uint32(f) != 0 }
+
+// Set implements hook.Session.
+func (s *session) Set(f hook.Flag, on bool) {
+	if on {
+		s.flags.Or(uint32(f))
+	} else {
+		s.flags.And(^uint32(f))
+	}
+}
+
+// Slot implements hook.Session.
+func (s *session) Slot(sl hook.Slot) any {
+	if int(sl) == 0 || int(sl) > len(s.slots) {
+		return nil
+	}
+	return s.slots[sl-1]
+}
+
+// SetSlot implements hook.Session.
+func (s *session) SetSlot(sl hook.Slot, v any) {
+	if sl == 0 {
+		return
+	}
+	if int(sl) > len(s.slots) {
+		if v == nil {
+			return
+		}
+		s.slots = slices.Grow(s.slots, int(sl)-len(s.slots))[:sl]
+	}
+	s.slots[sl-1] = v
+}
+
+// SetPresence implements hook.Session: it records the last broadcast
+// presence and fires Available or Unavailable on a change.
+func (s *session) SetPresence(c *hook.Ctx, stamped []byte, priority int) {
+	s.mu.Lock()
+	s.last = stamped
+	s.mu.Unlock()
+	if stamped == nil {
+		if s.available.Swap(false) {
+			s.loop.srv.hooks.Fire(c, hook.Unavailable)
+		}
+		return
+	}
+	s.priority.Store(int32(priority))
+	if !s.available.Swap(true) {
+		s.loop.srv.hooks.Fire(c, hook.Available)
+	}
+}
+
+// Presence implements hook.Session.
+func (s *session) Presence() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+// Deliver implements hook.Session: b is queued for the session's loop.
+func (s *session) Deliver(b []byte) bool { return s.deliver(nil, b) }
+
+// Close implements hook.Session.
+func (s *session) Close(cond, text string) { s.closeWith(cond) }
+
 // deliver hands b (owned by the callee from now on) to the session.
-// It may be called from any goroutine. It reports false when the session
-// has gone.
+// It may be called from any goroutine; from is the caller's loop, if it
+// runs on one. It reports false when the session has gone.
 func (s *session) deliver(from *loop, b []byte) bool {
-	c := s.conn
-	c.loop.srv.stats.out[kindIndex(b)].Add(1)
+	srv := s.loop.srv
+	srv.stats.out[kindIndex(b)].Add(1)
 	s.mu.Lock()
 	if s.gone {
 		s.mu.Unlock()
 		return false
 	}
-	if from == c.loop && !s.posted {
+	if from == s.loop && !s.posted && s.conn != nil {
 		// Same loop and nothing queued ahead: write now, in order.
 		s.mu.Unlock()
-		c.write(b)
+		s.send(b)
 		return true
 	}
+	if max := srv.conf().C2S.MaxOutbound; max > 0 && s.inboxBytes+len(b) > max {
+		// A session that cannot drain its mailbox (its loop is stalled,
+		// or a flood targets it) is closed rather than grown.
+		s.mu.Unlock()
+		srv.stats.inboxOverflow.Add(1)
+		s.closeWith(stream.ResourceConstraint.Err)
+		return false
+	}
 	s.inbox = append(s.inbox, b)
+	s.inboxBytes += len(b)
 	post := !s.posted
 	s.posted = true
 	s.mu.Unlock()
 	if post {
-		c.loop.srv.onLoop(c, s.drain)
+		srv.onLoopSession(s, s.drain)
 	}
 	return true
 }
 
+// send writes one stanza to the session's connection through the
+// modules' outbound chain. Called on the session's loop.
+func (s *session) send(b []byte) {
+	for _, f := range s.loop.srv.hooks.Outbound() {
+		var v hook.Verdict
+		if b, v = f(s, b); v == hook.Stop {
+			return
+		}
+	}
+	if s.conn != nil {
+		s.conn.write(b)
+	}
+}
+
 // closeWith asks the session's own loop to close it with a stream error.
 func (s *session) closeWith(cond string) {
-	c := s.conn
 	s.mu.Lock()
-	if s.gone {
+	if s.gone || s.kick != "" {
 		s.mu.Unlock()
 		return
 	}
@@ -82,7 +191,7 @@ func (s *session) closeWith(cond string) {
 	s.posted = true
 	s.mu.Unlock()
 	if post {
-		c.loop.srv.onLoop(c, s.drain)
+		s.loop.srv.onLoopSession(s, s.drain)
 	}
 }
 
@@ -90,17 +199,24 @@ func (s *session) closeWith(cond string) {
 func (s *session) drain() {
 	s.mu.Lock()
 	in, kick := s.inbox, s.kick
-	s.inbox, s.kick, s.posted = nil, "", false
+	s.inbox, s.inboxBytes, s.kick, s.posted = nil, 0, "", false
 	s.mu.Unlock()
+	c := s.conn
 	for _, b := range in {
-		s.conn.write(b)
+		s.send(b)
 	}
-	if kick == stream.SystemShutdown.Err && !s.conn.has(flagWorkPending) && !s.conn.has(flagClosed) {
+	if c == nil {
+		if kick != "" {
+			s.loop.srv.endSession(s, kick)
+		}
+		return
+	}
+	if kick == stream.SystemShutdown.Err && !c.has(flagWorkPending) && !c.has(flagClosed) {
 		// Stanzas the server has already read are handled before the
 		// session goes: a message in them is delivered or stored.
-		s.conn.loop.srv.process(s.conn)
+		s.loop.srv.process(c)
 	}
-	if kick != "" && s.conn.has(flagWorkPending) {
+	if kick != "" && c.has(flagWorkPending) {
 		// Finish the stanza being handled first (an offline message being
 		// stored, say); the worker's return closes the session.
 		s.mu.Lock()
@@ -108,15 +224,18 @@ func (s *session) drain() {
 		s.mu.Unlock()
 		return
 	}
-	if s.conn.has(flagClosed) {
+	if c.has(flagClosed) {
 		return
 	}
 	if kick != "" {
 		text := ""
-		if kick == stream.Conflict.Err {
+		switch kick {
+		case stream.Conflict.Err:
 			text = "replaced by a new session with the same resource"
+		case stream.ResourceConstraint.Err:
+			text = "too many stanzas waiting for this session"
 		}
-		s.conn.loop.srv.fail(s.conn, kick, text)
+		s.loop.srv.fail(c, kick, text)
 	}
 }
 
@@ -124,13 +243,15 @@ func (s *session) drain() {
 func (s *session) closeMailbox() {
 	s.mu.Lock()
 	s.gone = true
-	s.inbox = nil
+	s.inbox, s.inboxBytes = nil, 0
 	s.last = nil
 	s.mu.Unlock()
 }
 
 // sessionTable maps account localparts to their bound sessions. It is
-// sharded so that loops binding and routing at once rarely contend.
+// sharded so that loops binding and routing at once rarely contend. Only
+// the server's routing (deliver.go) and binding use it; modules and
+// workers go through hook.Host.
 type sessionTable struct {
 	seed   maphash.Seed
 	shards [64]tableShard
@@ -139,16 +260,12 @@ type sessionTable struct {
 type tableShard struct {
 	mu sync.RWMutex
 	m  map[string][]*session
-	// blocked holds the non-empty XEP-0191 blocklists of accounts with
-	// bound sessions.
-	blocked map[string][]string
 }
 
 func (t *sessionTable) init() {
 	t.seed = maphash.MakeSeed()
 	for i := range t.shards {
 		t.shards[i].m = make(map[string][]*session)
-		t.shards[i].blocked = make(map[string][]string)
 	}
 }
 
@@ -163,7 +280,7 @@ func (t *sessionTable) bind(s *session) (old *session) {
 	defer sh.mu.Unlock()
 	list := sh.m[s.local]
 	for i, o := range list {
-		if o.resource == s.resource {
+		if o.resource() == s.resource() {
 			list[i] = s
 			return o
 		}
@@ -185,19 +302,18 @@ func (t *sessionTable) unbind(s *session) {
 	list = slices.Delete(list, i, i+1)
 	if len(list) == 0 {
 		delete(sh.m, s.local)
-		delete(sh.blocked, s.local)
 		return
 	}
 	sh.m[s.local] = list
 }
 
-// full returns the session bound to local/resource, or nil.
-func (t *sessionTable) full(local, resource string) *session {
+// find returns the session bound to local/resource, or nil.
+func (t *sessionTable) find(local, resource string) *session {
 	sh := t.shard(local)
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
 	for _, s := range sh.m[local] {
-		if s.resource == resource {
+		if s.resource() == resource {
 			return s
 		}
 	}
@@ -248,24 +364,14 @@ func (t *sessionTable) count() int {
 	return n
 }
 
-// setBlocklist records local's blocklist while it has bound sessions. Only
-// non-empty lists take memory: most accounts block nobody.
-func (t *sessionTable) setBlocklist(local string, list []string) {
-	sh := t.shard(local)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if _, bound := sh.m[local]; !bound || len(list) == 0 {
-		delete(sh.blocked, local)
-		return
+// splitJID splits a normalised JID (as the server stamps and stores them)
+// into its parts without allocating.
+func splitJID(j string) (local, domain, resource string) {
+	if i := strings.IndexByte(j, '/'); i >= 0 {
+		j, resource = j[:i], j[i+1:]
 	}
-	sh.blocked[local] = list
-}
-
-// blocklist returns local's blocklist (nil when empty or not bound). The
-// caller must not modify it.
-func (t *sessionTable) blocklist(local string) []string {
-	sh := t.shard(local)
-	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	return sh.blocked[local]
+	if i := strings.IndexByte(j, '@'); i >= 0 {
+		local, j = j[:i], j[i+1:]
+	}
+	return local, j, resource
 }

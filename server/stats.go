@@ -30,6 +30,7 @@ type Stats struct {
 	authThrottled    atomic.Uint64
 	offlineStored    atomic.Uint64
 	offlineDelivered atomic.Uint64
+	inboxOverflow    atomic.Uint64
 
 	// Connections by state, as gauges.
 	preauthPlain  atomic.Int64

@@ -30,11 +30,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/krill-xmpp/krill/config"
-	"github.com/krill-xmpp/krill/modules/disco"
-	"github.com/krill-xmpp/krill/modules/ping"
-	"github.com/krill-xmpp/krill/modules/vcard"
-	"github.com/krill-xmpp/krill/modules/version"
-	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/modules"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
 )
@@ -145,16 +141,6 @@ func openStore(cfg config.Config) (*storage.SQL, error) {
 	return storage.Open(ctx, cfg.Storage.Driver, cfg.Storage.DSN, cfg.DataDir)
 }
 
-// modules lists the feature modules, in order. The core imports none.
-func modules(store *storage.SQL) []router.Module {
-	return []router.Module{
-		ping.Module{},
-		disco.Module{},
-		version.Module{},
-		vcard.Module{Store: store},
-	}
-}
-
 func serve(args []string, stderr io.Writer) error {
 	cfg, reload, err := configLoader("serve", args, stderr)
 	if err != nil {
@@ -170,8 +156,9 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close()
-	r := new(router.Router)
-	if err := r.Register(modules(store)...); err != nil {
+	// The feature modules are chosen in one place, modules.Standard.
+	r, err := modules.Registry(store)
+	if err != nil {
 		return err
 	}
 	srv, err := server.New(cfg, log, store, r)

@@ -3,7 +3,7 @@
 package disco
 
 import (
-	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
 )
 
@@ -20,40 +20,47 @@ type Module struct {
 	IdentityName string
 }
 
-// Name implements router.Module.
+// Name implements hook.Module.
 func (Module) Name() string { return "disco" }
 
-// Routes implements router.Module.
-func (Module) Routes() []router.Route {
-	return []router.Route{
-		{Kind: router.IQGet, NS: NSInfo, Local: "query"},
-		{Kind: router.IQGet, NS: NSItems, Local: "query"},
-	}
+// Register implements hook.Module.
+func (m Module) Register(r *hook.Registrar) error {
+	to := hook.ToNone | hook.ToHost | hook.ToBare
+	r.IQ(hook.PhaseBound, hook.IQGet, to, NSInfo, "query", m.info)
+	r.IQ(hook.PhaseBound, hook.IQGet, to, NSItems, "query", m.items)
+	r.DiscoFeature(NSInfo, NSItems)
+	r.AccountFeature(NSInfo)
+	return nil
 }
 
-// Features implements router.Module.
-func (Module) Features() []string { return []string{NSInfo, NSItems} }
+// items answers disco#items: no items yet.
+func (m Module) items(c *hook.Ctx, iq *hook.Stanza) error {
+	if node, ok := iq.Tag.AttrString("node"); ok && node != "" {
+		c.ReplyError("cancel", "item-not-found", "")
+		return nil
+	}
+	c.ReplyResult([]byte(`<query xmlns='` + NSItems + `'/>`))
+	return nil
+}
 
-// HandleIQ implements router.Module. Queries to an account's bare JID are
-// answered with the account identity; node queries are not supported.
-func (m Module) HandleIQ(c *router.Ctx, iq router.IQ) error {
+// info answers disco#info of the domain, or of an account (a query to a
+// bare JID, or with no to: the sender's own account), from the features
+// every module declared. Node queries are not supported.
+func (m Module) info(c *hook.Ctx, iq *hook.Stanza) error {
 	tag, err := stanza.ParseStartTag(iq.Payload)
 	if err != nil {
 		return err
 	}
-	ns, _ := tag.AttrString("xmlns")
 	if node, ok := tag.AttrString("node"); ok && node != "" {
-		c.ReplyError(iq, "cancel", "item-not-found")
-		return nil
-	}
-	if ns == NSItems {
-		c.ReplyResult(iq, []byte(`<query xmlns='`+NSItems+`'/>`))
+		c.ReplyError("cancel", "item-not-found", "")
 		return nil
 	}
 	b := make([]byte, 0, 512)
 	b = append(b, `<query xmlns='`+NSInfo+`'>`...)
-	if iq.To.Localpart() != "" {
+	features := c.Registry.DiscoFeatures()
+	if iq.Local != "" {
 		b = append(b, `<identity category='account' type='registered'/>`...)
+		features = c.Registry.AccountFeatures()
 	} else {
 		name := m.IdentityName
 		if name == "" {
@@ -63,12 +70,12 @@ func (m Module) HandleIQ(c *router.Ctx, iq router.IQ) error {
 		b = stanza.AppendEscaped(b, name)
 		b = append(b, `'/>`...)
 	}
-	for _, f := range c.Router.Features() {
+	for _, f := range features {
 		b = append(b, `<feature var='`...)
 		b = stanza.AppendEscaped(b, f)
 		b = append(b, `'/>`...)
 	}
 	b = append(b, `</query>`...)
-	c.ReplyResult(iq, b)
+	c.ReplyResult(b)
 	return nil
 }

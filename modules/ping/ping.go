@@ -4,27 +4,27 @@
 // drive the session's deadline; this module only answers.
 package ping
 
-import "github.com/krill-xmpp/krill/router"
+import "github.com/krill-xmpp/krill/hook"
 
 // NS is the XEP-0199 namespace.
 const NS = "urn:xmpp:ping"
 
-// Module answers pings addressed to the server. Its zero value is ready.
+// Module answers pings addressed to the server or to an account. Its zero
+// value is ready.
 type Module struct{}
 
-// Name implements router.Module.
+// Name implements hook.Module.
 func (Module) Name() string { return "ping" }
 
-// Routes implements router.Module.
-func (Module) Routes() []router.Route {
-	return []router.Route{{Kind: router.IQGet, NS: NS, Local: "ping"}}
+// Register implements hook.Module.
+func (Module) Register(r *hook.Registrar) error {
+	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToNone|hook.ToHost|hook.ToBare, NS, "ping", handle)
+	r.DiscoFeature(NS)
+	return nil
 }
 
-// Features implements router.Module.
-func (Module) Features() []string { return []string{NS} }
-
-// HandleIQ implements router.Module: a ping gets an empty result.
-func (Module) HandleIQ(c *router.Ctx, iq router.IQ) error {
-	c.ReplyResult(iq, nil)
+// handle answers a ping with an empty result.
+func handle(c *hook.Ctx, _ *hook.Stanza) error {
+	c.ReplyResult(nil)
 	return nil
 }

@@ -6,7 +6,7 @@ import (
 	"bytes"
 	"context"
 
-	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/hook"
 )
 
 // NS is the XEP-0054 namespace.
@@ -26,55 +26,55 @@ type Module struct {
 	Store Store
 }
 
-// Name implements router.Module.
+// Name implements hook.Module.
 func (Module) Name() string { return "vcard" }
 
-// Routes implements router.Module.
-func (Module) Routes() []router.Route {
-	return []router.Route{
-		{Kind: router.IQGet, NS: NS, Local: "vCard"},
-		{Kind: router.IQSet, NS: NS, Local: "vCard"},
-	}
+// Register implements hook.Module.
+func (m Module) Register(r *hook.Registrar) error {
+	to := hook.ToNone | hook.ToHost | hook.ToBare
+	r.IQ(hook.PhaseBound, hook.IQGet, to, NS, "vCard", m.get)
+	r.IQ(hook.PhaseBound, hook.IQSet, to, NS, "vCard", m.set)
+	r.DiscoFeature(NS)
+	return nil
 }
 
-// Features implements router.Module.
-func (Module) Features() []string { return []string{NS} }
-
-// HandleIQ implements router.Module: a get returns the addressed account's
-// vCard (the sender's own without a to), a set replaces the sender's own.
-func (m Module) HandleIQ(c *router.Ctx, iq router.IQ) error {
-	owner := iq.From.Localpart()
-	target := owner
-	if iq.To.Localpart() != "" {
-		target = iq.To.Localpart()
-	}
-	if iq.Type == "set" {
-		if target != owner {
-			c.ReplyError(iq, "auth", "forbidden")
-			return nil
-		}
-		if len(iq.Payload) > MaxSize {
-			c.ReplyError(iq, "modify", "not-acceptable")
-			return nil
-		}
-		card := bytes.Clone(iq.Payload) // valid only during HandleIQ
-		c.Async(func(ctx context.Context) func() {
-			if err := m.Store.SetVCard(ctx, owner, card); err != nil {
-				return func() { c.ReplyError(iq, "wait", "internal-server-error") }
-			}
-			return func() { c.ReplyResult(iq, nil) }
-		})
+// set replaces the sender's own vCard.
+func (m Module) set(c *hook.Ctx, iq *hook.Stanza) error {
+	owner := c.Session.Local()
+	if iq.Local != "" && iq.Local != owner {
+		c.ReplyError("auth", "forbidden", "")
 		return nil
 	}
-	c.Async(func(ctx context.Context) func() {
+	if len(iq.Payload) > MaxSize {
+		c.ReplyError("modify", "not-acceptable", "")
+		return nil
+	}
+	card := bytes.Clone(iq.Payload) // valid only during the call
+	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
+		if err := m.Store.SetVCard(ctx, owner, card); err != nil {
+			return func(c *hook.Ctx) { c.ReplyError("wait", "internal-server-error", "") }
+		}
+		return func(c *hook.Ctx) { c.ReplyResult(nil) }
+	}, nil)
+	return nil
+}
+
+// get returns the addressed account's vCard, the sender's own without a
+// to (or with the domain as to).
+func (m Module) get(c *hook.Ctx, iq *hook.Stanza) error {
+	target := c.Session.Local()
+	if iq.Local != "" {
+		target = iq.Local
+	}
+	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
 		card, err := m.Store.VCard(ctx, target)
 		if err != nil {
-			return func() { c.ReplyError(iq, "wait", "internal-server-error") }
+			return func(c *hook.Ctx) { c.ReplyError("wait", "internal-server-error", "") }
 		}
 		if len(card) == 0 {
 			card = []byte(`<vCard xmlns='` + NS + `'/>`)
 		}
-		return func() { c.ReplyResult(iq, card) }
-	})
+		return func(c *hook.Ctx) { c.ReplyResult(card) }
+	}, nil)
 	return nil
 }

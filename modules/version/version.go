@@ -4,7 +4,7 @@ package version
 import (
 	"runtime"
 
-	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
 )
 
@@ -23,24 +23,18 @@ type Module struct {
 	ShowOS bool
 }
 
-// Name implements router.Module.
+// Name implements hook.Module.
 func (Module) Name() string { return "version" }
 
-// Routes implements router.Module.
-func (Module) Routes() []router.Route {
-	return []router.Route{{Kind: router.IQGet, NS: NS, Local: "query"}}
+// Register implements hook.Module. Queries to an account are not the
+// server's to answer: the core refuses them, no handler being registered.
+func (m Module) Register(r *hook.Registrar) error {
+	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToNone|hook.ToHost, NS, "query", m.handle)
+	r.DiscoFeature(NS)
+	return nil
 }
 
-// Features implements router.Module.
-func (Module) Features() []string { return []string{NS} }
-
-// HandleIQ implements router.Module. Queries to an account are not the
-// server's to answer.
-func (m Module) HandleIQ(c *router.Ctx, iq router.IQ) error {
-	if iq.To.Localpart() != "" {
-		c.ReplyError(iq, "cancel", "service-unavailable")
-		return nil
-	}
+func (m Module) handle(c *hook.Ctx, _ *hook.Stanza) error {
 	name, ver := m.Software, m.Version
 	if name == "" {
 		name = "Krill"
@@ -59,6 +53,6 @@ func (m Module) HandleIQ(c *router.Ctx, iq router.IQ) error {
 		b = append(b, `</os>`...)
 	}
 	b = append(b, `</query>`...)
-	c.ReplyResult(iq, b)
+	c.ReplyResult(b)
 	return nil
 }

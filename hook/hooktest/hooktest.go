@@ -1,0 +1,111 @@
+// Package hooktest runs a module's handlers without a server, for unit
+// tests: a Conn that records what is written, a Host with no sessions
+// that runs background work at once, and a Session with flags and slots.
+// Integration tests drive the real server instead.
+package hooktest
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/hook"
+)
+
+// Conn records what a handler writes. Async runs the job and its
+// continuation at once, on the caller's goroutine.
+type Conn struct {
+	// Written holds each write, in order.
+	Written []string
+	// Failed is the condition of Fail, "" when not called.
+	Failed string
+	// Failures counts CountFailure calls.
+	Failures int
+	// Encrypted is what Secure reports.
+	Encrypted bool
+
+	ctx *hook.Ctx
+}
+
+// Write implements hook.Conn.
+func (c *Conn) Write(b []byte) { c.Written = append(c.Written, string(b)) }
+
+// Async implements hook.Conn.
+func (c *Conn) Async(job func(ctx context.Context) func(*hook.Ctx), _ func(*hook.Ctx)) {
+	if then := job(context.Background()); then != nil {
+		then(c.ctx)
+	}
+}
+
+// Fail implements hook.Conn.
+func (c *Conn) Fail(cond, _ string) { c.Failed = cond }
+
+// Secure implements hook.Conn.
+func (c *Conn) Secure() bool { return c.Encrypted }
+
+// IP implements hook.Conn.
+func (c *Conn) IP() netip.Addr { return netip.MustParseAddr("127.0.0.1") }
+
+// CountFailure implements hook.Conn.
+func (c *Conn) CountFailure() { c.Failures++ }
+
+// Host is a server with one domain and no sessions.
+type Host struct {
+	// Domain served; "" means "localhost".
+	Name string
+	// Conf is what Config returns; nil means config.Default().
+	Conf *config.Config
+	// Delivered records Deliver calls as "to: stanza".
+	Delivered []string
+	mu        sync.Mutex
+}
+
+// Domain implements hook.Host.
+func (h *Host) Domain() string {
+	if h.Name == "" {
+		return "localhost"
+	}
+	return h.Name
+}
+
+// Deliver implements hook.Host: it records the stanza and reports that
+// nobody took it.
+func (h *Host) Deliver(to string, b []byte) int {
+	h.mu.Lock()
+	h.Delivered = append(h.Delivered, to+": "+string(b))
+	h.mu.Unlock()
+	return 0
+}
+
+// Sessions implements hook.Host.
+func (h *Host) Sessions(string, func(hook.Session)) {}
+
+// Session implements hook.Host.
+func (h *Host) Session(string, string) hook.Session { return nil }
+
+// Go implements hook.Host: job runs at once.
+func (h *Host) Go(job func(ctx context.Context)) bool { job(context.Background()); return true }
+
+// Logger implements hook.Host.
+func (h *Host) Logger() *zap.Logger { return zap.NewNop() }
+
+// Config implements hook.Host.
+func (h *Host) Config() *config.Config {
+	if h.Conf == nil {
+		c := config.Default()
+		h.Conf = &c
+	}
+	return h.Conf
+}
+
+// Ctx returns a handler context for st on conn, for modules registered in
+// reg (nil: none), with sess as the sender (nil: before binding).
+func Ctx(reg *hook.Registry, h hook.Host, sess hook.Session, conn *Conn, st *hook.Stanza) *hook.Ctx {
+	c := &hook.Ctx{Host: h, Registry: reg, Log: zap.NewNop()}
+	c.Reset(sess, conn, st)
+	conn.ctx = c
+	return c
+}
