@@ -180,7 +180,7 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 		if ns == nsTLS && local == "starttls" {
 			if c.tls != nil || c.ex != nil || c.sess != nil {
 				c.write([]byte(`<failure xmlns='` + nsTLS + `'/>` + streamClose))
-				s.shut(c)
+				s.shut(c, reasonError)
 				return
 			}
 			c.write([]byte(`<proceed xmlns='` + nsTLS + `'/>`))
@@ -194,14 +194,12 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 			}
 		}
 		// Nothing but negotiation before authentication, and no pong.
-		s.stats.closedPolicy.Add(1)
 		s.fail(c, stream.NotAuthorized.Err, "authenticate first")
 	case phaseBind:
 		if ns == nsClient && local == "iq" {
 			s.handleBindIQ(c, tag, unit)
 			return
 		}
-		s.stats.closedPolicy.Add(1)
 		s.fail(c, stream.NotAuthorized.Err, "bind a resource first")
 	case phaseSession:
 		s.handleStanza(c, tag, ns, local, unit)
@@ -431,7 +429,6 @@ func (s *Server) saslFail(c *conn, cond, text string) {
 		s.authFailures.add(c.ip, time.Now())
 	}
 	if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
-		s.stats.closedPolicy.Add(1)
 		s.fail(c, stream.PolicyViolation.Err, "too many failed authentication attempts")
 	}
 }

@@ -56,7 +56,6 @@ func (s *Server) handleRegister(c *conn, tag stanza.StartTag, unit []byte) {
 		c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", "", etype, cond))
 		c.failed++
 		if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
-			s.stats.closedPolicy.Add(1)
 			s.fail(c, stream.PolicyViolation.Err, "too many failed attempts")
 		}
 	}
