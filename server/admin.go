@@ -127,13 +127,14 @@ var (
 	descOffline   = prometheus.NewDesc("krill_offline_messages_total", "Offline messages stored and delivered.", []string{"event"}, nil)
 	descLate      = prometheus.NewDesc("krill_preauth_deadline_lateness_max_seconds", "Most a pre-auth deadline fired after it was due.", nil, nil)
 	descPanics    = prometheus.NewDesc("krill_panics_total", "Panics contained to the connection that raised them; each is a bug.", nil, nil)
+	descAuthFail  = prometheus.NewDesc("krill_auth_failures_total", "Failed SASL exchanges: kind=credential after a password or proof was compared, kind=exchange before any credential was checked.", []string{"kind"}, nil)
 	descBytesConn = prometheus.NewDesc("krill_process_resident_bytes_per_connection", "Process resident memory divided by open connections (0 without connections).", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS, descTLSFail,
-		descQueue, descRejected, descStanzas, descOffline, descLate, descPanics, descBytesConn} {
+		descQueue, descRejected, descStanzas, descOffline, descLate, descPanics, descBytesConn, descAuthFail} {
 		ch <- d
 	}
 }
@@ -158,6 +159,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descAuth, st.AuthSucceeded, "success")
 	counter(descAuth, st.AuthFailed, "failure")
 	counter(descAuth, st.AuthThrottled, "throttled")
+	counter(descAuthFail, st.AuthFailedCredential, "credential")
+	counter(descAuthFail, st.AuthFailedExchange, "exchange")
 	gauge(descHandshake, float64(st.TLSActive), "running")
 	gauge(descHandshake, float64(st.TLSWaiting), "waiting")
 	counter(descTLS, st.TLSHandshakes, "started")

@@ -51,7 +51,8 @@ type conn struct {
 	preauthAt time.Duration
 	phase     phase
 	flags     uint8
-	failed    uint8       // failed SASL attempts
+	failed    uint8       // failed SASL attempts that checked a credential, and refused registrations
+	failedEx  uint8       // SASL exchanges that failed before any credential was checked
 	reason    closeReason // why it closes, once it does
 }
 

@@ -32,6 +32,9 @@ type Stats struct {
 	authenticated atomic.Int64
 
 	in, out [3]atomic.Uint64 // stanzas by kind, indexed like stanzaKinds
+
+	// authFailed split by whether a credential was checked.
+	authFailedCredential, authFailedExchange atomic.Uint64
 }
 
 // closeReason is why a connection closed. Every connection gets exactly
@@ -167,6 +170,11 @@ type StatsSnapshot struct {
 	Authenticated   int64 // authenticated connections now
 	Preauth         int   // unauthenticated connections now
 	Sessions        int   // bound sessions now
+
+	// AuthFailed split: failures after a password or proof was compared
+	// (the ones that matter for password guessing), and exchanges that
+	// failed before any credential was checked.
+	AuthFailedCredential, AuthFailedExchange uint64
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
@@ -206,5 +214,8 @@ func (s *Stats) snapshot() StatsSnapshot {
 		PreauthPlain:     s.preauthPlain.Load(),
 		PreauthTLS:       s.preauthTLS.Load(),
 		Authenticated:    s.authenticated.Load(),
+
+		AuthFailedCredential: s.authFailedCredential.Load(),
+		AuthFailedExchange:   s.authFailedExchange.Load(),
 	}
 }
