@@ -33,7 +33,7 @@ func (s *Server) handlePresence(c *conn, tag stanza.StartTag, typ, id string, to
 		return // the server probes on the client's behalf
 	case "", "unavailable", "error":
 	default:
-		c.write(appendStanzaError(c.loop.scratch[:0], "presence", id, "", sess.full, "modify", "bad-request"))
+		s.sendError(c, "presence", id, "", "modify", "bad-request")
 		return
 	}
 	if toStr == "" {
