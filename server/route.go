@@ -290,7 +290,8 @@ func (s *Server) toFull(c *conn, tag stanza.StartTag, local, typ, id string, to 
 // toBare routes to an account (RFC 6121 section 8.5.2): an iq is handled
 // on the account's behalf; a message of type normal, chat or headline goes
 // to every available resource with non-negative priority, and when there
-// is none a normal or chat message is stored offline; groupchat gets
+// is none a normal or chat message worth keeping (offlineWorthy) is stored
+// offline, any other is dropped; groupchat gets
 // service-unavailable, error is dropped.
 func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to jid.JID, toStr string, unit []byte) {
 	if local == "iq" {
@@ -325,7 +326,7 @@ func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to 
 		s.stats.stanzasRouted.Add(uint64(n))
 		return
 	}
-	if typ != "headline" {
+	if typ != "headline" && offlineWorthy(unit) {
 		s.storeOffline(c, tag, typ, id, to, toStr, unit)
 	}
 }
