@@ -248,6 +248,18 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 			s.handleRoster(c, typ, id, to.String(), child)
 			return
 		}
+		if cns == nsRegister && clocal == "query" {
+			if to.Localpart() != "" && to.Localpart() != sess.local {
+				s.sendError(c, "iq", id, to.String(), "auth", "forbidden")
+				return
+			}
+			s.handleAccountRegister(c, typ, id, to.String(), child)
+			return
+		}
+		if cns == nsLast && clocal == "query" && (to.Localpart() != "" || to.Domainpart() == "") {
+			s.handleLastActivity(c, typ, id, to)
+			return
+		}
 		kind := router.IQGet
 		if typ == "set" {
 			kind = router.IQSet
