@@ -117,7 +117,7 @@ func (s *session) drain() {
 		case stream.Conflict.Err:
 			text = "replaced by a new session with the same resource"
 		case stream.NotAuthorized.Err:
-			text = "the account's password was changed, or the account removed"
+			text = "the password of the account was changed, or the account removed"
 		}
 		s.conn.loop.srv.fail(s.conn, kick, text)
 	}
