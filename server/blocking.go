@@ -32,15 +32,15 @@ type blockQuery struct {
 }
 
 // handleBlocking answers blocklist get, block and unblock (XEP-0191 §3).
-func (s *Server) handleBlocking(c *conn, typ, id string, payload []byte) {
+func (s *Server) handleBlocking(c *conn, typ, id, from string, payload []byte) {
 	sess := c.sess
 	var q blockQuery
 	if err := xml.Unmarshal(payload, &q); err != nil || len(q.Items) > maxBlockItems {
-		c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", sess.full, "modify", "bad-request"))
+		s.sendError(c, "iq", id, from, "modify", "bad-request")
 		return
 	}
 	fail := func(typ, cond string) func() {
-		return func() { c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", sess.full, typ, cond)) }
+		return func() { s.sendError(c, "iq", id, from, typ, cond) }
 	}
 	op := q.XMLName.Local
 	switch {
@@ -53,25 +53,25 @@ func (s *Server) handleBlocking(c *conn, typ, id string, payload []byte) {
 			}
 			b := append([]byte(`<blocklist xmlns='`+nsBlocking+`'>`), appendBlockItems(nil, list)...)
 			b = append(b, `</blocklist>`...)
-			return func() { c.write(appendResult(nil, id, "", b)) }
+			return func() { c.write(appendResult(nil, id, from, b)) }
 		}, fail("wait", "resource-constraint"))
 		return
 	case typ == "set" && (op == "block" || op == "unblock"):
 	default:
-		c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", sess.full, "modify", "bad-request"))
+		s.sendError(c, "iq", id, from, "modify", "bad-request")
 		return
 	}
 	jids := make([]string, 0, len(q.Items))
 	for _, it := range q.Items {
 		j, err := jid.Parse(it.JID)
 		if err != nil {
-			c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", sess.full, "modify", "jid-malformed"))
+			s.sendError(c, "iq", id, from, "modify", "jid-malformed")
 			return
 		}
 		jids = append(jids, j.String())
 	}
 	if op == "block" && len(jids) == 0 {
-		c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", sess.full, "modify", "bad-request"))
+		s.sendError(c, "iq", id, from, "modify", "bad-request")
 		return
 	}
 	s.async(c, func(ctx context.Context) func() {
@@ -109,7 +109,7 @@ func (s *Server) handleBlocking(c *conn, typ, id string, payload []byte) {
 				}
 			}
 		}
-		return func() { c.write(appendResult(c.loop.scratch[:0], id, "", nil)) }
+		return func() { c.write(appendResult(c.loop.scratch[:0], id, from, nil)) }
 	}, fail("wait", "resource-constraint"))
 }
 

@@ -244,6 +244,7 @@ func (c *conn) write(b []byte) {
 func (s *Server) slowReader(c *conn) {
 	s.log.Info("connection closed", zap.String("reason", "client does not read"),
 		zap.Int("buffered", c.gc.OutboundBuffered()), zap.Stringer("ip", c.ip))
+	s.sessionEnded(c, "client does not read", "", nil)
 	s.shut(c, reasonPolicy)
 }
 
@@ -275,6 +276,7 @@ func (s *Server) fail(c *conn, cond, text string) {
 		}
 		ce.Write(fields...)
 	}
+	s.sessionEnded(c, "stream error", cond, nil)
 	s.shut(c, reasonFor(cond))
 }
 
@@ -294,9 +296,29 @@ func reasonFor(cond string) closeReason {
 	return reasonError
 }
 
+// sessionEnded logs, at debug, why a bound session ended: with the
+// stanza errors logged as they are sent, it tells an operator why a
+// client gave up. It costs nothing when debug is off.
+func (s *Server) sessionEnded(c *conn, reason, cond string, err error) {
+	if c.sess == nil || !c.sess.bound || c.has(flagClosed) {
+		return
+	}
+	if ce := s.log.Check(zap.DebugLevel, "session ended"); ce != nil {
+		fields := []zap.Field{zap.String("jid", c.sess.full), zap.String("reason", reason), zap.Stringer("ip", c.ip)}
+		if cond != "" {
+			fields = append(fields, zap.String("condition", cond))
+		}
+		if err != nil {
+			fields = append(fields, zap.Error(err))
+		}
+		ce.Write(fields...)
+	}
+}
+
 // closeStream answers the client's </stream:stream> and closes.
 func (s *Server) closeStream(c *conn) {
 	c.write([]byte(streamClose))
+	s.sessionEnded(c, "client closed the stream", "", nil)
 	s.shut(c, reasonClient)
 }
 
@@ -358,6 +380,7 @@ func (s *Server) closed(gc gnet.Conn, err error) {
 			case c.tls != nil && c.tls.stage == tlsHandshaking:
 				why = reasonTLSFailed // the peer gave up mid-handshake
 			}
+			s.sessionEnded(c, "connection lost", "", err)
 			s.release(c, why)
 		}
 		s.stats.closedBy[c.reason].Add(1)

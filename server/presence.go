@@ -33,7 +33,7 @@ func (s *Server) handlePresence(c *conn, tag stanza.StartTag, typ, id string, to
 		return // the server probes on the client's behalf
 	case "", "unavailable", "error":
 	default:
-		c.write(appendStanzaError(c.loop.scratch[:0], "presence", id, "", sess.full, "modify", "bad-request"))
+		s.sendError(c, "presence", id, "", "modify", "bad-request")
 		return
 	}
 	if toStr == "" {
@@ -96,8 +96,15 @@ func (s *Server) broadcastPresence(c *conn, typ string, tag stanza.StartTag, uni
 		sess.setLast(stamped)
 		sess.available.Store(true)
 	}
+	status := ""
+	if typ == "unavailable" {
+		status = presenceStatus(unit)
+	}
 	s.async(c, func(ctx context.Context) func() {
 		s.fanOutPresence(ctx, sess, stamped, directed)
+		if typ == "unavailable" {
+			s.recordLastActivity(ctx, sess.local, status)
+		}
 		if initial {
 			s.initialPresence(ctx, sess)
 		}
@@ -213,7 +220,10 @@ func (s *Server) sessionGone(sess *session) {
 	b = append(b, `'/>`...)
 	directed := sess.directed
 	sess.directed = nil
-	s.detached(func(ctx context.Context) { s.fanOutPresence(ctx, sess, b, directed) })
+	s.detached(func(ctx context.Context) {
+		s.fanOutPresence(ctx, sess, b, directed)
+		s.recordLastActivity(ctx, sess.local, "")
+	})
 }
 
 // toAvailable delivers b to every available resource of a local account.

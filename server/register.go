@@ -44,7 +44,7 @@ func (s *Server) handleRegister(c *conn, tag stanza.StartTag, unit []byte) {
 	child, _ := stanza.FirstChild(unit)
 	var q registerQuery
 	if err := xml.Unmarshal(child, &q); err != nil {
-		c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", "", "modify", "bad-request"))
+		s.sendError(c, "iq", id, "", "modify", "bad-request")
 		return
 	}
 	if typ == "get" {
@@ -53,7 +53,7 @@ func (s *Server) handleRegister(c *conn, tag stanza.StartTag, unit []byte) {
 		return
 	}
 	refuse := func(etype, cond string) {
-		c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", "", etype, cond))
+		s.sendError(c, "iq", id, "", etype, cond)
 		c.failed++
 		if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
 			s.fail(c, stream.PolicyViolation.Err, "too many failed attempts")

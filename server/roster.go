@@ -41,15 +41,15 @@ const (
 )
 
 // handleRoster answers roster get and set (RFC 6121 2.1.3, 2.3, 2.5).
-func (s *Server) handleRoster(c *conn, typ, id string, payload []byte) {
+func (s *Server) handleRoster(c *conn, typ, id, from string, payload []byte) {
 	sess := c.sess
 	var q rosterQuery
 	if err := xml.Unmarshal(payload, &q); err != nil {
-		c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", sess.full, "modify", "bad-request"))
+		s.sendError(c, "iq", id, from, "modify", "bad-request")
 		return
 	}
 	reply := func(cond, etype string) func() {
-		return func() { c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", sess.full, etype, cond)) }
+		return func() { s.sendError(c, "iq", id, from, etype, cond) }
 	}
 	busy := reply("resource-constraint", "wait")
 	if typ == "get" {
@@ -63,30 +63,30 @@ func (s *Server) handleRoster(c *conn, typ, id string, payload []byte) {
 			verStr := strconv.FormatUint(ver, 10)
 			if q.Ver != nil && *q.Ver == verStr {
 				// XEP-0237: the client's copy is current.
-				return func() { c.write(appendResult(c.loop.scratch[:0], id, "", nil)) }
+				return func() { c.write(appendResult(c.loop.scratch[:0], id, from, nil)) }
 			}
 			b := []byte(`<query xmlns='` + nsRoster + `' ver='` + verStr + `'>`)
 			for _, it := range items {
 				b = appendRosterItem(b, it, false)
 			}
 			b = append(b, `</query>`...)
-			return func() { c.write(appendResult(nil, id, "", b)) }
+			return func() { c.write(appendResult(nil, id, from, b)) }
 		}, busy)
 		return
 	}
 	if len(q.Items) != 1 {
-		c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", sess.full, "modify", "bad-request"))
+		s.sendError(c, "iq", id, from, "modify", "bad-request")
 		return
 	}
 	in := q.Items[0]
 	contact, err := jid.Parse(in.JID)
 	if err != nil || len(in.Groups) > maxRosterGroups || len(in.Name) > maxGroupLen {
-		c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", sess.full, "modify", "bad-request"))
+		s.sendError(c, "iq", id, from, "modify", "bad-request")
 		return
 	}
 	for _, g := range in.Groups {
 		if g == "" || len(g) > maxGroupLen {
-			c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, "", sess.full, "modify", "not-acceptable"))
+			s.sendError(c, "iq", id, from, "modify", "not-acceptable")
 			return
 		}
 	}
@@ -123,7 +123,7 @@ func (s *Server) handleRoster(c *conn, typ, id string, payload []byte) {
 			return reply("internal-server-error", "wait")
 		}
 		s.apply(fx)
-		return func() { c.write(appendResult(c.loop.scratch[:0], id, "", nil)) }
+		return func() { c.write(appendResult(c.loop.scratch[:0], id, from, nil)) }
 	}, busy)
 }
 
@@ -142,7 +142,7 @@ func (s *Server) subscription(c *conn, typ, id string, contact jid.JID, unit []b
 	sess := c.sess
 	if contact.Domainpart() != s.cfg.Domain {
 		if typ == "subscribe" {
-			c.write(appendStanzaError(c.loop.scratch[:0], "presence", id, contact.Bare().String(), sess.full, "cancel", "remote-server-not-found"))
+			s.sendError(c, "presence", id, contact.Bare().String(), "cancel", "remote-server-not-found")
 		}
 		return
 	}
@@ -161,7 +161,7 @@ func (s *Server) subscription(c *conn, typ, id string, contact jid.JID, unit []b
 		if _, err := s.accounts.Credentials(ctx, peer); errors.Is(err, storage.ErrNotFound) {
 			if typ == "subscribe" {
 				return func() {
-					c.write(appendStanzaError(c.loop.scratch[:0], "presence", id, peerBare, sess.full, "cancel", "service-unavailable"))
+					s.sendError(c, "presence", id, peerBare, "cancel", "service-unavailable")
 				}
 			}
 			return nil
@@ -187,7 +187,7 @@ func (s *Server) subscription(c *conn, typ, id string, contact jid.JID, unit []b
 		s.apply(fx)
 		return nil
 	}, func() {
-		c.write(appendStanzaError(c.loop.scratch[:0], "presence", id, peerBare, sess.full, "wait", "resource-constraint"))
+		s.sendError(c, "presence", id, peerBare, "wait", "resource-constraint")
 	})
 }
 

@@ -116,8 +116,7 @@ func (s *Server) completeBind(c *conn, id string, full jid.JID, blocklist []stri
 }
 
 func (s *Server) replyBindError(c *conn, id, typ, cond string) {
-	b := appendStanzaError(c.loop.scratch[:0], "iq", id, "", "", typ, cond)
-	c.write(b)
+	s.sendError(c, "iq", id, "", typ, cond)
 }
 
 func newResource() string {
@@ -155,7 +154,7 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 		var err error
 		if to, err = jid.Parse(toStr); err != nil {
 			if typ != "error" {
-				c.write(appendStanzaError(c.loop.scratch[:0], local, id, "", sess.full, "modify", "jid-malformed"))
+				s.sendError(c, local, id, "", "modify", "jid-malformed")
 			}
 			return
 		}
@@ -172,7 +171,7 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 		s.toServer(c, local, typ, id, jid.JID{}, unit)
 	case to.Domainpart() != s.cfg.Domain:
 		if local != "presence" && typ != "error" {
-			c.write(appendStanzaError(c.loop.scratch[:0], local, id, toStr, sess.full, "cancel", "remote-server-not-found"))
+			s.sendError(c, local, id, toStr, "cancel", "remote-server-not-found")
 		}
 	case to.Localpart() == "":
 		if to.Resourcepart() != "" {
@@ -225,28 +224,40 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 			return
 		case "get", "set":
 		default:
-			c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "modify", "bad-request"))
+			s.sendError(c, "iq", id, to.String(), "modify", "bad-request")
 			return
 		}
 		child, cns, clocal, ok := payloadOf(unit)
 		if !ok {
-			c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "modify", "bad-request"))
+			s.sendError(c, "iq", id, to.String(), "modify", "bad-request")
 			return
 		}
 		if cns == nsBlocking {
 			if to.Localpart() != "" && to.Localpart() != sess.local {
-				c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "auth", "forbidden"))
+				s.sendError(c, "iq", id, to.String(), "auth", "forbidden")
 				return
 			}
-			s.handleBlocking(c, typ, id, child)
+			s.handleBlocking(c, typ, id, to.String(), child)
 			return
 		}
 		if cns == nsRoster && clocal == "query" {
 			if to.Localpart() != "" && to.Localpart() != sess.local {
-				c.write(appendStanzaError(c.loop.scratch[:0], "iq", id, to.String(), sess.full, "auth", "forbidden"))
+				s.sendError(c, "iq", id, to.String(), "auth", "forbidden")
 				return
 			}
-			s.handleRoster(c, typ, id, child)
+			s.handleRoster(c, typ, id, to.String(), child)
+			return
+		}
+		if cns == nsRegister && clocal == "query" {
+			if to.Localpart() != "" && to.Localpart() != sess.local {
+				s.sendError(c, "iq", id, to.String(), "auth", "forbidden")
+				return
+			}
+			s.handleAccountRegister(c, typ, id, to.String(), child)
+			return
+		}
+		if cns == nsLast && clocal == "query" && (to.Localpart() != "" || to.Domainpart() == "") {
+			s.handleLastActivity(c, typ, id, to)
 			return
 		}
 		kind := router.IQGet
@@ -256,7 +267,7 @@ func (s *Server) toServer(c *conn, local, typ, id string, to jid.JID, unit []byt
 		mod := s.router.Lookup(router.Route{Kind: kind, NS: cns, Local: clocal})
 		iq := router.IQ{ID: id, Type: xstanza.IQType(typ), From: sess.jid, To: to, Payload: child}
 		if mod == nil {
-			(&replier{s: s, c: c}).ReplyError(iq, xstanza.Cancel, xstanza.ServiceUnavailable)
+			s.writeStanzaError(c, "iq", id, to.String(), string(xstanza.Cancel), string(xstanza.ServiceUnavailable), cns)
 			return
 		}
 		rep := &replier{s: s, c: c}
@@ -291,7 +302,8 @@ func (s *Server) toFull(c *conn, tag stanza.StartTag, local, typ, id string, to 
 // toBare routes to an account (RFC 6121 section 8.5.2): an iq is handled
 // on the account's behalf; a message of type normal, chat or headline goes
 // to every available resource with non-negative priority, and when there
-// is none a normal or chat message is stored offline; groupchat gets
+// is none a normal or chat message worth keeping (offlineWorthy) is stored
+// offline, any other is dropped; groupchat gets
 // service-unavailable, error is dropped.
 func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to jid.JID, toStr string, unit []byte) {
 	if local == "iq" {
@@ -326,7 +338,7 @@ func (s *Server) toBare(c *conn, tag stanza.StartTag, local, typ, id string, to 
 		s.stats.stanzasRouted.Add(uint64(n))
 		return
 	}
-	if typ != "headline" {
+	if typ != "headline" && offlineWorthy(unit) {
 		s.storeOffline(c, tag, typ, id, to, toStr, unit)
 	}
 }
@@ -356,7 +368,7 @@ func (s *Server) storeOffline(c *conn, tag stanza.StartTag, typ, id string, to j
 		s.stats.offlineStored.Add(1)
 		return nil
 	}, func() {
-		c.write(appendStanzaError(c.loop.scratch[:0], "message", id, toStr, sess.full, "wait", "resource-constraint"))
+		s.sendError(c, "message", id, toStr, "wait", "resource-constraint")
 	})
 }
 
@@ -366,7 +378,7 @@ func (s *Server) unavailable(c *conn, local, typ, id, toStr string) {
 	if typ == "error" || local == "presence" {
 		return
 	}
-	c.write(appendStanzaError(c.loop.scratch[:0], local, id, toStr, c.sess.full, "cancel", "service-unavailable"))
+	s.sendError(c, local, id, toStr, "cancel", "service-unavailable")
 }
 
 // stamp returns unit with its from attribute set to from (RFC 6120
@@ -426,6 +438,41 @@ func appendResult(b []byte, id, from string, payload []byte) []byte {
 	return append(b, `</iq>`...)
 }
 
+// sendError writes a stanza error reply (RFC 6120 section 8.3) to c, from
+// from (omitted when ""), addressed to the session's full JID once bound.
+func (s *Server) sendError(c *conn, local, id, from, typ, cond string) {
+	s.writeStanzaError(c, local, id, from, typ, cond, "")
+}
+
+// writeStanzaError is sendError naming, for service-unavailable, the
+// payload namespace nobody handles. Each error sent is logged at debug:
+// it is often the only trace of why a client gave up.
+func (s *Server) writeStanzaError(c *conn, local, id, from, typ, cond, ns string) {
+	to := ""
+	if c.sess != nil && c.sess.bound {
+		to = c.sess.full
+	}
+	b := appendStanzaError(c.loop.scratch[:0], local, id, from, to, typ, cond)
+	c.write(b)
+	c.loop.scratch = b[:0]
+	if ce := s.log.Check(zap.DebugLevel, "stanza error sent"); ce != nil {
+		fields := []zap.Field{zap.String("condition", cond), zap.String("type", typ),
+			zap.String("stanza", local), zap.String("id", id)}
+		if from != "" {
+			fields = append(fields, zap.String("from", from))
+		}
+		if ns != "" {
+			fields = append(fields, zap.String("namespace", ns))
+		}
+		if to != "" {
+			fields = append(fields, zap.String("jid", to))
+		} else {
+			fields = append(fields, zap.Stringer("ip", c.ip))
+		}
+		ce.Write(fields...)
+	}
+}
+
 // appendStanzaError appends a stanza error reply (RFC 6120 section 8.3).
 func appendStanzaError(b []byte, local, id, from, to, typ, cond string) []byte {
 	b = append(b, '<')
@@ -470,9 +517,13 @@ type replier struct {
 	c *conn
 }
 
+// from is the address a reply comes from: the addressee of the request.
+// A request without to is handled on the account's behalf, so its reply
+// has no from (RFC 6120 8.1.2.1 and 10.3.3): "from the domain" would tell
+// the client that another entity answered.
 func (r *replier) from(iq router.IQ) string {
 	if iq.To.Domainpart() == "" {
-		return r.s.cfg.Domain
+		return ""
 	}
 	return iq.To.String()
 }
@@ -486,7 +537,5 @@ func (r *replier) ReplyResult(iq router.IQ, payload []byte) {
 
 // ReplyError implements router.Replier.
 func (r *replier) ReplyError(iq router.IQ, typ xstanza.ErrorType, cond xstanza.Condition) {
-	b := appendStanzaError(r.c.loop.scratch[:0], "iq", iq.ID, r.from(iq), r.c.sess.full, string(typ), string(cond))
-	r.c.write(b)
-	r.c.loop.scratch = b[:0]
+	r.s.sendError(r.c, "iq", iq.ID, r.from(iq), string(typ), string(cond))
 }

@@ -154,7 +154,7 @@ func New(cfg config.Config, log *zap.Logger, store Store, r *router.Router) (*Se
 	// features the core implements (roster versioning, pre-approval).
 	s.featuresBind = []byte(`<stream:features><bind xmlns='` + nsBind + `'/><session xmlns='` + nsSession + `'><optional/></session>` +
 		`<ver xmlns='urn:xmpp:features:rosterver'/><sub xmlns='urn:xmpp:features:pre-approval'/></stream:features>`)
-	r.AddFeatures(nsBlocking)
+	r.AddFeatures(nsBlocking, nsRegister)
 	return s, nil
 }
 

@@ -113,8 +113,11 @@ func (s *session) drain() {
 	}
 	if kick != "" {
 		text := ""
-		if kick == stream.Conflict.Err {
+		switch kick {
+		case stream.Conflict.Err:
 			text = "replaced by a new session with the same resource"
+		case stream.NotAuthorized.Err:
+			text = "the password of the account was changed, or the account removed"
 		}
 		s.conn.loop.srv.fail(s.conn, kick, text)
 	}

@@ -31,6 +31,7 @@ import (
 
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/modules/disco"
+	"github.com/krill-xmpp/krill/modules/lastactivity"
 	"github.com/krill-xmpp/krill/modules/ping"
 	"github.com/krill-xmpp/krill/modules/vcard"
 	"github.com/krill-xmpp/krill/modules/version"
@@ -152,6 +153,7 @@ func modules(store *storage.SQL) []router.Module {
 		disco.Module{},
 		version.Module{},
 		vcard.Module{Store: store},
+		lastactivity.Module{Started: time.Now()},
 	}
 }
 
