@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,19 +157,24 @@ func startServer(t *testing.T, bin, c2s, direct string, users []string) *server 
 	return s
 }
 
-// env is the environment without the caller's KRILL_ variables (the
-// suite's own KRILL_INTEROP and KRILL_BIN are no configuration keys, which
-// krill refuses) plus this server's configuration.
+// env is cleanEnv plus this server's configuration.
 func (s *server) env() []string {
+	return append(cleanEnv(), "KRILL_DOMAIN="+domain, "KRILL_DATA_DIR="+s.dataDir,
+		"KRILL_C2S_LISTEN="+s.c2s, "KRILL_C2S_DIRECT_TLS_LISTEN="+s.direct, "KRILL_ADMIN_LISTEN=127.0.0.1:0",
+		"KRILL_LOG_FORMAT=json", "KRILL_LOG_LEVEL=debug")
+}
+
+// cleanEnv is the environment without the caller's KRILL_ variables: the
+// suite's own KRILL_INTEROP and KRILL_BIN are no configuration keys, which
+// krill refuses.
+func cleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "KRILL_") {
 			env = append(env, kv)
 		}
 	}
-	return append(env, "KRILL_DOMAIN="+domain, "KRILL_DATA_DIR="+s.dataDir,
-		"KRILL_C2S_LISTEN="+s.c2s, "KRILL_C2S_DIRECT_TLS_LISTEN="+s.direct, "KRILL_ADMIN_LISTEN=127.0.0.1:0",
-		"KRILL_LOG_FORMAT=json", "KRILL_LOG_LEVEL=debug")
+	return env
 }
 
 // cert is the generated development certificate, which the clients are
@@ -360,8 +367,10 @@ func goSendxmpp(t *testing.T, srv *server, user, addr string, flags ...string) {
 				t.Fatalf("go-sendxmpp -l ended without the message: %v\nstdout: %q\nstderr: %s", <-exited, got, stderr.String())
 			}
 			got = append(got, l)
-			// go-sendxmpp -l prints "<time> <from>: <body>".
-			if strings.Contains(l, " "+sender+"/") && strings.HasSuffix(l, ": "+body) {
+			// go-sendxmpp -l prints the sender's JID and the body on one
+			// line, the body last after a space (not checked against a
+			// working Krill yet: both transports fail before login today).
+			if strings.Contains(l, sender) && strings.HasSuffix(l, " "+body) {
 				t.Logf("go-sendxmpp -l printed %q", l)
 				return
 			}
@@ -485,4 +494,88 @@ func melliumReceiver(t *testing.T, srv *server, bare string) <-chan message {
 		t.Fatal(err)
 	}
 	return got
+}
+
+// TestMakeRunStopsOnSIGTERM: `make run` builds bin/krill and execs it, so one
+// SIGTERM to make's pid (which make passes on to its child) stops the
+// server and frees its ports; with `go run` the server was left orphaned
+// holding them.
+func TestMakeRunStopsOnSIGTERM(t *testing.T) {
+	gate(t)
+	mk := lookPath(t, "make")
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	ports := []string{freePort(t), freePort(t), freePort(t)}
+	cmd := exec.Command(mk, "-C", root, "run")
+	cmd.Env = append(cleanEnv(), "KRILL_DATA_DIR="+data, "KRILL_C2S_LISTEN="+ports[0],
+		"KRILL_C2S_DIRECT_TLS_LISTEN="+ports[1], "KRILL_ADMIN_LISTEN="+ports[2], "KRILL_LOG_FORMAT=json")
+	// Its own process group, so that a failed test can still kill the server.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() })
+	srv := &server{lines: make(chan string, 256)}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			srv.lines <- sc.Text()
+		}
+		close(srv.lines)
+	}()
+	srv.waitCount(t, `"msg":"listening"`, 3)
+	// make's one child is the server (exec, not a shell or go run).
+	mp := strconv.Itoa(cmd.Process.Pid)
+	children, err := os.ReadFile("/proc/" + mp + "/task/" + mp + "/children")
+	if err != nil {
+		t.Skipf("cannot list make's children: %v", err)
+	}
+	kids := strings.Fields(string(children))
+	if len(kids) != 1 {
+		t.Fatalf("make has children %q, want one: the server", kids)
+	}
+	pid, err := strconv.Atoi(kids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if comm, _ := os.ReadFile("/proc/" + kids[0] + "/comm"); strings.TrimSpace(string(comm)) != "krill" {
+		t.Fatalf("make's child is %q, want krill", comm)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for range srv.lines {
+		}
+		done <- cmd.Wait()
+	}()
+	select {
+	case <-done: // make reports the signal; its status does not matter
+	case <-time.After(waitTimeout):
+		t.Fatalf("make did not exit within %v of SIGTERM", waitTimeout)
+	}
+	// make may return before its child has finished shutting down: wait,
+	// bounded, for the server process to be gone.
+	for i := 0; syscall.Kill(pid, 0) == nil; i++ {
+		if i == 300 {
+			t.Fatalf("krill (pid %d) still runs 30s after SIGTERM to make", pid)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, p := range ports {
+		l, err := net.Listen("tcp", p)
+		if err != nil {
+			t.Fatalf("port %s still held after make run stopped: %v", p, err)
+		}
+		l.Close()
+	}
 }
