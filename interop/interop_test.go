@@ -207,12 +207,6 @@ func (s *server) waitCount(t *testing.T, want string, n int) {
 	}
 }
 
-// waitBound waits until a resource of the bare JID is bound.
-func (s *server) waitBound(t *testing.T, bare string) {
-	t.Helper()
-	s.waitCount(t, `"session bound","jid":"`+bare+`/`, 1)
-}
-
 // runClient runs a client to its end within clientTimeout and returns its
 // combined output.
 func runClient(t *testing.T, env []string, dir string, name string, args ...string) (string, error) {
