@@ -115,9 +115,20 @@ type Preauth struct {
 	MaxPerIP int `koanf:"max_per_ip"`
 	// MaxTotal caps all concurrent unauthenticated connections; 0 means no cap.
 	MaxTotal int `koanf:"max_total"`
-	// MaxFailedAuth is how many failed SASL attempts a connection may make
-	// before it is closed with policy-violation.
+	// MaxFailedAuth is how many failed SASL attempts that checked a
+	// credential (wrong password or proof, unknown account) a connection may
+	// make before it is closed with policy-violation; refused in-band
+	// registrations count here too. At most 255.
 	MaxFailedAuth int `koanf:"max_failed_auth"`
+	// MaxFailedExchanges is how many SASL exchanges that failed before any
+	// credential was checked (unsupported channel-binding type, downgrade
+	// flag 'y', malformed message, unknown mechanism, abort, throttled or
+	// temporarily failed login) a connection may have before it is closed
+	// with policy-violation. They reveal nothing about a password and the
+	// pre-auth deadline bounds them anyway, so the limit is looser: a client
+	// that tries its mechanisms in turn (slixmpp tries three -PLUS and three
+	// SCRAM before PLAIN) reaches one that works. At most 255.
+	MaxFailedExchanges int `koanf:"max_failed_exchanges"`
 	// MaxStanzaSize is the largest element accepted before authentication,
 	// in bytes.
 	MaxStanzaSize int `koanf:"max_stanza_size"`
@@ -196,6 +207,7 @@ const (
 	DefaultMaxPerIP          = 0
 	DefaultMaxTotal          = 0
 	DefaultMaxFailedAuth     = 3
+	DefaultMaxFailedExchange = 10
 	DefaultPreauthStanzaSize = 8 << 10
 	DefaultPreauthElements   = 32
 	DefaultMaxHandshakes     = 256
@@ -224,13 +236,14 @@ func Default() Config {
 			MaxOutbound:     1 << 20,
 		},
 		Preauth: Preauth{
-			Timeout:       DefaultPreauthTimeout,
-			MaxPerIP:      DefaultMaxPerIP,
-			MaxTotal:      DefaultMaxTotal,
-			MaxFailedAuth: DefaultMaxFailedAuth,
-			MaxStanzaSize: DefaultPreauthStanzaSize,
-			MaxElements:   DefaultPreauthElements,
-			FailureWindow: time.Minute,
+			Timeout:            DefaultPreauthTimeout,
+			MaxPerIP:           DefaultMaxPerIP,
+			MaxTotal:           DefaultMaxTotal,
+			MaxFailedAuth:      DefaultMaxFailedAuth,
+			MaxFailedExchanges: DefaultMaxFailedExchange,
+			MaxStanzaSize:      DefaultPreauthStanzaSize,
+			MaxElements:        DefaultPreauthElements,
+			FailureWindow:      time.Minute,
 		},
 		TLS: TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
 		Log: Log{Level: "info", Format: "console"},
@@ -289,8 +302,14 @@ func (c *Config) Validate() error {
 	if c.Preauth.MaxTotal < 0 {
 		bad("preauth.max_total", c.Preauth.MaxTotal, "must be >= 0")
 	}
+	// Both are counted per connection in a byte.
 	if c.Preauth.MaxFailedAuth < 1 {
 		bad("preauth.max_failed_auth", c.Preauth.MaxFailedAuth, "must be >= 1")
+	} else if c.Preauth.MaxFailedAuth > 255 {
+		bad("preauth.max_failed_auth", c.Preauth.MaxFailedAuth, "must be <= 255")
+	}
+	if c.Preauth.MaxFailedExchanges < 1 || c.Preauth.MaxFailedExchanges > 255 {
+		bad("preauth.max_failed_exchanges", c.Preauth.MaxFailedExchanges, "must be between 1 and 255")
 	}
 	if c.Preauth.MaxStanzaSize < 512 {
 		bad("preauth.max_stanza_size", c.Preauth.MaxStanzaSize, "must be >= 512")

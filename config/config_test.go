@@ -89,7 +89,8 @@ func TestLoadErrors(t *testing.T) {
 		{"bad duration", "", []string{"KRILL_PREAUTH_TIMEOUT=soon"}, []string{"timeout"}},
 		{"every invalid value at once", "testdata/invalid.toml", nil, []string{
 			"domain: must not be empty", "preauth.timeout: must be > 0, got 0s",
-			"preauth.max_failed_auth: must be >= 1, got 0", "log.level: must be debug, info, warn or error, got loud",
+			"preauth.max_failed_auth: must be >= 1, got 0",
+			"preauth.max_failed_exchanges: must be between 1 and 255, got 256", "log.level: must be debug, info, warn or error, got loud",
 		}},
 	}
 	for _, tc := range cases {

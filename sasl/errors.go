@@ -17,7 +17,9 @@ var (
 	ErrIncorrectEncoding = errors.New("sasl: incorrect base64 encoding")
 
 	// ErrNotAuthorized reports a wrong password or proof, or an unknown
-	// account: the two are deliberately indistinguishable.
+	// account: the two are deliberately indistinguishable. It is the only
+	// error returned after a credential was checked; see
+	// [CheckedCredential].
 	ErrNotAuthorized = errors.New("sasl: not authorized")
 
 	// ErrInvalidMechanism reports a mechanism name this package does not
@@ -139,3 +141,19 @@ func Condition(err error) string {
 	}
 	return CondTemporaryAuthFailure
 }
+
+// CheckedCredential reports whether err ended an exchange after a password or
+// proof was compared with a stored credential: a wrong password, a wrong
+// proof, or an unknown account (which runs the same comparison against a fake
+// credential). These are the failures that matter for password guessing, so
+// a caller limits them tightly, per connection and per address.
+//
+// Every other failure happened before any comparison and tells the client
+// nothing about a password: malformed messages, an unsupported
+// channel-binding type (a client binding tls-unique on TLS 1.3), a binding
+// flag that contradicts the mechanism, the downgrade flag 'y', channel-binding
+// data that does not match (checked before the proof), a mandatory
+// extension, calls out of order, an unusable stored credential. A caller
+// counts those separately, with a looser limit, so a client that tries
+// mechanisms in turn reaches one that works.
+func CheckedCredential(err error) bool { return errors.Is(err, ErrNotAuthorized) }

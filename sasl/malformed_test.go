@@ -78,6 +78,10 @@ func TestScramMalformedStart(t *testing.T) {
 			if _, _, err = s.Start([]byte(c.first)); !errors.Is(err, c.want) {
 				t.Fatalf("Start(%q) = %v, want %v", c.first, err, c.want)
 			}
+			// Nothing in client-first is checked against a credential.
+			if CheckedCredential(err) {
+				t.Errorf("CheckedCredential(%v) = true before any credential was checked", err)
+			}
 			if c.want == nil {
 				return
 			}
@@ -183,6 +187,11 @@ func TestScramMalformedFinal(t *testing.T) {
 			last, done, err := s.Next([]byte(msg))
 			if !errors.Is(err, c.want) || (c.want == nil && err != nil) {
 				t.Fatalf("Next(%q) = %v, want %v", msg, err, c.want)
+			}
+			// Only the proof comparison checks a credential: syntax,
+			// nonce and channel binding are checked before it.
+			if got, want := CheckedCredential(err), c.want == ErrNotAuthorized; got != want {
+				t.Errorf("CheckedCredential(%v) = %v, want %v", err, got, want)
 			}
 			if c.want != nil {
 				if done || last != nil {

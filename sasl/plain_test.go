@@ -48,6 +48,9 @@ func TestPlain(t *testing.T) {
 				t.Fatalf("Start = %v, want %v", err, c.startEr)
 			}
 			if err != nil {
+				if CheckedCredential(err) {
+					t.Errorf("CheckedCredential(%v) = true for a malformed message", err)
+				}
 				return
 			}
 			if user != c.user || authzid != c.authzid {
@@ -56,6 +59,9 @@ func TestPlain(t *testing.T) {
 			data, done, err := s.Respond(c.creds)
 			if !errors.Is(err, c.want) || (c.want == nil) != done || data != nil {
 				t.Fatalf("Respond = %q, %v, %v; want nil, %v, %v", data, done, err, c.want == nil, c.want)
+			}
+			if got := CheckedCredential(err); got != (c.want != nil) {
+				t.Errorf("CheckedCredential(%v) = %v after the password was compared", err, got)
 			}
 		})
 	}

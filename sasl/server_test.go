@@ -75,34 +75,39 @@ func TestMechanisms(t *testing.T) {
 
 func TestCondition(t *testing.T) {
 	cases := []struct {
-		err  error
-		want string
+		err     error
+		want    string
+		checked bool // a credential was compared
 	}{
-		{nil, ""},
-		{ErrMalformed, CondMalformedRequest},
-		{fmt.Errorf("%w: detail", ErrMalformed), CondMalformedRequest},
-		{ErrIncorrectEncoding, CondIncorrectEncoding},
-		{ErrNotAuthorized, CondNotAuthorized},
-		{ErrChannelBinding, CondNotAuthorized},
-		{ErrDowngrade, CondNotAuthorized},
-		{ErrInvalidMechanism, CondInvalidMechanism},
-		{ErrInvalidAuthzid, CondInvalidAuthzid},
-		{ErrMandatoryExtension, CondMalformedRequest},
-		{ErrBindingType, CondMalformedRequest},
-		{ErrBindingFlag, CondMalformedRequest},
-		{ErrState, CondMalformedRequest},
-		{ErrAborted, CondAborted},
-		{ErrMechanismTooWeak, CondMechanismTooWeak},
-		{ErrCredentialsExpired, CondCredentialsExpired},
-		{ErrAccountDisabled, CondAccountDisabled},
-		{ErrEncryptionRequired, CondEncryptionRequired},
-		{ErrInvalidCredential, CondTemporaryAuthFailure},
-		{errors.New("storage: connection refused"), CondTemporaryAuthFailure},
+		{nil, "", false},
+		{ErrMalformed, CondMalformedRequest, false},
+		{fmt.Errorf("%w: detail", ErrMalformed), CondMalformedRequest, false},
+		{ErrIncorrectEncoding, CondIncorrectEncoding, false},
+		{ErrNotAuthorized, CondNotAuthorized, true},
+		{fmt.Errorf("%w: wrapped", ErrNotAuthorized), CondNotAuthorized, true},
+		{ErrChannelBinding, CondNotAuthorized, false},
+		{ErrDowngrade, CondNotAuthorized, false},
+		{ErrInvalidMechanism, CondInvalidMechanism, false},
+		{ErrInvalidAuthzid, CondInvalidAuthzid, false},
+		{ErrMandatoryExtension, CondMalformedRequest, false},
+		{ErrBindingType, CondMalformedRequest, false},
+		{ErrBindingFlag, CondMalformedRequest, false},
+		{ErrState, CondMalformedRequest, false},
+		{ErrAborted, CondAborted, false},
+		{ErrMechanismTooWeak, CondMechanismTooWeak, false},
+		{ErrCredentialsExpired, CondCredentialsExpired, false},
+		{ErrAccountDisabled, CondAccountDisabled, false},
+		{ErrEncryptionRequired, CondEncryptionRequired, false},
+		{ErrInvalidCredential, CondTemporaryAuthFailure, false},
+		{errors.New("storage: connection refused"), CondTemporaryAuthFailure, false},
 	}
 	for _, c := range cases {
 		t.Run(fmt.Sprint(c.err), func(t *testing.T) {
 			if got := Condition(c.err); got != c.want {
 				t.Fatalf("Condition = %q, want %q", got, c.want)
+			}
+			if got := CheckedCredential(c.err); got != c.checked {
+				t.Fatalf("CheckedCredential = %v, want %v", got, c.checked)
 			}
 		})
 	}

@@ -120,19 +120,21 @@ var (
 	descAuth      = prometheus.NewDesc("krill_logins_total", "SASL authentications by result.", []string{"result"}, nil)
 	descHandshake = prometheus.NewDesc("krill_tls_handshakes", "TLS handshakes now, running or waiting for a slot.", []string{"state"}, nil)
 	descTLS       = prometheus.NewDesc("krill_tls_handshakes_total", "TLS handshakes started, failed and timed out.", []string{"result"}, nil)
+	descTLSFail   = prometheus.NewDesc("krill_tls_handshake_failures_total", "TLS handshakes that failed, by cause (client_alert, client_closed, timeout, not_tls, other).", []string{"cause"}, nil)
 	descQueue     = prometheus.NewDesc("krill_worker_queue_depth", "Jobs waiting for a worker.", nil, nil)
 	descRejected  = prometheus.NewDesc("krill_worker_rejected_total", "Jobs refused because the worker queue was full.", nil, nil)
 	descStanzas   = prometheus.NewDesc("krill_stanzas_total", "Stanzas received from and delivered to sessions, by direction and kind.", []string{"direction", "kind"}, nil)
 	descOffline   = prometheus.NewDesc("krill_offline_messages_total", "Offline messages stored and delivered.", []string{"event"}, nil)
 	descLate      = prometheus.NewDesc("krill_preauth_deadline_lateness_max_seconds", "Most a pre-auth deadline fired after it was due.", nil, nil)
 	descPanics    = prometheus.NewDesc("krill_panics_total", "Panics contained to the connection that raised them; each is a bug.", nil, nil)
+	descAuthFail  = prometheus.NewDesc("krill_auth_failures_total", "Failed SASL exchanges: kind=credential after a password or proof was compared, kind=exchange before any credential was checked.", []string{"kind"}, nil)
 	descBytesConn = prometheus.NewDesc("krill_process_resident_bytes_per_connection", "Process resident memory divided by open connections (0 without connections).", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS,
-		descQueue, descRejected, descStanzas, descOffline, descLate, descPanics, descBytesConn} {
+	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS, descTLSFail,
+		descQueue, descRejected, descStanzas, descOffline, descLate, descPanics, descBytesConn, descAuthFail} {
 		ch <- d
 	}
 }
@@ -151,19 +153,22 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descConns, float64(st.PreauthTLS), "preauth_tls")
 	gauge(descConns, float64(st.Authenticated), "authenticated")
 	counter(descAccepted, st.Accepted)
-	counter(descClosed, st.ClosedDeadline, "deadline")
-	counter(descClosed, st.ClosedPolicy, "policy")
-	counter(descClosed, st.ClosedBadInput, "error")
-	counter(descClosed, st.ClosedClient, "client_close")
-	counter(descClosed, st.ClosedPeer, "dropped")
+	for r := reasonNone + 1; r < numCloseReasons; r++ {
+		counter(descClosed, s.stats.closedBy[r].Load(), closeReasonNames[r])
+	}
 	counter(descAuth, st.AuthSucceeded, "success")
 	counter(descAuth, st.AuthFailed, "failure")
 	counter(descAuth, st.AuthThrottled, "throttled")
+	counter(descAuthFail, st.AuthFailedCredential, "credential")
+	counter(descAuthFail, st.AuthFailedExchange, "exchange")
 	gauge(descHandshake, float64(st.TLSActive), "running")
 	gauge(descHandshake, float64(st.TLSWaiting), "waiting")
 	counter(descTLS, st.TLSHandshakes, "started")
 	counter(descTLS, st.TLSFailed, "failed")
 	counter(descTLS, st.TLSTimeouts, "timeout")
+	for cause := range numTLSCauses {
+		counter(descTLSFail, s.stats.tlsFailed[cause].Load(), tlsCauseNames[cause])
+	}
 	if s.pool != nil {
 		gauge(descQueue, float64(s.pool.Queued()))
 	}

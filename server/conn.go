@@ -53,10 +53,20 @@ type conn struct {
 	preauthAt time.Duration
 	phase     phase
 	flags     uint8
-	failed    uint8 // failed SASL attempts
+	failed    uint8       // failed SASL attempts that checked a credential, and refused registrations
+	failedEx  uint8       // SASL exchanges that failed before any credential was checked
+	reason    closeReason // why it closes, once it does
 }
 
 func (c *conn) has(f uint8) bool { return c.flags&f != 0 }
+
+// setReason records why c closes. The first reason wins: a stream error
+// sent because of a deadline stays a deadline close.
+func (c *conn) setReason(r closeReason) {
+	if c.reason == reasonNone {
+		c.reason = r
+	}
+}
 
 // open accepts a connection, applies the pre-auth caps and arms the
 // absolute pre-auth deadline.
@@ -64,11 +74,14 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 	s.stats.accepted.Add(1)
 	ip := addrIP(gc.RemoteAddr())
 	if s.stopping.Load() {
+		// No conn state exists yet: the context carries the close reason
+		// to OnClose, which counts it.
+		gc.SetContext(reasonShutdown)
 		b := s.appendHeader(nil)
 		return appendStreamError(b, stream.SystemShutdown.Err, "the server is shutting down"), gnet.Close
 	}
 	if cond := s.preauth.acquire(ip); cond != "" {
-		s.stats.closedPolicy.Add(1)
+		gc.SetContext(reasonPolicy)
 		s.log.Info("connection refused", zap.String("reason", cond), zap.Stringer("ip", ip))
 		text := "too many unauthenticated connections from your address"
 		if cond == stream.ResourceConstraint.Err {
@@ -175,7 +188,7 @@ func (s *Server) frame(c *conn, buf []byte) int {
 		}
 		tok, err := c.framer.Next(buf[off:])
 		if err != nil {
-			s.stats.closedBadInput.Add(1)
+			c.setReason(reasonError) // even when the condition is policy-violation (a size limit)
 			s.fail(c, stanza.Condition(err), err.Error())
 			return off
 		}
@@ -231,14 +244,15 @@ func (c *conn) write(b []byte) {
 // slowReader closes a connection whose client stopped reading: a stream
 // error would only queue behind what it does not read.
 func (s *Server) slowReader(c *conn) {
-	s.stats.closedPolicy.Add(1)
 	s.log.Info("connection closed", zap.String("reason", "client does not read"),
 		zap.Int("buffered", c.gc.OutboundBuffered()), zap.Stringer("ip", c.ip))
-	s.shut(c)
+	s.sessionEnded(c, "client does not read", "", nil)
+	s.shut(c, reasonPolicy)
 }
 
 // fail sends a stream error with cond and text, closes the stream and the
-// connection. It logs once, here.
+// connection. It logs once, here. The close reason follows from cond unless
+// the caller set one first.
 func (s *Server) fail(c *conn, cond, text string) {
 	if c.has(flagClosed) {
 		return
@@ -246,7 +260,7 @@ func (s *Server) fail(c *conn, cond, text string) {
 	if c.tls != nil && c.tls.stage != tlsEstablished {
 		// No stream to speak on mid-handshake.
 		s.log.Info("connection closed during tls setup", zap.String("condition", cond), zap.Stringer("ip", c.ip))
-		s.shut(c)
+		s.shut(c, reasonFor(cond))
 		return
 	}
 	b := c.loop.scratch[:0]
@@ -264,32 +278,71 @@ func (s *Server) fail(c *conn, cond, text string) {
 		}
 		ce.Write(fields...)
 	}
-	s.shut(c)
+	s.sessionEnded(c, "stream error", cond, nil)
+	s.shut(c, reasonFor(cond))
+}
+
+// reasonFor maps the stream error condition a connection is closed with to
+// its close reason.
+func reasonFor(cond string) closeReason {
+	switch cond {
+	case stream.ConnectionTimeout.Err:
+		return reasonDeadline
+	case stream.PolicyViolation.Err, stream.NotAuthorized.Err, stream.ResourceConstraint.Err:
+		return reasonPolicy
+	case stream.Conflict.Err:
+		return reasonReplaced
+	case stream.SystemShutdown.Err:
+		return reasonShutdown
+	}
+	return reasonError
+}
+
+// sessionEnded logs, at debug, why a bound session ended: with the
+// stanza errors logged as they are sent, it tells an operator why a
+// client gave up. It costs nothing when debug is off.
+func (s *Server) sessionEnded(c *conn, reason, cond string, err error) {
+	if c.sess == nil || !c.sess.bound || c.has(flagClosed) {
+		return
+	}
+	if ce := s.log.Check(zap.DebugLevel, "session ended"); ce != nil {
+		fields := []zap.Field{zap.String("jid", c.sess.full), zap.String("reason", reason), zap.Stringer("ip", c.ip)}
+		if cond != "" {
+			fields = append(fields, zap.String("condition", cond))
+		}
+		if err != nil {
+			fields = append(fields, zap.Error(err))
+		}
+		ce.Write(fields...)
+	}
 }
 
 // closeStream answers the client's </stream:stream> and closes.
 func (s *Server) closeStream(c *conn) {
-	s.stats.closedClient.Add(1)
 	c.write([]byte(streamClose))
-	s.shut(c)
+	s.sessionEnded(c, "client closed the stream", "", nil)
+	s.shut(c, reasonClient)
 }
 
-// shut marks the connection closed and asks its loop to close the socket
-// after flushing what was written. Called on the loop.
-func (s *Server) shut(c *conn) {
+// shut marks the connection closed for why (unless a reason was already
+// set) and asks its loop to close the socket after flushing what was
+// written. Called on the loop.
+func (s *Server) shut(c *conn, why closeReason) {
 	if c.has(flagClosed) {
 		return
 	}
 	if t := c.tls; t != nil && t.stage == tlsEstablished {
 		_ = t.tc.Close() // close_notify, then the pipe
 	}
-	s.release(c)
+	s.release(c, why)
 	_ = c.loop.el.Close(c.gc)
 }
 
-// release drops everything the connection holds in shared state. It runs
-// exactly once per connection, from shut or from gnet's OnClose.
-func (s *Server) release(c *conn) {
+// release drops everything the connection holds in shared state and
+// records why it closes (unless a reason was already set). It runs exactly
+// once per connection, from shut, from gnet's OnClose or after a panic.
+func (s *Server) release(c *conn, why closeReason) {
+	c.setReason(why)
 	s.stats.move(c, func() { c.flags |= flagClosed })
 	c.loop.wheel.Cancel(&c.timer)
 	if c.has(flagPreauth) {
@@ -297,9 +350,16 @@ func (s *Server) release(c *conn) {
 		s.preauth.release(c.ip)
 	}
 	c.ex = nil
-	if c.tls != nil {
-		_ = c.tls.pipe.Close() // releases a blocked handshake goroutine
-		c.tls.plain = nil
+	if t := c.tls; t != nil {
+		if c.reason == reasonTLSFailed && t.stage == tlsHandshaking {
+			// The peer left mid-handshake: the handshake goroutine reads
+			// what it sent last (an alert, perhaps), then EOF, and its
+			// cause is counted when it ends (handshakeEnded).
+			t.pipe.peerClosed()
+		} else {
+			_ = t.pipe.Close() // releases a blocked handshake goroutine
+		}
+		t.plain = nil
 	}
 	if sess := c.sess; sess != nil && sess.conn == c {
 		if sess.bound && s.hooks.HasEvent(hook.Closing) && !s.stopping.Load() {
@@ -314,19 +374,32 @@ func (s *Server) release(c *conn) {
 				return
 			}
 		}
-		s.endSession(sess, "connection closed")
+		s.endSession(sess)
 	}
 }
 
-// closed is gnet's OnClose: the socket is gone (by us or by the peer).
+// closed is gnet's OnClose: the socket is gone (by us or by the peer). It
+// counts every accepted connection once, with its one close reason.
 func (s *Server) closed(gc gnet.Conn, err error) {
-	c, _ := gc.Context().(*conn)
-	if c == nil {
-		return
-	}
-	if !c.has(flagClosed) {
-		s.stats.closedPeer.Add(1)
-		s.release(c)
+	switch v := gc.Context().(type) {
+	case *conn:
+		c := v
+		if !c.has(flagClosed) {
+			why := reasonDropped
+			switch {
+			case s.stopped.Load():
+				why = reasonShutdown // Stop closes what is left
+			case c.tls != nil && c.tls.stage == tlsHandshaking:
+				why = reasonTLSFailed // the peer gave up mid-handshake
+			}
+			s.sessionEnded(c, "connection lost", "", err)
+			s.release(c, why)
+		}
+		s.stats.closedBy[c.reason].Add(1)
+	case closeReason:
+		s.stats.closedBy[v].Add(1) // refused in open
+	default:
+		return // not ours
 	}
 	s.stats.closed.Add(1)
 	gc.SetContext(nil)
@@ -345,7 +418,7 @@ func (s *Server) contain(c *conn, action *gnet.Action) {
 	if !c.has(flagClosed) {
 		func() {
 			defer func() { _ = recover() }() // releasing must not panic twice
-			s.release(c)
+			s.release(c, reasonPanic)
 		}()
 	}
 	if action != nil {
@@ -364,10 +437,9 @@ func (s *Server) onDeadline(c *conn) {
 	if c.phase != phaseSession {
 		now := time.Now()
 		if t := c.tls; t != nil && t.stage != tlsEstablished && !now.Before(t.hsDeadline) {
-			s.stats.tlsTimeouts.Add(1)
-			s.stats.closedDeadline.Add(1)
-			s.log.Info("tls handshake timed out", zap.Stringer("ip", c.ip))
-			s.shut(c)
+			s.stats.tlsFailed[causeTimeout].Add(1)
+			s.log.Debug("tls handshake failed", zap.String("cause", tlsCauseNames[causeTimeout]), zap.Stringer("ip", c.ip))
+			s.shut(c, reasonDeadline)
 			return
 		}
 		due := s.epoch.Add(c.preauthAt)
@@ -376,7 +448,6 @@ func (s *Server) onDeadline(c *conn) {
 			return
 		}
 		s.stats.noteLateness(now.Sub(due))
-		s.stats.closedDeadline.Add(1)
 		s.fail(c, stream.ConnectionTimeout.Err, "authentication took too long")
 		return
 	}
@@ -385,7 +456,6 @@ func (s *Server) onDeadline(c *conn) {
 	idle := s.conf().C2S.IdlePing
 	if c.has(flagAwaitPong) {
 		// Any input since the ping would have cleared the flag.
-		s.stats.closedDeadline.Add(1)
 		s.fail(c, stream.ConnectionTimeout.Err, "no answer to ping")
 		return
 	}

@@ -4,7 +4,7 @@ import (
 	"context"
 	"net/netip"
 
-	"go.uber.org/zap"
+	"mellium.im/xmpp/stream"
 
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
@@ -42,8 +42,7 @@ func (c *conn) CountFailure() {
 	s := c.loop.srv
 	c.failed++
 	if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
-		s.stats.closedPolicy.Add(1)
-		s.fail(c, "policy-violation", "too many failed attempts")
+		s.fail(c, stream.PolicyViolation.Err, "too many failed attempts")
 	}
 }
 
@@ -107,7 +106,7 @@ func (l *loop) sessionCtx(sess *session) *hook.Ctx {
 // available, the closed event, and its place in the session table. It runs
 // on the session's loop once the connection is gone (or was vetoed away
 // and the session is now closed).
-func (s *Server) endSession(sess *session, reason string) {
+func (s *Server) endSession(sess *session) {
 	if sess.bound {
 		s.sessions.unbind(sess)
 	}
@@ -119,7 +118,4 @@ func (s *Server) endSession(sess *session, reason string) {
 	}
 	s.hooks.Fire(cx, hook.Closed)
 	cx.Reset(nil, nil, nil)
-	if ce := s.log.Check(zap.DebugLevel, "session ended"); ce != nil {
-		ce.Write(zap.String("jid", sess.full), zap.String("reason", reason))
-	}
 }

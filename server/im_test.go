@@ -205,8 +205,8 @@ func TestModulesWithStorage(t *testing.T) {
 		who        *rawConn
 		send, want string
 	}{
-		{judy, `<iq type='get' id='v0'><vCard xmlns='vcard-temp'/></iq>`, `<iq type='result' id='v0' from='localhost'><vCard xmlns='vcard-temp'/></iq>`},
-		{judy, `<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>Judy</FN></vCard></iq>`, `<iq type='result' id='v1' from='localhost'/>`},
+		{judy, `<iq type='get' id='v0'><vCard xmlns='vcard-temp'/></iq>`, `<iq type='result' id='v0'><vCard xmlns='vcard-temp'/></iq>`},
+		{judy, `<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>Judy</FN></vCard></iq>`, `<iq type='result' id='v1'/>`},
 		{judy, `<iq type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>`, `<FN>Judy</FN></vCard></iq>`},
 		{ken, `<iq type='get' id='v3' to='judy@localhost'><vCard xmlns='vcard-temp'/></iq>`, `<iq type='result' id='v3' from='judy@localhost'><vCard xmlns='vcard-temp'><FN>Judy</FN></vCard></iq>`},
 		{ken, `<iq type='set' id='v4' to='judy@localhost'><vCard xmlns='vcard-temp'><FN>Evil</FN></vCard></iq>`, `<forbidden`},

@@ -179,7 +179,7 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 		if ns == nsTLS && local == "starttls" {
 			if c.tls != nil || c.ex != nil || c.sess != nil {
 				c.write([]byte(`<failure xmlns='` + nsTLS + `'/>` + streamClose))
-				s.shut(c)
+				s.shut(c, reasonError)
 				return
 			}
 			c.write([]byte(`<proceed xmlns='` + nsTLS + `'/>`))
@@ -190,14 +190,12 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 			return
 		}
 		// Nothing but negotiation before authentication, and no pong.
-		s.stats.closedPolicy.Add(1)
 		s.fail(c, stream.NotAuthorized.Err, "authenticate first")
 	case phaseBind:
 		if ns == nsClient && local == "iq" {
 			s.handleBindIQ(c, tag, unit)
 			return
 		}
-		s.stats.closedPolicy.Add(1)
 		s.fail(c, stream.NotAuthorized.Err, "bind a resource first")
 	case phaseSession:
 		if ns != nsClient {
@@ -215,13 +213,13 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 	switch local {
 	case "auth":
 		if c.ex != nil {
-			s.saslFail(c, "aborted", "")
+			s.saslFail(c, "aborted", "", false)
 			return
 		}
 		if s.authFailures.over(c.ip, time.Now()) {
 			// Throttled: no look-up, no hashing, for this address a while.
 			s.stats.authThrottled.Add(1)
-			s.saslFail(c, "temporary-auth-failure", "too many failed logins from your address; try later")
+			s.saslFail(c, "temporary-auth-failure", "too many failed logins from your address; try later", false)
 			return
 		}
 		mech, _ := tag.AttrString("mechanism")
@@ -230,7 +228,7 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 			if c.tls == nil && !s.cfg.C2S.AllowPlaintext {
 				cond = "encryption-required"
 			}
-			s.saslFail(c, cond, "")
+			s.saslFail(c, cond, "", false)
 			return
 		}
 		opts := sasl.Options{Mechanism: mech}
@@ -241,12 +239,12 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 		}
 		ex, err := sasl.NewServer(opts)
 		if err != nil {
-			s.saslFail(c, "invalid-mechanism", "")
+			s.saslFail(c, "invalid-mechanism", "", false)
 			return
 		}
 		payload, err := saslPayload(unit)
 		if err != nil {
-			s.saslFail(c, "incorrect-encoding", "")
+			s.saslFail(c, "incorrect-encoding", "", false)
 			return
 		}
 		c.ex = ex
@@ -258,12 +256,12 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 		s.saslStart(c, payload)
 	case "response":
 		if c.ex == nil {
-			s.saslFail(c, "malformed-request", "no exchange in progress")
+			s.saslFail(c, "malformed-request", "no exchange in progress", false)
 			return
 		}
 		payload, err := saslPayload(unit)
 		if err != nil {
-			s.saslFail(c, "incorrect-encoding", "")
+			s.saslFail(c, "incorrect-encoding", "", false)
 			return
 		}
 		if payload == nil {
@@ -277,7 +275,7 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 		s.saslStep(c, chal, done, err)
 	case "abort":
 		c.ex = nil
-		s.saslFail(c, "aborted", "")
+		s.saslFail(c, "aborted", "", false)
 	default:
 		s.fail(c, stream.UnsupportedStanzaType.Err, "unknown SASL element")
 	}
@@ -329,11 +327,11 @@ func (s *Server) saslStart(c *conn, initial []byte) {
 	}
 	local, err := normalizeLocal(username, s.cfg.Domain)
 	if err != nil {
-		s.saslFail(c, "not-authorized", "")
+		s.saslFail(c, "not-authorized", "", false)
 		return
 	}
 	if authzid != "" && authzid != local+"@"+s.cfg.Domain {
-		s.saslFail(c, "invalid-authzid", "")
+		s.saslFail(c, "invalid-authzid", "", false)
 		return
 	}
 	c.sess = &session{local: local}
@@ -369,11 +367,12 @@ func (s *Server) saslStep(c *conn, chal []byte, done bool, err error) {
 		if errors.Is(err, errTemporary) {
 			cond = "temporary-auth-failure"
 		}
+		checked := sasl.CheckedCredential(err)
 		// Why, for whoever debugs a client; never the credentials.
 		if ce := s.log.Check(zap.DebugLevel, "sasl failure"); ce != nil {
-			ce.Write(zap.String("condition", cond), zap.Error(err), zap.Stringer("ip", c.ip))
+			ce.Write(zap.String("condition", cond), zap.Error(err), zap.Bool("credential_checked", checked), zap.Stringer("ip", c.ip))
 		}
-		s.saslFail(c, cond, "")
+		s.saslFail(c, cond, "", checked)
 	case done:
 		s.saslSucceed(c, chal)
 	default:
@@ -413,7 +412,15 @@ func (s *Server) saslSucceed(c *conn, additional []byte) {
 }
 
 // saslFail sends a SASL failure and counts it; too many close the stream.
-func (s *Server) saslFail(c *conn, cond, text string) {
+// checked says a password or proof was compared with a credential (see
+// sasl.CheckedCredential): only those failures help someone guessing
+// passwords, so only they count towards preauth.max_failed_auth and the
+// per-address throttle. The others (unsupported channel binding, downgrade
+// flag, malformed message, unknown mechanism, abort, throttled or temporary
+// failure) cost a parse at most and count towards the looser
+// preauth.max_failed_exchanges, so a client that tries its mechanisms in
+// turn reaches one that works before it is closed.
+func (s *Server) saslFail(c *conn, cond, text string, checked bool) {
 	c.ex = nil
 	if c.phase < phaseAuthHeader {
 		c.sess = nil
@@ -430,14 +437,20 @@ func (s *Server) saslFail(c *conn, cond, text string) {
 	b = append(b, `</failure>`...)
 	c.write(b)
 	c.loop.scratch = b[:0]
-	// Aborts count too: an endless abort loop is an attempt loop.
-	c.failed++
-	if cond != "temporary-auth-failure" {
+	if checked {
+		s.stats.authFailedCredential.Add(1)
+		c.failed++
 		s.authFailures.add(c.ip, time.Now())
+		if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
+			s.fail(c, stream.PolicyViolation.Err, "too many failed authentication attempts")
+		}
+		return
 	}
-	if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
-		s.stats.closedPolicy.Add(1)
-		s.fail(c, stream.PolicyViolation.Err, "too many failed authentication attempts")
+	// Aborts count too: an endless abort loop is an exchange loop.
+	s.stats.authFailedExchange.Add(1)
+	c.failedEx++
+	if int(c.failedEx) >= s.conf().Preauth.MaxFailedExchanges {
+		s.fail(c, stream.PolicyViolation.Err, "too many failed SASL exchanges")
 	}
 }
 

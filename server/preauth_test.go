@@ -255,11 +255,9 @@ func TestFailureThrottle(t *testing.T) {
 	bad := base64.StdEncoding.EncodeToString([]byte("n,,n=nina,r=abcdefghijklmnopqrstuvwx"))
 	r := dialRaw(t, srv)
 	r.open()
+	// Only failures that checked a credential count per address.
 	for range 2 {
-		r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + bad + `</auth>`)
-		r.until("</challenge>")
-		r.send(`<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` + base64.StdEncoding.EncodeToString([]byte("c=biws,r=wrong,p=AAAA")) + `</response>`)
-		r.until("</failure>")
+		r.scramWrong("nina")
 	}
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + bad + `</auth>`)
 	r.until("<temporary-auth-failure/>")

@@ -29,6 +29,7 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
 	"mellium.im/xmpp/stream"
 
@@ -184,7 +185,7 @@ func (s *Server) Start() error {
 			gnet.WithNumEventLoop(loops),
 			gnet.WithReuseAddr(true),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-			gnet.WithLogger(s.log.Sugar().Named("gnet")),
+			gnet.WithLogger(s.log.Named("gnet").WithOptions(zap.IncreaseLevel(zap.LevelEnablerFunc(func(l zapcore.Level) bool { return l >= zap.InfoLevel && s.log.Core().Enabled(l) }))).Sugar()), // gnet's debug lines (its own default level, loops exiting) say nothing to an operator
 		)
 		s.runErr = err
 		select {

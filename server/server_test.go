@@ -104,7 +104,7 @@ func TestServerIQ(t *testing.T) {
 	}{
 		{"ping", `<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`, `<iq type='result' id='p1' from='localhost'/>`},
 		{"disco info", `<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`, `<feature var='urn:xmpp:ping'/>`},
-		{"unknown namespace", `<iq type='get' id='u1'><query xmlns='urn:example:nothing'/></iq>`, `<iq type='error' id='u1' from='localhost' to='dave@localhost/r'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`},
+		{"unknown namespace", `<iq type='get' id='u1'><query xmlns='urn:example:nothing'/></iq>`, `<iq type='error' id='u1' to='dave@localhost/r'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`},
 		{"offline full jid", `<iq type='get' id='o1' to='dave@localhost/elsewhere'><ping xmlns='urn:xmpp:ping'/></iq>`, `<service-unavailable`},
 		{"remote domain", `<message id='m1' to='x@example.org'><body>hi</body></message>`, `<remote-server-not-found`},
 	}

@@ -207,7 +207,7 @@ func (s *session) drain() {
 	}
 	if c == nil {
 		if kick != "" {
-			s.loop.srv.endSession(s, kick)
+			s.loop.srv.endSession(s)
 		}
 		return
 	}
@@ -234,6 +234,8 @@ func (s *session) drain() {
 			text = "replaced by a new session with the same resource"
 		case stream.ResourceConstraint.Err:
 			text = "too many stanzas waiting for this session"
+		case stream.NotAuthorized.Err:
+			text = "the password of the account was changed, or the account removed"
 		}
 		s.loop.srv.fail(c, kick, text)
 	}

@@ -9,11 +9,7 @@ import (
 type Stats struct {
 	accepted         atomic.Uint64
 	closed           atomic.Uint64
-	closedDeadline   atomic.Uint64
-	closedPolicy     atomic.Uint64
-	closedBadInput   atomic.Uint64
-	closedClient     atomic.Uint64
-	closedPeer       atomic.Uint64
+	closedBy         [numCloseReasons]atomic.Uint64 // counted once per connection, in OnClose
 	authSucceeded    atomic.Uint64
 	authFailed       atomic.Uint64
 	bound            atomic.Uint64
@@ -22,9 +18,8 @@ type Stats struct {
 	stanzasRouted    atomic.Uint64
 	workRejected     atomic.Uint64
 	tlsHandshakes    atomic.Uint64
-	tlsFailed        atomic.Uint64
-	tlsTimeouts      atomic.Uint64
-	maxLateness      atomic.Int64 // nanoseconds
+	tlsFailed        [numTLSCauses]atomic.Uint64 // handshake failures by cause
+	maxLateness      atomic.Int64                // nanoseconds
 	registered       atomic.Uint64
 	panics           atomic.Uint64
 	authThrottled    atomic.Uint64
@@ -38,7 +33,48 @@ type Stats struct {
 	authenticated atomic.Int64
 
 	in, out [3]atomic.Uint64 // stanzas by kind, indexed like stanzaKinds
+
+	// authFailed split by whether a credential was checked.
+	authFailedCredential, authFailedExchange atomic.Uint64
 }
+
+// closeReason is why a connection closed. Every connection gets exactly
+// one, set when it starts closing (the first one set wins) and counted
+// once, in gnet's OnClose, together with krill_connections_closed_total.
+type closeReason uint8
+
+// Close reasons; closeReasonNames gives their metric labels.
+const (
+	reasonNone      closeReason = iota // not closing (never counted: a bug if it were)
+	reasonDeadline                     // pre-auth or TLS handshake deadline, unanswered ping
+	reasonPolicy                       // a pre-auth rule or cap, a client that does not read
+	reasonError                        // malformed or oversized input, a protocol error
+	reasonClient                       // the client's stream close
+	reasonDropped                      // the peer went away without a stream close
+	reasonTLSFailed                    // a TLS handshake failed, or the input was not TLS
+	reasonReplaced                     // a bind of the same full JID replaced the session
+	reasonShutdown                     // the server is shutting down
+	reasonPanic                        // a contained panic (a bug)
+	numCloseReasons
+)
+
+var closeReasonNames = [numCloseReasons]string{"", "deadline", "policy", "error", "client_close",
+	"dropped", "tls_failed", "replaced", "shutdown", "panic"}
+
+// tlsCause is why a TLS handshake failed.
+type tlsCause uint8
+
+// TLS handshake failure causes; tlsCauseNames gives their metric labels.
+const (
+	causeClientAlert  tlsCause = iota // the client sent an alert: it gave up (an untrusted certificate, say)
+	causeClientClosed                 // the client closed the connection mid-handshake without an alert
+	causeTimeout                      // the handshake deadline passed
+	causeNotTLS                       // the first bytes were not a TLS handshake record
+	causeOther                        // anything else: no common version or cipher, a broken record, a flood
+	numTLSCauses
+)
+
+var tlsCauseNames = [numTLSCauses]string{"client_alert", "client_closed", "timeout", "not_tls", "other"}
 
 // stanzaKinds names the indexes of Stats.in and Stats.out.
 var stanzaKinds = [3]string{"message", "presence", "iq"}
@@ -102,6 +138,10 @@ type StatsSnapshot struct {
 	ClosedBadInput   uint64 // closed for malformed or oversized input
 	ClosedClient     uint64 // closed by the client's stream close
 	ClosedPeer       uint64 // dropped by the peer without a stream close
+	ClosedTLSFailed  uint64 // closed because the TLS handshake failed or the input was not TLS
+	ClosedReplaced   uint64 // closed because a new session took the same full JID
+	ClosedShutdown   uint64 // closed by a server shutdown
+	ClosedPanic      uint64 // closed after a contained panic
 	AuthSucceeded    uint64
 	AuthFailed       uint64
 	Bound            uint64 // resources bound
@@ -110,8 +150,12 @@ type StatsSnapshot struct {
 	StanzasRouted    uint64 // stanzas delivered to local sessions
 	WorkRejected     uint64 // jobs refused because the worker queue was full
 	TLSHandshakes    uint64 // handshakes started
-	TLSFailed        uint64 // handshakes that failed, and connections that sent no TLS
+	TLSFailed        uint64 // handshakes that failed, and connections that sent no TLS (every cause but the timeout)
 	TLSTimeouts      uint64 // connections closed at the handshake deadline
+	TLSClientAlerts  uint64 // handshakes the client aborted with an alert
+	TLSClientClosed  uint64 // handshakes the client abandoned by closing the connection
+	TLSNotTLS        uint64 // connections whose first bytes were not a TLS handshake record
+	TLSOtherFailures uint64 // other handshake failures
 	Registered       uint64 // accounts created by in-band registration
 	Panics           uint64 // panics contained to their connection (each one a bug)
 	AuthThrottled    uint64 // logins refused because their address failed too often
@@ -127,27 +171,41 @@ type StatsSnapshot struct {
 	Authenticated   int64 // authenticated connections now
 	Preauth         int   // unauthenticated connections now
 	Sessions        int   // bound sessions now
+
+	// AuthFailed split: failures after a password or proof was compared
+	// (the ones that matter for password guessing), and exchanges that
+	// failed before any credential was checked.
+	AuthFailedCredential, AuthFailedExchange uint64
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
 	return StatsSnapshot{
-		Accepted:         s.accepted.Load(),
-		Closed:           s.closed.Load(),
-		ClosedDeadline:   s.closedDeadline.Load(),
-		ClosedPolicy:     s.closedPolicy.Load(),
-		ClosedBadInput:   s.closedBadInput.Load(),
-		ClosedClient:     s.closedClient.Load(),
-		ClosedPeer:       s.closedPeer.Load(),
-		AuthSucceeded:    s.authSucceeded.Load(),
-		AuthFailed:       s.authFailed.Load(),
-		Bound:            s.bound.Load(),
-		Replaced:         s.replaced.Load(),
-		StanzasIn:        s.stanzasIn.Load(),
-		StanzasRouted:    s.stanzasRouted.Load(),
-		WorkRejected:     s.workRejected.Load(),
-		TLSHandshakes:    s.tlsHandshakes.Load(),
-		TLSFailed:        s.tlsFailed.Load(),
-		TLSTimeouts:      s.tlsTimeouts.Load(),
+		Accepted:        s.accepted.Load(),
+		Closed:          s.closed.Load(),
+		ClosedDeadline:  s.closedBy[reasonDeadline].Load(),
+		ClosedPolicy:    s.closedBy[reasonPolicy].Load(),
+		ClosedBadInput:  s.closedBy[reasonError].Load(),
+		ClosedClient:    s.closedBy[reasonClient].Load(),
+		ClosedPeer:      s.closedBy[reasonDropped].Load(),
+		ClosedTLSFailed: s.closedBy[reasonTLSFailed].Load(),
+		ClosedReplaced:  s.closedBy[reasonReplaced].Load(),
+		ClosedShutdown:  s.closedBy[reasonShutdown].Load(),
+		ClosedPanic:     s.closedBy[reasonPanic].Load(),
+		AuthSucceeded:   s.authSucceeded.Load(),
+		AuthFailed:      s.authFailed.Load(),
+		Bound:           s.bound.Load(),
+		Replaced:        s.replaced.Load(),
+		StanzasIn:       s.stanzasIn.Load(),
+		StanzasRouted:   s.stanzasRouted.Load(),
+		WorkRejected:    s.workRejected.Load(),
+		TLSHandshakes:   s.tlsHandshakes.Load(),
+		TLSFailed: s.tlsFailed[causeClientAlert].Load() + s.tlsFailed[causeClientClosed].Load() +
+			s.tlsFailed[causeNotTLS].Load() + s.tlsFailed[causeOther].Load(),
+		TLSTimeouts:      s.tlsFailed[causeTimeout].Load(),
+		TLSClientAlerts:  s.tlsFailed[causeClientAlert].Load(),
+		TLSClientClosed:  s.tlsFailed[causeClientClosed].Load(),
+		TLSNotTLS:        s.tlsFailed[causeNotTLS].Load(),
+		TLSOtherFailures: s.tlsFailed[causeOther].Load(),
 		DeadlineLateMax:  time.Duration(s.maxLateness.Load()),
 		Registered:       s.registered.Load(),
 		Panics:           s.panics.Load(),
@@ -157,5 +215,8 @@ func (s *Stats) snapshot() StatsSnapshot {
 		PreauthPlain:     s.preauthPlain.Load(),
 		PreauthTLS:       s.preauthTLS.Load(),
 		Authenticated:    s.authenticated.Load(),
+
+		AuthFailedCredential: s.authFailedCredential.Load(),
+		AuthFailedExchange:   s.authFailedExchange.Load(),
 	}
 }

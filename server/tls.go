@@ -33,6 +33,12 @@ const (
 // maxRecord is the largest TLS record a client may send (RFC 8446 5.1).
 const maxRecord = 5 + 16384 + 256
 
+// maxSkipWhitespace bounds the whitespace skipped between <starttls/> and
+// the ClientHello: a client's line ending after the element (go-sendxmpp
+// writes one newline), with room for CRLF and indentation. More than that
+// is not a client about to speak TLS.
+const maxSkipWhitespace = 64
+
 // maxHandshakeInput bounds what a client may send while its handshake
 // runs or waits: a flood there costs at most this much.
 const maxHandshakeInput = 64 << 10
@@ -45,6 +51,8 @@ type tlsConn struct {
 	plain      []byte    // decrypted input the framer has not consumed
 	hsDeadline time.Time // end of the handshake allowance
 	stage      tlsStage
+	direct     bool  // direct TLS (XEP-0368): no XML came before the ClientHello
+	skipped    uint8 // whitespace skipped before the ClientHello (STARTTLS only)
 }
 
 // errWouldBlock is what the pipe's Read returns on the loop when no
@@ -74,6 +82,41 @@ type tlsPipe struct {
 	handshaking bool
 	closed      bool
 	flushPosted bool
+	// tail holds the last bytes the client sent during the handshake, to
+	// recognise a plaintext alert record that crypto/tls could only report
+	// as "bad record MAC" (see handshakeCause).
+	tail  [alertRecordLen]byte
+	ntail uint8
+}
+
+// alertRecordLen is the length of a TLS record carrying one plaintext
+// alert: a 5-byte header and level, description.
+const alertRecordLen = 7
+
+// noteTail remembers the last alertRecordLen bytes of the client's
+// handshake input. Called with p.mu held, or before the handshake starts.
+func (p *tlsPipe) noteTail(b []byte) {
+	if len(b) >= alertRecordLen {
+		copy(p.tail[:], b[len(b)-alertRecordLen:])
+		p.ntail = alertRecordLen
+		return
+	}
+	keep := min(int(p.ntail), alertRecordLen-len(b))
+	copy(p.tail[:], p.tail[int(p.ntail)-keep:p.ntail])
+	copy(p.tail[keep:], b)
+	p.ntail = uint8(keep + len(b))
+}
+
+// lastAlert reports the description of the plaintext alert record the
+// client sent last, if its last bytes were one.
+func (p *tlsPipe) lastAlert() (uint8, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t := p.tail
+	if p.ntail != alertRecordLen || t[0] != 21 || t[1] != 3 || t[3] != 0 || t[4] != 2 {
+		return 0, false
+	}
+	return t[6], true
 }
 
 // Read implements net.Conn.
@@ -145,6 +188,7 @@ func (p *tlsPipe) flush() {
 func (p *tlsPipe) feed(b []byte) {
 	p.mu.Lock()
 	p.in = append(p.in, b...)
+	p.noteTail(b)
 	if p.ready != nil {
 		select {
 		case p.ready <- struct{}{}:
@@ -167,6 +211,20 @@ func (p *tlsPipe) Close() error {
 	return nil
 }
 
+// peerClosed ends the pipe because the client closed its side during the
+// handshake: unlike Close, the input already received stays readable (it
+// may end with the alert that says why), then Read reports EOF.
+func (p *tlsPipe) peerClosed() {
+	p.mu.Lock()
+	p.closed = true
+	p.out = nil
+	if p.ready != nil {
+		close(p.ready)
+		p.ready = nil
+	}
+	p.mu.Unlock()
+}
+
 // LocalAddr implements net.Conn.
 func (p *tlsPipe) LocalAddr() net.Addr { return p.c.gc.LocalAddr() }
 
@@ -185,7 +243,7 @@ func (p *tlsPipe) SetWriteDeadline(time.Time) error { return nil }
 // startTLS gives c a TLS layer waiting for the ClientHello, with its
 // handshake deadline. Called on the loop.
 func (s *Server) startTLS(c *conn, direct bool) {
-	t := &tlsConn{hsDeadline: time.Now().Add(s.conf().TLS.HandshakeTimeout)}
+	t := &tlsConn{hsDeadline: time.Now().Add(s.conf().TLS.HandshakeTimeout), direct: direct}
 	t.pipe.c = c
 	cfg := s.tlsStartTLS
 	if direct {
@@ -203,13 +261,25 @@ func (s *Server) processTLS(c *conn) {
 	buf, _ := c.gc.Peek(-1)
 	switch t.stage {
 	case tlsAwaitHello:
+		if ws := leadingSpace(buf); ws > 0 && !t.direct {
+			// STARTTLS: the client begins TLS only once it has read our
+			// <proceed/> (RFC 6120 5.4.3.3), so whitespace it wrote after
+			// its <starttls/> (go-sendxmpp: a newline) still belongs to
+			// the XML stream. Direct TLS has no XML stream: there the
+			// first byte must start the ClientHello.
+			if int(t.skipped)+ws > maxSkipWhitespace {
+				s.tlsFail(c, causeNotTLS, "whitespace instead of a ClientHello", nil)
+				return
+			}
+			t.skipped += uint8(ws)
+			_, _ = c.gc.Discard(ws)
+			buf = buf[ws:]
+		}
 		if len(buf) == 0 {
 			return
 		}
 		if buf[0] != 0x16 { // not a handshake record: not TLS at all
-			s.stats.tlsFailed.Add(1)
-			s.log.Info("tls handshake failed", zap.String("reason", "not a TLS handshake record"), zap.Stringer("ip", c.ip))
-			s.shut(c)
+			s.tlsFail(c, causeNotTLS, "not a TLS handshake record", nil)
 			return
 		}
 		if len(buf) < 5 {
@@ -217,9 +287,7 @@ func (s *Server) processTLS(c *conn) {
 		}
 		n := 5 + int(binary.BigEndian.Uint16(buf[3:5]))
 		if n > maxRecord {
-			s.stats.tlsFailed.Add(1)
-			s.log.Info("tls handshake failed", zap.String("reason", "oversized first record"), zap.Stringer("ip", c.ip))
-			s.shut(c)
+			s.tlsFail(c, causeNotTLS, "oversized first record", nil)
 			return
 		}
 		if len(buf) < n {
@@ -228,6 +296,7 @@ func (s *Server) processTLS(c *conn) {
 			return
 		}
 		t.pipe.in = append([]byte(nil), buf...)
+		t.pipe.noteTail(buf)
 		_, _ = c.gc.Discard(len(buf))
 		s.beginHandshake(c)
 	case tlsQueued, tlsHandshaking:
@@ -238,9 +307,7 @@ func (s *Server) processTLS(c *conn) {
 		pending := len(t.pipe.in)
 		t.pipe.mu.Unlock()
 		if pending+len(buf) > maxHandshakeInput {
-			s.stats.tlsFailed.Add(1)
-			s.log.Info("tls handshake failed", zap.String("reason", "too much input during the handshake"), zap.Stringer("ip", c.ip))
-			s.shut(c)
+			s.tlsFail(c, causeOther, "too much input during the handshake", nil)
 			return
 		}
 		t.pipe.feed(buf)
@@ -294,13 +361,12 @@ func (s *Server) readTLS(c *conn, buf []byte) {
 	}
 	if rerr != nil {
 		// close_notify, an alert or a broken record: the stream is over.
+		why := reasonDropped
 		if !errors.Is(rerr, io.EOF) {
-			s.stats.closedBadInput.Add(1)
+			why = reasonError
 			s.log.Info("tls read failed", zap.Error(rerr), zap.Stringer("ip", c.ip))
-		} else {
-			s.stats.closedPeer.Add(1)
 		}
-		s.shut(c)
+		s.shut(c, why)
 	}
 }
 
@@ -329,8 +395,83 @@ func (s *Server) runHandshake(c *conn) {
 	go func() {
 		err := tc.Handshake()
 		s.handshakes.release()
-		s.onLoop(c, func() { s.finishHandshake(c, err) })
+		s.onLoopOr(c, func() { s.finishHandshake(c, err) }, func() { s.handshakeEnded(c, err) })
 	}()
+}
+
+// handshakeEnded runs when a handshake goroutine ends after its connection
+// closed. If the client closed it mid-handshake, the handshake's outcome
+// says why (an alert, or nothing) and is counted here; a connection the
+// server closed (deadline, shutdown) was counted when it did.
+func (s *Server) handshakeEnded(c *conn, err error) {
+	if c.reason != reasonTLSFailed {
+		return
+	}
+	cause, alert := handshakeCause(err, &c.tls.pipe)
+	s.countTLSFailure(c, cause, alert, err)
+}
+
+// handshakeCause classifies a failed handshake (err nil: the client closed
+// the connection after a handshake that had not finished for us). alert
+// names the alert the client sent, if any.
+func handshakeCause(err error, p *tlsPipe) (cause tlsCause, alert string) {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "remote error" {
+		return causeClientAlert, oe.Err.Error()
+	}
+	if err == nil {
+		return causeClientClosed, ""
+	}
+	if a, ok := p.lastAlert(); ok {
+		// A client that gives up before it has its handshake keys (OpenSSL
+		// refusing our certificate under TLS 1.3) sends its alert in
+		// plaintext, which crypto/tls, expecting an encrypted record,
+		// reports as "bad record MAC".
+		return causeClientAlert, tls.AlertError(a).Error()
+	}
+	var rh tls.RecordHeaderError
+	switch {
+	case errors.As(err, &rh):
+		return causeNotTLS, ""
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return causeClientClosed, ""
+	}
+	return causeOther, ""
+}
+
+// tlsFail counts a failed TLS setup with its cause and closes c. The log
+// line is at debug level: per-connection lines would flood the log under
+// attack, and krill_tls_handshake_failures_total says how many and why.
+func (s *Server) tlsFail(c *conn, cause tlsCause, what string, err error) {
+	s.countTLSFailure(c, cause, what, err)
+	s.shut(c, reasonTLSFailed)
+}
+
+// countTLSFailure counts and logs one failed handshake.
+func (s *Server) countTLSFailure(c *conn, cause tlsCause, detail string, err error) {
+	s.stats.tlsFailed[cause].Add(1)
+	if ce := s.log.Check(zap.DebugLevel, "tls handshake failed"); ce != nil {
+		fields := []zap.Field{zap.String("cause", tlsCauseNames[cause]), zap.Stringer("ip", c.ip)}
+		switch {
+		case cause == causeClientAlert:
+			fields = append(fields, zap.String("alert", detail))
+		case detail != "":
+			fields = append(fields, zap.String("detail", detail))
+		}
+		if err != nil {
+			fields = append(fields, zap.Error(err))
+		}
+		ce.Write(fields...)
+	}
+}
+
+// leadingSpace returns how many XML whitespace bytes start b.
+func leadingSpace(b []byte) int {
+	n := 0
+	for n < len(b) && (b[n] == ' ' || b[n] == '\t' || b[n] == '\r' || b[n] == '\n') {
+		n++
+	}
+	return n
 }
 
 // finishHandshake switches c to loop-driven TLS. The last handshake bytes
@@ -347,15 +488,18 @@ func (s *Server) finishHandshake(c *conn, err error) {
 		_, _ = c.gc.Write(out)
 	}
 	if err != nil {
-		s.stats.tlsFailed.Add(1)
-		s.log.Info("tls handshake failed", zap.Error(err), zap.Stringer("ip", c.ip))
-		s.shut(c)
+		cause, alert := handshakeCause(err, p)
+		s.tlsFail(c, cause, alert, err)
 		return
 	}
 	t.stage = tlsEstablished
 	c.phase = phaseHeader
 	c.flags &^= flagHeaderSent
-	c.framer.Reset()
+	if !t.direct {
+		// STARTTLS restarts the stream; direct TLS opens its first one,
+		// and the framer has seen nothing yet.
+		c.framer.Reset()
+	}
 	s.armDeadline(c)
 	// Clients often send their stream header with their Finished: read now.
 	s.readTLS(c, nil)

@@ -26,7 +26,7 @@ const (
 	KindNone       Kind = iota // no complete unit yet: feed more bytes
 	KindHeader                 // optional XML declaration, whitespace and the stream open tag, one unit
 	KindElement                // one complete top-level element (stanza or nonza), including its end tag
-	KindWhitespace             // a run of whitespace between top-level elements (keepalive); Len covers the run
+	KindWhitespace             // a run of whitespace between top-level elements (keepalive), or before a restarted stream's header; Len covers the run
 	KindClose                  // the stream's close tag, matching the header's qualified name
 )
 
@@ -141,6 +141,7 @@ type Framer struct {
 	lo, hi       uint8 // bounds of the next continuation byte
 	quote        uint8 // quote of the current attribute value
 	run          uint8 // state-specific: ']' count, colon seen, digit seen, declaration allowed
+	restart      bool  // set by Reset: whitespace may precede the new header's XML declaration
 }
 
 // SetLimits sets the limits that apply from the next byte scanned. It may
@@ -162,9 +163,17 @@ func clamp(n int) int32 {
 // Reset prepares f for a fresh stream header, as after a stream restart
 // (SASL success, STARTTLS), and clears any error. Limits are kept. The next
 // call to Next must be given the bytes that follow the last token.
+//
+// A restarted stream is a new XML document, so its header may again begin
+// with an XML declaration. Unlike at the very start of the first stream,
+// whitespace may come first: it is what the client wrote after its last
+// element of the previous stream (go-sendxmpp writes a newline before
+// "<?xml version='1.0'?>"). Next reports it as KindWhitespace, then the
+// header as if the declaration came first. A processing instruction
+// anywhere else is still refused.
 func (f *Framer) Reset() {
 	stack := f.stack[:0]
-	*f = Framer{maxBytes: f.maxBytes, maxElems: f.maxElems, maxDepth: f.maxDepth, stack: stack}
+	*f = Framer{maxBytes: f.maxBytes, maxElems: f.maxElems, maxDepth: f.maxDepth, stack: stack, restart: true}
 }
 
 // Scanned returns how many bytes at the front of the unconsumed buffer f
@@ -186,7 +195,7 @@ func (f *Framer) Next(buf []byte) (Token, error) {
 	if len(buf) < int(f.pos) {
 		return Token{}, f.fail(int(f.pos), ErrBufferShrunk)
 	}
-	if f.pos == 0 && f.state == sTop && len(buf) > 0 && isSpace(buf[0]) {
+	if f.pos == 0 && (f.state == sTop || f.state == sStart && f.restart) && len(buf) > 0 && isSpace(buf[0]) {
 		n := 1
 		for n < len(buf) && n < maxUnit && isSpace(buf[n]) {
 			n++
@@ -303,6 +312,10 @@ func (f *Framer) emit(k Kind, n int) Token {
 		f.stack, f.declTop, f.ndecl = f.stack[:0], 0, 0
 	case KindClose:
 		f.phase = phClosed
+	case KindWhitespace:
+		if f.phase == phHeader {
+			f.state = sStart // whitespace before a restarted stream's header
+		}
 	}
 	return Token{Kind: k, Len: n}
 }

@@ -49,6 +49,23 @@ func (o outcome) kinds() []Kind {
 func frame(t testing.TB, in []byte, lim Limits, cuts []int) outcome {
 	var f Framer
 	f.SetLimits(lim)
+	return frameOn(t, &f, in, lim, cuts)
+}
+
+// frameRestarted is frame on a Framer that has framed a stream and been
+// Reset, as after SASL success or STARTTLS.
+func frameRestarted(t testing.TB, in []byte, lim Limits, cuts []int) outcome {
+	var f Framer
+	if tok, err := f.Next([]byte(hdr)); err != nil || tok.Kind != KindHeader {
+		t.Fatalf("first header: %v, %v", tok, err)
+	}
+	f.Reset()
+	f.SetLimits(lim)
+	return frameOn(t, &f, in, lim, cuts)
+}
+
+// frameOn feeds in to f, cut at cuts, as frame describes.
+func frameOn(t testing.TB, f *Framer, in []byte, lim Limits, cuts []int) outcome {
 	var o outcome
 	pending := []byte{}
 	fed := 0
@@ -62,7 +79,7 @@ func frame(t testing.TB, in []byte, lim Limits, cuts []int) outcome {
 			tok, err := f.Next(pending)
 			if err != nil {
 				o.err = err
-				if err2 := nextErr(&f, pending); !errors.Is(err2, err) {
+				if err2 := nextErr(f, pending); !errors.Is(err2, err) {
 					t.Errorf("dead framer returned %v, want %v", err2, err)
 				}
 				return o
@@ -443,6 +460,59 @@ func TestFramerReset(t *testing.T) {
 	if f.maxBytes != 1000 {
 		t.Errorf("Reset dropped the limits")
 	}
+}
+
+// TestFramerRestart: a restarted stream is a new XML document. After Reset
+// its XML declaration may follow whitespace (go-sendxmpp 0.5 sends "\n"
+// then "<?xml version='1.0'?>" after SASL success); other processing
+// instructions, and a declaration inside the stream, are still refused.
+func TestFramerRestart(t *testing.T) {
+	const sendxmpp = "\n<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+	tests := []struct {
+		name  string
+		in    string
+		kinds []Kind
+		err   error
+	}{
+		{name: "go-sendxmpp", in: sendxmpp, kinds: []Kind{W, H}},
+		{name: "declaration first", in: "<?xml version='1.0'?>" + hdr, kinds: []Kind{H}},
+		{name: "no declaration", in: "\r\n " + hdr + "<a/>", kinds: []Kind{W, H, E}},
+		{name: "crlf and tab", in: "\r\n\t<?xml version='1.0' encoding='UTF-8'?>\n" + hdr, kinds: []Kind{W, H}},
+		{name: "other pi", in: "\n<?xml-stylesheet href='x'?>" + hdr, err: ErrProcInst},
+		{name: "two declarations", in: "\n<?xml version='1.0'?><?xml version='1.0'?>" + hdr, err: ErrProcInst},
+		{name: "whitespace inside the prolog", in: "\n<?xml version='1.0'?> <?xml version='1.0'?>" + hdr, err: ErrProcInst},
+		{name: "declaration in the stream", in: "\n" + hdr + "<?xml version='1.0'?>", err: ErrProcInst},
+		{name: "pi between stanzas", in: hdr + "<a/>\n<?foo?>", err: ErrProcInst},
+		{name: "text", in: "\nhello" + hdr, err: ErrNoHeader},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := []byte(tc.in)
+			whole := frameRestarted(t, in, Limits{}, nil)
+			if tc.err == nil && (whole.err != nil || !slices.Equal(kindsOf(whole.toks), tc.kinds)) || tc.err != nil && !errors.Is(whole.err, tc.err) {
+				t.Fatalf("got %v %v, want %v %v", kindsOf(whole.toks), whole.err, tc.kinds, tc.err)
+			}
+			for i := 1; i < len(in); i++ {
+				o := frameRestarted(t, in, Limits{}, []int{i})
+				if !slices.Equal(o.toks, whole.toks) || !sameSentinel(o.err, whole.err) {
+					t.Fatalf("split at %d: %v %v, whole: %v %v", i, o.toks, o.err, whole.toks, whole.err)
+				}
+			}
+		})
+	}
+	// The first stream stays strict: nothing may precede its declaration.
+	var f Framer
+	if _, err := f.Next([]byte("\n<?xml version='1.0'?>" + hdr)); !errors.Is(err, ErrProcInst) {
+		t.Fatalf("first stream: err = %v, want ErrProcInst", err)
+	}
+}
+
+func kindsOf(toks []Token) []Kind {
+	var k []Kind
+	for _, t := range toks {
+		k = append(k, t.Kind)
+	}
+	return k
 }
 
 func TestFramerSize(t *testing.T) {

@@ -7,6 +7,10 @@ import (
 	"unsafe"
 )
 
+// fuzzRestart is the seed bit that frames the input as a restarted stream
+// (after Reset), as after SASL success or STARTTLS.
+const fuzzRestart = 1 << 31
+
 // fuzzSetup derives from seed whether to prepend a stream header, the
 // limits and the cut points for the split run.
 func fuzzSetup(data []byte, seed uint32) (in []byte, lim Limits, cuts []int) {
@@ -33,15 +37,21 @@ func FuzzFramer(f *testing.F) {
 		"", hdr, " <message><body>hi</body></message></stream:stream>",
 		"<a x='1' y=\"2\"><![CDATA[x]]>&lt;&#x41;</a>", "<?xml version='1.0'?>" + hdr,
 		"<!DOCTYPE x>", "<a xmlns:p='u'><p:b p:c='1'/></a>", "\xef\xbb\xbf" + hdr,
+		"\n<?xml version='1.0'?>" + hdr, "\r\n \t<?xml-stylesheet?>",
 	} {
 		f.Add([]byte(s), uint32(0))
 		f.Add([]byte(s), uint32(1))
 		f.Add([]byte(s), uint32(0x1237))
+		f.Add([]byte(s), uint32(fuzzRestart))
 	}
 	f.Fuzz(func(t *testing.T, data []byte, seed uint32) {
 		in, lim, cuts := fuzzSetup(data, seed)
-		whole := frame(t, in, lim, nil)
-		split := frame(t, in, lim, cuts)
+		run := frame
+		if seed&fuzzRestart != 0 {
+			run = frameRestarted
+		}
+		whole := run(t, in, lim, nil)
+		split := run(t, in, lim, cuts)
 		if whole.consumed() > len(in) {
 			t.Fatalf("tokens cover %d bytes of %d", whole.consumed(), len(in))
 		}

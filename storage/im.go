@@ -174,6 +174,22 @@ type IM interface {
 	VCard(ctx context.Context, user string) ([]byte, error)
 	// SetVCard replaces user's vCard; a nil or empty vcard deletes it.
 	SetVCard(ctx context.Context, user string, vcard []byte) error
+
+	// LastActivity returns when user's last resource went unavailable
+	// and the status it gave (XEP-0012); ok is false if never recorded.
+	LastActivity(ctx context.Context, user string) (a Activity, ok bool, err error)
+	// SetLastActivity records user's last activity, replacing the
+	// previous one. It returns ErrNotFound if user has no account.
+	SetLastActivity(ctx context.Context, user string, a Activity) error
+}
+
+// Activity is when an account's last available resource went away
+// (XEP-0012), and the status text of its unavailable presence.
+type Activity struct {
+	// At is stored to the second.
+	At time.Time
+	// Status is the text of <status/>, unescaped; "" if none.
+	Status string
 }
 
 // normalGroups returns groups sorted and deduplicated, in a new slice so

@@ -683,6 +683,48 @@ func testIM(t *testing.T, open func(t *testing.T) imStore) {
 			}
 			wantVCard(t, s, "bob", v2)
 		}},
+		{"last activity", func(t *testing.T, s imStore) {
+			if _, ok, err := s.LastActivity(ctx, "user0"); err != nil || ok {
+				t.Fatalf("LastActivity before any = %v, %v; want none", ok, err)
+			}
+			if err := s.SetLastActivity(ctx, "user0", Activity{At: time.Unix(100, 0)}); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("SetLastActivity(no account) = %v, want ErrNotFound", err)
+			}
+			if _, ok, _ := s.LastActivity(ctx, "user0"); ok {
+				t.Fatal("last activity stored for a missing account")
+			}
+			if err := s.AddAccounts(ctx, fakeAccounts("user", 2)); err != nil {
+				t.Fatal(err)
+			}
+			steps := []Activity{
+				{At: time.Unix(1_700_000_000, 0), Status: "gone <home> & 'out'"},
+				{At: time.Unix(1_700_000_100, 0)}, // replaced, status cleared
+			}
+			for _, a := range steps {
+				if err := s.SetLastActivity(ctx, "user0", a); err != nil {
+					t.Fatal(err)
+				}
+				got, ok, err := s.LastActivity(ctx, "user0")
+				if err != nil || !ok || !got.At.Equal(a.At) || got.Status != a.Status {
+					t.Fatalf("LastActivity = %+v, %v, %v; want %+v", got, ok, err, a)
+				}
+			}
+			if _, ok, _ := s.LastActivity(ctx, "user1"); ok {
+				t.Fatal("user1 has user0's last activity")
+			}
+			if err := s.SetLastActivity(ctx, "user0", Activity{Status: "\xff"}); !errors.Is(err, ErrInvalidText) {
+				t.Fatalf("SetLastActivity(not UTF-8) = %v, want ErrInvalidText", err)
+			}
+			if err := s.SetLastActivity(ctx, "", Activity{}); !errors.Is(err, ErrEmptyUsername) {
+				t.Fatalf("SetLastActivity(\"\") = %v, want ErrEmptyUsername", err)
+			}
+			if err := s.RemoveAccount(ctx, "user0"); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok, err := s.LastActivity(ctx, "user0"); err != nil || ok {
+				t.Fatalf("LastActivity after RemoveAccount = %v, %v; want none", ok, err)
+			}
+		}},
 		{"RemoveAccount removes the account's IM data", func(t *testing.T, s imStore) {
 			if err := s.AddAccounts(ctx, fakeAccounts("user", 2)); err != nil {
 				t.Fatal(err)

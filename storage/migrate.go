@@ -100,6 +100,19 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		version: 3,
+		name:    "create last_activity",
+		stmts: []string{
+			// XEP-0012: when the account's last resource went
+			// unavailable (Unix seconds) and the status it gave.
+			`CREATE TABLE last_activity (
+				username TEXT   NOT NULL PRIMARY KEY,
+				at       BIGINT NOT NULL,
+				status   TEXT   NOT NULL
+			)`,
+		},
+	},
 }
 
 // createMigrationsTable is the bootstrap that precedes every version: it
@@ -112,7 +125,7 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // SchemaVersion is the schema version this binary migrates databases to:
 // the version of the last entry of migrations (a test holds them equal).
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // Migrate brings the schema of db up to [SchemaVersion]: it applies, in
 // order, each migration the database has not recorded yet, each in its own

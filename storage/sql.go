@@ -191,12 +191,12 @@ func (s *SQL) SetCredentials(ctx context.Context, username string, c sasl.Creden
 // items for the removed account stay: RFC 6121 leaves them to the contacts.
 var ownedTables = []string{
 	"roster_items", "roster_groups", "roster_versions", "subscription_requests",
-	"offline_messages", "blocklist", "vcards",
+	"offline_messages", "blocklist", "vcards", "last_activity",
 }
 
 // RemoveAccount implements [Accounts.RemoveAccount]. It deletes the account
 // and all its IM data (roster, requests, offline messages, blocklist,
-// vCard) in one transaction.
+// vCard, last activity) in one transaction.
 func (s *SQL) RemoveAccount(ctx context.Context, username string) error {
 	err := s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
 		// Wait for transactions changing the roster to end, so that

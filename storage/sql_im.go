@@ -64,6 +64,13 @@ const (
 	querySetVCard   = `INSERT INTO vcards (username, vcard, updated_at) VALUES (?, ?, ?)
 		ON CONFLICT (username) DO UPDATE SET vcard = excluded.vcard, updated_at = excluded.updated_at`
 	queryDeleteVCard = `DELETE FROM vcards WHERE username = ?`
+
+	queryLastActivity = `SELECT at, status FROM last_activity WHERE username = ?`
+	// Only for an existing account: a write racing with RemoveAccount
+	// leaves no orphan row.
+	querySetLastActivity = `INSERT INTO last_activity (username, at, status)
+		SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE username = ?)
+		ON CONFLICT (username) DO UPDATE SET at = excluded.at, status = excluded.status`
 )
 
 // imStmts are the prepared statements of [IM]. Those used inside write
@@ -79,6 +86,7 @@ type imStmts struct {
 	requests, offline, offlineBatch, blocklist, vcard *sql.Stmt
 	storeOffline, storeOfflineBytes, deleteOffline    *sql.Stmt
 	block, unblock, unblockAll, setVCard, delVCard    *sql.Stmt
+	lastActivity, setLastActivity                     *sql.Stmt
 }
 
 func (m *imStmts) statements() []stmtSpec {
@@ -111,6 +119,8 @@ func (m *imStmts) statements() []stmtSpec {
 		{&m.unblockAll, true, queryUnblockAll},
 		{&m.setVCard, true, querySetVCard},
 		{&m.delVCard, true, queryDeleteVCard},
+		{&m.lastActivity, false, queryLastActivity},
+		{&m.setLastActivity, true, querySetLastActivity},
 	}
 }
 
@@ -693,6 +703,37 @@ func (s *SQL) SetVCard(ctx context.Context, user string, vcard []byte) error {
 		return fmt.Errorf("storage: set vcard of %q: %w", user, err)
 	}
 	return nil
+}
+
+// LastActivity implements [IM.LastActivity].
+func (s *SQL) LastActivity(ctx context.Context, user string) (Activity, bool, error) {
+	var (
+		at     int64
+		status string
+	)
+	err := s.im.lastActivity.QueryRowContext(ctx, user).Scan(&at, &status)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Activity{}, false, nil
+	}
+	if err != nil {
+		return Activity{}, false, fmt.Errorf("storage: last activity of %q: %w", user, err)
+	}
+	return Activity{At: time.Unix(at, 0), Status: status}, true, nil
+}
+
+// SetLastActivity implements [IM.SetLastActivity].
+func (s *SQL) SetLastActivity(ctx context.Context, user string, a Activity) error {
+	switch {
+	case user == "":
+		return ErrEmptyUsername
+	case !validText(user) || !validText(a.Status):
+		return fmt.Errorf("%w: last activity of %q", ErrInvalidText, user)
+	}
+	res, err := s.im.setLastActivity.ExecContext(ctx, user, a.At.Unix(), a.Status, user)
+	if err != nil {
+		return fmt.Errorf("storage: set last activity of %q: %w", user, err)
+	}
+	return wantOneRow(res, ErrNotFound, user)
 }
 
 // validText reports whether s can be stored as TEXT by every dialect.

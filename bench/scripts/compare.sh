@@ -56,6 +56,7 @@ if [ "$SERVERS" != krill ] && [ "$(id -u)" != 0 ]; then
 	die "run as root (it installs packages and starts servers as their users)"
 fi
 mkdir -p "$WORK" "$OUT"
+echo "compare.sh: servers: $SERVERS; results in $OUT (work files in $WORK)" >&2
 
 need_pkgs=()
 case " $SERVERS " in *" prosody "*) command -v prosody >/dev/null || need_pkgs+=(prosody) ;; esac
@@ -290,8 +291,15 @@ bench_idle() { # server n repeat stage
 	echo "machine: $(nproc) vCPU $cpu, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 	echo "go: $(go version)"
 	echo "krill: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty')"
-	command -v prosody >/dev/null && echo "prosody: $(dpkg-query -W -f '${Version}' prosody)"
-	command -v ejabberdctl >/dev/null && echo "ejabberd: $(dpkg-query -W -f '${Version}' ejabberd), erlang $(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null)"
+	# Only the servers measured: the quick suite is Krill alone, whatever else is installed.
+	if [[ " $SERVERS " == *" prosody "* ]] && command -v prosody >/dev/null; then
+		echo "prosody: $(dpkg-query -W -f '${Version}' prosody)"
+	fi
+	if [[ " $SERVERS " == *" ejabberd "* ]] && command -v ejabberdctl >/dev/null; then
+		echo "ejabberd: $(dpkg-query -W -f '${Version}' ejabberd), erlang $(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null)"
+	fi
+	echo "servers: $SERVERS"
+	echo "results: $OUT"
 	echo "N=$N R=$R NBIG=$NBIG clients=$CLIENTS"
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2

@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -117,22 +118,38 @@ func configLoader(name string, args []string, stderr io.Writer) (config.Config, 
 	return cfg, load, err
 }
 
-func newLogger(cfg config.Log) (*zap.Logger, zap.AtomicLevel, error) {
+// newLogger builds the server's logger on stderr. colour asks for ANSI
+// colours on the console format's levels: only for a terminal, so that a log
+// redirected to a file or a journal has no escape sequences in it.
+func newLogger(cfg config.Log, colour bool) (*zap.Logger, zap.AtomicLevel, error) {
+	zc, err := loggerConfig(cfg, colour)
+	if err != nil {
+		return nil, zap.AtomicLevel{}, err
+	}
+	log, err := zc.Build()
+	return log, zc.Level, err
+}
+
+// loggerConfig is newLogger's configuration, separate so that tests can
+// check the encoder without writing to stderr.
+func loggerConfig(cfg config.Log, colour bool) (zap.Config, error) {
 	var zc zap.Config
 	if cfg.Format == "json" {
 		zc = zap.NewProductionConfig()
 	} else {
 		zc = zap.NewDevelopmentConfig()
 		zc.DisableStacktrace = true
-		zc.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
+		if colour {
+			zc.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		}
 	}
 	lvl, err := zapcore.ParseLevel(cfg.Level)
 	if err != nil {
-		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)
+		return zap.Config{}, fmt.Errorf("log.level: %w", err)
 	}
 	zc.Level = zap.NewAtomicLevelAt(lvl)
-	log, err := zc.Build()
-	return log, zc.Level, err
+	return zc, nil
 }
 
 func openStore(cfg config.Config) (*storage.SQL, error) {
@@ -146,7 +163,7 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log, level, err := newLogger(cfg.Log)
+	log, level, err := newLogger(cfg.Log, isatty.IsTerminal(os.Stderr.Fd()))
 	if err != nil {
 		return err
 	}

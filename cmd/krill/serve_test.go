@@ -10,6 +10,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/krill-xmpp/krill/config"
 )
 
 // TestServeProcess runs the real binary configured only through KRILL_*
@@ -128,4 +132,80 @@ func freePort(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// TestConsoleLogNotATerminal: with stderr a pipe (as with a file or a
+// journal) the console log has no ANSI colour codes, and at debug level
+// gnet's "default logging level is INFO" line (its own default, not Krill's
+// level) is not printed.
+func TestConsoleLogNotATerminal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := buildKrill(t)
+	p := &krillProcess{cmd: exec.Command(bin, "serve"), lines: make(chan string, 256)}
+	p.cmd.Env = append(os.Environ(), "KRILL_C2S_LISTEN="+freePort(t), "KRILL_C2S_DIRECT_TLS_LISTEN="+freePort(t),
+		"KRILL_ADMIN_LISTEN="+freePort(t), "KRILL_DATA_DIR="+t.TempDir(), "KRILL_LOG_FORMAT=console", "KRILL_LOG_LEVEL=debug")
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.cmd.Process.Kill(); _ = p.cmd.Wait() })
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+	}()
+	p.waitLog(t, "\tlistening\t", 3)
+	p.stop(t, syscall.SIGTERM)
+	log := p.log.String()
+	if strings.Contains(log, "\x1b[") {
+		t.Errorf("console log to a pipe has ANSI escapes:\n%q", log)
+	}
+	if strings.Contains(log, "default logging level") {
+		t.Errorf("gnet's default-level line is printed:\n%s", log)
+	}
+	if !strings.Contains(log, "INFO\t") {
+		t.Errorf("no plain INFO level in:\n%s", log)
+	}
+}
+
+// TestLoggerColour: colour only when asked for (stderr is a terminal), and
+// never in JSON.
+func TestLoggerColour(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		format string
+		colour bool
+		want   bool
+	}{
+		{"console terminal", "console", true, true},
+		{"console file", "console", false, false},
+		{"json terminal", "json", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			zc, err := loggerConfig(config.Log{Level: "info", Format: tc.format}, tc.colour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var enc zapcore.Encoder
+			if tc.format == "json" {
+				enc = zapcore.NewJSONEncoder(zc.EncoderConfig)
+			} else {
+				enc = zapcore.NewConsoleEncoder(zc.EncoderConfig)
+			}
+			buf, err := enc.EncodeEntry(zapcore.Entry{Level: zapcore.InfoLevel, Message: "m"}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(buf.String(), "\x1b["); got != tc.want {
+				t.Fatalf("escape codes %v, want %v: %q", got, tc.want, buf.String())
+			}
+		})
+	}
 }

@@ -1,0 +1,58 @@
+// Package lastactivity implements XEP-0012 Last Activity for the server
+// itself: a query to the domain is answered with the server's uptime in
+// seconds. Queries to an account (how long ago its last resource went
+// away) need presence and rosters and are answered by the core.
+package lastactivity
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/krill-xmpp/krill/router"
+)
+
+// NS is the XEP-0012 namespace.
+const NS = "jabber:iq:last"
+
+// processStart is when this package was initialised: the default start.
+var processStart = time.Now()
+
+// Module answers last-activity queries to the server.
+type Module struct {
+	// Started is when the server started; the zero value means when the
+	// process started.
+	Started time.Time
+	// Now returns the current time; nil means time.Now (tests set it).
+	Now func() time.Time
+}
+
+// Name implements router.Module.
+func (Module) Name() string { return "lastactivity" }
+
+// Routes implements router.Module.
+func (Module) Routes() []router.Route {
+	return []router.Route{{Kind: router.IQGet, NS: NS, Local: "query"}}
+}
+
+// Features implements router.Module.
+func (Module) Features() []string { return []string{NS} }
+
+// HandleIQ implements router.Module: the server's uptime, in whole
+// seconds (XEP-0012 §5). Queries to an account are not the module's.
+func (m Module) HandleIQ(c *router.Ctx, iq router.IQ) error {
+	if iq.To.Localpart() != "" {
+		c.ReplyError(iq, "cancel", "service-unavailable")
+		return nil
+	}
+	start, now := m.Started, time.Now
+	if start.IsZero() {
+		start = processStart
+	}
+	if m.Now != nil {
+		now = m.Now
+	}
+	seconds := max(0, int64(now().Sub(start)/time.Second))
+	b := append([]byte(`<query xmlns='`+NS+`' seconds='`), strconv.AppendInt(nil, seconds, 10)...)
+	c.ReplyResult(iq, append(b, `'/>`...))
+	return nil
+}
