@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/hook"
 )
 
 // NS is the XEP-0012 namespace.
@@ -26,24 +26,18 @@ type Module struct {
 	Now func() time.Time
 }
 
-// Name implements router.Module.
+// Name implements hook.Module.
 func (Module) Name() string { return "lastactivity" }
 
-// Routes implements router.Module.
-func (Module) Routes() []router.Route {
-	return []router.Route{{Kind: router.IQGet, NS: NS, Local: "query"}}
+// Register implements hook.Module.
+func (m Module) Register(r *hook.Registrar) error {
+	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToHost, NS, "query", m.uptime)
+	r.DiscoFeature(NS)
+	return nil
 }
 
-// Features implements router.Module.
-func (Module) Features() []string { return []string{NS} }
-
-// HandleIQ implements router.Module: the server's uptime, in whole
-// seconds (XEP-0012 §5). Queries to an account are not the module's.
-func (m Module) HandleIQ(c *router.Ctx, iq router.IQ) error {
-	if iq.To.Localpart() != "" {
-		c.ReplyError(iq, "cancel", "service-unavailable")
-		return nil
-	}
+// uptime answers with the server's uptime, in whole seconds (XEP-0012 §5).
+func (m Module) uptime(c *hook.Ctx, _ *hook.Stanza) error {
 	start, now := m.Started, time.Now
 	if start.IsZero() {
 		start = processStart
@@ -53,6 +47,6 @@ func (m Module) HandleIQ(c *router.Ctx, iq router.IQ) error {
 	}
 	seconds := max(0, int64(now().Sub(start)/time.Second))
 	b := append([]byte(`<query xmlns='`+NS+`' seconds='`), strconv.AppendInt(nil, seconds, 10)...)
-	c.ReplyResult(iq, append(b, `'/>`...))
+	c.ReplyResult(append(b, `'/>`...))
 	return nil
 }
