@@ -137,82 +137,21 @@ var (
 )
 
 // eachChild calls fn with each child element of elem and its start tag,
-// until fn returns false. Character data between children is skipped.
+// until fn returns false.
 func eachChild(elem []byte, fn func(child []byte, tag stanza.StartTag) bool) error {
-	in := stanza.Inner(elem)
-	for len(in) > 0 {
-		i := bytes.IndexByte(in, '<')
-		if i < 0 {
-			return nil
+	var err error
+	ok := stanza.Children(elem, func(child []byte) bool {
+		tag, perr := stanza.ParseStartTag(child)
+		if perr != nil {
+			err = badRequest("malformed element")
+			return false
 		}
-		in = in[i:]
-		if bytes.HasPrefix(in, cdataOpen) {
-			k := bytes.Index(in, cdataClose)
-			if k < 0 {
-				return badRequest("unterminated CDATA section")
-			}
-			in = in[k+len(cdataClose):]
-			continue
-		}
-		tag, err := stanza.ParseStartTag(in)
-		if err != nil {
-			return badRequest("malformed element")
-		}
-		n := elementLen(in, tag)
-		if n < 0 {
-			return badRequest("malformed element")
-		}
-		if !fn(in[:n], tag) {
-			return nil
-		}
-		in = in[n:]
+		return fn(child, tag)
+	})
+	if err == nil && !ok {
+		err = badRequest("malformed element")
 	}
-	return nil
-}
-
-// elementLen returns the length of the element at the start of b, whose
-// start tag is tag, or -1 when it does not end within b.
-func elementLen(b []byte, tag stanza.StartTag) int {
-	i := tag.Len()
-	if tag.SelfClosing() {
-		return i
-	}
-	depth := 1
-	for i < len(b) {
-		j := bytes.IndexByte(b[i:], '<')
-		if j < 0 {
-			return -1
-		}
-		i += j
-		rest := b[i:]
-		switch {
-		case bytes.HasPrefix(rest, cdataOpen):
-			k := bytes.Index(rest, cdataClose)
-			if k < 0 {
-				return -1
-			}
-			i += k + len(cdataClose)
-		case len(rest) > 1 && rest[1] == '/':
-			k := bytes.IndexByte(rest, '>')
-			if k < 0 {
-				return -1
-			}
-			i += k + 1
-			if depth--; depth == 0 {
-				return i
-			}
-		default:
-			t, err := stanza.ParseStartTag(rest)
-			if err != nil {
-				return -1
-			}
-			i += t.Len()
-			if !t.SelfClosing() {
-				depth++
-			}
-		}
-	}
-	return -1
+	return err
 }
 
 // errChild is text() meeting a child element.

@@ -95,24 +95,24 @@ func TestRosterIQ(t *testing.T) {
 
 	send(t, c1, `<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>`)
 	send(t, c2, `<iq type='get' id='r1'><query xmlns='jabber:iq:roster' ver='0'/></iq>`)
-	expect(t, "first get", c1.Written, `<iq type='result' id='r1' to='alice@localhost/one'><query xmlns='jabber:iq:roster' ver='0'></query></iq>`)
-	expect(t, "current version", c2.Written, `<iq type='result' id='r1' to='alice@localhost/two'/>`)
+	expect(t, "first get", c1.Written, `<iq type='result' id='r1'><query xmlns='jabber:iq:roster' ver='0'></query></iq>`)
+	expect(t, "current version", c2.Written, `<iq type='result' id='r1'/>`)
 
 	// s3 never asked for the roster: it sets but gets no push.
 	c1.Written = nil
 	send(t, c3, `<iq type='set' id='s1'><query xmlns='jabber:iq:roster'><item jid='Bob@localhost/x' name='B&amp;b'><group>Work</group><group>Friends</group><group>Work</group></item></query></iq>`)
 	item := `<item jid='bob@localhost' name='B&amp;b' subscription='none'><group>Friends</group><group>Work</group></item>`
-	expect(t, "set result", c3.Written, `<iq type='result' id='s1' to='alice@localhost/three'/>`)
+	expect(t, "set result", c3.Written, `<iq type='result' id='s1'/>`)
 	expect(t, "push one", s1.Take(), `<iq type='set' id='push1' to='alice@localhost/one'><query xmlns='jabber:iq:roster' ver='1'>`+item+`</query></iq>`)
 	expect(t, "push two", s2.Take(), `<iq type='set' id='push2' to='alice@localhost/two'><query xmlns='jabber:iq:roster' ver='1'>`+item+`</query></iq>`)
 	expect(t, "no push", s3.Take())
 
 	send(t, c1, `<iq type='get' id='r2' to='alice@localhost'><query xmlns='jabber:iq:roster' ver='0'/></iq>`)
-	expect(t, "get to own bare JID", c1.Written, `<iq type='result' id='r2' from='alice@localhost' to='alice@localhost/one'><query xmlns='jabber:iq:roster' ver='1'>`+item+`</query></iq>`)
+	expect(t, "get to own bare JID", c1.Written, `<iq type='result' id='r2' from='alice@localhost'><query xmlns='jabber:iq:roster' ver='1'>`+item+`</query></iq>`)
 
 	cases := []struct{ name, send, want string }{
 		{"remove", `<iq type='set' id='s2'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='remove'/></query></iq>`,
-			`<iq type='result' id='s2' to='alice@localhost/one'/>`},
+			`<iq type='result' id='s2'/>`},
 		{"remove again", `<iq type='set' id='s3'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='remove'/></query></iq>`,
 			`<iq type='error' id='s3' to='alice@localhost/one'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>no such roster item</text></error></iq>`},
 		{"two items", `<iq type='set' id='s4'><query xmlns='jabber:iq:roster'><item jid='a@localhost'/><item jid='b@localhost'/></query></iq>`,
@@ -138,7 +138,7 @@ func TestRosterCap(t *testing.T) {
 	for i, j := range []string{"a@localhost", "b@localhost", "a@localhost"} {
 		c.Written = nil
 		send(t, c, `<iq type='set' id='`+string(rune('0'+i))+`'><query xmlns='jabber:iq:roster'><item jid='`+j+`'/></query></iq>`)
-		want := `<iq type='result' id='` + string(rune('0'+i)) + `' to='vic@localhost/v'/>`
+		want := `<iq type='result' id='` + string(rune('0'+i)) + `'/>`
 		if i == 1 {
 			want = `<iq type='error' id='1' to='vic@localhost/v'><error type='modify'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>the roster is full (1 items)</text></error></iq>`
 		}
