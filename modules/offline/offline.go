@@ -1,0 +1,307 @@
+// Package offline implements XEP-0160 Best Practices for Handling Offline
+// Messages: a chat or normal message to an account with no available
+// resource is stored, within a quota in messages and in bytes, and
+// delivered with an XEP-0203 delay when the account next sends available
+// presence.
+package offline
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"mellium.im/xmpp/jid"
+
+	"github.com/krill-xmpp/krill/hook"
+	"github.com/krill-xmpp/krill/sasl"
+	"github.com/krill-xmpp/krill/stanza"
+	"github.com/krill-xmpp/krill/storage"
+)
+
+// BatchSize is how many stored messages one storage read returns at login:
+// a large store is delivered in pieces, each on its own worker job, so
+// that neither memory nor one job grows with it.
+const BatchSize = 100
+
+// DefaultQuotaBytes caps the bytes stored per account. The configuration
+// key im.offline_quota_bytes is meant to replace it (see quotaBytes).
+const DefaultQuotaBytes = 1 << 20
+
+// Store keeps offline messages; storage.SQL implements it.
+type Store interface {
+	// StoreOfflineWithin appends a message unless the user has
+	// maxMessages messages or the stored bytes and these would exceed
+	// maxBytes (storage.ErrQuota).
+	StoreOfflineWithin(ctx context.Context, user string, stanza []byte, maxMessages int, maxBytes int64) error
+	// OfflineBatch returns at most limit messages with an ID above
+	// afterID, oldest first.
+	OfflineBatch(ctx context.Context, user string, afterID int64, limit int) ([]storage.OfflineMessage, error)
+	// DeleteOffline removes the messages with an ID up to upTo.
+	DeleteOffline(ctx context.Context, user string, upTo int64) error
+}
+
+// Accounts tells whether an account exists; storage.SQL implements it
+// (ErrNotFound for none).
+type Accounts interface {
+	Credentials(ctx context.Context, username string) (sasl.Credentials, error)
+}
+
+// Blocker tells whether an account blocks a JID according to storage
+// (XEP-0191): the recipient of an offline message has no session, so its
+// blocklist is not in memory. The blocking module implements it.
+type Blocker interface {
+	BlocksStored(ctx context.Context, owner string, j jid.JID) (bool, error)
+}
+
+// Module stores and delivers offline messages. Store and Accounts must be
+// set; Blocker may be nil (nobody blocks anybody). Use it by pointer: it
+// holds its counters.
+type Module struct {
+	Store    Store
+	Accounts Accounts
+	Blocker  Blocker
+
+	stored, delivered atomic.Uint64
+}
+
+// Stats are the module's counters since start.
+type Stats struct {
+	// OfflineStored counts messages stored.
+	OfflineStored uint64
+	// OfflineDelivered counts stored messages handed to a session.
+	OfflineDelivered uint64
+}
+
+// Stats returns the counters. Safe for concurrent use.
+func (m *Module) Stats() Stats {
+	return Stats{OfflineStored: m.stored.Load(), OfflineDelivered: m.delivered.Load()}
+}
+
+// Name implements hook.Module.
+func (*Module) Name() string { return "offline" }
+
+// Register implements hook.Module.
+func (m *Module) Register(r *hook.Registrar) error {
+	r.Stanza(hook.Message, hook.ToBare|hook.ToFull, hook.Undelivered, m.undelivered)
+	r.On(hook.Available, m.available)
+	return nil
+}
+
+// quotaBytes is the byte quota in force. It becomes
+// c.Host.Config().IM.OfflineQuotaBytes once the configuration has the key.
+func quotaBytes(*hook.Ctx) int64 { return DefaultQuotaBytes }
+
+// errRefused is why a message was not stored when it is not a failure.
+var errRefused = errors.New("offline: refused")
+
+// undelivered stores a message for an account with no available resource,
+// if it is worth storing (worthy); one that is not is dropped. The account must exist and not block the sender, and the quota have
+// room; otherwise the core's service-unavailable answers it, as if there
+// were nobody to deliver it to. A full worker pool answers
+// resource-constraint.
+func (m *Module) undelivered(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
+	if !worthy(st.Raw) {
+		return hook.Stop // dropped silently: see worthy
+	}
+	maxMessages := c.Host.Config().IM.OfflineQuota
+	if maxMessages <= 0 || st.Local == "" {
+		return hook.Continue // 0 disables offline storage
+	}
+	maxBytes := quotaBytes(c)
+	user, from := st.Local, st.From
+	b := withAttr(st.Tag, st.Raw, "from", st.From) // st is valid only during this call
+	log := c.Log
+	job := func(ctx context.Context) error {
+		err := m.store(ctx, user, from, b, maxMessages, maxBytes)
+		switch {
+		case err == nil:
+			m.stored.Add(1)
+		case !errors.Is(err, errRefused) && !errors.Is(err, storage.ErrQuota):
+			log.Error("offline store failed", zap.String("user", user), zap.Error(err))
+		}
+		return err
+	}
+	if c.Conn == nil {
+		// No connection to answer on (a stanza routed on a module's
+		// behalf): store detached, or let the core refuse it.
+		if !c.Host.Go(func(ctx context.Context) { _ = job(ctx) }) {
+			return hook.Continue
+		}
+		return hook.Stop
+	}
+	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
+		if job(ctx) != nil {
+			return func(c *hook.Ctx) { c.ReplyError("cancel", "service-unavailable", "") }
+		}
+		return nil
+	}, func(c *hook.Ctx) { c.ReplyError("wait", "resource-constraint", "") })
+	return hook.Stop
+}
+
+// store checks the recipient and stores b. Runs on a worker.
+func (m *Module) store(ctx context.Context, user, from string, b []byte, maxMessages int, maxBytes int64) error {
+	if _, err := m.Accounts.Credentials(ctx, user); err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("%w: no account %q", errRefused, user)
+		}
+		return err
+	}
+	if m.Blocker != nil {
+		fj, err := jid.Parse(from)
+		if err != nil {
+			return fmt.Errorf("%w: sender %q: %w", errRefused, from, err)
+		}
+		blocked, err := m.Blocker.BlocksStored(ctx, user, fj)
+		if err != nil {
+			return err
+		}
+		if blocked {
+			return fmt.Errorf("%w: %q blocks the sender", errRefused, user)
+		}
+	}
+	return m.Store.StoreOfflineWithin(ctx, user, b, maxMessages, maxBytes)
+}
+
+// available delivers the account's stored messages to a session that has
+// just become available, in batches: each batch is one worker job that
+// reads, hands the messages to the session and deletes them; the next is
+// queued behind whatever else the connection does meanwhile.
+func (m *Module) available(c *hook.Ctx, _ hook.Event) hook.Verdict {
+	if c.Session == nil {
+		return hook.Continue
+	}
+	if c.Conn == nil {
+		sess, domain, log := c.Session, c.Host.Domain(), c.Log
+		c.Host.Go(func(ctx context.Context) {
+			for after, n := int64(0), 0; n < maxBatches; n++ {
+				var more bool
+				if after, more = m.deliverBatch(ctx, log, domain, sess, after); !more {
+					return
+				}
+			}
+		})
+		return hook.Continue
+	}
+	m.deliverFrom(c, 0)
+	return hook.Continue
+}
+
+// maxBatches bounds a detached delivery loop; a store within its quota
+// never needs as many.
+const maxBatches = 1 << 16
+
+// deliverFrom queues the delivery of the batch after ID after.
+func (m *Module) deliverFrom(c *hook.Ctx, after int64) {
+	sess, domain, log := c.Session, c.Host.Domain(), c.Log
+	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
+		last, more := m.deliverBatch(ctx, log, domain, sess, after)
+		if !more {
+			return nil
+		}
+		return func(c *hook.Ctx) {
+			if c.Conn != nil && c.Session != nil {
+				m.deliverFrom(c, last)
+			}
+		}
+	}, func(*hook.Ctx) {
+		// The messages stay stored for the next login.
+		log.Warn("offline messages not delivered: worker queue full", zap.String("jid", sess.Full()))
+	})
+}
+
+// deliverBatch hands the session at most BatchSize messages with an ID
+// above after and deletes those it took. It returns the last ID taken and
+// whether there may be more. Runs on a worker.
+func (m *Module) deliverBatch(ctx context.Context, log *zap.Logger, domain string, sess hook.Session, after int64) (int64, bool) {
+	if !sess.Available() {
+		return after, false // gone unavailable: the rest waits for the next time
+	}
+	user := sess.Local()
+	msgs, err := m.Store.OfflineBatch(ctx, user, after, BatchSize)
+	if err != nil {
+		log.Error("offline messages read failed", zap.String("user", user), zap.Error(err))
+		return after, false
+	}
+	last, n := after, 0
+	for _, msg := range msgs {
+		if !sess.Deliver(withDelay(msg.Stanza, domain, msg.Stored)) {
+			break // gone: the rest stays stored for the next session
+		}
+		last = msg.ID
+		n++
+	}
+	if n == 0 {
+		return after, false
+	}
+	m.delivered.Add(uint64(n))
+	if err := m.Store.DeleteOffline(ctx, user, last); err != nil {
+		log.Error("offline messages not deleted", zap.String("user", user), zap.Error(err))
+		return last, false
+	}
+	return last, n == len(msgs) && len(msgs) == BatchSize
+}
+
+// withDelay returns a copy of a stored message with an XEP-0203 delay
+// element saying when the server stored it.
+func withDelay(b []byte, from string, at time.Time) []byte {
+	tag, err := stanza.ParseStartTag(b)
+	if err != nil {
+		return slices.Clone(b)
+	}
+	delay := []byte(`<delay xmlns='urn:xmpp:delay' from='`)
+	delay = stanza.AppendEscaped(delay, from)
+	delay = append(delay, `' stamp='`...)
+	delay = at.UTC().AppendFormat(delay, "2006-01-02T15:04:05Z")
+	delay = append(delay, `'/>`...)
+	if tag.SelfClosing() {
+		out := append([]byte(nil), b[:tag.Len()-2]...)
+		out = append(out, '>')
+		out = append(out, delay...)
+		out = append(out, `</`...)
+		out = append(out, tag.Local()...)
+		return append(out, '>')
+	}
+	end := bytes.LastIndexByte(b, '<')
+	out := append([]byte(nil), b[:end]...)
+	out = append(out, delay...)
+	return append(out, b[end:]...)
+}
+
+// withAttr returns a copy of elem (whose start tag is tag) with attribute
+// name set to value, replacing any it had; the rest is copied unchanged.
+// The server stamps the sender's full JID this way (RFC 6120 8.1.2.1).
+func withAttr(tag stanza.StartTag, elem []byte, name, value string) []byte {
+	b := make([]byte, 0, len(elem)+len(value)+16)
+	b = append(b, '<')
+	b = append(b, tag.Local()...)
+	tag.Attrs(func(n, raw []byte) bool {
+		if string(n) == name {
+			return true
+		}
+		q := byte('\'')
+		if bytes.IndexByte(raw, '\'') >= 0 {
+			q = '"' // the raw value may hold the other quote unescaped
+		}
+		b = append(b, ' ')
+		b = append(b, n...)
+		b = append(b, '=', q)
+		b = append(b, raw...)
+		b = append(b, q)
+		return true
+	})
+	b = append(b, ' ')
+	b = append(b, name...)
+	b = append(b, `='`...)
+	b = stanza.AppendEscaped(b, value)
+	b = append(b, '\'')
+	rest := tag.Len() - 1
+	if tag.SelfClosing() {
+		rest--
+	}
+	return append(b, elem[rest:]...)
+}
