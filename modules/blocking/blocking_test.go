@@ -258,7 +258,9 @@ func TestModule(t *testing.T) {
 	}
 	// lea2 asks for the list: it gets pushes from now on.
 	conn, _ = send(lea2, iq("get", "blocklist", `<blocklist xmlns='urn:xmpp:blocking'/>`, "", hook.ToNone))
-	if want := `<iq type='result' id='b' to='lea@localhost/l2'><blocklist xmlns='urn:xmpp:blocking'><item jid='max@localhost'/></blocklist></iq>`; len(conn.Written) != 1 || conn.Written[0] != want {
+	// (Whether a result carries to is the core's business: hook.Ctx.)
+	if want := `><blocklist xmlns='urn:xmpp:blocking'><item jid='max@localhost'/></blocklist></iq>`; len(conn.Written) != 1 ||
+		!strings.HasPrefix(conn.Written[0], `<iq type='result' id='b'`) || !strings.HasSuffix(conn.Written[0], want) {
 		t.Fatalf("blocklist: %q", conn.Written)
 	}
 	// Another account's list is forbidden.
@@ -269,7 +271,7 @@ func TestModule(t *testing.T) {
 	// Block: pushed to lea2 only, and max sees lea's available sessions go.
 	lea.available = true
 	conn, _ = send(lea, iq("set", "block", `<block xmlns='urn:xmpp:blocking'><item jid='Eve@localhost'/><item jid='max@localhost'/></block>`, "", hook.ToNone))
-	if len(conn.Written) != 1 || conn.Written[0] != `<iq type='result' id='b' to='lea@localhost/l'/>` {
+	if len(conn.Written) != 1 || !strings.HasPrefix(conn.Written[0], `<iq type='result' id='b'`) || !strings.HasSuffix(conn.Written[0], `/>`) {
 		t.Fatalf("block: %q", conn.Written)
 	}
 	wantPush := `<iq type='set' id='block-push' to='lea@localhost/l2'><block xmlns='urn:xmpp:blocking'><item jid='eve@localhost'/><item jid='max@localhost'/></block></iq>`
