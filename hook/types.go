@@ -355,7 +355,7 @@ func (c *Ctx) Reply(b []byte) {
 // (nil: empty).
 func (c *Ctx) ReplyResult(payload []byte) {
 	st := c.Stanza
-	c.Reply(stanza.AppendResult(c.Scratch(), st.ID, replyFrom(st), st.From, payload))
+	c.Reply(stanza.AppendResult(c.Scratch(), st.ID, replyFrom(st), "", payload))
 }
 
 // ReplyError answers the stanza being handled with a stanza error of type
@@ -366,9 +366,23 @@ func (c *Ctx) ReplyError(typ, cond, text string) {
 	if st == nil || !st.IsRequest() && !(st.Kind == Presence && st.Type == "subscribe") {
 		return
 	}
+	// Each error sent is logged at debug: it is often the only trace of
+	// why a client gave up.
 	if ce := c.Log.Check(zap.DebugLevel, "stanza error sent"); ce != nil {
-		ce.Write(zap.String("condition", cond), zap.String("kind", st.Kind.String()),
-			zap.String("ns", st.NS), zap.String("to", st.To), zap.String("from", st.From))
+		fields := []zap.Field{zap.String("condition", cond), zap.String("type", typ),
+			zap.String("stanza", st.Kind.String()), zap.String("id", st.ID)}
+		if from := replyFrom(st); from != "" {
+			fields = append(fields, zap.String("from", from))
+		}
+		if st.NS != "" && cond == "service-unavailable" {
+			fields = append(fields, zap.String("namespace", st.NS))
+		}
+		if st.From != "" {
+			fields = append(fields, zap.String("jid", st.From))
+		} else if c.Conn != nil {
+			fields = append(fields, zap.Stringer("ip", c.Conn.IP()))
+		}
+		ce.Write(fields...)
 	}
 	c.Reply(stanza.AppendError(c.Scratch(), st.Kind.String(), st.ID, replyFrom(st), st.From, typ, cond, text))
 }

@@ -5,8 +5,11 @@
 package modules
 
 import (
+	"time"
+
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules/disco"
+	"github.com/krill-xmpp/krill/modules/lastactivity"
 	"github.com/krill-xmpp/krill/modules/ping"
 	"github.com/krill-xmpp/krill/modules/vcard"
 	"github.com/krill-xmpp/krill/modules/version"
@@ -21,16 +24,27 @@ type Store interface {
 	vcard.Store
 }
 
+// Options are the settings of the standard modules that do not come from
+// the configuration file.
+type Options struct {
+	// Started is when the server started, for its uptime (XEP-0012);
+	// zero means when the process started.
+	Started time.Time
+}
+
 // Standard returns the standard modules over store, in registration
 // order: handlers of one event run in this order.
-func Standard(store Store) []hook.Module {
+func Standard(store Store, opt Options) []hook.Module {
 	return []hook.Module{
 		ping.Module{},
 		disco.Module{},
 		version.Module{},
 		vcard.Module{Store: store},
+		lastactivity.Module{Started: opt.Started},
 	}
 }
 
 // Registry registers the standard modules.
-func Registry(store Store) (*hook.Registry, error) { return hook.New(Standard(store)...) }
+func Registry(store Store, opt Options) (*hook.Registry, error) {
+	return hook.New(Standard(store, opt)...)
+}

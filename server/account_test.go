@@ -13,12 +13,7 @@ import (
 	msasl "mellium.im/sasl"
 
 	"github.com/krill-xmpp/krill/config"
-	"github.com/krill-xmpp/krill/modules/disco"
-	"github.com/krill-xmpp/krill/modules/lastactivity"
-	"github.com/krill-xmpp/krill/modules/ping"
-	"github.com/krill-xmpp/krill/modules/vcard"
-	"github.com/krill-xmpp/krill/modules/version"
-	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/modules"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
@@ -42,9 +37,7 @@ func startFull(t *testing.T, cfg config.Config, log *zap.Logger, users ...string
 			t.Fatal(err)
 		}
 	}
-	r := new(router.Router)
-	err = r.Register(ping.Module{}, disco.Module{}, version.Module{}, vcard.Module{Store: store},
-		lastactivity.Module{Started: time.Now().Add(-time.Hour)})
+	r, err := modules.Registry(store, modules.Options{Started: time.Now().Add(-time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
