@@ -236,7 +236,7 @@ func (r *rawConn) scramLogin(user, password, resource string) string {
 	r.until("</success>")
 	r.open()
 	r.send(fmt.Sprintf(`<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>%s</resource></bind></iq>`, resource))
-	return between(r.until("</jid>"), "<jid>", "</jid>")
+	return between(r.until("</jid></bind></iq>"), "<jid>", "</jid>")
 }
 
 func between(s, a, b string) string {
