@@ -74,6 +74,12 @@ type IM struct {
 	// policy-violation (a roster set) or resource-constraint (a
 	// subscription request). 0 means no cap.
 	MaxRosterItems int `koanf:"max_roster_items"`
+	// MaxBlocklistItems caps one account's XEP-0191 blocklist; a block
+	// beyond it gets policy-violation. 0 means no cap.
+	MaxBlocklistItems int `koanf:"max_blocklist_items"`
+	// OfflineQuotaBytes caps the bytes of offline messages stored per
+	// account, beside OfflineQuota's count; 0 means no byte cap.
+	OfflineQuotaBytes int `koanf:"offline_quota_bytes"`
 }
 
 // C2S configures client-to-server listeners and authenticated sessions.
@@ -251,7 +257,7 @@ func Default() Config {
 			GCPercent: DefaultGCPercent, ShutdownTimeout: 10 * time.Second},
 		Admin:    Admin{Listen: DefaultAdminListen},
 		Storage:  Storage{Driver: "sqlite"},
-		IM:       IM{OfflineQuota: DefaultOfflineQuota, MaxRosterItems: 1000},
+		IM:       IM{OfflineQuota: DefaultOfflineQuota, MaxRosterItems: 1000, MaxBlocklistItems: 1000, OfflineQuotaBytes: 1 << 20},
 		Register: Register{MaxPerIP: 5, Window: time.Hour},
 	}
 }
@@ -359,6 +365,12 @@ func (c *Config) Validate() error {
 	}
 	if c.IM.MaxRosterItems < 0 {
 		bad("im.max_roster_items", c.IM.MaxRosterItems, "must be >= 0")
+	}
+	if c.IM.MaxBlocklistItems < 0 {
+		bad("im.max_blocklist_items", c.IM.MaxBlocklistItems, "must be >= 0")
+	}
+	if c.IM.OfflineQuotaBytes < 0 {
+		bad("im.offline_quota_bytes", c.IM.OfflineQuotaBytes, "must be >= 0")
 	}
 	if c.IM.OfflineQuota < 0 {
 		bad("im.offline_quota", c.IM.OfflineQuota, "must be >= 0")

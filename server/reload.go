@@ -23,7 +23,7 @@ import (
 // owns the logger.
 var liveKeys = []string{
 	"preauth.", "c2s.idle_ping", "c2s.max_outbound", "c2s.ping_timeout", "c2s.max_stanza_size", "c2s.max_depth",
-	"tls.max_handshakes", "tls.handshake_timeout", "im.offline_quota", "im.max_roster_items",
+	"tls.max_handshakes", "tls.handshake_timeout", "im.offline_quota", "im.max_roster_items", "im.max_blocklist_items", "im.offline_quota_bytes",
 	"register.max_per_ip", "register.window", "log.level",
 }
 

@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 
@@ -93,9 +94,14 @@ func (m *Module) Register(r *hook.Registrar) error {
 	return nil
 }
 
-// maxItems is the blocklist cap in force. It becomes
-// c.Host.Config().IM.MaxBlocklistItems once the configuration has the key.
-func maxItems(*hook.Ctx) int { return DefaultMaxItems }
+// maxItems is the blocklist cap in force (im.max_blocklist_items; 0: no
+// cap).
+func maxItems(c *hook.Ctx) int {
+	if n := c.Host.Config().IM.MaxBlocklistItems; n > 0 {
+		return n
+	}
+	return math.MaxInt32 // the stanza size limit still bounds a request
+}
 
 // Blocks reports whether owner, an account with a session, blocks j. It
 // reads memory only: for an account with no session it reports false (use

@@ -94,7 +94,7 @@ func (m *Module) Register(r *hook.Registrar) error {
 
 // quotaBytes is the byte quota in force. It becomes
 // c.Host.Config().IM.OfflineQuotaBytes once the configuration has the key.
-func quotaBytes(*hook.Ctx) int64 { return DefaultQuotaBytes }
+func quotaBytes(c *hook.Ctx) int64 { return int64(c.Host.Config().IM.OfflineQuotaBytes) }
 
 // errRefused is why a message was not stored when it is not a failure.
 var errRefused = errors.New("offline: refused")
