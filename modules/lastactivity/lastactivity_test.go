@@ -1,44 +1,287 @@
 package lastactivity_test
 
 import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"mellium.im/xmpp/jid"
-	"mellium.im/xmpp/stanza"
 
+	"github.com/krill-xmpp/krill/hook"
+	"github.com/krill-xmpp/krill/hook/hooktest"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
-	"github.com/krill-xmpp/krill/router"
+	"github.com/krill-xmpp/krill/sasl"
+	"github.com/krill-xmpp/krill/stanza"
+	"github.com/krill-xmpp/krill/storage"
 )
 
-type recorder struct{ result, errCond string }
+const errNS = `xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'`
 
-func (r *recorder) ReplyResult(_ router.IQ, payload []byte) { r.result = string(payload) }
-func (r *recorder) ReplyError(_ router.IQ, _ stanza.ErrorType, c stanza.Condition) {
-	r.errCond = string(c)
+// memStore is a lastactivity.Store in memory.
+type memStore struct {
+	rosters  map[string][]storage.RosterItem // its keys are the accounts
+	activity map[string]storage.Activity
+	fail     error
 }
 
+func (m *memStore) Credentials(_ context.Context, user string) (sasl.Credentials, error) {
+	if m.fail != nil {
+		return sasl.Credentials{}, m.fail
+	}
+	if _, ok := m.rosters[user]; !ok {
+		return sasl.Credentials{}, storage.ErrNotFound
+	}
+	return sasl.Credentials{}, nil
+}
+
+func (m *memStore) Roster(_ context.Context, user string) ([]storage.RosterItem, uint64, error) {
+	return m.rosters[user], 1, nil
+}
+
+func (m *memStore) LastActivity(_ context.Context, user string) (storage.Activity, bool, error) {
+	a, ok := m.activity[user]
+	return a, ok, nil
+}
+
+func (m *memStore) SetLastActivity(_ context.Context, user string, a storage.Activity) error {
+	if _, ok := m.rosters[user]; !ok {
+		return storage.ErrNotFound
+	}
+	m.activity[user] = a
+	return nil
+}
+
+// session is a bound session; only what the module uses is implemented.
+type session struct {
+	hook.Session
+	local, full string
+	available   bool
+}
+
+func (s *session) Local() string   { return s.local }
+func (s *session) Full() string    { return s.full }
+func (s *session) Available() bool { return s.available }
+
+// host has sessions.
+type host struct {
+	hooktest.Host
+	sessions []*session
+}
+
+func (h *host) Sessions(local string, fn func(hook.Session)) {
+	for _, s := range h.sessions {
+		if s.local == local {
+			fn(s)
+		}
+	}
+}
+
+// parse builds the hook.Stanza the core hands a handler for raw sent by
+// from.
+func parse(t *testing.T, from, raw string) *hook.Stanza {
+	t.Helper()
+	b := []byte(raw)
+	tag, err := stanza.ParseStartTag(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kind, _ := hook.KindOf(tag.Local())
+	st := &hook.Stanza{Kind: kind, Tag: tag, Raw: b, From: from, Addr: hook.ToNone}
+	st.Type, _ = tag.AttrString("type")
+	st.ID, _ = tag.AttrString("id")
+	if st.To, _ = tag.AttrString("to"); st.To != "" {
+		j := jid.MustParse(st.To)
+		st.Local, st.Domain, st.Resource = j.Localpart(), j.Domainpart(), j.Resourcepart()
+		st.Addr = hook.ToHost
+		if st.Local != "" {
+			st.Addr = hook.ToBare
+		}
+	}
+	if p, ok := stanza.FirstChild(b); ok && kind == hook.IQ {
+		pt, err := stanza.ParseStartTag(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Payload, st.Name = p, string(pt.Local())
+		st.NS, _ = pt.AttrString("xmlns")
+	}
+	return st
+}
+
+// query sends raw as from and returns what was written; handled is false
+// when no handler took it (the core then answers service-unavailable).
+func query(t *testing.T, reg *hook.Registry, h hook.Host, sess *session, raw string) (written []string, handled bool) {
+	t.Helper()
+	st := parse(t, sess.full, raw)
+	handler := reg.IQ(hook.PhaseBound, hook.IQGet, st.Addr, st.NS, st.Name)
+	if handler == nil {
+		return nil, false
+	}
+	conn := &hooktest.Conn{}
+	if err := handler(hooktest.Ctx(reg, h, sess, conn, st), st); err != nil {
+		t.Fatal(err)
+	}
+	return conn.Written, true
+}
+
+// TestUptime: queries to the domain, with or without a store.
 func TestUptime(t *testing.T) {
 	start := time.Unix(1_700_000_000, 0)
 	cases := []struct {
-		name, to, want, errCond string
-		now                     time.Time
+		name, to, want string
+		now            time.Time
 	}{
-		{"just started", "localhost", `<query xmlns='jabber:iq:last' seconds='0'/>`, "", start.Add(999 * time.Millisecond)},
-		{"one day", "localhost", `<query xmlns='jabber:iq:last' seconds='86400'/>`, "", start.Add(24 * time.Hour)},
-		{"clock stepped back", "localhost", `<query xmlns='jabber:iq:last' seconds='0'/>`, "", start.Add(-time.Hour)},
-		{"account", "alice@localhost", "", "service-unavailable", start},
+		{"just started", "localhost", `<iq type='result' id='1' from='localhost'><query xmlns='jabber:iq:last' seconds='0'/></iq>`, start.Add(999 * time.Millisecond)},
+		{"one day", "localhost", `<iq type='result' id='1' from='localhost'><query xmlns='jabber:iq:last' seconds='86400'/></iq>`, start.Add(24 * time.Hour)},
+		{"clock stepped back", "localhost", `<iq type='result' id='1' from='localhost'><query xmlns='jabber:iq:last' seconds='0'/></iq>`, start.Add(-time.Hour)},
+		{"account without a store", "alice@localhost", "", start},
+		{"own account without a store", "", "", start},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := &recorder{}
-			m := lastactivity.Module{Started: start, Now: func() time.Time { return tc.now }}
-			iq := router.IQ{ID: "1", Type: stanza.GetIQ, To: jid.MustParse(tc.to), Payload: []byte(`<query xmlns='jabber:iq:last'/>`)}
-			if err := m.HandleIQ(&router.Ctx{Domain: "localhost", Replier: rec}, iq); err != nil {
+			reg, err := hook.New(lastactivity.Module{Started: start, Now: func() time.Time { return tc.now }})
+			if err != nil {
 				t.Fatal(err)
 			}
-			if rec.result != tc.want || rec.errCond != tc.errCond {
-				t.Fatalf("result %q error %q; want %q error %q", rec.result, rec.errCond, tc.want, tc.errCond)
+			raw := `<iq type='get' id='1'><query xmlns='jabber:iq:last'/></iq>`
+			if tc.to != "" {
+				raw = `<iq type='get' id='1' to='` + tc.to + `'><query xmlns='jabber:iq:last'/></iq>`
+			}
+			got, handled := query(t, reg, &hooktest.Host{}, &session{local: "alice", full: "alice@localhost/a"}, raw)
+			if want := tc.want != ""; handled != want || handled && !slices.Equal(got, []string{tc.want}) {
+				t.Fatalf("handled %v, wrote %q; want %q", handled, got, tc.want)
+			}
+		})
+	}
+	if f := mustRegistry(t, lastactivity.Module{}).AccountFeatures(); len(f) != 0 {
+		t.Fatalf("account features without a store: %v", f)
+	}
+}
+
+func mustRegistry(t *testing.T, m hook.Module) *hook.Registry {
+	t.Helper()
+	reg, err := hook.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// TestAccount: queries to accounts as profanity's /lastactivity sends
+// them, by whom may see the account's presence and by whom may not.
+func TestAccount(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	q := func(to string) string {
+		if to == "" {
+			return `<iq id="l1" type="get"><query xmlns="jabber:iq:last"/></iq>`
+		}
+		return `<iq id="l1" type="get" to="` + to + `"><query xmlns="jabber:iq:last"/></iq>`
+	}
+	cases := []struct {
+		name, from, to string
+		benOnline      bool
+		fail           error
+		want           string
+	}{
+		{"subscription from", "amy", "ben@localhost", false, nil,
+			`<iq type='result' id='l1' from='ben@localhost'><query xmlns='jabber:iq:last' seconds='1000'>gone &amp; fishing</query></iq>`},
+		{"subscription both", "dan", "ben@localhost", false, nil,
+			`<iq type='result' id='l1' from='ben@localhost'><query xmlns='jabber:iq:last' seconds='1000'>gone &amp; fishing</query></iq>`},
+		{"available", "amy", "ben@localhost", true, nil,
+			`<iq type='result' id='l1' from='ben@localhost'><query xmlns='jabber:iq:last' seconds='0'/></iq>`},
+		{"own, no to", "ben", "", false, nil,
+			`<iq type='result' id='l1'><query xmlns='jabber:iq:last' seconds='1000'>gone &amp; fishing</query></iq>`},
+		{"own bare", "ben", "ben@localhost", false, nil,
+			`<iq type='result' id='l1' from='ben@localhost'><query xmlns='jabber:iq:last' seconds='1000'>gone &amp; fishing</query></iq>`},
+		{"subscription to only", "cat", "ben@localhost", false, nil,
+			`<iq type='error' id='l1' from='ben@localhost' to='cat@localhost/r'><error type='auth'><forbidden ` + errNS + `/></error></iq>`},
+		{"stranger", "eve", "ben@localhost", true, nil,
+			`<iq type='error' id='l1' from='ben@localhost' to='eve@localhost/r'><error type='auth'><forbidden ` + errNS + `/></error></iq>`},
+		{"no such account", "amy", "nobody@localhost", false, nil,
+			`<iq type='error' id='l1' from='nobody@localhost' to='amy@localhost/r'><error type='cancel'><service-unavailable ` + errNS + `/></error></iq>`},
+		{"never seen", "amy", "", false, nil,
+			`<iq type='error' id='l1' to='amy@localhost/r'><error type='cancel'><item-not-found ` + errNS + `/></error></iq>`},
+		{"store down", "amy", "ben@localhost", false, errors.New("disk on fire"),
+			`<iq type='error' id='l1' from='ben@localhost' to='amy@localhost/r'><error type='wait'><internal-server-error ` + errNS + `/></error></iq>`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			store := &memStore{
+				rosters: map[string][]storage.RosterItem{
+					"ben": {
+						{Contact: "amy@localhost", Subscription: storage.SubFrom},
+						{Contact: "cat@localhost", Subscription: storage.SubTo},
+						{Contact: "dan@localhost", Subscription: storage.SubBoth},
+					},
+					"amy": nil, "cat": nil, "dan": nil, "eve": nil,
+				},
+				activity: map[string]storage.Activity{"ben": {At: now.Add(-1000 * time.Second), Status: "gone & fishing"}},
+				fail:     tc.fail,
+			}
+			reg := mustRegistry(t, lastactivity.Module{Store: store, Now: func() time.Time { return now }})
+			h := &host{sessions: []*session{
+				{local: "ben", full: "ben@localhost/b"},
+				{local: "ben", full: "ben@localhost/c", available: tc.benOnline},
+			}}
+			got, handled := query(t, reg, h, &session{local: tc.from, full: tc.from + "@localhost/r"}, q(tc.to))
+			if !handled || !slices.Equal(got, []string{tc.want}) {
+				t.Fatalf("handled %v, wrote %q; want %q", handled, got, tc.want)
+			}
+		})
+	}
+	reg := mustRegistry(t, lastactivity.Module{Store: &memStore{}})
+	if f := reg.AccountFeatures(); !slices.Equal(f, []string{lastactivity.NS}) {
+		t.Fatalf("account features %v", f)
+	}
+	if f := reg.DiscoFeatures(); !slices.Equal(f, []string{lastactivity.NS}) {
+		t.Fatalf("domain features %v", f)
+	}
+}
+
+// TestRecord: the time and status stored when a session goes unavailable,
+// by presence (with the status it gave) or by closing, and nothing while
+// another resource is available.
+func TestRecord(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	long := "a" + strings.Repeat("é", lastactivity.MaxStatusLen) // é is 2 bytes: the cut falls inside one
+	cases := []struct {
+		name     string
+		presence string // "": the connection closed
+		other    bool   // another resource available
+		want     *storage.Activity
+	}{
+		{"unavailable presence", `<presence type='unavailable'><status>gone &amp; fishing</status></presence>`, false,
+			&storage.Activity{At: now, Status: "gone & fishing"}},
+		{"no status", `<presence type='unavailable'/>`, false, &storage.Activity{At: now}},
+		{"first status", `<presence type='unavailable'><priority>1</priority><status>one</status><status xml:lang='de'>eins</status></presence>`, false,
+			&storage.Activity{At: now, Status: "one"}},
+		{"status of another namespace", `<presence type='unavailable'><status xmlns='urn:x'>no</status></presence>`, false, &storage.Activity{At: now}},
+		{"status cut", `<presence type='unavailable'><status>` + long + `</status></presence>`, false,
+			&storage.Activity{At: now, Status: long[:lastactivity.MaxStatusLen-1]}},
+		{"connection closed", "", false, &storage.Activity{At: now}},
+		{"another resource available", `<presence type='unavailable'><status>bye</status></presence>`, true, nil},
+		{"closed, another resource available", "", true, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			store := &memStore{rosters: map[string][]storage.RosterItem{"ben": nil}, activity: map[string]storage.Activity{}}
+			reg := mustRegistry(t, lastactivity.Module{Store: store, Now: func() time.Time { return now }})
+			me := &session{local: "ben", full: "ben@localhost/b"}
+			h := &host{sessions: []*session{me, {local: "ben", full: "ben@localhost/c", available: tc.other}}}
+			var c *hook.Ctx
+			if tc.presence != "" {
+				c = hooktest.Ctx(reg, h, me, &hooktest.Conn{}, parse(t, me.full, tc.presence))
+			} else {
+				c = hooktest.Ctx(reg, h, nil, &hooktest.Conn{}, nil)
+				c.Reset(me, nil, nil) // closing: no connection, no stanza
+			}
+			reg.Fire(c, hook.Unavailable)
+			a, ok := store.activity["ben"]
+			if tc.want == nil && ok || tc.want != nil && (!ok || !a.At.Equal(tc.want.At) || a.Status != tc.want.Status) {
+				t.Fatalf("stored %v %+v, want %+v", ok, a, tc.want)
 			}
 		})
 	}
