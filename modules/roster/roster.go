@@ -95,7 +95,7 @@ func appendFeatures(b []byte) []byte {
 // did.
 func forbidden(c *hook.Ctx, iq *hook.Stanza) bool {
 	if iq.Addr == hook.ToBare && iq.Local != c.Session.Local() {
-		c.ReplyError("auth", "forbidden", "a roster is only its owner's")
+		c.ReplyError("auth", "forbidden", "")
 		return true
 	}
 	return false

@@ -116,9 +116,9 @@ func TestRosterIQ(t *testing.T) {
 		{"remove again", `<iq type='set' id='s3'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='remove'/></query></iq>`,
 			`<iq type='error' id='s3' to='alice@localhost/one'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>no such roster item</text></error></iq>`},
 		{"two items", `<iq type='set' id='s4'><query xmlns='jabber:iq:roster'><item jid='a@localhost'/><item jid='b@localhost'/></query></iq>`,
-			`<iq type='error' id='s4' to='alice@localhost/one'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>a roster set carries exactly one item</text></error></iq>`},
+			`<iq type='error' id='s4' to='alice@localhost/one'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`},
 		{"another's roster", `<iq type='get' id='g' to='bob@localhost'><query xmlns='jabber:iq:roster'/></iq>`,
-			`<iq type='error' id='g' from='bob@localhost' to='alice@localhost/one'><error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>a roster is only its owner&apos;s</text></error></iq>`},
+			`<iq type='error' id='g' from='bob@localhost' to='alice@localhost/one'><error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`},
 	}
 	for _, tc := range cases {
 		c1.Written = nil
