@@ -6,7 +6,7 @@
 // routing checks it with a few map lookups and no storage read; accounts
 // with no session are checked in storage (BlocksStored) by the modules
 // that act for them, offline storage say. A list holds at most
-// DefaultMaxItems JIDs.
+// im.max_blocklist_items JIDs.
 package blocking
 
 import (
@@ -31,13 +31,6 @@ const (
 	// NSErrors is the namespace of the <blocked/> error condition.
 	NSErrors = "urn:xmpp:blocking:errors"
 )
-
-// DefaultMaxItems caps one account's blocklist: a block that would make
-// it longer is refused with policy-violation, and a request with more
-// items than this is refused with bad-request before its JIDs are parsed.
-// The configuration key im.max_blocklist_items is meant to replace it
-// (see maxItems).
-const DefaultMaxItems = 1000
 
 // blockedApp is the application condition of an error to a stanza sent to
 // a JID the sender blocks (XEP-0191 §3.5).

@@ -306,7 +306,7 @@ func TestModule(t *testing.T) {
 	// The cap counts the list in storage plus the new JIDs.
 	var many strings.Builder
 	many.WriteString(`<block xmlns='urn:xmpp:blocking'>`)
-	for i := range DefaultMaxItems - 1 {
+	for i := range h.Config().IM.MaxBlocklistItems - 1 {
 		many.WriteString(`<item jid='u` + strconv.Itoa(i) + `@localhost'/>`)
 	}
 	many.WriteString(`</block>`)

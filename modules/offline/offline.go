@@ -28,10 +28,6 @@ import (
 // that neither memory nor one job grows with it.
 const BatchSize = 100
 
-// DefaultQuotaBytes caps the bytes stored per account. The configuration
-// key im.offline_quota_bytes is meant to replace it (see quotaBytes).
-const DefaultQuotaBytes = 1 << 20
-
 // Store keeps offline messages; storage.SQL implements it.
 type Store interface {
 	// StoreOfflineWithin appends a message unless the user has
@@ -100,8 +96,8 @@ func quotaBytes(c *hook.Ctx) int64 { return int64(c.Host.Config().IM.OfflineQuot
 var errRefused = errors.New("offline: refused")
 
 // undelivered stores a message for an account with no available resource,
-// if it is worth storing (worthy); one that is not is dropped. The account must exist and not block the sender, and the quota have
-// room; otherwise the core's service-unavailable answers it, as if there
+// if it is worth storing (worthy); one that is not is dropped. The account
+// must exist and not block the sender, and the quota have room; otherwise the core's service-unavailable answers it, as if there
 // were nobody to deliver it to. A full worker pool answers
 // resource-constraint.
 func (m *Module) undelivered(c *hook.Ctx, st *hook.Stanza) hook.Verdict {

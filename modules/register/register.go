@@ -76,10 +76,9 @@ func (*Module) Name() string { return "register" }
 // Register implements hook.Module. With registration off nothing is
 // registered, and the core closes a stream that tries with not-authorized.
 func (m *Module) Register(r *hook.Registrar) error {
-	// Post-authentication XEP-0077 (the account's own registration,
-	// password change §3.3, removal §3.2) goes here, as PhaseBound iq
-	// get/set {jabber:iq:register}query for hook.ToAccount: it is the
-	// account holder's, so it is registered whether or not Enabled.
+	// XEP-0077 after authentication (the account's own registration,
+	// password change, removal) is modules/account: it is the account
+	// holder's, so it runs whether or not strangers may register.
 	if !m.Enabled {
 		return nil
 	}
