@@ -7,13 +7,10 @@ import (
 	"slices"
 	"testing"
 
-	"mellium.im/xmpp/jid"
-
 	"github.com/krill-xmpp/krill/hook"
-	"github.com/krill-xmpp/krill/hook/hooktest"
 	"github.com/krill-xmpp/krill/modules/account"
+	"github.com/krill-xmpp/krill/modules/internal/iqtest"
 	"github.com/krill-xmpp/krill/sasl"
-	"github.com/krill-xmpp/krill/stanza"
 	"github.com/krill-xmpp/krill/storage"
 )
 
@@ -43,61 +40,6 @@ func (m *memStore) RemoveAccount(_ context.Context, user string) error {
 	}
 	delete(m.creds, user)
 	return nil
-}
-
-// session is a bound session that records Close.
-type session struct {
-	hook.Session // methods the module must not call panic
-	local, full  string
-	closed       string
-}
-
-func (s *session) Local() string           { return s.local }
-func (s *session) Full() string            { return s.full }
-func (s *session) Close(cond, text string) { s.closed = cond + ": " + text }
-
-// host has the sessions of one account.
-type host struct {
-	hooktest.Host
-	sessions []*session
-}
-
-func (h *host) Sessions(local string, fn func(hook.Session)) {
-	for _, s := range h.sessions {
-		if s.local == local {
-			fn(s)
-		}
-	}
-}
-
-// parse builds the hook.Stanza the core hands a handler for raw sent by
-// from.
-func parse(t *testing.T, from, raw string) *hook.Stanza {
-	t.Helper()
-	b := []byte(raw)
-	tag, err := stanza.ParseStartTag(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := &hook.Stanza{Kind: hook.IQ, Tag: tag, Raw: b, From: from, Addr: hook.ToNone}
-	st.Type, _ = tag.AttrString("type")
-	st.ID, _ = tag.AttrString("id")
-	if st.To, _ = tag.AttrString("to"); st.To != "" {
-		j := jid.MustParse(st.To)
-		st.Local, st.Domain, st.Resource = j.Localpart(), j.Domainpart(), j.Resourcepart()
-		st.Addr = hook.ToHost
-		if st.Local != "" {
-			st.Addr = hook.ToBare
-		}
-	}
-	p, _ := stanza.FirstChild(b)
-	pt, err := stanza.ParseStartTag(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Payload, st.Name = p, string(pt.Local())
-	st.NS, _ = pt.AttrString("xmlns")
-	return st
 }
 
 const errNS = `xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'`
@@ -158,32 +100,18 @@ func TestAccount(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			one := &session{local: "alice", full: "alice@localhost/one"}
-			two := &session{local: "alice", full: "alice@localhost/two"}
-			bob := &session{local: "bob", full: "bob@localhost/b"}
-			h := &host{sessions: []*session{one, two, bob}}
-			conn := &hooktest.Conn{}
-			st := parse(t, one.full, tc.send)
-			typ := hook.IQGet
-			if st.Type == "set" {
-				typ = hook.IQSet
-			}
-			handler := reg.IQ(hook.PhaseBound, typ, st.Addr, st.NS, st.Name)
-			if handler == nil {
-				t.Fatal("no handler")
-			}
-			if err := handler(hooktest.Ctx(reg, h, one, conn, st), st); err != nil {
-				t.Fatal(err)
-			}
-			if !slices.Equal(conn.Written, []string{tc.want}) || conn.Failed != tc.failed {
-				t.Fatalf("wrote %q, failed %q; want %q, %q", conn.Written, conn.Failed, tc.want, tc.failed)
+			one, two, bob := iqtest.Bound("alice", "one"), iqtest.Bound("alice", "two"), iqtest.Bound("bob", "b")
+			h := &iqtest.Host{List: []*iqtest.Session{one, two, bob}}
+			res := iqtest.Send(t, reg, h, one, tc.send)
+			if !res.Handled || !slices.Equal(res.Conn.Written, []string{tc.want}) || res.Conn.Failed != tc.failed {
+				t.Fatalf("handled %v, wrote %q, failed %q; want %q, %q", res.Handled, res.Conn.Written, res.Conn.Failed, tc.want, tc.failed)
 			}
 			wantKick := ""
 			if tc.kicked {
 				wantKick = "not-authorized: " + account.KickedText
 			}
-			if one.closed != "" || two.closed != wantKick || bob.closed != "" {
-				t.Fatalf("closed: one %q two %q bob %q; want two %q", one.closed, two.closed, bob.closed, wantKick)
+			if one.Closed != "" || two.Closed != wantKick || bob.Closed != "" {
+				t.Fatalf("closed: one %q two %q bob %q; want two %q", one.Closed, two.Closed, bob.Closed, wantKick)
 			}
 			c, ok := store.creds["alice"]
 			switch tc.creds {

@@ -35,7 +35,12 @@ func (m Module) Register(r *hook.Registrar) error {
 
 // items answers disco#items: no items yet.
 func (m Module) items(c *hook.Ctx, iq *hook.Stanza) error {
-	if node, ok := iq.Tag.AttrString("node"); ok && node != "" {
+	// The node is the query's attribute; iq.Tag is the iq's start tag.
+	tag, err := stanza.ParseStartTag(iq.Payload)
+	if err != nil {
+		return err
+	}
+	if node, ok := tag.AttrString("node"); ok && node != "" {
 		c.ReplyError("cancel", "item-not-found", "")
 		return nil
 	}

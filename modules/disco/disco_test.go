@@ -1,56 +1,72 @@
 package disco_test
 
 import (
-	"strings"
+	"slices"
 	"testing"
 
-	"mellium.im/xmpp/jid"
-	"mellium.im/xmpp/stanza"
-
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules/disco"
+	"github.com/krill-xmpp/krill/modules/internal/iqtest"
 	"github.com/krill-xmpp/krill/modules/ping"
-	"github.com/krill-xmpp/krill/router"
 )
 
-// recorder is a router.Replier that keeps what the module answered.
-type recorder struct{ result, errCond string }
+// accountFeature is a module that adds a feature to accounts, as the
+// last-activity module does.
+type accountFeature struct{}
 
-func (r *recorder) ReplyResult(_ router.IQ, payload []byte) { r.result = string(payload) }
-func (r *recorder) ReplyError(_ router.IQ, _ stanza.ErrorType, c stanza.Condition) {
-	r.errCond = string(c)
+func (accountFeature) Name() string { return "accountfeature" }
+func (accountFeature) Register(r *hook.Registrar) error {
+	r.AccountFeature("urn:example:acct")
+	return nil
 }
 
+const errNS = `xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'`
+
+// TestDisco: info of the domain and of accounts lists every registered
+// module's features, sorted; items are empty; nodes are unknown.
 func TestDisco(t *testing.T) {
-	var r router.Router
-	if err := r.Register(ping.Module{}, disco.Module{}); err != nil {
-		t.Fatal(err)
-	}
+	reg := iqtest.Registry(t, ping.Module{}, disco.Module{}, accountFeature{})
+	named := iqtest.Registry(t, disco.Module{IdentityName: "K&K"})
+	const (
+		info  = `<query xmlns='http://jabber.org/protocol/disco#info'/>`
+		items = `<query xmlns='http://jabber.org/protocol/disco#items'/>`
+	)
+	domainInfo := `<query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Krill'/>` +
+		`<feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>` +
+		`<feature var='urn:xmpp:ping'/></query>`
+	accountInfo := `<query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/>` +
+		`<feature var='http://jabber.org/protocol/disco#info'/><feature var='urn:example:acct'/></query>`
 	cases := []struct {
-		name, to, payload, want, errCond string
+		name string
+		reg  *hook.Registry
+		send string
+		want string // "": no handler
 	}{
-		{"domain info", "", `<query xmlns='http://jabber.org/protocol/disco#info'/>`,
-			`<query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Krill'/>` +
-				`<feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>` +
-				`<feature var='urn:xmpp:ping'/></query>`, ""},
-		{"account info", "alice@localhost", `<query xmlns='http://jabber.org/protocol/disco#info'/>`,
-			`<identity category='account' type='registered'/>`, ""},
-		{"items", "", `<query xmlns='http://jabber.org/protocol/disco#items'/>`,
-			`<query xmlns='http://jabber.org/protocol/disco#items'/>`, ""},
-		{"node", "", `<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>`, "", "item-not-found"},
+		{"domain info, no to", reg, `<iq type='get' id='1'>` + info + `</iq>`, `<iq type='result' id='1'>` + domainInfo + `</iq>`},
+		{"domain info", reg, `<iq type='get' id='2' to='localhost'>` + info + `</iq>`, `<iq type='result' id='2' from='localhost'>` + domainInfo + `</iq>`},
+		{"identity name escaped", named, `<iq type='get' id='3' to='localhost'>` + info + `</iq>`,
+			`<iq type='result' id='3' from='localhost'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='K&amp;K'/>` +
+				`<feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/></query></iq>`},
+		{"account info", reg, `<iq type='get' id='4' to='bob@localhost'>` + info + `</iq>`, `<iq type='result' id='4' from='bob@localhost'>` + accountInfo + `</iq>`},
+		{"items", reg, `<iq type='get' id='5' to='localhost'>` + items + `</iq>`, `<iq type='result' id='5' from='localhost'>` + items + `</iq>`},
+		{"info node", reg, `<iq type='get' id='6' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='x'/></iq>`,
+			`<iq type='error' id='6' from='localhost' to='alice@localhost/a'><error type='cancel'><item-not-found ` + errNS + `/></error></iq>`},
+		{"items node", reg, `<iq type='get' id='7' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items' node='x'/></iq>`,
+			`<iq type='error' id='7' from='localhost' to='alice@localhost/a'><error type='cancel'><item-not-found ` + errNS + `/></error></iq>`},
+		{"set", reg, `<iq type='set' id='8'>` + info + `</iq>`, ""},
+		{"full JID", reg, `<iq type='get' id='9' to='bob@localhost/b'>` + info + `</iq>`, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := &recorder{}
-			iq := router.IQ{ID: "1", Type: stanza.GetIQ, Payload: []byte(tc.payload)}
-			if tc.to != "" {
-				iq.To = jid.MustParse(tc.to)
+			res := iqtest.Send(t, tc.reg, nil, iqtest.Bound("alice", "a"), tc.send)
+			if tc.want == "" {
+				if res.Handled {
+					t.Fatalf("handled, wrote %q", res.Conn.Written)
+				}
+				return
 			}
-			err := disco.Module{}.HandleIQ(&router.Ctx{Domain: "localhost", Router: &r, Replier: rec}, iq)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rec.errCond != tc.errCond || !strings.Contains(rec.result, tc.want) {
-				t.Fatalf("result %q error %q; want %q error %q", rec.result, rec.errCond, tc.want, tc.errCond)
+			if !res.Handled || !slices.Equal(res.Conn.Written, []string{tc.want}) {
+				t.Fatalf("handled %v, wrote %q; want %q", res.Handled, res.Conn.Written, tc.want)
 			}
 		})
 	}

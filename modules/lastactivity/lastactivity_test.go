@@ -8,13 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"mellium.im/xmpp/jid"
-
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/hook/hooktest"
+	"github.com/krill-xmpp/krill/modules/internal/iqtest"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
 	"github.com/krill-xmpp/krill/sasl"
-	"github.com/krill-xmpp/krill/stanza"
 	"github.com/krill-xmpp/krill/storage"
 )
 
@@ -54,77 +52,12 @@ func (m *memStore) SetLastActivity(_ context.Context, user string, a storage.Act
 	return nil
 }
 
-// session is a bound session; only what the module uses is implemented.
-type session struct {
-	hook.Session
-	local, full string
-	available   bool
-}
-
-func (s *session) Local() string   { return s.local }
-func (s *session) Full() string    { return s.full }
-func (s *session) Available() bool { return s.available }
-
-// host has sessions.
-type host struct {
-	hooktest.Host
-	sessions []*session
-}
-
-func (h *host) Sessions(local string, fn func(hook.Session)) {
-	for _, s := range h.sessions {
-		if s.local == local {
-			fn(s)
-		}
-	}
-}
-
-// parse builds the hook.Stanza the core hands a handler for raw sent by
-// from.
-func parse(t *testing.T, from, raw string) *hook.Stanza {
-	t.Helper()
-	b := []byte(raw)
-	tag, err := stanza.ParseStartTag(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kind, _ := hook.KindOf(tag.Local())
-	st := &hook.Stanza{Kind: kind, Tag: tag, Raw: b, From: from, Addr: hook.ToNone}
-	st.Type, _ = tag.AttrString("type")
-	st.ID, _ = tag.AttrString("id")
-	if st.To, _ = tag.AttrString("to"); st.To != "" {
-		j := jid.MustParse(st.To)
-		st.Local, st.Domain, st.Resource = j.Localpart(), j.Domainpart(), j.Resourcepart()
-		st.Addr = hook.ToHost
-		if st.Local != "" {
-			st.Addr = hook.ToBare
-		}
-	}
-	if p, ok := stanza.FirstChild(b); ok && kind == hook.IQ {
-		pt, err := stanza.ParseStartTag(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st.Payload, st.Name = p, string(pt.Local())
-		st.NS, _ = pt.AttrString("xmlns")
-	}
-	return st
-}
-
-// query sends raw as from and returns what was written; handled is false
+// query sends raw as sess and returns what was written; handled is false
 // when no handler took it (the core then answers service-unavailable).
-func query(t *testing.T, reg *hook.Registry, h hook.Host, sess *session, raw string) (written []string, handled bool) {
+func query(t *testing.T, reg *hook.Registry, h hook.Host, sess *iqtest.Session, raw string) (written []string, handled bool) {
 	t.Helper()
-	st := parse(t, sess.full, raw)
-	handler := reg.IQ(hook.PhaseBound, hook.IQGet, st.Addr, st.NS, st.Name)
-	if handler == nil {
-		return nil, false
-	}
-	conn := &hooktest.Conn{}
-	if err := handler(hooktest.Ctx(reg, h, sess, conn, st), st); err != nil {
-		t.Fatal(err)
-	}
-	return conn.Written, true
+	res := iqtest.Send(t, reg, h, sess, raw)
+	return res.Conn.Written, res.Handled
 }
 
 // TestUptime: queries to the domain, with or without a store.
@@ -150,24 +83,24 @@ func TestUptime(t *testing.T) {
 			if tc.to != "" {
 				raw = `<iq type='get' id='1' to='` + tc.to + `'><query xmlns='jabber:iq:last'/></iq>`
 			}
-			got, handled := query(t, reg, &hooktest.Host{}, &session{local: "alice", full: "alice@localhost/a"}, raw)
+			got, handled := query(t, reg, nil, iqtest.Bound("alice", "a"), raw)
 			if want := tc.want != ""; handled != want || handled && !slices.Equal(got, []string{tc.want}) {
 				t.Fatalf("handled %v, wrote %q; want %q", handled, got, tc.want)
 			}
 		})
 	}
-	if f := mustRegistry(t, lastactivity.Module{}).AccountFeatures(); len(f) != 0 {
+	if f := iqtest.Registry(t, lastactivity.Module{}).AccountFeatures(); len(f) != 0 {
 		t.Fatalf("account features without a store: %v", f)
 	}
 }
 
-func mustRegistry(t *testing.T, m hook.Module) *hook.Registry {
+func mustParse(t *testing.T, from, raw string) *hook.Stanza {
 	t.Helper()
-	reg, err := hook.New(m)
+	st, err := iqtest.Parse(from, raw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return reg
+	return st
 }
 
 // TestAccount: queries to accounts as profanity's /lastactivity sends
@@ -221,18 +154,18 @@ func TestAccount(t *testing.T) {
 				activity: map[string]storage.Activity{"ben": {At: now.Add(-1000 * time.Second), Status: "gone & fishing"}},
 				fail:     tc.fail,
 			}
-			reg := mustRegistry(t, lastactivity.Module{Store: store, Now: func() time.Time { return now }})
-			h := &host{sessions: []*session{
-				{local: "ben", full: "ben@localhost/b"},
-				{local: "ben", full: "ben@localhost/c", available: tc.benOnline},
+			reg := iqtest.Registry(t, lastactivity.Module{Store: store, Now: func() time.Time { return now }})
+			h := &iqtest.Host{List: []*iqtest.Session{
+				iqtest.Bound("ben", "b"),
+				{Account: "ben", JID: "ben@localhost/c", Avail: tc.benOnline},
 			}}
-			got, handled := query(t, reg, h, &session{local: tc.from, full: tc.from + "@localhost/r"}, q(tc.to))
+			got, handled := query(t, reg, h, iqtest.Bound(tc.from, "r"), q(tc.to))
 			if !handled || !slices.Equal(got, []string{tc.want}) {
 				t.Fatalf("handled %v, wrote %q; want %q", handled, got, tc.want)
 			}
 		})
 	}
-	reg := mustRegistry(t, lastactivity.Module{Store: &memStore{}})
+	reg := iqtest.Registry(t, lastactivity.Module{Store: &memStore{}})
 	if f := reg.AccountFeatures(); !slices.Equal(f, []string{lastactivity.NS}) {
 		t.Fatalf("account features %v", f)
 	}
@@ -268,12 +201,12 @@ func TestRecord(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			store := &memStore{rosters: map[string][]storage.RosterItem{"ben": nil}, activity: map[string]storage.Activity{}}
-			reg := mustRegistry(t, lastactivity.Module{Store: store, Now: func() time.Time { return now }})
-			me := &session{local: "ben", full: "ben@localhost/b"}
-			h := &host{sessions: []*session{me, {local: "ben", full: "ben@localhost/c", available: tc.other}}}
+			reg := iqtest.Registry(t, lastactivity.Module{Store: store, Now: func() time.Time { return now }})
+			me := iqtest.Bound("ben", "b")
+			h := &iqtest.Host{List: []*iqtest.Session{me, {Account: "ben", JID: "ben@localhost/c", Avail: tc.other}}}
 			var c *hook.Ctx
 			if tc.presence != "" {
-				c = hooktest.Ctx(reg, h, me, &hooktest.Conn{}, parse(t, me.full, tc.presence))
+				c = hooktest.Ctx(reg, h, me, &hooktest.Conn{}, mustParse(t, me.JID, tc.presence))
 			} else {
 				c = hooktest.Ctx(reg, h, nil, &hooktest.Conn{}, nil)
 				c.Reset(me, nil, nil) // closing: no connection, no stanza
