@@ -45,6 +45,14 @@ type Module interface {
 	Register(r *Registrar) error
 }
 
+// Counter is an optional ability of a Module: counters of what it did,
+// which the server exports in its stats and as the metric
+// krill_module_events_total{module,event}. fn may be called from any
+// goroutine, so Counters reads atomics.
+type Counter interface {
+	Counters(fn func(event string, n uint64))
+}
+
 // Errors from New.
 var (
 	// ErrDuplicate means two modules claim the same iq, nonza or event

@@ -7,10 +7,17 @@ package modules
 import (
 	"time"
 
+	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
+	"github.com/krill-xmpp/krill/modules/account"
+	"github.com/krill-xmpp/krill/modules/blocking"
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
+	"github.com/krill-xmpp/krill/modules/offline"
 	"github.com/krill-xmpp/krill/modules/ping"
+	"github.com/krill-xmpp/krill/modules/presence"
+	"github.com/krill-xmpp/krill/modules/register"
+	"github.com/krill-xmpp/krill/modules/roster"
 	"github.com/krill-xmpp/krill/modules/vcard"
 	"github.com/krill-xmpp/krill/modules/version"
 	"github.com/krill-xmpp/krill/storage"
@@ -22,25 +29,36 @@ type Store interface {
 	storage.Accounts
 	storage.IM
 	vcard.Store
+	lastactivity.Store
 }
 
-// Options are the settings of the standard modules that do not come from
-// the configuration file.
+// Options are the settings of the standard modules that are fixed at
+// start-up (the rest they read live from hook.Host.Config).
 type Options struct {
+	// Config is the configuration the server starts with.
+	Config config.Config
 	// Started is when the server started, for its uptime (XEP-0012);
 	// zero means when the process started.
 	Started time.Time
 }
 
 // Standard returns the standard modules over store, in registration
-// order: handlers of one event run in this order.
+// order: handlers of one event run in this order, so blocking refuses a
+// stanza before roster, presence or offline storage see it.
 func Standard(store Store, opt Options) []hook.Module {
+	blk := blocking.New(store)
 	return []hook.Module{
 		ping.Module{},
 		disco.Module{},
 		version.Module{},
 		vcard.Module{Store: store},
-		lastactivity.Module{Started: opt.Started},
+		lastactivity.Module{Started: opt.Started, Store: store},
+		account.New(store),
+		blk,
+		&roster.Module{Store: store, Accounts: store},
+		&presence.Module{Store: store, Blocker: blk},
+		&offline.Module{Store: store, Accounts: store, Blocker: blk},
+		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
 	}
 }
 

@@ -37,7 +37,7 @@ func startFull(t *testing.T, cfg config.Config, log *zap.Logger, users ...string
 			t.Fatal(err)
 		}
 	}
-	r, err := modules.Registry(store, modules.Options{Started: time.Now().Add(-time.Hour)})
+	r, err := modules.Registry(store, modules.Options{Config: cfg, Started: time.Now().Add(-time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,6 @@ func bound(t *testing.T, srv *server.Server, user, password, resource string) *r
 	t.Helper()
 	r := dialRaw(t, srv)
 	r.scramLogin(user, password, resource)
-	r.until("</bind></iq>")
 	return r
 }
 
@@ -118,7 +117,7 @@ func TestAccountRegistration(t *testing.T) {
 	a3.exchange(t, `<iq type='set' id='d3'><block xmlns='urn:xmpp:blocking'><item jid='spam@localhost'/></block></iq>`, `<iq type='result' id='d3'/>`)
 	b.send(`<message id='m1' to='alice@localhost' type='chat'><body>for later</body></message>`)
 	b.exchange(t, `<iq type='get' id='bp'><ping xmlns='urn:xmpp:ping'/></iq>`, `<iq type='result' id='bp'/>`)
-	if !waitFor(ioTimeout, func() bool { return srv.Stats().OfflineStored == 1 }) {
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["offline.stored"] == 1 }) {
 		t.Fatal("offline message not stored")
 	}
 

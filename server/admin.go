@@ -124,7 +124,7 @@ var (
 	descQueue     = prometheus.NewDesc("krill_worker_queue_depth", "Jobs waiting for a worker.", nil, nil)
 	descRejected  = prometheus.NewDesc("krill_worker_rejected_total", "Jobs refused because the worker queue was full.", nil, nil)
 	descStanzas   = prometheus.NewDesc("krill_stanzas_total", "Stanzas received from and delivered to sessions, by direction and kind.", []string{"direction", "kind"}, nil)
-	descOffline   = prometheus.NewDesc("krill_offline_messages_total", "Offline messages stored and delivered.", []string{"event"}, nil)
+	descModule    = prometheus.NewDesc("krill_module_events_total", "What modules counted (offline messages stored and delivered, accounts registered, ...).", []string{"module", "event"}, nil)
 	descLate      = prometheus.NewDesc("krill_preauth_deadline_lateness_max_seconds", "Most a pre-auth deadline fired after it was due.", nil, nil)
 	descPanics    = prometheus.NewDesc("krill_panics_total", "Panics contained to the connection that raised them; each is a bug.", nil, nil)
 	descAuthFail  = prometheus.NewDesc("krill_auth_failures_total", "Failed SASL exchanges: kind=credential after a password or proof was compared, kind=exchange before any credential was checked.", []string{"kind"}, nil)
@@ -134,7 +134,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS, descTLSFail,
-		descQueue, descRejected, descStanzas, descOffline, descLate, descPanics, descBytesConn, descAuthFail} {
+		descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail} {
 		ch <- d
 	}
 }
@@ -177,8 +177,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descStanzas, s.stats.in[i].Load(), "in", kind)
 		counter(descStanzas, s.stats.out[i].Load(), "out", kind)
 	}
-	counter(descOffline, st.OfflineStored, "stored")
-	counter(descOffline, st.OfflineDelivered, "delivered")
+	s.moduleCounters(func(mod, event string, n uint64) { counter(descModule, n, mod, event) })
 	gauge(descLate, st.DeadlineLateMax.Seconds())
 	counter(descPanics, st.Panics)
 	open := st.Accepted - st.Closed

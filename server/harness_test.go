@@ -70,7 +70,7 @@ func startServerWith(t testing.TB, cfg config.Config, wrap func(modules.Store) m
 	if wrap != nil {
 		st = wrap(store)
 	}
-	reg, err := modules.Registry(st, modules.Options{})
+	reg, err := modules.Registry(st, modules.Options{Config: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -185,28 +185,28 @@ func TestHookKinds(t *testing.T) {
 			ann.expect(t, tc.want)
 		}
 		ann.send(`<iq type='set' id='w'><where xmlns='urn:test'/></iq>`)
-		ann.expect(t, `<iq type='error' id='w' to='` + annJID + `'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`)
+		ann.expect(t, `<iq type='error' id='w' to='`+annJID+`'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`)
 	})
 
 	t.Run("pre stage", func(t *testing.T) {
 		ann.send(`<message to='` + benJID + `' id='m1'><body>refuse</body></message>`)
-		ann.expect(t, `<message type='error' id='m1' from='` + benJID + `' to='` + annJID + `'><error type='modify'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>refused by probe</text></error></message>`)
+		ann.expect(t, `<message type='error' id='m1' from='`+benJID+`' to='`+annJID+`'><error type='modify'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>refused by probe</text></error></message>`)
 		ann.send(`<message to='` + benJID + `' id='m2'><body>swallow</body></message>`)
 		ann.send(`<message to='` + benJID + `' id='m3'><body>rewrite</body></message>`)
 		// Nothing of m2 arrives before m3, which arrives rewritten.
-		ben.expect(t, `<message to='` + benJID + `' id='m3' from='` + annJID + `'><body>rewritten</body></message>`)
+		ben.expect(t, `<message to='`+benJID+`' id='m3' from='`+annJID+`'><body>rewritten</body></message>`)
 	})
 
 	t.Run("outbound chain", func(t *testing.T) {
 		ann.send(`<message to='` + benJID + `' id='o1'><body>classified</body></message>`)
 		ann.send(`<message to='` + benJID + `' id='o2'><body>a secret</body></message>`)
-		ben.expect(t, `<message to='` + benJID + `' id='o2' from='` + annJID + `'><body>a [redacted]</body></message>`)
+		ben.expect(t, `<message to='`+benJID+`' id='o2' from='`+annJID+`'><body>a [redacted]</body></message>`)
 	})
 
 	t.Run("undelivered stage", func(t *testing.T) {
 		ann.send(`<message type='chat' to='ben@localhost/kept' id='u1'><body>later</body></message>`)
 		ann.send(`<message type='chat' to='ben@localhost/gone' id='u2'><body>never</body></message>`)
-		ann.expect(t, `<message type='error' id='u2' from='ben@localhost/gone' to='` + annJID + `'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>`)
+		ann.expect(t, `<message type='error' id='u2' from='ben@localhost/gone' to='`+annJID+`'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>`)
 	})
 
 	t.Run("nonza and slot", func(t *testing.T) {

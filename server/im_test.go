@@ -152,7 +152,7 @@ func TestOfflineMessages(t *testing.T) {
 	if !strings.Contains(got, `first</body><delay`) || strings.Index(got, "first") > strings.Index(got, "second") {
 		t.Fatalf("offline messages out of order or missing: %q", got)
 	}
-	if !waitFor(ioTimeout, func() bool { return srv.Stats().OfflineDelivered == 2 }) {
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["offline.delivered"] == 2 }) {
 		t.Fatalf("stats: %+v", srv.Stats())
 	}
 	gina2 := dialRaw(t, srv)
@@ -173,7 +173,7 @@ func TestRestartKeepsRosterAndOffline(t *testing.T) {
 	hank.send(`<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='ivy@localhost' name='Ivy'/></query></iq>`)
 	hank.until(`<iq type='result' id='s'/>`)
 	hank.send(`<message id='m' to='ivy@localhost'><body>kept</body></message>`)
-	if !waitFor(ioTimeout, func() bool { return first.Stats().OfflineStored == 1 }) {
+	if !waitFor(ioTimeout, func() bool { return first.Stats().Modules["offline.stored"] == 1 }) {
 		t.Fatal("message not stored")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -248,7 +248,7 @@ func TestBlocking(t *testing.T) {
 	waitFor(ioTimeout, func() bool { return srv.Stats().Sessions == 1 })
 	max.send(`<message id='x3' to='lea@localhost' type='chat'><body>hi</body></message>`)
 	max.until(`<message type='error' id='x3'`)
-	if got := srv.Stats().OfflineStored; got != 0 {
+	if got := srv.Stats().Modules["offline.stored"]; got != 0 {
 		t.Fatalf("%d messages stored from a blocked sender", got)
 	}
 
@@ -350,7 +350,7 @@ func TestMessageDelivery(t *testing.T) {
 			if elem == "iq" {
 				payload = `<query xmlns='urn:example:` + body + `'/>`
 			}
-			stored := srv.Stats().OfflineStored
+			stored := srv.Stats().Modules["offline.stored"]
 			snd.send(`<` + tc.stanza + ` id='` + id + `' to='` + tc.to + `'>` + payload + `</` + elem + `>`)
 			// A ping round trip orders what came back for this case.
 			snd.send(`<iq type='get' id='end-` + id + `' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
@@ -368,7 +368,7 @@ func TestMessageDelivery(t *testing.T) {
 			if delivered := strings.Contains(got, body); delivered != (tc.want == "delivered") {
 				t.Fatalf("delivered %v, want %s: %q", delivered, tc.want, got)
 			}
-			if now := srv.Stats().OfflineStored; (now > stored) != (tc.want == "stored") {
+			if now := srv.Stats().Modules["offline.stored"]; (now > stored) != (tc.want == "stored") {
 				t.Fatalf("stored %d -> %d, want %s", stored, now, tc.want)
 			}
 		})

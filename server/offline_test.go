@@ -14,7 +14,6 @@ func TestOfflineOnlyWhatIsRead(t *testing.T) {
 	srv := startServer(t, testConfig(t), "wes", "xena")
 	w := dialRaw(t, srv)
 	w.scramLogin("wes", testPassword, "w")
-	w.until("</bind></iq>")
 	sent := []string{
 		`<message id="cs1" to="xena@localhost" type="chat"><composing xmlns="http://jabber.org/protocol/chatstates"/></message>`,
 		`<message id="rc1" to="xena@localhost"><received xmlns="urn:xmpp:receipts" id="m0"/></message>`,
@@ -28,12 +27,11 @@ func TestOfflineOnlyWhatIsRead(t *testing.T) {
 		w.send(m)
 	}
 	w.exchange(t, `<iq type='get' id='end' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`, `<iq type='result' id='end' from='localhost'/>`)
-	if !waitFor(ioTimeout, func() bool { return srv.Stats().OfflineStored == 3 }) {
-		t.Fatalf("stored %d, want 3", srv.Stats().OfflineStored)
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["offline.stored"] == 3 }) {
+		t.Fatalf("stored %d, want 3", srv.Stats().Modules["offline.stored"])
 	}
 	x := dialRaw(t, srv)
 	x.scramLogin("xena", testPassword, "x")
-	x.until("</bind></iq>")
 	x.send(`<presence/>`)
 	x.until(`<presence from='xena@localhost/x'/>`)
 	got := x.until(`<store xmlns="urn:xmpp:hints"/><delay`)
@@ -47,7 +45,7 @@ func TestOfflineOnlyWhatIsRead(t *testing.T) {
 	if b1 < 0 || om < b1 {
 		t.Fatalf("stored messages missing or out of order: %q", got)
 	}
-	if n := srv.Stats().OfflineStored; n != 3 {
+	if n := srv.Stats().Modules["offline.stored"]; n != 3 {
 		t.Fatalf("stored %d, want 3", n)
 	}
 }

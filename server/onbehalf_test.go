@@ -21,7 +21,6 @@ func TestRepliesOnBehalf(t *testing.T) {
 	srv := startServer(t, testConfig(t), "una", "vera")
 	r := dialRaw(t, srv)
 	r.scramLogin("una", testPassword, "u")
-	r.until("</bind></iq>")
 	const stanzasNS = `xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'`
 	cases := []struct{ name, send, want string }{
 		{"ping no to", `<iq type='get' id='p0'><ping xmlns='urn:xmpp:ping'/></iq>`,
@@ -59,7 +58,7 @@ func TestRepliesOnBehalf(t *testing.T) {
 		{"blocklist to own bare jid", `<iq type='get' id='b1' to='una@localhost'><blocklist xmlns='urn:xmpp:blocking'/></iq>`,
 			`<iq type='result' id='b1' from='una@localhost'><blocklist xmlns='urn:xmpp:blocking'></blocklist></iq>`},
 		{"blocking error no to", `<iq type='set' id='b2'><block xmlns='urn:xmpp:blocking'/></iq>`,
-			`<iq type='error' id='b2' to='una@localhost/u'><error type='modify'><bad-request ` + stanzasNS + `/></error></iq>`},
+			`<iq type='error' id='b2' to='una@localhost/u'><error type='modify'><bad-request ` + stanzasNS + `/><text ` + stanzasNS + `>a block names at least one JID</text></error></iq>`},
 		{"unknown namespace no to", `<iq type='get' id='u0'><query xmlns='urn:example:nothing'/></iq>`,
 			`<iq type='error' id='u0' to='una@localhost/u'><error type='cancel'><service-unavailable ` + stanzasNS + `/></error></iq>`},
 		{"unknown namespace to domain", `<iq type='get' id='u1' to='localhost'><query xmlns='urn:example:nothing'/></iq>`,

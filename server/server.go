@@ -312,6 +312,8 @@ func (s *Server) Stats() StatsSnapshot {
 	snap.Preauth = s.preauth.count()
 	snap.Sessions = s.sessions.count()
 	snap.TLSActive, snap.TLSWaiting = s.handshakes.inFlight()
+	snap.Modules = make(map[string]uint64)
+	s.moduleCounters(func(mod, event string, n uint64) { snap.Modules[mod+"."+event] = n })
 	return snap
 }
 
@@ -462,4 +464,14 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 // measures is what an operator runs.
 func TuneRuntime(cfg config.Config) {
 	debug.SetGCPercent(cfg.Server.GCPercent)
+}
+
+// moduleCounters calls fn with each counter of the modules that keep any.
+func (s *Server) moduleCounters(fn func(module, event string, n uint64)) {
+	for _, m := range s.hooks.Modules() {
+		if c, ok := m.(hook.Counter); ok {
+			name := m.Name()
+			c.Counters(func(event string, n uint64) { fn(name, event, n) })
+		}
+	}
 }

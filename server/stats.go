@@ -7,25 +7,22 @@ import (
 
 // Stats are the server's counters, updated from every loop.
 type Stats struct {
-	accepted         atomic.Uint64
-	closed           atomic.Uint64
-	closedBy         [numCloseReasons]atomic.Uint64 // counted once per connection, in OnClose
-	authSucceeded    atomic.Uint64
-	authFailed       atomic.Uint64
-	bound            atomic.Uint64
-	replaced         atomic.Uint64
-	stanzasIn        atomic.Uint64
-	stanzasRouted    atomic.Uint64
-	workRejected     atomic.Uint64
-	tlsHandshakes    atomic.Uint64
-	tlsFailed        [numTLSCauses]atomic.Uint64 // handshake failures by cause
-	maxLateness      atomic.Int64                // nanoseconds
-	registered       atomic.Uint64
-	panics           atomic.Uint64
-	authThrottled    atomic.Uint64
-	offlineStored    atomic.Uint64
-	offlineDelivered atomic.Uint64
-	inboxOverflow    atomic.Uint64
+	accepted      atomic.Uint64
+	closed        atomic.Uint64
+	closedBy      [numCloseReasons]atomic.Uint64 // counted once per connection, in OnClose
+	authSucceeded atomic.Uint64
+	authFailed    atomic.Uint64
+	bound         atomic.Uint64
+	replaced      atomic.Uint64
+	stanzasIn     atomic.Uint64
+	stanzasRouted atomic.Uint64
+	workRejected  atomic.Uint64
+	tlsHandshakes atomic.Uint64
+	tlsFailed     [numTLSCauses]atomic.Uint64 // handshake failures by cause
+	maxLateness   atomic.Int64                // nanoseconds
+	panics        atomic.Uint64
+	authThrottled atomic.Uint64
+	inboxOverflow atomic.Uint64
 
 	// Connections by state, as gauges.
 	preauthPlain  atomic.Int64
@@ -156,11 +153,11 @@ type StatsSnapshot struct {
 	TLSClientClosed  uint64 // handshakes the client abandoned by closing the connection
 	TLSNotTLS        uint64 // connections whose first bytes were not a TLS handshake record
 	TLSOtherFailures uint64 // other handshake failures
-	Registered       uint64 // accounts created by in-band registration
 	Panics           uint64 // panics contained to their connection (each one a bug)
 	AuthThrottled    uint64 // logins refused because their address failed too often
-	OfflineStored    uint64 // messages stored for accounts with no available resource
-	OfflineDelivered uint64 // stored messages delivered at a later login
+	// Modules holds the counters of modules that implement hook.Counter,
+	// keyed "module.event" (such as "offline.stored").
+	Modules map[string]uint64
 	// DeadlineLateMax is the most a pre-auth deadline fired after it was
 	// due, measured on the loop: one wheel tick plus scheduling delay.
 	DeadlineLateMax time.Duration
@@ -207,11 +204,8 @@ func (s *Stats) snapshot() StatsSnapshot {
 		TLSNotTLS:        s.tlsFailed[causeNotTLS].Load(),
 		TLSOtherFailures: s.tlsFailed[causeOther].Load(),
 		DeadlineLateMax:  time.Duration(s.maxLateness.Load()),
-		Registered:       s.registered.Load(),
 		Panics:           s.panics.Load(),
 		AuthThrottled:    s.authThrottled.Load(),
-		OfflineStored:    s.offlineStored.Load(),
-		OfflineDelivered: s.offlineDelivered.Load(),
 		PreauthPlain:     s.preauthPlain.Load(),
 		PreauthTLS:       s.preauthTLS.Load(),
 		Authenticated:    s.authenticated.Load(),

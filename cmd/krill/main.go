@@ -174,7 +174,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	defer store.Close()
 	// The feature modules are chosen in one place, modules.Standard.
-	r, err := modules.Registry(store, modules.Options{Started: time.Now()})
+	r, err := modules.Registry(store, modules.Options{Config: cfg, Started: time.Now()})
 	if err != nil {
 		return err
 	}

@@ -301,3 +301,9 @@ func withAttr(tag stanza.StartTag, elem []byte, name, value string) []byte {
 	}
 	return append(b, elem[rest:]...)
 }
+
+// Counters implements hook.Counter: "stored" and "delivered" messages.
+func (m *Module) Counters(fn func(event string, n uint64)) {
+	fn("stored", m.stored.Load())
+	fn("delivered", m.delivered.Load())
+}

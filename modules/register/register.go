@@ -218,3 +218,6 @@ func normalizeLocal(username, domain string) (string, error) {
 	}
 	return j.Localpart(), nil
 }
+
+// Counters implements hook.Counter: accounts "registered".
+func (m *Module) Counters(fn func(event string, n uint64)) { fn("registered", m.registered.Load()) }
