@@ -46,19 +46,3 @@ func (r *ipCounter) add(ip netip.Addr, now time.Time) {
 	r.roll(now)
 	r.byIP[ip]++
 }
-
-// allow counts one event from ip unless it is over the limit, and reports
-// whether it was counted.
-func (r *ipCounter) allow(ip netip.Addr, now time.Time) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.max <= 0 {
-		return true
-	}
-	r.roll(now)
-	if r.byIP[ip] >= r.max {
-		return false
-	}
-	r.byIP[ip]++
-	return true
-}

@@ -73,7 +73,6 @@ func (s *Server) Reload(next config.Config) (changed, restart []string, err erro
 	s.live.Store(&merged)
 	s.preauth.setCaps(next.Preauth.MaxPerIP, next.Preauth.MaxTotal)
 	s.handshakes.setMax(next.TLS.MaxHandshakes)
-	s.registrations.setLimit(next.Register.MaxPerIP, next.Register.Window)
 	s.authFailures.setLimit(next.Preauth.MaxFailuresPerIP, next.Preauth.FailureWindow)
 	if err := s.ReloadCertificates(); err != nil {
 		return changed, restart, err

@@ -68,9 +68,8 @@ type Server struct {
 	tlsDirect   *tls.Config
 	handshakes  handshakeLimiter
 
-	registrations ipCounter      // XEP-0077 accounts per address
-	authFailures  ipCounter      // failed logins per address
-	directAddr    netip.AddrPort // the direct TLS listener, once bound
+	authFailures ipCounter      // failed logins per address
+	directAddr   netip.AddrPort // the direct TLS listener, once bound
 
 	listen, directListen string // listener addresses with concrete ports
 
@@ -130,7 +129,6 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal)
 	s.sessions.init()
 	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes}
-	s.registrations = ipCounter{max: cfg.Register.MaxPerIP, window: cfg.Register.Window}
 	s.authFailures = ipCounter{max: cfg.Preauth.MaxFailuresPerIP, window: cfg.Preauth.FailureWindow}
 	certs, err := newCertSource(cfg.TLS.Cert, cfg.TLS.Key, cfg.Domain, cfg.DataDir)
 	if err != nil {
