@@ -60,6 +60,11 @@ func (h host) Deliver(to string, b []byte) int { return h.s.deliver(nil, to, b) 
 //   - iq to a bare JID: nobody (the server answers for the account).
 func (s *Server) deliver(from *loop, to string, b []byte) int {
 	local, domain, resource := splitJID(to)
+	return s.deliverTo(from, local, domain, resource, b)
+}
+
+// deliverTo is deliver with the JID in its normalised parts.
+func (s *Server) deliverTo(from *loop, local, domain, resource string, b []byte) int {
 	if domain != s.cfg.Domain || local == "" {
 		return 0 // no server-to-server yet
 	}

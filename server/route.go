@@ -179,11 +179,15 @@ func (s *Server) address(st *hook.Stanza) bool {
 		st.Addr = hook.ToNone
 		return true
 	}
-	to, err := jid.Parse(st.To)
-	if err != nil {
-		return false
+	var ok bool
+	if st.Local, st.Domain, st.Resource, ok = plainJID(st.To); !ok {
+		to, err := jid.Parse(st.To)
+		if err != nil {
+			return false
+		}
+		// One string for the normalised JID; its parts are slices of it.
+		st.Local, st.Domain, st.Resource = splitJID(to.String())
 	}
-	st.Local, st.Domain, st.Resource = to.Localpart(), to.Domainpart(), to.Resourcepart()
 	switch {
 	case st.Domain != s.cfg.Domain:
 		st.Addr = hook.ToRemote
@@ -233,18 +237,11 @@ func (s *Server) toServer(c *conn, cx *hook.Ctx, st *hook.Stanza) {
 // route delivers a stanza to a local account and answers what nobody took
 // as RFC 6121 8.5 says.
 func (s *Server) route(c *conn, cx *hook.Ctx, st *hook.Stanza) {
-	to := st.Local + "@" + st.Domain
-	if st.Resource != "" {
-		to = st.To
-		if j, err := jid.New(st.Local, st.Domain, st.Resource); err == nil {
-			to = j.String()
-		}
-	}
 	if st.Kind == hook.Message && st.Type == "groupchat" && (st.Addr == hook.ToBare || s.sessions.find(st.Local, st.Resource) == nil) {
 		cx.ReplyError("cancel", "service-unavailable", "")
 		return
 	}
-	if s.deliver(c.loop, to, stamp(st.Tag, st.Raw, st.From)) > 0 {
+	if s.deliverTo(c.loop, st.Local, st.Domain, st.Resource, stamp(st.Tag, st.Raw, st.From)) > 0 {
 		return
 	}
 	switch st.Kind {
@@ -278,4 +275,63 @@ func stamp(tag stanza.StartTag, unit []byte, from string) []byte {
 // appendPing appends the server's ping of an idle session.
 func (s *Server) appendPing(b []byte, sess *session) []byte {
 	return stanza.AppendIQ(b, "get", pingID, s.cfg.Domain, sess.full, []byte(`<ping xmlns='`+nsPing+`'/>`))
+}
+
+// plainJID splits s without allocating when it is an ASCII JID already in
+// the normal form jid.Parse would return: a localpart of printable ASCII
+// without uppercase and without the characters RFC 7622 forbids there, a
+// lowercase LDH domain (no IDNA labels), a resource of printable ASCII
+// without spaces. Clients nearly always address stanzas with JIDs the
+// server gave them, which are in that form; anything else goes through
+// PRECIS (ok is false).
+func plainJID(s string) (local, domain, resource string, ok bool) {
+	rest := s
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		rest, resource = rest[:i], rest[i+1:]
+		if resource == "" || len(resource) > 1023 {
+			return "", "", "", false
+		}
+		for i := 0; i < len(resource); i++ {
+			if c := resource[i]; c <= ' ' || c > '~' {
+				return "", "", "", false
+			}
+		}
+	}
+	if i := strings.IndexByte(rest, '@'); i >= 0 {
+		local, rest = rest[:i], rest[i+1:]
+		if local == "" || len(local) > 1023 {
+			return "", "", "", false
+		}
+		for i := 0; i < len(local); i++ {
+			c := local[i]
+			if c <= ' ' || c > '~' || ('A' <= c && c <= 'Z') || strings.IndexByte(`"&'/:<>@`, c) >= 0 {
+				return "", "", "", false
+			}
+		}
+	}
+	domain = rest
+	if domain == "" || len(domain) > 253 || domain[0] == '.' || domain[len(domain)-1] == '.' ||
+		strings.Contains(domain, "--") || strings.Contains(domain, "..") {
+		return "", "", "", false
+	}
+	label := 0 // length of the current label
+	for i := 0; i < len(domain); i++ {
+		switch c := domain[i]; {
+		case c == '.':
+			if domain[i-1] == '-' {
+				return "", "", "", false
+			}
+			label = 0
+		case c == '-' && label == 0, label == 63:
+			return "", "", "", false
+		case 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-':
+			label++
+		default:
+			return "", "", "", false
+		}
+	}
+	if domain[len(domain)-1] == '-' {
+		return "", "", "", false
+	}
+	return local, domain, resource, true
 }
