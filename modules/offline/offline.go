@@ -110,7 +110,7 @@ func (m *Module) undelivered(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 	}
 	maxBytes := quotaBytes(c)
 	user, from := st.Local, st.From
-	b := withAttr(st.Tag, st.Raw, "from", st.From) // st is valid only during this call
+	b := stanza.WithAttr(st.Tag, st.Raw, "from", st.From) // st is valid only during this call
 	log := c.Log
 	job := func(ctx context.Context) error {
 		err := m.store(ctx, user, from, b, maxMessages, maxBytes)
@@ -266,40 +266,6 @@ func withDelay(b []byte, from string, at time.Time) []byte {
 	out := append([]byte(nil), b[:end]...)
 	out = append(out, delay...)
 	return append(out, b[end:]...)
-}
-
-// withAttr returns a copy of elem (whose start tag is tag) with attribute
-// name set to value, replacing any it had; the rest is copied unchanged.
-// The server stamps the sender's full JID this way (RFC 6120 8.1.2.1).
-func withAttr(tag stanza.StartTag, elem []byte, name, value string) []byte {
-	b := make([]byte, 0, len(elem)+len(value)+16)
-	b = append(b, '<')
-	b = append(b, tag.Local()...)
-	tag.Attrs(func(n, raw []byte) bool {
-		if string(n) == name {
-			return true
-		}
-		q := byte('\'')
-		if bytes.IndexByte(raw, '\'') >= 0 {
-			q = '"' // the raw value may hold the other quote unescaped
-		}
-		b = append(b, ' ')
-		b = append(b, n...)
-		b = append(b, '=', q)
-		b = append(b, raw...)
-		b = append(b, q)
-		return true
-	})
-	b = append(b, ' ')
-	b = append(b, name...)
-	b = append(b, `='`...)
-	b = stanza.AppendEscaped(b, value)
-	b = append(b, '\'')
-	rest := tag.Len() - 1
-	if tag.SelfClosing() {
-		rest--
-	}
-	return append(b, elem[rest:]...)
 }
 
 // Counters implements hook.Counter: "stored" and "delivered" messages.
