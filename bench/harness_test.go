@@ -20,9 +20,7 @@ import (
 
 	"github.com/krill-xmpp/krill/bench"
 	"github.com/krill-xmpp/krill/config"
-	"github.com/krill-xmpp/krill/hook"
-	"github.com/krill-xmpp/krill/modules/disco"
-	"github.com/krill-xmpp/krill/modules/ping"
+	"github.com/krill-xmpp/krill/modules"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
@@ -73,7 +71,9 @@ func startBenchServer(tb testing.TB, accounts int) *benchServer {
 	if err := addAccounts(store, accounts); err != nil {
 		tb.Fatal(err)
 	}
-	r, err := hook.New(ping.Module{}, disco.Module{})
+	// The standard modules, as krill serve runs them: presence, rosters
+	// and offline storage are modules now.
+	r, err := modules.Registry(store, modules.Options{Config: cfg})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -300,9 +300,11 @@ type Conn interface {
 	// Async runs job on the worker pool with the connection's input
 	// paused; the function job returns (nil: nothing) runs back on the
 	// loop with a Ctx for the same connection and stanza, unless the
-	// connection has gone. Jobs of one connection run one at a time, in
-	// order. When the pool is full, busy runs at once instead (nil: the
-	// core answers the stanza with resource-constraint).
+	// connection has gone. Jobs of one session run one at a time, in
+	// order (before authentication the input is paused while the one job
+	// runs, and a second one asked meanwhile is refused like a full pool).
+	// When the pool is full, busy runs at once instead (nil: the core
+	// answers the stanza with resource-constraint).
 	Async(job func(ctx context.Context) func(c *Ctx), busy func(c *Ctx))
 	// Fail closes the stream with a stream error.
 	Fail(cond, text string)

@@ -21,10 +21,17 @@ import (
 // reads and writes shared state (storage, mailboxes, through hook.Host).
 func (s *Server) async(c *conn, job func(ctx context.Context) func(), busy func()) {
 	if c.has(flagWorkPending) {
-		if c.queued == nil {
-			c.queued = new([]asyncJob)
+		if c.sess == nil {
+			// Before authentication a connection's input is paused while
+			// its one job runs, so no second job is asked for; should a
+			// handler ask, it is refused as if the pool were full.
+			busy()
+			return
 		}
-		*c.queued = append(*c.queued, asyncJob{job, busy})
+		if c.sess.queued == nil {
+			c.sess.queued = new([]asyncJob)
+		}
+		*c.sess.queued = append(*c.sess.queued, asyncJob{job, busy})
 		return
 	}
 	s.submit(c, job, busy)
@@ -71,14 +78,14 @@ func (s *Server) submit(c *conn, job func(ctx context.Context) func(), busy func
 // next submits c's next queued job, unless one is running (a continuation
 // may have asked for one).
 func (s *Server) next(c *conn) {
-	for c.queued != nil && len(*c.queued) > 0 && !c.has(flagWorkPending) && !c.has(flagClosed) {
-		q := *c.queued
+	for c.sess != nil && c.sess.queued != nil && len(*c.sess.queued) > 0 && !c.has(flagWorkPending) && !c.has(flagClosed) {
+		q := *c.sess.queued
 		j := q[0]
 		q[0] = asyncJob{}
 		if len(q) == 1 {
-			c.queued = nil
+			c.sess.queued = nil
 		} else {
-			*c.queued = q[1:]
+			*c.sess.queued = q[1:]
 		}
 		s.submit(c, j.job, j.busy)
 	}

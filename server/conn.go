@@ -47,7 +47,6 @@ type conn struct {
 	ex     sasl.Server // non-nil only during a SASL exchange
 	sess   *session    // non-nil once authenticated
 	tls    *tlsConn    // non-nil once STARTTLS or direct TLS began
-	queued *[]asyncJob // jobs waiting for the running one; nil when none
 	// preauthAt is the pre-auth deadline as an offset from the server's
 	// epoch (monotonic, and 8 bytes instead of a time.Time's 24).
 	preauthAt time.Duration

@@ -31,6 +31,10 @@ type session struct {
 	// monotonic, and 8 bytes instead of a time.Time's 24.
 	lastActive time.Duration
 	slots      []any // module slots, allocated on first use
+	// queued holds the connection's jobs waiting for the running one
+	// (nil when none). It lives here, not in conn, to keep every
+	// pre-auth connection in a smaller size class.
+	queued *[]asyncJob
 
 	// Shared: read by other loops when they route to this session.
 	available atomic.Bool  // has sent available presence
