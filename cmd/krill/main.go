@@ -190,14 +190,17 @@ func serve(args []string, stderr io.Writer) error {
 	// during start-up must reload, not kill.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	if err := srv.Start(); err != nil {
-		return err
-	}
+	// The pid file exists before the listeners say they are up, so that
+	// whoever waits for "listening" can reload at once; a SIGHUP that
+	// arrives meanwhile is taken after Start.
 	pidFile := filepath.Join(cfg.DataDir, pidFileName)
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 		log.Warn("no pid file: krill reload will not find this process", zap.Error(err))
 	}
 	defer os.Remove(pidFile)
+	if err := srv.Start(); err != nil {
+		return err
+	}
 	s := <-sig
 	for ; s == syscall.SIGHUP; s = <-sig {
 		// SIGHUP: configuration and certificates again; what cannot
