@@ -152,7 +152,10 @@ const (
 	// because it is closing while available).
 	Unavailable
 	// Closing: the connection is going away. A handler that returns Stop
-	// keeps the session without a connection (resumption).
+	// keeps the session without a connection (resumption); it must then
+	// take what is delivered to the session in an outbound filter, since
+	// what no filter takes cannot be written and is counted as dropped
+	// (krill_stanzas_dropped_total{reason="no_connection"}).
 	Closing
 	// Resumed: a kept session got a connection again.
 	Resumed

@@ -126,6 +126,7 @@ var (
 	descStanzas   = prometheus.NewDesc("krill_stanzas_total", "Stanzas received from and delivered to sessions, by direction and kind.", []string{"direction", "kind"}, nil)
 	descModule    = prometheus.NewDesc("krill_module_events_total", "What modules counted (offline messages stored and delivered, accounts registered, ...).", []string{"module", "event"}, nil)
 	descLate      = prometheus.NewDesc("krill_preauth_deadline_lateness_max_seconds", "Most a pre-auth deadline fired after it was due.", nil, nil)
+	descDropped   = prometheus.NewDesc("krill_stanzas_dropped_total", "Stanzas a session could not take: its mailbox was full (the session is closed, the stanza routed as if it were gone) or it has no connection and no module took them.", []string{"reason"}, nil)
 	descPanics    = prometheus.NewDesc("krill_panics_total", "Panics contained to the connection that raised them; each is a bug.", nil, nil)
 	descAuthFail  = prometheus.NewDesc("krill_auth_failures_total", "Failed SASL exchanges: kind=credential after a password or proof was compared, kind=exchange before any credential was checked.", []string{"kind"}, nil)
 	descBytesConn = prometheus.NewDesc("krill_process_resident_bytes_per_connection", "Process resident memory divided by open connections (0 without connections).", nil, nil)
@@ -134,7 +135,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS, descTLSFail,
-		descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail} {
+		descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail, descDropped} {
 		ch <- d
 	}
 }
@@ -180,6 +181,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	s.moduleCounters(func(mod, event string, n uint64) { counter(descModule, n, mod, event) })
 	gauge(descLate, st.DeadlineLateMax.Seconds())
 	counter(descPanics, st.Panics)
+	counter(descDropped, st.InboxOverflow, "inbox_full")
+	counter(descDropped, st.DroppedNoConn, "no_connection")
 	open := st.Accepted - st.Closed
 	if rss := residentBytes(); rss > 0 && open > 0 {
 		gauge(descBytesConn, float64(rss)/float64(open))

@@ -178,9 +178,13 @@ func (s *session) send(b []byte) {
 			return
 		}
 	}
-	if s.conn != nil {
-		s.conn.write(b)
+	if s.conn == nil {
+		// Kept without a connection, and no module held it: counted,
+		// since it cannot be written.
+		s.loop.srv.stats.droppedNoConn.Add(1)
+		return
 	}
+	s.conn.write(b)
 }
 
 // closeWith asks the session's own loop to close it with a stream error.

@@ -23,6 +23,7 @@ type Stats struct {
 	panics        atomic.Uint64
 	authThrottled atomic.Uint64
 	inboxOverflow atomic.Uint64
+	droppedNoConn atomic.Uint64
 
 	// Connections by state, as gauges.
 	preauthPlain  atomic.Int64
@@ -154,7 +155,14 @@ type StatsSnapshot struct {
 	TLSNotTLS        uint64 // connections whose first bytes were not a TLS handshake record
 	TLSOtherFailures uint64 // other handshake failures
 	Panics           uint64 // panics contained to their connection (each one a bug)
-	AuthThrottled    uint64 // logins refused because their address failed too often
+	// InboxOverflow counts sessions closed because their mailbox held
+	// c2s.max_outbound bytes; the stanza that did not fit was routed as
+	// if the session did not exist (offline storage for a message).
+	InboxOverflow uint64
+	// DroppedNoConn counts stanzas for a session kept without its
+	// connection (hook.Closing) that no outbound filter took.
+	DroppedNoConn uint64
+	AuthThrottled uint64 // logins refused because their address failed too often
 	// Modules holds the counters of modules that implement hook.Counter,
 	// keyed "module.event" (such as "offline.stored").
 	Modules map[string]uint64
@@ -205,6 +213,8 @@ func (s *Stats) snapshot() StatsSnapshot {
 		TLSOtherFailures: s.tlsFailed[causeOther].Load(),
 		DeadlineLateMax:  time.Duration(s.maxLateness.Load()),
 		Panics:           s.panics.Load(),
+		InboxOverflow:    s.inboxOverflow.Load(),
+		DroppedNoConn:    s.droppedNoConn.Load(),
 		AuthThrottled:    s.authThrottled.Load(),
 		PreauthPlain:     s.preauthPlain.Load(),
 		PreauthTLS:       s.preauthTLS.Load(),
