@@ -1,6 +1,9 @@
 package stanza
 
-import "bytes"
+import (
+	"bytes"
+	"errors"
+)
 
 // Children calls fn with the complete bytes of each child element of the
 // complete element elem, in document order, skipping character data and
@@ -35,4 +38,22 @@ func Children(elem []byte, fn func(child []byte) bool) bool {
 		i += n
 	}
 	return true
+}
+
+// ErrNotText means an element expected to hold only text holds markup.
+var ErrNotText = errors.New("stanza: markup in a text-only element")
+
+// Text returns the character data of the complete element elem, which
+// must hold no child element (a username, a password, a status):
+// ErrNotText when it does, an unescaping error for a bad reference.
+func Text(elem []byte) (string, error) {
+	inner := Inner(elem)
+	if bytes.IndexByte(inner, '<') >= 0 {
+		return "", ErrNotText
+	}
+	v, err := Unescape(nil, inner)
+	if err != nil {
+		return "", err
+	}
+	return string(v), nil
 }

@@ -52,3 +52,20 @@ func TestChildrenAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per call, want 0", a)
 	}
 }
+
+func TestText(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		err      bool
+	}{
+		{`<password>s3cr&amp;t</password>`, "s3cr&t", false},
+		{`<password/>`, "", false},
+		{`<username>a<b/></username>`, "", true},
+		{`<username>&bogus;</username>`, "", true},
+	} {
+		got, err := Text([]byte(tc.in))
+		if got != tc.want || (err != nil) != tc.err {
+			t.Errorf("Text(%s) = %q, %v; want %q, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}

@@ -14,7 +14,6 @@
 package account
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"sync/atomic"
@@ -240,18 +239,12 @@ func parseQuery(payload []byte) (q query, ok bool) {
 		if *dst != nil {
 			return true // the first one counts
 		}
-		inner := stanza.Inner(child)
-		if bytes.IndexByte(inner, '<') >= 0 {
-			bad = true // markup in a text field
-			return false
-		}
-		v, err := stanza.Unescape(nil, inner)
+		v, err := stanza.Text(child)
 		if err != nil {
-			bad = true
+			bad = true // markup or a bad reference in a text field
 			return false
 		}
-		s := string(v)
-		*dst = &s
+		*dst = &v
 		return true
 	})
 	return q, ok && !bad

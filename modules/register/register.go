@@ -10,7 +10,6 @@
 package register
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"sync/atomic"
@@ -189,18 +188,12 @@ func parseQuery(payload []byte) (username, password *string, ok bool) {
 		default:
 			return true
 		}
-		inner := stanza.Inner(child)
-		if bytes.IndexByte(inner, '<') >= 0 {
-			bad = true // markup in a text field
-			return false
-		}
-		v, err := stanza.Unescape(nil, inner)
+		v, err := stanza.Text(child)
 		if err != nil {
-			bad = true
+			bad = true // markup or a bad reference in a text field
 			return false
 		}
-		s := string(v)
-		*dst = &s
+		*dst = &v
 		return true
 	}) && !bad
 	return username, password, ok
