@@ -6,13 +6,16 @@ package hooktest
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"sync"
 
 	"go.uber.org/zap"
+	"mellium.im/xmpp/jid"
 
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
+	"github.com/krill-xmpp/krill/stanza"
 )
 
 // Conn records what a handler writes. Async runs the job and its
@@ -108,4 +111,48 @@ func Ctx(reg *hook.Registry, h hook.Host, sess hook.Session, conn *Conn, st *hoo
 	c.Reset(sess, conn, st)
 	conn.ctx = c
 	return c
+}
+
+// Parse builds the hook.Stanza the core hands a handler for raw, sent by
+// the full JID from to a server for domain: the addressing, the parts of
+// to, and an iq's payload.
+func Parse(domain, from, raw string) (*hook.Stanza, error) {
+	b := []byte(raw)
+	tag, err := stanza.ParseStartTag(b)
+	if err != nil {
+		return nil, err
+	}
+	kind, ok := hook.KindOf(tag.Local())
+	if !ok {
+		return nil, fmt.Errorf("hooktest: not a stanza: %s", tag.Local())
+	}
+	st := &hook.Stanza{Kind: kind, Tag: tag, Raw: b, From: from, Addr: hook.ToNone}
+	st.Type, _ = tag.AttrString("type")
+	st.ID, _ = tag.AttrString("id")
+	if st.To, _ = tag.AttrString("to"); st.To != "" {
+		j, err := jid.Parse(st.To)
+		if err != nil {
+			return nil, err
+		}
+		st.Local, st.Domain, st.Resource = j.Localpart(), j.Domainpart(), j.Resourcepart()
+		switch {
+		case st.Domain != domain:
+			st.Addr = hook.ToRemote
+		case st.Local == "":
+			st.Addr = hook.ToHost
+		case st.Resource == "":
+			st.Addr = hook.ToBare
+		default:
+			st.Addr = hook.ToFull
+		}
+	}
+	if p, ok := stanza.FirstChild(b); ok && kind == hook.IQ {
+		pt, err := stanza.ParseStartTag(p)
+		if err != nil {
+			return nil, err
+		}
+		st.Payload, st.Name = p, string(pt.Local())
+		st.NS, _ = pt.AttrString("xmlns")
+	}
+	return st, nil
 }

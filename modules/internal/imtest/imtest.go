@@ -8,17 +8,15 @@ package imtest
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
 
 	"go.uber.org/zap"
-	"mellium.im/xmpp/jid"
 
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
-	"github.com/krill-xmpp/krill/stanza"
+	"github.com/krill-xmpp/krill/hook/hooktest"
 )
 
 // Host is a server for one domain, "localhost".
@@ -279,46 +277,7 @@ func (c *Conn) CountFailure() {}
 // Parse builds the hook.Stanza the core would hand the Pre stage for raw
 // sent by sess.
 func Parse(sess *Session, raw string) (*hook.Stanza, error) {
-	b := []byte(raw)
-	tag, err := stanza.ParseStartTag(b)
-	if err != nil {
-		return nil, err
-	}
-	kind, ok := hook.KindOf(tag.Local())
-	if !ok {
-		return nil, fmt.Errorf("imtest: not a stanza: %s", tag.Local())
-	}
-	st := &hook.Stanza{Kind: kind, Tag: tag, Raw: b, From: sess.full, Addr: hook.ToNone}
-	st.Type, _ = tag.AttrString("type")
-	st.ID, _ = tag.AttrString("id")
-	st.To, _ = tag.AttrString("to")
-	if st.To != "" {
-		j, err := jid.Parse(st.To)
-		if err != nil {
-			return nil, err
-		}
-		st.Local, st.Domain, st.Resource = j.Localpart(), j.Domainpart(), j.Resourcepart()
-		switch {
-		case st.Domain != "localhost":
-			st.Addr = hook.ToRemote
-		case st.Local == "":
-			st.Addr = hook.ToHost
-		case st.Resource == "":
-			st.Addr = hook.ToBare
-		default:
-			st.Addr = hook.ToFull
-		}
-	}
-	if p, ok := stanza.FirstChild(b); ok && kind == hook.IQ {
-		pt, err := stanza.ParseStartTag(p)
-		if err != nil {
-			return nil, err
-		}
-		st.Payload = p
-		st.NS, _ = pt.AttrString("xmlns")
-		st.Name = string(pt.Local())
-	}
-	return st, nil
+	return hooktest.Parse("localhost", sess.full, raw)
 }
 
 // Send hands raw to the modules as the core would (an iq request to its

@@ -5,14 +5,11 @@
 package iqtest
 
 import (
-	"fmt"
 	"testing"
 
-	"mellium.im/xmpp/jid"
 
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/hook/hooktest"
-	"github.com/krill-xmpp/krill/stanza"
 )
 
 // Session is a bound session with what the simple modules use; the rest of
@@ -62,44 +59,7 @@ func (h *Host) Sessions(local string, fn func(hook.Session)) {
 // Parse builds the hook.Stanza the core hands a handler for raw sent by
 // the full JID from, for the domain "localhost".
 func Parse(from, raw string) (*hook.Stanza, error) {
-	b := []byte(raw)
-	tag, err := stanza.ParseStartTag(b)
-	if err != nil {
-		return nil, err
-	}
-	kind, ok := hook.KindOf(tag.Local())
-	if !ok {
-		return nil, fmt.Errorf("iqtest: not a stanza: %s", tag.Local())
-	}
-	st := &hook.Stanza{Kind: kind, Tag: tag, Raw: b, From: from, Addr: hook.ToNone}
-	st.Type, _ = tag.AttrString("type")
-	st.ID, _ = tag.AttrString("id")
-	if st.To, _ = tag.AttrString("to"); st.To != "" {
-		j, err := jid.Parse(st.To)
-		if err != nil {
-			return nil, err
-		}
-		st.Local, st.Domain, st.Resource = j.Localpart(), j.Domainpart(), j.Resourcepart()
-		switch {
-		case st.Domain != "localhost":
-			st.Addr = hook.ToRemote
-		case st.Local == "":
-			st.Addr = hook.ToHost
-		case st.Resource == "":
-			st.Addr = hook.ToBare
-		default:
-			st.Addr = hook.ToFull
-		}
-	}
-	if p, ok := stanza.FirstChild(b); ok && kind == hook.IQ {
-		pt, err := stanza.ParseStartTag(p)
-		if err != nil {
-			return nil, err
-		}
-		st.Payload, st.Name = p, string(pt.Local())
-		st.NS, _ = pt.AttrString("xmlns")
-	}
-	return st, nil
+	return hooktest.Parse("localhost", from, raw)
 }
 
 // Result is what a Send produced.
