@@ -7,7 +7,6 @@ package iqtest
 import (
 	"testing"
 
-
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/hook/hooktest"
 )
