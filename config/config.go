@@ -148,6 +148,17 @@ type Preauth struct {
 	MaxFailuresPerIP int `koanf:"max_failures_per_ip"`
 	// FailureWindow is the period MaxFailuresPerIP counts over.
 	FailureWindow time.Duration `koanf:"failure_window"`
+	// IPv4Prefix is how many leading bits of an IPv4 source address
+	// (or IPv4-mapped IPv6 one) identify one client for every per-address
+	// limit: MaxPerIP, MaxFailuresPerIP and register.max_per_ip. 32 is the
+	// whole address; 24 makes a /24 share one count. 1 to 32. Needs a
+	// restart: counts taken under one length cannot be re-keyed to another.
+	IPv4Prefix int `koanf:"ipv4_prefix"`
+	// IPv6Prefix is the same for IPv6 source addresses. 64, because one
+	// subscriber or host usually gets a whole /64: whoever has one has 2^64
+	// addresses, so a limit per full address would limit nothing. 1 to 128.
+	// Needs a restart.
+	IPv6Prefix int `koanf:"ipv6_prefix"`
 }
 
 // TLS configures certificates and the TLS handshake policy.
@@ -216,6 +227,8 @@ const (
 	DefaultMaxFailedExchange = 10
 	DefaultPreauthStanzaSize = 8 << 10
 	DefaultPreauthElements   = 32
+	DefaultIPv4Prefix        = 32
+	DefaultIPv6Prefix        = 64
 	DefaultMaxHandshakes     = 256
 	DefaultHandshakeTimeout  = 10 * time.Second
 	DefaultOfflineQuota      = 1000
@@ -250,6 +263,8 @@ func Default() Config {
 			MaxStanzaSize:      DefaultPreauthStanzaSize,
 			MaxElements:        DefaultPreauthElements,
 			FailureWindow:      time.Minute,
+			IPv4Prefix:         DefaultIPv4Prefix,
+			IPv6Prefix:         DefaultIPv6Prefix,
 		},
 		TLS: TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
 		Log: Log{Level: "info", Format: "console"},
@@ -328,6 +343,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Preauth.MaxElements < 4 {
 		bad("preauth.max_elements", c.Preauth.MaxElements, "must be >= 4")
+	}
+	if c.Preauth.IPv4Prefix < 1 || c.Preauth.IPv4Prefix > 32 {
+		bad("preauth.ipv4_prefix", c.Preauth.IPv4Prefix, "must be between 1 and 32")
+	}
+	if c.Preauth.IPv6Prefix < 1 || c.Preauth.IPv6Prefix > 128 {
+		bad("preauth.ipv6_prefix", c.Preauth.IPv6Prefix, "must be between 1 and 128")
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		bad("tls.cert", c.TLS.Cert, "tls.cert and tls.key must be set together")

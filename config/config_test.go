@@ -59,6 +59,16 @@ func TestLoad(t *testing.T) {
 				}
 			},
 		},
+		{
+			name:  "address prefixes from env and flags",
+			env:   []string{"KRILL_PREAUTH_IPV4_PREFIX=24", "KRILL_PREAUTH_IPV6_PREFIX=56"},
+			flags: []string{"--preauth.ipv6_prefix=48"},
+			check: func(t *testing.T, c Config) {
+				if c.Preauth.IPv4Prefix != 24 || c.Preauth.IPv6Prefix != 48 {
+					t.Fatalf("prefixes %d %d, want 24 48", c.Preauth.IPv4Prefix, c.Preauth.IPv6Prefix)
+				}
+			},
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -87,6 +97,12 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown key", "testdata/unknown_key.toml", nil, []string{"max_per_addr"}},
 		{"unknown env", "", []string{"KRILL_PREAUTH_TIMOUT=5s"}, []string{"KRILL_PREAUTH_TIMOUT"}},
 		{"bad duration", "", []string{"KRILL_PREAUTH_TIMEOUT=soon"}, []string{"timeout"}},
+		{"prefixes too short", "", []string{"KRILL_PREAUTH_IPV4_PREFIX=0", "KRILL_PREAUTH_IPV6_PREFIX=0"}, []string{
+			"preauth.ipv4_prefix: must be between 1 and 32, got 0", "preauth.ipv6_prefix: must be between 1 and 128, got 0",
+		}},
+		{"prefixes too long", "", []string{"KRILL_PREAUTH_IPV4_PREFIX=33", "KRILL_PREAUTH_IPV6_PREFIX=129"}, []string{
+			"preauth.ipv4_prefix: must be between 1 and 32, got 33", "preauth.ipv6_prefix: must be between 1 and 128, got 129",
+		}},
 		{"every invalid value at once", "testdata/invalid.toml", nil, []string{
 			"domain: must not be empty", "preauth.timeout: must be > 0, got 0s",
 			"preauth.max_failed_auth: must be >= 1, got 0",

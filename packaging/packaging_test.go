@@ -45,7 +45,7 @@ func TestExampleConfig(t *testing.T) {
 
 // tomlKey matches a key assignment, set or commented out: "listen = ...",
 // "# dsn = ...".
-var tomlKey = regexp.MustCompile(`^#?\s*([a-z_]+)\s*=`)
+var tomlKey = regexp.MustCompile(`^#?\s*([a-z0-9_]+)\s*=`)
 
 // tomlSection matches a section header, set or commented out.
 var tomlSection = regexp.MustCompile(`^#?\s*\[([a-z0-9_]+)\]\s*$`)

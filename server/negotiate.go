@@ -216,7 +216,7 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 			s.saslFail(c, "aborted", "", false)
 			return
 		}
-		if s.authFailures.over(c.ip, time.Now()) {
+		if s.authFailures.Over(c.ip, time.Now(), s.failureLimit()) {
 			// Throttled: no look-up, no hashing, for this address a while.
 			s.stats.authThrottled.Add(1)
 			s.saslFail(c, "temporary-auth-failure", "too many failed logins from your address; try later", false)
@@ -440,7 +440,7 @@ func (s *Server) saslFail(c *conn, cond, text string, checked bool) {
 	if checked {
 		s.stats.authFailedCredential.Add(1)
 		c.failed++
-		s.authFailures.add(c.ip, time.Now())
+		s.authFailures.Add(c.ip, time.Now(), s.failureLimit())
 		if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
 			s.fail(c, stream.PolicyViolation.Err, "too many failed authentication attempts")
 		}

@@ -3,9 +3,9 @@ package server
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -27,7 +27,18 @@ var liveKeys = []string{
 	"register.max_per_ip", "register.window", "log.level",
 }
 
+// restartOnly are keys under a live prefix that still need a restart: the
+// address prefix lengths. The pre-auth limiter releases a connection under
+// the key it was counted under, recomputed from the address, and the
+// windows hold counts by key; counts taken under one length cannot be
+// moved to another (a /24's count cannot be split into its /32s), and
+// starting them afresh would let a reload reset the throttles.
+var restartOnly = []string{"preauth.ipv4_prefix", "preauth.ipv6_prefix"}
+
 func isLive(key string) bool {
+	if slices.Contains(restartOnly, key) {
+		return false
+	}
 	for _, k := range liveKeys {
 		if key == k || (strings.HasSuffix(k, ".") && strings.HasPrefix(key, k)) {
 			return true
@@ -63,6 +74,7 @@ func (s *Server) Reload(next config.Config) (changed, restart []string, err erro
 	sort.Strings(changed)
 	sort.Strings(restart)
 	merged.Preauth = next.Preauth
+	merged.Preauth.IPv4Prefix, merged.Preauth.IPv6Prefix = cur.Preauth.IPv4Prefix, cur.Preauth.IPv6Prefix
 	merged.C2S.IdlePing, merged.C2S.PingTimeout = next.C2S.IdlePing, next.C2S.PingTimeout
 	merged.C2S.MaxStanzaSize, merged.C2S.MaxDepth = next.C2S.MaxStanzaSize, next.C2S.MaxDepth
 	merged.C2S.MaxOutbound = next.C2S.MaxOutbound
@@ -73,7 +85,6 @@ func (s *Server) Reload(next config.Config) (changed, restart []string, err erro
 	s.live.Store(&merged)
 	s.preauth.setCaps(next.Preauth.MaxPerIP, next.Preauth.MaxTotal)
 	s.handshakes.setMax(next.TLS.MaxHandshakes)
-	s.authFailures.setLimit(next.Preauth.MaxFailuresPerIP, next.Preauth.FailureWindow)
 	if err := s.ReloadCertificates(); err != nil {
 		return changed, restart, err
 	}
@@ -105,11 +116,4 @@ func (h *handshakeLimiter) setMax(max int) {
 	for _, next := range start {
 		h.handOver(next)
 	}
-}
-
-// setLimit changes an address counter's limit and window.
-func (r *ipCounter) setLimit(max int, window time.Duration) {
-	r.mu.Lock()
-	r.max, r.window = max, window
-	r.mu.Unlock()
 }

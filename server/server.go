@@ -35,6 +35,7 @@ import (
 
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
+	"github.com/krill-xmpp/krill/ratelimit"
 	"github.com/krill-xmpp/krill/storage"
 	"github.com/krill-xmpp/krill/timerwheel"
 	"github.com/krill-xmpp/krill/workpool"
@@ -68,8 +69,8 @@ type Server struct {
 	tlsDirect   *tls.Config
 	handshakes  handshakeLimiter
 
-	authFailures ipCounter      // failed logins per address
-	directAddr   netip.AddrPort // the direct TLS listener, once bound
+	authFailures ratelimit.Window // failed logins per address prefix; see failureLimit
+	directAddr   netip.AddrPort   // the direct TLS listener, once bound
 
 	listen, directListen string // listener addresses with concrete ports
 
@@ -126,10 +127,9 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 	}
 	s.live.Store(&cfg)
 	s.metrics = newServerMetrics()
-	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal)
+	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal, prefixes(&cfg))
 	s.sessions.init()
 	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes}
-	s.authFailures = ipCounter{max: cfg.Preauth.MaxFailuresPerIP, window: cfg.Preauth.FailureWindow}
 	certs, err := newCertSource(cfg.TLS.Cert, cfg.TLS.Key, cfg.Domain, cfg.DataDir)
 	if err != nil {
 		return nil, err

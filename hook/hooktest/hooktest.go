@@ -29,6 +29,8 @@ type Conn struct {
 	Failures int
 	// Encrypted is what Secure reports.
 	Encrypted bool
+	// Addr is what IP reports; the zero value means 127.0.0.1.
+	Addr netip.Addr
 
 	ctx *hook.Ctx
 }
@@ -49,8 +51,13 @@ func (c *Conn) Fail(cond, _ string) { c.Failed = cond }
 // Secure implements hook.Conn.
 func (c *Conn) Secure() bool { return c.Encrypted }
 
-// IP implements hook.Conn.
-func (c *Conn) IP() netip.Addr { return netip.MustParseAddr("127.0.0.1") }
+// IP implements hook.Conn: Addr, or 127.0.0.1 when Addr is unset.
+func (c *Conn) IP() netip.Addr {
+	if c.Addr.IsValid() {
+		return c.Addr
+	}
+	return netip.MustParseAddr("127.0.0.1")
+}
 
 // CountFailure implements hook.Conn.
 func (c *Conn) CountFailure() { c.Failures++ }

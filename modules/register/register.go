@@ -5,7 +5,8 @@
 // negotiation, so the pre-auth deadline, size limits and caps apply;
 // a refused attempt counts like a failed SASL attempt (Conn.CountFailure);
 // each source address may create at most register.max_per_ip accounts per
-// register.window; and since a password travels, it is offered only on
+// register.window, addresses counted by prefix (preauth.ipv4_prefix,
+// preauth.ipv6_prefix: an IPv6 /64 is one address by default); and since a password travels, it is offered only on
 // encrypted streams unless c2s.allow_plaintext.
 package register
 
@@ -135,9 +136,11 @@ func (m *Module) handleSet(c *hook.Ctx, st *hook.Stanza) error {
 		refuse(c, "modify", "not-acceptable")
 		return nil
 	}
-	cfg := c.Host.Config().Register
+	cfg := c.Host.Config()
 	ip := c.Conn.IP()
-	if !m.window.Allow(ip, time.Now(), ratelimit.Limit{Max: cfg.MaxPerIP, Window: cfg.Window}) {
+	limit := ratelimit.Limit{Max: cfg.Register.MaxPerIP, Window: cfg.Register.Window,
+		Prefixes: ratelimit.Prefixes{V4: cfg.Preauth.IPv4Prefix, V6: cfg.Preauth.IPv6Prefix}}
+	if !m.window.Allow(ip, time.Now(), limit) {
 		c.Log.Info("registration refused", zap.String("reason", "rate limit"), zap.Stringer("ip", ip))
 		refuse(c, "wait", "resource-constraint")
 		return nil

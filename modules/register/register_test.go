@@ -2,6 +2,7 @@ package register
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -124,5 +125,47 @@ func TestRegistration(t *testing.T) {
 	}
 	if off.IQ(hook.PhasePreAuth, hook.IQGet, hook.ToNone, NS, "query") != nil || len(off.StreamFeatures(nil, hook.PhasePreAuth, true)) != 0 {
 		t.Fatal("registration registered while disabled")
+	}
+}
+
+// TestRegistrationPerPrefix: register.max_per_ip counts an address prefix
+// (preauth.ipv4_prefix, preauth.ipv6_prefix), so a client holding an IPv6
+// /64 cannot register from each of its addresses in turn.
+func TestRegistrationPerPrefix(t *testing.T) {
+	accts := accounts{}
+	reg, err := hook.New(&Module{Accounts: accts, Enabled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hooktest.Host{}
+	h.Config().Register.MaxPerIP = 1
+	h.Config().Preauth.IPv4Prefix = 24 // IPv6 stays at the default /64
+	hd := reg.IQ(hook.PhasePreAuth, hook.IQSet, hook.ToNone, NS, "query")
+	steps := []struct {
+		addr, user, want string
+	}{
+		{"2001:db8:0:1::1", "a1", `<iq type='result' id='r'/>`},
+		{"2001:db8:0:1:ffff:ffff:ffff:ffff", "a2", `<resource-constraint`},
+		{"2001:db8:0:2::1", "a3", `<iq type='result' id='r'/>`},
+		{"192.0.2.1", "a4", `<iq type='result' id='r'/>`},
+		{"192.0.2.200", "a5", `<resource-constraint`},
+		{"::ffff:192.0.2.9", "a6", `<resource-constraint`}, // IPv4-mapped: the same /24
+		{"192.0.3.1", "a7", `<iq type='result' id='r'/>`},
+	}
+	for _, s := range steps {
+		t.Run(s.addr, func(t *testing.T) {
+			conn := &hooktest.Conn{Encrypted: true, Addr: netip.MustParseAddr(s.addr)}
+			st := &hook.Stanza{Kind: hook.IQ, Type: "set", ID: "r", Addr: hook.ToNone, NS: NS, Name: "query",
+				Payload: []byte(`<query xmlns='jabber:iq:register'><username>` + s.user + `</username><password>pw</password></query>`)}
+			if err := hd(hooktest.Ctx(reg, h, nil, conn, st), st); err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(conn.Written, ""); !strings.Contains(got, s.want) {
+				t.Fatalf("got %q, want %q", got, s.want)
+			}
+			if created := accts[s.user]; created != strings.HasPrefix(s.want, "<iq type='result'") {
+				t.Fatalf("account %s created: %v", s.user, created)
+			}
+		})
 	}
 }
