@@ -184,6 +184,18 @@ type Log struct {
 	Level string `koanf:"level"`
 	// Format is "console" (human-readable) or "json".
 	Format string `koanf:"format"`
+	// Sampling keeps, per message and level, the first 100 lines of each
+	// second and then one in 100, so that an attack repeating one event
+	// cannot turn into a log write per connection. The lines left out are
+	// counted (krill_log_dropped_total).
+	Sampling bool `koanf:"sampling"`
+	// Buffer is how many bytes of log lines are held in memory before they
+	// are written; 0 writes each line as it is logged (a write system call
+	// per line, on the event loops).
+	Buffer int `koanf:"buffer"`
+	// FlushInterval bounds how long a buffered line waits to be written.
+	// Ignored when Buffer is 0.
+	FlushInterval time.Duration `koanf:"flush_interval"`
 }
 
 // Server configures the reactor and the worker pool.
@@ -237,6 +249,8 @@ const (
 	DefaultTick              = 10 * time.Millisecond
 	DefaultGCPercent         = 20
 	DefaultAdminListen       = "127.0.0.1:5280"
+	DefaultLogBuffer         = 256 << 10
+	DefaultLogFlushInterval  = time.Second
 )
 
 // Default returns the configuration used when nothing is set.
@@ -267,7 +281,8 @@ func Default() Config {
 			IPv6Prefix:         DefaultIPv6Prefix,
 		},
 		TLS: TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
-		Log: Log{Level: "info", Format: "console"},
+		Log: Log{Level: "info", Format: "console", Sampling: true, Buffer: DefaultLogBuffer,
+			FlushInterval: DefaultLogFlushInterval},
 		Server: Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick,
 			GCPercent: DefaultGCPercent, ShutdownTimeout: 10 * time.Second},
 		Admin:    Admin{Listen: DefaultAdminListen},
@@ -368,6 +383,12 @@ func (c *Config) Validate() error {
 	case "console", "json":
 	default:
 		bad("log.format", c.Log.Format, "must be console or json")
+	}
+	if c.Log.Buffer < 0 {
+		bad("log.buffer", c.Log.Buffer, "must be >= 0")
+	}
+	if c.Log.Buffer > 0 && c.Log.FlushInterval <= 0 {
+		bad("log.flush_interval", c.Log.FlushInterval, "must be > 0 while log.buffer is set")
 	}
 	switch c.Storage.Driver {
 	case "sqlite":

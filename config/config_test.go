@@ -107,7 +107,10 @@ func TestLoadErrors(t *testing.T) {
 			"domain: must not be empty", "preauth.timeout: must be > 0, got 0s",
 			"preauth.max_failed_auth: must be >= 1, got 0",
 			"preauth.max_failed_exchanges: must be between 1 and 255, got 256", "log.level: must be debug, info, warn or error, got loud",
+			"log.buffer: must be >= 0, got -1",
 		}},
+		{"buffer without flush interval", "", []string{"KRILL_LOG_FLUSH_INTERVAL=0s"}, []string{
+			"log.flush_interval: must be > 0 while log.buffer is set, got 0s"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -42,6 +42,7 @@ func (s *Server) startAdmin() error {
 		s.metrics.poolWait, s.metrics.loopLag,
 		(*statsCollector)(s),
 	)
+	reg.MustRegister(s.metrics.extra...)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -88,11 +89,19 @@ func (s *Server) ready(ctx context.Context) error {
 	return nil
 }
 
+// AddMetrics adds collectors to the admin listener's /metrics, for what the
+// process measures outside the server (krill serve: the log lines left out
+// by sampling). Call it before Start.
+func (s *Server) AddMetrics(cs ...prometheus.Collector) {
+	s.metrics.extra = append(s.metrics.extra, cs...)
+}
+
 // serverMetrics are the metrics observed on hot paths; the rest are read
 // from Stats at scrape time.
 type serverMetrics struct {
 	poolWait prometheus.Histogram
 	loopLag  prometheus.Histogram
+	extra    []prometheus.Collector // from AddMetrics
 }
 
 func newServerMetrics() serverMetrics {

@@ -81,7 +81,9 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 	}
 	if cond := s.preauth.acquire(ip); cond != "" {
 		gc.SetContext(reasonPolicy)
-		s.log.Info("connection refused", zap.String("reason", cond), zap.Stringer("ip", ip))
+		// Per connection, on the loop: debug, so that a flood is counted
+		// (krill_connections_closed_total) rather than written line by line.
+		s.log.Debug("connection refused", zap.String("reason", cond), zap.Stringer("ip", ip))
 		text := "too many unauthenticated connections from your address"
 		if cond == stream.ResourceConstraint.Err {
 			text = "too many unauthenticated connections"
@@ -241,16 +243,19 @@ func (c *conn) write(b []byte) {
 }
 
 // slowReader closes a connection whose client stopped reading: a stream
-// error would only queue behind what it does not read.
+// error would only queue behind what it does not read. Logged at debug,
+// like every per-connection close; krill_connections_closed_total counts it.
 func (s *Server) slowReader(c *conn) {
-	s.log.Info("connection closed", zap.String("reason", "client does not read"),
+	s.log.Debug("connection closed", zap.String("reason", "client does not read"),
 		zap.Int("buffered", c.gc.OutboundBuffered()), zap.Stringer("ip", c.ip))
 	s.sessionEnded(c, "client does not read", "", nil)
 	s.shut(c, reasonPolicy)
 }
 
 // fail sends a stream error with cond and text, closes the stream and the
-// connection. It logs once, here. The close reason follows from cond unless
+// connection. It logs once, here, at debug: a client can cause one per
+// connection, and the closes are counted by reason in
+// krill_connections_closed_total. The close reason follows from cond unless
 // the caller set one first.
 func (s *Server) fail(c *conn, cond, text string) {
 	if c.has(flagClosed) {
@@ -258,7 +263,7 @@ func (s *Server) fail(c *conn, cond, text string) {
 	}
 	if c.tls != nil && c.tls.stage != tlsEstablished {
 		// No stream to speak on mid-handshake.
-		s.log.Info("connection closed during tls setup", zap.String("condition", cond), zap.Stringer("ip", c.ip))
+		s.log.Debug("connection closed during tls setup", zap.String("condition", cond), zap.Stringer("ip", c.ip))
 		s.shut(c, reasonFor(cond))
 		return
 	}
@@ -270,7 +275,7 @@ func (s *Server) fail(c *conn, cond, text string) {
 	b = appendStreamError(b, cond, text)
 	c.write(b)
 	c.loop.scratch = b[:0]
-	if ce := s.log.Check(zap.InfoLevel, "stream error"); ce != nil {
+	if ce := s.log.Check(zap.DebugLevel, "stream error"); ce != nil {
 		fields := []zap.Field{zap.String("condition", cond), zap.String("text", text), zap.Stringer("ip", c.ip)}
 		if c.sess != nil && c.sess.bound {
 			fields = append(fields, zap.String("jid", c.sess.full))

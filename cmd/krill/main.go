@@ -23,10 +23,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -118,16 +120,87 @@ func configLoader(name string, args []string, stderr io.Writer) (config.Config, 
 	return cfg, load, err
 }
 
-// newLogger builds the server's logger on stderr. colour asks for ANSI
+// serverLog is krill serve's logger with what serve needs besides it.
+type serverLog struct {
+	*zap.Logger
+	level   zap.AtomicLevel
+	dropped *atomic.Uint64               // lines left out by sampling
+	buf     *zapcore.BufferedWriteSyncer // nil when log.buffer is 0
+}
+
+// logSampleInitial and logSampleThereafter: per message and level, the
+// first logSampleInitial lines of each second are written, then one in
+// logSampleThereafter.
+const (
+	logSampleInitial    = 100
+	logSampleThereafter = 100
+)
+
+// newLogger builds the server's logger on w (stderr). colour asks for ANSI
 // colours on the console format's levels: only for a terminal, so that a log
 // redirected to a file or a journal has no escape sequences in it.
-func newLogger(cfg config.Log, colour bool) (*zap.Logger, zap.AtomicLevel, error) {
+//
+// The event loops log, so a write must not cost a system call per line
+// when an attack repeats one event per connection: lines are sampled
+// (log.sampling) and buffered (log.buffer, flushed every
+// log.flush_interval). close flushes the buffer; call it before exit.
+func newLogger(cfg config.Log, colour bool, w zapcore.WriteSyncer) (*serverLog, error) {
 	zc, err := loggerConfig(cfg, colour)
 	if err != nil {
-		return nil, zap.AtomicLevel{}, err
+		return nil, err
 	}
-	log, err := zc.Build()
-	return log, zc.Level, err
+	l := &serverLog{level: zc.Level, dropped: new(atomic.Uint64)}
+	ws := zapcore.Lock(w)
+	if cfg.Buffer > 0 {
+		l.buf = &zapcore.BufferedWriteSyncer{WS: ws, Size: cfg.Buffer, FlushInterval: cfg.FlushInterval}
+		ws = l.buf
+	}
+	var enc zapcore.Encoder
+	if zc.Encoding == "json" {
+		enc = zapcore.NewJSONEncoder(zc.EncoderConfig)
+	} else {
+		enc = zapcore.NewConsoleEncoder(zc.EncoderConfig)
+	}
+	core := zapcore.NewCore(enc, ws, zc.Level)
+	if cfg.Sampling {
+		dropped := l.dropped
+		core = zapcore.NewSamplerWithOptions(core, time.Second, logSampleInitial, logSampleThereafter,
+			zapcore.SamplerHook(func(_ zapcore.Entry, d zapcore.SamplingDecision) {
+				if d&zapcore.LogDropped != 0 {
+					dropped.Add(1)
+				}
+			}))
+	}
+	// What zap.Config.Build would add; zap's own errors go straight to w.
+	opts := []zap.Option{zap.AddCaller(), zap.ErrorOutput(zapcore.Lock(w))}
+	if zc.Development {
+		opts = append(opts, zap.Development())
+	}
+	if !zc.DisableStacktrace {
+		opts = append(opts, zap.AddStacktrace(zapcore.ErrorLevel))
+	}
+	l.Logger = zap.New(core, opts...)
+	return l, nil
+}
+
+// flush writes the buffered lines now: after start-up and after a reload,
+// so that an operator sees them without waiting for the interval.
+func (l *serverLog) flush() { _ = l.Sync() }
+
+// close flushes the buffered lines and stops the flushing goroutine.
+func (l *serverLog) close() {
+	_ = l.Sync()
+	if l.buf != nil {
+		_ = l.buf.Stop()
+	}
+}
+
+// droppedMetric is krill_log_dropped_total, read at scrape time.
+func (l *serverLog) droppedMetric() prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "krill_log_dropped_total",
+		Help: "Log lines left out by sampling (log.sampling): per message and level, beyond the first 100 a second, 99 in 100.",
+	}, func() float64 { return float64(l.dropped.Load()) })
 }
 
 // loggerConfig is newLogger's configuration, separate so that tests can
@@ -163,11 +236,13 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log, level, err := newLogger(cfg.Log, isatty.IsTerminal(os.Stderr.Fd()))
+	log, err := newLogger(cfg.Log, isatty.IsTerminal(os.Stderr.Fd()), os.Stderr)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = log.Sync() }()
+	// Before run prints a start-up error: the lines logged before it come
+	// first, and none is lost.
+	defer log.close()
 	store, err := openStore(cfg)
 	if err != nil {
 		return err
@@ -178,10 +253,11 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(cfg, log, store, r)
+	srv, err := server.New(cfg, log.Logger, store, r)
 	if err != nil {
 		return err
 	}
+	srv.AddMetrics(log.droppedMetric())
 	server.TuneRuntime(cfg)
 	abs, _ := filepath.Abs(cfg.DataDir)
 	log.Info("starting krill", zap.String("domain", cfg.Domain), zap.String("data_dir", abs),
@@ -201,6 +277,7 @@ func serve(args []string, stderr io.Writer) error {
 	if err := srv.Start(); err != nil {
 		return err
 	}
+	log.flush()
 	s := <-sig
 	for ; s == syscall.SIGHUP; s = <-sig {
 		// SIGHUP: configuration and certificates again; what cannot
@@ -211,14 +288,16 @@ func serve(args []string, stderr io.Writer) error {
 			if err := srv.ReloadCertificates(); err != nil {
 				log.Error("certificate reload failed; keeping the current certificate", zap.Error(err))
 			}
+			log.flush()
 			continue
 		}
 		if _, _, err := srv.Reload(next); err != nil {
 			log.Error("reload failed", zap.Error(err))
 		}
 		if l, err := zapcore.ParseLevel(next.Log.Level); err == nil {
-			level.SetLevel(l)
+			log.level.SetLevel(l)
 		}
+		log.flush()
 	}
 	log.Info("stopping", zap.Stringer("signal", s))
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)

@@ -57,18 +57,24 @@ type Module struct {
 	Enabled        bool
 	AllowPlaintext bool
 
-	window     ratelimit.Window
-	registered atomic.Uint64
+	window      ratelimit.Window
+	registered  atomic.Uint64
+	rateLimited atomic.Uint64
 }
 
 // Stats are the module's counters since start.
 type Stats struct {
 	// Registered counts accounts created.
 	Registered uint64
+	// RateLimited counts attempts refused by register.max_per_ip (logged
+	// only at debug).
+	RateLimited uint64
 }
 
 // Stats returns the counters. Safe for concurrent use.
-func (m *Module) Stats() Stats { return Stats{Registered: m.registered.Load()} }
+func (m *Module) Stats() Stats {
+	return Stats{Registered: m.registered.Load(), RateLimited: m.rateLimited.Load()}
+}
 
 // Name implements hook.Module.
 func (*Module) Name() string { return "register" }
@@ -141,7 +147,9 @@ func (m *Module) handleSet(c *hook.Ctx, st *hook.Stanza) error {
 	limit := ratelimit.Limit{Max: cfg.Register.MaxPerIP, Window: cfg.Register.Window,
 		Prefixes: ratelimit.Prefixes{V4: cfg.Preauth.IPv4Prefix, V6: cfg.Preauth.IPv6Prefix}}
 	if !m.window.Allow(ip, time.Now(), limit) {
-		c.Log.Info("registration refused", zap.String("reason", "rate limit"), zap.Stringer("ip", ip))
+		// Debug: one line per refused attempt would let a client flood the log.
+		c.Log.Debug("registration refused", zap.String("reason", "rate limit"), zap.Stringer("ip", ip))
+		m.rateLimited.Add(1)
 		refuse(c, "wait", "resource-constraint")
 		return nil
 	}
@@ -215,5 +223,9 @@ func normalizeLocal(username, domain string) (string, error) {
 	return j.Localpart(), nil
 }
 
-// Counters implements hook.Counter: accounts "registered".
-func (m *Module) Counters(fn func(event string, n uint64)) { fn("registered", m.registered.Load()) }
+// Counters implements hook.Counter: accounts "registered", attempts
+// "rate_limited".
+func (m *Module) Counters(fn func(event string, n uint64)) {
+	fn("registered", m.registered.Load())
+	fn("rate_limited", m.rateLimited.Load())
+}

@@ -100,7 +100,7 @@ func TestRegistration(t *testing.T) {
 			t.Fatalf("step %d: %q with %d failures, want %q and %d", i, got, conn.Failures, s.want, s.failures)
 		}
 	}
-	if !accts["newbie"] || m.Stats().Registered != 1 {
+	if !accts["newbie"] || m.Stats().Registered != 1 || m.Stats().RateLimited != 1 {
 		t.Fatalf("accounts %v, stats %+v", accts, m.Stats())
 	}
 
