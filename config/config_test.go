@@ -87,6 +87,7 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown key", "testdata/unknown_key.toml", nil, []string{"max_per_addr"}},
 		{"unknown env", "", []string{"KRILL_PREAUTH_TIMOUT=5s"}, []string{"KRILL_PREAUTH_TIMOUT"}},
 		{"bad duration", "", []string{"KRILL_PREAUTH_TIMEOUT=soon"}, []string{"timeout"}},
+		{"negative handshake queue", "", []string{"KRILL_TLS_MAX_HANDSHAKE_QUEUE=-1"}, []string{"tls.max_handshake_queue: must be >= 0, got -1"}},
 		{"every invalid value at once", "testdata/invalid.toml", nil, []string{
 			"domain: must not be empty", "preauth.timeout: must be > 0, got 0s",
 			"preauth.max_failed_auth: must be >= 1, got 0",

@@ -128,7 +128,7 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 	s.metrics = newServerMetrics()
 	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal)
 	s.sessions.init()
-	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes}
+	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes, maxQueue: cfg.TLS.MaxHandshakeQueue}
 	s.authFailures = ipCounter{max: cfg.Preauth.MaxFailuresPerIP, window: cfg.Preauth.FailureWindow}
 	certs, err := newCertSource(cfg.TLS.Cert, cfg.TLS.Key, cfg.Domain, cfg.DataDir)
 	if err != nil {
