@@ -173,6 +173,11 @@ type TLS struct {
 	// goroutine (about 8 KB) until it ends. Connections beyond the cap
 	// wait, their deadlines running.
 	MaxHandshakes int `koanf:"max_handshakes"`
+	// MaxHandshakeQueue caps the connections waiting for a handshake slot
+	// (each holds its buffered ClientHello). When it is full, the next
+	// connection whose ClientHello is complete is closed at once. 0 means
+	// no waiting: every slot busy refuses the handshake.
+	MaxHandshakeQueue int `koanf:"max_handshake_queue"`
 	// HandshakeTimeout bounds one handshake from the complete ClientHello.
 	// The pre-auth deadline still applies.
 	HandshakeTimeout time.Duration `koanf:"handshake_timeout"`
@@ -242,6 +247,7 @@ const (
 	DefaultIPv4Prefix        = 32
 	DefaultIPv6Prefix        = 64
 	DefaultMaxHandshakes     = 256
+	DefaultMaxHandshakeQueue = 4096
 	DefaultHandshakeTimeout  = 10 * time.Second
 	DefaultOfflineQuota      = 1000
 	DefaultWorkers           = 8
@@ -280,7 +286,8 @@ func Default() Config {
 			IPv4Prefix:         DefaultIPv4Prefix,
 			IPv6Prefix:         DefaultIPv6Prefix,
 		},
-		TLS: TLS{MaxHandshakes: DefaultMaxHandshakes, HandshakeTimeout: DefaultHandshakeTimeout},
+		TLS: TLS{MaxHandshakes: DefaultMaxHandshakes, MaxHandshakeQueue: DefaultMaxHandshakeQueue,
+			HandshakeTimeout: DefaultHandshakeTimeout},
 		Log: Log{Level: "info", Format: "console", Sampling: true, Buffer: DefaultLogBuffer,
 			FlushInterval: DefaultLogFlushInterval},
 		Server: Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick,
@@ -370,6 +377,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TLS.MaxHandshakes < 1 {
 		bad("tls.max_handshakes", c.TLS.MaxHandshakes, "must be >= 1")
+	}
+	if c.TLS.MaxHandshakeQueue < 0 {
+		bad("tls.max_handshake_queue", c.TLS.MaxHandshakeQueue, "must be >= 0")
 	}
 	if c.TLS.HandshakeTimeout <= 0 {
 		bad("tls.handshake_timeout", c.TLS.HandshakeTimeout, "must be > 0")

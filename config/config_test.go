@@ -103,6 +103,7 @@ func TestLoadErrors(t *testing.T) {
 		{"prefixes too long", "", []string{"KRILL_PREAUTH_IPV4_PREFIX=33", "KRILL_PREAUTH_IPV6_PREFIX=129"}, []string{
 			"preauth.ipv4_prefix: must be between 1 and 32, got 33", "preauth.ipv6_prefix: must be between 1 and 128, got 129",
 		}},
+		{"negative handshake queue", "", []string{"KRILL_TLS_MAX_HANDSHAKE_QUEUE=-1"}, []string{"tls.max_handshake_queue: must be >= 0, got -1"}},
 		{"every invalid value at once", "testdata/invalid.toml", nil, []string{
 			"domain: must not be empty", "preauth.timeout: must be > 0, got 0s",
 			"preauth.max_failed_auth: must be >= 1, got 0",

@@ -129,7 +129,7 @@ var (
 	descAuth      = prometheus.NewDesc("krill_logins_total", "SASL authentications by result.", []string{"result"}, nil)
 	descHandshake = prometheus.NewDesc("krill_tls_handshakes", "TLS handshakes now, running or waiting for a slot.", []string{"state"}, nil)
 	descTLS       = prometheus.NewDesc("krill_tls_handshakes_total", "TLS handshakes started, failed and timed out.", []string{"result"}, nil)
-	descTLSFail   = prometheus.NewDesc("krill_tls_handshake_failures_total", "TLS handshakes that failed, by cause (client_alert, client_closed, timeout, not_tls, other).", []string{"cause"}, nil)
+	descTLSFail   = prometheus.NewDesc("krill_tls_handshake_failures_total", "TLS handshakes that failed, by cause (client_alert, client_closed, timeout, not_tls, other, queue_full).", []string{"cause"}, nil)
 	descQueue     = prometheus.NewDesc("krill_worker_queue_depth", "Jobs waiting for a worker.", nil, nil)
 	descRejected  = prometheus.NewDesc("krill_worker_rejected_total", "Jobs refused because the worker queue was full.", nil, nil)
 	descStanzas   = prometheus.NewDesc("krill_stanzas_total", "Stanzas received from and delivered to sessions, by direction and kind.", []string{"direction", "kind"}, nil)

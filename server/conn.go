@@ -43,10 +43,10 @@ type conn struct {
 	loop   *loop
 	timer  timerwheel.Timer[*conn] // the one deadline: pre-auth, then idle ping / pong wait
 	framer stanza.Framer
-	ip     netip.Addr
+	ip     peerAddr    // 16 bytes where a netip.Addr takes 24: conn stays in its size class
 	ex     sasl.Server // non-nil only during a SASL exchange
 	sess   *session    // non-nil once authenticated
-	tls    *tlsConn    // non-nil once STARTTLS or direct TLS began
+	tr     transport   // plainTCP, then *tlsConn once STARTTLS or direct TLS began
 	// preauthAt is the pre-auth deadline as an offset from the server's
 	// epoch (monotonic, and 8 bytes instead of a time.Time's 24).
 	preauthAt time.Duration
@@ -93,7 +93,7 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 		return b, gnet.Close
 	}
 	l := s.loopFor(gc.EventLoop())
-	c := &conn{gc: gc, loop: l, ip: ip, flags: flagPreauth}
+	c := &conn{gc: gc, loop: l, ip: makePeerAddr(ip), tr: plainTCP{}, flags: flagPreauth}
 	c.framer.SetLimits(stanza.Limits{
 		MaxBytes:    s.conf().Preauth.MaxStanzaSize,
 		MaxElements: s.conf().Preauth.MaxElements,
@@ -112,12 +112,12 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 }
 
 // armDeadline arms c's one timer for the earliest of its deadlines before
-// binding: the absolute pre-auth deadline and, while TLS is being set up,
-// the handshake deadline.
+// binding: the absolute pre-auth deadline and the transport's set-up
+// deadline (the TLS handshake's), if one runs.
 func (s *Server) armDeadline(c *conn) {
 	at := s.epoch.Add(c.preauthAt)
-	if t := c.tls; t != nil && t.stage != tlsEstablished && t.hsDeadline.Before(at) {
-		at = t.hsDeadline
+	if d := c.tr.deadline(); !d.IsZero() && d.Before(at) {
+		at = d
 	}
 	c.loop.wheel.Arm(&c.timer, c, at)
 }
@@ -125,7 +125,8 @@ func (s *Server) armDeadline(c *conn) {
 func addrIP(a net.Addr) netip.Addr {
 	if t, ok := a.(*net.TCPAddr); ok {
 		if ip, ok := netip.AddrFromSlice(t.IP); ok {
-			return ip.Unmap()
+			// Unmapped and zoneless, so that it fits a peerAddr unchanged.
+			return ip.Unmap().WithZone("")
 		}
 	}
 	return netip.Addr{}
@@ -150,36 +151,27 @@ func (s *Server) traffic(gc gnet.Conn) (action gnet.Action) {
 // process handles buffered input until it runs out, the connection closes,
 // or a worker is needed (the rest waits in gnet's buffer until it answers).
 func (s *Server) process(c *conn) {
-	if c.tls != nil {
-		s.processTLS(c)
-		return
-	}
-	buf, _ := c.gc.Peek(-1)
-	off := s.frame(c, buf)
-	if c.has(flagClosed) {
-		return
-	}
-	if off > 0 {
-		_, _ = c.gc.Discard(off)
-	}
-	if c.tls != nil {
-		// STARTTLS: what follows <starttls/> is the ClientHello.
-		s.processTLS(c)
+	tr := c.tr
+	tr.input(s, c)
+	if c.tr != tr && !c.has(flagClosed) {
+		// STARTTLS swapped the layer: what follows <starttls/> (the
+		// ClientHello) is the new layer's.
+		c.tr.input(s, c)
 	}
 }
 
 // frame handles the complete units at the start of buf (plaintext, from
-// gnet or decrypted) and returns how many bytes it consumed. It stops when
-// the connection closes, waits for a worker, or starts TLS.
+// the transport) and returns how many bytes it consumed. It stops when the
+// connection closes, waits for a worker, or swaps its transport (STARTTLS).
 func (s *Server) frame(c *conn, buf []byte) int {
 	if c.sess != nil && len(buf) > 0 {
 		// Any input proves the session alive, the answer to a ping or not.
 		c.sess.lastActive = c.loop.since()
 		c.flags &^= flagAwaitPong
 	}
-	tlsBefore := c.tls
+	tr := c.tr
 	off := 0
-	for off < len(buf) && !c.has(flagClosed) && c.tls == tlsBefore {
+	for off < len(buf) && !c.has(flagClosed) && c.tr == tr {
 		if c.has(flagWorkPending) {
 			// Bound what a client may queue while a worker runs for it.
 			if len(buf)-off > s.maxPending(c) {
@@ -223,20 +215,14 @@ func (s *Server) maxPending(c *conn) int {
 	return s.conf().Preauth.MaxStanzaSize
 }
 
-// write queues b on the connection, encrypted once TLS is up. Called on
-// its loop only. Nothing is written while a TLS handshake is under way.
+// write queues b on the connection through its transport (encrypted once
+// TLS is up). Called on its loop only. Nothing is written while a TLS
+// handshake is under way.
 func (c *conn) write(b []byte) {
 	if c.has(flagClosed) {
 		return
 	}
-	if t := c.tls; t != nil {
-		if t.stage != tlsEstablished {
-			return
-		}
-		_, _ = t.tc.Write(b)
-	} else {
-		_, _ = c.gc.Write(b)
-	}
+	c.tr.write(c, b)
 	if max := c.loop.srv.conf().C2S.MaxOutbound; max > 0 && c.gc.OutboundBuffered() > max {
 		c.loop.srv.slowReader(c)
 	}
@@ -261,7 +247,7 @@ func (s *Server) fail(c *conn, cond, text string) {
 	if c.has(flagClosed) {
 		return
 	}
-	if c.tls != nil && c.tls.stage != tlsEstablished {
+	if !c.tr.ready() {
 		// No stream to speak on mid-handshake.
 		s.log.Debug("connection closed during tls setup", zap.String("condition", cond), zap.Stringer("ip", c.ip))
 		s.shut(c, reasonFor(cond))
@@ -335,9 +321,7 @@ func (s *Server) shut(c *conn, why closeReason) {
 	if c.has(flagClosed) {
 		return
 	}
-	if t := c.tls; t != nil && t.stage == tlsEstablished {
-		_ = t.tc.Close() // close_notify, then the pipe
-	}
+	c.tr.shut(c)
 	s.release(c, why)
 	_ = c.loop.el.Close(c.gc)
 }
@@ -351,20 +335,10 @@ func (s *Server) release(c *conn, why closeReason) {
 	c.loop.wheel.Cancel(&c.timer)
 	if c.has(flagPreauth) {
 		c.flags &^= flagPreauth
-		s.preauth.release(c.ip)
+		s.preauth.release(c.ip.Addr())
 	}
 	c.ex = nil
-	if t := c.tls; t != nil {
-		if c.reason == reasonTLSFailed && t.stage == tlsHandshaking {
-			// The peer left mid-handshake: the handshake goroutine reads
-			// what it sent last (an alert, perhaps), then EOF, and its
-			// cause is counted when it ends (handshakeEnded).
-			t.pipe.peerClosed()
-		} else {
-			_ = t.pipe.Close() // releases a blocked handshake goroutine
-		}
-		t.plain = nil
-	}
+	c.tr.release(c)
 	if sess := c.sess; sess != nil && sess.conn == c {
 		if sess.bound && s.hooks.HasEvent(hook.Closing) && !s.stopping.Load() {
 			cx := c.loop.sessionCtx(sess)
@@ -389,12 +363,9 @@ func (s *Server) closed(gc gnet.Conn, err error) {
 	case *conn:
 		c := v
 		if !c.has(flagClosed) {
-			why := reasonDropped
-			switch {
-			case s.stopped.Load():
+			why := c.tr.dropped() // tls_failed when the peer gave up mid-handshake
+			if s.stopped.Load() {
 				why = reasonShutdown // Stop closes what is left
-			case c.tls != nil && c.tls.stage == tlsHandshaking:
-				why = reasonTLSFailed // the peer gave up mid-handshake
 			}
 			s.sessionEnded(c, "connection lost", "", err)
 			s.release(c, why)
@@ -440,10 +411,8 @@ func (s *Server) onDeadline(c *conn) {
 	defer s.contain(c, nil)
 	if c.phase != phaseSession {
 		now := time.Now()
-		if t := c.tls; t != nil && t.stage != tlsEstablished && !now.Before(t.hsDeadline) {
-			s.stats.tlsFailed[causeTimeout].Add(1)
-			s.log.Debug("tls handshake failed", zap.String("cause", tlsCauseNames[causeTimeout]), zap.Stringer("ip", c.ip))
-			s.shut(c, reasonDeadline)
+		if d := c.tr.deadline(); !d.IsZero() && !now.Before(d) {
+			c.tr.expired(s, c)
 			return
 		}
 		due := s.epoch.Add(c.preauthAt)

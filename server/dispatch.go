@@ -30,10 +30,10 @@ func (c *conn) Write(b []byte) {
 func (c *conn) Fail(cond, text string) { c.loop.srv.fail(c, cond, text) }
 
 // Secure implements hook.Conn.
-func (c *conn) Secure() bool { return c.tls != nil }
+func (c *conn) Secure() bool { return c.tr.secure() }
 
 // IP implements hook.Conn.
-func (c *conn) IP() netip.Addr { return c.ip }
+func (c *conn) IP() netip.Addr { return c.ip.Addr() }
 
 // CountFailure implements hook.Conn: a failed attempt before
 // authentication (a refused registration, say) counts like a failed SASL

@@ -133,7 +133,7 @@ func (s *Server) handleHeader(c *conn, unit []byte) {
 	switch c.phase {
 	case phaseHeader, phaseNegotiate:
 		c.phase = phaseNegotiate
-		if c.tls != nil {
+		if c.tr.secure() {
 			b = append(b, s.featuresTLS...)
 		} else {
 			b = append(b, s.featuresPlain...)
@@ -177,7 +177,7 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 			return
 		}
 		if ns == nsTLS && local == "starttls" {
-			if c.tls != nil || c.ex != nil || c.sess != nil {
+			if c.tr.secure() || c.ex != nil || c.sess != nil {
 				c.write([]byte(`<failure xmlns='` + nsTLS + `'/>` + streamClose))
 				s.shut(c, reasonError)
 				return
@@ -216,7 +216,7 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 			s.saslFail(c, "aborted", "", false)
 			return
 		}
-		if s.authFailures.Over(c.ip, time.Now(), s.failureLimit()) {
+		if s.authFailures.Over(c.ip.Addr(), time.Now(), s.failureLimit()) {
 			// Throttled: no look-up, no hashing, for this address a while.
 			s.stats.authThrottled.Add(1)
 			s.saslFail(c, "temporary-auth-failure", "too many failed logins from your address; try later", false)
@@ -225,17 +225,16 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 		mech, _ := tag.AttrString("mechanism")
 		if !s.offered(c, mech) {
 			cond := "invalid-mechanism"
-			if c.tls == nil && !s.cfg.C2S.AllowPlaintext {
+			if !c.tr.secure() && !s.cfg.C2S.AllowPlaintext {
 				cond = "encryption-required"
 			}
 			s.saslFail(c, cond, "", false)
 			return
 		}
 		opts := sasl.Options{Mechanism: mech}
-		if c.tls != nil {
-			cs := c.tls.tc.ConnectionState()
-			opts.Binding = sasl.TLSBinding(&cs, c.tls.pipe.leaf)
-			opts.PlusAdvertised = true
+		if b := c.tr.binding(); b != nil {
+			opts.Binding = b
+			opts.PlusAdvertised = true // a layer with a binding is secure: -PLUS was offered
 		}
 		ex, err := sasl.NewServer(opts)
 		if err != nil {
@@ -286,7 +285,7 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 func (c *conn) exStarted() bool { return c.sess != nil }
 
 func (s *Server) offered(c *conn, mech string) bool {
-	for _, m := range s.mechanisms(c.tls != nil) {
+	for _, m := range s.mechanisms(c.tr.secure()) {
 		if m == mech {
 			return true
 		}
@@ -390,7 +389,7 @@ func (s *Server) saslSucceed(c *conn, additional []byte) {
 		c.phase = phaseAuthHeader
 		if c.has(flagPreauth) {
 			c.flags &^= flagPreauth
-			s.preauth.release(c.ip)
+			s.preauth.release(c.ip.Addr())
 		}
 	})
 	c.flags &^= flagHeaderSent
@@ -440,7 +439,7 @@ func (s *Server) saslFail(c *conn, cond, text string, checked bool) {
 	if checked {
 		s.stats.authFailedCredential.Add(1)
 		c.failed++
-		s.authFailures.Add(c.ip, time.Now(), s.failureLimit())
+		s.authFailures.Add(c.ip.Addr(), time.Now(), s.failureLimit())
 		if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
 			s.fail(c, stream.PolicyViolation.Err, "too many failed authentication attempts")
 		}

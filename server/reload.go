@@ -23,7 +23,7 @@ import (
 // owns the logger.
 var liveKeys = []string{
 	"preauth.", "c2s.idle_ping", "c2s.max_outbound", "c2s.ping_timeout", "c2s.max_stanza_size", "c2s.max_depth",
-	"tls.max_handshakes", "tls.handshake_timeout", "im.offline_quota", "im.max_roster_items", "im.max_blocklist_items", "im.offline_quota_bytes",
+	"tls.max_handshakes", "tls.max_handshake_queue", "tls.handshake_timeout", "im.offline_quota", "im.max_roster_items", "im.max_blocklist_items", "im.offline_quota_bytes",
 	"register.max_per_ip", "register.window", "log.level",
 }
 
@@ -79,12 +79,13 @@ func (s *Server) Reload(next config.Config) (changed, restart []string, err erro
 	merged.C2S.MaxStanzaSize, merged.C2S.MaxDepth = next.C2S.MaxStanzaSize, next.C2S.MaxDepth
 	merged.C2S.MaxOutbound = next.C2S.MaxOutbound
 	merged.TLS.MaxHandshakes, merged.TLS.HandshakeTimeout = next.TLS.MaxHandshakes, next.TLS.HandshakeTimeout
+	merged.TLS.MaxHandshakeQueue = next.TLS.MaxHandshakeQueue
 	merged.IM.OfflineQuota, merged.IM.MaxRosterItems = next.IM.OfflineQuota, next.IM.MaxRosterItems
 	merged.Register.MaxPerIP, merged.Register.Window = next.Register.MaxPerIP, next.Register.Window
 	merged.Log.Level = next.Log.Level
 	s.live.Store(&merged)
 	s.preauth.setCaps(next.Preauth.MaxPerIP, next.Preauth.MaxTotal)
-	s.handshakes.setMax(next.TLS.MaxHandshakes)
+	s.handshakes.setLimits(next.TLS.MaxHandshakes, next.TLS.MaxHandshakeQueue)
 	if err := s.ReloadCertificates(); err != nil {
 		return changed, restart, err
 	}
@@ -102,14 +103,17 @@ func (p *preauthLimiter) setCaps(perIP, total int) {
 	p.mu.Unlock()
 }
 
-// setMax changes the handshake cap; waiting handshakes start as slots free.
-func (h *handshakeLimiter) setMax(max int) {
+// setLimits changes the handshake cap and the queue's; waiting handshakes
+// start as slots free. Connections already queued stay when the queue
+// shrinks.
+func (h *handshakeLimiter) setLimits(max, maxQueue int) {
 	h.mu.Lock()
-	h.max = max
-	var start []*conn
+	h.max, h.maxQueue = max, maxQueue
+	var start []*tlsConn
 	for h.active < h.max && len(h.wait) > 0 {
 		h.active++
 		start = append(start, h.wait[0])
+		h.wait[0] = nil
 		h.wait = h.wait[1:]
 	}
 	h.mu.Unlock()

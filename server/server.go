@@ -129,7 +129,7 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 	s.metrics = newServerMetrics()
 	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal, prefixes(&cfg))
 	s.sessions.init()
-	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes}
+	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes, maxQueue: cfg.TLS.MaxHandshakeQueue}
 	certs, err := newCertSource(cfg.TLS.Cert, cfg.TLS.Key, cfg.Domain, cfg.DataDir)
 	if err != nil {
 		return nil, err

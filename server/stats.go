@@ -69,10 +69,11 @@ const (
 	causeTimeout                      // the handshake deadline passed
 	causeNotTLS                       // the first bytes were not a TLS handshake record
 	causeOther                        // anything else: no common version or cipher, a broken record, a flood
+	causeQueueFull                    // every slot busy and tls.max_handshake_queue connections waiting
 	numTLSCauses
 )
 
-var tlsCauseNames = [numTLSCauses]string{"client_alert", "client_closed", "timeout", "not_tls", "other"}
+var tlsCauseNames = [numTLSCauses]string{"client_alert", "client_closed", "timeout", "not_tls", "other", "queue_full"}
 
 // stanzaKinds names the indexes of Stats.in and Stats.out.
 var stanzaKinds = [3]string{"message", "presence", "iq"}
@@ -96,7 +97,7 @@ func (s *Stats) connState(c *conn) *atomic.Int64 {
 	switch {
 	case c.has(flagClosed):
 		return nil
-	case c.has(flagPreauth) && c.tls == nil:
+	case c.has(flagPreauth) && !c.tr.secure():
 		return &s.preauthPlain
 	case c.has(flagPreauth):
 		return &s.preauthTLS
@@ -154,6 +155,7 @@ type StatsSnapshot struct {
 	TLSClientClosed  uint64 // handshakes the client abandoned by closing the connection
 	TLSNotTLS        uint64 // connections whose first bytes were not a TLS handshake record
 	TLSOtherFailures uint64 // other handshake failures
+	TLSQueueFull     uint64 // handshakes refused because tls.max_handshake_queue were waiting
 	Panics           uint64 // panics contained to their connection (each one a bug)
 	// InboxOverflow counts sessions closed because their mailbox held
 	// c2s.max_outbound bytes; the stanza that did not fit was routed as
@@ -205,12 +207,13 @@ func (s *Stats) snapshot() StatsSnapshot {
 		WorkRejected:    s.workRejected.Load(),
 		TLSHandshakes:   s.tlsHandshakes.Load(),
 		TLSFailed: s.tlsFailed[causeClientAlert].Load() + s.tlsFailed[causeClientClosed].Load() +
-			s.tlsFailed[causeNotTLS].Load() + s.tlsFailed[causeOther].Load(),
+			s.tlsFailed[causeNotTLS].Load() + s.tlsFailed[causeOther].Load() + s.tlsFailed[causeQueueFull].Load(),
 		TLSTimeouts:      s.tlsFailed[causeTimeout].Load(),
 		TLSClientAlerts:  s.tlsFailed[causeClientAlert].Load(),
 		TLSClientClosed:  s.tlsFailed[causeClientClosed].Load(),
 		TLSNotTLS:        s.tlsFailed[causeNotTLS].Load(),
 		TLSOtherFailures: s.tlsFailed[causeOther].Load(),
+		TLSQueueFull:     s.tlsFailed[causeQueueFull].Load(),
 		DeadlineLateMax:  time.Duration(s.maxLateness.Load()),
 		Panics:           s.panics.Load(),
 		InboxOverflow:    s.inboxOverflow.Load(),

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/krill-xmpp/krill/sasl"
 )
 
 // TLS on the event loop, as the design brief describes: crypto/tls
@@ -43,8 +45,8 @@ const maxSkipWhitespace = 64
 // runs or waits: a flood there costs at most this much.
 const maxHandshakeInput = 64 << 10
 
-// tlsConn is the TLS state of one connection, allocated at STARTTLS or at
-// accept on the direct TLS listener and owned by the connection's loop.
+// tlsConn is the TLS transport of one connection, allocated at STARTTLS or
+// at accept on the direct TLS listener and owned by the connection's loop.
 type tlsConn struct {
 	tc         *tls.Conn
 	pipe       tlsPipe
@@ -53,6 +55,75 @@ type tlsConn struct {
 	stage      tlsStage
 	direct     bool  // direct TLS (XEP-0368): no XML came before the ClientHello
 	skipped    uint8 // whitespace skipped before the ClientHello (STARTTLS only)
+}
+
+var _ transport = (*tlsConn)(nil)
+
+// input takes the ciphertext gnet holds according to the TLS stage.
+func (t *tlsConn) input(s *Server, c *conn) { s.processTLS(c, t) }
+
+// write encrypts b into gnet's outbound buffer once the handshake is done.
+func (t *tlsConn) write(_ *conn, b []byte) {
+	if t.stage == tlsEstablished {
+		_, _ = t.tc.Write(b)
+	}
+}
+
+func (t *tlsConn) ready() bool  { return t.stage == tlsEstablished }
+func (t *tlsConn) secure() bool { return true }
+
+// binding serves tls-exporter (RFC 9266) and tls-server-end-point (RFC
+// 5929) from the established connection.
+func (t *tlsConn) binding() func(cbType string) ([]byte, error) {
+	cs := t.tc.ConnectionState()
+	return sasl.TLSBinding(&cs, t.pipe.leaf)
+}
+
+// deadline is the handshake deadline until the handshake is done.
+func (t *tlsConn) deadline() time.Time {
+	if t.stage == tlsEstablished {
+		return time.Time{}
+	}
+	return t.hsDeadline
+}
+
+// expired closes a connection whose handshake did not finish in time.
+func (t *tlsConn) expired(s *Server, c *conn) {
+	s.stats.tlsFailed[causeTimeout].Add(1)
+	s.log.Debug("tls handshake failed", zap.String("cause", tlsCauseNames[causeTimeout]), zap.Stringer("ip", c.ip))
+	s.shut(c, reasonDeadline)
+}
+
+// shut sends close_notify on an established connection.
+func (t *tlsConn) shut(*conn) {
+	if t.stage == tlsEstablished {
+		_ = t.tc.Close() // close_notify, then the pipe
+	}
+}
+
+// release closes the pipe, which also ends a handshake goroutine blocked
+// on it, and drops the decrypted input.
+func (t *tlsConn) release(c *conn) {
+	if c.reason == reasonTLSFailed && t.stage == tlsHandshaking {
+		// The peer left mid-handshake: the handshake goroutine reads
+		// what it sent last (an alert, perhaps), then EOF, and its
+		// cause is counted when it ends (handshakeEnded).
+		t.pipe.peerClosed()
+	} else {
+		_ = t.pipe.Close() // releases a blocked handshake goroutine
+	}
+	if t.stage == tlsQueued {
+		c.loop.srv.handshakes.forget(t)
+	}
+	t.plain = nil
+}
+
+// dropped: a peer that leaves mid-handshake failed its TLS set-up.
+func (t *tlsConn) dropped() closeReason {
+	if t.stage == tlsHandshaking {
+		return reasonTLSFailed
+	}
+	return reasonDropped
 }
 
 // errWouldBlock is what the pipe's Read returns on the loop when no
@@ -250,14 +321,13 @@ func (s *Server) startTLS(c *conn, direct bool) {
 		cfg = s.tlsDirect
 	}
 	t.tc = tls.Server(&t.pipe, cfg)
-	s.stats.move(c, func() { c.tls = t })
+	s.stats.move(c, func() { c.tr = t })
 	s.armDeadline(c)
 }
 
-// processTLS takes the ciphertext gnet holds for c according to the TLS
-// stage.
-func (s *Server) processTLS(c *conn) {
-	t := c.tls
+// processTLS takes the ciphertext gnet holds for c according to the stage
+// of t, c's transport.
+func (s *Server) processTLS(c *conn, t *tlsConn) {
 	buf, _ := c.gc.Peek(-1)
 	switch t.stage {
 	case tlsAwaitHello:
@@ -298,7 +368,7 @@ func (s *Server) processTLS(c *conn) {
 		t.pipe.in = append([]byte(nil), buf...)
 		t.pipe.noteTail(buf)
 		_, _ = c.gc.Discard(len(buf))
-		s.beginHandshake(c)
+		s.beginHandshake(c, t)
 	case tlsQueued, tlsHandshaking:
 		if len(buf) == 0 {
 			return
@@ -313,14 +383,13 @@ func (s *Server) processTLS(c *conn) {
 		t.pipe.feed(buf)
 		_, _ = c.gc.Discard(len(buf))
 	case tlsEstablished:
-		s.readTLS(c, buf)
+		s.readTLS(c, t, buf)
 	}
 }
 
 // readTLS decrypts everything buffered and frames the plaintext. buf is
 // gnet's input, lent to the pipe only for this call.
-func (s *Server) readTLS(c *conn, buf []byte) {
-	t := c.tls
+func (s *Server) readTLS(c *conn, t *tlsConn, buf []byte) {
 	p := &t.pipe
 	if len(buf) > 0 {
 		if len(p.in) > 0 {
@@ -364,24 +433,30 @@ func (s *Server) readTLS(c *conn, buf []byte) {
 		why := reasonDropped
 		if !errors.Is(rerr, io.EOF) {
 			why = reasonError
-			s.log.Info("tls read failed", zap.Error(rerr), zap.Stringer("ip", c.ip))
+			s.log.Debug("tls read failed", zap.Error(rerr), zap.Stringer("ip", c.ip))
 		}
 		s.shut(c, why)
 	}
 }
 
 // beginHandshake runs the handshake now if a slot is free, or queues it.
-func (s *Server) beginHandshake(c *conn) {
-	if !s.handshakes.acquire(c) {
-		c.tls.stage = tlsQueued
-		return
+// When the queue is full too, c is closed at once: it is counted as a
+// policy close and a TLS failure (queue_full), logged at debug like the
+// other TLS failures.
+func (s *Server) beginHandshake(c *conn, t *tlsConn) {
+	switch s.handshakes.acquire(t) {
+	case slotTaken:
+		s.runHandshake(c, t)
+	case slotQueued:
+		t.stage = tlsQueued
+	default:
+		s.countTLSFailure(c, causeQueueFull, "handshake queue full", nil)
+		s.shut(c, reasonPolicy)
 	}
-	s.runHandshake(c)
 }
 
 // runHandshake starts the handshake goroutine; the caller holds a slot.
-func (s *Server) runHandshake(c *conn) {
-	t := c.tls
+func (s *Server) runHandshake(c *conn, t *tlsConn) {
 	t.stage = tlsHandshaking
 	p := &t.pipe
 	p.mu.Lock()
@@ -395,7 +470,7 @@ func (s *Server) runHandshake(c *conn) {
 	go func() {
 		err := tc.Handshake()
 		s.handshakes.release()
-		s.onLoopOr(c, func() { s.finishHandshake(c, err) }, func() { s.handshakeEnded(c, err) })
+		s.onLoopOr(c, func() { s.finishHandshake(c, t, err) }, func() { s.handshakeEnded(c, t, err) })
 	}()
 }
 
@@ -403,11 +478,11 @@ func (s *Server) runHandshake(c *conn) {
 // closed. If the client closed it mid-handshake, the handshake's outcome
 // says why (an alert, or nothing) and is counted here; a connection the
 // server closed (deadline, shutdown) was counted when it did.
-func (s *Server) handshakeEnded(c *conn, err error) {
+func (s *Server) handshakeEnded(c *conn, t *tlsConn, err error) {
 	if c.reason != reasonTLSFailed {
 		return
 	}
-	cause, alert := handshakeCause(err, &c.tls.pipe)
+	cause, alert := handshakeCause(err, &t.pipe)
 	s.countTLSFailure(c, cause, alert, err)
 }
 
@@ -477,8 +552,7 @@ func leadingSpace(b []byte) int {
 // finishHandshake switches c to loop-driven TLS. The last handshake bytes
 // are written before anything else, in the same critical section that
 // ends the handshake mode.
-func (s *Server) finishHandshake(c *conn, err error) {
-	t := c.tls
+func (s *Server) finishHandshake(c *conn, t *tlsConn, err error) {
 	p := &t.pipe
 	p.mu.Lock()
 	out := p.out
@@ -502,7 +576,7 @@ func (s *Server) finishHandshake(c *conn, err error) {
 	}
 	s.armDeadline(c)
 	// Clients often send their stream header with their Finished: read now.
-	s.readTLS(c, nil)
+	s.readTLS(c, t, nil)
 }
 
 // tlsScratch returns the loop's buffer for decrypted records.
@@ -514,25 +588,60 @@ func (l *loop) tlsScratch() []byte {
 }
 
 // handshakeLimiter caps concurrent handshakes; connections beyond the cap
-// wait in FIFO order, their deadlines running.
+// wait in FIFO order, their deadlines running, up to maxQueue of them.
 type handshakeLimiter struct {
-	srv    *Server
-	max    int
-	mu     sync.Mutex
-	active int
-	wait   []*conn
+	srv      *Server
+	mu       sync.Mutex
+	max      int // tls.max_handshakes
+	maxQueue int // tls.max_handshake_queue
+	active   int
+	// wait holds the connections waiting for a slot, open ones only: one
+	// that closes while it waits leaves (forget), so the queue bounds
+	// live connections and holds no dead one.
+	wait []*tlsConn
 }
 
-// acquire takes a slot, or queues c and reports false. Called on c's loop.
-func (h *handshakeLimiter) acquire(c *conn) bool {
+// slot is the outcome of handshakeLimiter.acquire.
+type slot uint8
+
+const (
+	slotTaken   slot = iota // a slot is the caller's: run the handshake
+	slotQueued              // queued: handOver runs it when a slot frees
+	slotRefused             // the queue is full
+)
+
+// acquire takes a slot, or queues t, or refuses it when the queue is full.
+// Called on t's loop.
+func (h *handshakeLimiter) acquire(t *tlsConn) slot {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.active < h.max {
 		h.active++
-		return true
+		return slotTaken
 	}
-	h.wait = append(h.wait, c)
-	return false
+	if len(h.wait) >= h.maxQueue {
+		return slotRefused
+	}
+	h.wait = append(h.wait, t)
+	return slotQueued
+}
+
+// forget removes a queued connection that closed. Called on its loop. The
+// scan is bounded by tls.max_handshake_queue.
+func (h *handshakeLimiter) forget(t *tlsConn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, w := range h.wait {
+		if w == t {
+			n := copy(h.wait[i:], h.wait[i+1:])
+			h.wait[i+n] = nil
+			h.wait = h.wait[:i+n]
+			break
+		}
+	}
+	if len(h.wait) == 0 {
+		h.wait = nil
+	}
 }
 
 // release frees a slot, handing it to the next waiting connection. A
@@ -555,11 +664,13 @@ func (h *handshakeLimiter) release() {
 }
 
 // handOver gives a held slot to a waiting connection on its loop; one that
-// closed meanwhile passes the slot on.
-func (h *handshakeLimiter) handOver(next *conn) {
-	h.srv.onLoopOr(next, func() {
-		if next.tls != nil && next.tls.stage == tlsQueued {
-			h.srv.runHandshake(next)
+// closed meanwhile passes the slot on. A connection's TLS layer is never
+// swapped, so next is still its transport.
+func (h *handshakeLimiter) handOver(next *tlsConn) {
+	c := next.pipe.c
+	h.srv.onLoopOr(c, func() {
+		if next.stage == tlsQueued {
+			h.srv.runHandshake(c, next)
 			return
 		}
 		h.release()
