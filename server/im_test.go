@@ -120,11 +120,26 @@ func TestSubscriptionAndPresence(t *testing.T) {
 	bob.expect(t, `<presence type='unsubscribe' from='alice@localhost' to='bob@localhost'/>`)
 	alice.sync(t, "s1")
 
+	// A second resource of bob's comes online: its initial presence goes
+	// to bob's other resource and not to alice (no longer subscribed to
+	// bob), and the probe of bob's contacts brings it alice's presence.
+	b2 := dialRaw(t, srv)
+	b2.scramLogin("bob", testPassword, "b2")
+	b2.send(`<presence/>`)
+	b2.expect(t, `<presence from='bob@localhost/b2'/>`)
+	b2.expect(t, `<presence from='alice@localhost/a' to='bob@localhost/b2'/>`)
+	b2.sync(t, "s1")
+	bob.expect(t, `<presence from='bob@localhost/b2'/>`)
+	bob.sync(t, "s1")
+	alice.sync(t, "s2")
+
 	// alice drops her connection without closing the stream: bob, who is
 	// subscribed to her, learns she is unavailable.
 	_ = alice.conn.Close()
 	bob.expect(t, `<presence type='unavailable' from='alice@localhost/a' to='bob@localhost'/>`)
 	bob.sync(t, "s2")
+	b2.expect(t, `<presence type='unavailable' from='alice@localhost/a' to='bob@localhost'/>`)
+	b2.sync(t, "s2")
 }
 
 // TestSubscriptionWhileOffline: a request made while the contact is offline
