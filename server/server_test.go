@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/xml"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -54,9 +55,11 @@ func TestLoginAndMessage(t *testing.T) {
 		t.Fatal("the server did not read bob's presence")
 	}
 
-	for _, to := range []string{bobJID, "bob@localhost"} {
+	// Each message arrives once, in order: the last, to the full JID
+	// again, shows that nothing came twice after the bare-JID one.
+	for i, to := range []string{bobJID, "bob@localhost", bobJID} {
 		msg := stanza.Message{To: jid.MustParse(to), Type: stanza.ChatMessage}
-		body := "hello " + to
+		body := "hello " + to + " " + strconv.Itoa(i)
 		if err := alice.Send(ctx, msg.Wrap(bodyTokens(body))); err != nil {
 			t.Fatal(err)
 		}
