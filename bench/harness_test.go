@@ -169,13 +169,14 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 // clientProc is a client process: this test binary re-executed to run
 // bench.ServeClient.
 type clientProc struct {
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	stderr *capped
-	ready  chan string // the first stdout line; closed without one at EOF
-	done   chan error  // cmd.Wait's result, once stdout is drained
-	exited error       // valid once done has been received from
-	waited bool
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	stderr  *capped
+	started chan struct{} // closed at the started line or at EOF
+	ready   chan string   // the line after it; closed without one at EOF
+	done    chan error    // cmd.Wait's result, once stdout is drained
+	exited  error         // valid once done has been received from
+	waited  bool
 }
 
 // startClient starts a client process that will bring n connections to
@@ -202,7 +203,7 @@ func startClient(tb testing.TB, addr, caFile string, stage bench.Stage, n, first
 		envClientStage+"="+string(stage),
 		envClientSrc+"="+strings.Join(srcs, ","),
 	)
-	p := &clientProc{cmd: cmd, stderr: &capped{max: 16 << 10}, ready: make(chan string, 1), done: make(chan error, 1)}
+	p := &clientProc{cmd: cmd, stderr: &capped{max: 16 << 10}, started: make(chan struct{}), ready: make(chan string, 1), done: make(chan error, 1)}
 	cmd.Stderr = p.stderr
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
 		return nil, err
@@ -218,8 +219,15 @@ func startClient(tb testing.TB, addr, caFile string, stage bench.Stage, n, first
 	go func() {
 		// Wait must not run before stdout is drained; stdout ends when
 		// the process does.
+		// The started line, then the ready line; anything else
+		// goes to waitReady, which reports it.
 		sc := bufio.NewScanner(stdout)
-		if sc.Scan() {
+		ok := sc.Scan()
+		close(p.started)
+		if ok && sc.Text() == startedLine {
+			ok = sc.Scan()
+		}
+		if ok {
 			p.ready <- sc.Text()
 		}
 		close(p.ready)
@@ -227,6 +235,19 @@ func startClient(tb testing.TB, addr, caFile string, stage bench.Stage, n, first
 		p.done <- cmd.Wait()
 	}()
 	return p, nil
+}
+
+// waitStarted waits up to timeout for the process to print its started
+// line (or exit, which waitReady then reports).
+func (p *clientProc) waitStarted(timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.started:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("client %d not started after %v; stderr: %s", p.cmd.Process.Pid, timeout, p.stderr)
+	}
 }
 
 // begin tells the process to start dialling.

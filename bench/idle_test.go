@@ -37,10 +37,9 @@ const (
 	// and per-loop buffers first touched by the first connections are in
 	// the baseline rather than charged to the N connections.
 	warmConns = 16
-	// clientStartup lets the client processes finish starting (and map
-	// what they share with this one) before the baseline; it is not
-	// checked, only a figure's accuracy depends on it.
-	clientStartup = 500 * time.Millisecond
+	// clientStartup bounds the wait for the client processes to start
+	// (and map what they share with this one) before the baseline.
+	clientStartup = time.Minute
 	// readyTimeout bounds bringing every connection to its stage.
 	readyTimeout = 10 * time.Minute
 	// goroutineSlack is how many more goroutines the benchmark process
@@ -145,7 +144,12 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 		}
 		procs = append(procs, p)
 	}
-	time.Sleep(clientStartup)
+	startDeadline := time.Now().Add(clientStartup)
+	for _, p := range procs {
+		if err := p.waitStarted(time.Until(startDeadline)); err != nil {
+			b.Fatal(err)
+		}
+	}
 	runtime.GC()
 	debug.FreeOSMemory()
 	before, err := takeSnapshot()

@@ -56,11 +56,20 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// startedLine is the line a client process prints on stdout once it runs
+// and waits for the go line, before its ready line.
+const startedLine = "started"
+
 // clientMain is a client process: it opens its connections, prints the
 // ready line and holds them until stdin closes. It reports a failure on
 // stderr and exits non-zero.
 func clientMain() int {
 	o, err := clientOptions()
+	if err == nil {
+		// Tell the parent this process is up, so that it takes its
+		// baseline after the start rather than after a guessed pause.
+		_, err = fmt.Fprintln(os.Stdout, startedLine)
+	}
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), clientMaxLife)
 		err = bench.ServeClient(ctx, o, os.Stdin, os.Stdout)

@@ -72,8 +72,7 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 	// The bystander still works.
-	by.send(`<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
-	by.until(`id='alive'`)
+	by.sync(t, "alive")
 }
 
 // TestSASLFailures covers malformed and failed exchanges: each gets a SASL
@@ -91,8 +90,7 @@ func TestSASLFailures(t *testing.T) {
 		{`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>!!!notbase64</auth>`, "<incorrect-encoding/>"},
 	}
 	for _, s := range steps {
-		r.send(s.send)
-		r.until(s.want)
+		r.exchange(t, s.send, saslFailed(s.want))
 	}
 	// A malformed SCRAM client-first message is the third failure.
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>eCxuPWZvbw==</auth>`)
@@ -100,6 +98,12 @@ func TestSASLFailures(t *testing.T) {
 	if !strings.Contains(out, "<malformed-request/>") || !strings.Contains(out, "<policy-violation "+streamsNS+"/>") {
 		t.Fatalf("got %q, want malformed-request then policy-violation", out)
 	}
+}
+
+// saslFailed is the SASL failure (RFC 6120 6.5) with condition cond,
+// whatever its text.
+func saslFailed(cond string) string {
+	return `<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` + cond + `{**}</failure>`
 }
 
 // TestPlainNotOffered: PLAIN needs TLS, which this build does not offer.
@@ -110,7 +114,7 @@ func TestPlainNotOffered(t *testing.T) {
 		t.Fatalf("features %q: want SCRAM and no PLAIN", feats)
 	}
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGl2YW4AY29ycmVjdA==</auth>`)
-	r.until("<invalid-mechanism/>")
+	r.expect(t, saslFailed("<invalid-mechanism/>"))
 }
 
 // TestPlaintextRefused: with allow_plaintext off and no TLS, STARTTLS is
@@ -124,7 +128,7 @@ func TestPlaintextRefused(t *testing.T) {
 		t.Fatalf("features %q: want required STARTTLS and no mechanism", feats)
 	}
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>biwsbj1qdWR5LHI9YWJj</auth>`)
-	r.until("<encryption-required/>")
+	r.expect(t, saslFailed("<encryption-required/>"))
 }
 
 // TestSlowReader: a client that stops reading is closed once
@@ -152,6 +156,5 @@ func TestSlowReader(t *testing.T) {
 	if !closed && !waitFor(ioTimeout, func() bool { return srv.Stats().ClosedPolicy > policy }) {
 		t.Fatalf("the slow reader was never closed: %+v", srv.Stats())
 	}
-	sender.send(`<iq type='get' id='fine' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
-	sender.until(`id='fine'`)
+	sender.sync(t, "fine")
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -156,9 +158,66 @@ func (r *rawConn) send(s string) {
 	}
 }
 
-// until reads until the received text contains want and returns everything
-// received so far, consuming it.
-func (r *rawConn) until(want string) string {
+// expect reads until want has arrived and fails unless what arrived is
+// exactly want: nothing extra before it, nothing reordered. In want, {*}
+// stands for a value that varies (a roster version, a delay stamp, an id):
+// any run of characters other than ' < and >; {**} stands for any text,
+// for lists the test checks otherwise (disco features). want must end with
+// literal text, which is what the read waits for. It returns what arrived.
+func (r *rawConn) expect(t testing.TB, want string) string {
+	t.Helper()
+	parts := wildcard.Split(want, -1)
+	tail := parts[len(parts)-1]
+	if tail == "" {
+		t.Fatalf("expect %q: the pattern must end with literal text", want)
+	}
+	got, err := r.readUntil(tail, time.Now().Add(ioTimeout))
+	if err == nil && len(parts) == 1 && got == want {
+		return got
+	}
+	var re strings.Builder
+	re.WriteString(`(?s)^`)
+	for i, w := range wildcard.FindAllString(want, -1) {
+		re.WriteString(regexp.QuoteMeta(parts[i]))
+		if w == "{**}" {
+			re.WriteString(`.*`)
+		} else {
+			re.WriteString(`[^'<>]*`)
+		}
+	}
+	re.WriteString(regexp.QuoteMeta(tail) + `$`)
+	if err != nil || !regexp.MustCompile(re.String()).MatchString(got) {
+		t.Fatalf("got %q (%v)\nwant exactly %q", got, err, want)
+	}
+	return got
+}
+
+// wildcard finds expect's placeholders.
+var wildcard = regexp.MustCompile(`\{\*\*?\}`)
+
+// exchange sends one request and checks that the next bytes the server
+// sends are exactly want (with expect's {*}); it returns them.
+func (r *rawConn) exchange(t testing.TB, send, want string) string {
+	t.Helper()
+	r.send(send)
+	return r.expect(t, want)
+}
+
+// sync is a round trip: a ping to the server and exactly its result. Once
+// it returns, the server has processed everything sent before it on this
+// stream and everything that processing sent here has been read, so a test
+// knows a stanza was handled without sleeping.
+func (r *rawConn) sync(t testing.TB, id string) {
+	t.Helper()
+	r.exchange(t, `<iq type='get' id='`+id+`' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`, `<iq type='result' id='`+id+`' from='localhost'/>`)
+}
+
+// skipUntil reads until the received text contains want and returns
+// everything received so far, consuming it. It skips whatever precedes
+// want unchecked, so it is only for text whose bytes vary and that the
+// test checks otherwise (stream headers with random ids, feature lists);
+// everything else is read with expect.
+func (r *rawConn) skipUntil(want string) string {
 	r.t.Helper()
 	got, err := r.readUntil(want, time.Now().Add(ioTimeout))
 	if err != nil {
@@ -210,7 +269,7 @@ const clientHeader = `<?xml version='1.0'?><stream:stream to='localhost' xmlns='
 // open sends a stream header and waits for the features.
 func (r *rawConn) open() string {
 	r.send(clientHeader)
-	return r.until("</stream:features>")
+	return r.skipUntil("</stream:features>")
 }
 
 // scramLogin runs SCRAM-SHA-256 with mellium's client over raw XML and
@@ -226,17 +285,17 @@ func (r *rawConn) scramLogin(user, password, resource string) string {
 		r.t.Fatal(err)
 	}
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + base64.StdEncoding.EncodeToString(first) + `</auth>`)
-	chal := between(r.until("</challenge>"), "'>", "</challenge>")
+	chal := between(r.expect(r.t, `<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{*}</challenge>`), "'>", "</challenge>")
 	raw, _ := base64.StdEncoding.DecodeString(chal)
 	_, final, err := c.Step(raw)
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	r.send(`<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` + base64.StdEncoding.EncodeToString(final) + `</response>`)
-	r.until("</success>")
+	r.expect(r.t, `<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{*}</success>`)
 	r.open()
 	r.send(fmt.Sprintf(`<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>%s</resource></bind></iq>`, resource))
-	return between(r.until("</jid></bind></iq>"), "<jid>", "</jid>")
+	return between(r.expect(r.t, `<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>{*}</jid></bind></iq>`), "<jid>", "</jid>")
 }
 
 func between(s, a, b string) string {
@@ -259,6 +318,31 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return cond()
+}
+
+// settledGoroutines waits until the goroutine count stops changing (the
+// same for settlePolls polls 10 ms apart, within settleTimeout) and
+// returns it: a baseline taken while the server's goroutines are still
+// starting or stopping would be wrong. A count that never settles fails
+// the test.
+func settledGoroutines(t testing.TB) int {
+	t.Helper()
+	const settlePolls, settleTimeout = 5, 5 * time.Second
+	last, same := runtime.NumGoroutine(), 0
+	deadline := time.Now().Add(settleTimeout)
+	for same < settlePolls {
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutine count did not settle within %v; last %d", settleTimeout, last)
+		}
+		time.Sleep(10 * time.Millisecond) // the poll interval, as in waitFor
+		n := runtime.NumGoroutine()
+		if n == last {
+			same++
+		} else {
+			last, same = n, 0
+		}
+	}
+	return last
 }
 
 func contextTimeout() (context.Context, context.CancelFunc) {

@@ -149,16 +149,6 @@ func startWithModules(t *testing.T, mods []hook.Module, users ...string) *server
 	return srv
 }
 
-// expect reads until want arrives and fails unless want is exactly what
-// arrived: nothing extra, nothing reordered before it.
-func (r *rawConn) expect(t *testing.T, want string) {
-	t.Helper()
-	got, err := r.readUntil(want, time.Now().Add(ioTimeout))
-	if err != nil || got != want {
-		t.Fatalf("got %q (%v)\nwant exactly %q", got, err, want)
-	}
-}
-
 func TestHookKinds(t *testing.T) {
 	p := &probe{kept: make(chan hook.Session, 1)}
 	srv := startWithModules(t, []hook.Module{p}, "ann", "ben", "keeper")
@@ -221,11 +211,9 @@ func TestHookKinds(t *testing.T) {
 	t.Run("lifecycle and veto", func(t *testing.T) {
 		ann.send(`<presence/>`)
 		ann.send(`<presence type='unavailable'/>`)
-		ann.send(`<iq type='get' id='sync'><where xmlns='urn:test'/></iq>`)
-		ann.until(`id='sync'`)
+		ann.exchange(t, `<iq type='get' id='sync'><where xmlns='urn:test'/></iq>`, `<iq type='result' id='sync'><where xmlns='urn:test'>none</where></iq>`)
 		ann.send(`<presence/>`)
-		ann.send(`<iq type='get' id='sync2'><where xmlns='urn:test'/></iq>`)
-		ann.until(`id='sync2'`)
+		ann.exchange(t, `<iq type='get' id='sync2'><where xmlns='urn:test'/></iq>`, `<iq type='result' id='sync2'><where xmlns='urn:test'>none</where></iq>`)
 		ann.send(`</stream:stream>`)
 		ann.closed()
 		keeper := dialRaw(t, srv)

@@ -2,16 +2,6 @@ package server_test
 
 import "testing"
 
-// exchange sends one request and checks that the next bytes the server
-// sends are exactly want.
-func (r *rawConn) exchange(t *testing.T, send, want string) {
-	t.Helper()
-	r.send(send)
-	if got := r.until(want); got != want {
-		t.Fatalf("sent %s\n got %q\nwant %q", send, got, want)
-	}
-}
-
 // TestRepliesOnBehalf: an iq without to is handled by the server on the
 // account's behalf, so the reply has no from (RFC 6120 8.1.2.1, 10.3.3);
 // an iq to the domain is answered from the domain, one to the account's
@@ -21,7 +11,6 @@ func TestRepliesOnBehalf(t *testing.T) {
 	srv := startServer(t, testConfig(t), "una", "vera")
 	r := dialRaw(t, srv)
 	r.scramLogin("una", testPassword, "u")
-	const stanzasNS = `xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'`
 	cases := []struct{ name, send, want string }{
 		{"ping no to", `<iq type='get' id='p0'><ping xmlns='urn:xmpp:ping'/></iq>`,
 			`<iq type='result' id='p0'/>`},

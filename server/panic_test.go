@@ -67,8 +67,7 @@ func TestPanicContained(t *testing.T) {
 	if got := srv.Stats().Panics; got != 1 {
 		t.Fatalf("%d panics counted, want 1", got)
 	}
-	bystander.send(`<iq type='get' id='still' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
-	bystander.until(`id='still'`)
+	bystander.sync(t, "still")
 	again := dialRaw(t, srv)
 	again.scramLogin("yan", testPassword, "y2")
 }

@@ -88,7 +88,9 @@ func TestPreauthCaps(t *testing.T) {
 	}
 	// Logging in leaves the pre-auth pool: a slot opens for 127.0.0.1.
 	_ = a.conn.Close()
-	waitFor(ioTimeout, func() bool { return srv.Stats().Preauth == 2 })
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().Preauth == 2 }) {
+		t.Fatalf("%d pre-auth connections after one logged in, want 2", srv.Stats().Preauth)
+	}
 	c := dialRaw(t, srv)
 	c.scramLogin("kim", testPassword, "k")
 	d := dialRaw(t, srv)
@@ -119,8 +121,7 @@ func TestSeedScenario(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Preauth.Timeout = 2 * time.Second
 	srv := startServer(t, cfg, "alice", "bob")
-	time.Sleep(50 * time.Millisecond) // let the ticker and loops settle
-	baseline := runtime.NumGoroutine()
+	baseline := settledGoroutines(t) // the ticker and loops started
 
 	const hostile = 500
 	type result struct {
@@ -147,7 +148,7 @@ func TestSeedScenario(t *testing.T) {
 		if err := alice.Send(ctx, msg.Wrap(bodyTokens("during the attack"))); err != nil {
 			t.Fatalf("message %d: %v", i, err)
 		}
-		bob.until("during the attack</body></message>")
+		bob.expect(t, `<message xmlns='jabber:client' type='chat' to='bob@localhost/b' id='{*}' from='`+alice.LocalAddr().String()+`'><body>during the attack</body></message>`)
 	}
 
 	wg.Wait()
@@ -260,7 +261,7 @@ func TestFailureThrottle(t *testing.T) {
 		r.scramWrong("nina")
 	}
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + bad + `</auth>`)
-	r.until("<temporary-auth-failure/>")
+	r.expect(t, saslFailed("<temporary-auth-failure/>"))
 	if srv.Stats().AuthThrottled != 1 {
 		t.Fatalf("stats: %+v", srv.Stats())
 	}

@@ -18,7 +18,7 @@ func BenchmarkRouteMessage(b *testing.B) {
 	alice.scramLogin("alice", testPassword, "a")
 	bobJID := bob.scramLogin("bob", testPassword, "b")
 	bob.send(`<presence/>`)
-	bob.until("<presence from='" + bobJID + "'/>")
+	bob.expect(b, "<presence from='"+bobJID+"'/>")
 	msg := []byte(`<message type='chat' to='` + bobJID + `'><body>hi</body></message>`)
 	end := []byte(`</message>`)
 	buf := make([]byte, 64<<10)

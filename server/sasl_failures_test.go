@@ -33,15 +33,16 @@ func (r *rawConn) scramExchange(user, password string) string {
 		r.t.Fatal(err)
 	}
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + base64.StdEncoding.EncodeToString(first) + `</auth>`)
-	chal := between(r.until("</challenge>"), "'>", "</challenge>")
+	chal := between(r.expect(r.t, `<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{*}</challenge>`), "'>", "</challenge>")
 	raw, _ := base64.StdEncoding.DecodeString(chal)
 	_, final, err := c.Step(raw)
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	r.send(`<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` + base64.StdEncoding.EncodeToString(final) + `</response>`)
-	out := r.until("</")
-	return out + r.until(">")
+	// The caller checks the whole element.
+	out := r.skipUntil("</")
+	return out + r.skipUntil(">")
 }
 
 // scramWrong runs one SCRAM exchange with a wrong password: a failure that
@@ -89,9 +90,10 @@ func TestSlixmppMechanismFallthrough(t *testing.T) {
 	srv := startServer(t, cfg, "alice")
 	bind := func(t *testing.T, r *rawConn) {
 		r.send(slixmppHeader)
-		r.until("</stream:features>")
+		r.skipUntil("</stream:features>")
 		r.send(`<iq id="322500eb0ece4ffa91021ddb1134f721" type="set"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind" /></iq>`)
-		if jid := between(r.until("</jid>"), "<jid>", "</jid>"); !strings.HasPrefix(jid, "alice@localhost/") {
+		got := r.expect(t, `<iq type='result' id='322500eb0ece4ffa91021ddb1134f721'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>{*}</jid></bind></iq>`)
+		if jid := between(got, "<jid>", "</jid>"); !strings.HasPrefix(jid, "alice@localhost/") {
 			t.Fatalf("bound %q", jid)
 		}
 	}
@@ -107,7 +109,7 @@ func TestSlixmppMechanismFallthrough(t *testing.T) {
 			want:  []string{malformed, malformed, malformed, notAuthorized, notAuthorized, notAuthorized},
 			last: func(t *testing.T, r *rawConn) string {
 				r.send(slixmppPlain)
-				return r.until("/>")
+				return r.expect(t, `<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>`)
 			},
 		},
 		{
@@ -124,12 +126,9 @@ func TestSlixmppMechanismFallthrough(t *testing.T) {
 			c.MinVersion = tls.VersionTLS13 // tls-unique is undefined
 			r := tlsRaw(t, srv, c)
 			r.send(slixmppHeader)
-			r.until("</stream:features>")
+			r.skipUntil("</stream:features>")
 			for i, auth := range tc.auths {
-				r.send(auth)
-				if got := r.until("</failure>"); got != tc.want[i] {
-					t.Fatalf("attempt %d got %q, want %q", i+1, got, tc.want[i])
-				}
+				r.exchange(t, auth, tc.want[i])
 			}
 			if got := tc.last(t, r); !strings.HasPrefix(got, "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'") {
 				t.Fatalf("last attempt got %q, want success", got)
@@ -200,7 +199,7 @@ func TestSASLFailureKinds(t *testing.T) {
 				f := exchangeFailures[i%len(exchangeFailures)]
 				r.send(f.send)
 				if strings.Contains(f.want, "challenge") {
-					r.until(f.want) // not a failure: abort follows
+					r.expect(t, f.want) // not a failure: abort follows
 					continue
 				}
 				sent++
@@ -211,9 +210,7 @@ func TestSASLFailureKinds(t *testing.T) {
 					}
 					return
 				}
-				if got := r.until("</failure>"); got != f.want {
-					t.Fatalf("failure %d got %q, want %q", sent, got, f.want)
-				}
+				r.expect(t, f.want)
 			}
 			if got := r.scramExchange("kate", testPassword); !strings.HasPrefix(got, "<success") {
 				t.Fatalf("login after %d+%d failures got %q", tc.credential, tc.exchange, got)
@@ -234,10 +231,7 @@ func TestSASLFailureKinds(t *testing.T) {
 		r := dialRaw(t, srv)
 		r.open()
 		for range 5 {
-			r.send(malformedAuth)
-			if got := r.until("</failure>"); got != malformed {
-				t.Fatalf("got %q, want %q", got, malformed)
-			}
+			r.exchange(t, malformedAuth, malformed)
 		}
 		if got := r.scramExchange("kate", testPassword); !strings.HasPrefix(got, "<success") {
 			t.Fatalf("login after exchange failures got %q", got)
@@ -246,10 +240,7 @@ func TestSASLFailureKinds(t *testing.T) {
 		w := dialRaw(t, srv)
 		w.open()
 		w.scramWrong("kate")
-		w.send(malformedAuth)
-		if got := w.until("</failure>"); !strings.Contains(got, "<temporary-auth-failure/>") {
-			t.Fatalf("after a wrong password got %q, want temporary-auth-failure", got)
-		}
+		w.exchange(t, malformedAuth, saslFailed("<temporary-auth-failure/>"))
 	})
 }
 

@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/xml"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -50,11 +51,15 @@ func TestLoginAndMessage(t *testing.T) {
 	if err := bob.Send(ctx, stanza.Presence{}.Wrap(nil)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(ioTimeout, func() bool { return srv.Stats().StanzasIn >= 1 })
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().StanzasIn >= 1 }) {
+		t.Fatal("the server did not read bob's presence")
+	}
 
-	for _, to := range []string{bobJID, "bob@localhost"} {
+	// Each message arrives once, in order: the last, to the full JID
+	// again, shows that nothing came twice after the bare-JID one.
+	for i, to := range []string{bobJID, "bob@localhost", bobJID} {
 		msg := stanza.Message{To: jid.MustParse(to), Type: stanza.ChatMessage}
-		body := "hello " + to
+		body := "hello " + to + " " + strconv.Itoa(i)
 		if err := alice.Send(ctx, msg.Wrap(bodyTokens(body))); err != nil {
 			t.Fatal(err)
 		}
@@ -103,15 +108,14 @@ func TestServerIQ(t *testing.T) {
 		name, send, want string
 	}{
 		{"ping", `<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`, `<iq type='result' id='p1' from='localhost'/>`},
-		{"disco info", `<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`, `<feature var='urn:xmpp:ping'/>`},
+		{"disco info", `<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`, `<iq type='result' id='d1' from='localhost'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Krill'/>{**}<feature var='urn:xmpp:ping'/>{**}</query></iq>`},
 		{"unknown namespace", `<iq type='get' id='u1'><query xmlns='urn:example:nothing'/></iq>`, `<iq type='error' id='u1' to='dave@localhost/r'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`},
-		{"offline full jid", `<iq type='get' id='o1' to='dave@localhost/elsewhere'><ping xmlns='urn:xmpp:ping'/></iq>`, `<service-unavailable`},
-		{"remote domain", `<message id='m1' to='x@example.org'><body>hi</body></message>`, `<remote-server-not-found`},
+		{"offline full jid", `<iq type='get' id='o1' to='dave@localhost/elsewhere'><ping xmlns='urn:xmpp:ping'/></iq>`, `<iq type='error' id='o1' from='dave@localhost/elsewhere' to='dave@localhost/r'><error type='cancel'><service-unavailable ` + stanzasNS + `/></error></iq>`},
+		{"remote domain", `<message id='m1' to='x@example.org'><body>hi</body></message>`, `<message type='error' id='m1' from='x@example.org' to='dave@localhost/r'><error type='cancel'><remote-server-not-found ` + stanzasNS + `/>{**}</error></message>`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			r.send(tc.send)
-			r.until(tc.want)
+			r.exchange(t, tc.send, tc.want)
 		})
 	}
 }
@@ -130,8 +134,7 @@ func TestConflict(t *testing.T) {
 	if !strings.Contains(out, "<conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>") {
 		t.Fatalf("first session got %q, want a conflict stream error", out)
 	}
-	second.send(`<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
-	second.until(`id='p'`)
+	second.sync(t, "p")
 }
 
 // TestIdlePing: an idle session is pinged; one that answers stays, one that
@@ -147,16 +150,23 @@ func TestIdlePing(t *testing.T) {
 	silent := dialRaw(t, srv)
 	silent.scramLogin("frank", testPassword, "b")
 
+	// Each idle period brings exactly one ping, and nothing else.
+	const idlePing = `<iq type='get' id='krill-ping' from='localhost' to='frank@localhost/a'><ping xmlns='urn:xmpp:ping'/></iq>`
 	for range 2 {
-		answers.until(`<ping xmlns='urn:xmpp:ping'/></iq>`)
+		answers.expect(t, idlePing)
 		answers.send(`<iq type='result' id='krill-ping' to='localhost'/>`)
 	}
-	silent.until(`<ping xmlns='urn:xmpp:ping'/></iq>`)
+	silent.expect(t, `<iq type='get' id='krill-ping' from='localhost' to='frank@localhost/b'><ping xmlns='urn:xmpp:ping'/></iq>`)
 	if out := silent.closed(); !strings.Contains(out, "<connection-timeout") {
 		t.Fatalf("silent session got %q, want connection-timeout", out)
 	}
+	// answers stays: a ping of its own is answered, though another idle
+	// ping may come first (answered too; the loop is bounded).
 	answers.send(`<iq type='get' id='still' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
-	answers.until(`id='still'`)
+	const still = `<iq type='result' id='still' from='localhost'/>`
+	if got := answers.skipUntil(still); got != still && got != idlePing+still {
+		t.Fatalf("got %q, want %q, perhaps after one idle ping", got, still)
+	}
 }
 
 func bodyTokens(s string) xml.TokenReader {

@@ -184,7 +184,7 @@ func (r *rawConn) proceed() {
 	r.t.Helper()
 	r.open()
 	r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
-	r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+	r.expect(r.t, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
 }
 
 // tlsRaw upgrades a raw connection with STARTTLS and returns it.
@@ -221,11 +221,11 @@ func TestTLSFeatures(t *testing.T) {
 	}
 	first := base64.StdEncoding.EncodeToString([]byte("y,,n=erin,r=abcdefghijklmnopqrstuvwx"))
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + first + `</auth>`)
-	r.until("<not-authorized/>")
+	r.expect(t, saslFailed("<not-authorized/>"))
 	// PLAIN works over TLS.
 	plain := base64.StdEncoding.EncodeToString([]byte("\x00erin\x00" + testPassword))
 	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>` + plain + `</auth>`)
-	r.until("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+	r.expect(t, "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
 }
 
 // clientHello returns the first flight of a real TLS client.
@@ -356,8 +356,7 @@ func TestHandshakeCap(t *testing.T) {
 	if !waitFor(ioTimeout, func() bool { return srv.Stats().TLSWaiting == 1 }) {
 		t.Fatalf("no handshake waiting: %+v", srv.Stats())
 	}
-	established.send(`<iq type='get' id='busy' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
-	established.until(`id='busy'`)
+	established.sync(t, "busy")
 	// A stalled client goes away: its slot passes to the waiting one.
 	_ = stalled[0].conn.Close()
 	r := <-waiting
@@ -380,8 +379,7 @@ func TestTLSGoroutines(t *testing.T) {
 	cfg := tlsConfig(t)
 	srv := startServer(t, cfg, "gina")
 	tc := clientTLS(t, cfg)
-	time.Sleep(50 * time.Millisecond)
-	baseline := runtime.NumGoroutine()
+	baseline := settledGoroutines(t)
 
 	const n = 500
 	sessions := make([]*xmpp.Session, n)
@@ -440,8 +438,7 @@ func TestCertificateReload(t *testing.T) {
 	}
 	// The old session still works; a new client trusting only the old
 	// certificate fails; one trusting the new one succeeds.
-	old.send(`<iq type='get' id='after-reload' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
-	old.until(`id='after-reload'`)
+	old.sync(t, "after-reload")
 	r := dialRaw(t, srv)
 	r.proceed()
 	c := tls.Client(r.conn, tc)

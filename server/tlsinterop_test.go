@@ -61,15 +61,15 @@ func TestSTARTTLSWhitespace(t *testing.T) {
 		t.Run(tc2.name, func(t *testing.T) {
 			r := dialRaw(t, srv)
 			r.send(sendxmppHeader)
-			r.until("</stream:features>")
+			r.skipUntil("</stream:features>")
 			r.send(sendxmppStartTLS + tc2.withElement)
-			r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+			r.expect(t, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
 			if tc2.afterProc != "" {
 				r.send(tc2.afterProc)
 			}
 			r.upgrade(tc)
 			r.send(sendxmppHeader)
-			if f := r.until("</stream:features>"); !strings.Contains(f, "<mechanism>PLAIN</mechanism>") {
+			if f := r.skipUntil("</stream:features>"); !strings.Contains(f, "<mechanism>PLAIN</mechanism>") {
 				t.Fatalf("features after STARTTLS: %q", f)
 			}
 		})
@@ -90,9 +90,9 @@ func TestSTARTTLSWhitespace(t *testing.T) {
 			} else {
 				r = dialRaw(t, srv)
 				r.send(sendxmppHeader)
-				r.until("</stream:features>")
+				r.skipUntil("</stream:features>")
 				r.send(sendxmppStartTLS)
-				r.until("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+				r.expect(t, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
 			}
 			r.send(bad.after)
 			r.closed()
@@ -123,22 +123,22 @@ func TestDirectTLSRestartDeclaration(t *testing.T) {
 			r := dialDirect(t, srv)
 			r.upgrade(clientTLS(t, cfg))
 			r.send(sendxmppHeader)
-			r.until("</stream:features>")
+			r.skipUntil("</stream:features>")
 			r.send(tc.auth)
-			r.until("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+			r.expect(t, "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
 			r.send(tc.restart)
-			if f := r.until("</stream:features>"); !strings.Contains(f, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>") {
+			if f := r.skipUntil("</stream:features>"); !strings.Contains(f, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>") {
 				t.Fatalf("features after SASL: %q", f)
 			}
 			r.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>\n")
-			r.until("<jid>gina@localhost/r</jid>")
+			r.expect(t, "<iq type='result' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>gina@localhost/r</jid></bind></iq>")
 		})
 	}
 	t.Run("processing instruction in the stream", func(t *testing.T) {
 		r := dialDirect(t, srv)
 		r.upgrade(clientTLS(t, cfg))
 		r.send(sendxmppHeader)
-		r.until("</stream:features>")
+		r.skipUntil("</stream:features>")
 		r.send("\n<?xml version='1.0'?>")
 		if got := r.closed(); !strings.Contains(got, "<restricted-xml") {
 			t.Fatalf("got %q, want restricted-xml", got)
