@@ -122,11 +122,13 @@ func TestSubscriptionAndPresence(t *testing.T) {
 
 	// A second resource of bob's comes online: its initial presence goes
 	// to bob's other resource and not to alice (no longer subscribed to
-	// bob), and the probe of bob's contacts brings it alice's presence.
+	// bob); it gets the presence of bob's other resource, then the probe
+	// of bob's contacts brings it alice's presence.
 	b2 := dialRaw(t, srv)
 	b2.scramLogin("bob", testPassword, "b2")
 	b2.send(`<presence/>`)
 	b2.expect(t, `<presence from='bob@localhost/b2'/>`)
+	b2.expect(t, `<presence from='bob@localhost/b' to='bob@localhost/b2'><show>away</show></presence>`)
 	b2.expect(t, `<presence from='alice@localhost/a' to='bob@localhost/b2'/>`)
 	b2.sync(t, "s1")
 	bob.expect(t, `<presence from='bob@localhost/b2'/>`)
@@ -209,11 +211,13 @@ func TestOfflineMessages(t *testing.T) {
 	if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["offline.delivered"] == 2 }) {
 		t.Fatalf("stats: %+v", srv.Stats())
 	}
-	// Not again: a second resource gets only its own presence echo.
+	// Not again: a second resource gets its own presence echo and that
+	// of the other resource, and no stored message.
 	gina2 := dialRaw(t, srv)
 	gina2.scramLogin("gina", testPassword, "g2")
 	gina2.send(`<presence/>`)
 	gina2.expect(t, `<presence from='gina@localhost/g2'/>`)
+	gina2.expect(t, `<presence from='gina@localhost/g' to='gina@localhost/g2'/>`)
 	gina2.sync(t, "end")
 	gina.expect(t, `<presence from='gina@localhost/g2'/>`)
 	gina.sync(t, "end2")

@@ -244,11 +244,15 @@ func (m *Module) fanOut(ctx context.Context, host hook.Host, log *zap.Logger, se
 	}
 }
 
-// probe sends a session that has just become available its contacts'
-// current presence: what probes of the contacts with a subscription to
-// the user would bring back (4.3.2). Runs on a worker.
+// probe sends a session that has just become available the presence of
+// the account's other available resources, then its contacts' current
+// presence: what probes of the contacts with a subscription to the user
+// would bring back (4.3.2). Runs on a worker.
 func (m *Module) probe(ctx context.Context, host hook.Host, log *zap.Logger, sess hook.Session) {
 	user, full := sess.Local(), sess.Full()
+	// The new resource learns of the others as they learn of it (4.2.2
+	// broadcasts its presence to them), as Prosody's mod_presence does.
+	host.Sessions(user, func(o hook.Session) { sendLast(sess, o, full) })
 	items, _, err := m.Store.Roster(ctx, user)
 	if err != nil {
 		log.Error("roster read for probes failed", zap.String("user", user), zap.Error(err))
@@ -264,18 +268,25 @@ func (m *Module) probe(ctx context.Context, host hook.Host, log *zap.Logger, ses
 		if !ok || m.blocked(user, local, it.Contact, me) {
 			continue
 		}
-		host.Sessions(local, func(o hook.Session) {
-			last := o.Presence()
-			if last == nil {
-				return
-			}
-			tag, err := stanza.ParseStartTag(last)
-			if err != nil {
-				return
-			}
-			sess.Deliver(stanza.WithAttr(tag, last, "to", full))
-		})
+		host.Sessions(local, func(o hook.Session) { sendLast(sess, o, full) })
 	}
+}
+
+// sendLast delivers to sess (whose full JID is full) the last broadcast
+// presence of o, if o is another session and available.
+func sendLast(sess, o hook.Session, full string) {
+	if o.Full() == full {
+		return
+	}
+	last := o.Presence()
+	if last == nil {
+		return
+	}
+	tag, err := stanza.ParseStartTag(last)
+	if err != nil {
+		return
+	}
+	sess.Deliver(stanza.WithAttr(tag, last, "to", full))
 }
 
 // blocked reports whether presence between user (whose session's full JID

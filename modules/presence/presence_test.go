@@ -116,6 +116,7 @@ func TestInitialPresence(t *testing.T) {
 	p := `<priority>5</priority></presence>`
 	expect(t, "alice/1", a1.Take(),
 		`<presence from='alice@localhost/1'>`+p,
+		`<presence from='alice@localhost/2' to='alice@localhost/1'/>`,
 		`<presence from='bob@localhost/r' to='alice@localhost/1'><show>chat</show></presence>`,
 		`<presence from='carol@localhost/r' to='alice@localhost/1'><show>chat</show></presence>`,
 		"pending")
