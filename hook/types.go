@@ -226,7 +226,8 @@ type (
 	// FeatureFunc appends stream features to b.
 	FeatureFunc func(b []byte) []byte
 	// OutboundFilter sees every stanza written to a session, in chain
-	// order, on the session's loop. It returns the bytes to pass on (b,
+	// order, on the session's loop. b may be reused once the call
+	// returns: a filter that holds it keeps a copy. It returns the bytes to pass on (b,
 	// or a rewrite) and Continue, or Stop when it took the bytes (held
 	// or dropped them; a filter that drops must count it).
 	OutboundFilter func(s Session, b []byte) ([]byte, Verdict)
@@ -265,6 +266,11 @@ type Session interface {
 	// Deliver queues b for the session; b belongs to the session from
 	// now on. It reports false when the session is gone. Any goroutine.
 	Deliver(b []byte) bool
+	// Write writes the stanza b to the session's connection now, past the
+	// outbound chain: for a filter that held stanzas and releases them
+	// (they went through the filters before it when it took them).
+	// Dropped, and counted, when the session has no connection.
+	Write(b []byte)
 	// Close ends the session with a stream error. Any goroutine.
 	Close(cond, text string)
 }
@@ -297,9 +303,13 @@ type Host interface {
 // Conn is the connection an event came in on, as the core offers it to a
 // handler. It is valid only during the handler call and on its loop.
 type Conn interface {
-	// Write sends b on the connection, through the outbound chain when a
-	// session is bound.
+	// Write sends the stanza b on the connection, through the outbound
+	// chain when a session is bound.
 	Write(b []byte)
+	// WriteNonza sends b, which is not a stanza (a stream management
+	// <a/>, say), on the connection past the outbound chain: the filters
+	// count and hold stanzas only.
+	WriteNonza(b []byte)
 	// Async runs job on the worker pool with the connection's input
 	// paused; the function job returns (nil: nothing) runs back on the
 	// loop with a Ctx for the same connection and stanza, unless the

@@ -440,6 +440,7 @@ func (s *Server) onDeadline(c *conn) {
 		return
 	}
 	c.flags |= flagAwaitPong
-	c.write(s.appendPing(c.loop.scratch[:0], sess))
+	// A stanza: through the outbound chain, which counts and may hold.
+	sess.send(s.appendPing(c.loop.scratch[:0], sess))
 	c.loop.wheel.Arm(&c.timer, c, now.Add(s.conf().C2S.PingTimeout))
 }

@@ -26,6 +26,9 @@ func (c *conn) Write(b []byte) {
 	c.write(b)
 }
 
+// WriteNonza implements hook.Conn.
+func (c *conn) WriteNonza(b []byte) { c.write(b) }
+
 // Fail implements hook.Conn.
 func (c *conn) Fail(cond, text string) { c.loop.srv.fail(c, cond, text) }
 

@@ -169,6 +169,15 @@ func (s *session) deliver(from *loop, b []byte) bool {
 	return true
 }
 
+// Write implements hook.Session.
+func (s *session) Write(b []byte) {
+	if s.conn == nil {
+		s.loop.srv.stats.droppedNoConn.Add(1)
+		return
+	}
+	s.conn.write(b)
+}
+
 // send writes one stanza to the session's connection through the
 // modules' outbound chain. Called on the session's loop.
 func (s *session) send(b []byte) {
@@ -178,13 +187,9 @@ func (s *session) send(b []byte) {
 			return
 		}
 	}
-	if s.conn == nil {
-		// Kept without a connection, and no module held it: counted,
-		// since it cannot be written.
-		s.loop.srv.stats.droppedNoConn.Add(1)
-		return
-	}
-	s.conn.write(b)
+	// Kept without a connection and no module held it: Write counts it,
+	// since it cannot be written.
+	s.Write(b)
 }
 
 // closeWith asks the session's own loop to close it with a stream error.

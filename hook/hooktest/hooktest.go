@@ -38,6 +38,9 @@ type Conn struct {
 // Write implements hook.Conn.
 func (c *Conn) Write(b []byte) { c.Written = append(c.Written, string(b)) }
 
+// WriteNonza implements hook.Conn.
+func (c *Conn) WriteNonza(b []byte) { c.Written = append(c.Written, string(b)) }
+
 // Async implements hook.Conn.
 func (c *Conn) Async(job func(ctx context.Context) func(*hook.Ctx), _ func(*hook.Ctx)) {
 	if then := job(context.Background()); then != nil {

@@ -179,6 +179,9 @@ func (s *Session) Deliver(b []byte) bool {
 	return true
 }
 
+// Write implements hook.Session: like Deliver, recorded in the inbox.
+func (s *Session) Write(b []byte) { s.Deliver(b) }
+
 // Close implements hook.Session.
 func (s *Session) Close(string, string) {}
 
@@ -224,6 +227,9 @@ func (c *Conn) Ctx(st *hook.Stanza) *hook.Ctx {
 
 // Write implements hook.Conn.
 func (c *Conn) Write(b []byte) { c.Written = append(c.Written, string(b)) }
+
+// WriteNonza implements hook.Conn.
+func (c *Conn) WriteNonza(b []byte) { c.Written = append(c.Written, string(b)) }
 
 // Async implements hook.Conn.
 func (c *Conn) Async(job func(context.Context) func(*hook.Ctx), busy func(*hook.Ctx)) {
