@@ -208,6 +208,15 @@ func (g *Registry) AccountFeatures() []string { return g.account }
 // modify the slice.
 func (g *Registry) Outbound() []OutboundFilter { return g.outbound }
 
+// After returns the filters that follow o in the chain (all of them for
+// the zero Outbound). The caller must not modify the slice.
+func (g *Registry) After(o Outbound) []OutboundFilter {
+	if int(o) > len(g.outbound) {
+		return nil
+	}
+	return g.outbound[o:]
+}
+
 // Fire runs the handlers of a lifecycle event in module order. For
 // Closing, a handler that returns Stop vetoes the close (the session is
 // kept without its connection) and the rest do not run; for the other
@@ -307,13 +316,15 @@ func (r *Registrar) DiscoFeature(ns ...string) { r.g.disco = append(r.g.disco, n
 // AccountFeature adds XEP-0030 features to the disco#info of accounts.
 func (r *Registrar) AccountFeature(ns ...string) { r.g.account = append(r.g.account, ns...) }
 
-// Outbound appends f to the outbound chain.
-func (r *Registrar) Outbound(f OutboundFilter) {
+// Outbound appends f to the outbound chain and returns its place, with
+// which the module passes on what f held (Session.Pass).
+func (r *Registrar) Outbound(f OutboundFilter) Outbound {
 	if f == nil {
 		r.fail("%w: nil outbound filter", ErrInvalid)
-		return
+		return 0
 	}
 	r.g.outbound = append(r.g.outbound, f)
+	return Outbound(len(r.g.outbound))
 }
 
 // On registers h for a lifecycle event.

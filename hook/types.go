@@ -170,6 +170,10 @@ type Flag uint32
 // Slot names one value of per-session state owned by a module.
 type Slot uint8
 
+// Outbound is a filter's place in the outbound chain; the zero Outbound
+// is before the first filter.
+type Outbound uint8
+
 // Stanza is a stanza being routed, as the core parsed it. It and the
 // slices it holds are valid only during the handler call.
 type Stanza struct {
@@ -266,11 +270,12 @@ type Session interface {
 	// Deliver queues b for the session; b belongs to the session from
 	// now on. It reports false when the session is gone. Any goroutine.
 	Deliver(b []byte) bool
-	// Write writes the stanza b to the session's connection now, past the
-	// outbound chain: for a filter that held stanzas and releases them
-	// (they went through the filters before it when it took them).
-	// Dropped, and counted, when the session has no connection.
-	Write(b []byte)
+	// Pass sends the stanza b on through the filters after o, then to
+	// the connection: for a filter at o that held b and releases it (it
+	// went through the filters before o when it was taken). Dropped, and
+	// counted, when the session has no connection and no later filter
+	// takes it.
+	Pass(o Outbound, b []byte)
 	// Close ends the session with a stream error. Any goroutine.
 	Close(cond, text string)
 }

@@ -25,6 +25,8 @@ type probe struct {
 	events []string // "event local"
 	seen   hook.Flag
 	count  hook.Slot
+	held   hook.Slot         // stanzas the holding filter keeps, [][]byte
+	holder hook.Outbound     // its place in the chain
 	kept   chan hook.Session // sessions kept by the Closing veto
 }
 
@@ -89,6 +91,30 @@ func (p *probe) Register(r *hook.Registrar) error {
 			return nil, hook.Stop
 		}
 		return bytes.ReplaceAll(b, []byte("secret"), []byte("[redacted]")), hook.Continue
+	})
+	// A filter that holds what says so, and a nonza that releases it
+	// through the rest of the chain (which redacts).
+	p.held = r.Slot()
+	p.holder = r.Outbound(func(s hook.Session, b []byte) ([]byte, hook.Verdict) {
+		if !bytes.Contains(b, []byte("hold")) {
+			return b, hook.Continue
+		}
+		held, _ := s.Slot(p.held).([][]byte)
+		s.SetSlot(p.held, append(held, bytes.Clone(b)))
+		return nil, hook.Stop
+	})
+	// Registered after the holder: what it releases passes here.
+	r.Outbound(func(s hook.Session, b []byte) ([]byte, hook.Verdict) {
+		return bytes.ReplaceAll(b, []byte("hold"), []byte("held")), hook.Continue
+	})
+	r.Nonza(hook.PhaseBound, "urn:test", "release", func(c *hook.Ctx, _ []byte) error {
+		held, _ := c.Session.Slot(p.held).([][]byte)
+		c.Session.SetSlot(p.held, nil)
+		for _, b := range held {
+			c.Session.Pass(p.holder, b)
+		}
+		c.Conn.WriteNonza([]byte(`<released xmlns='urn:test'/>`))
+		return nil
 	})
 	for _, ev := range []hook.Event{hook.Authenticated, hook.Bound, hook.Available, hook.Unavailable, hook.Closing, hook.Closed} {
 		r.On(ev, func(c *hook.Ctx, ev hook.Event) hook.Verdict {
@@ -197,6 +223,16 @@ func TestHookKinds(t *testing.T) {
 		ann.send(`<message type='chat' to='ben@localhost/kept' id='u1'><body>later</body></message>`)
 		ann.send(`<message type='chat' to='ben@localhost/gone' id='u2'><body>never</body></message>`)
 		ann.expect(t, `<message type='error' id='u2' from='ben@localhost/gone' to='`+annJID+`'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>`)
+	})
+
+	t.Run("hold and pass", func(t *testing.T) {
+		ann.send(`<message to='` + benJID + `' id='h1'><body>hold one</body></message>`)
+		ann.send(`<message to='` + benJID + `' id='h2'><body>hold two</body></message>`)
+		ann.send(`<message to='` + benJID + `' id='h3'><body>now</body></message>`)
+		ben.expect(t, `<message to='`+benJID+`' id='h3' from='`+annJID+`'><body>now</body></message>`)
+		ben.send(`<release xmlns='urn:test'/>`)
+		ben.expect(t, `<message to='`+benJID+`' id='h1' from='`+annJID+`'><body>held one</body></message>`+
+			`<message to='`+benJID+`' id='h2' from='`+annJID+`'><body>held two</body></message><released xmlns='urn:test'/>`)
 	})
 
 	t.Run("nonza and slot", func(t *testing.T) {

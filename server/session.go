@@ -169,9 +169,17 @@ func (s *session) deliver(from *loop, b []byte) bool {
 	return true
 }
 
-// Write implements hook.Session.
-func (s *session) Write(b []byte) {
+// Pass implements hook.Session.
+func (s *session) Pass(o hook.Outbound, b []byte) {
+	for _, f := range s.loop.srv.hooks.After(o) {
+		var v hook.Verdict
+		if b, v = f(s, b); v == hook.Stop {
+			return
+		}
+	}
 	if s.conn == nil {
+		// Kept without a connection and no module held it: counted,
+		// since it cannot be written.
 		s.loop.srv.stats.droppedNoConn.Add(1)
 		return
 	}
@@ -180,17 +188,7 @@ func (s *session) Write(b []byte) {
 
 // send writes one stanza to the session's connection through the
 // modules' outbound chain. Called on the session's loop.
-func (s *session) send(b []byte) {
-	for _, f := range s.loop.srv.hooks.Outbound() {
-		var v hook.Verdict
-		if b, v = f(s, b); v == hook.Stop {
-			return
-		}
-	}
-	// Kept without a connection and no module held it: Write counts it,
-	// since it cannot be written.
-	s.Write(b)
-}
+func (s *session) send(b []byte) { s.Pass(0, b) }
 
 // closeWith asks the session's own loop to close it with a stream error.
 func (s *session) closeWith(cond string) {

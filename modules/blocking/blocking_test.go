@@ -157,7 +157,7 @@ func (s *session) Slot(hook.Slot) any                 { return nil }
 func (s *session) SetSlot(hook.Slot, any)             {}
 func (s *session) Close(string, string)               {}
 func (s *session) Deliver(b []byte) bool              { s.delivered = append(s.delivered, string(b)); return true }
-func (s *session) Write(b []byte)                     { s.Deliver(b) }
+func (s *session) Pass(_ hook.Outbound, b []byte)     { s.Deliver(b) }
 func (s *session) Set(f hook.Flag, on bool)           { s.flags = s.flags&^f | map[bool]hook.Flag{true: f}[on] }
 func (h *host) Sessions(local string, fn func(hook.Session)) {
 	for _, s := range h.sessions[local] {

@@ -36,7 +36,7 @@ func (s *session) Set(hook.Flag, bool)                {}
 func (s *session) Slot(hook.Slot) any                 { return nil }
 func (s *session) SetSlot(hook.Slot, any)             {}
 func (s *session) Close(string, string)               {}
-func (s *session) Write(b []byte)                     { s.Deliver(b) }
+func (s *session) Pass(_ hook.Outbound, b []byte)     { s.Deliver(b) }
 
 func (s *session) Deliver(b []byte) bool {
 	if len(s.delivered) >= s.room {

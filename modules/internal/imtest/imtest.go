@@ -179,8 +179,8 @@ func (s *Session) Deliver(b []byte) bool {
 	return true
 }
 
-// Write implements hook.Session: like Deliver, recorded in the inbox.
-func (s *Session) Write(b []byte) { s.Deliver(b) }
+// Pass implements hook.Session: like Deliver, recorded in the inbox.
+func (s *Session) Pass(_ hook.Outbound, b []byte) { s.Deliver(b) }
 
 // Close implements hook.Session.
 func (s *Session) Close(string, string) {}
