@@ -34,6 +34,15 @@ type Config struct {
 	IM       IM       `koanf:"im"`
 	Register Register `koanf:"register"`
 	Admin    Admin    `koanf:"admin"`
+	CSI      CSI      `koanf:"csi"`
+}
+
+// CSI configures XEP-0352 client state indication: what a session that
+// said it is inactive is spared until something urgent comes.
+type CSI struct {
+	// MaxBufferBytes caps the bytes of stanzas held per inactive session;
+	// holding one more flushes what is held first. 0 holds nothing.
+	MaxBufferBytes int `koanf:"max_buffer_bytes"`
 }
 
 // Admin configures the operators' HTTP listener: Prometheus metrics at
@@ -259,6 +268,14 @@ const (
 	DefaultLogFlushInterval  = time.Second
 )
 
+// Client state indication: 64 KiB holds a few hundred presence updates
+// and chat states, more than an idle phone gets in minutes; the limit keeps
+// the per-entry offsets of the buffer well inside 32 bits.
+const (
+	DefaultCSIBufferBytes = 64 << 10
+	MaxCSIBufferBytes     = 16 << 20
+)
+
 // Default returns the configuration used when nothing is set.
 func Default() Config {
 	return Config{
@@ -296,6 +313,7 @@ func Default() Config {
 		Storage:  Storage{Driver: "sqlite"},
 		IM:       IM{OfflineQuota: DefaultOfflineQuota, MaxRosterItems: 1000, MaxBlocklistItems: 1000, OfflineQuotaBytes: 1 << 20},
 		Register: Register{MaxPerIP: 5, Window: time.Hour},
+		CSI:      CSI{MaxBufferBytes: DefaultCSIBufferBytes},
 	}
 }
 
@@ -414,6 +432,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Register.Window <= 0 {
 		bad("register.window", c.Register.Window, "must be > 0")
+	}
+	if c.CSI.MaxBufferBytes < 0 || c.CSI.MaxBufferBytes > MaxCSIBufferBytes {
+		bad("csi.max_buffer_bytes", c.CSI.MaxBufferBytes, fmt.Sprintf("must be between 0 and %d", MaxCSIBufferBytes))
 	}
 	if c.IM.MaxRosterItems < 0 {
 		bad("im.max_roster_items", c.IM.MaxRosterItems, "must be >= 0")

@@ -104,6 +104,8 @@ func TestLoadErrors(t *testing.T) {
 			"preauth.ipv4_prefix: must be between 1 and 32, got 33", "preauth.ipv6_prefix: must be between 1 and 128, got 129",
 		}},
 		{"negative handshake queue", "", []string{"KRILL_TLS_MAX_HANDSHAKE_QUEUE=-1"}, []string{"tls.max_handshake_queue: must be >= 0, got -1"}},
+		{"negative csi buffer", "", []string{"KRILL_CSI_MAX_BUFFER_BYTES=-1"}, []string{"csi.max_buffer_bytes: must be between 0 and 16777216, got -1"}},
+		{"csi buffer too large", "", []string{"KRILL_CSI_MAX_BUFFER_BYTES=16777217"}, []string{"csi.max_buffer_bytes: must be between 0 and 16777216, got 16777217"}},
 		{"every invalid value at once", "testdata/invalid.toml", nil, []string{
 			"domain: must not be empty", "preauth.timeout: must be > 0, got 0s",
 			"preauth.max_failed_auth: must be >= 1, got 0",

@@ -11,6 +11,7 @@ import (
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules/account"
 	"github.com/krill-xmpp/krill/modules/blocking"
+	"github.com/krill-xmpp/krill/modules/csi"
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
 	"github.com/krill-xmpp/krill/modules/offline"
@@ -59,6 +60,9 @@ func Standard(store Store, opt Options) []hook.Module {
 		&presence.Module{Store: store, Blocker: blk},
 		&offline.Module{Store: store, Accounts: store, Blocker: blk},
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
+		// Holding before counting: stream management goes after csi, so
+		// that it counts what reaches the client.
+		csi.New(opt.Config.CSI.MaxBufferBytes),
 	}
 }
 
