@@ -1,6 +1,8 @@
 package carbons
 
 import (
+	"bytes"
+
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
 )
@@ -53,7 +55,7 @@ func classify(tag stanza.StartTag, unit []byte) traits {
 			return true
 		}
 		local := string(ctag.Local())
-		switch ns := namespace(tag, ctag); ns {
+		switch string(namespace(tag, ctag)) {
 		case nsClient:
 			if local == "body" {
 				t |= hasBody
@@ -77,7 +79,7 @@ func classify(tag stanza.StartTag, unit []byte) traits {
 			}
 		case nsMUCUser:
 			if local == "x" {
-				if invites(child) {
+				if invites(ctag, child) {
 					t |= hasInvite
 				} else {
 					t |= mucPM
@@ -91,35 +93,49 @@ func classify(tag stanza.StartTag, unit []byte) traits {
 
 // namespace returns the namespace of a child element: declared on it,
 // declared for its prefix on it or on the stanza, or the stanza's,
-// jabber:client.
-func namespace(stanzaTag, tag stanza.StartTag) string {
+// jabber:client. It reads the attribute's raw value and unescapes only
+// one that holds a reference, so that the common case allocates nothing.
+func namespace(stanzaTag, tag stanza.StartTag) []byte {
 	if p := tag.Prefix(); p != nil {
 		attr := "xmlns:" + string(p)
-		if v, ok := tag.AttrString(attr); ok {
-			return v
+		if v, ok := tag.Attr(attr); ok {
+			return unescaped(v)
 		}
-		v, _ := stanzaTag.AttrString(attr)
-		return v
+		v, _ := stanzaTag.Attr(attr)
+		return unescaped(v)
 	}
-	if v, ok := tag.AttrString("xmlns"); ok {
-		return v
+	if v, ok := tag.Attr("xmlns"); ok {
+		return unescaped(v)
 	}
-	return nsClient
+	return clientNS
+}
+
+var clientNS = []byte(nsClient)
+
+// unescaped returns an attribute's value from its raw form: a namespace
+// written with a character reference is the same namespace.
+func unescaped(raw []byte) []byte {
+	if bytes.IndexByte(raw, '&') < 0 {
+		return raw
+	}
+	v, err := stanza.Unescape(nil, raw)
+	if err != nil {
+		return nil
+	}
+	return v
 }
 
 // invites reports whether a muc#user <x/> holds an <invite/>.
-func invites(x []byte) bool {
+func invites(xtag stanza.StartTag, x []byte) bool {
 	found := false
 	stanza.Children(x, func(child []byte) bool {
 		ctag, err := stanza.ParseStartTag(child)
 		if err != nil {
 			return true
 		}
-		ns, ok := ctag.AttrString("xmlns")
-		if !ok {
-			ns = nsMUCUser // inherited from <x/>
-		}
-		found = ctag.Prefix() == nil && ns == nsMUCUser && string(ctag.Local()) == "invite"
+		_, declared := ctag.Attr("xmlns")
+		inherited := ctag.Prefix() == nil && !declared // from <x/>
+		found = string(ctag.Local()) == "invite" && (inherited || string(namespace(xtag, ctag)) == nsMUCUser)
 		return !found
 	})
 	return found
