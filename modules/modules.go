@@ -11,6 +11,7 @@ import (
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules/account"
 	"github.com/krill-xmpp/krill/modules/blocking"
+	"github.com/krill-xmpp/krill/modules/carbons"
 	"github.com/krill-xmpp/krill/modules/csi"
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
@@ -45,7 +46,8 @@ type Options struct {
 
 // Standard returns the standard modules over store, in registration
 // order: handlers of one event run in this order, so blocking refuses a
-// stanza before roster, presence or offline storage see it.
+// stanza before carbons copy it and before roster, presence or offline
+// storage see it.
 func Standard(store Store, opt Options) []hook.Module {
 	blk := blocking.New(store)
 	return []hook.Module{
@@ -56,6 +58,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		lastactivity.Module{Started: opt.Started, Store: store},
 		account.New(store),
 		blk,
+		&carbons.Module{Blocker: blk},
 		&roster.Module{Store: store, Accounts: store},
 		&presence.Module{Store: store, Blocker: blk},
 		&offline.Module{Store: store, Accounts: store, Blocker: blk},
