@@ -82,6 +82,7 @@ type Registry struct {
 	disco    []string
 	account  []string
 	outbound []OutboundFilter
+	received []func(Session)
 	events   [numEvents][]EventHandler
 	flags    int
 	slots    int
@@ -233,6 +234,14 @@ func (g *Registry) Fire(c *Ctx, ev Event) Verdict {
 	return Continue
 }
 
+// Received runs the handlers registered with Registrar.Received for a
+// stanza the session sent.
+func (g *Registry) Received(s Session) {
+	for _, h := range g.received {
+		h(s)
+	}
+}
+
 // HasEvent reports whether any handler is registered for ev.
 func (g *Registry) HasEvent(ev Event) bool { return ev < numEvents && len(g.events[ev]) > 0 }
 
@@ -325,6 +334,18 @@ func (r *Registrar) Outbound(f OutboundFilter) Outbound {
 	}
 	r.g.outbound = append(r.g.outbound, f)
 	return Outbound(len(r.g.outbound))
+}
+
+// Received registers h to see every stanza a bound session sends, before
+// the core checks it further (its addressing, its from): stream
+// management counts what the client sent, refused or not. h runs on the
+// session's loop and must be cheap.
+func (r *Registrar) Received(h func(s Session)) {
+	if h == nil {
+		r.fail("%w: nil received handler", ErrInvalid)
+		return
+	}
+	r.g.received = append(r.g.received, h)
 }
 
 // On registers h for a lifecycle event.

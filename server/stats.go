@@ -14,6 +14,7 @@ type Stats struct {
 	authFailed    atomic.Uint64
 	bound         atomic.Uint64
 	replaced      atomic.Uint64
+	resumed       atomic.Uint64 // sessions taken over by a resumption (hook.Resumer)
 	stanzasIn     atomic.Uint64
 	stanzasRouted atomic.Uint64
 	workRejected  atomic.Uint64
