@@ -34,6 +34,32 @@ type Config struct {
 	IM       IM       `koanf:"im"`
 	Register Register `koanf:"register"`
 	Admin    Admin    `koanf:"admin"`
+	SM       SM       `koanf:"sm"`
+}
+
+// SM configures XEP-0198 stream management: the queue of stanzas a client
+// has not acknowledged, and sessions kept after their connection is lost
+// (parked) until the client resumes them.
+type SM struct {
+	// MaxQueueBytes caps the bytes of unacknowledged stanzas per
+	// session; beyond it the stream ends with resource-constraint and the
+	// queue is handled as on expiry (messages stored offline).
+	MaxQueueBytes int `koanf:"max_queue_bytes"`
+	// MaxQueueStanzas caps the unacknowledged stanzas per session, as
+	// MaxQueueBytes does their bytes.
+	MaxQueueStanzas int `koanf:"max_queue_stanzas"`
+	// ResumeTimeout is how long a parked session waits for resumption;
+	// 0 disables resumption (enable's resume is refused).
+	ResumeTimeout time.Duration `koanf:"resume_timeout"`
+	// MaxParkedPerAccount caps the parked sessions of one account; the
+	// oldest is expired first. 0 means no cap.
+	MaxParkedPerAccount int `koanf:"max_parked_per_account"`
+	// MaxParkedTotal caps the parked sessions of the server; the oldest
+	// is expired first. 0 means no cap.
+	MaxParkedTotal int `koanf:"max_parked_total"`
+	// RequestEvery is after how many unacknowledged stanzas the server
+	// asks for an acknowledgement (<r/>); 0 never asks.
+	RequestEvery int `koanf:"request_every"`
 }
 
 // Admin configures the operators' HTTP listener: Prometheus metrics at
@@ -257,6 +283,7 @@ const (
 	DefaultAdminListen       = "127.0.0.1:5280"
 	DefaultLogBuffer         = 256 << 10
 	DefaultLogFlushInterval  = time.Second
+	DefaultResumeTimeout     = 300 * time.Second
 )
 
 // Default returns the configuration used when nothing is set.
@@ -296,6 +323,8 @@ func Default() Config {
 		Storage:  Storage{Driver: "sqlite"},
 		IM:       IM{OfflineQuota: DefaultOfflineQuota, MaxRosterItems: 1000, MaxBlocklistItems: 1000, OfflineQuotaBytes: 1 << 20},
 		Register: Register{MaxPerIP: 5, Window: time.Hour},
+		SM: SM{MaxQueueBytes: 256 << 10, MaxQueueStanzas: 500, ResumeTimeout: DefaultResumeTimeout,
+			MaxParkedPerAccount: 5, MaxParkedTotal: 0, RequestEvery: 5},
 	}
 }
 
@@ -426,6 +455,24 @@ func (c *Config) Validate() error {
 	}
 	if c.IM.OfflineQuota < 0 {
 		bad("im.offline_quota", c.IM.OfflineQuota, "must be >= 0")
+	}
+	if c.SM.MaxQueueBytes < 1 {
+		bad("sm.max_queue_bytes", c.SM.MaxQueueBytes, "must be >= 1")
+	}
+	if c.SM.MaxQueueStanzas < 1 {
+		bad("sm.max_queue_stanzas", c.SM.MaxQueueStanzas, "must be >= 1")
+	}
+	if c.SM.ResumeTimeout < 0 {
+		bad("sm.resume_timeout", c.SM.ResumeTimeout, "must be >= 0")
+	}
+	if c.SM.MaxParkedPerAccount < 0 {
+		bad("sm.max_parked_per_account", c.SM.MaxParkedPerAccount, "must be >= 0")
+	}
+	if c.SM.MaxParkedTotal < 0 {
+		bad("sm.max_parked_total", c.SM.MaxParkedTotal, "must be >= 0")
+	}
+	if c.SM.RequestEvery < 0 {
+		bad("sm.request_every", c.SM.RequestEvery, "must be >= 0")
 	}
 	if c.Server.EventLoops < 0 {
 		bad("server.event_loops", c.Server.EventLoops, "must be >= 0")
