@@ -18,6 +18,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/presence"
 	"github.com/krill-xmpp/krill/modules/register"
 	"github.com/krill-xmpp/krill/modules/roster"
+	"github.com/krill-xmpp/krill/modules/sm"
 	"github.com/krill-xmpp/krill/modules/vcard"
 	"github.com/krill-xmpp/krill/modules/version"
 	"github.com/krill-xmpp/krill/storage"
@@ -47,6 +48,7 @@ type Options struct {
 // stanza before roster, presence or offline storage see it.
 func Standard(store Store, opt Options) []hook.Module {
 	blk := blocking.New(store)
+	off := &offline.Module{Store: store, Accounts: store, Blocker: blk}
 	return []hook.Module{
 		ping.Module{},
 		disco.Module{},
@@ -57,8 +59,11 @@ func Standard(store Store, opt Options) []hook.Module {
 		blk,
 		&roster.Module{Store: store, Accounts: store},
 		&presence.Module{Store: store, Blocker: blk},
-		&offline.Module{Store: store, Accounts: store, Blocker: blk},
+		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
+		// Last: its outbound filter counts what the filters before it
+		// pass on (see package sm).
+		&sm.Module{Offline: off},
 	}
 }
 
