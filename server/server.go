@@ -369,7 +369,7 @@ type loop struct {
 	el          gnet.EventLoop
 	wheel       *timerwheel.Wheel[*conn]
 	swheel      *timerwheel.Wheel[*sessTimer] // deadlines of sessions (hook.Timers), usually empty
-	now         time.Time // wheel time, refreshed every tick
+	now         time.Time                     // wheel time, refreshed every tick
 	scratch     []byte
 	plainBuf    []byte // decrypted records, allocated on first TLS read
 	tickPending atomic.Bool

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	msasl "mellium.im/sasl"
 )
@@ -238,4 +239,66 @@ func TestSMOverflow(t *testing.T) {
 	if n := srv.Stats().Modules["sm.overflows"]; n != 1 {
 		t.Fatalf("sm.overflows = %d", n)
 	}
+}
+
+// TestSMSilentLoss: a client that stops answering (no reset: the idle
+// ping goes unanswered) is parked like a reset one, and resumes; the ping
+// it never acknowledged is resent.
+func TestSMSilentLoss(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.C2S.IdlePing = 300 * time.Millisecond
+	cfg.C2S.PingTimeout = 300 * time.Millisecond
+	srv := startServer(t, cfg, "ann")
+	ann := dialRaw(t, srv)
+	annFull := ann.scramLogin("ann", testPassword, "phone")
+	id := enableResume(t, ann)
+	ping := `<iq type='get' id='krill-ping' from='localhost' to='` + annFull + `'><ping xmlns='urn:xmpp:ping'/></iq>`
+	ann.expect(t, ping)
+	if got := ann.closed(); got != `<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>no answer to ping</text></stream:error></stream:stream>` {
+		t.Fatalf("silent client got %q", got)
+	}
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["sm.parked_now"] == 1 }) {
+		t.Fatalf("not parked: %v", srv.Stats().Modules)
+	}
+	next := dialRaw(t, srv)
+	next.scramAuth("ann", testPassword)
+	next.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+id+`' h='0'/>`,
+		`<resumed xmlns='`+nsSM+`' previd='`+id+`' h='0'/>`+ping+`<r xmlns='`+nsSM+`'/>`)
+	next.send(`<iq type='result' id='krill-ping' to='localhost'/>`)
+	next.exchange(t, `<a xmlns='`+nsSM+`' h='1'/><r xmlns='`+nsSM+`'/>`, `<a xmlns='`+nsSM+`' h='1'/>`)
+	if n := srv.Stats().Modules["sm.parked_now"]; n != 0 {
+		t.Fatalf("sm.parked_now = %d after resumption", n)
+	}
+}
+
+// TestSMShutdown: a graceful shutdown ends parked sessions like an
+// expiry: their unacknowledged messages are stored and delivered after the
+// restart.
+func TestSMShutdown(t *testing.T) {
+	cfg := testConfig(t)
+	srv := startServer(t, cfg, "ann", "ben")
+	ann := dialRaw(t, srv)
+	annFull := ann.scramLogin("ann", testPassword, "phone")
+	enableResume(t, ann)
+	ben := dialRaw(t, srv)
+	benFull := ben.scramLogin("ben", testPassword, "b")
+	sendChat(ben, annFull, "m1", "one")
+	ann.expect(t, chat(benFull, annFull, "m1", "one"))
+	ann.cut()
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["sm.parked_now"] == 1 }) {
+		t.Fatalf("not parked: %v", srv.Stats().Modules)
+	}
+	ctx, cancel := contextTimeout()
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.Stats().Modules["offline.stored"]; n != 1 {
+		t.Fatalf("offline.stored = %d after shutdown", n)
+	}
+	srv2 := startServer(t, cfg)
+	again := dialRaw(t, srv2)
+	again.scramLogin("ann", testPassword, "phone")
+	again.send(`<presence/>`)
+	again.skipUntil(`<body>one</body>`)
 }
