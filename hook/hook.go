@@ -83,6 +83,7 @@ type Registry struct {
 	account  []string
 	outbound []OutboundFilter
 	received []func(Session)
+	idle     []func(Session) bool
 	events   [numEvents][]EventHandler
 	flags    int
 	slots    int
@@ -242,6 +243,17 @@ func (g *Registry) Received(s Session) {
 	}
 }
 
+// Idle asks the handlers registered with Registrar.Idle, in module
+// order, to probe an idle session; it reports whether one did.
+func (g *Registry) Idle(s Session) bool {
+	for _, h := range g.idle {
+		if h(s) {
+			return true
+		}
+	}
+	return false
+}
+
 // HasEvent reports whether any handler is registered for ev.
 func (g *Registry) HasEvent(ev Event) bool { return ev < numEvents && len(g.events[ev]) > 0 }
 
@@ -346,6 +358,20 @@ func (r *Registrar) Received(h func(s Session)) {
 		return
 	}
 	r.g.received = append(r.g.received, h)
+}
+
+// Idle registers h to probe a session that has been silent for
+// c2s.idle_ping, instead of the server's ping: h writes something the
+// client must answer (stream management's <r/>) and returns true, or
+// returns false to leave the session to the ping. Any input answers; none
+// within c2s.ping_timeout closes the stream with connection-timeout. h
+// runs on the session's loop.
+func (r *Registrar) Idle(h func(s Session) bool) {
+	if h == nil {
+		r.fail("%w: nil idle handler", ErrInvalid)
+		return
+	}
+	r.g.idle = append(r.g.idle, h)
 }
 
 // On registers h for a lifecycle event.

@@ -448,7 +448,9 @@ func (s *Server) onDeadline(c *conn) {
 		return
 	}
 	c.flags |= flagAwaitPong
-	// A stanza: through the outbound chain, which counts and may hold.
-	sess.send(s.appendPing(c.loop.scratch[:0], sess))
+	if !s.hooks.Idle(sess) {
+		// A stanza: through the outbound chain, which counts and may hold.
+		sess.send(s.appendPing(c.loop.scratch[:0], sess))
+	}
 	c.loop.wheel.Arm(&c.timer, c, now.Add(s.conf().C2S.PingTimeout))
 }

@@ -23,9 +23,9 @@ import (
 //  1. on the old session's loop (handOver): the old session is marked gone
 //     with a forward to the new one (so that a delivery that found it in
 //     the session table reaches the new one), its connection, if it still
-//     has one, is closed without ending the session, what its mailbox held
-//     goes through its outbound chain (into the module's queue), and its
-//     state is copied out and cleared;
+//     has one, is closed without ending the session (after what its
+//     mailbox held has gone through its outbound chain, into the module's
+//     queue), and its state is copied out and cleared;
 //  2. on the new connection's loop (attach): the state is installed, the
 //     new session replaces the old one in the table, the module's
 //     continuation answers <resumed/> and resends its queue, and only then
@@ -133,6 +133,11 @@ func (s *Server) handOver(o, n *session, c *conn, then func(*hook.Ctx, bool)) {
 	in, last := o.inbox, o.last
 	o.inbox, o.inboxBytes, o.last, o.gone, o.next = nil, 0, nil, true, n
 	o.mu.Unlock()
+	for _, b := range in {
+		// The module's filter queues it (and writes it to the old
+		// connection, if it still has one: unacknowledged, it is resent).
+		o.send(b)
+	}
 	if oc := o.conn; oc != nil {
 		// Taken over while its connection still looked alive: the
 		// connection goes, the session lives on in n.
@@ -140,9 +145,6 @@ func (s *Server) handOver(o, n *session, c *conn, then func(*hook.Ctx, bool)) {
 		if !oc.has(flagClosed) {
 			s.fail(oc, stream.Conflict.Err, "the session was resumed on another connection")
 		}
-	}
-	for _, b := range in {
-		o.send(b) // no connection: the module's filter queues it
 	}
 	h := handedOver{
 		full: o.full, resOff: o.resOff, slots: o.slots,

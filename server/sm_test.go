@@ -242,30 +242,34 @@ func TestSMOverflow(t *testing.T) {
 }
 
 // TestSMSilentLoss: a client that stops answering (no reset: the idle
-// ping goes unanswered) is parked like a reset one, and resumes; the ping
-// it never acknowledged is resent.
+// ack request that replaces the idle ping goes unanswered) is parked like
+// a reset one, and resumes; a message sent meanwhile is resent.
 func TestSMSilentLoss(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.C2S.IdlePing = 300 * time.Millisecond
 	cfg.C2S.PingTimeout = 300 * time.Millisecond
-	srv := startServer(t, cfg, "ann")
+	srv := startServer(t, cfg, "ann", "ben")
 	ann := dialRaw(t, srv)
 	annFull := ann.scramLogin("ann", testPassword, "phone")
 	id := enableResume(t, ann)
-	ping := `<iq type='get' id='krill-ping' from='localhost' to='` + annFull + `'><ping xmlns='urn:xmpp:ping'/></iq>`
-	ann.expect(t, ping)
+	// Stream management asks for an ack instead of the idle ping.
+	ann.expect(t, `<r xmlns='`+nsSM+`'/>`)
 	if got := ann.closed(); got != `<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>no answer to ping</text></stream:error></stream:stream>` {
 		t.Fatalf("silent client got %q", got)
 	}
 	if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["sm.parked_now"] == 1 }) {
 		t.Fatalf("not parked: %v", srv.Stats().Modules)
 	}
+	// A message while parked, resent after the resumption.
+	ben := dialRaw(t, srv)
+	benFull := ben.scramLogin("ben", testPassword, "b")
+	sendChat(ben, annFull, "m1", "one")
+	ben.sync(t, "s1")
 	next := dialRaw(t, srv)
 	next.scramAuth("ann", testPassword)
 	next.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+id+`' h='0'/>`,
-		`<resumed xmlns='`+nsSM+`' previd='`+id+`' h='0'/>`+ping+`<r xmlns='`+nsSM+`'/>`)
-	next.send(`<iq type='result' id='krill-ping' to='localhost'/>`)
-	next.exchange(t, `<a xmlns='`+nsSM+`' h='1'/><r xmlns='`+nsSM+`'/>`, `<a xmlns='`+nsSM+`' h='1'/>`)
+		`<resumed xmlns='`+nsSM+`' previd='`+id+`' h='0'/>`+delayed(benFull, annFull, "m1", "one")+`<r xmlns='`+nsSM+`'/>`)
+	next.exchange(t, `<a xmlns='`+nsSM+`' h='1'/><r xmlns='`+nsSM+`'/>`, `<a xmlns='`+nsSM+`' h='0'/>`)
 	if n := srv.Stats().Modules["sm.parked_now"]; n != 0 {
 		t.Fatalf("sm.parked_now = %d after resumption", n)
 	}

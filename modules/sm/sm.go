@@ -121,6 +121,15 @@ func (m *Module) Register(r *hook.Registrar) error {
 			st.in++ // wraps at 2^32, as XEP-0198 4 says
 		}
 	})
+	// An idle session is asked for an ack instead of pinged: the answer
+	// proves it alive and trims its queue.
+	r.Idle(func(s hook.Session) bool {
+		if m.get(s) == nil {
+			return false
+		}
+		s.Pass(m.out, []byte(`<r xmlns='`+NS+`'/>`))
+		return true
+	})
 	r.On(hook.Closing, m.closing)
 	r.On(hook.Closed, m.closed)
 	return nil
