@@ -109,11 +109,11 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	// the OS before the baseline; the stage itself is measured as an
 	// operator sees it, without returning anything.
 	accounts := 0
-	if stage == bench.StageAuth {
+	if stage == bench.StageAuth || stage == bench.StageParked {
 		accounts = n
 	}
 	srv := startBenchServer(b, accounts)
-	if k, _ := strconv.Atoi(os.Getenv(envRoster)); stage == bench.StageAuth && k > 0 {
+	if k, _ := strconv.Atoi(os.Getenv(envRoster)); (stage == bench.StageAuth || stage == bench.StageParked) && k > 0 {
 		t0 := time.Now()
 		if err := provisionRosters(srv.store, n, k); err != nil {
 			b.Fatal(err)
@@ -124,7 +124,12 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := warmUp(srv.Server, stage, tlsConf); err != nil {
+	warm := stage
+	if stage == bench.StageParked {
+		// Warmed up logged in, not parked: parked sessions would stay.
+		warm = bench.StageAuth
+	}
+	if err := warmUp(srv.Server, warm, tlsConf); err != nil {
 		b.Fatal(err)
 	}
 	// The client processes, started before the baseline but dialling only
@@ -178,7 +183,12 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	// An authenticated client's last act, its initial presence, is
 	// counted once the server has handled it.
 	atStage := func(st server.StatsSnapshot) bool {
-		if stage == bench.StageAuth {
+		switch stage {
+		case bench.StageParked:
+			// The sessions, none of their connections.
+			return st.Sessions == n && st.Preauth == 0 && st.Modules["sm.parked_now"] == uint64(n) &&
+				st.Closed-statsBefore.Closed == uint64(n)
+		case bench.StageAuth:
 			return st.Sessions == n && st.Preauth == 0 && st.StanzasIn-statsBefore.StanzasIn == uint64(n)
 		}
 		return st.Preauth == n
@@ -198,7 +208,7 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	if !atStage(st) {
 		b.Fatalf("after settling the server holds %+v, want %d connections at stage %s", st, n, stage)
 	}
-	if closed := st.Closed - statsBefore.Closed; closed != 0 {
+	if closed := st.Closed - statsBefore.Closed; closed != 0 && stage != bench.StageParked {
 		b.Fatalf("%d connections closed during the stage (%+v)", closed, st)
 	}
 	if grew := after.goroutines - before.goroutines; grew > goroutineSlack {
@@ -215,6 +225,11 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	b.ReportMetric(heapStack, "heap+stack-B/conn")
 	b.ReportMetric(heapAlloc, "heapalloc-B/conn")
 	b.ReportMetric(float64(n), "conns")
+	if stage == bench.StageParked {
+		// What the parked sessions' queues hold (presence they were sent
+		// before their connection went), part of rss-B/conn.
+		b.ReportMetric(float64(st.Modules["sm.parked_bytes"])/float64(n), "queue-B/conn")
+	}
 	b.ReportMetric(float64(after.goroutines), "goroutines")
 	kernel := ""
 	if before.kernelErr == nil && after.kernelErr == nil {
