@@ -229,6 +229,15 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 		// What the parked sessions' queues hold (presence they were sent
 		// before their connection went), part of rss-B/conn.
 		b.ReportMetric(float64(st.Modules["sm.parked_bytes"])/float64(n), "queue-B/conn")
+		// rss-B/conn counts the pages the n logins used and freed that the
+		// runtime has not returned yet; returned, what stays is what the
+		// parked sessions hold.
+		debug.FreeOSMemory()
+		freed, err := takeSnapshot()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(perConn(freed.proc.RSS, before.proc.RSS), "rss-returned-B/conn")
 	}
 	b.ReportMetric(float64(after.goroutines), "goroutines")
 	kernel := ""
