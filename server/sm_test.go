@@ -306,3 +306,28 @@ func TestSMShutdown(t *testing.T) {
 	again.send(`<presence/>`)
 	again.skipUntil(`<body>one</body>`)
 }
+
+// TestSMParkedCap: beyond sm.max_parked_per_account parked sessions, the
+// oldest ends (its token is then unknown) and the newest stays resumable.
+func TestSMParkedCap(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.SM.MaxParkedPerAccount = 1
+	srv := startServer(t, cfg, "ann")
+	var ids []string
+	for i, res := range []string{"a", "b"} {
+		r := dialRaw(t, srv)
+		r.scramLogin("ann", testPassword, res)
+		ids = append(ids, enableResume(t, r))
+		r.cut()
+		if !waitFor(ioTimeout, func() bool {
+			st := srv.Stats()
+			return st.Modules["sm.parked_now"] == 1 && st.Sessions == 1 && st.Modules["sm.closed_parked"] == uint64(i)
+		}) {
+			t.Fatalf("after parking %s: %+v", res, srv.Stats())
+		}
+	}
+	r := dialRaw(t, srv)
+	r.scramAuth("ann", testPassword)
+	r.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+ids[0]+`' h='0'/>`, `<failed xmlns='`+nsSM+`'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>`)
+	r.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+ids[1]+`' h='0'/>`, `<resumed xmlns='`+nsSM+`' previd='`+ids[1]+`' h='0'/>`)
+}

@@ -63,8 +63,8 @@ type Module struct {
 	order     []*entry            // parked sessions, oldest first (lazily pruned)
 	parked    int
 
-	parkedNow, parkedBytes                          atomic.Int64
-	resumed, resumeFailed, overflows, expired, lost atomic.Uint64
+	parkedNow, parkedBytes                                                 atomic.Int64
+	resumed, resumeFailed, overflows, expired, evicted, closedParked, lost atomic.Uint64
 }
 
 // entry is a resumable session in the module's table. Its fields are
@@ -310,6 +310,7 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	}
 	m.mu.Unlock()
 	for _, s := range evict {
+		m.evicted.Add(1)
 		s.Close("connection-timeout", "")
 	}
 	return hook.Stop
@@ -422,6 +423,7 @@ func (m *Module) closed(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		m.mu.Unlock()
 	}
 	if st.parked {
+		m.closedParked.Add(1)
 		m.parkedNow.Add(-1)
 		m.parkedBytes.Add(-int64(len(st.buf)))
 	}
@@ -509,5 +511,7 @@ func (m *Module) Counters(fn func(event string, n uint64)) {
 	fn("resume_failed", m.resumeFailed.Load())
 	fn("overflows", m.overflows.Load())
 	fn("expired", m.expired.Load())
+	fn("evicted", m.evicted.Load())
+	fn("closed_parked", m.closedParked.Load())
 	fn("unacked_lost", m.lost.Load())
 }
