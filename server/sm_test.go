@@ -331,3 +331,39 @@ func TestSMParkedCap(t *testing.T) {
 	r.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+ids[0]+`' h='0'/>`, `<failed xmlns='`+nsSM+`'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>`)
 	r.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+ids[1]+`' h='0'/>`, `<resumed xmlns='`+nsSM+`' previd='`+ids[1]+`' h='0'/>`)
 }
+
+// TestSMResumeDropped: the connection that resumes drops at once (before
+// or after the handover completes, as the race goes); either way the
+// session is parked again and a third connection resumes it, with the
+// message that came meanwhile, once.
+func TestSMResumeDropped(t *testing.T) {
+	cfg := testConfig(t)
+	srv := startServer(t, cfg, "ann", "ben")
+	ann := dialRaw(t, srv)
+	annFull := ann.scramLogin("ann", testPassword, "phone")
+	id := enableResume(t, ann)
+	ben := dialRaw(t, srv)
+	benFull := ben.scramLogin("ben", testPassword, "b")
+	ann.cut()
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["sm.parks"] == 1 }) {
+		t.Fatalf("not parked: %v", srv.Stats().Modules)
+	}
+	for i := range 5 {
+		r := dialRaw(t, srv)
+		r.scramAuth("ann", testPassword)
+		r.send(`<resume xmlns='` + nsSM + `' previd='` + id + `' h='0'/>`)
+		r.cut()
+		if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["sm.parks"] == uint64(2+i) }) {
+			t.Fatalf("round %d: not parked again: %v", i, srv.Stats().Modules)
+		}
+	}
+	sendChat(ben, annFull, "m1", "one")
+	ben.sync(t, "s1")
+	r := dialRaw(t, srv)
+	r.scramAuth("ann", testPassword)
+	r.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+id+`' h='0'/>`,
+		`<resumed xmlns='`+nsSM+`' previd='`+id+`' h='0'/>`+delayed(benFull, annFull, "m1", "one")+`<r xmlns='`+nsSM+`'/>`)
+	if n := srv.Stats().Modules["sm.parked_now"]; n != 0 {
+		t.Fatalf("sm.parked_now = %d", n)
+	}
+}

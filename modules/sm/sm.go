@@ -65,6 +65,9 @@ type Module struct {
 
 	parkedNow, parkedBytes                                                 atomic.Int64
 	resumed, resumeFailed, overflows, expired, evicted, closedParked, lost atomic.Uint64
+	parks                                                                  atomic.Uint64
+	// expireFn is expire as a func value made once, not per park.
+	expireFn func(*hook.Ctx)
 }
 
 // entry is a resumable session in the module's table. Its fields are
@@ -101,6 +104,7 @@ func (*Module) Name() string { return "sm" }
 
 // Register implements hook.Module.
 func (m *Module) Register(r *hook.Registrar) error {
+	m.expireFn = m.expire
 	m.tokens = make(map[string]*entry)
 	m.byAccount = make(map[string][]*entry)
 	m.slot = r.Slot()
@@ -279,18 +283,30 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		return hook.Continue
 	}
 	cfg := c.Host.Config().SM
+	if st.parked {
+		// Parked already: a resumption's new connection went while the
+		// state travelled to it. The entry now names the session that
+		// holds the state; the old timer, on the old session, is void.
+		m.mu.Lock()
+		st.e.sess = c.Session
+		m.mu.Unlock()
+		st.timer = tm.AfterFunc(cfg.ResumeTimeout, m.expireFn)
+		m.parks.Add(1)
+		return hook.Stop
+	}
 	st.parked = true
 	st.unreq = 0
 	if cap(st.buf) > 2*len(st.buf)+64 {
 		st.buf = slices.Clip(slices.Clone(st.buf)) // compact while parked
 	}
 	st.ents = slices.Clip(st.ents)
-	st.timer = tm.AfterFunc(cfg.ResumeTimeout, m.expire)
+	st.timer = tm.AfterFunc(cfg.ResumeTimeout, m.expireFn)
 	m.parkedNow.Add(1)
 	m.parkedBytes.Add(int64(len(st.buf)))
 	var evict []hook.Session
 	m.mu.Lock()
 	e := st.e
+	e.sess = c.Session
 	e.parked = true
 	m.parked++
 	m.byAccount[e.local] = append(m.byAccount[e.local], e)
@@ -313,6 +329,7 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		m.evicted.Add(1)
 		s.Close("connection-timeout", "")
 	}
+	m.parks.Add(1)
 	return hook.Stop
 }
 
@@ -506,6 +523,7 @@ func withDelay(b []byte, from string, at time.Time) []byte {
 // Counters implements hook.Counter.
 func (m *Module) Counters(fn func(event string, n uint64)) {
 	fn("parked_now", uint64(max(m.parkedNow.Load(), 0)))
+	fn("parks", m.parks.Load())
 	fn("parked_bytes", uint64(max(m.parkedBytes.Load(), 0)))
 	fn("resumed", m.resumed.Load())
 	fn("resume_failed", m.resumeFailed.Load())
