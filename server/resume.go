@@ -48,22 +48,51 @@ type sessTimer struct {
 	t    timerwheel.Timer[*sessTimer]
 	sess *session
 	fn   func(*hook.Ctx)
+	next *sessTimer // the session's armed timers, a list from session.timers
 }
 
 // Stop implements hook.Timer.
-func (t *sessTimer) Stop() bool { return t.sess.loop.swheel.Cancel(&t.t) }
+func (t *sessTimer) Stop() bool {
+	t.sess.unlinkTimer(t)
+	return t.sess.loop.swheel.Cancel(&t.t)
+}
 
 // AfterFunc implements hook.Timers.
 func (s *session) AfterFunc(d time.Duration, fn func(*hook.Ctx)) hook.Timer {
-	t := &sessTimer{sess: s, fn: fn}
+	t := &sessTimer{sess: s, fn: fn, next: s.timers}
+	s.timers = t
 	s.loop.swheel.ArmAfter(&t.t, t, d)
 	return t
+}
+
+// unlinkTimer removes t from the session's armed timers.
+func (s *session) unlinkTimer(t *sessTimer) {
+	for p := &s.timers; *p != nil; p = &(*p).next {
+		if *p == t {
+			*p = t.next
+			t.next = nil
+			return
+		}
+	}
+}
+
+// stopTimers cancels the session's armed timers: it has ended or been
+// taken over, and the wheel should not keep it until they are due.
+func (s *session) stopTimers() {
+	for t := s.timers; t != nil; {
+		next := t.next
+		s.loop.swheel.Cancel(&t.t)
+		t.next = nil
+		t = next
+	}
+	s.timers = nil
 }
 
 // onSessionTimer runs a session deadline on its loop, unless the session
 // has ended or been taken over.
 func (s *Server) onSessionTimer(t *sessTimer) {
 	sess := t.sess
+	sess.unlinkTimer(t)
 	sess.mu.Lock()
 	gone := sess.gone
 	sess.mu.Unlock()
@@ -151,6 +180,7 @@ func (s *Server) handOver(o, n *session, c *conn, then func(*hook.Ctx, bool)) {
 		flags: o.flags.Load(), priority: o.priority.Load(), available: o.available.Load(), last: last,
 	}
 	o.slots, o.queued = nil, nil
+	o.stopTimers()
 	o.available.Store(false)
 	back(func() { s.attach(c, n, o, h, then) })
 }

@@ -39,6 +39,8 @@ type session struct {
 	// (nil when none). It lives here, not in conn, to keep every
 	// pre-auth connection in a smaller size class.
 	queued *[]asyncJob
+	// timers are the deadlines modules armed (hook.Timers), nil when none.
+	timers *sessTimer
 
 	// Shared: read by other loops when they route to this session.
 	available atomic.Bool  // has sent available presence

@@ -286,7 +286,8 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	if st.parked {
 		// Parked already: a resumption's new connection went while the
 		// state travelled to it. The entry now names the session that
-		// holds the state; the old timer, on the old session, is void.
+		// holds the state; the old session's timer was cancelled at the
+		// handover.
 		m.mu.Lock()
 		st.e.sess = c.Session
 		m.mu.Unlock()
@@ -396,7 +397,7 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 			m.parkedNow.Add(-1)
 			m.parkedBytes.Add(-int64(len(st.buf)))
 		}
-		st.parked, st.timer = false, nil // the old timer skips a taken-over session
+		st.parked, st.timer = false, nil // the core cancelled the old session's timer
 		if !st.trim(h) {
 			c.Conn.Fail("undefined-condition", "acknowledged more stanzas than were sent")
 			return
