@@ -1,6 +1,7 @@
 package bench_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"flag"
@@ -12,6 +13,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -109,7 +111,11 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	// the OS before the baseline; the stage itself is measured as an
 	// operator sees it, without returning anything.
 	accounts := 0
-	if stage == bench.StageAuth || stage == bench.StageParked {
+	queued, _ := strconv.Atoi(os.Getenv(envQueued))
+	switch {
+	case stage == bench.StageParked && queued > 0:
+		accounts = n + 1 // bench<n> sends the queued messages
+	case stage == bench.StageAuth || stage == bench.StageParked:
 		accounts = n
 	}
 	srv := startBenchServer(b, accounts)
@@ -186,8 +192,8 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 		switch stage {
 		case bench.StageParked:
 			// The sessions, none of their connections.
-			return st.Sessions == n && st.Preauth == 0 && st.Modules["sm.parked_now"] == uint64(n) &&
-				st.Closed-statsBefore.Closed == uint64(n)
+			// (The sender of the queued messages comes and goes.)
+			return st.Preauth == 0 && st.Modules["sm.parked_now"] == uint64(n) && st.Closed-statsBefore.Closed >= uint64(n)
 		case bench.StageAuth:
 			return st.Sessions == n && st.Preauth == 0 && st.StanzasIn-statsBefore.StanzasIn == uint64(n)
 		}
@@ -197,6 +203,11 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 		b.Fatalf("server holds %+v, want %d connections at stage %s", srv.Stats(), n, stage)
 	}
 	ramp := time.Since(start)
+	if stage == bench.StageParked && queued > 0 {
+		if err := queueMessages(srv.Server, tlsConf, n, queued); err != nil {
+			b.Fatal(err)
+		}
+	}
 
 	time.Sleep(settle)
 	after, err := takeSnapshot()
@@ -263,6 +274,42 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 			b.Error(err)
 		}
 	}
+}
+
+// queueMessages logs in as bench<n> and sends k messages to each of the
+// n parked sessions, then waits until their queues hold them all.
+func queueMessages(srv *server.Server, tc *tls.Config, n, k int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	c, err := bench.Dial(ctx, bench.Options{Addr: srv.Addr().String(), Stage: bench.StageAuth, TLSConfig: tc, FirstUser: n}, 0)
+	if err != nil {
+		return fmt.Errorf("queued messages: %w", err)
+	}
+	defer bench.Abort(c)
+	base := srv.Stats().Modules["sm.parked_bytes"]
+	// 200 bytes once the server has stamped from='bench<n>@localhost/bench'.
+	from := " from='bench" + strconv.Itoa(n) + "@localhost/bench'"
+	var want uint64
+	w := bufio.NewWriterSize(c, 64<<10)
+	for i := range n {
+		head := "<message type='chat' to='bench" + strconv.Itoa(i) + "@localhost/bench' id='q'><body>"
+		tail := "</body></message>"
+		body := strings.Repeat("x", max(200-len(head)-len(tail)-len(from), 1))
+		for range k {
+			msg := head + body + tail
+			want += uint64(len(msg) + len(from))
+			if _, err := w.WriteString(msg); err != nil {
+				return fmt.Errorf("queued messages: %w", err)
+			}
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("queued messages: %w", err)
+	}
+	if !waitFor(readyTimeout, func() bool { return srv.Stats().Modules["sm.parked_bytes"]-base >= want }) {
+		return fmt.Errorf("queued messages: the queues hold %d more bytes, want %d", srv.Stats().Modules["sm.parked_bytes"]-base, want)
+	}
+	return nil
 }
 
 // warmUp brings a few connections to stage and closes them again, then

@@ -245,11 +245,16 @@ func (m *Module) filter(s hook.Session, b []byte) ([]byte, hook.Verdict) {
 	if st == nil {
 		return b, hook.Continue
 	}
-	st.buf = append(st.buf, b...)
-	st.ents = append(st.ents, ent{n: uint32(len(b)), at: uint32(time.Now().Unix())})
 	if st.parked {
+		// A parked queue grows for minutes and is kept: tightly (append
+		// would double it), at an amortised cost of copying each byte
+		// about eight times.
+		st.buf = growTight(st.buf, len(b))
+		st.ents = growTight(st.ents, 1)
 		m.parkedBytes.Add(int64(len(b)))
 	}
+	st.buf = append(st.buf, b...)
+	st.ents = append(st.ents, ent{n: uint32(len(b)), at: uint32(time.Now().Unix())})
 	var cfg config.SM
 	if !st.overflow {
 		cfg = m.host.Load().h.Config().SM
@@ -270,6 +275,18 @@ func (m *Module) filter(s hook.Session, b []byte) ([]byte, hook.Verdict) {
 		s.Pass(m.out, []byte(`<r xmlns='`+NS+`'/>`))
 	}
 	return nil, hook.Stop
+}
+
+// growTight returns s with room for k more elements, reallocated with an
+// eighth to spare when it has not.
+func growTight[T any](s []T, k int) []T {
+	need := len(s) + k
+	if need <= cap(s) {
+		return s
+	}
+	out := make([]T, len(s), need+need/8)
+	copy(out, s)
+	return out
 }
 
 // closing parks a resumable session whose connection was lost.
