@@ -25,8 +25,15 @@
 //   - an ordered outbound chain run on everything written to a session
 //     (Registrar.Outbound);
 //   - session lifecycle events, with a veto on closing (Registrar.On);
+//   - every stanza a session sends, before any check (Registrar.Received),
+//     and a probe of an idle session instead of the server's ping
+//     (Registrar.Idle);
 //   - per-session state owned by a module: a flag bit or a slot allocated
 //     at registration (Registrar.Flag, Registrar.Slot).
+//
+// The core's sessions and connections also offer deadlines on a session's
+// loop (Timers) and the takeover of a kept session by a new connection
+// (Resumer), which stream management builds on.
 package hook
 
 import (
