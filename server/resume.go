@@ -215,6 +215,9 @@ func (s *Server) attach(c *conn, n, o *session, h handedOver, then func(*hook.Ct
 		c.loop.wheel.Arm(&c.timer, c, c.loop.now.Add(s.conf().C2S.IdlePing))
 	}
 	s.stats.resumed.Add(1)
+	if o.loop != c.loop {
+		s.stats.resumedAcross.Add(1)
+	}
 	func() {
 		defer s.contain(c, nil)
 		then(c.loop.sessionCtx(n), true)

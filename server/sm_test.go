@@ -156,6 +156,11 @@ func TestSMResume(t *testing.T) {
 	if n := srv.Stats().Modules["sm.resumed"]; n != 2 {
 		t.Fatalf("sm.resumed = %d", n)
 	}
+	// gnet deals connections to its two loops in turn: ann, ben, the
+	// first resumption, the second; so the second crossed loops.
+	if st := srv.Stats(); st.Resumed != 2 || st.ResumedAcross != 1 {
+		t.Fatalf("resumed %d, across loops %d; want 2 and 1", st.Resumed, st.ResumedAcross)
+	}
 
 	t.Run("unknown token", func(t *testing.T) {
 		r := tlsRaw(t, srv, tc)
