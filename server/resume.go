@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"go.uber.org/zap"
 	"mellium.im/xmpp/stream"
 
 	"github.com/krill-xmpp/krill/hook"
@@ -101,6 +102,8 @@ func (s *Server) onSessionTimer(t *sessTimer) {
 	}
 	if c := sess.conn; c != nil {
 		defer s.contain(c, nil)
+	} else {
+		defer s.containDetached()
 	}
 	cx := sess.loop.sessionCtx(sess)
 	defer cx.Reset(nil, nil, nil)
@@ -142,8 +145,19 @@ func (c *conn) Resume(old hook.Session, then func(*hook.Ctx, bool)) {
 	}
 }
 
+// containDetached stops a panic in work for a session without a
+// connection (a parked one's deadline, a handover) from taking down the
+// event loop: it is logged with its stack and counted.
+func (s *Server) containDetached() {
+	if r := recover(); r != nil {
+		s.stats.panics.Add(1)
+		s.log.Error("panic handling a session without a connection", zap.Any("panic", r), zap.Stack("stack"))
+	}
+}
+
 // handOver is step 1, on the old session's loop.
 func (s *Server) handOver(o, n *session, c *conn, then func(*hook.Ctx, bool)) {
+	defer s.containDetached()
 	back := func(fn func()) {
 		err := c.loop.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
 			fn()
