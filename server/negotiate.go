@@ -569,6 +569,8 @@ func (t sessionTask) Run(context.Context) error {
 			return nil
 		}
 		defer c.loop.srv.contain(c, nil)
+	} else {
+		defer t.sess.loop.srv.containDetached() // a parked session's mailbox
 	}
 	t.fn()
 	return nil
