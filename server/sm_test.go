@@ -312,29 +312,47 @@ func TestSMShutdown(t *testing.T) {
 	again.skipUntil(`<body>one</body>`)
 }
 
-// TestSMParkedCap: beyond sm.max_parked_per_account parked sessions, the
-// oldest ends (its token is then unknown) and the newest stays resumable.
+// TestSMParkedCap: beyond sm.max_parked_per_account, or
+// sm.max_parked_total, parked sessions, the oldest ends (its token is then
+// unknown) and the newest stays resumable.
 func TestSMParkedCap(t *testing.T) {
-	cfg := testConfig(t)
-	cfg.SM.MaxParkedPerAccount = 1
-	srv := startServer(t, cfg, "ann")
-	var ids []string
-	for i, res := range []string{"a", "b"} {
-		r := dialRaw(t, srv)
-		r.scramLogin("ann", testPassword, res)
-		ids = append(ids, enableResume(t, r))
-		r.cut()
-		if !waitFor(ioTimeout, func() bool {
-			st := srv.Stats()
-			return st.Modules["sm.parked_now"] == 1 && st.Sessions == 1 && st.Modules["sm.closed_parked"] == uint64(i)
-		}) {
-			t.Fatalf("after parking %s: %+v", res, srv.Stats())
-		}
+	for _, tc := range []struct {
+		name       string
+		perAccount int
+		total      int
+		users      [2]string
+	}{
+		{"per account", 1, 0, [2]string{"ann", "ann"}},
+		{"total", 0, 1, [2]string{"ann", "ben"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.SM.MaxParkedPerAccount, cfg.SM.MaxParkedTotal = tc.perAccount, tc.total
+			srv := startServer(t, cfg, "ann", "ben")
+			var ids []string
+			for i, user := range tc.users {
+				r := dialRaw(t, srv)
+				r.scramLogin(user, testPassword, "r"+string(rune('0'+i)))
+				ids = append(ids, enableResume(t, r))
+				r.cut()
+				if !waitFor(ioTimeout, func() bool {
+					st := srv.Stats()
+					return st.Modules["sm.parked_now"] == 1 && st.Sessions == 1 && st.Modules["sm.closed_parked"] == uint64(i)
+				}) {
+					t.Fatalf("after parking %d: %+v", i, srv.Stats())
+				}
+			}
+			if n := srv.Stats().Modules["sm.evicted"]; n != 1 {
+				t.Fatalf("sm.evicted = %d", n)
+			}
+			r := dialRaw(t, srv)
+			r.scramAuth(tc.users[0], testPassword)
+			r.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+ids[0]+`' h='0'/>`, `<failed xmlns='`+nsSM+`'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>`)
+			r2 := dialRaw(t, srv)
+			r2.scramAuth(tc.users[1], testPassword)
+			r2.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+ids[1]+`' h='0'/>`, `<resumed xmlns='`+nsSM+`' previd='`+ids[1]+`' h='0'/>`)
+		})
 	}
-	r := dialRaw(t, srv)
-	r.scramAuth("ann", testPassword)
-	r.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+ids[0]+`' h='0'/>`, `<failed xmlns='`+nsSM+`'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>`)
-	r.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+ids[1]+`' h='0'/>`, `<resumed xmlns='`+nsSM+`' previd='`+ids[1]+`' h='0'/>`)
 }
 
 // TestSMResumeDropped: the connection that resumes drops at once (before
