@@ -188,16 +188,15 @@ func TestSMResume(t *testing.T) {
 	})
 }
 
-// TestSMExpiry: a parked session that is not resumed ends after
-// sm.resume_timeout, and the messages its client never acknowledged are
+// TestSMExpiry: a parked session that is not resumed ends after its
+// resumption timeout (here the client's max), and the messages its client never acknowledged are
 // stored offline and delivered at the next login.
 func TestSMExpiry(t *testing.T) {
-	cfg := testConfig(t)
-	cfg.SM.ResumeTimeout = 1e9 // 1s
-	srv := startServer(t, cfg, "ann", "ben")
+	srv := startServer(t, testConfig(t), "ann", "ben")
 	ann := dialRaw(t, srv)
 	annFull := ann.scramLogin("ann", testPassword, "phone")
-	ann.exchange(t, `<enable xmlns='`+nsSM+`' resume='true'/>`, `<enabled xmlns='`+nsSM+`' id='{*}' resume='true' max='1'/>`)
+	// The client's preferred maximum, lower than sm.resume_timeout, applies.
+	ann.exchange(t, `<enable xmlns='`+nsSM+`' resume='true' max='1'/>`, `<enabled xmlns='`+nsSM+`' id='{*}' resume='true' max='1'/>`)
 	ben := dialRaw(t, srv)
 	benFull := ben.scramLogin("ben", testPassword, "b")
 	sendChat(ben, annFull, "m1", "one")

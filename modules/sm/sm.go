@@ -85,9 +85,12 @@ type state struct {
 	acked uint32 // the client's last h: stanzas sent before the queue
 	buf   []byte // unacknowledged stanzas, wire form, in order
 	ents  []ent  // one per queued stanza
-	unreq int    // stanzas sent since the last <r/>
-	e     *entry // nil when not resumable
-	timer hook.Timer
+	unreq uint32 // stanzas sent since the last <r/>
+	// timeout is how long the session is kept when parked, in seconds:
+	// sm.resume_timeout, or less if the client asked for less.
+	timeout uint32
+	e       *entry // nil when not resumable
+	timer   hook.Timer
 	// parked: no connection; overflow: the queue overflowed and the
 	// session is ending.
 	parked, overflow bool
@@ -171,8 +174,15 @@ func (m *Module) enable(c *hook.Ctx, elem []byte) error {
 		m.tokens[e.token] = e
 		m.mu.Unlock()
 		st.e = e
+		st.timeout = uint32(min(max(cfg.ResumeTimeout/time.Second, 1), 1<<32-1))
+		// The client's preferred maximum (XEP-0198 3), when lower.
+		if v, ok := tag.AttrString("max"); ok {
+			if want, err := strconv.ParseUint(v, 10, 32); err == nil && want > 0 && uint32(want) < st.timeout {
+				st.timeout = uint32(want)
+			}
+		}
 		b = append(b, ` id='`+e.token+`' resume='true' max='`...)
-		b = strconv.AppendInt(b, int64(cfg.ResumeTimeout/time.Second), 10)
+		b = strconv.AppendUint(b, uint64(st.timeout), 10)
 		b = append(b, '\'')
 	}
 	c.Conn.WriteNonza(append(b, `/>`...))
@@ -270,7 +280,7 @@ func (m *Module) filter(s hook.Session, b []byte) ([]byte, hook.Verdict) {
 	}
 	s.Pass(m.out, b)
 	st.unreq++
-	if cfg.RequestEvery > 0 && st.unreq >= cfg.RequestEvery {
+	if cfg.RequestEvery > 0 && st.unreq >= uint32(cfg.RequestEvery) {
 		st.unreq = 0
 		s.Pass(m.out, []byte(`<r xmlns='`+NS+`'/>`))
 	}
@@ -308,7 +318,7 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		m.mu.Lock()
 		st.e.sess = c.Session
 		m.mu.Unlock()
-		st.timer = tm.AfterFunc(cfg.ResumeTimeout, m.expireFn)
+		st.timer = tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
 		m.parks.Add(1)
 		return hook.Stop
 	}
@@ -318,7 +328,7 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		st.buf = slices.Clip(slices.Clone(st.buf)) // compact while parked
 	}
 	st.ents = slices.Clip(st.ents)
-	st.timer = tm.AfterFunc(cfg.ResumeTimeout, m.expireFn)
+	st.timer = tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
 	m.parkedNow.Add(1)
 	m.parkedBytes.Add(int64(len(st.buf)))
 	var evict []hook.Session
