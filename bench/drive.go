@@ -55,6 +55,11 @@ const (
 	// (RFC 6120 section 7) and initial presence sent (RFC 6121 section
 	// 4.2).
 	StageAuth Stage = "auth"
+	// StageParked is StageAuth, then XEP-0198 stream management enabled
+	// with resumption, then the connection reset (no stream close): the
+	// server keeps the session parked, without a connection, for its
+	// resumption timeout. Drive holds nothing for it.
+	StageParked Stage = "parked"
 )
 
 // stageFunc brings a freshly dialled connection, the i-th of a run, to a
@@ -68,10 +73,11 @@ var stageFuncs = map[Stage]stageFunc{
 	StageStream: openStream,
 	StageTLS:    startTLS,
 	StageAuth:   login,
+	StageParked: park,
 }
 
 // Stages returns the names of the stages Drive knows, in negotiation order.
-func Stages() []Stage { return []Stage{StageTCP, StageStream, StageTLS, StageAuth} }
+func Stages() []Stage { return []Stage{StageTCP, StageStream, StageTLS, StageAuth, StageParked} }
 
 // Options configure Drive. The zero value of each field but Addr and N
 // selects its documented default.
@@ -388,6 +394,34 @@ func login(c net.Conn, o *Options, i int) (net.Conn, error) {
 	}
 	return tc, nil
 }
+
+// park brings a connection to StageAuth, enables stream management with
+// resumption, and resets the connection.
+func park(c net.Conn, o *Options, i int) (net.Conn, error) {
+	tc, err := login(c, o, i)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.WriteString(tc, `<enable xmlns='urn:xmpp:sm:3' resume='true'/>`); err != nil {
+		return nil, err
+	}
+	got, err := readUntil(tc, "<enabled", "<failed")
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Contains(got, []byte("<enabled")) {
+		return nil, fmt.Errorf("%w: enable answered with %s", ErrRefused, clip(got, 200))
+	}
+	abort(tc)
+	return parked{tc}, nil
+}
+
+// parked stands for a connection StageParked has reset: there is nothing
+// left to hold or close.
+type parked struct{ net.Conn }
+
+func (parked) SetDeadline(time.Time) error { return nil }
+func (parked) Close() error                { return nil }
 
 // Authenticate logs in as user with SCRAM-SHA-256 (RFC 7677) on c, a
 // stream whose features the server has just sent (after STARTTLS, for

@@ -1,6 +1,7 @@
 package bench_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"flag"
@@ -12,6 +13,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -109,11 +111,15 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	// the OS before the baseline; the stage itself is measured as an
 	// operator sees it, without returning anything.
 	accounts := 0
-	if stage == bench.StageAuth {
+	queued, _ := strconv.Atoi(os.Getenv(envQueued))
+	switch {
+	case stage == bench.StageParked && queued > 0:
+		accounts = n + 1 // bench<n> sends the queued messages
+	case stage == bench.StageAuth || stage == bench.StageParked:
 		accounts = n
 	}
 	srv := startBenchServer(b, accounts)
-	if k, _ := strconv.Atoi(os.Getenv(envRoster)); stage == bench.StageAuth && k > 0 {
+	if k, _ := strconv.Atoi(os.Getenv(envRoster)); (stage == bench.StageAuth || stage == bench.StageParked) && k > 0 {
 		t0 := time.Now()
 		if err := provisionRosters(srv.store, n, k); err != nil {
 			b.Fatal(err)
@@ -124,7 +130,12 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := warmUp(srv.Server, stage, tlsConf); err != nil {
+	warm := stage
+	if stage == bench.StageParked {
+		// Warmed up logged in, not parked: parked sessions would stay.
+		warm = bench.StageAuth
+	}
+	if err := warmUp(srv.Server, warm, tlsConf); err != nil {
 		b.Fatal(err)
 	}
 	// The client processes, started before the baseline but dialling only
@@ -178,7 +189,12 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	// An authenticated client's last act, its initial presence, is
 	// counted once the server has handled it.
 	atStage := func(st server.StatsSnapshot) bool {
-		if stage == bench.StageAuth {
+		switch stage {
+		case bench.StageParked:
+			// The sessions, none of their connections.
+			// (The sender of the queued messages comes and goes.)
+			return st.Preauth == 0 && st.Modules["sm.parked_now"] == uint64(n) && st.Closed-statsBefore.Closed >= uint64(n)
+		case bench.StageAuth:
 			return st.Sessions == n && st.Preauth == 0 && st.StanzasIn-statsBefore.StanzasIn == uint64(n)
 		}
 		return st.Preauth == n
@@ -187,6 +203,11 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 		b.Fatalf("server holds %+v, want %d connections at stage %s", srv.Stats(), n, stage)
 	}
 	ramp := time.Since(start)
+	if stage == bench.StageParked && queued > 0 {
+		if err := queueMessages(srv.Server, tlsConf, n, queued); err != nil {
+			b.Fatal(err)
+		}
+	}
 
 	time.Sleep(settle)
 	after, err := takeSnapshot()
@@ -198,7 +219,7 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	if !atStage(st) {
 		b.Fatalf("after settling the server holds %+v, want %d connections at stage %s", st, n, stage)
 	}
-	if closed := st.Closed - statsBefore.Closed; closed != 0 {
+	if closed := st.Closed - statsBefore.Closed; closed != 0 && stage != bench.StageParked {
 		b.Fatalf("%d connections closed during the stage (%+v)", closed, st)
 	}
 	if grew := after.goroutines - before.goroutines; grew > goroutineSlack {
@@ -215,6 +236,20 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	b.ReportMetric(heapStack, "heap+stack-B/conn")
 	b.ReportMetric(heapAlloc, "heapalloc-B/conn")
 	b.ReportMetric(float64(n), "conns")
+	if stage == bench.StageParked {
+		// What the parked sessions' queues hold (presence they were sent
+		// before their connection went), part of rss-B/conn.
+		b.ReportMetric(float64(st.Modules["sm.parked_bytes"])/float64(n), "queue-B/conn")
+		// rss-B/conn counts the pages the n logins used and freed that the
+		// runtime has not returned yet; returned, what stays is what the
+		// parked sessions hold.
+		debug.FreeOSMemory()
+		freed, err := takeSnapshot()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(perConn(freed.proc.RSS, before.proc.RSS), "rss-returned-B/conn")
+	}
 	b.ReportMetric(float64(after.goroutines), "goroutines")
 	kernel := ""
 	if before.kernelErr == nil && after.kernelErr == nil {
@@ -239,6 +274,42 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 			b.Error(err)
 		}
 	}
+}
+
+// queueMessages logs in as bench<n> and sends k messages to each of the
+// n parked sessions, then waits until their queues hold them all.
+func queueMessages(srv *server.Server, tc *tls.Config, n, k int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	c, err := bench.Dial(ctx, bench.Options{Addr: srv.Addr().String(), Stage: bench.StageAuth, TLSConfig: tc, FirstUser: n}, 0)
+	if err != nil {
+		return fmt.Errorf("queued messages: %w", err)
+	}
+	defer bench.Abort(c)
+	base := srv.Stats().Modules["sm.parked_bytes"]
+	// 200 bytes once the server has stamped from='bench<n>@localhost/bench'.
+	from := " from='bench" + strconv.Itoa(n) + "@localhost/bench'"
+	var want uint64
+	w := bufio.NewWriterSize(c, 64<<10)
+	for i := range n {
+		head := "<message type='chat' to='bench" + strconv.Itoa(i) + "@localhost/bench' id='q'><body>"
+		tail := "</body></message>"
+		body := strings.Repeat("x", max(200-len(head)-len(tail)-len(from), 1))
+		for range k {
+			msg := head + body + tail
+			want += uint64(len(msg) + len(from))
+			if _, err := w.WriteString(msg); err != nil {
+				return fmt.Errorf("queued messages: %w", err)
+			}
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("queued messages: %w", err)
+	}
+	if !waitFor(readyTimeout, func() bool { return srv.Stats().Modules["sm.parked_bytes"]-base >= want }) {
+		return fmt.Errorf("queued messages: the queues hold %d more bytes, want %d", srv.Stats().Modules["sm.parked_bytes"]-base, want)
+	}
+	return nil
 }
 
 // warmUp brings a few connections to stage and closes them again, then

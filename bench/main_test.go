@@ -37,6 +37,10 @@ const (
 	// with every allocation sampled (which itself costs memory: figures
 	// from a profiled run are not the headline figures).
 	envHeapProfile = "BENCH_HEAPPROFILE"
+	// envQueued gives every session of the parked stage that many
+	// messages (about 200 bytes each, stamped) sent to it once it is
+	// parked, which its stream management queue holds.
+	envQueued = "BENCH_QUEUED"
 )
 
 // clientMaxLife bounds a client process that nobody stops: it normally

@@ -35,6 +35,7 @@ type Config struct {
 	Register Register `koanf:"register"`
 	Admin    Admin    `koanf:"admin"`
 	CSI      CSI      `koanf:"csi"`
+	SM       SM       `koanf:"sm"`
 }
 
 // CSI configures XEP-0352 client state indication: what a session that
@@ -43,6 +44,31 @@ type CSI struct {
 	// MaxBufferBytes caps the bytes of stanzas held per inactive session;
 	// holding one more flushes what is held first. 0 holds nothing.
 	MaxBufferBytes int `koanf:"max_buffer_bytes"`
+}
+
+// SM configures XEP-0198 stream management: the queue of stanzas a client
+// has not acknowledged, and sessions kept after their connection is lost
+// (parked) until the client resumes them.
+type SM struct {
+	// MaxQueueBytes caps the bytes of unacknowledged stanzas per
+	// session; beyond it the stream ends with resource-constraint and the
+	// queue is handled as on expiry (messages stored offline).
+	MaxQueueBytes int `koanf:"max_queue_bytes"`
+	// MaxQueueStanzas caps the unacknowledged stanzas per session, as
+	// MaxQueueBytes does their bytes.
+	MaxQueueStanzas int `koanf:"max_queue_stanzas"`
+	// ResumeTimeout is how long a parked session waits for resumption;
+	// 0 disables resumption (enable's resume is refused).
+	ResumeTimeout time.Duration `koanf:"resume_timeout"`
+	// MaxParkedPerAccount caps the parked sessions of one account; the
+	// oldest is expired first. 0 means no cap.
+	MaxParkedPerAccount int `koanf:"max_parked_per_account"`
+	// MaxParkedTotal caps the parked sessions of the server; the oldest
+	// is expired first. 0 means no cap.
+	MaxParkedTotal int `koanf:"max_parked_total"`
+	// RequestEvery is after how many unacknowledged stanzas the server
+	// asks for an acknowledgement (<r/>); 0 never asks.
+	RequestEvery int `koanf:"request_every"`
 }
 
 // Admin configures the operators' HTTP listener: Prometheus metrics at
@@ -266,6 +292,7 @@ const (
 	DefaultAdminListen       = "127.0.0.1:5280"
 	DefaultLogBuffer         = 256 << 10
 	DefaultLogFlushInterval  = time.Second
+	DefaultResumeTimeout     = 300 * time.Second
 )
 
 // Client state indication: 64 KiB holds a few hundred presence updates
@@ -314,6 +341,8 @@ func Default() Config {
 		IM:       IM{OfflineQuota: DefaultOfflineQuota, MaxRosterItems: 1000, MaxBlocklistItems: 1000, OfflineQuotaBytes: 1 << 20},
 		Register: Register{MaxPerIP: 5, Window: time.Hour},
 		CSI:      CSI{MaxBufferBytes: DefaultCSIBufferBytes},
+		SM: SM{MaxQueueBytes: 256 << 10, MaxQueueStanzas: 500, ResumeTimeout: DefaultResumeTimeout,
+			MaxParkedPerAccount: 5, MaxParkedTotal: 0, RequestEvery: 5},
 	}
 }
 
@@ -447,6 +476,24 @@ func (c *Config) Validate() error {
 	}
 	if c.IM.OfflineQuota < 0 {
 		bad("im.offline_quota", c.IM.OfflineQuota, "must be >= 0")
+	}
+	if c.SM.MaxQueueBytes < 1 {
+		bad("sm.max_queue_bytes", c.SM.MaxQueueBytes, "must be >= 1")
+	}
+	if c.SM.MaxQueueStanzas < 1 {
+		bad("sm.max_queue_stanzas", c.SM.MaxQueueStanzas, "must be >= 1")
+	}
+	if c.SM.ResumeTimeout < 0 {
+		bad("sm.resume_timeout", c.SM.ResumeTimeout, "must be >= 0")
+	}
+	if c.SM.MaxParkedPerAccount < 0 {
+		bad("sm.max_parked_per_account", c.SM.MaxParkedPerAccount, "must be >= 0")
+	}
+	if c.SM.MaxParkedTotal < 0 {
+		bad("sm.max_parked_total", c.SM.MaxParkedTotal, "must be >= 0")
+	}
+	if c.SM.RequestEvery < 0 {
+		bad("sm.request_every", c.SM.RequestEvery, "must be >= 0")
 	}
 	if c.Server.EventLoops < 0 {
 		bad("server.event_loops", c.Server.EventLoops, "must be >= 0")

@@ -25,8 +25,15 @@
 //   - an ordered outbound chain run on everything written to a session
 //     (Registrar.Outbound);
 //   - session lifecycle events, with a veto on closing (Registrar.On);
+//   - every stanza a session sends, before any check (Registrar.Received),
+//     and a probe of an idle session instead of the server's ping
+//     (Registrar.Idle);
 //   - per-session state owned by a module: a flag bit or a slot allocated
 //     at registration (Registrar.Flag, Registrar.Slot).
+//
+// The core's sessions and connections also offer deadlines on a session's
+// loop (Timers) and the takeover of a kept session by a new connection
+// (Resumer), which stream management builds on.
 package hook
 
 import (
@@ -82,6 +89,8 @@ type Registry struct {
 	disco    []string
 	account  []string
 	outbound []OutboundFilter
+	received []func(Session)
+	idle     []func(Session) bool
 	events   [numEvents][]EventHandler
 	flags    int
 	slots    int
@@ -233,6 +242,25 @@ func (g *Registry) Fire(c *Ctx, ev Event) Verdict {
 	return Continue
 }
 
+// Received runs the handlers registered with Registrar.Received for a
+// stanza the session sent.
+func (g *Registry) Received(s Session) {
+	for _, h := range g.received {
+		h(s)
+	}
+}
+
+// Idle asks the handlers registered with Registrar.Idle, in module
+// order, to probe an idle session; it reports whether one did.
+func (g *Registry) Idle(s Session) bool {
+	for _, h := range g.idle {
+		if h(s) {
+			return true
+		}
+	}
+	return false
+}
+
 // HasEvent reports whether any handler is registered for ev.
 func (g *Registry) HasEvent(ev Event) bool { return ev < numEvents && len(g.events[ev]) > 0 }
 
@@ -325,6 +353,32 @@ func (r *Registrar) Outbound(f OutboundFilter) Outbound {
 	}
 	r.g.outbound = append(r.g.outbound, f)
 	return Outbound(len(r.g.outbound))
+}
+
+// Received registers h to see every stanza a bound session sends, before
+// the core checks it further (its addressing, its from): stream
+// management counts what the client sent, refused or not. h runs on the
+// session's loop and must be cheap.
+func (r *Registrar) Received(h func(s Session)) {
+	if h == nil {
+		r.fail("%w: nil received handler", ErrInvalid)
+		return
+	}
+	r.g.received = append(r.g.received, h)
+}
+
+// Idle registers h to probe a session that has been silent for
+// c2s.idle_ping, instead of the server's ping: h writes something the
+// client must answer (stream management's <r/>) and returns true, or
+// returns false to leave the session to the ping. Any input answers; none
+// within c2s.ping_timeout closes the stream with connection-timeout. h
+// runs on the session's loop.
+func (r *Registrar) Idle(h func(s Session) bool) {
+	if h == nil {
+		r.fail("%w: nil idle handler", ErrInvalid)
+		return
+	}
+	r.g.idle = append(r.g.idle, h)
 }
 
 // On registers h for a lifecycle event.

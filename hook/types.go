@@ -352,6 +352,11 @@ type Ctx struct {
 	Stanza *Stanza
 	// Log is the server's logger.
 	Log *zap.Logger
+	// Lost is set for Closing when the connection was lost (the peer
+	// went away without closing its stream, or stopped answering pings)
+	// rather than closed: only such a session is worth keeping for
+	// resumption (XEP-0198). False for every other event.
+	Lost bool
 
 	scratch []byte
 }
@@ -418,5 +423,5 @@ func replyFrom(st *Stanza) string {
 
 // Reset prepares a loop's Ctx for the next event. The core calls it.
 func (c *Ctx) Reset(s Session, conn Conn, st *Stanza) {
-	c.Session, c.Conn, c.Stanza = s, conn, st
+	c.Session, c.Conn, c.Stanza, c.Lost = s, conn, st, false
 }

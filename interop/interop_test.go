@@ -242,7 +242,7 @@ func TestClients(t *testing.T) {
 	gate(t)
 	bin := krillBin(t)
 	users := []string{"gs-starttls-a", "gs-starttls-b", "gs-tls-a", "gs-tls-b", "slix-a", "slix-b",
-		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b"}
+		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b"}
 	srv := startServer(t, bin, freePort(t), freePort(t), users)
 
 	t.Run("go-sendxmpp/starttls", func(t *testing.T) {
@@ -271,6 +271,7 @@ func TestClients(t *testing.T) {
 			t.Fatalf("slixmpp: %v", err)
 		}
 	})
+	t.Run("xmpp.js/sm-resume", func(t *testing.T) { smResume(t, srv) })
 	for _, tc := range []struct{ name, service, user string }{
 		{"xmpp.js/starttls", "xmpp://" + srv.c2s, "xjs"},
 		// Direct TLS checks the certificate against the host in the
@@ -289,6 +290,19 @@ func TestClients(t *testing.T) {
 				t.Fatalf("xmpp.js: %v; want %s", err, want)
 			}
 		})
+	}
+}
+
+// TestClients/xmpp.js/sm-resume is in smResume: xmpp.js's own stream
+// management resumes a session whose socket was destroyed.
+func smResume(t *testing.T, srv *server) {
+	node := lookPath(t, "node")
+	_, err := os.Stat("xmppjs/node_modules/@xmpp/client/package.json")
+	need(t, err == nil, "@xmpp/client is not installed in interop/xmppjs (npm ci --prefix interop/xmppjs)")
+	out, err := runClient(t, []string{"NODE_EXTRA_CA_CERTS=" + srv.cert()}, "xmppjs", node, "sm.mjs",
+		"xmpp://"+srv.c2s, domain, "xjs-sm-a@"+domain, "xjs-sm-b@"+domain, password, "5")
+	if err != nil || !strings.Contains(out, "receiver got each of 5 exactly once, in order") {
+		t.Fatalf("xmpp.js stream management: %v", err)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/presence"
 	"github.com/krill-xmpp/krill/modules/register"
 	"github.com/krill-xmpp/krill/modules/roster"
+	"github.com/krill-xmpp/krill/modules/sm"
 	"github.com/krill-xmpp/krill/modules/vcard"
 	"github.com/krill-xmpp/krill/modules/version"
 	"github.com/krill-xmpp/krill/storage"
@@ -50,6 +51,7 @@ type Options struct {
 // storage see it.
 func Standard(store Store, opt Options) []hook.Module {
 	blk := blocking.New(store)
+	off := &offline.Module{Store: store, Accounts: store, Blocker: blk}
 	return []hook.Module{
 		ping.Module{},
 		disco.Module{},
@@ -61,11 +63,14 @@ func Standard(store Store, opt Options) []hook.Module {
 		&carbons.Module{Blocker: blk},
 		&roster.Module{Store: store, Accounts: store},
 		&presence.Module{Store: store, Blocker: blk},
-		&offline.Module{Store: store, Accounts: store, Blocker: blk},
+		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
 		// Holding before counting: stream management goes after csi, so
 		// that it counts what reaches the client.
 		csi.New(opt.Config.CSI.MaxBufferBytes),
+		// Last: its outbound filter counts what the filters before it
+		// pass on (see package sm).
+		&sm.Module{Offline: off},
 	}
 }
 

@@ -339,21 +339,29 @@ func (s *Server) release(c *conn, why closeReason) {
 	}
 	c.ex = nil
 	c.tr.release(c)
-	if sess := c.sess; sess != nil && sess.conn == c {
-		if sess.bound && s.hooks.HasEvent(hook.Closing) && !s.stopping.Load() {
-			cx := c.loop.sessionCtx(sess)
-			cx.Conn = nil
-			kept := s.hooks.Fire(cx, hook.Closing) == hook.Stop
-			cx.Reset(nil, nil, nil)
-			if kept {
-				// A module keeps the session without its connection
-				// (resumption); it ends it later with Session.Close.
-				sess.conn = nil
-				return
-			}
-		}
-		s.endSession(sess)
+	if sess := c.sess; sess != nil && sess.conn == c && !sess.resuming {
+		s.lose(sess, c.reason == reasonDropped || c.reason == reasonDeadline)
 	}
+}
+
+// lose ends sess, whose connection has gone, unless a module keeps it
+// (the Closing veto). lost tells the modules whether the connection was
+// lost rather than closed (hook.Ctx.Lost).
+func (s *Server) lose(sess *session, lost bool) {
+	if sess.bound && s.hooks.HasEvent(hook.Closing) && !s.stopping.Load() {
+		cx := sess.loop.sessionCtx(sess)
+		cx.Conn = nil
+		cx.Lost = lost
+		kept := s.hooks.Fire(cx, hook.Closing) == hook.Stop
+		cx.Reset(nil, nil, nil)
+		if kept {
+			// A module keeps the session without its connection
+			// (resumption); it ends it later with Session.Close.
+			sess.conn = nil
+			return
+		}
+	}
+	s.endSession(sess)
 }
 
 // closed is gnet's OnClose: the socket is gone (by us or by the peer). It
@@ -440,7 +448,9 @@ func (s *Server) onDeadline(c *conn) {
 		return
 	}
 	c.flags |= flagAwaitPong
-	// A stanza: through the outbound chain, which counts and may hold.
-	sess.send(s.appendPing(c.loop.scratch[:0], sess))
+	if !s.hooks.Idle(sess) {
+		// A stanza: through the outbound chain, which counts and may hold.
+		sess.send(s.appendPing(c.loop.scratch[:0], sess))
+	}
 	c.loop.wheel.Arm(&c.timer, c, now.Add(s.conf().C2S.PingTimeout))
 }

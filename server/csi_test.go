@@ -98,8 +98,9 @@ func TestCSIAdvertised(t *testing.T) {
 	}
 	r.send(`<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` + base64.StdEncoding.EncodeToString(final) + `</response>`)
 	r.expect(t, `<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{*}</success>`)
-	// After the other modules' features (roster versioning, pre-approval).
-	const want = `<csi xmlns='urn:xmpp:csi:0'/></stream:features>`
+	// In module order: roster versioning, pre-approval, csi, then stream
+	// management (registered last).
+	const want = `<ver xmlns='urn:xmpp:features:rosterver'/><sub xmlns='urn:xmpp:features:pre-approval'/><csi xmlns='urn:xmpp:csi:0'/><sm xmlns='urn:xmpp:sm:3'/></stream:features>`
 	if f := r.open(); !strings.HasSuffix(f, want) {
 		t.Fatalf("features after authentication %q, want them to end %q", f, want)
 	}

@@ -121,4 +121,5 @@ func (s *Server) endSession(sess *session) {
 	}
 	s.hooks.Fire(cx, hook.Closed)
 	cx.Reset(nil, nil, nil)
+	sess.stopTimers()
 }

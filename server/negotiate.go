@@ -196,6 +196,12 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 			s.handleBindIQ(c, tag, unit)
 			return
 		}
+		if h := s.hooks.Nonza(hook.PhaseBind, ns, local); h != nil {
+			// Stream management's <resume/>, say: after authentication,
+			// instead of binding.
+			s.nonza(c, h, unit)
+			return
+		}
 		s.fail(c, stream.NotAuthorized.Err, "bind a resource first")
 	case phaseSession:
 		if ns != nsClient {
@@ -563,6 +569,8 @@ func (t sessionTask) Run(context.Context) error {
 			return nil
 		}
 		defer c.loop.srv.contain(c, nil)
+	} else {
+		defer t.sess.loop.srv.containDetached() // a parked session's mailbox
 	}
 	t.fn()
 	return nil

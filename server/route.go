@@ -123,6 +123,7 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 	}
 	s.stats.stanzasIn.Add(1)
 	s.stats.in[kindIndex(unit)].Add(1)
+	s.hooks.Received(sess)
 	if from, ok := tag.AttrString("from"); ok && from != sess.full && from != sess.full[:sess.resOff-1] {
 		if fj, err := jid.Parse(from); err != nil || (fj.String() != sess.full && fj.String() != sess.full[:sess.resOff-1]) {
 			s.fail(c, stream.InvalidFrom.Err, "from does not match the session's address")

@@ -368,7 +368,8 @@ type loop struct {
 	stanza      hook.Stanza // the stanza being dispatched
 	el          gnet.EventLoop
 	wheel       *timerwheel.Wheel[*conn]
-	now         time.Time // wheel time, refreshed every tick
+	swheel      *timerwheel.Wheel[*sessTimer] // deadlines of sessions (hook.Timers), usually empty
+	now         time.Time                     // wheel time, refreshed every tick
 	scratch     []byte
 	plainBuf    []byte // decrypted records, allocated on first TLS read
 	tickPending atomic.Bool
@@ -382,11 +383,14 @@ func newLoop(s *Server, el gnet.EventLoop) *loop {
 	l.ctx = hook.Ctx{Host: s.host, Registry: s.hooks, Log: s.log}
 	l.wheel = timerwheel.New(s.cfg.Server.Tick, s.epoch, s.onDeadline)
 	l.wheel.Advance(now)
+	l.swheel = timerwheel.New(s.cfg.Server.Tick, s.epoch, s.onSessionTimer)
+	l.swheel.Advance(now)
 	l.tickTask = func(context.Context) error {
 		l.tickPending.Store(false)
 		l.now = time.Now()
 		s.metrics.loopLag.Observe(float64(l.now.UnixNano()-l.tickPosted.Load()) / 1e9)
 		l.wheel.Advance(l.now)
+		l.swheel.Advance(l.now)
 		return nil
 	}
 	return l

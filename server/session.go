@@ -27,6 +27,10 @@ type session struct {
 	full   string
 	resOff int // index of the resource in full
 	bound  bool
+	// resuming: a resumption is moving another session's state into
+	// this one (hook.Resumer); the connection's close leaves the session
+	// to the handover.
+	resuming bool
 	// lastActive is an offset from the server's epoch, in loop time:
 	// monotonic, and 8 bytes instead of a time.Time's 24.
 	lastActive time.Duration
@@ -35,6 +39,8 @@ type session struct {
 	// (nil when none). It lives here, not in conn, to keep every
 	// pre-auth connection in a smaller size class.
 	queued *[]asyncJob
+	// timers are the deadlines modules armed (hook.Timers), nil when none.
+	timers *sessTimer
 
 	// Shared: read by other loops when they route to this session.
 	available atomic.Bool  // has sent available presence
@@ -49,6 +55,9 @@ type session struct {
 	gone       bool   // closed: drop further deliveries
 	kick       string // stream error to close with, set by another loop
 	last       []byte // last broadcast presence, stamped; nil when unavailable
+	// next is the session a resumption moved this one's state to: what
+	// is delivered to this one after it has gone is forwarded there.
+	next *session
 }
 
 var _ hook.Session = (*session)(nil)
@@ -141,7 +150,12 @@ func (s *session) deliver(from *loop, b []byte) bool {
 	srv.stats.out[kindIndex(b)].Add(1)
 	s.mu.Lock()
 	if s.gone {
+		next := s.next
 		s.mu.Unlock()
+		if next != nil {
+			srv.stats.out[kindIndex(b)].Add(^uint64(0)) // counted again there
+			return next.deliver(from, b)
+		}
 		return false
 	}
 	if from == s.loop && !s.posted && s.conn != nil {

@@ -14,6 +14,8 @@ type Stats struct {
 	authFailed    atomic.Uint64
 	bound         atomic.Uint64
 	replaced      atomic.Uint64
+	resumed       atomic.Uint64 // sessions taken over by a resumption (hook.Resumer)
+	resumedAcross atomic.Uint64 // of which from another event loop
 	stanzasIn     atomic.Uint64
 	stanzasRouted atomic.Uint64
 	workRejected  atomic.Uint64
@@ -145,6 +147,8 @@ type StatsSnapshot struct {
 	AuthFailed       uint64
 	Bound            uint64 // resources bound
 	Replaced         uint64 // sessions replaced by a bind of the same full JID
+	Resumed          uint64 // sessions taken over by a new connection (stream management)
+	ResumedAcross    uint64 // of which the old session was on another event loop
 	StanzasIn        uint64 // stanzas received from bound sessions
 	StanzasRouted    uint64 // stanzas delivered to local sessions
 	WorkRejected     uint64 // jobs refused because the worker queue was full
@@ -202,6 +206,8 @@ func (s *Stats) snapshot() StatsSnapshot {
 		AuthFailed:      s.authFailed.Load(),
 		Bound:           s.bound.Load(),
 		Replaced:        s.replaced.Load(),
+		Resumed:         s.resumed.Load(),
+		ResumedAcross:   s.resumedAcross.Load(),
 		StanzasIn:       s.stanzasIn.Load(),
 		StanzasRouted:   s.stanzasRouted.Load(),
 		WorkRejected:    s.workRejected.Load(),

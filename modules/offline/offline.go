@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"mellium.im/xmpp/jid"
 
+	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/stanza"
@@ -161,6 +162,27 @@ func (m *Module) store(ctx context.Context, user, from string, b []byte, maxMess
 		}
 	}
 	return m.Store.StoreOfflineWithin(ctx, user, b, maxMessages, maxBytes)
+}
+
+// Keep stores b, a stamped message to user that a session took but its
+// client never acknowledged (stream management's queue when the session
+// ends), under the checks and quotas of an undelivered message: it is
+// dropped when not worth storing (a chat state, say) or refused. It runs
+// on a worker: ctx bounds the storage calls.
+func (m *Module) Keep(ctx context.Context, cfg *config.Config, user string, b []byte) error {
+	if !worthy(b) || cfg.IM.OfflineQuota <= 0 {
+		return nil
+	}
+	tag, err := stanza.ParseStartTag(b)
+	if err != nil {
+		return fmt.Errorf("offline: %w", err)
+	}
+	from, _ := tag.AttrString("from")
+	if err := m.store(ctx, user, from, b, cfg.IM.OfflineQuota, int64(cfg.IM.OfflineQuotaBytes)); err != nil {
+		return err
+	}
+	m.stored.Add(1)
+	return nil
 }
 
 // available delivers the account's stored messages to a session that has

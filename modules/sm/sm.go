@@ -1,0 +1,563 @@
+// Package sm implements XEP-0198 stream management (urn:xmpp:sm:3): acks
+// both ways, the queue of stanzas the client has not acknowledged, and
+// sessions kept after their connection is lost (parked) until the client
+// resumes them on a new connection, on any event loop.
+//
+// The module's outbound filter must be the last of the chain: filters
+// before it (client state indication) may hold or drop stanzas, and what
+// stream management counts is what it passes to the connection. Its state
+// lives in a session slot, allocated only for sessions that enable it.
+//
+// A parked session keeps its JID, counters, token, presence and queue;
+// its connection, TLS state, framer and buffers are gone (the core
+// releases them). Its deadline is a timer in its loop's wheel. On expiry,
+// on overflow or when the session ends otherwise with stanzas
+// unacknowledged, the queue's messages go to offline storage, its iq
+// requests are answered with an error, its presence is dropped.
+package sm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/hook"
+	"github.com/krill-xmpp/krill/stanza"
+)
+
+// NS is the XEP-0198 namespace.
+const NS = "urn:xmpp:sm:3"
+
+const nsStanzas = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+// Keeper stores a message the client never acknowledged for later
+// delivery; the offline module implements it.
+type Keeper interface {
+	Keep(ctx context.Context, cfg *config.Config, user string, b []byte) error
+}
+
+// Module is stream management. Offline may be nil (unacknowledged
+// messages of an ended session are then dropped, counted). Use it by
+// pointer.
+type Module struct {
+	Offline Keeper
+
+	slot hook.Slot
+	out  hook.Outbound
+	// host is set by the first <enable/>: the outbound filter, which
+	// gets no Ctx, reads the live configuration through it.
+	host atomic.Pointer[hostRef]
+
+	mu        sync.Mutex
+	tokens    map[string]*entry   // resumable sessions by token
+	byAccount map[string][]*entry // parked sessions of an account, oldest first
+	order     []*entry            // parked sessions, oldest first (lazily pruned)
+	parked    int
+
+	parkedNow, parkedBytes                                                 atomic.Int64
+	resumed, resumeFailed, overflows, expired, evicted, closedParked, lost atomic.Uint64
+	parks                                                                  atomic.Uint64
+	// expireFn is expire as a func value made once, not per park.
+	expireFn func(*hook.Ctx)
+}
+
+// entry is a resumable session in the module's table. Its fields are
+// guarded by Module.mu.
+type entry struct {
+	token  string
+	local  string
+	sess   hook.Session
+	parked bool
+}
+
+// state is a session's stream management state, in its slot.
+type state struct {
+	in    uint32 // stanzas handled from the client (h sent in <a/>)
+	acked uint32 // the client's last h: stanzas sent before the queue
+	buf   []byte // unacknowledged stanzas, wire form, in order
+	ents  []ent  // one per queued stanza
+	unreq uint32 // stanzas sent since the last <r/>
+	// timeout is how long the session is kept when parked, in seconds:
+	// sm.resume_timeout, or less if the client asked for less.
+	timeout uint32
+	e       *entry // nil when not resumable
+	timer   hook.Timer
+	// parked: no connection; overflow: the queue overflowed and the
+	// session is ending.
+	parked, overflow bool
+}
+
+type hostRef struct{ h hook.Host }
+
+// ent is one queued stanza: its length in buf and when it was queued
+// (Unix seconds), for the delay stamp of a resend.
+type ent struct{ n, at uint32 }
+
+// Name implements hook.Module.
+func (*Module) Name() string { return "sm" }
+
+// Register implements hook.Module.
+func (m *Module) Register(r *hook.Registrar) error {
+	m.expireFn = m.expire
+	m.tokens = make(map[string]*entry)
+	m.byAccount = make(map[string][]*entry)
+	m.slot = r.Slot()
+	m.out = r.Outbound(m.filter)
+	feature := func(b []byte) []byte { return append(b, `<sm xmlns='`+NS+`'/>`...) }
+	r.StreamFeature(hook.PhaseBind, true, feature)
+	r.StreamFeature(hook.PhaseBind, false, feature)
+	r.Nonza(hook.PhaseBound, NS, "enable", m.enable)
+	r.Nonza(hook.PhaseBound, NS, "r", m.request)
+	r.Nonza(hook.PhaseBound, NS, "a", m.ack)
+	r.Nonza(hook.PhaseBind, NS, "resume", m.resume)
+	r.Nonza(hook.PhaseBind, NS, "enable", func(c *hook.Ctx, _ []byte) error {
+		c.Conn.WriteNonza([]byte(`<failed xmlns='` + NS + `'><unexpected-request xmlns='` + nsStanzas + `'/></failed>`))
+		return nil
+	})
+	r.Received(func(s hook.Session) {
+		if st, _ := s.Slot(m.slot).(*state); st != nil {
+			st.in++ // wraps at 2^32, as XEP-0198 4 says
+		}
+	})
+	// An idle session is asked for an ack instead of pinged: the answer
+	// proves it alive and trims its queue.
+	r.Idle(func(s hook.Session) bool {
+		if m.get(s) == nil {
+			return false
+		}
+		s.Pass(m.out, []byte(`<r xmlns='`+NS+`'/>`))
+		return true
+	})
+	r.On(hook.Closing, m.closing)
+	r.On(hook.Closed, m.closed)
+	return nil
+}
+
+func (m *Module) get(s hook.Session) *state {
+	st, _ := s.Slot(m.slot).(*state)
+	return st
+}
+
+func failed(cond string) []byte {
+	return []byte(`<failed xmlns='` + NS + `'><` + cond + ` xmlns='` + nsStanzas + `'/></failed>`)
+}
+
+// enable answers <enable/> (XEP-0198 3).
+func (m *Module) enable(c *hook.Ctx, elem []byte) error {
+	if m.get(c.Session) != nil {
+		c.Conn.WriteNonza(failed("unexpected-request"))
+		return nil
+	}
+	if m.host.Load() == nil {
+		m.host.Store(&hostRef{c.Host})
+	}
+	st := &state{}
+	c.Session.SetSlot(m.slot, st)
+	tag, _ := stanza.ParseStartTag(elem)
+	resume, _ := tag.AttrString("resume")
+	cfg := c.Host.Config().SM
+	b := append(c.Scratch(), `<enabled xmlns='`+NS+`'`...)
+	if (resume == "true" || resume == "1") && cfg.ResumeTimeout > 0 {
+		var raw [18]byte
+		_, _ = rand.Read(raw[:])
+		e := &entry{token: base64.RawURLEncoding.EncodeToString(raw[:]), local: c.Session.Local(), sess: c.Session}
+		m.mu.Lock()
+		m.tokens[e.token] = e
+		m.mu.Unlock()
+		st.e = e
+		st.timeout = uint32(min(max(cfg.ResumeTimeout/time.Second, 1), 1<<32-1))
+		// The client's preferred maximum (XEP-0198 3), when lower.
+		if v, ok := tag.AttrString("max"); ok {
+			if want, err := strconv.ParseUint(v, 10, 32); err == nil && want > 0 && uint32(want) < st.timeout {
+				st.timeout = uint32(want)
+			}
+		}
+		b = append(b, ` id='`+e.token+`' resume='true' max='`...)
+		b = strconv.AppendUint(b, uint64(st.timeout), 10)
+		b = append(b, '\'')
+	}
+	c.Conn.WriteNonza(append(b, `/>`...))
+	return nil
+}
+
+// request answers <r/> with the inbound count.
+func (m *Module) request(c *hook.Ctx, _ []byte) error {
+	st := m.get(c.Session)
+	if st == nil {
+		c.Conn.WriteNonza(failed("unexpected-request"))
+		return nil
+	}
+	b := append(c.Scratch(), `<a xmlns='`+NS+`' h='`...)
+	b = strconv.AppendUint(b, uint64(st.in), 10)
+	c.Conn.WriteNonza(append(b, `'/>`...))
+	return nil
+}
+
+// ack takes the client's <a h/>: the queue loses what it acknowledges.
+func (m *Module) ack(c *hook.Ctx, elem []byte) error {
+	st := m.get(c.Session)
+	if st == nil {
+		c.Conn.WriteNonza(failed("unexpected-request"))
+		return nil
+	}
+	h, ok := attrH(elem)
+	if !ok {
+		c.Conn.Fail("bad-request", "the h of an ack must be an unsigned 32-bit number")
+		return nil
+	}
+	if !st.trim(h) {
+		c.Conn.Fail("undefined-condition", "acknowledged more stanzas than were sent")
+	}
+	return nil
+}
+
+func attrH(elem []byte) (uint32, bool) {
+	tag, err := stanza.ParseStartTag(elem)
+	if err != nil {
+		return 0, false
+	}
+	v, _ := tag.AttrString("h")
+	h, err := strconv.ParseUint(v, 10, 32)
+	return uint32(h), err == nil
+}
+
+// trim drops the stanzas up to h from the queue; false when h
+// acknowledges stanzas never sent. Counters wrap at 2^32.
+func (st *state) trim(h uint32) bool {
+	n := h - st.acked
+	if uint64(n) > uint64(len(st.ents)) {
+		return false
+	}
+	k := 0
+	for _, e := range st.ents[:n] {
+		k += int(e.n)
+	}
+	st.buf = st.buf[:copy(st.buf, st.buf[k:])]
+	st.ents = st.ents[:copy(st.ents, st.ents[n:])]
+	st.acked = h
+	return true
+}
+
+// filter counts and queues what is written to the session, and writes
+// it, followed by <r/> every sm.request_every stanzas; a parked session's
+// stanzas are only queued.
+func (m *Module) filter(s hook.Session, b []byte) ([]byte, hook.Verdict) {
+	st := m.get(s)
+	if st == nil {
+		return b, hook.Continue
+	}
+	if st.parked {
+		// A parked queue grows for minutes and is kept: tightly (append
+		// would double it), at an amortised cost of copying each byte
+		// about eight times.
+		st.buf = growTight(st.buf, len(b))
+		st.ents = growTight(st.ents, 1)
+		m.parkedBytes.Add(int64(len(b)))
+	}
+	st.buf = append(st.buf, b...)
+	st.ents = append(st.ents, ent{n: uint32(len(b)), at: uint32(time.Now().Unix())})
+	var cfg config.SM
+	if !st.overflow {
+		cfg = m.host.Load().h.Config().SM
+		if len(st.ents) > cfg.MaxQueueStanzas || len(st.buf) > cfg.MaxQueueBytes {
+			// Ended like an expiry: the queue's messages are kept.
+			st.overflow = true
+			m.overflows.Add(1)
+			s.Close("resource-constraint", "too many unacknowledged stanzas")
+		}
+	}
+	if st.parked || st.overflow {
+		return nil, hook.Stop
+	}
+	s.Pass(m.out, b)
+	st.unreq++
+	if cfg.RequestEvery > 0 && st.unreq >= uint32(cfg.RequestEvery) {
+		st.unreq = 0
+		s.Pass(m.out, []byte(`<r xmlns='`+NS+`'/>`))
+	}
+	return nil, hook.Stop
+}
+
+// growTight returns s with room for k more elements, reallocated with an
+// eighth to spare when it has not.
+func growTight[T any](s []T, k int) []T {
+	need := len(s) + k
+	if need <= cap(s) {
+		return s
+	}
+	out := make([]T, len(s), need+need/8)
+	copy(out, s)
+	return out
+}
+
+// closing parks a resumable session whose connection was lost.
+func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
+	st := m.get(c.Session)
+	if st == nil || st.e == nil || !c.Lost || st.overflow {
+		return hook.Continue
+	}
+	tm, ok := c.Session.(hook.Timers)
+	if !ok {
+		return hook.Continue
+	}
+	cfg := c.Host.Config().SM
+	if st.parked {
+		// Parked already: a resumption's new connection went while the
+		// state travelled to it. The entry now names the session that
+		// holds the state; the old session's timer was cancelled at the
+		// handover.
+		m.mu.Lock()
+		st.e.sess = c.Session
+		m.mu.Unlock()
+		st.timer = tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
+		m.parks.Add(1)
+		return hook.Stop
+	}
+	st.parked = true
+	st.unreq = 0
+	if cap(st.buf) > 2*len(st.buf)+64 {
+		st.buf = slices.Clip(slices.Clone(st.buf)) // compact while parked
+	}
+	st.ents = slices.Clip(st.ents)
+	st.timer = tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
+	m.parkedNow.Add(1)
+	m.parkedBytes.Add(int64(len(st.buf)))
+	var evict []hook.Session
+	m.mu.Lock()
+	e := st.e
+	e.sess = c.Session
+	e.parked = true
+	m.parked++
+	m.byAccount[e.local] = append(m.byAccount[e.local], e)
+	m.order = append(m.order, e)
+	if lst := m.byAccount[e.local]; cfg.MaxParkedPerAccount > 0 && len(lst) > cfg.MaxParkedPerAccount {
+		old := lst[0]
+		m.unparkLocked(old)
+		evict = append(evict, old.sess)
+	}
+	for cfg.MaxParkedTotal > 0 && m.parked > cfg.MaxParkedTotal && len(m.order) > 0 {
+		old := m.order[0]
+		m.order = m.order[1:]
+		if old.parked {
+			m.unparkLocked(old)
+			evict = append(evict, old.sess)
+		}
+	}
+	m.mu.Unlock()
+	for _, s := range evict {
+		m.evicted.Add(1)
+		s.Close("connection-timeout", "")
+	}
+	m.parks.Add(1)
+	return hook.Stop
+}
+
+// unparkLocked removes e from the parked lists (not from the tokens).
+func (m *Module) unparkLocked(e *entry) {
+	if !e.parked {
+		return
+	}
+	e.parked = false
+	m.parked--
+	lst := m.byAccount[e.local]
+	if i := slices.Index(lst, e); i >= 0 {
+		lst = slices.Delete(lst, i, i+1)
+	}
+	if len(lst) == 0 {
+		delete(m.byAccount, e.local)
+	} else {
+		m.byAccount[e.local] = lst
+	}
+	if len(m.order) > 64 && m.parked < len(m.order)/2 {
+		m.order = slices.DeleteFunc(m.order, func(o *entry) bool { return !o.parked })
+	}
+}
+
+// expire ends a parked session whose client did not come back.
+func (m *Module) expire(c *hook.Ctx) {
+	m.expired.Add(1)
+	c.Session.Close("connection-timeout", "")
+}
+
+// resume answers <resume previd h/> after authentication: the parked (or
+// still connected) session is taken over by this connection.
+func (m *Module) resume(c *hook.Ctx, elem []byte) error {
+	tag, _ := stanza.ParseStartTag(elem)
+	previd, _ := tag.AttrString("previd")
+	h, hok := attrH(elem)
+	m.mu.Lock()
+	e := m.tokens[previd]
+	var old hook.Session
+	if e != nil && e.local == c.Session.Local() {
+		old = e.sess
+	}
+	m.mu.Unlock()
+	r, ok := c.Conn.(hook.Resumer)
+	if old == nil || !ok || !hok {
+		m.resumeFailed.Add(1)
+		c.Conn.WriteNonza(failed("item-not-found"))
+		return nil
+	}
+	r.Resume(old, func(c *hook.Ctx, ok bool) {
+		st := m.get(c.Session)
+		if !ok || st == nil {
+			m.resumeFailed.Add(1)
+			c.Conn.WriteNonza(failed("item-not-found"))
+			return
+		}
+		m.mu.Lock()
+		if st.parked {
+			m.unparkLocked(st.e)
+		}
+		st.e.sess = c.Session
+		m.mu.Unlock()
+		if st.parked {
+			m.parkedNow.Add(-1)
+			m.parkedBytes.Add(-int64(len(st.buf)))
+		}
+		st.parked, st.timer = false, nil // the core cancelled the old session's timer
+		if !st.trim(h) {
+			c.Conn.Fail("undefined-condition", "acknowledged more stanzas than were sent")
+			return
+		}
+		m.resumed.Add(1)
+		b := append(c.Scratch(), `<resumed xmlns='`+NS+`' previd='`+st.e.token+`' h='`...)
+		b = strconv.AppendUint(b, uint64(st.in), 10)
+		c.Conn.WriteNonza(append(b, `'/>`...))
+		domain := c.Host.Domain()
+		off := 0
+		for _, q := range st.ents {
+			raw := st.buf[off : off+int(q.n)]
+			off += int(q.n)
+			c.Session.Pass(m.out, withDelay(raw, domain, time.Unix(int64(q.at), 0)))
+		}
+		if len(st.ents) > 0 {
+			c.Session.Pass(m.out, []byte(`<r xmlns='`+NS+`'/>`))
+		}
+	})
+	return nil
+}
+
+// closed handles what the client never acknowledged when the session
+// ends: messages to offline storage, iq requests answered with an error,
+// the rest dropped.
+func (m *Module) closed(c *hook.Ctx, _ hook.Event) hook.Verdict {
+	st := m.get(c.Session)
+	if st == nil {
+		return hook.Continue
+	}
+	c.Session.SetSlot(m.slot, nil)
+	if st.timer != nil {
+		st.timer.Stop()
+	}
+	if st.e != nil {
+		m.mu.Lock()
+		m.unparkLocked(st.e)
+		if m.tokens[st.e.token] == st.e && st.e.sess == c.Session {
+			delete(m.tokens, st.e.token)
+		}
+		m.mu.Unlock()
+	}
+	if st.parked {
+		m.closedParked.Add(1)
+		m.parkedNow.Add(-1)
+		m.parkedBytes.Add(-int64(len(st.buf)))
+	}
+	if len(st.ents) == 0 {
+		return hook.Continue
+	}
+	buf, ents := st.buf, st.ents
+	host, user, full := c.Host, c.Session.Local(), c.Session.Full()
+	log := c.Log
+	job := func(ctx context.Context) {
+		off := 0
+		for _, q := range ents {
+			raw := buf[off : off+int(q.n)]
+			off += int(q.n)
+			m.dispose(ctx, host, log, user, full, raw)
+		}
+	}
+	if !host.Go(job) {
+		m.lost.Add(uint64(len(ents)))
+		log.Warn("stream management queue dropped: worker pool full", zap.String("jid", full), zap.Int("stanzas", len(ents)))
+	}
+	return hook.Continue
+}
+
+// dispose handles one unacknowledged stanza of an ended session. Runs
+// on a worker.
+func (m *Module) dispose(ctx context.Context, host hook.Host, log *zap.Logger, user, full string, raw []byte) {
+	tag, err := stanza.ParseStartTag(raw)
+	if err != nil {
+		return
+	}
+	kind, _ := hook.KindOf(tag.Local())
+	typ, _ := tag.AttrString("type")
+	from, _ := tag.AttrString("from")
+	switch kind {
+	case hook.Message:
+		if m.Offline == nil {
+			m.lost.Add(1)
+			return
+		}
+		if err := m.Offline.Keep(ctx, host.Config(), user, raw); err != nil {
+			m.lost.Add(1)
+			log.Debug("unacknowledged message not stored", zap.String("jid", full), zap.Error(err))
+		}
+	case hook.IQ:
+		if (typ != "get" && typ != "set") || from == "" {
+			return
+		}
+		id, _ := tag.AttrString("id")
+		host.Deliver(from, stanza.AppendError(nil, "iq", id, full, from, "cancel", "service-unavailable", ""))
+	}
+}
+
+// withDelay returns a copy of b with an XEP-0203 delay element saying
+// when the server first sent it; iq stanzas are copied unchanged.
+func withDelay(b []byte, from string, at time.Time) []byte {
+	tag, err := stanza.ParseStartTag(b)
+	if err != nil || string(tag.Local()) == "iq" {
+		return slices.Clone(b)
+	}
+	delay := []byte(`<delay xmlns='urn:xmpp:delay' from='`)
+	delay = stanza.AppendEscaped(delay, from)
+	delay = append(delay, `' stamp='`...)
+	delay = at.UTC().AppendFormat(delay, "2006-01-02T15:04:05Z")
+	delay = append(delay, `'/>`...)
+	if tag.SelfClosing() {
+		out := append([]byte(nil), b[:tag.Len()-2]...)
+		out = append(out, '>')
+		out = append(out, delay...)
+		out = append(out, `</`...)
+		out = append(out, tag.Local()...)
+		return append(out, '>')
+	}
+	end := bytes.LastIndexByte(b, '<')
+	out := append([]byte(nil), b[:end]...)
+	out = append(out, delay...)
+	return append(out, b[end:]...)
+}
+
+// Counters implements hook.Counter.
+func (m *Module) Counters(fn func(event string, n uint64)) {
+	fn("parked_now", uint64(max(m.parkedNow.Load(), 0)))
+	fn("parks", m.parks.Load())
+	fn("parked_bytes", uint64(max(m.parkedBytes.Load(), 0)))
+	fn("resumed", m.resumed.Load())
+	fn("resume_failed", m.resumeFailed.Load())
+	fn("overflows", m.overflows.Load())
+	fn("expired", m.expired.Load())
+	fn("evicted", m.evicted.Load())
+	fn("closed_parked", m.closedParked.Load())
+	fn("unacked_lost", m.lost.Load())
+}
