@@ -139,7 +139,7 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 			zap.String("cert", certs.certFile))
 	}
 	s.certs = certs
-	s.tlsStartTLS, s.tlsDirect = tlsConfigs(certs)
+	s.tlsStartTLS, s.tlsDirect = tlsConfigs(certs, cfg.TLS.Lean)
 	s.host = host{s}
 	s.featuresPlain = s.buildFeatures(false)
 	s.featuresTLS = s.buildFeatures(true)

@@ -34,6 +34,11 @@ type Stats struct {
 
 	// authFailed split by whether a credential was checked.
 	authFailedCredential, authFailedExchange atomic.Uint64
+
+	// Handshakes that ended on the lean record layer and on the stock one
+	// (tls.lean off, TLS 1.2, FIPS mode), and connections the lean layer
+	// closed for a bad record or a client's fatal alert.
+	tlsLean, tlsStock, tlsRecordErrors atomic.Uint64
 }
 
 // closeReason is why a connection closed. Every connection gets exactly
