@@ -309,7 +309,7 @@ func Default() Config {
 			IPv6Prefix:         DefaultIPv6Prefix,
 		},
 		TLS: TLS{MaxHandshakes: DefaultMaxHandshakes, MaxHandshakeQueue: DefaultMaxHandshakeQueue,
-			HandshakeTimeout: DefaultHandshakeTimeout},
+			HandshakeTimeout: DefaultHandshakeTimeout, Lean: true},
 		Log: Log{Level: "info", Format: "console", Sampling: true, Buffer: DefaultLogBuffer,
 			FlushInterval: DefaultLogFlushInterval},
 		Server: Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick,

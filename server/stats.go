@@ -188,6 +188,11 @@ type StatsSnapshot struct {
 	// (the ones that matter for password guessing), and exchanges that
 	// failed before any credential was checked.
 	AuthFailedCredential, AuthFailedExchange uint64
+
+	// TLSLean and TLSStock count finished handshakes by the record layer
+	// that carries the session; TLSRecordErrors the connections the lean
+	// layer closed for a bad record or the client's fatal alert.
+	TLSLean, TLSStock, TLSRecordErrors uint64
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
@@ -230,5 +235,8 @@ func (s *Stats) snapshot() StatsSnapshot {
 
 		AuthFailedCredential: s.authFailedCredential.Load(),
 		AuthFailedExchange:   s.authFailedExchange.Load(),
+		TLSLean:              s.tlsLean.Load(),
+		TLSStock:             s.tlsStock.Load(),
+		TLSRecordErrors:      s.tlsRecordErrors.Load(),
 	}
 }

@@ -168,6 +168,47 @@ func (d *tls13Dir) nonce(n *[12]byte) {
 	}
 }
 
+// open decrypts the record with header hdr and protected body body (RFC
+// 8446 5.2), appending its content to dst without the content type and
+// padding, which it returns as typ. nonce is scratch. On error dst is
+// returned unchanged.
+func (d *tls13Dir) open(dst, hdr, body []byte, nonce *[12]byte) ([]byte, byte, *recordError) {
+	start := len(dst)
+	d.nonce(nonce)
+	out, err := d.aead.Open(dst, nonce[:], body, hdr)
+	if err != nil {
+		return dst, 0, &recordError{alert: alertBadRecordMAC, what: "record failed authentication"}
+	}
+	d.seq++
+	// Strip the zero padding; the last non-zero byte is the type.
+	i := len(out) - 1
+	for i >= start && out[i] == 0 {
+		i--
+	}
+	if i < start {
+		return dst, 0, &recordError{alert: alertUnexpectedMessage, what: "record without a content type"}
+	}
+	if i-start > maxPlaintext {
+		return dst, 0, &recordError{alert: alertRecordOverflow, what: "plaintext too long"}
+	}
+	return out[:i], out[i], nil
+}
+
+// seal protects p (at most maxPlaintext bytes) of content type typ into
+// one record, without padding, built in buf, which must hold
+// 5+len(p)+1+aeadOverhead bytes; it returns the record. nonce is scratch.
+func (d *tls13Dir) seal(buf []byte, typ byte, p []byte, nonce *[12]byte) []byte {
+	rec := buf[:5]
+	rec[0], rec[1], rec[2] = recordApplicationData, 3, 3
+	binary.BigEndian.PutUint16(rec[3:], uint16(len(p)+1+aeadOverhead))
+	rec = append(rec, p...)
+	rec = append(rec, typ)
+	d.nonce(nonce)
+	out := d.aead.Seal(rec[:5], nonce[:], rec[5:], buf[:5])
+	d.seq++
+	return out
+}
+
 // wipe forgets the direction's keys.
 func (d *tls13Dir) wipe() {
 	clear(d.secret[:])
@@ -315,16 +356,7 @@ func (l *leanTLS) seal(c *conn, typ byte, p []byte) {
 		l.closed = true
 		return
 	}
-	buf := c.loop.tlsScratch()
-	rec := buf[:5]
-	rec[0], rec[1], rec[2] = recordApplicationData, 3, 3
-	binary.BigEndian.PutUint16(rec[3:], uint16(len(p)+1+aeadOverhead))
-	rec = append(rec, p...)
-	rec = append(rec, typ)
-	l.wr.nonce(&l.nonce)
-	out := l.wr.aead.Seal(rec[:5], l.nonce[:], rec[5:], buf[:5])
-	_, _ = c.gc.Write(out)
-	l.wr.seq++
+	_, _ = c.gc.Write(l.wr.seal(c.loop.tlsScratch(), typ, p, &l.nonce))
 	if l.wr.seq >= keyUpdateAfter && typ == recordApplicationData {
 		l.sendKeyUpdate(c, false)
 	}
@@ -438,31 +470,16 @@ func (l *leanTLS) open(c *conn, buf []byte) (off int, rerr *recordError, eof boo
 			return off, &recordError{alert: alertCloseNotify, what: "sequence numbers exhausted"}, false
 		}
 		start := len(l.plain)
-		l.rd.nonce(&l.nonce)
-		out, err := l.rd.aead.Open(l.plain, l.nonce[:], buf[off+5:off+5+n], hdr)
-		if err != nil {
-			return off, &recordError{alert: alertBadRecordMAC, what: "record failed authentication"}, false
+		out, typ, rerr := l.rd.open(l.plain, hdr, buf[off+5:off+5+n], &l.nonce)
+		if rerr != nil {
+			return off, rerr, false
 		}
-		l.rd.seq++
 		off += 5 + n
-		// Strip the zero padding; the last non-zero byte is the type.
-		i := len(out) - 1
-		for i >= start && out[i] == 0 {
-			i--
-		}
-		if i < start {
-			l.plain = out[:start]
-			return off, &recordError{alert: alertUnexpectedMessage, what: "record without a content type"}, false
-		}
-		typ, body := out[i], out[start:i]
-		if len(body) > maxPlaintext {
-			l.plain = out[:start]
-			return off, &recordError{alert: alertRecordOverflow, what: "plaintext too long"}, false
-		}
 		if typ == recordApplicationData {
-			l.plain = out[:i]
+			l.plain = out
 			continue
 		}
+		body := out[start:]
 		l.plain = out[:start]
 		switch typ {
 		case recordAlert:
