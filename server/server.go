@@ -371,6 +371,7 @@ type loop struct {
 	now         time.Time // wheel time, refreshed every tick
 	scratch     []byte
 	plainBuf    []byte // decrypted records, allocated on first TLS read
+	hot         leanHot
 	tickPending atomic.Bool
 	tickPosted  atomic.Int64 // when the pending tick was posted, Unix ns
 	tickTask    gnet.RunnableFunc
@@ -387,6 +388,9 @@ func newLoop(s *Server, el gnet.EventLoop) *loop {
 		l.now = time.Now()
 		s.metrics.loopLag.Observe(float64(l.now.UnixNano()-l.tickPosted.Load()) / 1e9)
 		l.wheel.Advance(l.now)
+		if n := l.hot.sweep(l.now.UnixNano(), s.conf().TLS.IdleRelease); n > 0 {
+			s.stats.tlsCooled.Add(uint64(n))
+		}
 		return nil
 	}
 	return l

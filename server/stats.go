@@ -39,6 +39,9 @@ type Stats struct {
 	// (tls.lean off, TLS 1.2, FIPS mode), and connections the lean layer
 	// closed for a bad record or a client's fatal alert.
 	tlsLean, tlsStock, tlsRecordErrors atomic.Uint64
+	// Lean sessions whose AEADs were dropped after tls.idle_release, and
+	// directions expanded again by a record after that.
+	tlsCooled, tlsRewarmed atomic.Uint64
 }
 
 // closeReason is why a connection closed. Every connection gets exactly
@@ -193,6 +196,9 @@ type StatsSnapshot struct {
 	// that carries the session; TLSRecordErrors the connections the lean
 	// layer closed for a bad record or the client's fatal alert.
 	TLSLean, TLSStock, TLSRecordErrors uint64
+	// TLSCooled counts lean sessions whose AEADs were dropped after
+	// tls.idle_release; TLSRewarmed the directions expanded again.
+	TLSCooled, TLSRewarmed uint64
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
@@ -238,5 +244,7 @@ func (s *Stats) snapshot() StatsSnapshot {
 		TLSLean:              s.tlsLean.Load(),
 		TLSStock:             s.tlsStock.Load(),
 		TLSRecordErrors:      s.tlsRecordErrors.Load(),
+		TLSCooled:            s.tlsCooled.Load(),
+		TLSRewarmed:          s.tlsRewarmed.Load(),
 	}
 }

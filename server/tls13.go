@@ -146,6 +146,24 @@ func (d *tls13Dir) setSecret(su *tls13Suite, sec []byte) error {
 	return nil
 }
 
+// expand makes the AEAD from the traffic secret again if it was dropped
+// (leanHot); the IV and sequence number were kept.
+func (d *tls13Dir) expand(su *tls13Suite) error {
+	if d.aead != nil {
+		return nil
+	}
+	key, err := hkdfExpandLabel(su.hash, d.secret[:su.size], "key", nil, su.keyLen)
+	if err != nil {
+		return fmt.Errorf("server: tls 1.3 key: %w", err)
+	}
+	d.aead, err = su.aead(key)
+	clear(key)
+	if err != nil {
+		return fmt.Errorf("server: tls 1.3 aead: %w", err)
+	}
+	return nil
+}
+
 // update moves to the next traffic secret (RFC 8446 7.2, KeyUpdate).
 func (d *tls13Dir) update(su *tls13Suite) error {
 	next, err := hkdfExpandLabel(su.hash, d.secret[:su.size], "traffic upd", nil, su.size)
@@ -292,14 +310,19 @@ type leanBinding struct {
 }
 
 // leanTLS is the transport of a TLS 1.3 connection after the handshake.
+// Its AEADs are expanded while it is in use ("hot") and dropped after
+// tls.idle_release of silence (leanHot), to be expanded again from the
+// traffic secrets by the next record.
 type leanTLS struct {
-	rd, wr  tls13Dir
-	plain   []byte       // decrypted input the framer has not consumed
-	pending []byte       // ciphertext read by the handshake pipe but not by crypto/tls
-	cb      *leanBinding // nil once released
-	suite   *tls13Suite
-	nonce   [12]byte // scratch: a stack array would escape through cipher.AEAD
-	closed  bool     // we sent close_notify or a fatal alert: seal nothing more
+	rd, wr     tls13Dir
+	prev, next *leanTLS     // in the loop's hot list
+	used       int64        // loop time of the last record, Unix ns
+	plain      []byte       // decrypted input the framer has not consumed
+	pending    []byte       // ciphertext read by the handshake pipe but not by crypto/tls
+	cb         *leanBinding // nil once released
+	suite      *tls13Suite
+	nonce      [12]byte // scratch: a stack array would escape through cipher.AEAD
+	closed     bool     // we sent close_notify or a fatal alert: seal nothing more
 }
 
 var _ transport = (*leanTLS)(nil)
@@ -333,7 +356,8 @@ func (l *leanTLS) shut(c *conn) {
 }
 
 // release forgets keys and buffers.
-func (l *leanTLS) release(*conn) {
+func (l *leanTLS) release(c *conn) {
+	c.loop.hot.remove(l)
 	l.closed = true
 	l.rd.wipe()
 	l.wr.wipe()
@@ -342,17 +366,23 @@ func (l *leanTLS) release(*conn) {
 
 // write seals b into records of at most maxPlaintext bytes.
 func (l *leanTLS) write(c *conn, b []byte) {
+	if l.wr.aead == nil && len(b) > 0 && !l.closed {
+		c.loop.srv.stats.tlsRewarmed.Add(1)
+	}
 	for len(b) > 0 && !l.closed {
 		n := min(len(b), maxPlaintext)
 		l.seal(c, recordApplicationData, b[:n])
 		b = b[n:]
+	}
+	if !l.closed {
+		c.loop.hot.touch(l, c.loop.now.UnixNano())
 	}
 }
 
 // seal writes one record of content type typ carrying p (at most
 // maxPlaintext bytes), without padding, into gnet's outbound buffer.
 func (l *leanTLS) seal(c *conn, typ byte, p []byte) {
-	if l.wr.aead == nil || l.wr.seq == math.MaxUint64 {
+	if l.wr.expand(l.suite) != nil || l.wr.seq == math.MaxUint64 {
 		l.closed = true
 		return
 	}
@@ -404,7 +434,14 @@ func (l *leanTLS) input(s *Server, c *conn) {
 		_, _ = c.gc.Discard(len(buf))
 		buf, fromPending = l.pending, true
 	}
+	cold := l.rd.aead == nil
 	off, rerr, eof := l.open(c, buf)
+	if off > 0 {
+		c.loop.hot.touch(l, c.loop.now.UnixNano())
+	}
+	if cold && l.rd.aead != nil {
+		s.stats.tlsRewarmed.Add(1)
+	}
 	if fromPending {
 		if rest := l.pending[off:]; len(rest) > 0 {
 			l.pending = append([]byte(nil), rest...)
@@ -465,6 +502,9 @@ func (l *leanTLS) open(c *conn, buf []byte) (off int, rerr *recordError, eof boo
 		}
 		if len(buf)-off < 5+n {
 			break
+		}
+		if err := l.rd.expand(l.suite); err != nil {
+			return off, &recordError{alert: alertCloseNotify, what: err.Error()}, false
 		}
 		if l.rd.seq == math.MaxUint64 {
 			return off, &recordError{alert: alertCloseNotify, what: "sequence numbers exhausted"}, false
@@ -559,4 +599,59 @@ func newLeanTLS(t *tlsConn) (*leanTLS, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// leanHot is a loop's list of the lean connections that hold expanded
+// AEADs (about 1.6 KB a connection for AES-GCM both ways), least recently
+// used first. Each tick, sweep drops the AEADs of those silent for
+// tls.idle_release: the cost is proportional to the connections that went
+// cold, not to the connections that exist. Only the loop touches it.
+type leanHot struct{ head, tail *leanTLS }
+
+// touch marks l used at now (Unix ns) and moves it to the back.
+func (h *leanHot) touch(l *leanTLS, now int64) {
+	l.used = now
+	if h.tail == l {
+		return
+	}
+	h.remove(l)
+	l.prev = h.tail
+	if h.tail != nil {
+		h.tail.next = l
+	} else {
+		h.head = l
+	}
+	h.tail = l
+}
+
+// remove takes l out of the list if it is in it.
+func (h *leanHot) remove(l *leanTLS) {
+	if l.prev == nil && h.head != l {
+		return
+	}
+	if l.prev != nil {
+		l.prev.next = l.next
+	} else {
+		h.head = l.next
+	}
+	if l.next != nil {
+		l.next.prev = l.prev
+	} else {
+		h.tail = l.prev
+	}
+	l.prev, l.next = nil, nil
+}
+
+// sweep drops the AEADs of connections unused for idle (none when idle is
+// 0) as of now, and returns how many connections went cold.
+func (h *leanHot) sweep(now int64, idle time.Duration) (n int) {
+	if idle <= 0 {
+		return 0
+	}
+	for l := h.head; l != nil && now-l.used >= int64(idle); l = h.head {
+		h.remove(l)
+		l.rd.aead, l.wr.aead = nil, nil
+		n++
+	}
+	return n
 }

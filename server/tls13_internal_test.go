@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"crypto/cipher"
 	"crypto/tls"
 	"encoding/hex"
 	"os"
@@ -269,4 +270,41 @@ func FuzzTLS13Records(f *testing.F) {
 			t.Fatalf("consumed %d of %d, plaintext %d", off, len(in), len(l.plain))
 		}
 	})
+}
+
+// TestLeanHot: touch keeps least recently used first; sweep drops exactly
+// the connections silent for the idle period, from the front.
+func TestLeanHot(t *testing.T) {
+	var h leanHot
+	a, b, c := &leanTLS{}, &leanTLS{}, &leanTLS{}
+	for _, l := range []*leanTLS{a, b, c} {
+		l.rd.aead, l.wr.aead = dummyAEAD(t), dummyAEAD(t)
+	}
+	h.touch(a, 10)
+	h.touch(b, 20)
+	h.touch(c, 30)
+	h.touch(a, 40) // a moves to the back: b, c, a
+	if h.head != b || h.tail != a || b.next != c || c.next != a || a.prev != c {
+		t.Fatal("order after touch")
+	}
+	if n := h.sweep(50, 20); n != 2 || h.head != a || b.rd.aead != nil || c.wr.aead != nil || a.rd.aead == nil {
+		t.Fatalf("sweep dropped %d", n)
+	}
+	h.remove(a)
+	h.remove(a) // not in the list: nothing
+	if h.head != nil || h.tail != nil {
+		t.Fatal("list not empty")
+	}
+	if n := h.sweep(1000, 0); n != 0 {
+		t.Fatal("idle 0 dropped something")
+	}
+}
+
+func dummyAEAD(t *testing.T) cipher.AEAD {
+	t.Helper()
+	a, err := newGCM(make([]byte, 16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

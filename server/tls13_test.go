@@ -571,3 +571,28 @@ func startServerLog(t *testing.T, cfg config.Config, log *zap.Logger, users ...s
 	})
 	return srv
 }
+
+// TestLeanTLSIdleRelease: a lean session silent for tls.idle_release drops
+// its AEADs (cooled), and its next records in both directions expand them
+// again from the traffic secrets; the stream goes on unchanged.
+func TestLeanTLSIdleRelease(t *testing.T) {
+	cfg := leanConfig(t)
+	cfg.TLS.IdleRelease = 20 * time.Millisecond
+	srv := startServer(t, cfg, "hana")
+	r := tlsRaw(t, srv, clientTLS(t, cfg))
+	r.scramLogin("hana", testPassword, "idle")
+	for i := range 2 {
+		cooled := srv.Stats().TLSCooled
+		if !waitFor(ioTimeout, func() bool { return srv.Stats().TLSCooled > cooled }) {
+			t.Fatal("the session never went cold")
+		}
+		rewarmed := srv.Stats().TLSRewarmed
+		r.sync(t, "cold"+string(rune('0'+i)))
+		if got := srv.Stats().TLSRewarmed - rewarmed; got != 2 {
+			t.Fatalf("round %d: %d directions expanded again, want 2", i, got)
+		}
+	}
+	if n := srv.Stats().TLSRecordErrors; n != 0 {
+		t.Fatalf("%d record errors", n)
+	}
+}
