@@ -451,6 +451,9 @@ func (l *leanTLS) input(s *Server, c *conn) {
 	} else if off > 0 {
 		_, _ = c.gc.Discard(off)
 	}
+	if l.cb != nil && c.phase >= phaseAuthHeader {
+		l.cb = nil // SASL is over: channel binding is needed no more
+	}
 	if len(l.plain) > 0 {
 		n := s.frame(c, l.plain)
 		if c.has(flagClosed) {

@@ -596,3 +596,18 @@ func TestLeanTLSIdleRelease(t *testing.T) {
 		t.Fatalf("%d record errors", n)
 	}
 }
+
+// TestLeanTLSOff: with tls.lean off, TLS 1.3 stays on crypto/tls, with
+// session tickets as before, and logs in with SCRAM-SHA-256-PLUS.
+func TestLeanTLSOff(t *testing.T) {
+	cfg := tlsConfig(t)
+	cfg.TLS.Lean = false
+	srv := startServer(t, cfg, "ivan")
+	s := loginTLS(t, srv, clientTLS(t, cfg), "ivan", msasl.ScramSha256Plus)
+	if v := s.ConnectionState().Version; v != tls.VersionTLS13 {
+		t.Fatalf("TLS %x", v)
+	}
+	if st := srv.Stats(); st.TLSLean != 0 || st.TLSStock != 1 {
+		t.Fatalf("lean %d, stock %d", st.TLSLean, st.TLSStock)
+	}
+}
