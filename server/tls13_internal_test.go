@@ -5,6 +5,7 @@ import (
 	"crypto/cipher"
 	"crypto/tls"
 	"encoding/hex"
+	"github.com/panjf2000/gnet/v2"
 	"os"
 	"strings"
 	"testing"
@@ -341,4 +342,88 @@ func BenchmarkTLS13Seal(b *testing.B) {
 			})
 		}
 	}
+}
+
+// outConn is a gnet.Conn that keeps what is written to it.
+type outConn struct {
+	gnet.Conn
+	out bytes.Buffer
+}
+
+func (o *outConn) Write(b []byte) (int, error) { return o.out.Write(b) }
+
+// records splits b into records and opens each with d, moving d to the
+// next key after a KeyUpdate, as the peer does.
+func records(t *testing.T, d *tls13Dir, su *tls13Suite, b []byte) (types []byte, bodies [][]byte) {
+	t.Helper()
+	var nonce [12]byte
+	for len(b) > 0 {
+		n := 5 + (int(b[3])<<8 | int(b[4]))
+		out, typ, rerr := d.open(nil, b[:5], b[5:n], &nonce)
+		if rerr != nil {
+			t.Fatalf("record %d: %s", len(types), rerr.what)
+		}
+		types, bodies = append(types, typ), append(bodies, out)
+		if typ == recordHandshake && len(out) > 0 && out[0] == handshakeKeyUpdate {
+			if err := d.update(su); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b = b[n:]
+	}
+	return types, bodies
+}
+
+// TestLeanKeyUpdate: our own KeyUpdate after keyUpdateAfter records, and
+// the answer to the client's update_requested, each sealed under the old
+// key with the records after it under the new one (RFC 8446 4.6.3).
+func TestLeanKeyUpdate(t *testing.T) {
+	su := suiteByID(tls.TLS_AES_128_GCM_SHA256)
+	cs, ss := bytes.Repeat([]byte{1}, su.size), bytes.Repeat([]byte{2}, su.size)
+	setup := func() (*leanTLS, *conn, *outConn, *tls13Dir) {
+		l := &leanTLS{suite: su}
+		if l.rd.setSecret(su, cs) != nil || l.wr.setSecret(su, ss) != nil {
+			t.Fatal("keys")
+		}
+		gc := &outConn{}
+		var peer tls13Dir // the client's reading side
+		if err := peer.setSecret(su, ss); err != nil {
+			t.Fatal(err)
+		}
+		return l, &conn{gc: gc, loop: &loop{}}, gc, &peer
+	}
+	keyUpdate := []byte{handshakeKeyUpdate, 0, 0, 1, 0}
+	t.Run("ours after keyUpdateAfter records", func(t *testing.T) {
+		l, c, gc, peer := setup()
+		l.wr.seq, peer.seq = keyUpdateAfter-1, keyUpdateAfter-1
+		l.write(c, []byte("<a/>"))
+		l.write(c, []byte("<b/>"))
+		types, bodies := records(t, peer, su, gc.out.Bytes())
+		if !bytes.Equal(types, []byte{recordApplicationData, recordHandshake, recordApplicationData}) ||
+			!bytes.Equal(bodies[1], keyUpdate) || string(bodies[2]) != "<b/>" || peer.seq != 1 {
+			t.Fatalf("types %v bodies %q", types, bodies)
+		}
+	})
+	t.Run("update_requested answered", func(t *testing.T) {
+		l, c, gc, peer := setup()
+		var client tls13Dir
+		if err := client.setSecret(su, cs); err != nil {
+			t.Fatal(err)
+		}
+		var nonce [12]byte
+		in := bytes.Clone(client.seal(make([]byte, maxRecord), recordHandshake, []byte{handshakeKeyUpdate, 0, 0, 1, 1}, &nonce))
+		if err := client.update(su); err != nil {
+			t.Fatal(err)
+		}
+		in = append(in, client.seal(make([]byte, maxRecord), recordApplicationData, []byte("<in/>"), &nonce)...)
+		if _, rerr, _ := l.open(c, in); rerr != nil || string(l.plain) != "<in/>" {
+			t.Fatalf("%+v %q", rerr, l.plain)
+		}
+		l.write(c, []byte("<c/>"))
+		types, bodies := records(t, peer, su, gc.out.Bytes())
+		if !bytes.Equal(types, []byte{recordHandshake, recordApplicationData}) ||
+			!bytes.Equal(bodies[0], keyUpdate) || string(bodies[1]) != "<c/>" {
+			t.Fatalf("types %v bodies %q", types, bodies)
+		}
+	})
 }
