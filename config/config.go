@@ -268,7 +268,7 @@ const (
 	DefaultMaxHandshakes     = 256
 	DefaultMaxHandshakeQueue = 4096
 	DefaultHandshakeTimeout  = 10 * time.Second
-	DefaultTLSIdleRelease    = 2 * time.Second
+	DefaultTLSIdleRelease    = 500 * time.Millisecond
 	DefaultOfflineQuota      = 1000
 	DefaultWorkers           = 8
 	DefaultWorkQueue         = 4096
