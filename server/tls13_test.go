@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -609,5 +611,73 @@ func TestLeanTLSOff(t *testing.T) {
 	}
 	if st := srv.Stats(); st.TLSLean != 0 || st.TLSStock != 1 {
 		t.Fatalf("lean %d, stock %d", st.TLSLean, st.TLSStock)
+	}
+}
+
+// BenchmarkRouteMessageTLS is BenchmarkRouteMessage over STARTTLS, with
+// the lean record layer (hot: the sessions never pause for
+// tls.idle_release) and with crypto/tls. allocs/op counts the whole
+// process, the clients' crypto/tls included.
+func BenchmarkRouteMessageTLS(b *testing.B) {
+	for _, lean := range []bool{true, false} {
+		name := "stock"
+		if lean {
+			name = "lean"
+		}
+		b.Run(name, func(b *testing.B) {
+			cfg := testConfig(b)
+			cfg.C2S.AllowPlaintext = false
+			cfg.TLS.Lean = lean
+			srv := startServer(b, cfg, "alice", "bob")
+			pem, err := os.ReadFile(filepath.Join(cfg.DataDir, "dev-cert.pem"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(pem)
+			tc := &tls.Config{ServerName: "localhost", RootCAs: pool}
+			dial := func() *rawConn {
+				r := dialRaw(b, srv)
+				r.open()
+				r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
+				r.expect(b, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+				c := tls.Client(r.conn, tc)
+				if err := c.Handshake(); err != nil {
+					b.Fatal(err)
+				}
+				r.conn = c
+				return r
+			}
+			alice, bob := dial(), dial()
+			alice.scramLogin("alice", testPassword, "a")
+			bobJID := bob.scramLogin("bob", testPassword, "b")
+			bob.send(`<presence/>`)
+			bob.expect(b, "<presence from='"+bobJID+"'/>")
+			msg := []byte(`<message type='chat' to='` + bobJID + `'><body>hi</body></message>`)
+			end := []byte(`</message>`)
+			buf := make([]byte, 64<<10)
+			var pending []byte
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if _, err := alice.conn.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				_ = bob.conn.SetReadDeadline(time.Now().Add(ioTimeout))
+				for !bytes.Contains(pending, end) {
+					n, err := bob.conn.Read(buf)
+					if err != nil && err != io.EOF {
+						b.Fatal(err)
+					}
+					pending = append(pending, buf[:n]...)
+				}
+				i := bytes.Index(pending, end) + len(end)
+				pending = append(pending[:0], pending[i:]...)
+			}
+			b.StopTimer()
+			if st := srv.Stats(); lean && st.TLSLean != 2 {
+				b.Fatalf("lean sessions %d", st.TLSLean)
+			}
+		})
 	}
 }
