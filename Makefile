@@ -73,6 +73,7 @@ bench-idle:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzFramer$$' -fuzztime $(FUZZTIME) ./stanza/
 	$(GO) test -run '^$$' -fuzz '^FuzzScramServer$$' -fuzztime $(FUZZTIME) ./sasl/
+	$(GO) test -run '^$$' -fuzz '^FuzzTLS13Records$$' -fuzztime $(FUZZTIME) ./server/
 
 ## lint: gofmt, go vet, staticcheck, go mod tidy
 lint:

@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/fips140"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -125,7 +126,13 @@ func writePEM(path, typ string, der []byte, mode os.FileMode) error {
 // tlsConfigs returns the configuration for STARTTLS and the one for direct
 // TLS (XEP-0368), which adds the xmpp-client ALPN protocol. Both take the
 // certificate from cs at each handshake, so a reload applies to the next.
-func tlsConfigs(cs *certSource) (starttls, direct *tls.Config) {
+//
+// With lean (tls.lean) each handshake gets its own configuration, made by
+// GetConfigForClient, whose KeyLogWriter hands the connection's traffic
+// secrets to the connection itself (keyLog), and session tickets are off:
+// a ticket would be the first record under the server's application key,
+// which the lean layer would then have to account for.
+func tlsConfigs(cs *certSource, lean bool) (starttls, direct *tls.Config) {
 	starttls = &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -138,7 +145,35 @@ func tlsConfigs(cs *certSource) (starttls, direct *tls.Config) {
 			return cert, nil
 		},
 	}
+	starttls.SessionTicketsDisabled = lean
 	direct = starttls.Clone()
 	direct.NextProtos = []string{"xmpp-client"}
+	if lean && !fips140.Enabled() {
+		// FIPS 140-3 mode refuses nonces the caller chooses for AES-GCM:
+		// there the stock record layer stays.
+		withKeyLog(starttls)
+		withKeyLog(direct)
+	}
 	return starttls, direct
 }
+
+// withKeyLog makes base give each handshake over a tlsPipe a configuration
+// of its own whose key-log writer belongs to that connection. Matching
+// lines of one shared writer to connections by client random would be
+// unsafe: the random is the client's choice, and secrets are logged before
+// the client's Finished is verified.
+func withKeyLog(base *tls.Config) {
+	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		p, ok := hello.Conn.(*tlsPipe)
+		if !ok {
+			return nil, nil
+		}
+		cfg := base.Clone()
+		cfg.GetConfigForClient = nil
+		cfg.KeyLogWriter = keyLog{p}
+		return cfg, nil
+	}
+}
+
+// leanConfig reports whether cfg was made for the lean record layer.
+func leanConfig(cfg *tls.Config) bool { return cfg.GetConfigForClient != nil }

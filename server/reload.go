@@ -23,7 +23,7 @@ import (
 // owns the logger.
 var liveKeys = []string{
 	"preauth.", "c2s.idle_ping", "c2s.max_outbound", "c2s.ping_timeout", "c2s.max_stanza_size", "c2s.max_depth",
-	"tls.max_handshakes", "tls.max_handshake_queue", "tls.handshake_timeout", "im.offline_quota", "im.max_roster_items", "im.max_blocklist_items", "im.offline_quota_bytes",
+	"tls.max_handshakes", "tls.max_handshake_queue", "tls.handshake_timeout", "tls.idle_release", "im.offline_quota", "im.max_roster_items", "im.max_blocklist_items", "im.offline_quota_bytes",
 	"register.max_per_ip", "register.window", "log.level",
 }
 
@@ -79,7 +79,7 @@ func (s *Server) Reload(next config.Config) (changed, restart []string, err erro
 	merged.C2S.MaxStanzaSize, merged.C2S.MaxDepth = next.C2S.MaxStanzaSize, next.C2S.MaxDepth
 	merged.C2S.MaxOutbound = next.C2S.MaxOutbound
 	merged.TLS.MaxHandshakes, merged.TLS.HandshakeTimeout = next.TLS.MaxHandshakes, next.TLS.HandshakeTimeout
-	merged.TLS.MaxHandshakeQueue = next.TLS.MaxHandshakeQueue
+	merged.TLS.MaxHandshakeQueue, merged.TLS.IdleRelease = next.TLS.MaxHandshakeQueue, next.TLS.IdleRelease
 	merged.IM.OfflineQuota, merged.IM.MaxRosterItems = next.IM.OfflineQuota, next.IM.MaxRosterItems
 	merged.Register.MaxPerIP, merged.Register.Window = next.Register.MaxPerIP, next.Register.Window
 	merged.Log.Level = next.Log.Level

@@ -139,7 +139,7 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 			zap.String("cert", certs.certFile))
 	}
 	s.certs = certs
-	s.tlsStartTLS, s.tlsDirect = tlsConfigs(certs)
+	s.tlsStartTLS, s.tlsDirect = tlsConfigs(certs, cfg.TLS.Lean)
 	s.host = host{s}
 	s.featuresPlain = s.buildFeatures(false)
 	s.featuresTLS = s.buildFeatures(true)
@@ -372,6 +372,7 @@ type loop struct {
 	now         time.Time                     // wheel time, refreshed every tick
 	scratch     []byte
 	plainBuf    []byte // decrypted records, allocated on first TLS read
+	hot         leanHot
 	tickPending atomic.Bool
 	tickPosted  atomic.Int64 // when the pending tick was posted, Unix ns
 	tickTask    gnet.RunnableFunc
@@ -391,6 +392,9 @@ func newLoop(s *Server, el gnet.EventLoop) *loop {
 		s.metrics.loopLag.Observe(float64(l.now.UnixNano()-l.tickPosted.Load()) / 1e9)
 		l.wheel.Advance(l.now)
 		l.swheel.Advance(l.now)
+		if n := l.hot.sweep(l.now.UnixNano(), s.conf().TLS.IdleRelease); n > 0 {
+			s.stats.tlsCooled.Add(uint64(n))
+		}
 		return nil
 	}
 	return l

@@ -36,6 +36,14 @@ type Stats struct {
 
 	// authFailed split by whether a credential was checked.
 	authFailedCredential, authFailedExchange atomic.Uint64
+
+	// Handshakes that ended on the lean record layer and on the stock one
+	// (tls.lean off, TLS 1.2, FIPS mode), and connections the lean layer
+	// closed for a bad record or a client's fatal alert.
+	tlsLean, tlsStock, tlsRecordErrors atomic.Uint64
+	// Lean sessions whose AEADs were dropped after tls.idle_release, and
+	// directions expanded again by a record after that.
+	tlsCooled, tlsRewarmed atomic.Uint64
 }
 
 // closeReason is why a connection closed. Every connection gets exactly
@@ -187,6 +195,14 @@ type StatsSnapshot struct {
 	// (the ones that matter for password guessing), and exchanges that
 	// failed before any credential was checked.
 	AuthFailedCredential, AuthFailedExchange uint64
+
+	// TLSLean and TLSStock count finished handshakes by the record layer
+	// that carries the session; TLSRecordErrors the connections the lean
+	// layer closed for a bad record or the client's fatal alert.
+	TLSLean, TLSStock, TLSRecordErrors uint64
+	// TLSCooled counts lean sessions whose AEADs were dropped after
+	// tls.idle_release; TLSRewarmed the directions expanded again.
+	TLSCooled, TLSRewarmed uint64
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
@@ -231,5 +247,10 @@ func (s *Stats) snapshot() StatsSnapshot {
 
 		AuthFailedCredential: s.authFailedCredential.Load(),
 		AuthFailedExchange:   s.authFailedExchange.Load(),
+		TLSLean:              s.tlsLean.Load(),
+		TLSStock:             s.tlsStock.Load(),
+		TLSRecordErrors:      s.tlsRecordErrors.Load(),
+		TLSCooled:            s.tlsCooled.Load(),
+		TLSRewarmed:          s.tlsRewarmed.Load(),
 	}
 }

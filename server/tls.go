@@ -158,6 +158,16 @@ type tlsPipe struct {
 	// as "bad record MAC" (see handshakeCause).
 	tail  [alertRecordLen]byte
 	ntail uint8
+	// recordBound (tls.lean) makes Read return at most the rest of the
+	// current record while the handshake runs, so that crypto/tls never
+	// buffers what the client sent after its Finished: that belongs to
+	// the lean layer, under the application key. recLeft is what is left
+	// of the current record, header included; 0 at a record boundary.
+	recordBound bool
+	recLeft     int
+	// secrets are the application traffic secrets the key-log writer
+	// took (tls.lean), until the switch takes them.
+	secrets *trafficSecrets
 }
 
 // alertRecordLen is the length of a TLS record carrying one plaintext
@@ -194,9 +204,12 @@ func (p *tlsPipe) lastAlert() (uint8, bool) {
 func (p *tlsPipe) Read(b []byte) (int, error) {
 	p.mu.Lock()
 	for {
-		if len(p.in) > 0 {
-			n := copy(b, p.in)
+		if n := p.readable(); n > 0 {
+			n = copy(b, p.in[:n])
 			p.in = p.in[n:]
+			if p.recLeft > 0 {
+				p.recLeft = max(p.recLeft-n, 0)
+			}
 			if len(p.in) == 0 {
 				p.in = nil
 			}
@@ -223,6 +236,25 @@ func (p *tlsPipe) Read(b []byte) (int, error) {
 		<-ready
 		p.mu.Lock()
 	}
+}
+
+// readable returns how many bytes of p.in Read may return: all of them,
+// or with recordBound during the handshake what is left of the current
+// record, nothing while its header is incomplete. Called with p.mu held.
+func (p *tlsPipe) readable() int {
+	if !p.recordBound || !p.handshaking {
+		return len(p.in)
+	}
+	if p.recLeft == 0 {
+		if len(p.in) < 5 {
+			if p.closed {
+				return len(p.in)
+			}
+			return 0
+		}
+		p.recLeft = 5 + int(binary.BigEndian.Uint16(p.in[3:5]))
+	}
+	return min(len(p.in), p.recLeft)
 }
 
 // Write implements net.Conn.
@@ -320,6 +352,7 @@ func (s *Server) startTLS(c *conn, direct bool) {
 	if direct {
 		cfg = s.tlsDirect
 	}
+	t.pipe.recordBound = leanConfig(cfg)
 	t.tc = tls.Server(&t.pipe, cfg)
 	s.stats.move(c, func() { c.tr = t })
 	s.armDeadline(c)
@@ -566,6 +599,18 @@ func (s *Server) finishHandshake(c *conn, t *tlsConn, err error) {
 		s.tlsFail(c, cause, alert, err)
 		return
 	}
+	l, lerr := newLeanTLS(t)
+	switch {
+	case lerr == nil:
+		s.stats.tlsLean.Add(1)
+	case t.pipe.recordBound:
+		s.stats.tlsStock.Add(1) // TLS 1.2, or a suite the lean layer lacks
+		if !errors.Is(lerr, errNotLean) {
+			s.log.Debug("tls: staying on the stock record layer", zap.Error(lerr), zap.Stringer("ip", c.ip))
+		}
+	default:
+		s.stats.tlsStock.Add(1)
+	}
 	t.stage = tlsEstablished
 	c.phase = phaseHeader
 	c.flags &^= flagHeaderSent
@@ -575,6 +620,21 @@ func (s *Server) finishHandshake(c *conn, t *tlsConn, err error) {
 		c.framer.Reset()
 	}
 	s.armDeadline(c)
+	if l != nil {
+		// The tls.Conn is dropped and can never write again: its pipe is
+		// closed, so a stray Close could not put a record sealed with the
+		// key and nonce the lean layer now uses on the wire. What the
+		// client sent after its Finished stayed in the pipe (recordBound).
+		p.mu.Lock()
+		l.pending = p.in
+		p.in = nil
+		p.closed = true
+		p.mu.Unlock()
+		t.tc = nil
+		c.tr = l // both layers are secure: the state gauges do not move
+		l.input(s, c)
+		return
+	}
 	// Clients often send their stream header with their Finished: read now.
 	s.readTLS(c, t, nil)
 }
@@ -582,7 +642,8 @@ func (s *Server) finishHandshake(c *conn, t *tlsConn, err error) {
 // tlsScratch returns the loop's buffer for decrypted records.
 func (l *loop) tlsScratch() []byte {
 	if l.plainBuf == nil {
-		l.plainBuf = make([]byte, 16<<10)
+		// Room for one sealed record of the lean layer too.
+		l.plainBuf = make([]byte, maxRecord)
 	}
 	return l.plainBuf
 }
