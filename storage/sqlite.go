@@ -81,10 +81,18 @@ func OpenSQLite(path string) (*SQL, error) {
 // sqliteDSN returns the modernc.org/sqlite data source name for the file at
 // abs. busy_timeout must come first among the PRAGMAs (the driver runs it
 // first whatever the order) so that the others wait for locks too.
+// sqliteCacheKiB is each connection's page cache, in KiB.
+const sqliteCacheKiB = 256
+
 func sqliteDSN(abs string, readOnly bool) string {
 	q := url.Values{}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqliteBusyTimeout))
 	q.Add("_pragma", "foreign_keys(1)")
+	// A small page cache per connection (SQLite's default is 2 MiB): the
+	// server reads accounts and rosters by key, and five connections'
+	// default caches are ~10 MiB of RSS an operator pays however many
+	// clients there are.
+	q.Add("_pragma", fmt.Sprintf("cache_size(-%d)", sqliteCacheKiB))
 	if readOnly {
 		q.Add("_pragma", "query_only(1)")
 	} else {
