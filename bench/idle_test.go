@@ -249,6 +249,22 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(perConn(freed.proc.RSS, before.proc.RSS), "rss-returned-B/conn")
+		// What stays once the parked sessions are gone is not theirs:
+		// pages the logins left behind (fragmentation, runtime and
+		// SQLite caches). Shutdown ends every session (the event loops
+		// and their buffers go too, a fixed amount, not per session).
+		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		if err := srv.Shutdown(ctx); err != nil {
+			b.Logf("shutdown: %v", err)
+		}
+		cancel()
+		debug.FreeOSMemory()
+		gone, err := takeSnapshot()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(perConn(gone.proc.RSS, before.proc.RSS), "rss-closed-B/conn")
+		b.ReportMetric(perConn(gone.heapInuse+gone.stackInuse, before.heapInuse+before.stackInuse), "heap+stack-closed-B/conn")
 	}
 	b.ReportMetric(float64(after.goroutines), "goroutines")
 	kernel := ""
