@@ -466,6 +466,9 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 	if old == nil || !ok || !hok {
 		m.resumeFailed.Add(1)
 		c.Conn.WriteNonza(failed("item-not-found"))
+		// Counted like a failed login (preauth.max_failed_auth): the
+		// connection is still before binding, under the pre-auth policy.
+		c.Conn.CountFailure()
 		return nil
 	}
 	r.Resume(old, func(c *hook.Ctx, ok bool) {
@@ -473,6 +476,7 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 		if !ok || st == nil {
 			m.resumeFailed.Add(1)
 			c.Conn.WriteNonza(failed("item-not-found"))
+			c.Conn.CountFailure()
 			return
 		}
 		m.mu.Lock()
