@@ -20,6 +20,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/base64"
 	"slices"
 	"strconv"
@@ -57,11 +58,14 @@ type Module struct {
 	// gets no Ctx, reads the live configuration through it.
 	host atomic.Pointer[hostRef]
 
-	mu     sync.Mutex
-	tokens map[token]*state // resumable sessions by token
-	// byAccount is the oldest parked session of each account with one,
-	// the head of that account's list (state.aprev, state.anext).
-	byAccount map[string]*state
+	mu sync.Mutex
+	// accounts holds the resumable sessions of each account with one: the
+	// head of that account's list (state.aprev, state.anext), where a
+	// session moves to the end when it parks, so that its parked ones are
+	// in the order they parked. A resumption looks its token up there:
+	// a token is only ever valid for its own account, and an account has
+	// few sessions, so one map serves both (no map of all tokens).
+	accounts map[string]*state
 	// head and tail are the oldest and newest parked sessions, a list
 	// through state.prev and state.next. The lists are intrusive: a
 	// parked session costs the server no other allocation than its state.
@@ -97,12 +101,13 @@ type state struct {
 	parked, overflow, resumable bool
 
 	// Guarded by Module.mu: the session that holds this state (it moves
-	// on resumption), whether it is in the parked lists, and its links.
-	listed       bool
-	tok          token
-	sess         hook.Session
-	prev, next   *state // all parked sessions, oldest first
-	aprev, anext *state // the account's parked sessions; the head's aprev is the tail
+	// on resumption), whether it is in the parked list and in its
+	// account's list, and its links.
+	listed, member bool
+	tok            token
+	sess           hook.Session
+	prev, next     *state // all parked sessions, oldest first
+	aprev, anext   *state // the account's resumable sessions; the head's aprev is the tail
 }
 
 type hostRef struct{ h hook.Host }
@@ -117,8 +122,7 @@ func (*Module) Name() string { return "sm" }
 // Register implements hook.Module.
 func (m *Module) Register(r *hook.Registrar) error {
 	m.expireFn = m.expire
-	m.tokens = make(map[token]*state)
-	m.byAccount = make(map[string]*state)
+	m.accounts = make(map[string]*state)
 	m.slot = r.Slot()
 	m.out = r.Outbound(m.filter)
 	feature := func(b []byte) []byte { return append(b, `<sm xmlns='`+NS+`'/>`...) }
@@ -179,11 +183,8 @@ func (m *Module) enable(c *hook.Ctx, elem []byte) error {
 		var tok token
 		_, _ = rand.Read(tok[:])
 		m.mu.Lock()
-		for m.tokens[tok] != nil { // 2^-128 a time; bounded in practice
-			_, _ = rand.Read(tok[:])
-		}
 		st.tok, st.sess, st.resumable = tok, c.Session, true
-		m.tokens[tok] = st
+		m.joinLocked(st)
 		m.mu.Unlock()
 		st.timeout = uint32(min(max(cfg.ResumeTimeout/time.Second, 1), 1<<32-1))
 		// The client's preferred maximum (XEP-0198 3), when lower.
@@ -357,14 +358,19 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	st.sess = c.Session
 	m.parkLocked(st)
 	if lim := cfg.MaxParkedPerAccount; lim > 0 {
-		h := m.byAccount[st.sess.Local()]
+		var oldest *state
 		n := 0
-		for o := h; o != nil && n <= lim; o = o.anext {
-			n++
+		for o := m.accounts[st.sess.Local()]; o != nil; o = o.anext {
+			if o.listed {
+				if n == 0 {
+					oldest = o
+				}
+				n++
+			}
 		}
 		if n > lim {
-			m.unparkLocked(h)
-			evict = append(evict, h.sess)
+			m.unparkLocked(oldest)
+			evict = append(evict, oldest.sess)
 		}
 	}
 	for cfg.MaxParkedTotal > 0 && m.parked > cfg.MaxParkedTotal && m.head != nil {
@@ -381,7 +387,50 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	return hook.Stop
 }
 
-// parkLocked appends st to the parked lists, as the newest.
+// joinLocked appends st to its account's list of resumable sessions.
+func (m *Module) joinLocked(st *state) {
+	if st.member {
+		return
+	}
+	st.member = true
+	local := st.sess.Local()
+	if h := m.accounts[local]; h != nil {
+		t := h.aprev
+		t.anext, st.aprev, st.anext = st, t, nil
+		h.aprev = st
+	} else {
+		st.aprev, st.anext = st, nil
+		m.accounts[local] = st
+	}
+}
+
+// leaveLocked removes st from its account's list: its token is no
+// longer valid.
+func (m *Module) leaveLocked(st *state) {
+	if !st.member {
+		return
+	}
+	st.member = false
+	local := st.sess.Local()
+	switch h := m.accounts[local]; {
+	case h == st && st.anext == nil:
+		delete(m.accounts, local)
+	case h == st:
+		st.anext.aprev = st.aprev // the tail
+		m.accounts[local] = st.anext
+	default:
+		st.aprev.anext = st.anext
+		if st.anext != nil {
+			st.anext.aprev = st.aprev
+		} else {
+			h.aprev = st.aprev
+		}
+	}
+	st.aprev, st.anext = nil, nil
+}
+
+// parkLocked appends st to the parked list, as the newest, and moves it
+// to the end of its account's list.
 func (m *Module) parkLocked(st *state) {
 	if st.listed {
 		return
@@ -395,18 +444,11 @@ func (m *Module) parkLocked(st *state) {
 		m.head = st
 	}
 	m.tail = st
-	local := st.sess.Local()
-	if h := m.byAccount[local]; h != nil {
-		t := h.aprev
-		t.anext, st.aprev, st.anext = st, t, nil
-		h.aprev = st
-	} else {
-		st.aprev, st.anext = st, nil
-		m.byAccount[local] = st
-	}
+	m.leaveLocked(st)
+	m.joinLocked(st)
 }
 
-// unparkLocked removes st from the parked lists (not from the tokens).
+// unparkLocked removes st from the parked list (not from its account's).
 func (m *Module) unparkLocked(st *state) {
 	if !st.listed {
 		return
@@ -423,22 +465,7 @@ func (m *Module) unparkLocked(st *state) {
 	} else {
 		m.tail = st.prev
 	}
-	local := st.sess.Local()
-	switch h := m.byAccount[local]; {
-	case h == st && st.anext == nil:
-		delete(m.byAccount, local)
-	case h == st:
-		st.anext.aprev = st.aprev // the tail
-		m.byAccount[local] = st.anext
-	default:
-		st.aprev.anext = st.anext
-		if st.anext != nil {
-			st.anext.aprev = st.aprev
-		} else {
-			h.aprev = st.aprev
-		}
-	}
-	st.prev, st.next, st.aprev, st.anext = nil, nil, nil, nil
+	st.prev, st.next = nil, nil
 }
 
 // expire ends a parked session whose client did not come back.
@@ -457,8 +484,11 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 	var tok token
 	if n, err := base64.RawURLEncoding.Decode(tok[:], []byte(previd)); err == nil && n == len(tok) && len(previd) == tokenLen {
 		m.mu.Lock()
-		if e := m.tokens[tok]; e != nil && e.sess.Local() == c.Session.Local() {
-			old = e.sess
+		for e := m.accounts[c.Session.Local()]; e != nil; e = e.anext {
+			if subtle.ConstantTimeCompare(e.tok[:], tok[:]) == 1 {
+				old = e.sess
+				break
+			}
 		}
 		m.mu.Unlock()
 	}
@@ -527,8 +557,8 @@ func (m *Module) closed(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	if st.resumable {
 		m.mu.Lock()
 		m.unparkLocked(st)
-		if m.tokens[st.tok] == st && st.sess == c.Session {
-			delete(m.tokens, st.tok)
+		if st.sess == c.Session {
+			m.leaveLocked(st)
 		}
 		m.mu.Unlock()
 	}
