@@ -121,6 +121,11 @@ func (s *session) SetSlot(sl hook.Slot, v any) {
 // SetPresence implements hook.Session: it records the last broadcast
 // presence and fires Available or Unavailable on a change.
 func (s *session) SetPresence(c *hook.Ctx, stamped []byte, priority int) {
+	if cap(stamped)-len(stamped) >= 8 {
+		// Kept for the session's life, parked included: no spare room
+		// (the stamping leaves some, a size class more at times).
+		stamped = slices.Clone(stamped)
+	}
 	s.mu.Lock()
 	s.last = stamped
 	s.mu.Unlock()
