@@ -60,7 +60,7 @@ type Module struct {
 
 	mu sync.Mutex
 	// accounts holds the resumable sessions of each account with one: the
-	// head of that account's list (state.aprev, state.anext), where a
+	// head of that account's list (through state.anext), where a
 	// session moves to the end when it parks, so that its parked ones are
 	// in the order they parked. A resumption looks its token up there:
 	// a token is only ever valid for its own account, and an account has
@@ -95,7 +95,9 @@ type state struct {
 	// timeout is how long the session is kept when parked, in seconds:
 	// sm.resume_timeout, or less if the client asked for less.
 	timeout uint32
-	timer   hook.Timer
+	// (The deadline of a parked session is not kept here: the core
+	// cancels a session's timers when it ends or is taken over.)
+
 	// parked: no connection; overflow: the queue overflowed and the
 	// session is ending; resumable: it has a token.
 	parked, overflow, resumable bool
@@ -107,7 +109,9 @@ type state struct {
 	tok            token
 	sess           hook.Session
 	prev, next     *state // all parked sessions, oldest first
-	aprev, anext   *state // the account's resumable sessions; the head's aprev is the tail
+	// anext links the account's resumable sessions: singly, since an
+	// account has few (the core's session table scans them as often).
+	anext *state
 }
 
 type hostRef struct{ h hook.Host }
@@ -332,7 +336,7 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		m.mu.Lock()
 		st.sess = c.Session
 		m.mu.Unlock()
-		st.timer = tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
+		tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
 		m.parks.Add(1)
 		return hook.Stop
 	}
@@ -350,7 +354,7 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	if len(st.buf) == 0 {
 		st.buf = nil
 	}
-	st.timer = tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
+	tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
 	m.parkedNow.Add(1)
 	m.parkedBytes.Add(int64(len(st.buf)))
 	var evict []hook.Session
@@ -392,16 +396,17 @@ func (m *Module) joinLocked(st *state) {
 	if st.member {
 		return
 	}
-	st.member = true
+	st.member, st.anext = true, nil
 	local := st.sess.Local()
-	if h := m.accounts[local]; h != nil {
-		t := h.aprev
-		t.anext, st.aprev, st.anext = st, t, nil
-		h.aprev = st
-	} else {
-		st.aprev, st.anext = st, nil
+	p := m.accounts[local]
+	if p == nil {
 		m.accounts[local] = st
+		return
 	}
+	for p.anext != nil {
+		p = p.anext
+	}
+	p.anext = st
 }
 
 // leaveLocked removes st from its account's list: its token is no
@@ -416,17 +421,16 @@ func (m *Module) leaveLocked(st *state) {
 	case h == st && st.anext == nil:
 		delete(m.accounts, local)
 	case h == st:
-		st.anext.aprev = st.aprev // the tail
 		m.accounts[local] = st.anext
 	default:
-		st.aprev.anext = st.anext
-		if st.anext != nil {
-			st.anext.aprev = st.aprev
-		} else {
-			h.aprev = st.aprev
+		for p := h; p != nil; p = p.anext {
+			if p.anext == st {
+				p.anext = st.anext
+				break
+			}
 		}
 	}
-	st.aprev, st.anext = nil, nil
+	st.anext = nil
 }
 
 // parkLocked appends st to the parked list, as the newest, and moves it
@@ -517,7 +521,7 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 			m.parkedNow.Add(-1)
 			m.parkedBytes.Add(-int64(len(st.buf)))
 		}
-		st.parked, st.timer = false, nil // the core cancelled the old session's timer
+		st.parked = false // the core cancelled the old session's timer
 		if !st.trim(h) {
 			c.Conn.Fail("undefined-condition", "acknowledged more stanzas than were sent")
 			return
@@ -551,9 +555,8 @@ func (m *Module) closed(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		return hook.Continue
 	}
 	c.Session.SetSlot(m.slot, nil)
-	if st.timer != nil {
-		st.timer.Stop()
-	}
+	// The parked session's deadline, if any, the core cancels after
+	// Closed.
 	if st.resumable {
 		m.mu.Lock()
 		m.unparkLocked(st)
