@@ -520,3 +520,62 @@ func clip(b []byte, n int) string {
 var attrEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", "'", "&apos;", `"`, "&quot;")
 
 func escapeAttr(s string) string { return attrEscaper.Replace(s) }
+
+// EnableResume enables XEP-0198 stream management with resumption on c, a
+// stream at StageAuth, and returns the session's resumption id.
+func EnableResume(c net.Conn) (string, error) {
+	if _, err := io.WriteString(c, `<enable xmlns='urn:xmpp:sm:3' resume='true'/>`); err != nil {
+		return "", err
+	}
+	got, err := readUntil(c, "<enabled", "<failed")
+	if err != nil {
+		return "", err
+	}
+	i := bytes.Index(got, []byte("<enabled"))
+	if i < 0 {
+		return "", fmt.Errorf("%w: enable answered with %s", ErrRefused, clip(got, 200))
+	}
+	_, rest, ok := bytes.Cut(got[i:], []byte(" id='"))
+	id, _, ok2 := bytes.Cut(rest, []byte("'"))
+	if !ok || !ok2 {
+		return "", fmt.Errorf("%w: no id in %s", ErrRefused, clip(got[i:], 200))
+	}
+	return string(id), nil
+}
+
+// Resume dials a new connection for account i and takes the session
+// previd back on it: STARTTLS, TLS handshake, SCRAM-SHA-256, stream
+// restart, <resume previd h='0'/> (XEP-0198 5), until <resumed/>, instead
+// of binding and sending presence. The client is taken to have received
+// nothing since: anything the server resends is read or left unread.
+func Resume(ctx context.Context, o Options, i int, previd string) (net.Conn, error) {
+	if o.N < 1 {
+		o.N = 1
+	}
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	return open(ctx, &o, i, func(c net.Conn, o *Options, i int) (net.Conn, error) {
+		tc, err := startTLS(c, o, i)
+		if err != nil {
+			return nil, err
+		}
+		if err := Authenticate(tc, o.UserPrefix+strconv.Itoa(o.FirstUser+i), o.Password); err != nil {
+			return nil, err
+		}
+		if _, err := openStream(tc, o, i); err != nil {
+			return nil, err
+		}
+		if _, err := io.WriteString(tc, `<resume xmlns='urn:xmpp:sm:3' previd='`+escapeAttr(previd)+`' h='0'/>`); err != nil {
+			return nil, err
+		}
+		got, err := readUntil(tc, "<resumed", "<failed")
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Contains(got, []byte("<resumed")) {
+			return nil, fmt.Errorf("%w: resume answered with %s", ErrRefused, clip(got, 200))
+		}
+		return tc, nil
+	})
+}

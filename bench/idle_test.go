@@ -81,6 +81,20 @@ func idleConns() (int, error) {
 	return defaultConns, nil
 }
 
+// parkWaves is $BENCH_PARK_WAVES for the parked stage (1 otherwise):
+// the parked sessions are made in that many waves, one after the other.
+func parkWaves(stage bench.Stage) (int, error) {
+	s := os.Getenv(envParkWaves)
+	if s == "" || stage != bench.StageParked {
+		return 1, nil
+	}
+	w, err := strconv.Atoi(s)
+	if err != nil || w < 1 {
+		return 0, fmt.Errorf("%s: want an integer >= 1, got %q", envParkWaves, s)
+	}
+	return w, nil
+}
+
 func settlePeriod() (time.Duration, error) {
 	s := os.Getenv("BENCH_SETTLE")
 	if s == "" {
@@ -100,7 +114,14 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := checkFileLimit(n + fdReserve); err != nil {
+	waves, err := parkWaves(stage)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// A parked session holds no descriptor: in waves, only one wave's
+	// connections are open at a time.
+	waveN := splitEven(n, waves)
+	if err := checkFileLimit(waveN[0] + fdReserve); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(0, "ns/op") // the time to set up says nothing here
@@ -141,26 +162,49 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	// The client processes, started before the baseline but dialling only
 	// after it: they map this same binary, which divides its pages' PSS
 	// among more processes, and the parent keeps goroutines for them.
-	procs := make([]*clientProc, 0, clientProcs)
-	share := splitEven(n, clientProcs)
-	perClient := (share[0] + connsPerSource - 1) / connsPerSource
-	for i := range clientProcs {
-		first := 0
-		for _, k := range share[:i] {
-			first += k
+	// startWave starts the client processes of wave w (accounts from
+	// first on) and waits until they run.
+	var share []int
+	startWave := func(w, first int) []*clientProc {
+		procs := make([]*clientProc, 0, clientProcs)
+		share = splitEven(waveN[w], clientProcs)
+		perClient := (share[0] + connsPerSource - 1) / connsPerSource
+		for i := range clientProcs {
+			p, err := startClient(b, srv.Addr().String(), srv.caFile, stage, share[i], first, sourceAddrs(w*clientProcs+i, perClient))
+			if err != nil {
+				b.Fatal(err)
+			}
+			procs = append(procs, p)
+			first += share[i]
 		}
-		p, err := startClient(b, srv.Addr().String(), srv.caFile, stage, share[i], first, sourceAddrs(i, perClient))
-		if err != nil {
-			b.Fatal(err)
+		startDeadline := time.Now().Add(clientStartup)
+		for _, p := range procs {
+			if err := p.waitStarted(time.Until(startDeadline)); err != nil {
+				b.Fatal(err)
+			}
 		}
-		procs = append(procs, p)
+		return procs
 	}
-	startDeadline := time.Now().Add(clientStartup)
-	for _, p := range procs {
-		if err := p.waitStarted(time.Until(startDeadline)); err != nil {
-			b.Fatal(err)
+	// runWave tells the processes to dial and waits until each holds its
+	// share at the stage.
+	deadline := time.Now().Add(readyTimeout * time.Duration(waves))
+	runWave := func(procs []*clientProc) {
+		for _, p := range procs {
+			if err := p.begin(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for i, p := range procs {
+			got, err := p.waitReady(time.Until(deadline))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if got != share[i] {
+				b.Fatalf("client %d ready with %d connections, want %d", i, got, share[i])
+			}
 		}
 	}
+	procs := startWave(0, 0)
 	runtime.GC()
 	debug.FreeOSMemory()
 	before, err := takeSnapshot()
@@ -171,20 +215,25 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	statsBefore := srv.Stats()
 
 	start := time.Now()
-	for _, p := range procs {
-		if err := p.begin(); err != nil {
-			b.Fatal(err)
+	runWave(procs)
+	for w, first := 1, waveN[0]; w < waves; w++ {
+		// The previous wave's connections are reset, its sessions parked
+		// and its processes done before the next one dials.
+		for _, p := range procs {
+			if err := p.stop(); err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
-	deadline := time.Now().Add(readyTimeout)
-	for i, p := range procs {
-		got, err := p.waitReady(time.Until(deadline))
-		if err != nil {
-			b.Fatal(err)
+		if !waitFor(time.Until(deadline), func() bool {
+			st := srv.Stats()
+			return st.Preauth == 0 && st.Modules["sm.parked_now"] == uint64(first)
+		}) {
+			b.Fatalf("wave %d: server holds %+v, want %d parked", w, srv.Stats(), first)
 		}
-		if got != share[i] {
-			b.Fatalf("client %d ready with %d connections, want %d", i, got, share[i])
-		}
+		procs = startWave(w, first)
+		runWave(procs)
+		first += waveN[w]
+		b.Logf("wave %d of %d: %d parked (%v)", w+1, waves, first, time.Since(start).Round(time.Second))
 	}
 	// An authenticated client's last act, its initial presence, is
 	// counted once the server has handled it.
@@ -249,6 +298,22 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(perConn(freed.proc.RSS, before.proc.RSS), "rss-returned-B/conn")
+		// What stays once the parked sessions are gone is not theirs:
+		// pages the logins left behind (fragmentation, runtime and
+		// SQLite caches). Shutdown ends every session (the event loops
+		// and their buffers go too, a fixed amount, not per session).
+		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		if err := srv.Shutdown(ctx); err != nil {
+			b.Logf("shutdown: %v", err)
+		}
+		cancel()
+		debug.FreeOSMemory()
+		gone, err := takeSnapshot()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(perConn(gone.proc.RSS, before.proc.RSS), "rss-closed-B/conn")
+		b.ReportMetric(perConn(gone.heapInuse+gone.stackInuse, before.heapInuse+before.stackInuse), "heap+stack-closed-B/conn")
 	}
 	b.ReportMetric(float64(after.goroutines), "goroutines")
 	kernel := ""

@@ -34,11 +34,14 @@ import (
 // process (the test binary re-executed with envLogin=1), so that the
 // server process's CPU time is the server's alone.
 const (
-	envLogin     = "BENCH_LOGIN"
-	envLoginPar  = "BENCH_LOGIN_PAR" // logins in flight at once; default loginPar
-	loginPar     = 8
-	loginAccts   = 256 // accounts the logins cycle through
-	loginTimeout = 10 * time.Minute
+	envLogin    = "BENCH_LOGIN"
+	envLoginPar = "BENCH_LOGIN_PAR" // logins in flight at once; default loginPar
+	// envLoginResume=1 makes the login client resume sessions instead
+	// (BenchmarkTLSResume).
+	envLoginResume = "BENCH_LOGIN_RESUME"
+	loginPar       = 8
+	loginAccts     = 256 // accounts the logins cycle through
+	loginTimeout   = 10 * time.Minute
 )
 
 // BenchmarkTLSLogin measures full logins against the in-process server,
@@ -86,6 +89,48 @@ func BenchmarkTLSLogin(b *testing.B) {
 		b.N, r.par, curvesLabel(), float64(b.N)/r.elapsed.Seconds(), r.p50, r.p99, perLogin(serverCPU), perLogin(r.cpu))
 }
 
+// BenchmarkTLSResume measures XEP-0198 resumptions as BenchmarkTLSLogin
+// measures logins: each on a fresh connection, STARTTLS, a TLS 1.3
+// handshake, SCRAM-SHA-256, then <resume/> of the session the previous
+// connection held (that connection reset just before), instead of binding
+// and sending presence. Each of $BENCH_LOGIN_PAR clients logs in once and
+// enables stream management (in the warm-up), then resumes its session
+// over and over. Reported as BenchmarkTLSLogin, per resumption.
+//
+//	go test -run '^$' -bench 'BenchmarkTLS(Login|Resume)' -benchtime 3000x ./bench/
+func BenchmarkTLSResume(b *testing.B) {
+	srv := startBenchServer(b, loginAccts)
+	p, err := startLoginClient(b, srv, envLoginResume+"=1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := p.run(2 * loginPar); err != nil {
+		b.Fatal(err)
+	}
+	before := srv.Stats()
+	cpu0 := processCPU()
+	b.ResetTimer()
+	r, err := p.run(b.N)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	serverCPU := processCPU() - cpu0
+	st := srv.Stats()
+	if got := st.Modules["sm.resumed"] - before.Modules["sm.resumed"]; got != uint64(b.N) {
+		b.Fatalf("server counted %d resumptions, want %d (%+v)", got, b.N, st)
+	}
+	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(b.N)/r.elapsed.Seconds(), "resumes/s")
+	b.ReportMetric(float64(r.p50.Microseconds()), "p50-us")
+	b.ReportMetric(float64(r.p99.Microseconds()), "p99-us")
+	b.ReportMetric(per(serverCPU), "server-cpu-us/resume")
+	b.ReportMetric(per(r.cpu), "client-cpu-us/resume")
+	b.Logf("%d resumptions, %d at a time, curves %s: %.0f/s, p50 %v, p99 %v; CPU per resumption: server %.0f us, client %.0f us",
+		b.N, r.par, curvesLabel(), float64(b.N)/r.elapsed.Seconds(), r.p50, r.p99, per(serverCPU), per(r.cpu))
+}
+
 // processCPU is this process's user plus system CPU time so far.
 func processCPU() time.Duration {
 	var ru syscall.Rusage
@@ -111,13 +156,14 @@ type loginProc struct {
 	errb  *capped
 }
 
-func startLoginClient(b *testing.B, srv *benchServer) (*loginProc, error) {
+func startLoginClient(b *testing.B, srv *benchServer, env ...string) (*loginProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), envLogin+"=1", envClientAddr+"="+srv.Addr().String(), envClientCA+"="+srv.caFile)
+	cmd.Env = append(cmd.Env, env...)
 	p := &loginProc{cmd: cmd, lines: make(chan string, 1), errb: &capped{max: 16 << 10}}
 	cmd.Stderr = p.errb
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
@@ -194,6 +240,10 @@ func loginMain() int {
 	}
 	o := bench.Options{Addr: os.Getenv(envClientAddr), Stage: bench.StageAuth, TLSConfig: tc}
 	var seq atomic.Int64 // makes every login's resource unique
+	var held []resumable // BenchmarkTLSResume's sessions, one per client
+	if os.Getenv(envLoginResume) == "1" {
+		held = make([]resumable, par)
+	}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		n, err := strconv.Atoi(strings.TrimSpace(sc.Text()))
@@ -202,7 +252,12 @@ func loginMain() int {
 		}
 		cpu0 := processCPU()
 		start := time.Now()
-		lat, err := runLogins(o, n, par, &seq)
+		var lat []time.Duration
+		if held != nil {
+			lat, err = runResumes(o, n, held)
+		} else {
+			lat, err = runLogins(o, n, par, &seq)
+		}
 		if err != nil {
 			return fail(err)
 		}
@@ -212,6 +267,60 @@ func loginMain() int {
 		fmt.Printf("done %d %d %d %d %d %d\n", n, par, elapsed, lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)], cpu)
 	}
 	return 0
+}
+
+// resumable is a session one client of BenchmarkTLSResume resumes.
+type resumable struct {
+	c  net.Conn
+	id string
+}
+
+// runResumes runs n resumptions, one client per element of held at a
+// time, and returns each one's latency. A client without a session
+// first logs in (account = its index) and enables resumption.
+func runResumes(o bench.Options, n int, held []resumable) ([]time.Duration, error) {
+	lat := make([]time.Duration, n)
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	for w := range held {
+		wg.Go(func() {
+			h := &held[w]
+			fail := func(err error) { errOnce.Do(func() { firstErr = err }) }
+			if h.c == nil {
+				lo := o
+				lo.Resource = "resume" + strconv.Itoa(w)
+				c, err := bench.Dial(context.Background(), lo, w)
+				if err != nil {
+					fail(err)
+					return
+				}
+				if h.id, err = bench.EnableResume(c); err != nil {
+					bench.Abort(c)
+					fail(err)
+					return
+				}
+				h.c = c
+			}
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				bench.Abort(h.c) // the session parks (or is taken over)
+				start := time.Now()
+				c, err := bench.Resume(context.Background(), o, w, h.id)
+				lat[i] = time.Since(start)
+				if err != nil {
+					h.c = nil
+					fail(err)
+					return
+				}
+				h.c = c
+			}
+		})
+	}
+	wg.Wait()
+	return lat, firstErr
 }
 
 // runLogins runs n logins, par at a time, and returns each one's latency.

@@ -41,6 +41,10 @@ const (
 	// messages (about 200 bytes each, stamped) sent to it once it is
 	// parked, which its stream management queue holds.
 	envQueued = "BENCH_QUEUED"
+	// envParkWaves makes the parked stage's sessions in that many waves
+	// of connections, each reset before the next dials: N can then pass
+	// the open-files limit (a parked session holds no descriptor).
+	envParkWaves = "BENCH_PARK_WAVES"
 )
 
 // clientMaxLife bounds a client process that nobody stops: it normally

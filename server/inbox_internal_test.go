@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"testing"
+	"unsafe"
 
 	"github.com/panjf2000/gnet/v2"
 	"mellium.im/xmpp/stream"
@@ -44,12 +45,37 @@ func TestInboxCap(t *testing.T) {
 		t.Fatalf("inboxOverflow = %d, want 1", got)
 	}
 	sess.mu.Lock()
-	kick, queued, n := sess.kick, sess.inboxBytes, len(sess.inbox)
+	kick, queued, n := kickCond(sess.kick), sess.inboxBytes, len(sess.inbox)
 	sess.mu.Unlock()
 	if kick != stream.ResourceConstraint.Err || queued != 900 || n != 3 {
 		t.Fatalf("kick %q, %d bytes in %d stanzas; want resource-constraint, 900 in 3", kick, queued, n)
 	}
 	if el.posted != 1 {
 		t.Fatalf("%d drain tasks posted, want 1 (one is enough for the queue and the close)", el.posted)
+	}
+}
+
+// TestKickCode: every stream condition survives its one-byte code; an
+// unknown one becomes undefined-condition.
+func TestKickCode(t *testing.T) {
+	for _, cond := range streamConditions {
+		if got := kickCond(kickCode(cond)); got != cond {
+			t.Errorf("kickCond(kickCode(%q)) = %q", cond, got)
+		}
+	}
+	for _, tt := range []struct{ in, want string }{
+		{stream.Conflict.Err, "conflict"},
+		{stream.SystemShutdown.Err, "system-shutdown"},
+		{"no-such-condition", "undefined-condition"},
+	} {
+		if got := kickCond(kickCode(tt.in)); got != tt.want {
+			t.Errorf("kickCond(kickCode(%q)) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+	if kickCond(0) != "" {
+		t.Error("kickCond(0) is not empty")
+	}
+	if n := unsafe.Sizeof(session{}); n > 192 {
+		t.Errorf("session is %d bytes, want at most 192 (a size class parked sessions fill)", n)
 	}
 }

@@ -114,7 +114,7 @@ func (s *Server) onSessionTimer(t *sessTimer) {
 // new one.
 type handedOver struct {
 	full      string
-	resOff    int
+	resOff    int32
 	slots     []any
 	flags     uint32
 	priority  int32
@@ -168,7 +168,7 @@ func (s *Server) handOver(o, n *session, c *conn, then func(*hook.Ctx, bool)) {
 		}
 	}
 	o.mu.Lock()
-	if o.gone || o.kick != "" || !o.bound {
+	if o.gone || o.kick != 0 || !o.bound {
 		o.mu.Unlock()
 		back(func() { s.resumeFailed(c, n, then) })
 		return

@@ -76,7 +76,7 @@ func (s *Server) completeBind(c *conn, id string, full jid.JID) {
 	sess := c.sess
 	sess.conn = c
 	sess.full = full.String()
-	sess.resOff = len(sess.full) - len(full.Resourcepart())
+	sess.resOff = int32(len(sess.full) - len(full.Resourcepart()))
 	sess.bound = true
 	sess.lastActive = c.loop.since()
 	if old := s.sessions.bind(sess); old != nil {

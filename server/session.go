@@ -2,6 +2,7 @@ package server
 
 import (
 	"hash/maphash"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -25,12 +26,21 @@ type session struct {
 	// full is the one representation of the bound JID, "" before
 	// binding; local and resource are read out of it.
 	full   string
-	resOff int // index of the resource in full
+	resOff int32 // index of the resource in full
 	bound  bool
 	// resuming: a resumption is moving another session's state into
 	// this one (hook.Resumer); the connection's close leaves the session
 	// to the handover.
 	resuming bool
+	// Mailbox flags, guarded by mu (here to pack the struct: a session,
+	// kept for minutes when parked, fits the 192-byte size class).
+	posted bool // a drain task is queued
+	gone   bool // closed: drop further deliveries
+	// inboxBytes is the size of inbox, guarded by mu; it saturates.
+	inboxBytes uint32
+	// kick is the stream error to close with, set by another loop
+	// (guarded by mu): a kickCode, 0 for none.
+	kick uint8
 	// lastActive is an offset from the server's epoch, in loop time:
 	// monotonic, and 8 bytes instead of a time.Time's 24.
 	lastActive time.Duration
@@ -48,13 +58,10 @@ type session struct {
 	flags     atomic.Uint32
 
 	// Mailbox: stanzas from other loops, drained on the owner's loop.
-	mu         sync.Mutex
-	inbox      [][]byte
-	inboxBytes int
-	posted     bool   // a drain task is queued
-	gone       bool   // closed: drop further deliveries
-	kick       string // stream error to close with, set by another loop
-	last       []byte // last broadcast presence, stamped; nil when unavailable
+	// (inboxBytes, posted and gone are above.)
+	mu    sync.Mutex
+	inbox [][]byte
+	last  []byte // last broadcast presence, stamped; nil when unavailable
 	// next is the session a resumption moved this one's state to: what
 	// is delivered to this one after it has gone is forwarded there.
 	next *session
@@ -114,6 +121,11 @@ func (s *session) SetSlot(sl hook.Slot, v any) {
 // SetPresence implements hook.Session: it records the last broadcast
 // presence and fires Available or Unavailable on a change.
 func (s *session) SetPresence(c *hook.Ctx, stamped []byte, priority int) {
+	if cap(stamped)-len(stamped) >= 8 {
+		// Kept for the session's life, parked included: no spare room
+		// (the stamping leaves some, a size class more at times).
+		stamped = slices.Clone(stamped)
+	}
 	s.mu.Lock()
 	s.last = stamped
 	s.mu.Unlock()
@@ -164,7 +176,7 @@ func (s *session) deliver(from *loop, b []byte) bool {
 		s.send(b)
 		return true
 	}
-	if max := srv.conf().C2S.MaxOutbound; max > 0 && s.inboxBytes+len(b) > max {
+	if max := srv.conf().C2S.MaxOutbound; max > 0 && uint64(s.inboxBytes)+uint64(len(b)) > uint64(max) {
 		// A session that cannot drain its mailbox (its loop is stalled,
 		// or a flood targets it) is closed rather than grown.
 		s.mu.Unlock()
@@ -173,7 +185,7 @@ func (s *session) deliver(from *loop, b []byte) bool {
 		return false
 	}
 	s.inbox = append(s.inbox, b)
-	s.inboxBytes += len(b)
+	s.inboxBytes = uint32(min(uint64(s.inboxBytes)+uint64(len(b)), math.MaxUint32))
 	post := !s.posted
 	s.posted = true
 	s.mu.Unlock()
@@ -207,11 +219,11 @@ func (s *session) send(b []byte) { s.Pass(0, b) }
 // closeWith asks the session's own loop to close it with a stream error.
 func (s *session) closeWith(cond string) {
 	s.mu.Lock()
-	if s.gone || s.kick != "" {
+	if s.gone || s.kick != 0 {
 		s.mu.Unlock()
 		return
 	}
-	s.kick = cond
+	s.kick = kickCode(cond)
 	post := !s.posted
 	s.posted = true
 	s.mu.Unlock()
@@ -223,8 +235,8 @@ func (s *session) closeWith(cond string) {
 // drain runs on the owner's loop.
 func (s *session) drain() {
 	s.mu.Lock()
-	in, kick := s.inbox, s.kick
-	s.inbox, s.inboxBytes, s.kick, s.posted = nil, 0, "", false
+	in, kick := s.inbox, kickCond(s.kick)
+	s.inbox, s.inboxBytes, s.kick, s.posted = nil, 0, 0, false
 	s.mu.Unlock()
 	c := s.conn
 	for _, b := range in {
@@ -245,7 +257,7 @@ func (s *session) drain() {
 		// Finish the stanza being handled first (an offline message being
 		// stored, say); the worker's return closes the session.
 		s.mu.Lock()
-		s.kick = kick
+		s.kick = kickCode(kick)
 		s.mu.Unlock()
 		return
 	}
@@ -264,6 +276,36 @@ func (s *session) drain() {
 		}
 		s.loop.srv.fail(c, kick, text)
 	}
+}
+
+// streamConditions are the stream error conditions of RFC 6120 4.9.3; a
+// session's kick is an index in it plus one (a byte rather than a string
+// header in every session).
+var streamConditions = [...]string{
+	"bad-format", "bad-namespace-prefix", "conflict", "connection-timeout", "host-gone",
+	"host-unknown", "improper-addressing", "internal-server-error", "invalid-from",
+	"invalid-namespace", "invalid-xml", "not-authorized", "not-well-formed", "policy-violation",
+	"remote-connection-failed", "reset", "resource-constraint", "restricted-xml",
+	"see-other-host", "system-shutdown", "undefined-condition", "unsupported-encoding",
+	"unsupported-feature", "unsupported-stanza-type", "unsupported-version",
+}
+
+// kickCode is cond's code for session.kick; a condition RFC 6120 does not
+// define becomes undefined-condition.
+func kickCode(cond string) uint8 {
+	i := slices.Index(streamConditions[:], cond)
+	if i < 0 {
+		i = slices.Index(streamConditions[:], stream.UndefinedCondition.Err)
+	}
+	return uint8(i + 1)
+}
+
+// kickCond is the condition of a kickCode, "" for 0.
+func kickCond(k uint8) string {
+	if k == 0 {
+		return ""
+	}
+	return streamConditions[k-1]
 }
 
 // closeMailbox drops anything queued; later deliveries fail.

@@ -174,6 +174,20 @@ func TestSMResume(t *testing.T) {
 			`<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>ann@localhost/laptop</jid></bind></iq>`)
 	})
 
+	t.Run("failures count", func(t *testing.T) {
+		// A failed resumption counts like a failed login: the third on one
+		// connection (preauth.max_failed_auth) closes it.
+		r := tlsRaw(t, srv, tc)
+		r.scramAuth("ann", testPassword)
+		notFound := `<failed xmlns='` + nsSM + `'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>`
+		r.exchange(t, `<resume xmlns='`+nsSM+`' previd='nope' h='0'/>`, notFound)
+		r.exchange(t, `<resume xmlns='`+nsSM+`' previd='AAAAAAAAAAAAAAAAAAAAAA' h='0'/>`, notFound)
+		r.exchange(t, `<resume xmlns='`+nsSM+`' previd='nope' h='0'/>`, notFound)
+		if got := r.closed(); got != `<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>too many failed attempts</text></stream:error></stream:stream>` {
+			t.Fatalf("after three failed resumptions got %q", got)
+		}
+	})
+
 	t.Run("takeover", func(t *testing.T) {
 		// The old connection still looks alive: it is closed, the session
 		// lives on in the new one.

@@ -20,6 +20,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/base64"
 	"slices"
 	"strconv"
@@ -57,11 +58,19 @@ type Module struct {
 	// gets no Ctx, reads the live configuration through it.
 	host atomic.Pointer[hostRef]
 
-	mu        sync.Mutex
-	tokens    map[string]*entry   // resumable sessions by token
-	byAccount map[string][]*entry // parked sessions of an account, oldest first
-	order     []*entry            // parked sessions, oldest first (lazily pruned)
-	parked    int
+	mu sync.Mutex
+	// accounts holds the resumable sessions of each account with one: the
+	// head of that account's list (through state.anext), where a
+	// session moves to the end when it parks, so that its parked ones are
+	// in the order they parked. A resumption looks its token up there:
+	// a token is only ever valid for its own account, and an account has
+	// few sessions, so one map serves both (no map of all tokens).
+	accounts map[string]*state
+	// head and tail are the oldest and newest parked sessions, a list
+	// through state.prev and state.next. The lists are intrusive: a
+	// parked session costs the server no other allocation than its state.
+	head, tail *state
+	parked     int
 
 	parkedNow, parkedBytes                                                 atomic.Int64
 	resumed, resumeFailed, overflows, expired, evicted, closedParked, lost atomic.Uint64
@@ -70,14 +79,11 @@ type Module struct {
 	expireFn func(*hook.Ctx)
 }
 
-// entry is a resumable session in the module's table. Its fields are
-// guarded by Module.mu.
-type entry struct {
-	token  string
-	local  string
-	sess   hook.Session
-	parked bool
-}
+// token is a resumption id: 128 random bits, base64url on the wire.
+type token [16]byte
+
+// tokenLen is the length of a token's base64url form, without padding.
+const tokenLen = 22
 
 // state is a session's stream management state, in its slot.
 type state struct {
@@ -89,11 +95,23 @@ type state struct {
 	// timeout is how long the session is kept when parked, in seconds:
 	// sm.resume_timeout, or less if the client asked for less.
 	timeout uint32
-	e       *entry // nil when not resumable
-	timer   hook.Timer
+	// (The deadline of a parked session is not kept here: the core
+	// cancels a session's timers when it ends or is taken over.)
+
 	// parked: no connection; overflow: the queue overflowed and the
-	// session is ending.
-	parked, overflow bool
+	// session is ending; resumable: it has a token.
+	parked, overflow, resumable bool
+
+	// Guarded by Module.mu: the session that holds this state (it moves
+	// on resumption), whether it is in the parked list and in its
+	// account's list, and its links.
+	listed, member bool
+	tok            token
+	sess           hook.Session
+	prev, next     *state // all parked sessions, oldest first
+	// anext links the account's resumable sessions: singly, since an
+	// account has few (the core's session table scans them as often).
+	anext *state
 }
 
 type hostRef struct{ h hook.Host }
@@ -108,8 +126,7 @@ func (*Module) Name() string { return "sm" }
 // Register implements hook.Module.
 func (m *Module) Register(r *hook.Registrar) error {
 	m.expireFn = m.expire
-	m.tokens = make(map[string]*entry)
-	m.byAccount = make(map[string][]*entry)
+	m.accounts = make(map[string]*state)
 	m.slot = r.Slot()
 	m.out = r.Outbound(m.filter)
 	feature := func(b []byte) []byte { return append(b, `<sm xmlns='`+NS+`'/>`...) }
@@ -167,13 +184,12 @@ func (m *Module) enable(c *hook.Ctx, elem []byte) error {
 	cfg := c.Host.Config().SM
 	b := append(c.Scratch(), `<enabled xmlns='`+NS+`'`...)
 	if (resume == "true" || resume == "1") && cfg.ResumeTimeout > 0 {
-		var raw [18]byte
-		_, _ = rand.Read(raw[:])
-		e := &entry{token: base64.RawURLEncoding.EncodeToString(raw[:]), local: c.Session.Local(), sess: c.Session}
+		var tok token
+		_, _ = rand.Read(tok[:])
 		m.mu.Lock()
-		m.tokens[e.token] = e
+		st.tok, st.sess, st.resumable = tok, c.Session, true
+		m.joinLocked(st)
 		m.mu.Unlock()
-		st.e = e
 		st.timeout = uint32(min(max(cfg.ResumeTimeout/time.Second, 1), 1<<32-1))
 		// The client's preferred maximum (XEP-0198 3), when lower.
 		if v, ok := tag.AttrString("max"); ok {
@@ -181,7 +197,9 @@ func (m *Module) enable(c *hook.Ctx, elem []byte) error {
 				st.timeout = uint32(want)
 			}
 		}
-		b = append(b, ` id='`+e.token+`' resume='true' max='`...)
+		b = append(b, ` id='`...)
+		b = base64.RawURLEncoding.AppendEncode(b, tok[:])
+		b = append(b, `' resume='true' max='`...)
 		b = strconv.AppendUint(b, uint64(st.timeout), 10)
 		b = append(b, '\'')
 	}
@@ -302,7 +320,7 @@ func growTight[T any](s []T, k int) []T {
 // closing parks a resumable session whose connection was lost.
 func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	st := m.get(c.Session)
-	if st == nil || st.e == nil || !c.Lost || st.overflow {
+	if st == nil || !st.resumable || !c.Lost || st.overflow {
 		return hook.Continue
 	}
 	tm, ok := c.Session.(hook.Timers)
@@ -316,9 +334,9 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		// holds the state; the old session's timer was cancelled at the
 		// handover.
 		m.mu.Lock()
-		st.e.sess = c.Session
+		st.sess = c.Session
 		m.mu.Unlock()
-		st.timer = tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
+		tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
 		m.parks.Add(1)
 		return hook.Stop
 	}
@@ -327,30 +345,42 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	if cap(st.buf) > 2*len(st.buf)+64 {
 		st.buf = slices.Clip(slices.Clone(st.buf)) // compact while parked
 	}
-	st.ents = slices.Clip(st.ents)
-	st.timer = tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
+	switch {
+	case len(st.ents) == 0:
+		st.ents = nil // Clip would keep the array
+	case cap(st.ents) > len(st.ents):
+		st.ents = slices.Clone(st.ents)
+	}
+	if len(st.buf) == 0 {
+		st.buf = nil
+	}
+	tm.AfterFunc(time.Duration(st.timeout)*time.Second, m.expireFn)
 	m.parkedNow.Add(1)
 	m.parkedBytes.Add(int64(len(st.buf)))
 	var evict []hook.Session
 	m.mu.Lock()
-	e := st.e
-	e.sess = c.Session
-	e.parked = true
-	m.parked++
-	m.byAccount[e.local] = append(m.byAccount[e.local], e)
-	m.order = append(m.order, e)
-	if lst := m.byAccount[e.local]; cfg.MaxParkedPerAccount > 0 && len(lst) > cfg.MaxParkedPerAccount {
-		old := lst[0]
+	st.sess = c.Session
+	m.parkLocked(st)
+	if lim := cfg.MaxParkedPerAccount; lim > 0 {
+		var oldest *state
+		n := 0
+		for o := m.accounts[st.sess.Local()]; o != nil; o = o.anext {
+			if o.listed {
+				if n == 0 {
+					oldest = o
+				}
+				n++
+			}
+		}
+		if n > lim {
+			m.unparkLocked(oldest)
+			evict = append(evict, oldest.sess)
+		}
+	}
+	for cfg.MaxParkedTotal > 0 && m.parked > cfg.MaxParkedTotal && m.head != nil {
+		old := m.head
 		m.unparkLocked(old)
 		evict = append(evict, old.sess)
-	}
-	for cfg.MaxParkedTotal > 0 && m.parked > cfg.MaxParkedTotal && len(m.order) > 0 {
-		old := m.order[0]
-		m.order = m.order[1:]
-		if old.parked {
-			m.unparkLocked(old)
-			evict = append(evict, old.sess)
-		}
 	}
 	m.mu.Unlock()
 	for _, s := range evict {
@@ -361,25 +391,85 @@ func (m *Module) closing(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	return hook.Stop
 }
 
-// unparkLocked removes e from the parked lists (not from the tokens).
-func (m *Module) unparkLocked(e *entry) {
-	if !e.parked {
+// joinLocked appends st to its account's list of resumable sessions.
+func (m *Module) joinLocked(st *state) {
+	if st.member {
 		return
 	}
-	e.parked = false
-	m.parked--
-	lst := m.byAccount[e.local]
-	if i := slices.Index(lst, e); i >= 0 {
-		lst = slices.Delete(lst, i, i+1)
+	st.member, st.anext = true, nil
+	local := st.sess.Local()
+	p := m.accounts[local]
+	if p == nil {
+		m.accounts[local] = st
+		return
 	}
-	if len(lst) == 0 {
-		delete(m.byAccount, e.local)
+	for p.anext != nil {
+		p = p.anext
+	}
+	p.anext = st
+}
+
+// leaveLocked removes st from its account's list: its token is no
+// longer valid.
+func (m *Module) leaveLocked(st *state) {
+	if !st.member {
+		return
+	}
+	st.member = false
+	local := st.sess.Local()
+	switch h := m.accounts[local]; {
+	case h == st && st.anext == nil:
+		delete(m.accounts, local)
+	case h == st:
+		m.accounts[local] = st.anext
+	default:
+		for p := h; p != nil; p = p.anext {
+			if p.anext == st {
+				p.anext = st.anext
+				break
+			}
+		}
+	}
+	st.anext = nil
+}
+
+// parkLocked appends st to the parked list, as the newest, and moves it
+// to the end of its account's list.
+func (m *Module) parkLocked(st *state) {
+	if st.listed {
+		return
+	}
+	st.listed = true
+	m.parked++
+	st.prev, st.next = m.tail, nil
+	if m.tail != nil {
+		m.tail.next = st
 	} else {
-		m.byAccount[e.local] = lst
+		m.head = st
 	}
-	if len(m.order) > 64 && m.parked < len(m.order)/2 {
-		m.order = slices.DeleteFunc(m.order, func(o *entry) bool { return !o.parked })
+	m.tail = st
+	m.leaveLocked(st)
+	m.joinLocked(st)
+}
+
+// unparkLocked removes st from the parked list (not from its account's).
+func (m *Module) unparkLocked(st *state) {
+	if !st.listed {
+		return
 	}
+	st.listed = false
+	m.parked--
+	if st.prev != nil {
+		st.prev.next = st.next
+	} else {
+		m.head = st.next
+	}
+	if st.next != nil {
+		st.next.prev = st.prev
+	} else {
+		m.tail = st.prev
+	}
+	st.prev, st.next = nil, nil
 }
 
 // expire ends a parked session whose client did not come back.
@@ -394,17 +484,25 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 	tag, _ := stanza.ParseStartTag(elem)
 	previd, _ := tag.AttrString("previd")
 	h, hok := attrH(elem)
-	m.mu.Lock()
-	e := m.tokens[previd]
 	var old hook.Session
-	if e != nil && e.local == c.Session.Local() {
-		old = e.sess
+	var tok token
+	if n, err := base64.RawURLEncoding.Decode(tok[:], []byte(previd)); err == nil && n == len(tok) && len(previd) == tokenLen {
+		m.mu.Lock()
+		for e := m.accounts[c.Session.Local()]; e != nil; e = e.anext {
+			if subtle.ConstantTimeCompare(e.tok[:], tok[:]) == 1 {
+				old = e.sess
+				break
+			}
+		}
+		m.mu.Unlock()
 	}
-	m.mu.Unlock()
 	r, ok := c.Conn.(hook.Resumer)
 	if old == nil || !ok || !hok {
 		m.resumeFailed.Add(1)
 		c.Conn.WriteNonza(failed("item-not-found"))
+		// Counted like a failed login (preauth.max_failed_auth): the
+		// connection is still before binding, under the pre-auth policy.
+		c.Conn.CountFailure()
 		return nil
 	}
 	r.Resume(old, func(c *hook.Ctx, ok bool) {
@@ -412,25 +510,26 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 		if !ok || st == nil {
 			m.resumeFailed.Add(1)
 			c.Conn.WriteNonza(failed("item-not-found"))
+			c.Conn.CountFailure()
 			return
 		}
 		m.mu.Lock()
-		if st.parked {
-			m.unparkLocked(st.e)
-		}
-		st.e.sess = c.Session
+		m.unparkLocked(st)
+		st.sess = c.Session
 		m.mu.Unlock()
 		if st.parked {
 			m.parkedNow.Add(-1)
 			m.parkedBytes.Add(-int64(len(st.buf)))
 		}
-		st.parked, st.timer = false, nil // the core cancelled the old session's timer
+		st.parked = false // the core cancelled the old session's timer
 		if !st.trim(h) {
 			c.Conn.Fail("undefined-condition", "acknowledged more stanzas than were sent")
 			return
 		}
 		m.resumed.Add(1)
-		b := append(c.Scratch(), `<resumed xmlns='`+NS+`' previd='`+st.e.token+`' h='`...)
+		b := append(c.Scratch(), `<resumed xmlns='`+NS+`' previd='`...)
+		b = base64.RawURLEncoding.AppendEncode(b, st.tok[:])
+		b = append(b, `' h='`...)
 		b = strconv.AppendUint(b, uint64(st.in), 10)
 		c.Conn.WriteNonza(append(b, `'/>`...))
 		domain := c.Host.Domain()
@@ -456,14 +555,13 @@ func (m *Module) closed(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		return hook.Continue
 	}
 	c.Session.SetSlot(m.slot, nil)
-	if st.timer != nil {
-		st.timer.Stop()
-	}
-	if st.e != nil {
+	// The parked session's deadline, if any, the core cancels after
+	// Closed.
+	if st.resumable {
 		m.mu.Lock()
-		m.unparkLocked(st.e)
-		if m.tokens[st.e.token] == st.e && st.e.sess == c.Session {
-			delete(m.tokens, st.e.token)
+		m.unparkLocked(st)
+		if st.sess == c.Session {
+			m.leaveLocked(st)
 		}
 		m.mu.Unlock()
 	}
