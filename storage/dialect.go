@@ -92,24 +92,6 @@ func (d Dialect) lockMigrations(ctx context.Context, tx *sql.Tx) error {
 	return err
 }
 
-// Read-only snapshot transaction options per dialect. SQLite ignores the
-// isolation level (its transactions are serializable anyway), so only
-// PostgreSQL's is set.
-var (
-	pgSnapshot     = &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
-	sqliteSnapshot = &sql.TxOptions{ReadOnly: true}
-)
-
-// snapshot returns the options of a read-only transaction whose queries all
-// see one snapshot. In SQLite a deferred (read-only) transaction's snapshot
-// starts at its first read and holds until its end.
-func (d Dialect) snapshot() *sql.TxOptions {
-	if d == PostgreSQL {
-		return pgSnapshot
-	}
-	return sqliteSnapshot
-}
-
 // SQLite primary result codes (sqlite3.h) that mean "another connection
 // holds the lock; try again".
 const (

@@ -176,9 +176,15 @@ func (m *Module) broadcast(c *hook.Ctx, st *hook.Stanza) {
 	}
 	host, log := c.Host, c.Log
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
-		m.fanOut(ctx, host, log, sess, stamped, directed)
+		// One roster read serves the broadcast and the probes: they run
+		// in the same job, and a login reads the roster once less.
+		items, _, err := m.Store.Roster(ctx, sess.Local())
+		if err != nil {
+			log.Error("roster read for presence failed", zap.String("user", sess.Local()), zap.Error(err))
+		}
+		m.fanOut(host, sess, stamped, directed, items)
 		if initial {
-			m.probe(ctx, host, log, sess)
+			m.probe(host, sess, items)
 		}
 		return nil
 	}, func(*hook.Ctx) {
@@ -201,7 +207,13 @@ func (m *Module) gone(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	sess, host, log := c.Session, c.Host, c.Log
 	directed := m.take(sess)
 	b := stanza.AppendPresence(nil, "unavailable", sess.Full(), "")
-	if !host.Go(func(ctx context.Context) { m.fanOut(ctx, host, log, sess, b, directed) }) {
+	if !host.Go(func(ctx context.Context) {
+		items, _, err := m.Store.Roster(ctx, sess.Local())
+		if err != nil {
+			log.Error("roster read for presence failed", zap.String("user", sess.Local()), zap.Error(err))
+		}
+		m.fanOut(host, sess, b, directed, items)
+	}) {
 		log.Warn("unavailable presence not broadcast: worker queue full", zap.String("jid", sess.Full()))
 	}
 	return hook.Continue
@@ -210,8 +222,9 @@ func (m *Module) gone(c *hook.Ctx, _ hook.Event) hook.Verdict {
 // fanOut delivers a presence of sess (stamped, without a to): to its own
 // resources, itself included, that are available (4.2.2); to the contacts
 // with a subscription from the user (4.4.2); and to the directed-presence
-// recipients that are not among them (4.6.3). Runs on a worker.
-func (m *Module) fanOut(ctx context.Context, host hook.Host, log *zap.Logger, sess hook.Session, stamped []byte, directed []string) {
+// recipients that are not among them (4.6.3). items is the user's
+// roster, nil when it could not be read. Runs on a worker.
+func (m *Module) fanOut(host hook.Host, sess hook.Session, stamped []byte, directed []string, items []storage.RosterItem) {
 	user, full := sess.Local(), sess.Full()
 	host.Sessions(user, func(o hook.Session) {
 		if o.Full() == full || o.Available() {
@@ -221,10 +234,6 @@ func (m *Module) fanOut(ctx context.Context, host hook.Host, log *zap.Logger, se
 	tag, err := stanza.ParseStartTag(stamped)
 	if err != nil {
 		return
-	}
-	items, _, err := m.Store.Roster(ctx, user)
-	if err != nil {
-		log.Error("roster read for presence failed", zap.String("user", user), zap.Error(err))
 	}
 	sender, _ := jid.Parse(full)
 	domain := host.Domain()
@@ -247,17 +256,12 @@ func (m *Module) fanOut(ctx context.Context, host hook.Host, log *zap.Logger, se
 // probe sends a session that has just become available the presence of
 // the account's other available resources, then its contacts' current
 // presence: what probes of the contacts with a subscription to the user
-// would bring back (4.3.2). Runs on a worker.
-func (m *Module) probe(ctx context.Context, host hook.Host, log *zap.Logger, sess hook.Session) {
+// would bring back (4.3.2). items is the user's roster. Runs on a worker.
+func (m *Module) probe(host hook.Host, sess hook.Session, items []storage.RosterItem) {
 	user, full := sess.Local(), sess.Full()
 	// The new resource learns of the others as they learn of it (4.2.2
 	// broadcasts its presence to them), as Prosody's mod_presence does.
 	host.Sessions(user, func(o hook.Session) { sendLast(sess, o, full) })
-	items, _, err := m.Store.Roster(ctx, user)
-	if err != nil {
-		log.Error("roster read for probes failed", zap.String("user", user), zap.Error(err))
-		return
-	}
 	me, _ := jid.Parse(full)
 	domain := host.Domain()
 	for _, it := range items {

@@ -238,3 +238,49 @@ func TestPriority(t *testing.T) {
 		}
 	}
 }
+
+// counted is a presence.Store that counts its roster reads.
+type counted struct {
+	rosters
+	reads int
+}
+
+func (c *counted) Roster(ctx context.Context, user string) ([]storage.RosterItem, uint64, error) {
+	c.reads++
+	return c.rosters.Roster(ctx, user)
+}
+
+// TestRosterReads: an initial presence reads the roster once for both its
+// broadcast and its probes (a login's cost), a later one once, and each
+// still reaches the contacts it should.
+func TestRosterReads(t *testing.T) {
+	store := &counted{rosters: rosters{"alice": {item("bob@localhost", storage.SubBoth)}}}
+	reg, err := hook.New(&presence.Module{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := imtest.NewHost()
+	bob := host.Bind("bob", "r")
+	cb := imtest.NewConn(host, reg, bob)
+	send(t, cb, `<presence/>`, hook.Stop)
+	bob.Take()
+	alice := host.Bind("alice", "1")
+	ca := imtest.NewConn(host, reg, alice)
+	for i, tc := range []struct {
+		raw       string
+		wantAlice []string
+	}{
+		{`<presence/>`, []string{`<presence from='alice@localhost/1'/>`, `<presence from='bob@localhost/r' to='alice@localhost/1'/>`}},
+		{`<presence><show>away</show></presence>`, []string{`<presence from='alice@localhost/1'><show>away</show></presence>`}},
+	} {
+		store.reads = 0
+		send(t, ca, tc.raw, hook.Stop)
+		if store.reads != 1 {
+			t.Fatalf("%s: %d roster reads, want 1", tc.raw, store.reads)
+		}
+		expect(t, "alice "+strconv.Itoa(i), alice.Take(), tc.wantAlice...)
+		if got := bob.Take(); len(got) != 1 {
+			t.Fatalf("%s: bob got %q, want the broadcast", tc.raw, got)
+		}
+	}
+}
