@@ -1,6 +1,9 @@
 package stanza
 
-import "bytes"
+import (
+	"bytes"
+	"time"
+)
 
 // Builders of the stanzas the server writes itself. Each appends to b and
 // returns the extended slice; values are escaped, names and conditions
@@ -121,4 +124,31 @@ func WithAttr(tag StartTag, elem []byte, name, value string) []byte {
 		rest--
 	}
 	return append(b, elem[rest:]...)
+}
+
+// WithDelay returns a copy of the complete stanza b with an XEP-0203
+// delay element from from saying it was first handled at at (UTC, to
+// the second): for messages the server stored or resends.
+func WithDelay(b []byte, from string, at time.Time) []byte {
+	tag, err := ParseStartTag(b)
+	if err != nil {
+		return bytes.Clone(b)
+	}
+	delay := []byte(`<delay xmlns='urn:xmpp:delay' from='`)
+	delay = AppendEscaped(delay, from)
+	delay = append(delay, `' stamp='`...)
+	delay = at.UTC().AppendFormat(delay, "2006-01-02T15:04:05Z")
+	delay = append(delay, `'/>`...)
+	if tag.SelfClosing() {
+		out := append([]byte(nil), b[:tag.Len()-2]...)
+		out = append(out, '>')
+		out = append(out, delay...)
+		out = append(out, `</`...)
+		out = append(out, tag.Local()...)
+		return append(out, '>')
+	}
+	end := bytes.LastIndexByte(b, '<')
+	out := append([]byte(nil), b[:end]...)
+	out = append(out, delay...)
+	return append(out, b[end:]...)
 }

@@ -6,13 +6,10 @@
 package offline
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync/atomic"
-	"time"
 
 	"go.uber.org/zap"
 	"mellium.im/xmpp/jid"
@@ -247,7 +244,7 @@ func (m *Module) deliverBatch(ctx context.Context, log *zap.Logger, domain strin
 	}
 	last, n := after, 0
 	for _, msg := range msgs {
-		if !sess.Deliver(withDelay(msg.Stanza, domain, msg.Stored)) {
+		if !sess.Deliver(stanza.WithDelay(msg.Stanza, domain, msg.Stored)) {
 			break // gone: the rest stays stored for the next session
 		}
 		last = msg.ID
@@ -262,32 +259,6 @@ func (m *Module) deliverBatch(ctx context.Context, log *zap.Logger, domain strin
 		return last, false
 	}
 	return last, n == len(msgs) && len(msgs) == BatchSize
-}
-
-// withDelay returns a copy of a stored message with an XEP-0203 delay
-// element saying when the server stored it.
-func withDelay(b []byte, from string, at time.Time) []byte {
-	tag, err := stanza.ParseStartTag(b)
-	if err != nil {
-		return slices.Clone(b)
-	}
-	delay := []byte(`<delay xmlns='urn:xmpp:delay' from='`)
-	delay = stanza.AppendEscaped(delay, from)
-	delay = append(delay, `' stamp='`...)
-	delay = at.UTC().AppendFormat(delay, "2006-01-02T15:04:05Z")
-	delay = append(delay, `'/>`...)
-	if tag.SelfClosing() {
-		out := append([]byte(nil), b[:tag.Len()-2]...)
-		out = append(out, '>')
-		out = append(out, delay...)
-		out = append(out, `</`...)
-		out = append(out, tag.Local()...)
-		return append(out, '>')
-	}
-	end := bytes.LastIndexByte(b, '<')
-	out := append([]byte(nil), b[:end]...)
-	out = append(out, delay...)
-	return append(out, b[end:]...)
 }
 
 // Counters implements hook.Counter: "stored" and "delivered" messages.

@@ -212,8 +212,8 @@ func TestWithDelay(t *testing.T) {
 		{`<message/>`, `<message><delay xmlns='urn:xmpp:delay' from='d' stamp='2024-05-06T07:08:09Z'/></message>`},
 		{`<message><body>x</body></message>`, `<message><body>x</body><delay xmlns='urn:xmpp:delay' from='d' stamp='2024-05-06T07:08:09Z'/></message>`},
 	} {
-		if got := string(withDelay([]byte(tc.in), "d", at)); got != tc.want {
-			t.Errorf("withDelay(%s) = %s", tc.in, got)
+		if got := string(stanza.WithDelay([]byte(tc.in), "d", at)); got != tc.want {
+			t.Errorf("stanza.WithDelay(%s) = %s", tc.in, got)
 		}
 	}
 }

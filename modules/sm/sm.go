@@ -17,7 +17,6 @@
 package sm
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -623,27 +622,10 @@ func (m *Module) dispose(ctx context.Context, host hook.Host, log *zap.Logger, u
 // withDelay returns a copy of b with an XEP-0203 delay element saying
 // when the server first sent it; iq stanzas are copied unchanged.
 func withDelay(b []byte, from string, at time.Time) []byte {
-	tag, err := stanza.ParseStartTag(b)
-	if err != nil || string(tag.Local()) == "iq" {
+	if tag, err := stanza.ParseStartTag(b); err != nil || string(tag.Local()) == "iq" {
 		return slices.Clone(b)
 	}
-	delay := []byte(`<delay xmlns='urn:xmpp:delay' from='`)
-	delay = stanza.AppendEscaped(delay, from)
-	delay = append(delay, `' stamp='`...)
-	delay = at.UTC().AppendFormat(delay, "2006-01-02T15:04:05Z")
-	delay = append(delay, `'/>`...)
-	if tag.SelfClosing() {
-		out := append([]byte(nil), b[:tag.Len()-2]...)
-		out = append(out, '>')
-		out = append(out, delay...)
-		out = append(out, `</`...)
-		out = append(out, tag.Local()...)
-		return append(out, '>')
-	}
-	end := bytes.LastIndexByte(b, '<')
-	out := append([]byte(nil), b[:end]...)
-	out = append(out, delay...)
-	return append(out, b[end:]...)
+	return stanza.WithDelay(b, from, at)
 }
 
 // Counters implements hook.Counter.
