@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +12,6 @@ import (
 	msasl "mellium.im/sasl"
 
 	"github.com/krill-xmpp/krill/config"
-	"github.com/krill-xmpp/krill/modules"
-	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
 )
@@ -24,39 +21,7 @@ import (
 // can look at what was written.
 func startFull(t *testing.T, cfg config.Config, log *zap.Logger, users ...string) (*server.Server, *storage.SQL) {
 	t.Helper()
-	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := sasl.NewCredentials(testPassword, sasl.DefaultIterations)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range users {
-		if err := store.AddAccount(context.Background(), u, creds); err != nil {
-			t.Fatal(err)
-		}
-	}
-	r, err := modules.Registry(store, modules.Options{Config: cfg, Started: time.Now().Add(-time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(cfg, log, store, r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Stop(ctx); err != nil {
-			t.Errorf("Stop: %v", err)
-		}
-		_ = store.Close()
-	})
-	return srv, store
+	return startServerOpts(t, cfg, serverOpts{log: log, started: time.Now().Add(-time.Hour)}, users...)
 }
 
 // bound logs user in over raw XML and consumes the bind result.

@@ -14,11 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	msasl "mellium.im/sasl"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
 
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
@@ -55,6 +57,24 @@ func startServer(t testing.TB, cfg config.Config, users ...string) *server.Serve
 // store itself), for tests that need to hold storage back.
 func startServerWith(t testing.TB, cfg config.Config, wrap func(modules.Store) modules.Store, users ...string) *server.Server {
 	t.Helper()
+	srv, _ := startServerOpts(t, cfg, serverOpts{wrap: wrap}, users...)
+	return srv
+}
+
+// serverOpts vary how startServerOpts builds the server under test; the
+// zero value is startServer's.
+type serverOpts struct {
+	wrap    func(modules.Store) modules.Store // nil: the store itself
+	log     *zap.Logger                       // nil: none
+	started time.Time                         // the uptime's start (XEP-0012)
+	mods    []hook.Module                     // nil: modules.Standard
+}
+
+// startServerOpts runs a real server for cfg with the given accounts (all
+// with testPassword) and stops it when the test ends; it returns the
+// store too, for tests that look into it.
+func startServerOpts(t testing.TB, cfg config.Config, o serverOpts, users ...string) (*server.Server, *storage.SQL) {
+	t.Helper()
 	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -69,14 +89,18 @@ func startServerWith(t testing.TB, cfg config.Config, wrap func(modules.Store) m
 		}
 	}
 	var st modules.Store = store
-	if wrap != nil {
-		st = wrap(store)
+	if o.wrap != nil {
+		st = o.wrap(store)
 	}
-	reg, err := modules.Registry(st, modules.Options{Config: cfg})
+	mods := o.mods
+	if mods == nil {
+		mods = modules.Standard(st, modules.Options{Config: cfg, Started: o.started})
+	}
+	reg, err := hook.New(mods...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(cfg, nil, st, reg)
+	srv, err := server.New(cfg, o.log, st, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +115,7 @@ func startServerWith(t testing.TB, cfg config.Config, wrap func(modules.Store) m
 		}
 		_ = store.Close()
 	})
-	return srv
+	return srv, store
 }
 
 // login connects a mellium.im/xmpp client (an independent implementation)

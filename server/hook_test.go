@@ -2,8 +2,6 @@ package server_test
 
 import (
 	"bytes"
-	"context"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -11,10 +9,8 @@ import (
 	"time"
 
 	"github.com/krill-xmpp/krill/hook"
-	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/stanza"
-	"github.com/krill-xmpp/krill/storage"
 )
 
 // probe is a test module that registers one handler of every hook kind
@@ -144,34 +140,7 @@ func (p *probe) Register(r *hook.Registrar) error {
 
 func startWithModules(t *testing.T, mods []hook.Module, users ...string) *server.Server {
 	t.Helper()
-	cfg := testConfig(t)
-	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, _ := sasl.NewCredentials(testPassword, sasl.DefaultIterations)
-	for _, u := range users {
-		if err := store.AddAccount(context.Background(), u, creds); err != nil {
-			t.Fatal(err)
-		}
-	}
-	reg, err := hook.New(mods...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(cfg, nil, store, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Stop(ctx)
-		_ = store.Close()
-	})
+	srv, _ := startServerOpts(t, testConfig(t), serverOpts{mods: mods}, users...)
 	return srv
 }
 

@@ -23,10 +23,7 @@ import (
 	msasl "mellium.im/sasl"
 
 	"github.com/krill-xmpp/krill/config"
-	"github.com/krill-xmpp/krill/modules"
-	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
-	"github.com/krill-xmpp/krill/storage"
 )
 
 // leanConfig is tlsConfig with the lean record layer on.
@@ -541,36 +538,7 @@ func (s *syncBuffer) String() string {
 // startServerLog is startServer with the given logger.
 func startServerLog(t *testing.T, cfg config.Config, log *zap.Logger, users ...string) *server.Server {
 	t.Helper()
-	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := sasl.NewCredentials(testPassword, sasl.DefaultIterations)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range users {
-		if err := store.AddAccount(context.Background(), u, creds); err != nil {
-			t.Fatal(err)
-		}
-	}
-	reg, err := modules.Registry(store, modules.Options{Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(cfg, log, store, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Stop(ctx)
-		_ = store.Close()
-	})
+	srv, _ := startServerOpts(t, cfg, serverOpts{log: log}, users...)
 	return srv
 }
 
