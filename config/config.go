@@ -77,6 +77,10 @@ type Admin struct {
 	// Listen is host:port; empty disables the listener. Keep it off the
 	// public interface: it is not authenticated.
 	Listen string `koanf:"listen"`
+	// Pprof serves net/http/pprof under /debug/pprof/ on the admin
+	// listener, for profiling a running server (CPU per login, garbage).
+	// Off by default: a profile costs CPU and shows internals.
+	Pprof bool `koanf:"pprof"`
 }
 
 // Register configures XEP-0077 in-band registration.

@@ -37,6 +37,7 @@
 package hook
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -58,6 +59,14 @@ type Module interface {
 // goroutine, so Counters reads atomics.
 type Counter interface {
 	Counters(fn func(event string, n uint64))
+}
+
+// Stopper is an optional ability of a Module that holds work the server
+// must finish before it exits, such as writes it batches. Stop runs once
+// when the server stops, after the event loops have ended (no handler runs
+// any more) and before the worker pool closes; it may block until ctx ends.
+type Stopper interface {
+	Stop(ctx context.Context)
 }
 
 // Errors from New.

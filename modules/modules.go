@@ -57,7 +57,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		disco.Module{},
 		version.Module{},
 		vcard.Module{Store: store},
-		lastactivity.Module{Started: opt.Started, Store: store},
+		&lastactivity.Module{Started: opt.Started, Store: store},
 		account.New(store),
 		blk,
 		&carbons.Module{Blocker: blk},

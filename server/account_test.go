@@ -12,6 +12,9 @@ import (
 	msasl "mellium.im/sasl"
 
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/hook"
+	"github.com/krill-xmpp/krill/modules"
+	"github.com/krill-xmpp/krill/modules/lastactivity"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
 )
@@ -224,5 +227,39 @@ func TestDebugLogsWhyAClientFailed(t *testing.T) {
 				t.Fatalf("session end fields %v", end)
 			}
 		})
+	}
+}
+
+// TestLastActivityWrittenAtShutdown: last activity is written in batches
+// after a delay (modules/lastactivity), and a server that shuts down first
+// writes what is waiting. The delay is made an hour so only the shutdown
+// can have written it.
+func TestLastActivityWrittenAtShutdown(t *testing.T) {
+	cfg := testConfig(t)
+	var opts serverOpts
+	opts.modsFor = func(st modules.Store) []hook.Module {
+		mods := modules.Standard(st, modules.Options{Config: cfg})
+		for _, m := range mods {
+			if la, ok := m.(*lastactivity.Module); ok {
+				la.FlushDelay = time.Hour
+			}
+		}
+		return mods
+	}
+	srv, store := startServerOpts(t, cfg, opts, "ben")
+	ben := bound(t, srv, "ben", testPassword, "b")
+	ben.exchange(t, `<presence><status>here</status></presence>`, `<presence from='ben@localhost/b'><status>here</status></presence>`)
+	ben.send(`<presence type='unavailable'><status>gone</status></presence>`)
+	ben.expect(t, `<presence type='unavailable' from='ben@localhost/b'><status>gone</status></presence>`)
+	if _, ok, err := store.LastActivity(context.Background(), "ben"); err != nil || ok {
+		t.Fatalf("last activity written before the flush: %v, %v", ok, err)
+	}
+	ctx, cancel := contextTimeout()
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a, ok, err := store.LastActivity(context.Background(), "ben"); err != nil || !ok || a.Status != "gone" {
+		t.Fatalf("last activity after shutdown: %+v, %v, %v; want status gone", a, ok, err)
 	}
 }

@@ -68,6 +68,7 @@ type serverOpts struct {
 	log     *zap.Logger                       // nil: none
 	started time.Time                         // the uptime's start (XEP-0012)
 	mods    []hook.Module                     // nil: modules.Standard
+	modsFor func(modules.Store) []hook.Module // set: the modules, made with the store
 }
 
 // startServerOpts runs a real server for cfg with the given accounts (all
@@ -93,6 +94,9 @@ func startServerOpts(t testing.TB, cfg config.Config, o serverOpts, users ...str
 		st = o.wrap(store)
 	}
 	mods := o.mods
+	if o.modsFor != nil {
+		mods = o.modsFor(st)
+	}
 	if mods == nil {
 		mods = modules.Standard(st, modules.Options{Config: cfg, Started: o.started})
 	}

@@ -275,7 +275,13 @@ func (s *Server) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	// Jobs already queued (offline messages being stored, say) finish.
+	// Modules finish what they batch (last activity), then jobs already
+	// queued (offline messages being stored, say) finish.
+	for _, m := range s.hooks.Modules() {
+		if st, ok := m.(hook.Stopper); ok {
+			st.Stop(ctx)
+		}
+	}
 	s.pool.Close()
 	return err
 }

@@ -181,6 +181,11 @@ type IM interface {
 	// SetLastActivity records user's last activity, replacing the
 	// previous one. It returns ErrNotFound if user has no account.
 	SetLastActivity(ctx context.Context, user string, a Activity) error
+	// SetLastActivities records the last activity of several accounts in
+	// one transaction, one commit instead of one per logout. Accounts that
+	// no longer exist are skipped; an invalid status is reported and the
+	// others are still written.
+	SetLastActivities(ctx context.Context, acts map[string]Activity) error
 }
 
 // Activity is when an account's last available resource went away

@@ -725,6 +725,29 @@ func testIM(t *testing.T, open func(t *testing.T) imStore) {
 				t.Fatalf("LastActivity after RemoveAccount = %v, %v; want none", ok, err)
 			}
 		}},
+		{"last activities in one transaction", func(t *testing.T, s imStore) {
+			if err := s.AddAccounts(ctx, fakeAccounts("user", 2)); err != nil {
+				t.Fatal(err)
+			}
+			acts := map[string]Activity{
+				"user0":   {At: time.Unix(1_700_000_000, 0), Status: "zero"},
+				"user1":   {At: time.Unix(1_700_000_001, 0)},
+				"nobody":  {At: time.Unix(1_700_000_002, 0)}, // no account: skipped
+				"\xffbad": {At: time.Unix(1_700_000_003, 0)}, // reported, the others written
+			}
+			if err := s.SetLastActivities(ctx, acts); !errors.Is(err, ErrInvalidText) {
+				t.Fatalf("SetLastActivities = %v, want ErrInvalidText for the bad name only", err)
+			}
+			for _, user := range []string{"user0", "user1"} {
+				got, ok, err := s.LastActivity(ctx, user)
+				if err != nil || !ok || !got.At.Equal(acts[user].At) || got.Status != acts[user].Status {
+					t.Fatalf("LastActivity(%s) = %+v, %v, %v; want %+v", user, got, ok, err, acts[user])
+				}
+			}
+			if _, ok, _ := s.LastActivity(ctx, "nobody"); ok {
+				t.Fatal("last activity stored for a missing account")
+			}
+		}},
 		{"RemoveAccount removes the account's IM data", func(t *testing.T, s imStore) {
 			if err := s.AddAccounts(ctx, fakeAccounts("user", 2)); err != nil {
 				t.Fatal(err)

@@ -725,6 +725,29 @@ func (s *SQL) SetLastActivity(ctx context.Context, user string, a Activity) erro
 	return wantOneRow(res, ErrNotFound, user)
 }
 
+// SetLastActivities implements [IM.SetLastActivities].
+func (s *SQL) SetLastActivities(ctx context.Context, acts map[string]Activity) error {
+	var bad []error
+	err := s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
+		bad = bad[:0]
+		st := tx.StmtContext(ctx, s.im.setLastActivity)
+		for user, a := range acts {
+			if user == "" || !validText(user) || !validText(a.Status) {
+				bad = append(bad, fmt.Errorf("%w: last activity of %q", ErrInvalidText, user))
+				continue
+			}
+			if _, err := st.ExecContext(ctx, user, a.At.Unix(), a.Status, user); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("storage: set the last activity of %d accounts: %w", len(acts), err)
+	}
+	return errors.Join(bad...)
+}
+
 // validText reports whether s can be stored as TEXT by every dialect.
 func validText(s string) bool {
 	return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0

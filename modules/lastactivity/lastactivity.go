@@ -49,9 +49,9 @@ type Store interface {
 	Roster(ctx context.Context, user string) ([]storage.RosterItem, uint64, error)
 	// LastActivity returns the stored activity; false when never stored.
 	LastActivity(ctx context.Context, user string) (storage.Activity, bool, error)
-	// SetLastActivity stores it; storage.ErrNotFound when the account is
-	// gone.
-	SetLastActivity(ctx context.Context, user string, a storage.Activity) error
+	// SetLastActivities stores several in one transaction, skipping
+	// accounts that are gone.
+	SetLastActivities(ctx context.Context, acts map[string]storage.Activity) error
 }
 
 // Module answers last-activity queries and records accounts' activity.
@@ -64,16 +64,25 @@ type Module struct {
 	// Store keeps accounts' last activity; nil answers only queries to
 	// the server.
 	Store Store
+	// FlushDelay is how long a recorded activity waits to be written with
+	// others; zero means the package's FlushDelay.
+	FlushDelay time.Duration
+
+	w *writer // batches the writes; made by Register
 }
 
 // Name implements hook.Module.
-func (Module) Name() string { return "lastactivity" }
+func (*Module) Name() string { return "lastactivity" }
 
 // Register implements hook.Module.
-func (m Module) Register(r *hook.Registrar) error {
+func (m *Module) Register(r *hook.Registrar) error {
 	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToHost, NS, "query", m.uptime)
 	r.DiscoFeature(NS)
 	if m.Store != nil {
+		m.w = &writer{store: m.Store, delay: m.FlushDelay}
+		if m.w.delay <= 0 {
+			m.w.delay = FlushDelay
+		}
 		r.IQ(hook.PhaseBound, hook.IQGet, hook.ToAccount, NS, "query", m.account)
 		r.AccountFeature(NS)
 		r.On(hook.Unavailable, m.unavailable)
@@ -81,7 +90,7 @@ func (m Module) Register(r *hook.Registrar) error {
 	return nil
 }
 
-func (m Module) now() time.Time {
+func (m *Module) now() time.Time {
 	if m.Now != nil {
 		return m.Now()
 	}
@@ -101,7 +110,7 @@ func appendQuery(b []byte, seconds int64, status string) []byte {
 }
 
 // uptime answers with the server's uptime, in whole seconds (XEP-0012 §5).
-func (m Module) uptime(c *hook.Ctx, _ *hook.Stanza) error {
+func (m *Module) uptime(c *hook.Ctx, _ *hook.Stanza) error {
 	start := m.Started
 	if start.IsZero() {
 		start = processStart
@@ -112,7 +121,7 @@ func (m Module) uptime(c *hook.Ctx, _ *hook.Stanza) error {
 
 // account answers a query to an account's bare JID, or with no to for the
 // sender's own (XEP-0012 §4).
-func (m Module) account(c *hook.Ctx, iq *hook.Stanza) error {
+func (m *Module) account(c *hook.Ctx, iq *hook.Stanza) error {
 	self := c.Session.Local()
 	user := iq.Local
 	if user == "" {
@@ -145,7 +154,11 @@ func (m Module) account(c *hook.Ctx, iq *hook.Stanza) error {
 			b := appendQuery(nil, 0, "")
 			return func(c *hook.Ctx) { c.ReplyResult(b) }
 		}
-		a, ok, err := m.Store.LastActivity(ctx, user)
+		a, ok := m.w.get(user)
+		var err error
+		if !ok {
+			a, ok, err = m.Store.LastActivity(ctx, user)
+		}
 		switch {
 		case err != nil:
 			log.Error("last activity read failed", zap.String("user", user), zap.Error(err))
@@ -183,9 +196,9 @@ func anyAvailable(host hook.Host, user, except string) bool {
 // unavailable records the account's last activity when a session goes
 // unavailable, by an unavailable presence (c.Stanza, whose status is
 // kept) or by closing (no stanza), unless another of its resources is
-// still available. The store is written on a worker.
-func (m Module) unavailable(c *hook.Ctx, _ hook.Event) hook.Verdict {
-	sess, host, log := c.Session, c.Host, c.Log
+// still available. Writes are batched (see FlushDelay).
+func (m *Module) unavailable(c *hook.Ctx, _ hook.Event) hook.Verdict {
+	sess := c.Session
 	if sess == nil {
 		return hook.Continue
 	}
@@ -193,21 +206,28 @@ func (m Module) unavailable(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	if st := c.Stanza; st != nil && st.Kind == hook.Presence {
 		status = presenceStatus(st.Raw)
 	}
-	at := m.now()
-	user, full := sess.Local(), sess.Full()
-	ok := host.Go(func(ctx context.Context) {
-		if anyAvailable(host, user, full) {
-			return
-		}
-		err := m.Store.SetLastActivity(ctx, user, storage.Activity{At: at, Status: status})
-		if err != nil && !errors.Is(err, storage.ErrNotFound) { // removed meanwhile
-			log.Error("last activity not stored", zap.String("user", user), zap.Error(err))
-		}
-	})
-	if !ok {
-		log.Warn("last activity not stored: worker queue full", zap.String("user", user))
-	}
+	m.w.add(c.Host, c.Log, sess.Local(), entry{act: storage.Activity{At: m.now(), Status: status}, full: sess.Full()})
 	return hook.Continue
+}
+
+// Stop implements hook.Stopper: what is pending is written.
+func (m *Module) Stop(ctx context.Context) {
+	if m.w != nil {
+		m.w.stop(ctx)
+	}
+}
+
+// Counters implements hook.Counter: batches written, activities written,
+// activities whose write failed and activities dropped because the worker
+// queue was full.
+func (m *Module) Counters(fn func(event string, n uint64)) {
+	if m.w == nil {
+		return
+	}
+	fn("flushes", m.w.flushes.Load())
+	fn("written", m.w.written.Load())
+	fn("failed", m.w.failed.Load())
+	fn("dropped", m.w.dropped.Load())
 }
 
 // presenceStatus returns the text of a presence's first <status/>, cut to

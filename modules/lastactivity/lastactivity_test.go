@@ -23,6 +23,7 @@ type memStore struct {
 	rosters  map[string][]storage.RosterItem // its keys are the accounts
 	activity map[string]storage.Activity
 	fail     error
+	batches  int // SetLastActivities calls
 }
 
 func (m *memStore) Credentials(_ context.Context, user string) (sasl.Credentials, error) {
@@ -44,11 +45,13 @@ func (m *memStore) LastActivity(_ context.Context, user string) (storage.Activit
 	return a, ok, nil
 }
 
-func (m *memStore) SetLastActivity(_ context.Context, user string, a storage.Activity) error {
-	if _, ok := m.rosters[user]; !ok {
-		return storage.ErrNotFound
+func (m *memStore) SetLastActivities(_ context.Context, acts map[string]storage.Activity) error {
+	m.batches++
+	for user, a := range acts {
+		if _, ok := m.rosters[user]; ok {
+			m.activity[user] = a
+		}
 	}
-	m.activity[user] = a
 	return nil
 }
 
@@ -75,7 +78,7 @@ func TestUptime(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			reg, err := hook.New(lastactivity.Module{Started: start, Now: func() time.Time { return tc.now }})
+			reg, err := hook.New(&lastactivity.Module{Started: start, Now: func() time.Time { return tc.now }})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -89,7 +92,7 @@ func TestUptime(t *testing.T) {
 			}
 		})
 	}
-	if f := iqtest.Registry(t, lastactivity.Module{}).AccountFeatures(); len(f) != 0 {
+	if f := iqtest.Registry(t, &lastactivity.Module{}).AccountFeatures(); len(f) != 0 {
 		t.Fatalf("account features without a store: %v", f)
 	}
 }
@@ -154,7 +157,7 @@ func TestAccount(t *testing.T) {
 				activity: map[string]storage.Activity{"ben": {At: now.Add(-1000 * time.Second), Status: "gone & fishing"}},
 				fail:     tc.fail,
 			}
-			reg := iqtest.Registry(t, lastactivity.Module{Store: store, Now: func() time.Time { return now }})
+			reg := iqtest.Registry(t, &lastactivity.Module{Store: store, Now: func() time.Time { return now }})
 			h := &iqtest.Host{List: []*iqtest.Session{
 				iqtest.Bound("ben", "b"),
 				{Account: "ben", JID: "ben@localhost/c", Avail: tc.benOnline},
@@ -165,7 +168,7 @@ func TestAccount(t *testing.T) {
 			}
 		})
 	}
-	reg := iqtest.Registry(t, lastactivity.Module{Store: &memStore{}})
+	reg := iqtest.Registry(t, &lastactivity.Module{Store: &memStore{}})
 	if f := reg.AccountFeatures(); !slices.Equal(f, []string{lastactivity.NS}) {
 		t.Fatalf("account features %v", f)
 	}
@@ -201,7 +204,8 @@ func TestRecord(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			store := &memStore{rosters: map[string][]storage.RosterItem{"ben": nil}, activity: map[string]storage.Activity{}}
-			reg := iqtest.Registry(t, lastactivity.Module{Store: store, Now: func() time.Time { return now }})
+			mod := &lastactivity.Module{Store: store, Now: func() time.Time { return now }, FlushDelay: time.Hour}
+			reg := iqtest.Registry(t, mod)
 			me := iqtest.Bound("ben", "b")
 			h := &iqtest.Host{List: []*iqtest.Session{me, {Account: "ben", JID: "ben@localhost/c", Avail: tc.other}}}
 			var c *hook.Ctx
@@ -212,10 +216,38 @@ func TestRecord(t *testing.T) {
 				c.Reset(me, nil, nil) // closing: no connection, no stanza
 			}
 			reg.Fire(c, hook.Unavailable)
+			if len(store.activity) != 0 || store.batches != 0 {
+				t.Fatalf("written before the flush: %+v", store.activity)
+			}
+			mod.Stop(context.Background()) // what the server does at exit; the timer does it otherwise
 			a, ok := store.activity["ben"]
 			if tc.want == nil && ok || tc.want != nil && (!ok || !a.At.Equal(tc.want.At) || a.Status != tc.want.Status) {
 				t.Fatalf("stored %v %+v, want %+v", ok, a, tc.want)
 			}
 		})
+	}
+}
+
+// TestBatchedWrites checks that logouts are written together, and that a
+// query sees a logout that is still waiting to be written.
+func TestBatchedWrites(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	store := &memStore{rosters: map[string][]storage.RosterItem{"ben": nil, "ann": nil}, activity: map[string]storage.Activity{}}
+	mod := &lastactivity.Module{Store: store, Now: func() time.Time { return now }, FlushDelay: time.Hour}
+	reg := iqtest.Registry(t, mod)
+	ben, ann := iqtest.Bound("ben", "b"), iqtest.Bound("ann", "a")
+	h := &iqtest.Host{List: []*iqtest.Session{ben, ann}}
+	for _, s := range []*iqtest.Session{ben, ann} {
+		reg.Fire(hooktest.Ctx(reg, h, s, &hooktest.Conn{}, mustParse(t, s.JID, `<presence type='unavailable'><status>out</status></presence>`)), hook.Unavailable)
+	}
+	now = now.Add(5 * time.Second)
+	got, handled := query(t, reg, h, ben, `<iq type='get' id='q'><query xmlns='jabber:iq:last'/></iq>`)
+	want := []string{`<iq type='result' id='q'><query xmlns='jabber:iq:last' seconds='5'>out</query></iq>`}
+	if !handled || !slices.Equal(got, want) {
+		t.Fatalf("query before the flush: %q, want %q", got, want)
+	}
+	mod.Stop(context.Background())
+	if store.batches != 1 || len(store.activity) != 2 || store.activity["ann"].Status != "out" {
+		t.Fatalf("after the flush: %d batches, %+v; want 1 batch of 2", store.batches, store.activity)
 	}
 }
