@@ -230,6 +230,11 @@ type TLS struct {
 	// record expands them again from the traffic secrets (about 1 us and
 	// 1.3 KB of garbage). 0 keeps them for the life of the connection.
 	IdleRelease time.Duration `koanf:"idle_release"`
+	// KeyUpdateRecords is how many records a lean session seals under one
+	// key before it sends a KeyUpdate and moves to the next (RFC 8446
+	// 4.6.3). The default stays well under AES-GCM's limit of about 2^24.5
+	// full records per key (RFC 8446 5.5), the largest value accepted.
+	KeyUpdateRecords uint64 `koanf:"key_update_records"`
 }
 
 // Log configures logging.
@@ -299,6 +304,8 @@ const (
 	DefaultMaxHandshakeQueue = 4096
 	DefaultHandshakeTimeout  = 10 * time.Second
 	DefaultTLSIdleRelease    = 500 * time.Millisecond
+	DefaultTLSKeyUpdate      = 1 << 23
+	MaxTLSKeyUpdate          = 1 << 24
 	DefaultOfflineQuota      = 1000
 	DefaultWorkers           = 8
 	DefaultWorkQueue         = 4096
@@ -347,7 +354,7 @@ func Default() Config {
 		},
 		TLS: TLS{MaxHandshakes: DefaultMaxHandshakes, MaxHandshakeQueue: DefaultMaxHandshakeQueue,
 			HandshakeTimeout: DefaultHandshakeTimeout, Lean: true,
-			IdleRelease: DefaultTLSIdleRelease},
+			IdleRelease: DefaultTLSIdleRelease, KeyUpdateRecords: DefaultTLSKeyUpdate},
 		Log: Log{Level: "info", Format: "console", Sampling: true, Buffer: DefaultLogBuffer,
 			FlushInterval: DefaultLogFlushInterval},
 		Server: Server{Workers: DefaultWorkers, WorkQueue: DefaultWorkQueue, Tick: DefaultTick,
@@ -446,6 +453,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TLS.IdleRelease < 0 {
 		bad("tls.idle_release", c.TLS.IdleRelease, "must be >= 0")
+	}
+	if c.TLS.KeyUpdateRecords < 1 || c.TLS.KeyUpdateRecords > MaxTLSKeyUpdate {
+		bad("tls.key_update_records", c.TLS.KeyUpdateRecords, "must be 1 to 16777216 (2^24)")
 	}
 	if c.TLS.HandshakeTimeout <= 0 {
 		bad("tls.handshake_timeout", c.TLS.HandshakeTimeout, "must be > 0")

@@ -140,6 +140,7 @@ var (
 	descTLSFail   = prometheus.NewDesc("krill_tls_handshake_failures_total", "TLS handshakes that failed, by cause (client_alert, client_closed, timeout, not_tls, other, queue_full).", []string{"cause"}, nil)
 	descTLSLayer  = prometheus.NewDesc("krill_tls_record_layer_total", "Finished TLS handshakes by the record layer that carries the session: lean (tls.lean, TLS 1.3) or stock (crypto/tls: tls.lean off, TLS 1.2, FIPS mode).", []string{"layer"}, nil)
 	descTLSRecErr = prometheus.NewDesc("krill_tls_record_errors_total", "Connections the lean TLS record layer closed for a bad record or a fatal alert from the client.", nil, nil)
+	descTLSKeyUpd = prometheus.NewDesc("krill_tls_key_updates_total", "KeyUpdates lean TLS sessions sent on their own after tls.key_update_records records.", nil, nil)
 	descTLSAEAD   = prometheus.NewDesc("krill_tls_lean_aead_total", "Lean TLS sessions whose AEADs were dropped after tls.idle_release (cooled), and directions expanded again by a later record (rewarmed).", []string{"event"}, nil)
 	descQueue     = prometheus.NewDesc("krill_worker_queue_depth", "Jobs waiting for a worker.", nil, nil)
 	descRejected  = prometheus.NewDesc("krill_worker_rejected_total", "Jobs refused because the worker queue was full.", nil, nil)
@@ -155,7 +156,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS, descTLSFail,
-		descTLSLayer, descTLSRecErr, descTLSAEAD, descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail, descDropped} {
+		descTLSLayer, descTLSRecErr, descTLSAEAD, descTLSKeyUpd, descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail, descDropped} {
 		ch <- d
 	}
 }
@@ -195,6 +196,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descTLSRecErr, s.stats.tlsRecordErrors.Load())
 	counter(descTLSAEAD, s.stats.tlsCooled.Load(), "cooled")
 	counter(descTLSAEAD, s.stats.tlsRewarmed.Load(), "rewarmed")
+	counter(descTLSKeyUpd, s.stats.tlsKeyUpdates.Load())
 	if s.pool != nil {
 		gauge(descQueue, float64(s.pool.Queued()))
 	}

@@ -80,6 +80,7 @@ func (s *Server) Reload(next config.Config) (changed, restart []string, err erro
 	merged.C2S.MaxOutbound = next.C2S.MaxOutbound
 	merged.TLS.MaxHandshakes, merged.TLS.HandshakeTimeout = next.TLS.MaxHandshakes, next.TLS.HandshakeTimeout
 	merged.TLS.MaxHandshakeQueue, merged.TLS.IdleRelease = next.TLS.MaxHandshakeQueue, next.TLS.IdleRelease
+	merged.TLS.KeyUpdateRecords = next.TLS.KeyUpdateRecords
 	merged.IM.OfflineQuota, merged.IM.MaxRosterItems = next.IM.OfflineQuota, next.IM.MaxRosterItems
 	merged.Register.MaxPerIP, merged.Register.Window = next.Register.MaxPerIP, next.Register.Window
 	merged.Log.Level = next.Log.Level

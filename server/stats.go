@@ -44,6 +44,7 @@ type Stats struct {
 	// Lean sessions whose AEADs were dropped after tls.idle_release, and
 	// directions expanded again by a record after that.
 	tlsCooled, tlsRewarmed atomic.Uint64
+	tlsKeyUpdates          atomic.Uint64 // sent on our own (tls.key_update_records)
 }
 
 // closeReason is why a connection closed. Every connection gets exactly
@@ -203,6 +204,9 @@ type StatsSnapshot struct {
 	// TLSCooled counts lean sessions whose AEADs were dropped after
 	// tls.idle_release; TLSRewarmed the directions expanded again.
 	TLSCooled, TLSRewarmed uint64
+	// TLSKeyUpdates counts KeyUpdates lean sessions sent on their own
+	// after tls.key_update_records records.
+	TLSKeyUpdates uint64
 }
 
 func (s *Stats) snapshot() StatsSnapshot {
@@ -252,5 +256,6 @@ func (s *Stats) snapshot() StatsSnapshot {
 		TLSRecordErrors:      s.tlsRecordErrors.Load(),
 		TLSCooled:            s.tlsCooled.Load(),
 		TLSRewarmed:          s.tlsRewarmed.Load(),
+		TLSKeyUpdates:        s.tlsKeyUpdates.Load(),
 	}
 }

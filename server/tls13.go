@@ -62,10 +62,6 @@ const (
 	aeadOverhead = 16
 	// handshakeKeyUpdate is the KeyUpdate handshake message type.
 	handshakeKeyUpdate = 24
-	// keyUpdateAfter is how many records we seal under one key before we
-	// update it ourselves: well under the AES-GCM limit of 2^24.5 full
-	// records (RFC 8446 5.5).
-	keyUpdateAfter = 1 << 23
 )
 
 // tls13Suite is one TLS 1.3 cipher suite the lean layer implements.
@@ -387,7 +383,8 @@ func (l *leanTLS) seal(c *conn, typ byte, p []byte) {
 		return
 	}
 	_, _ = c.gc.Write(l.wr.seal(c.loop.tlsScratch(), typ, p, &l.nonce))
-	if l.wr.seq >= keyUpdateAfter && typ == recordApplicationData {
+	if typ == recordApplicationData && l.wr.seq >= c.loop.srv.conf().TLS.KeyUpdateRecords {
+		c.loop.srv.stats.tlsKeyUpdates.Add(1)
 		l.sendKeyUpdate(c, false)
 	}
 }

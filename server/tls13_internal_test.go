@@ -5,10 +5,13 @@ import (
 	"crypto/cipher"
 	"crypto/tls"
 	"encoding/hex"
-	"github.com/panjf2000/gnet/v2"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/krill-xmpp/krill/config"
 )
 
 // RFC 8448 section 3: the server handshake traffic secret of the simple
@@ -390,10 +393,14 @@ func TestLeanKeyUpdate(t *testing.T) {
 		if err := peer.setSecret(su, ss); err != nil {
 			t.Fatal(err)
 		}
-		return l, &conn{gc: gc, loop: &loop{}}, gc, &peer
+		srv := &Server{}
+		cfg := config.Default()
+		srv.live.Store(&cfg)
+		return l, &conn{gc: gc, loop: &loop{srv: srv}}, gc, &peer
 	}
+	keyUpdateAfter := config.Default().TLS.KeyUpdateRecords
 	keyUpdate := []byte{handshakeKeyUpdate, 0, 0, 1, 0}
-	t.Run("ours after keyUpdateAfter records", func(t *testing.T) {
+	t.Run("ours after tls.key_update_records records", func(t *testing.T) {
 		l, c, gc, peer := setup()
 		l.wr.seq, peer.seq = keyUpdateAfter-1, keyUpdateAfter-1
 		l.write(c, []byte("<a/>"))

@@ -697,3 +697,22 @@ func BenchmarkTLSReconnect(b *testing.B) {
 		})
 	}
 }
+
+// TestLeanTLSKeyUpdateRecords: with tls.key_update_records = 3 the server
+// sends a KeyUpdate after every third application record and moves to the
+// next key; Go's client follows (it would fail to open the next record
+// otherwise), so the stream goes on through several updates.
+func TestLeanTLSKeyUpdateRecords(t *testing.T) {
+	cfg := leanConfig(t)
+	cfg.TLS.KeyUpdateRecords = 3
+	srv := startServer(t, cfg, "kim")
+	r := tlsRaw(t, srv, clientTLS(t, cfg))
+	r.scramLogin("kim", testPassword, "keys")
+	for i := range 6 {
+		r.sync(t, "k"+string(rune('0'+i)))
+	}
+	st := srv.Stats()
+	if st.TLSKeyUpdates < 3 || st.TLSRecordErrors != 0 {
+		t.Fatalf("%d key updates, %d record errors; want at least 3 and none", st.TLSKeyUpdates, st.TLSRecordErrors)
+	}
+}
