@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/fips140"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -715,4 +716,33 @@ func TestLeanTLSKeyUpdateRecords(t *testing.T) {
 	if st.TLSKeyUpdates < 3 || st.TLSRecordErrors != 0 {
 		t.Fatalf("%d key updates, %d record errors; want at least 3 and none", st.TLSKeyUpdates, st.TLSRecordErrors)
 	}
+}
+
+// TestLeanTLSFIPS: in FIPS 140-3 mode (GODEBUG=fips140=on), which refuses
+// AES-GCM nonces the caller chooses, TLS 1.3 stays on crypto/tls even with
+// tls.lean on, and logs in as usual. The mode is fixed at process start, so
+// the test runs itself again in a child process with it on.
+func TestLeanTLSFIPS(t *testing.T) {
+	if os.Getenv("KRILL_TEST_FIPS_CHILD") == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestLeanTLSFIPS$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "KRILL_TEST_FIPS_CHILD=1", "GODEBUG=fips140=on")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "fips child: stock layer") {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		return
+	}
+	if !fips140.Enabled() {
+		t.Fatal("GODEBUG=fips140=on did not enable FIPS 140-3 mode")
+	}
+	cfg := leanConfig(t)
+	srv := startServer(t, cfg, "fay")
+	s := loginTLS(t, srv, clientTLS(t, cfg), "fay", msasl.ScramSha256Plus)
+	if v := s.ConnectionState().Version; v != tls.VersionTLS13 {
+		t.Fatalf("TLS %x", v)
+	}
+	if st := srv.Stats(); st.TLSLean != 0 || st.TLSStock != 1 {
+		t.Fatalf("lean %d, stock %d; want the stock layer in FIPS mode", st.TLSLean, st.TLSStock)
+	}
+	t.Log("fips child: stock layer")
 }
