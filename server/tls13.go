@@ -111,10 +111,14 @@ func hkdfExpandLabel(h func() hash.Hash, secret []byte, label string, context []
 
 // tls13Dir is the protection state of one direction.
 type tls13Dir struct {
-	aead   cipher.AEAD // expanded from secret
+	aead   cipher.AEAD // expanded from key
 	seq    uint64      // of the next record
 	iv     [12]byte
 	secret [48]byte // application traffic secret N; the suite's size bytes are used
+	// key is the write key derived from secret (the suite's keyLen bytes),
+	// kept so that expanding a dropped AEAD again costs no HKDF: 32 bytes
+	// here against about 650 ns and 670 B of garbage per cold record.
+	key [32]byte
 }
 
 // setSecret installs traffic secret sec (RFC 8446 7.3): key and IV, and
@@ -133,8 +137,9 @@ func (d *tls13Dir) setSecret(su *tls13Suite, sec []byte) error {
 	}
 	copy(d.iv[:], iv)
 	clear(iv)
-	d.aead, err = su.aead(key)
+	copy(d.key[:], key)
 	clear(key)
+	d.aead, err = su.aead(d.key[:su.keyLen])
 	if err != nil {
 		return fmt.Errorf("server: tls 1.3 aead: %w", err)
 	}
@@ -142,18 +147,15 @@ func (d *tls13Dir) setSecret(su *tls13Suite, sec []byte) error {
 	return nil
 }
 
-// expand makes the AEAD from the traffic secret again if it was dropped
-// (leanHot); the IV and sequence number were kept.
+// expand makes the AEAD from the key again if it was dropped (leanHot);
+// the IV and sequence number were kept. The garbage it makes is the
+// AEAD's own (crypto/aes and crypto/cipher cannot be re-keyed in place).
 func (d *tls13Dir) expand(su *tls13Suite) error {
 	if d.aead != nil {
 		return nil
 	}
-	key, err := hkdfExpandLabel(su.hash, d.secret[:su.size], "key", nil, su.keyLen)
-	if err != nil {
-		return fmt.Errorf("server: tls 1.3 key: %w", err)
-	}
-	d.aead, err = su.aead(key)
-	clear(key)
+	var err error
+	d.aead, err = su.aead(d.key[:su.keyLen])
 	if err != nil {
 		return fmt.Errorf("server: tls 1.3 aead: %w", err)
 	}
@@ -226,6 +228,7 @@ func (d *tls13Dir) seal(buf []byte, typ byte, p []byte, nonce *[12]byte) []byte 
 // wipe forgets the direction's keys.
 func (d *tls13Dir) wipe() {
 	clear(d.secret[:])
+	clear(d.key[:])
 	clear(d.iv[:])
 	d.aead = nil
 }
