@@ -173,17 +173,30 @@ func (s *SQL) AddAccounts(ctx context.Context, accounts []NewAccount) (err error
 	return nil
 }
 
-// SetCredentials implements [Accounts.SetCredentials].
+// SetCredentials implements [Accounts.SetCredentials]. Setting credentials
+// is changing the password: in the same transaction it deletes the
+// account's XEP-0484 FAST tokens, so that no device logs in on the strength
+// of the old password after it changed.
 func (s *SQL) SetCredentials(ctx context.Context, username string, c sasl.Credentials) error {
 	cols, err := credentialColumns(username, c)
 	if err != nil {
 		return err
 	}
-	res, err := s.update.ExecContext(ctx, cols[0], cols[1], cols[2], time.Now().Unix(), username)
-	if err != nil {
+	err = s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
+		res, err := tx.StmtContext(ctx, s.update).ExecContext(ctx, cols[0], cols[1], cols[2], time.Now().Unix(), username)
+		if err != nil {
+			return err
+		}
+		if err := wantOneRow(res, ErrNotFound, username); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, s.dialect.rebind(queryFastDeleteAll), username)
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("storage: set credentials of %q: %w", username, err)
 	}
-	return wantOneRow(res, ErrNotFound, username)
+	return err
 }
 
 // ownedTables are the tables of per-user data, keyed by a username column,
@@ -191,12 +204,12 @@ func (s *SQL) SetCredentials(ctx context.Context, username string, c sasl.Creden
 // items for the removed account stay: RFC 6121 leaves them to the contacts.
 var ownedTables = []string{
 	"roster_items", "roster_groups", "roster_versions", "subscription_requests",
-	"offline_messages", "blocklist", "vcards", "last_activity",
+	"offline_messages", "blocklist", "vcards", "last_activity", "fast_tokens",
 }
 
 // RemoveAccount implements [Accounts.RemoveAccount]. It deletes the account
 // and all its IM data (roster, requests, offline messages, blocklist,
-// vCard, last activity) in one transaction.
+// vCard, last activity) and its FAST tokens in one transaction.
 func (s *SQL) RemoveAccount(ctx context.Context, username string) error {
 	err := s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
 		// Wait for transactions changing the roster to end, so that
