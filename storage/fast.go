@@ -90,9 +90,9 @@ const (
 	queryFastUse = `UPDATE fast_tokens SET used_at = ?,
 		last_count = CASE WHEN CAST(? AS BIGINT) >= 0 THEN CAST(? AS BIGINT) ELSE last_count END
 		WHERE username = ? AND id = ? AND (CAST(? AS BIGINT) < 0 OR last_count < CAST(? AS BIGINT))`
-	queryFastGet      = `SELECT client, expires_at FROM fast_tokens WHERE username = ? AND id = ?`
-	queryFastObsolete = `DELETE FROM fast_tokens WHERE username = ? AND client = ? AND expires_at < ?`
-	queryFastDelete   = `DELETE FROM fast_tokens WHERE username = ? AND id = ?`
+	queryFastGet           = `SELECT client, expires_at FROM fast_tokens WHERE username = ? AND id = ?`
+	queryFastObsolete      = `DELETE FROM fast_tokens WHERE username = ? AND client = ? AND expires_at < ?`
+	queryFastDelete        = `DELETE FROM fast_tokens WHERE username = ? AND id = ?`
 	queryFastDeleteAll     = `DELETE FROM fast_tokens WHERE username = ?`
 	queryFastDeleteExpired = `DELETE FROM fast_tokens WHERE expires_at <= ?`
 )
