@@ -54,6 +54,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"strconv"
 	"strings"
 	"time"
@@ -253,11 +254,12 @@ func (t *Tokens) Authenticate(ctx context.Context, ht *sasl.HT, l Login) (Result
 	// At most two rows match (current and new); the slices stay small.
 	cands := make([][]byte, 0, 2)
 	idx := make([]int, 0, 2)
+	mac := hmac.New(sha256.New, t.secret[:]) // one keyed HMAC for every row
 	for i := range rows {
 		if rows[i].Mechanism != mech {
 			continue // XEP-0484: a token works only with its mechanism
 		}
-		cands = append(cands, []byte(t.derive(&rows[i])))
+		cands = append(cands, []byte(deriveWith(mac, &rows[i])))
 		idx = append(idx, i)
 	}
 	i, extra, err := ht.Verify(cands)
@@ -354,7 +356,13 @@ const derivationLabel = "krill-fast-token-v1\x00"
 
 // derive returns the token string of row.
 func (t *Tokens) derive(row *storage.FastToken) string {
-	mac := hmac.New(sha256.New, t.secret[:])
+	return deriveWith(hmac.New(sha256.New, t.secret[:]), row)
+}
+
+// deriveWith is derive with mac, an HMAC keyed with the secret, which it
+// resets first.
+func deriveWith(mac hash.Hash, row *storage.FastToken) string {
+	mac.Reset()
 	var buf [8]byte
 	mac.Write([]byte(derivationLabel))
 	for _, f := range [...]string{row.Username, row.ID, row.Client, row.Mechanism} {
