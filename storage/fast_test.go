@@ -7,12 +7,15 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/krill-xmpp/krill/sasl"
 )
 
 // fastStore is what the FAST tests need of a store.
 type fastStore interface {
 	Accounts
 	FastTokens
+	AddCredential(ctx context.Context, username string, h sasl.Hash, c sasl.Credential) error
 }
 
 func TestSQLiteFastTokens(t *testing.T) {
@@ -270,4 +273,45 @@ func testFastTokens(t *testing.T, open func(t *testing.T) fastStore) {
 			t.Fatalf("DeleteFastTokens = %d, %v; want 1", n, err)
 		}
 	})
+}
+
+func TestSQLiteAddCredential(t *testing.T) {
+	testAddCredential(t, func(t *testing.T) fastStore { return openTestSQLite(t) })
+}
+
+func TestPostgresAddCredential(t *testing.T) {
+	postgresDSN(t)
+	testAddCredential(t, func(t *testing.T) fastStore { return openTestPostgres(t) })
+}
+
+// testAddCredential: a XEP-0480 upgrade adds a missing hash and nothing
+// else; it never replaces one and keeps FAST tokens.
+func testAddCredential(t *testing.T, open func(t *testing.T) fastStore) {
+	ctx := context.Background()
+	s := open(t)
+	full := fakeCredentials(1)
+	sha1Only := sasl.Credentials{SHA1: full.SHA1}
+	if err := s.AddAccount(ctx, "old", sha1Only); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if err := s.AddFastToken(ctx, FastToken{Username: "old", ID: "t", Client: "c", Mechanism: "HT-SHA-256-NONE", Created: now, Expires: now.Add(time.Hour)}, 3, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddCredential(ctx, "old", sasl.SHA256, full.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	wantCredentials(t, s, "old", sasl.Credentials{SHA1: full.SHA1, SHA256: full.SHA256})
+	other := fakeCredentials(2)
+	if err := s.AddCredential(ctx, "old", sasl.SHA256, other.SHA256); !errors.Is(err, ErrExists) {
+		t.Fatalf("second SHA-256 credential: %v, want ErrExists", err)
+	}
+	wantCredentials(t, s, "old", sasl.Credentials{SHA1: full.SHA1, SHA256: full.SHA256})
+	if err := s.AddCredential(ctx, "nobody", sasl.SHA256, full.SHA256); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown account: %v, want ErrNotFound", err)
+	}
+	if err := s.AddCredential(ctx, "old", sasl.SHA512, sasl.Credential{}); err == nil {
+		t.Fatal("empty credential stored")
+	}
+	wantFastIDs(t, s, "old", "c", "t")
 }

@@ -354,3 +354,41 @@ func wantOneRow(res sql.Result, notOne error, username string) error {
 	}
 	return nil
 }
+
+// AddCredential stores c as username's credential for hash h if the account
+// has none for h: a XEP-0480 upgrade task adding SCRAM-SHA-256 keys to an
+// account created with SCRAM-SHA-1 only. It never replaces a credential
+// (the client proved a password, but cannot prove that its SaltedPassword
+// comes from the same one), so it is not a password change and leaves the
+// account's FAST tokens alone. It returns ErrExists if the account already
+// has a credential for h, ErrNotFound if there is no such account.
+func (s *SQL) AddCredential(ctx context.Context, username string, h sasl.Hash, c sasl.Credential) error {
+	col := -1
+	for i := range columns {
+		if columns[i].hash == h {
+			col = i
+		}
+	}
+	if col < 0 || isZero(&c) {
+		return fmt.Errorf("storage: add %v credential of %q: no such hash or empty credential", h, username)
+	}
+	text := c.Text(h)
+	if _, _, err := sasl.ParseCredential(text); err != nil {
+		return fmt.Errorf("storage: account %q, %v credential: %w", username, h, err)
+	}
+	name := columns[col].name // a constant of this package, not input
+	query := s.dialect.rebind(`UPDATE accounts SET ` + name + ` = ?, updated_at = ? WHERE username = ? AND ` + name + ` IS NULL`)
+	res, err := s.write.ExecContext(ctx, query, text, time.Now().Unix(), username)
+	if err != nil {
+		return fmt.Errorf("storage: add %v credential of %q: %w", h, username, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("storage: add %v credential of %q: %w", h, username, err)
+	} else if n == 1 {
+		return nil
+	}
+	if _, err := s.Credentials(ctx, username); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %q already has a %v credential", ErrExists, username, h)
+}
