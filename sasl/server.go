@@ -10,6 +10,12 @@
 // and calls Respond, which for PLAIN runs PBKDF2. Later client responses go
 // to Next on the loop: SCRAM's final check is a handful of HMACs.
 //
+// For XEP-0484 FAST, [HT] is the server side of the HT-SHA-256 token
+// mechanisms (draft-schmaus-kitten-sasl-ht): one message each way, checked
+// against the account's tokens instead of [Credentials]. SCRAM can carry
+// XEP-0474's downgrade-protection attribute ([Options.OfferedMechanisms]),
+// and [ScramUpgrade] is XEP-0480's SCRAM upgrade task.
+//
 // Accounts are stored as [Credentials] (salt, iteration count, StoredKey and
 // ServerKey per hash, RFC 5802 section 3), never as passwords. Unknown
 // accounts run the same exchange with a fake salt and fail where a wrong
@@ -86,7 +92,9 @@ type Options struct {
 	// the attribute. The slices are read in Respond, not copied: do not
 	// modify them while the exchange runs. Other mechanisms ignore them.
 	OfferedMechanisms []string
-	OfferedBindings   []string
+	// OfferedBindings is the list of channel-binding types advertised with
+	// XEP-0440, for the h= attribute; see OfferedMechanisms.
+	OfferedBindings []string
 }
 
 // Server is the server side of one SASL exchange. Calls must come in order:
