@@ -180,3 +180,28 @@ func TestNewHT(t *testing.T) {
 		t.Errorf("Verify before Start = %v, want ErrState", err)
 	}
 }
+
+// FuzzHTStart: no initiator message makes Start or Verify panic, and
+// only a message that parsed reaches Verify.
+func FuzzHTStart(f *testing.F) {
+	for _, v := range loadHTVectors(f) {
+		f.Add(unb64(f, v.Initiator))
+	}
+	f.Add([]byte("\x00"))
+	f.Add([]byte("a\x00b"))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		s, err := NewHT(Options{Mechanism: HTSHA256Expr, Binding: bindingFor(BindingTLSExporter, make([]byte, 32))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Start(msg); err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Start: %v is not ErrMalformed", err)
+			}
+			return
+		}
+		if _, _, err := s.Verify([][]byte{[]byte("token")}); err != nil && !errors.Is(err, ErrNotAuthorized) {
+			t.Fatalf("Verify: %v", err)
+		}
+	})
+}
