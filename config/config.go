@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -36,6 +37,39 @@ type Config struct {
 	Admin    Admin    `koanf:"admin"`
 	CSI      CSI      `koanf:"csi"`
 	SM       SM       `koanf:"sm"`
+	FAST     FAST     `koanf:"fast"`
+}
+
+// FAST configures XEP-0484 Fast Authentication Streamlining Tokens: tokens
+// a client gets after a SASL2 login and logs in with later in one round
+// trip (HT-SHA-256-* mechanisms). The database stores no token, only what
+// a token is derived from with a secret kept in SecretFile.
+type FAST struct {
+	// Enabled offers FAST in SASL2 over TLS.
+	Enabled bool `koanf:"enabled"`
+	// TokenTTL is how long a token is valid from its issue; a token in use
+	// is replaced daily, so this is how long a device may stay offline
+	// and still log in without its password. Prosody's default, 21 days.
+	TokenTTL time.Duration `koanf:"token_ttl"`
+	// MaxTokens caps the live tokens of one account, all its devices
+	// together; issuing beyond it drops the tokens expiring first. A
+	// device holds two while a rotation is in flight, so the default 6
+	// serves three devices.
+	MaxTokens int `koanf:"max_tokens"`
+	// SecretFile holds the 32-byte secret tokens are derived from
+	// (hex, mode 0600, generated on first start). Empty means
+	// DataDir/fast.secret, with SQLite and PostgreSQL alike: keep it out
+	// of the database and its backups. Replacing it revokes every token.
+	SecretFile string `koanf:"secret_file"`
+}
+
+// FASTSecretFile returns the path of the FAST secret: FAST.SecretFile, or
+// fast.secret in DataDir when that is empty.
+func (c *Config) FASTSecretFile() string {
+	if c.FAST.SecretFile != "" {
+		return c.FAST.SecretFile
+	}
+	return filepath.Join(c.DataDir, "fast.secret")
 }
 
 // CSI configures XEP-0352 client state indication: what a session that
@@ -316,6 +350,8 @@ const (
 	DefaultLogBuffer         = 256 << 10
 	DefaultLogFlushInterval  = time.Second
 	DefaultResumeTimeout     = 300 * time.Second
+	DefaultFASTTokenTTL      = 21 * 24 * time.Hour
+	DefaultFASTMaxTokens     = 6
 )
 
 // Client state indication: 64 KiB holds a few hundred presence updates
@@ -367,6 +403,7 @@ func Default() Config {
 		CSI:      CSI{MaxBufferBytes: DefaultCSIBufferBytes},
 		SM: SM{MaxQueueBytes: 256 << 10, MaxQueueStanzas: 500, ResumeTimeout: DefaultResumeTimeout,
 			MaxParkedPerAccount: 5, MaxParkedTotal: 0, RequestEvery: 5},
+		FAST: FAST{Enabled: true, TokenTTL: DefaultFASTTokenTTL, MaxTokens: DefaultFASTMaxTokens},
 	}
 }
 
@@ -524,6 +561,12 @@ func (c *Config) Validate() error {
 	}
 	if c.SM.RequestEvery < 0 {
 		bad("sm.request_every", c.SM.RequestEvery, "must be >= 0")
+	}
+	if c.FAST.TokenTTL < time.Minute {
+		bad("fast.token_ttl", c.FAST.TokenTTL, "must be >= 1m")
+	}
+	if c.FAST.MaxTokens < 1 {
+		bad("fast.max_tokens", c.FAST.MaxTokens, "must be >= 1")
 	}
 	if c.Server.EventLoops < 0 {
 		bad("server.event_loops", c.Server.EventLoops, "must be >= 0")

@@ -106,6 +106,8 @@ func TestLoadErrors(t *testing.T) {
 		{"negative handshake queue", "", []string{"KRILL_TLS_MAX_HANDSHAKE_QUEUE=-1"}, []string{"tls.max_handshake_queue: must be >= 0, got -1"}},
 		{"negative csi buffer", "", []string{"KRILL_CSI_MAX_BUFFER_BYTES=-1"}, []string{"csi.max_buffer_bytes: must be between 0 and 16777216, got -1"}},
 		{"csi buffer too large", "", []string{"KRILL_CSI_MAX_BUFFER_BYTES=16777217"}, []string{"csi.max_buffer_bytes: must be between 0 and 16777216, got 16777217"}},
+		{"fast limits", "", []string{"KRILL_FAST_TOKEN_TTL=30s", "KRILL_FAST_MAX_TOKENS=0"}, []string{
+			"fast.token_ttl: must be >= 1m, got 30s", "fast.max_tokens: must be >= 1, got 0"}},
 		{"every invalid value at once", "testdata/invalid.toml", nil, []string{
 			"domain: must not be empty", "preauth.timeout: must be > 0, got 0s",
 			"preauth.max_failed_auth: must be >= 1, got 0",
@@ -135,5 +137,22 @@ func TestEnvNames(t *testing.T) {
 		if got := EnvKey(EnvName(key)); got != key {
 			t.Errorf("EnvKey(EnvName(%q)) = %q", key, got)
 		}
+	}
+}
+
+func TestFASTSecretFile(t *testing.T) {
+	c, err := Load("", []string{"KRILL_DATA_DIR=/srv/k", "KRILL_FAST_TOKEN_TTL=336h", "KRILL_FAST_ENABLED=false"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.FASTSecretFile(); got != "/srv/k/fast.secret" {
+		t.Errorf("default secret file = %q, want /srv/k/fast.secret", got)
+	}
+	if c.FAST.TokenTTL != 336*time.Hour || c.FAST.Enabled || c.FAST.MaxTokens != DefaultFASTMaxTokens {
+		t.Errorf("FAST = %+v", c.FAST)
+	}
+	c.FAST.SecretFile = "/etc/krill/fast.secret"
+	if got := c.FASTSecretFile(); got != "/etc/krill/fast.secret" {
+		t.Errorf("secret file = %q", got)
 	}
 }

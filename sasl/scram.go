@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -40,6 +41,10 @@ type scramServer struct {
 	stage          uint8
 
 	binding func(cbType string) ([]byte, error)
+
+	// offeredMechs and offeredCB are what the stream advertised, for
+	// XEP-0474's h= attribute; nil offeredMechs omits it.
+	offeredMechs, offeredCB []string
 
 	buf       []byte
 	bareAt    uint16 // end of the gs2 header, start of client-first-message-bare
@@ -206,6 +211,10 @@ func (s *scramServer) Respond(creds *Credentials) (challenge []byte, done bool, 
 	b = base64.StdEncoding.AppendEncode(b, cred.Salt)
 	b = append(b, ",i="...)
 	b = strconv.AppendInt(b, int64(cred.Iterations), 10)
+	if s.offeredMechs != nil {
+		b = append(b, ",h="...)
+		b = base64.StdEncoding.AppendEncode(b, DowngradeHash(s.hash, s.offeredMechs, s.offeredCB))
+	}
 	keysAt := len(b)
 	b = append(b, cred.StoredKey...)
 	b = append(b, cred.ServerKey...)
@@ -306,6 +315,40 @@ func (s *scramServer) Next(response []byte) (challenge []byte, done bool, err er
 	s.stage = stageOver
 	s.buf = nil
 	return final, true, nil
+}
+
+// XEP-0474 delimiters: ASCII record and unit separators, which XML (and so
+// no advertised name) can hold.
+const (
+	ssdpItemSep = 0x1e
+	ssdpListSep = 0x1f
+)
+
+// DowngradeHash returns XEP-0474's downgrade-protection hash (SSDP) of an
+// offer with hash h: the mechanisms sorted byte-wise and joined by %x1E,
+// then, if cbTypes is not empty (XEP-0440 was advertised), %x1F and the
+// channel-binding types sorted and joined the same way. SCRAM sends it
+// base64-encoded as h= in server-first-message when
+// [Options.OfferedMechanisms] is set; a client computes it over what it
+// received and compares. The inputs are not modified.
+func DowngradeHash(h Hash, mechanisms, cbTypes []string) []byte {
+	d := h.new()
+	writeSorted := func(list []string) {
+		sorted := slices.Clone(list)
+		slices.Sort(sorted)
+		for i, v := range sorted {
+			if i > 0 {
+				d.Write([]byte{ssdpItemSep})
+			}
+			d.Write([]byte(v))
+		}
+	}
+	writeSorted(mechanisms)
+	if len(cbTypes) > 0 {
+		d.Write([]byte{ssdpListSep})
+		writeSorted(cbTypes)
+	}
+	return d.Sum(nil)
 }
 
 // checkBinding compares the decoded c= attribute with the gs2 header and,

@@ -10,6 +10,12 @@
 // and calls Respond, which for PLAIN runs PBKDF2. Later client responses go
 // to Next on the loop: SCRAM's final check is a handful of HMACs.
 //
+// For XEP-0484 FAST, [HT] is the server side of the HT-SHA-256 token
+// mechanisms (draft-schmaus-kitten-sasl-ht): one message each way, checked
+// against the account's tokens instead of [Credentials]. SCRAM can carry
+// XEP-0474's downgrade-protection attribute ([Options.OfferedMechanisms]),
+// and [ScramUpgrade] is XEP-0480's SCRAM upgrade task.
+//
 // Accounts are stored as [Credentials] (salt, iteration count, StoredKey and
 // ServerKey per hash, RFC 5802 section 3), never as passwords. Unknown
 // accounts run the same exchange with a fake salt and fail where a wrong
@@ -68,6 +74,27 @@ type Options struct {
 	// think the server does not") is a downgrade and fails with
 	// ErrDowngrade.
 	PlusAdvertised bool
+
+	// OfferedMechanisms is the SASL mechanism list the server advertised
+	// on this stream, in the profile the client authenticates with
+	// (<mechanisms/> for RFC 6120 SASL, <authentication/> for XEP-0388
+	// SASL2; never both), and OfferedBindings the channel-binding types it
+	// advertised with XEP-0440 <sasl-channel-binding/> (nil if it sent
+	// none). When OfferedMechanisms is set, SCRAM adds XEP-0474's
+	// downgrade-protection attribute to server-first-message:
+	//
+	//	h=base64(H(sorted mechanisms joined by %x1E [%x1F sorted types joined by %x1E]))
+	//
+	// with H the SCRAM mechanism's hash, sorted byte-wise ("i;octet"). A
+	// client that saw a list stripped in transit computes another hash and
+	// aborts; one that ignores h= is unaffected (RFC 5802 section 5.1: an
+	// unknown optional attribute is ignored). nil (the zero value) omits
+	// the attribute. The slices are read in Respond, not copied: do not
+	// modify them while the exchange runs. Other mechanisms ignore them.
+	OfferedMechanisms []string
+	// OfferedBindings is the list of channel-binding types advertised with
+	// XEP-0440, for the h= attribute; see OfferedMechanisms.
+	OfferedBindings []string
 }
 
 // Server is the server side of one SASL exchange. Calls must come in order:
@@ -111,12 +138,13 @@ func NewServer(opts Options) (Server, error) {
 	for _, h := range [...]Hash{SHA1, SHA256, SHA512} {
 		switch opts.Mechanism {
 		case h.scramName():
-			return &scramServer{hash: h, plusAdvertised: opts.PlusAdvertised}, nil
+			return &scramServer{hash: h, plusAdvertised: opts.PlusAdvertised, offeredMechs: opts.OfferedMechanisms, offeredCB: opts.OfferedBindings}, nil
 		case h.scramName() + "-PLUS":
 			if opts.Binding == nil {
 				return nil, fmt.Errorf("%w: %s needs a TLS connection", ErrInvalidMechanism, opts.Mechanism)
 			}
-			return &scramServer{hash: h, plus: true, plusAdvertised: opts.PlusAdvertised, binding: opts.Binding}, nil
+			return &scramServer{hash: h, plus: true, plusAdvertised: opts.PlusAdvertised, binding: opts.Binding,
+				offeredMechs: opts.OfferedMechanisms, offeredCB: opts.OfferedBindings}, nil
 		}
 	}
 	return nil, fmt.Errorf("%w: %q", ErrInvalidMechanism, opts.Mechanism)

@@ -113,6 +113,29 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		version: 4,
+		name:    "create fast_tokens",
+		stmts: []string{
+			// XEP-0484 FAST tokens, without the tokens: they are
+			// derived from these columns and a secret outside the
+			// database (package fast). last_count is -1 until a login
+			// sends a count; used_at is 0 until the first login.
+			// The primary key serves the look-ups, all by username.
+			`CREATE TABLE fast_tokens (
+				username   TEXT   NOT NULL,
+				id         TEXT   NOT NULL,
+				client     TEXT   NOT NULL,
+				mechanism  TEXT   NOT NULL,
+				created_at BIGINT NOT NULL,
+				expires_at BIGINT NOT NULL,
+				last_count BIGINT NOT NULL,
+				used_at    BIGINT NOT NULL,
+				PRIMARY KEY (username, id)
+			)`,
+			`CREATE INDEX fast_tokens_expires_at ON fast_tokens (expires_at)`,
+		},
+	},
 }
 
 // createMigrationsTable is the bootstrap that precedes every version: it
@@ -125,7 +148,7 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // SchemaVersion is the schema version this binary migrates databases to:
 // the version of the last entry of migrations (a test holds them equal).
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // Migrate brings the schema of db up to [SchemaVersion]: it applies, in
 // order, each migration the database has not recorded yet, each in its own

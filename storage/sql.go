@@ -173,17 +173,30 @@ func (s *SQL) AddAccounts(ctx context.Context, accounts []NewAccount) (err error
 	return nil
 }
 
-// SetCredentials implements [Accounts.SetCredentials].
+// SetCredentials implements [Accounts.SetCredentials]. Setting credentials
+// is changing the password: in the same transaction it deletes the
+// account's XEP-0484 FAST tokens, so that no device logs in on the strength
+// of the old password after it changed.
 func (s *SQL) SetCredentials(ctx context.Context, username string, c sasl.Credentials) error {
 	cols, err := credentialColumns(username, c)
 	if err != nil {
 		return err
 	}
-	res, err := s.update.ExecContext(ctx, cols[0], cols[1], cols[2], time.Now().Unix(), username)
-	if err != nil {
+	err = s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
+		res, err := tx.StmtContext(ctx, s.update).ExecContext(ctx, cols[0], cols[1], cols[2], time.Now().Unix(), username)
+		if err != nil {
+			return err
+		}
+		if err := wantOneRow(res, ErrNotFound, username); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, s.dialect.rebind(queryFastDeleteAll), username)
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("storage: set credentials of %q: %w", username, err)
 	}
-	return wantOneRow(res, ErrNotFound, username)
+	return err
 }
 
 // ownedTables are the tables of per-user data, keyed by a username column,
@@ -191,12 +204,12 @@ func (s *SQL) SetCredentials(ctx context.Context, username string, c sasl.Creden
 // items for the removed account stay: RFC 6121 leaves them to the contacts.
 var ownedTables = []string{
 	"roster_items", "roster_groups", "roster_versions", "subscription_requests",
-	"offline_messages", "blocklist", "vcards", "last_activity",
+	"offline_messages", "blocklist", "vcards", "last_activity", "fast_tokens",
 }
 
 // RemoveAccount implements [Accounts.RemoveAccount]. It deletes the account
 // and all its IM data (roster, requests, offline messages, blocklist,
-// vCard, last activity) in one transaction.
+// vCard, last activity) and its FAST tokens in one transaction.
 func (s *SQL) RemoveAccount(ctx context.Context, username string) error {
 	err := s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
 		// Wait for transactions changing the roster to end, so that
@@ -340,4 +353,42 @@ func wantOneRow(res sql.Result, notOne error, username string) error {
 		return fmt.Errorf("%w: %q", notOne, username)
 	}
 	return nil
+}
+
+// AddCredential stores c as username's credential for hash h if the account
+// has none for h: a XEP-0480 upgrade task adding SCRAM-SHA-256 keys to an
+// account created with SCRAM-SHA-1 only. It never replaces a credential
+// (the client proved a password, but cannot prove that its SaltedPassword
+// comes from the same one), so it is not a password change and leaves the
+// account's FAST tokens alone. It returns ErrExists if the account already
+// has a credential for h, ErrNotFound if there is no such account.
+func (s *SQL) AddCredential(ctx context.Context, username string, h sasl.Hash, c sasl.Credential) error {
+	col := -1
+	for i := range columns {
+		if columns[i].hash == h {
+			col = i
+		}
+	}
+	if col < 0 || isZero(&c) {
+		return fmt.Errorf("storage: add %v credential of %q: no such hash or empty credential", h, username)
+	}
+	text := c.Text(h)
+	if _, _, err := sasl.ParseCredential(text); err != nil {
+		return fmt.Errorf("storage: account %q, %v credential: %w", username, h, err)
+	}
+	name := columns[col].name // a constant of this package, not input
+	query := s.dialect.rebind(`UPDATE accounts SET ` + name + ` = ?, updated_at = ? WHERE username = ? AND ` + name + ` IS NULL`)
+	res, err := s.write.ExecContext(ctx, query, text, time.Now().Unix(), username)
+	if err != nil {
+		return fmt.Errorf("storage: add %v credential of %q: %w", h, username, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("storage: add %v credential of %q: %w", h, username, err)
+	} else if n == 1 {
+		return nil
+	}
+	if _, err := s.Credentials(ctx, username); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %q already has a %v credential", ErrExists, username, h)
 }
