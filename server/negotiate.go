@@ -42,10 +42,19 @@ const storageTimeout = 10 * time.Second
 // on. PLAIN would send the password in the clear: never without TLS.
 var plaintextMechanisms = []string{sasl.ScramSHA512, sasl.ScramSHA256, sasl.ScramSHA1}
 
+// tlsMechanisms are the mechanisms offered over TLS, and offeredBindings
+// the channel-binding types advertised there (XEP-0440). Both go into
+// XEP-0474's downgrade-protection hash, so they are exactly what the
+// features say; shared, never modified.
+var (
+	tlsMechanisms   = sasl.Mechanisms(true)
+	offeredBindings = []string{sasl.BindingTLSExporter, sasl.BindingTLSServerEndPoint}
+)
+
 // mechanisms returns the SASL mechanisms offered on a connection.
 func (s *Server) mechanisms(overTLS bool) []string {
 	if overTLS {
-		return sasl.Mechanisms(true)
+		return tlsMechanisms
 	}
 	if s.cfg.C2S.AllowPlaintext {
 		return plaintextMechanisms
@@ -73,10 +82,11 @@ func (s *Server) buildFeatures(overTLS bool) []byte {
 	b = s.hooks.StreamFeatures(b, hook.PhasePreAuth, overTLS)
 	if overTLS {
 		// XEP-0440: the channel-binding types a -PLUS client may choose.
-		b = append(b, `<sasl-channel-binding xmlns='`+nsSASLCB+`'>`+
-			`<channel-binding type='`+sasl.BindingTLSExporter+`'/>`+
-			`<channel-binding type='`+sasl.BindingTLSServerEndPoint+`'/>`+
-			`</sasl-channel-binding>`...)
+		b = append(b, `<sasl-channel-binding xmlns='`+nsSASLCB+`'>`...)
+		for _, t := range offeredBindings {
+			b = append(b, `<channel-binding type='`+t+`'/>`...)
+		}
+		b = append(b, `</sasl-channel-binding>`...)
 	}
 	return append(b, `</stream:features>`...)
 }
@@ -237,7 +247,13 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 			s.saslFail(c, cond, "", false)
 			return
 		}
-		opts := sasl.Options{Mechanism: mech}
+		// XEP-0474: SCRAM's server-first carries a hash of what the
+		// features offered, so a client sees a list stripped in transit.
+		secure := c.tr.secure()
+		opts := sasl.Options{Mechanism: mech, OfferedMechanisms: s.mechanisms(secure)}
+		if secure {
+			opts.OfferedBindings = offeredBindings
+		}
 		if b := c.tr.binding(); b != nil {
 			opts.Binding = b
 			opts.PlusAdvertised = true // a layer with a binding is secure: -PLUS was offered
