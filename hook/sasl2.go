@@ -26,8 +26,8 @@ package hook
 //     state it returns: the element's bytes are not kept. An error fails
 //     the authentication (malformed-request) before it starts.
 //  2. The exchange runs (challenges, responses) under the pre-auth policy.
-//  3. On failure or abort, each handler that accepted a request gets
-//     SASL2Inline.Failure; nothing else happens (XEP-0388: inline features
+//  3. On failure, abort or close, each handler that accepted a request
+//     gets SASL2Inline.Failure; nothing else happens (XEP-0388: inline features
 //     of a failed authentication are not processed).
 //  4. On success, the handlers get SASL2Inline.Success in registration
 //     order, one after the other, each on the loop with a Ctx for the
@@ -85,7 +85,8 @@ type SASL2Inline struct {
 	// a new one: use the Ctx a continuation receives.
 	Success func(c *Ctx, a *Auth, state any, done func(b []byte, resumed bool))
 	// Failure is called on the loop when the authentication failed or was
-	// aborted after Request accepted the element.
+	// aborted after Request accepted the element, or the connection
+	// closed before the outcome.
 	Failure func(a *Auth, state any)
 }
 

@@ -337,6 +337,9 @@ func (s *Server) release(c *conn, why closeReason) {
 		c.flags &^= flagPreauth
 		s.preauth.release(c.ip.Addr())
 	}
+	if c.ex != nil {
+		s.sasl2Abandoned(c)
+	}
 	c.ex = nil
 	c.tr.release(c)
 	if sess := c.sess; sess != nil && sess.conn == c && !sess.resuming {

@@ -462,13 +462,7 @@ func (s *Server) saslFail(c *conn, cond, text string, checked bool) {
 // authFail is saslFail for either profile: v2 selects SASL2's failure
 // (XEP-0388), whose inline requests are told and dropped.
 func (s *Server) authFail(c *conn, v2 bool, cond, text string, checked bool) {
-	if x := sasl2Of(c); x != nil {
-		for _, r := range x.inline {
-			if h := s.hooks.SASL2Handler(r.i); h.Failure != nil {
-				h.Failure(&x.auth, r.state)
-			}
-		}
-	}
+	s.sasl2Abandoned(c)
 	c.ex = nil
 	if c.phase < phaseAuthHeader {
 		c.sess = nil

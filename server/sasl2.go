@@ -517,6 +517,22 @@ func (s *Server) bind2Resource(local, tag, uaID string) string {
 	return tag + "/" + part
 }
 
+// sasl2Abandoned tells the inline handlers of c's SASL2 exchange, if it
+// has one, that it failed, was aborted or lost its connection.
+func (s *Server) sasl2Abandoned(c *conn) {
+	x := sasl2Of(c)
+	if x == nil {
+		return
+	}
+	inline := x.inline
+	x.inline = nil // told once
+	for _, r := range inline {
+		if h := s.hooks.SASL2Handler(r.i); h.Failure != nil {
+			h.Failure(&x.auth, r.state)
+		}
+	}
+}
+
 // sasl2FailText is the text of a SASL2 failure without one of its own.
 func sasl2FailText(cond string) string {
 	switch cond {
