@@ -68,6 +68,7 @@ type serverOpts struct {
 	log     *zap.Logger                       // nil: none
 	started time.Time                         // the uptime's start (XEP-0012)
 	mods    []hook.Module                     // nil: modules.Standard
+	extra   []hook.Module                     // appended to modules.Standard
 }
 
 // startServerOpts runs a real server for cfg with the given accounts (all
@@ -95,6 +96,7 @@ func startServerOpts(t testing.TB, cfg config.Config, o serverOpts, users ...str
 	mods := o.mods
 	if mods == nil {
 		mods = modules.Standard(st, modules.Options{Config: cfg, Started: o.started})
+		mods = append(mods, o.extra...)
 	}
 	reg, err := hook.New(mods...)
 	if err != nil {

@@ -3,12 +3,15 @@ package server_test
 import (
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	msasl "mellium.im/sasl"
 
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/server"
 )
 
@@ -390,4 +393,83 @@ func TestSASL2Resume(t *testing.T) {
 	if st := srv.Stats(); st.Resumed != 1 || st.Modules["sm.resume_failed"] != 1 {
 		t.Fatalf("resumed %d, failed %d", st.Resumed, st.Modules["sm.resume_failed"])
 	}
+}
+
+// fakeFAST is a module in the place XEP-0484 will take: a SASL2 inline
+// handler for <request-token/> that sees the request before the exchange
+// and adds a <token/> to <success/>.
+type fakeFAST struct {
+	mu                            sync.Mutex // the loop writes, the test reads
+	requests, successes, failures int
+	mech, ua                      string
+}
+
+func (f *fakeFAST) check(t *testing.T, requests, failures, successes int) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.requests != requests || f.failures != failures || f.successes != successes || f.mech != "SCRAM-SHA-256-PLUS" || f.ua != uaA {
+		t.Fatalf("requests %d, failures %d, successes %d, mechanism %q, user-agent %q; want %d, %d, %d",
+			f.requests, f.failures, f.successes, f.mech, f.ua, requests, failures, successes)
+	}
+}
+
+func (*fakeFAST) Name() string { return "fakefast" }
+
+func (f *fakeFAST) Register(r *hook.Registrar) error {
+	const ns = "urn:xmpp:fast:0"
+	r.SASL2Feature(func(b []byte) []byte {
+		return append(b, `<fast xmlns='`+ns+`'><mechanism>HT-SHA-256-NONE</mechanism></fast>`...)
+	})
+	r.SASL2Inline(ns, "request-token", hook.SASL2Inline{
+		Request: func(a *hook.Auth, elem []byte) (any, error) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.requests++
+			if strings.Contains(string(elem), "mechanism='X'") {
+				return nil, errors.New("unknown token mechanism")
+			}
+			f.mech, f.ua = a.Mechanism, a.UserAgent
+			return "t-" + a.Mechanism, nil
+		},
+		Success: func(c *hook.Ctx, _ *hook.Auth, state any, done func([]byte, bool)) {
+			f.mu.Lock()
+			f.successes++
+			f.mu.Unlock()
+			done(append(c.Scratch(), `<token xmlns='`+ns+`' expiry='2026-12-01T00:00:00Z' token='`+state.(string)+`'/>`...), false)
+		},
+		Failure: func(*hook.Auth, any) {
+			f.mu.Lock()
+			f.failures++
+			f.mu.Unlock()
+		},
+	})
+	return nil
+}
+
+// TestSASL2InlineHook: the extension point FAST plugs into.
+func TestSASL2InlineHook(t *testing.T) {
+	cfg := tlsConfig(t)
+	cfg.Server.EventLoops = 1
+	f := &fakeFAST{}
+	srv, _ := startServerOpts(t, cfg, serverOpts{extra: []hook.Module{f}}, "alice")
+	tc := clientTLS(t, cfg)
+	r := tlsRaw(t, srv, tc)
+	if feats := r.open(); !strings.Contains(feats, `<sm xmlns='urn:xmpp:sm:3'/><fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast></inline></authentication>`) {
+		t.Fatalf("features %q", feats)
+	}
+	req := `<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>`
+	// A wrong password: the handler hears of it, no token.
+	r.sasl2Scram(t, msasl.ScramSha256Plus, "alice", "wrong", `<user-agent id='`+uaA+`'/>`+req)
+	r.expect(t, sasl2Failure("not-authorized", "wrong username or password"))
+	f.check(t, 1, 1, 0)
+	// Refused by the handler before the exchange starts.
+	r.exchange(t, sasl2Open+`PLAIN'><initial-response>`+b64([]byte("\x00alice\x00"+testPassword))+`</initial-response><request-token xmlns='urn:xmpp:fast:0' mechanism='X'/></authenticate>`,
+		sasl2Failure("malformed-request", "unknown token mechanism"))
+	// Success: the token is in <success/>, before <bound/>.
+	r.sasl2Scram(t, msasl.ScramSha256Plus, "alice", testPassword, `<user-agent id='`+uaA+`'/>`+req+`<bind xmlns='urn:xmpp:bind:0'><tag>T</tag></bind>`)
+	r.expect(t, `<success xmlns='urn:xmpp:sasl:2'><additional-data>{*}</additional-data><authorization-identifier>alice@localhost/T/{*}</authorization-identifier>`+
+		`<token xmlns='urn:xmpp:fast:0' expiry='2026-12-01T00:00:00Z' token='t-SCRAM-SHA-256-PLUS'/><bound xmlns='urn:xmpp:bind:0'></bound></success><stream:features></stream:features>`)
+	r.sync(t, "p1")
+	f.check(t, 3, 1, 1)
 }
