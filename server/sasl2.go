@@ -50,6 +50,16 @@ type sasl2Exchange struct {
 	additional []byte // the mechanism's success data
 }
 
+// asked reports whether the request already carries handler i's element.
+func (x *sasl2Exchange) asked(i int) bool {
+	for _, r := range x.inline {
+		if r.i == i {
+			return true
+		}
+	}
+	return false
+}
+
 // inlineReq is one inline request a module accepted: the handler's index
 // in the registry and the state it keeps until the outcome.
 type inlineReq struct {
@@ -183,7 +193,9 @@ func (s *Server) sasl2Authenticate(c *conn, tag stanza.StartTag, unit []byte) {
 			}
 			x.bind = bytes.Clone(child)
 		default:
-			if i := s.hooks.SASL2Inline(ns, name); i >= 0 {
+			if i := s.hooks.SASL2Inline(ns, name); i >= 0 && !x.asked(i) {
+				// A repeated element is ignored: each handler hears
+				// of one request per exchange.
 				x.inline = append(x.inline, inlineReq{i: i, state: child})
 			}
 			// Anything else (<supported/>, an unknown extension) is

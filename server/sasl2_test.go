@@ -466,8 +466,9 @@ func TestSASL2InlineHook(t *testing.T) {
 	// Refused by the handler before the exchange starts.
 	r.exchange(t, sasl2Open+`PLAIN'><initial-response>`+b64([]byte("\x00alice\x00"+testPassword))+`</initial-response><request-token xmlns='urn:xmpp:fast:0' mechanism='X'/></authenticate>`,
 		sasl2Failure("malformed-request", "unknown token mechanism"))
-	// Success: the token is in <success/>, before <bound/>.
-	r.sasl2Scram(t, msasl.ScramSha256Plus, "alice", testPassword, `<user-agent id='`+uaA+`'/>`+req+`<bind xmlns='urn:xmpp:bind:0'><tag>T</tag></bind>`)
+	// Success: the token is in <success/>, before <bound/>; a repeated
+	// request is one request.
+	r.sasl2Scram(t, msasl.ScramSha256Plus, "alice", testPassword, `<user-agent id='`+uaA+`'/>`+req+req+`<bind xmlns='urn:xmpp:bind:0'><tag>T</tag></bind>`)
 	r.expect(t, `<success xmlns='urn:xmpp:sasl:2'><additional-data>{*}</additional-data><authorization-identifier>alice@localhost/T/{*}</authorization-identifier>`+
 		`<token xmlns='urn:xmpp:fast:0' expiry='2026-12-01T00:00:00Z' token='t-SCRAM-SHA-256-PLUS'/><bound xmlns='urn:xmpp:bind:0'></bound></success><stream:features></stream:features>`)
 	r.sync(t, "p1")
