@@ -81,8 +81,10 @@ type SASL2Inline struct {
 	// connection). It must call done exactly once, on the loop, with b
 	// (from c.Scratch or not) holding the children to append to
 	// <success/>, possibly none, and resumed true only if it took over a
-	// session (stream management). The Ctx given to done's caller may be
-	// a new one: use the Ctx a continuation receives.
+	// session (stream management). c is valid only during the call. A
+	// handler that finishes later does so through Conn.Async or
+	// Resumer.Resume, which hold the connection's input meanwhile, and
+	// calls done from the continuation, which gets its own Ctx.
 	Success func(c *Ctx, a *Auth, state any, done func(b []byte, resumed bool))
 	// Failure is called on the loop when the authentication failed or was
 	// aborted after Request accepted the element, or the connection

@@ -387,6 +387,7 @@ func (s *Server) sasl2Inline(c *conn, x *sasl2Exchange, k int, children []byte) 
 		}
 		s.sasl2Inline(c, x, k+1, children)
 	})
+	c.loop.ctx.Reset(nil, nil, nil)
 }
 
 // sasl2Bind binds a resource if the client asked for one (XEP-0386), runs
