@@ -401,17 +401,28 @@ func (s *Server) sasl2Bind(c *conn, x *sasl2Exchange, children []byte) {
 		return
 	}
 	sess := c.sess
-	tag := bindTag(x.bind)
-	full, err := jid.New(sess.local, s.cfg.Domain, s.bind2Resource(sess.local, tag, x.auth.UserAgent))
-	if err != nil || full.Resourcepart() == "" {
-		// A tag PRECIS refuses: the resource is the server's part alone.
-		full, err = jid.New(sess.local, s.cfg.Domain, s.bind2Resource(sess.local, "", x.auth.UserAgent))
+	part := s.bind2Part(sess.local, x.auth.UserAgent)
+	full, err := jid.New(sess.local, s.cfg.Domain, bindTag(x.bind)+"/"+part)
+	if err != nil || full.Resourcepart() == "" || strings.HasPrefix(full.Resourcepart(), "/") {
+		// No tag, or one PRECIS refuses: the server's part alone.
+		full, err = jid.New(sess.local, s.cfg.Domain, part)
 		if err != nil {
 			s.fail(c, stream.InternalServerError.Err, "no resource could be bound")
 			return
 		}
 	}
 	s.bindSession(c, full)
+	if x.auth.UserAgent != "" {
+		// XEP-0386: earlier sessions of the same installation end, under
+		// another tag too (the same tag replaced it in bindSession).
+		suffix := "/" + part
+		s.sessions.each(sess.local, func(o *session) {
+			if o != sess && strings.HasSuffix(o.full, suffix) {
+				s.stats.replaced.Add(1)
+				o.closeWith(stream.Conflict.Err)
+			}
+		})
+	}
 	bound := append([]byte(nil), `<bound xmlns='`+nsBind2+`'>`...)
 	stanza.Children(x.bind, func(child []byte) bool {
 		ct, err := stanza.ParseStartTag(child)
@@ -509,13 +520,14 @@ func bindTag(bind []byte) string {
 // 8 bytes, safe in a resource and readable in logs.
 var resourceEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
-// bind2Resource returns the resource for a Bind 2 request: the client's
-// tag, "/", and a part derived from the account and the user-agent id,
-// so that the same device gets the same resource back (XEP-0386 section
-// 3.2.1), which replaces its earlier session like any bind of the same
-// full JID. The id itself is not exposed: 8 bytes of SHA-256 over the
-// domain, the account and the id. Without an id the part is random.
-func (s *Server) bind2Resource(local, tag, uaID string) string {
+// bind2Part returns the server's part of a Bind 2 resource, which is the
+// client's tag, "/", and this part: derived from the account and the
+// user-agent id, so that the same device gets the same resource back
+// (XEP-0386 section 3.2.1), which replaces its earlier session like any
+// bind of the same full JID. The id itself is not exposed: 8 bytes of
+// SHA-256 over the domain, the account and the id. Without an id the part
+// is random.
+func (s *Server) bind2Part(local, uaID string) string {
 	var id [8]byte
 	if uaID != "" {
 		h := sha256.Sum256([]byte(s.cfg.Domain + "\x00" + local + "\x00" + uaID))
@@ -523,11 +535,7 @@ func (s *Server) bind2Resource(local, tag, uaID string) string {
 	} else {
 		_, _ = rand.Read(id[:])
 	}
-	part := resourceEncoding.EncodeToString(id[:])
-	if tag == "" {
-		return part
-	}
-	return tag + "/" + part
+	return resourceEncoding.EncodeToString(id[:])
 }
 
 // sasl2Abandoned tells the inline handlers of c's SASL2 exchange, if it

@@ -301,14 +301,23 @@ func TestBind2(t *testing.T) {
 		t.Fatalf("replaced session got %q, want %q", got, want)
 	}
 	r2.sync(t, "p2")
+	// The same device under another tag: another resource, and the
+	// device's earlier session ends all the same (XEP-0386).
+	_, _, full5 := bind2Login(t, srv, tc, "alice", uaA, "Other", "")
+	if full5 != "alice@localhost/Other/"+full1[len("alice@localhost/AwesomeXMPP/"):] {
+		t.Fatalf("under another tag bound %q (first %q)", full5, full1)
+	}
+	if got, want := r2.closed(), `<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>replaced by a new session with the same resource</text></stream:error></stream:stream>`; got != want {
+		t.Fatalf("same device's session got %q, want %q", got, want)
+	}
 	// Another device, and none: other resources.
 	_, _, full3 := bind2Login(t, srv, tc, "alice", uaB, "AwesomeXMPP", "")
 	_, _, full4 := bind2Login(t, srv, tc, "alice", "", " Awesome\tXMPP ", "")
 	if full3 == full1 || !strings.HasPrefix(full4, "alice@localhost/Awesome-XMPP/") || full4 == full1 {
 		t.Fatalf("other devices bound %q and %q (first %q)", full3, full4, full1)
 	}
-	if st := srv.Stats(); st.Bound != 4 || st.Replaced != 1 {
-		t.Fatalf("bound %d, replaced %d; want 4 and 1", st.Bound, st.Replaced)
+	if st := srv.Stats(); st.Bound != 5 || st.Replaced != 2 {
+		t.Fatalf("bound %d, replaced %d; want 5 and 2", st.Bound, st.Replaced)
 	}
 }
 
