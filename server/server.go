@@ -375,6 +375,10 @@ type loop struct {
 	now         time.Time                     // wheel time, refreshed every tick
 	scratch     []byte
 	plainBuf    []byte // decrypted records, allocated on first TLS read
+	// corked is the connection whose writes are being gathered into
+	// cork, to go out as one write (conn.cork); nil when none.
+	corked *conn
+	cork   []byte
 	hot         leanHot
 	tickPending atomic.Bool
 	tickPosted  atomic.Int64 // when the pending tick was posted, Unix ns
