@@ -366,19 +366,19 @@ func (s *Server) loopFor(el gnet.EventLoop) *loop {
 // the hook context its handlers get. Only its own event loop touches it,
 // except tickPending.
 type loop struct {
-	srv         *Server
-	ctx         hook.Ctx    // reused for every event on the loop
-	stanza      hook.Stanza // the stanza being dispatched
-	el          gnet.EventLoop
-	wheel       *timerwheel.Wheel[*conn]
-	swheel      *timerwheel.Wheel[*sessTimer] // deadlines of sessions (hook.Timers), usually empty
-	now         time.Time                     // wheel time, refreshed every tick
-	scratch     []byte
-	plainBuf    []byte // decrypted records, allocated on first TLS read
+	srv      *Server
+	ctx      hook.Ctx    // reused for every event on the loop
+	stanza   hook.Stanza // the stanza being dispatched
+	el       gnet.EventLoop
+	wheel    *timerwheel.Wheel[*conn]
+	swheel   *timerwheel.Wheel[*sessTimer] // deadlines of sessions (hook.Timers), usually empty
+	now      time.Time                     // wheel time, refreshed every tick
+	scratch  []byte
+	plainBuf []byte // decrypted records, allocated on first TLS read
 	// corked is the connection whose writes are being gathered into
 	// cork, to go out as one write (conn.cork); nil when none.
-	corked *conn
-	cork   []byte
+	corked      *conn
+	cork        []byte
 	hot         leanHot
 	tickPending atomic.Bool
 	tickPosted  atomic.Int64 // when the pending tick was posted, Unix ns
