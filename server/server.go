@@ -366,23 +366,24 @@ func (s *Server) loopFor(el gnet.EventLoop) *loop {
 // the hook context its handlers get. Only its own event loop touches it,
 // except tickPending.
 type loop struct {
-	srv      *Server
-	ctx      hook.Ctx    // reused for every event on the loop
-	stanza   hook.Stanza // the stanza being dispatched
-	el       gnet.EventLoop
-	wheel    *timerwheel.Wheel[*conn]
-	swheel   *timerwheel.Wheel[*sessTimer] // deadlines of sessions (hook.Timers), usually empty
-	now      time.Time                     // wheel time, refreshed every tick
-	scratch  []byte
-	plainBuf []byte // decrypted records, allocated on first TLS read
-	// corked is the connection whose writes are being gathered into
-	// cork, to go out as one write (conn.cork); nil when none.
-	corked      *conn
-	cork        []byte
+	srv         *Server
+	ctx         hook.Ctx    // reused for every event on the loop
+	stanza      hook.Stanza // the stanza being dispatched
+	el          gnet.EventLoop
+	wheel       *timerwheel.Wheel[*conn]
+	swheel      *timerwheel.Wheel[*sessTimer] // deadlines of sessions (hook.Timers), usually empty
+	now         time.Time                     // wheel time, refreshed every tick
+	scratch     []byte
+	plainBuf    []byte // decrypted records, allocated on first TLS read
 	hot         leanHot
 	tickPending atomic.Bool
 	tickPosted  atomic.Int64 // when the pending tick was posted, Unix ns
 	tickTask    gnet.RunnableFunc
+
+	// corked is the connection whose writes are being gathered into
+	// cork, to go out as one write (conn.cork); nil when none.
+	corked *conn
+	cork   []byte
 }
 
 func newLoop(s *Server, el gnet.EventLoop) *loop {
