@@ -19,7 +19,10 @@
 //     runs when routing found no session (Registrar.Stanza);
 //   - nonzas (top-level elements that are not stanzas) by phase and name
 //     (Registrar.Nonza);
-//   - stream features by phase (Registrar.StreamFeature) and disco
+//   - stream features by phase (Registrar.StreamFeature), inline
+//     features of SASL2 and Bind 2 (Registrar.SASL2Feature,
+//     Registrar.SASL2Inline, Registrar.Bind2Feature, Registrar.Bind2Inline;
+//     see sasl2.go for the order of events), and disco
 //     features of the domain and of accounts (Registrar.DiscoFeature,
 //     Registrar.AccountFeature);
 //   - an ordered outbound chain run on everything written to a session
@@ -103,6 +106,11 @@ type Registry struct {
 	events   [numEvents][]EventHandler
 	flags    int
 	slots    int
+	// SASL2 and Bind 2 inline features (sasl2.go).
+	sasl2Features []FeatureFunc
+	bind2Vars     []string
+	sasl2         []sasl2Entry
+	bind2         map[bind2Key]Bind2Handler
 }
 
 type iqKey struct {

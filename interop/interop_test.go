@@ -285,9 +285,18 @@ func TestClients(t *testing.T) {
 			body := "hello from xmpp.js over " + tc.name
 			out, err := runClient(t, []string{"NODE_EXTRA_CA_CERTS=" + srv.cert()}, "xmppjs", node, "pair.mjs",
 				tc.service, domain, tc.user+"-a@"+domain, tc.user+"-b@"+domain, password, body)
-			want := fmt.Sprintf("receiver got %q from %s-a@%s/sender", body, tc.user, domain)
+			want := fmt.Sprintf("receiver got %q from %s-a@%s/sender/", body, tc.user, domain)
 			if err != nil || !strings.Contains(out, want) {
 				t.Fatalf("xmpp.js: %v; want %s", err, want)
+			}
+			// xmpp.js 0.14 logs in with SASL2 and Bind 2 when offered
+			// (XEP-0388, XEP-0386): its resource option is the Bind 2
+			// tag, which the server's resource starts with, followed by
+			// "/" and the part derived from its user-agent id; a legacy
+			// bind would have bound exactly "receiver".
+			bound := fmt.Sprintf("receiver %s-b@%s/receiver/", tc.user, domain)
+			if !strings.Contains(out, bound) {
+				t.Fatalf("xmpp.js did not bind with Bind 2: want %q in its output", bound)
 			}
 		})
 	}

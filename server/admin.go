@@ -149,6 +149,7 @@ var (
 	descLate      = prometheus.NewDesc("krill_preauth_deadline_lateness_max_seconds", "Most a pre-auth deadline fired after it was due.", nil, nil)
 	descDropped   = prometheus.NewDesc("krill_stanzas_dropped_total", "Stanzas a session could not take: its mailbox was full (the session is closed, the stanza routed as if it were gone) or it has no connection and no module took them.", []string{"reason"}, nil)
 	descPanics    = prometheus.NewDesc("krill_panics_total", "Panics contained to the connection that raised them; each is a bug.", nil, nil)
+	descAuthProf  = prometheus.NewDesc("krill_logins_by_profile_total", "Successful logins by SASL profile: sasl (RFC 6120) or sasl2 (XEP-0388).", []string{"profile"}, nil)
 	descAuthFail  = prometheus.NewDesc("krill_auth_failures_total", "Failed SASL exchanges: kind=credential after a password or proof was compared, kind=exchange before any credential was checked.", []string{"kind"}, nil)
 	descBytesConn = prometheus.NewDesc("krill_process_resident_bytes_per_connection", "Process resident memory divided by open connections (0 without connections).", nil, nil)
 )
@@ -156,7 +157,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS, descTLSFail,
-		descTLSLayer, descTLSRecErr, descTLSAEAD, descTLSKeyUpd, descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail, descDropped} {
+		descTLSLayer, descTLSRecErr, descTLSAEAD, descTLSKeyUpd, descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail, descAuthProf, descDropped} {
 		ch <- d
 	}
 }
@@ -181,6 +182,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descAuth, st.AuthSucceeded, "success")
 	counter(descAuth, st.AuthFailed, "failure")
 	counter(descAuth, st.AuthThrottled, "throttled")
+	counter(descAuthProf, st.AuthSucceeded-st.AuthSASL2, "sasl")
+	counter(descAuthProf, st.AuthSASL2, "sasl2")
 	counter(descAuthFail, st.AuthFailedCredential, "credential")
 	counter(descAuthFail, st.AuthFailedExchange, "exchange")
 	gauge(descHandshake, float64(st.TLSActive), "running")

@@ -222,9 +222,43 @@ func (c *conn) write(b []byte) {
 	if c.has(flagClosed) {
 		return
 	}
+	if c.loop.corked == c {
+		c.loop.cork = append(c.loop.cork, b...)
+		return
+	}
 	c.tr.write(c, b)
 	if max := c.loop.srv.conf().C2S.MaxOutbound; max > 0 && c.gc.OutboundBuffered() > max {
 		c.loop.srv.slowReader(c)
+	}
+}
+
+// cork gathers what is written to c from now until uncork into one write:
+// one TLS record (or a few) instead of one per element. A resumption
+// sends <resumed/>, or SASL2's <success/>, and then the queue: xmpp.js
+// 0.14, parsing one record while it writes from the handler of the
+// previous one, reads the next record re-entrantly and loses its place in
+// the stream; the same bytes in one record parse. Only one connection of
+// a loop is corked at a time, on the loop.
+func (c *conn) cork() {
+	if c.loop.corked == nil {
+		c.loop.corked = c
+	}
+}
+
+// uncork writes what was gathered since cork.
+func (c *conn) uncork() {
+	l := c.loop
+	if l.corked != c {
+		return
+	}
+	l.corked = nil
+	b := l.cork
+	l.cork = b[:0]
+	if len(b) > 0 {
+		c.write(b)
+	}
+	if cap(l.cork) > 64<<10 {
+		l.cork = nil // a large queue's buffer is not kept by the loop
 	}
 }
 
@@ -321,6 +355,7 @@ func (s *Server) shut(c *conn, why closeReason) {
 	if c.has(flagClosed) {
 		return
 	}
+	c.uncork() // what was gathered goes before the close
 	c.tr.shut(c)
 	s.release(c, why)
 	_ = c.loop.el.Close(c.gc)
@@ -331,11 +366,17 @@ func (s *Server) shut(c *conn, why closeReason) {
 // once per connection, from shut, from gnet's OnClose or after a panic.
 func (s *Server) release(c *conn, why closeReason) {
 	c.setReason(why)
+	if c.loop.corked == c {
+		c.loop.corked, c.loop.cork = nil, c.loop.cork[:0] // the socket is gone
+	}
 	s.stats.move(c, func() { c.flags |= flagClosed })
 	c.loop.wheel.Cancel(&c.timer)
 	if c.has(flagPreauth) {
 		c.flags &^= flagPreauth
 		s.preauth.release(c.ip.Addr())
+	}
+	if c.ex != nil {
+		s.sasl2Abandoned(c)
 	}
 	c.ex = nil
 	c.tr.release(c)

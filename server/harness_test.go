@@ -69,6 +69,7 @@ type serverOpts struct {
 	started time.Time                         // the uptime's start (XEP-0012)
 	mods    []hook.Module                     // nil: modules.Standard
 	modsFor func(modules.Store) []hook.Module // set: the modules, made with the store
+	extra   []hook.Module                     // appended to modules.Standard
 }
 
 // startServerOpts runs a real server for cfg with the given accounts (all
@@ -99,6 +100,7 @@ func startServerOpts(t testing.TB, cfg config.Config, o serverOpts, users ...str
 	}
 	if mods == nil {
 		mods = modules.Standard(st, modules.Options{Config: cfg, Started: o.started})
+		mods = append(mods, o.extra...)
 	}
 	reg, err := hook.New(mods...)
 	if err != nil {

@@ -78,6 +78,10 @@ func (s *Server) buildFeatures(overTLS bool) []byte {
 			b = append(b, `<mechanism>`+m+`</mechanism>`...)
 		}
 		b = append(b, `</mechanisms>`...)
+		if overTLS {
+			// XEP-0388: the same mechanisms, after TLS only.
+			b = s.appendSASL2Feature(b, mechs)
+		}
 	}
 	b = s.hooks.StreamFeatures(b, hook.PhasePreAuth, overTLS)
 	if overTLS {
@@ -182,6 +186,16 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 	case phaseHeader, phaseAuthHeader:
 		s.fail(c, stream.NotWellFormed.Err, "expected a stream header")
 	case phaseNegotiate:
+		if ns == nsSASL2 {
+			s.handleSASL2(c, tag, local, unit)
+			return
+		}
+		if sasl2Of(c) != nil {
+			// XEP-0388 2.5: nothing but <response/> or <abort/> during
+			// the exchange.
+			s.fail(c, stream.PolicyViolation.Err, "only SASL2 responses during a SASL2 exchange")
+			return
+		}
 		if ns == nsSASL {
 			s.handleSASL(c, tag, local, unit)
 			return
@@ -232,9 +246,7 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 			s.saslFail(c, "aborted", "", false)
 			return
 		}
-		if s.authFailures.Over(c.ip.Addr(), time.Now(), s.failureLimit()) {
-			// Throttled: no look-up, no hashing, for this address a while.
-			s.stats.authThrottled.Add(1)
+		if s.throttled(c) {
 			s.saslFail(c, "temporary-auth-failure", "too many failed logins from your address; try later", false)
 			return
 		}
@@ -300,6 +312,16 @@ func (s *Server) handleSASL(c *conn, tag stanza.StartTag, local string, unit []b
 	default:
 		s.fail(c, stream.UnsupportedStanzaType.Err, "unknown SASL element")
 	}
+}
+
+// throttled reports (and counts) a login refused because its address
+// failed too often: no look-up, no hashing, for this address a while.
+func (s *Server) throttled(c *conn) bool {
+	if s.authFailures.Over(c.ip.Addr(), time.Now(), s.failureLimit()) {
+		s.stats.authThrottled.Add(1)
+		return true
+	}
+	return false
 }
 
 // exStarted reports whether Start has run for the exchange: the session
@@ -397,7 +419,11 @@ func (s *Server) saslStep(c *conn, chal []byte, done bool, err error) {
 	case done:
 		s.saslSucceed(c, chal)
 	default:
-		b := append(c.loop.scratch[:0], `<challenge xmlns='`+nsSASL+`'>`...)
+		ns := nsSASL
+		if sasl2Of(c) != nil {
+			ns = nsSASL2
+		}
+		b := append(c.loop.scratch[:0], `<challenge xmlns='`+ns+`'>`...)
 		b = base64.StdEncoding.AppendEncode(b, chal)
 		b = append(b, `</challenge>`...)
 		c.write(b)
@@ -406,6 +432,10 @@ func (s *Server) saslStep(c *conn, chal []byte, done bool, err error) {
 }
 
 func (s *Server) saslSucceed(c *conn, additional []byte) {
+	if x := sasl2Of(c); x != nil {
+		s.sasl2Succeed(c, x, additional)
+		return
+	}
 	c.ex = nil
 	s.stats.move(c, func() {
 		c.phase = phaseAuthHeader
@@ -442,14 +472,31 @@ func (s *Server) saslSucceed(c *conn, additional []byte) {
 // preauth.max_failed_exchanges, so a client that tries its mechanisms in
 // turn reaches one that works before it is closed.
 func (s *Server) saslFail(c *conn, cond, text string, checked bool) {
+	s.authFail(c, sasl2Of(c) != nil, cond, text, checked)
+}
+
+// authFail is saslFail for either profile: v2 selects SASL2's failure
+// (XEP-0388), whose inline requests are told and dropped.
+func (s *Server) authFail(c *conn, v2 bool, cond, text string, checked bool) {
+	s.sasl2Abandoned(c)
 	c.ex = nil
 	if c.phase < phaseAuthHeader {
 		c.sess = nil
 	}
 	s.stats.authFailed.Add(1)
-	b := append(c.loop.scratch[:0], `<failure xmlns='`+nsSASL+`'><`...)
-	b = append(b, cond...)
-	b = append(b, `/>`...)
+	var b []byte
+	if v2 {
+		b = append(c.loop.scratch[:0], `<failure xmlns='`+nsSASL2+`'><`...)
+		b = append(b, cond...)
+		b = append(b, ` xmlns='`+nsSASL+`'/>`...)
+		if text == "" {
+			text = sasl2FailText(cond)
+		}
+	} else {
+		b = append(c.loop.scratch[:0], `<failure xmlns='`+nsSASL+`'><`...)
+		b = append(b, cond...)
+		b = append(b, `/>`...)
+	}
 	if text != "" {
 		b = append(b, `<text>`...)
 		b = stanza.AppendEscaped(b, text)

@@ -232,6 +232,9 @@ func (s *Server) attach(c *conn, n, o *session, h handedOver, then func(*hook.Ct
 	if o.loop != c.loop {
 		s.stats.resumedAcross.Add(1)
 	}
+	// The answer, the resent queue and what came meanwhile go out as one
+	// write (see cork).
+	c.cork()
 	func() {
 		defer s.contain(c, nil)
 		then(c.loop.sessionCtx(n), true)
@@ -241,6 +244,7 @@ func (s *Server) attach(c *conn, n, o *session, h handedOver, then func(*hook.Ct
 		c.loop.ctx.Reset(nil, nil, nil)
 	}()
 	n.drain()
+	c.uncork()
 	s.resumeInput(c)
 }
 

@@ -71,8 +71,21 @@ func (s *Server) handleBindIQ(c *conn, tag stanza.StartTag, unit []byte) {
 	s.completeBind(c, id, full)
 }
 
-// completeBind makes c a routable session for full.
+// completeBind makes c a routable session for full and answers the bind
+// request id.
 func (s *Server) completeBind(c *conn, id string, full jid.JID) {
+	sess := c.sess
+	s.bindSession(c, full)
+	payload := append([]byte(`<bind xmlns='`+nsBind+`'><jid>`), stanza.AppendEscaped(nil, sess.full)...)
+	payload = append(payload, `</jid></bind>`...)
+	c.write(stanza.AppendResult(c.loop.scratch[:0], id, "", "", payload))
+	s.hooks.Fire(c.loop.sessionCtx(sess), hook.Bound)
+	s.log.Debug("session bound", zap.String("jid", sess.full))
+}
+
+// bindSession makes c a routable session for full (legacy bind and
+// Bind 2): a session of the same full JID is replaced.
+func (s *Server) bindSession(c *conn, full jid.JID) {
 	sess := c.sess
 	sess.conn = c
 	sess.full = full.String()
@@ -91,11 +104,6 @@ func (s *Server) completeBind(c *conn, id string, full jid.JID) {
 		c.loop.wheel.Arm(&c.timer, c, c.loop.now.Add(s.conf().C2S.IdlePing))
 	}
 	s.stats.bound.Add(1)
-	payload := append([]byte(`<bind xmlns='`+nsBind+`'><jid>`), stanza.AppendEscaped(nil, sess.full)...)
-	payload = append(payload, `</jid></bind>`...)
-	c.write(stanza.AppendResult(c.loop.scratch[:0], id, "", "", payload))
-	s.hooks.Fire(c.loop.sessionCtx(sess), hook.Bound)
-	s.log.Debug("session bound", zap.String("jid", sess.full))
 }
 
 func (s *Server) replyBindError(c *conn, id, typ, cond string) {

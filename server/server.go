@@ -78,6 +78,7 @@ type Server struct {
 	featuresPlain []byte // before TLS: STARTTLS, and SCRAM if plaintext auth is allowed
 	featuresTLS   []byte // over TLS: every mechanism, -PLUS first, and XEP-0440
 	featuresBind  []byte // after authentication: bind, session, and the modules' features
+	featuresBound []byte // after SASL2 with Bind 2: the bound stream's features (no restart)
 
 	loopsMu sync.Mutex
 	loops   map[gnet.EventLoop]*loop
@@ -146,6 +147,8 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 	s.featuresBind = append([]byte(`<stream:features><bind xmlns='`+nsBind+`'/><session xmlns='`+nsSession+`'><optional/></session>`),
 		reg.StreamFeatures(nil, hook.PhaseBind, true)...)
 	s.featuresBind = append(s.featuresBind, `</stream:features>`...)
+	s.featuresBound = append([]byte(`<stream:features>`), reg.StreamFeatures(nil, hook.PhaseBound, true)...)
+	s.featuresBound = append(s.featuresBound, `</stream:features>`...)
 	return s, nil
 }
 
@@ -382,6 +385,11 @@ type loop struct {
 	tickPending atomic.Bool
 	tickPosted  atomic.Int64 // when the pending tick was posted, Unix ns
 	tickTask    gnet.RunnableFunc
+
+	// corked is the connection whose writes are being gathered into
+	// cork, to go out as one write (conn.cork); nil when none.
+	corked *conn
+	cork   []byte
 }
 
 func newLoop(s *Server, el gnet.EventLoop) *loop {

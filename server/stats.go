@@ -11,6 +11,7 @@ type Stats struct {
 	closed        atomic.Uint64
 	closedBy      [numCloseReasons]atomic.Uint64 // counted once per connection, in OnClose
 	authSucceeded atomic.Uint64
+	authSASL2     atomic.Uint64 // of which with SASL2 (XEP-0388)
 	authFailed    atomic.Uint64
 	bound         atomic.Uint64
 	replaced      atomic.Uint64
@@ -153,6 +154,7 @@ type StatsSnapshot struct {
 	ClosedShutdown   uint64 // closed by a server shutdown
 	ClosedPanic      uint64 // closed after a contained panic
 	AuthSucceeded    uint64
+	AuthSASL2        uint64 // of AuthSucceeded, logins with SASL2 (XEP-0388) rather than RFC 6120 SASL
 	AuthFailed       uint64
 	Bound            uint64 // resources bound
 	Replaced         uint64 // sessions replaced by a bind of the same full JID
@@ -223,6 +225,7 @@ func (s *Stats) snapshot() StatsSnapshot {
 		ClosedShutdown:  s.closedBy[reasonShutdown].Load(),
 		ClosedPanic:     s.closedBy[reasonPanic].Load(),
 		AuthSucceeded:   s.authSucceeded.Load(),
+		AuthSASL2:       s.authSASL2.Load(),
 		AuthFailed:      s.authFailed.Load(),
 		Bound:           s.bound.Load(),
 		Replaced:        s.replaced.Load(),

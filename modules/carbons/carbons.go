@@ -81,6 +81,12 @@ func (m *Module) Register(r *hook.Registrar) error {
 	r.Stanza(hook.Message, hook.ToBare|hook.ToFull, hook.Pre, m.pre)
 	r.On(hook.Closed, m.closed)
 	r.DiscoFeature(NS)
+	// XEP-0386: enabled inline in Bind 2's <bind/>; nothing to answer.
+	r.Bind2Feature(NS)
+	r.Bind2Inline(NS, "enable", func(c *hook.Ctx, _, b []byte) []byte {
+		m.set(c.Session, true)
+		return b
+	})
 	return nil
 }
 

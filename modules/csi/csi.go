@@ -80,6 +80,13 @@ func (m *Module) Register(r *hook.Registrar) error {
 		return hook.Continue
 	})
 	r.DiscoFeature(NS)
+	// XEP-0386: the session may begin inactive (or active) from Bind 2.
+	r.Bind2Feature(NS)
+	r.Bind2Inline(NS, "inactive", func(c *hook.Ctx, _, b []byte) []byte {
+		c.Session.Set(m.inactive, true)
+		return b
+	})
+	r.Bind2Inline(NS, "active", func(c *hook.Ctx, _, b []byte) []byte { return b })
 	return nil
 }
 

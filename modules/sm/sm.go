@@ -135,6 +135,12 @@ func (m *Module) Register(r *hook.Registrar) error {
 	r.Nonza(hook.PhaseBound, NS, "r", m.request)
 	r.Nonza(hook.PhaseBound, NS, "a", m.ack)
 	r.Nonza(hook.PhaseBind, NS, "resume", m.resume)
+	// XEP-0198 section 6: resumption inside SASL2's <authenticate/>, and
+	// enabling inside Bind 2's <bind/>.
+	r.SASL2Feature(func(b []byte) []byte { return append(b, `<sm xmlns='`+NS+`'/>`...) })
+	r.SASL2Inline(NS, "resume", hook.SASL2Inline{Request: parseInlineResume, Success: m.inlineResume})
+	r.Bind2Feature(NS)
+	r.Bind2Inline(NS, "enable", func(c *hook.Ctx, elem, b []byte) []byte { return m.enableTo(c, elem, b) })
 	r.Nonza(hook.PhaseBind, NS, "enable", func(c *hook.Ctx, _ []byte) error {
 		c.Conn.WriteNonza([]byte(`<failed xmlns='` + NS + `'><unexpected-request xmlns='` + nsStanzas + `'/></failed>`))
 		return nil
@@ -169,9 +175,15 @@ func failed(cond string) []byte {
 
 // enable answers <enable/> (XEP-0198 3).
 func (m *Module) enable(c *hook.Ctx, elem []byte) error {
+	c.Conn.WriteNonza(m.enableTo(c, elem, c.Scratch()))
+	return nil
+}
+
+// enableTo enables stream management for the session and appends the
+// answer, <enabled/> or <failed/>, to b.
+func (m *Module) enableTo(c *hook.Ctx, elem, b []byte) []byte {
 	if m.get(c.Session) != nil {
-		c.Conn.WriteNonza(failed("unexpected-request"))
-		return nil
+		return append(b, failed("unexpected-request")...)
 	}
 	if m.host.Load() == nil {
 		m.host.Store(&hostRef{c.Host})
@@ -181,7 +193,7 @@ func (m *Module) enable(c *hook.Ctx, elem []byte) error {
 	tag, _ := stanza.ParseStartTag(elem)
 	resume, _ := tag.AttrString("resume")
 	cfg := c.Host.Config().SM
-	b := append(c.Scratch(), `<enabled xmlns='`+NS+`'`...)
+	b = append(b, `<enabled xmlns='`+NS+`'`...)
 	if (resume == "true" || resume == "1") && cfg.ResumeTimeout > 0 {
 		var tok token
 		_, _ = rand.Read(tok[:])
@@ -202,8 +214,7 @@ func (m *Module) enable(c *hook.Ctx, elem []byte) error {
 		b = strconv.AppendUint(b, uint64(st.timeout), 10)
 		b = append(b, '\'')
 	}
-	c.Conn.WriteNonza(append(b, `/>`...))
-	return nil
+	return append(b, `/>`...)
 }
 
 // request answers <r/> with the inbound count.
@@ -483,6 +494,51 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 	tag, _ := stanza.ParseStartTag(elem)
 	previd, _ := tag.AttrString("previd")
 	h, hok := attrH(elem)
+	m.takeOver(c, previd, h, hok, func(c *hook.Ctx, b []byte, ok bool) {
+		c.Conn.WriteNonza(b)
+		if !ok {
+			// Counted like a failed login (preauth.max_failed_auth): the
+			// connection is still before binding, under the pre-auth
+			// policy.
+			c.Conn.CountFailure()
+		}
+	})
+	return nil
+}
+
+// inlineRequest is a <resume/> inside SASL2's <authenticate/>, kept for
+// the exchange's outcome.
+type inlineRequest struct {
+	previd string
+	h      uint32
+	hok    bool
+}
+
+// parseInlineResume reads the <resume/> of a SASL2 request.
+func parseInlineResume(_ *hook.Auth, elem []byte) (any, error) {
+	tag, _ := stanza.ParseStartTag(elem)
+	previd, _ := tag.AttrString("previd")
+	h, hok := attrH(elem)
+	return &inlineRequest{previd: previd, h: h, hok: hok}, nil
+}
+
+// inlineResume resumes a session once SASL2 authenticated the account:
+// <resumed/> or <failed/> goes into <success/> (XEP-0198 section 6). A
+// failure is not counted as a failed login: the account is
+// authenticated, and a token is only ever valid for its own account.
+func (m *Module) inlineResume(c *hook.Ctx, _ *hook.Auth, state any, done func([]byte, bool)) {
+	r, _ := state.(*inlineRequest)
+	if r == nil {
+		done(failed("item-not-found"), false)
+		return
+	}
+	m.takeOver(c, r.previd, r.h, r.hok, func(_ *hook.Ctx, b []byte, ok bool) { done(b, ok) })
+}
+
+// takeOver resumes the session whose token is previd, the client having
+// handled h stanzas, on c's connection. out gets the answer, <resumed/>
+// (ok) or <failed/>, to write before the queue is resent.
+func (m *Module) takeOver(c *hook.Ctx, previd string, h uint32, hok bool, out func(c *hook.Ctx, b []byte, ok bool)) {
 	var old hook.Session
 	var tok token
 	if n, err := base64.RawURLEncoding.Decode(tok[:], []byte(previd)); err == nil && n == len(tok) && len(previd) == tokenLen {
@@ -498,18 +554,14 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 	r, ok := c.Conn.(hook.Resumer)
 	if old == nil || !ok || !hok {
 		m.resumeFailed.Add(1)
-		c.Conn.WriteNonza(failed("item-not-found"))
-		// Counted like a failed login (preauth.max_failed_auth): the
-		// connection is still before binding, under the pre-auth policy.
-		c.Conn.CountFailure()
-		return nil
+		out(c, failed("item-not-found"), false)
+		return
 	}
 	r.Resume(old, func(c *hook.Ctx, ok bool) {
 		st := m.get(c.Session)
 		if !ok || st == nil {
 			m.resumeFailed.Add(1)
-			c.Conn.WriteNonza(failed("item-not-found"))
-			c.Conn.CountFailure()
+			out(c, failed("item-not-found"), false)
 			return
 		}
 		m.mu.Lock()
@@ -530,7 +582,10 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 		b = base64.RawURLEncoding.AppendEncode(b, st.tok[:])
 		b = append(b, `' h='`...)
 		b = strconv.AppendUint(b, uint64(st.in), 10)
-		c.Conn.WriteNonza(append(b, `'/>`...))
+		out(c, append(b, `'/>`...), true)
+		if c.Conn == nil {
+			return
+		}
 		domain := c.Host.Domain()
 		off := 0
 		for _, q := range st.ents {
@@ -542,7 +597,6 @@ func (m *Module) resume(c *hook.Ctx, elem []byte) error {
 			c.Session.Pass(m.out, []byte(`<r xmlns='`+NS+`'/>`))
 		}
 	})
-	return nil
 }
 
 // closed handles what the client never acknowledged when the session
