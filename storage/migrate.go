@@ -113,6 +113,42 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		version: 4,
+		name:    "create pep and private xml",
+		stmts: []string{
+			// XEP-0163 nodes with the configuration PEP clients set;
+			// max_items -1 is "max".
+			`CREATE TABLE pep_nodes (
+				username       TEXT   NOT NULL,
+				node           TEXT   NOT NULL,
+				access_model   TEXT   NOT NULL,
+				persist_items  BIGINT NOT NULL,
+				max_items      BIGINT NOT NULL,
+				send_last      TEXT   NOT NULL,
+				notify_retract BIGINT NOT NULL,
+				PRIMARY KEY (username, node)
+			)`,
+			// seq orders a node's items by publication (a republished
+			// id becomes the newest).
+			`CREATE TABLE pep_items (
+				username TEXT   NOT NULL,
+				node     TEXT   NOT NULL,
+				item_id  TEXT   NOT NULL,
+				seq      BIGINT NOT NULL,
+				payload  TEXT   NOT NULL,
+				PRIMARY KEY (username, node, item_id)
+			)`,
+			`CREATE INDEX pep_items_seq ON pep_items (username, node, seq)`,
+			// XEP-0049 fragments keyed by their root's {namespace}name.
+			`CREATE TABLE private_xml (
+				username TEXT NOT NULL,
+				name     TEXT NOT NULL,
+				xml      TEXT NOT NULL,
+				PRIMARY KEY (username, name)
+			)`,
+		},
+	},
 }
 
 // createMigrationsTable is the bootstrap that precedes every version: it
@@ -125,7 +161,7 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // SchemaVersion is the schema version this binary migrates databases to:
 // the version of the last entry of migrations (a test holds them equal).
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // Migrate brings the schema of db up to [SchemaVersion]: it applies, in
 // order, each migration the database has not recorded yet, each in its own
