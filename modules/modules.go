@@ -16,6 +16,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
 	"github.com/krill-xmpp/krill/modules/offline"
+	"github.com/krill-xmpp/krill/modules/pep"
 	"github.com/krill-xmpp/krill/modules/ping"
 	"github.com/krill-xmpp/krill/modules/presence"
 	"github.com/krill-xmpp/krill/modules/register"
@@ -33,6 +34,8 @@ type Store interface {
 	storage.IM
 	vcard.Store
 	lastactivity.Store
+	storage.PEP
+	storage.Private
 }
 
 // Options are the settings of the standard modules that are fixed at
@@ -62,6 +65,9 @@ func Standard(store Store, opt Options) []hook.Module {
 		blk,
 		&carbons.Module{Blocker: blk},
 		&roster.Module{Store: store, Accounts: store},
+		// Before presence, which consumes the broadcasts whose caps
+		// it reads.
+		&pep.Module{Store: store, Blocker: blk},
 		&presence.Module{Store: store, Blocker: blk},
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},

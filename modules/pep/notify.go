@@ -1,0 +1,226 @@
+package pep
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+	"mellium.im/xmpp/jid"
+
+	"github.com/krill-xmpp/krill/hook"
+	"github.com/krill-xmpp/krill/stanza"
+	"github.com/krill-xmpp/krill/storage"
+)
+
+// msgID numbers notifications.
+var msgID atomic.Uint64
+
+// appendMessage appends a notification: a headline from the owner's bare
+// JID (XEP-0163 4.3.1) to a full JID, carrying event.
+func appendMessage(b []byte, from, to string, event []byte) []byte {
+	b = append(b, `<message from='`...)
+	b = stanza.AppendEscaped(b, from)
+	b = append(b, `' to='`...)
+	b = stanza.AppendEscaped(b, to)
+	b = append(b, `' type='headline' id='pep-`...)
+	b = append(b, itoa(msgID.Add(1))...)
+	b = append(b, `'>`...)
+	b = append(b, event...)
+	return append(b, `</message>`...)
+}
+
+// notify sends event (about node of owner, of access model access) to the
+// owner's available resources and to the available resources of the
+// contacts with a presence subscription to the owner that the model
+// allows, each only if its caps ask for node+notify (XEP-0163 4.2, 4.3).
+// Runs on a worker.
+func (m *Module) notify(ctx context.Context, host hook.Host, owner, node, access string, event []byte) int {
+	from := owner + "@" + host.Domain()
+	sent := 0
+	send := func(s hook.Session) {
+		if s.Available() && m.caps.wants(s, node) {
+			if s.Deliver(appendMessage(nil, from, s.Full(), event)) {
+				sent++
+			}
+		}
+	}
+	host.Sessions(owner, send)
+	if access == AccessWhitelist {
+		return sent
+	}
+	items, _, err := m.Store.Roster(ctx, owner)
+	if err != nil {
+		host.Logger().Error("roster read for pep failed", zap.String("user", owner), zap.Error(err))
+		return sent
+	}
+	domain := host.Domain()
+	for _, it := range items {
+		if it.Subscription != storage.SubFrom && it.Subscription != storage.SubBoth {
+			continue
+		}
+		local, ok := localOf(it.Contact, domain)
+		if !ok || local == owner || m.blocked(owner, it.Contact) {
+			continue
+		}
+		host.Sessions(local, send)
+	}
+	return sent
+}
+
+// blocked reports whether owner blocks contact (a bare JID).
+func (m *Module) blocked(owner, contact string) bool {
+	if m.Blocker == nil {
+		return false
+	}
+	j, err := jid.Parse(contact)
+	return err != nil || m.Blocker.Blocks(owner, j)
+}
+
+// localOf returns the localpart of a normalised bare JID of domain.
+func localOf(bare, domain string) (string, bool) {
+	i := strings.IndexByte(bare, '@')
+	if i <= 0 || bare[i+1:] != domain {
+		return "", false
+	}
+	return bare[:i], true
+}
+
+// presence reads the caps of an available presence broadcast (XEP-0115),
+// asks the client for an unknown hash, and sends the last items when a
+// session already available announces new caps. It never consumes the
+// presence: the presence module broadcasts it.
+func (m *Module) presence(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
+	if st.Type != "" {
+		return hook.Continue
+	}
+	sess := c.Session
+	node, ver, algo, ok := parseCaps(st.Raw)
+	if !ok {
+		m.caps.forget(sess)
+		return hook.Continue
+	}
+	id, query, changed := m.caps.seen(sess, node, ver, algo)
+	if id != "" {
+		b := append([]byte(`<query xmlns='`+nsDiscoInfo+`' node='`), stanza.AppendEscaped(nil, query)...)
+		b = append(b, `'/>`...)
+		q := stanza.AppendIQ(nil, "get", id, c.Host.Domain(), sess.Full(), b)
+		// Written at once, so that the client sees the query before the
+		// echo of its presence, which the presence module sends from a
+		// worker.
+		if c.Conn != nil {
+			c.Conn.Write(q)
+		} else {
+			sess.Deliver(q)
+		}
+	}
+	if changed && sess.Available() && id == "" {
+		m.sendLast(c, sess)
+	}
+	return hook.Continue
+}
+
+// capsResult takes the answers to the server's disco#info queries.
+func (m *Module) capsResult(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
+	if (st.Type != "result" && st.Type != "error") || !strings.HasPrefix(st.ID, "caps-") {
+		return hook.Continue
+	}
+	var result []byte
+	if st.Type == "result" {
+		result = st.Payload
+	}
+	waiters, ok := m.caps.resolve(st.ID, c.Session, result)
+	if !ok {
+		return hook.Continue
+	}
+	for _, w := range waiters {
+		if w.Available() {
+			m.sendLast(c, w)
+		}
+	}
+	return hook.Stop
+}
+
+// available sends the last items to a session that became available with
+// known caps.
+func (m *Module) available(c *hook.Ctx, _ hook.Event) hook.Verdict {
+	m.sendLast(c, c.Session)
+	return hook.Continue
+}
+
+// gone forgets a session's caps.
+func (m *Module) gone(c *hook.Ctx, _ hook.Event) hook.Verdict {
+	m.caps.forget(c.Session)
+	return hook.Continue
+}
+
+// sendLast queues the delivery of the last items s wants: after what the
+// connection's jobs already queued when s is the connection's session (its
+// presence broadcast and probes come first), else detached.
+func (m *Module) sendLast(c *hook.Ctx, s hook.Session) {
+	nodes := m.caps.notifyNodes(s)
+	if len(nodes) == 0 {
+		return
+	}
+	host := c.Host
+	job := func(ctx context.Context) { m.lastItems(ctx, host, s, nodes) }
+	if c.Conn != nil && c.Session == s {
+		c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) { job(ctx); return nil }, nil)
+		return
+	}
+	host.Go(job)
+}
+
+// lastItems delivers to s the last item of each node it wants
+// notifications of whose send_last_published_item is on_sub_and_presence:
+// of its own account, and of the local contacts it has a presence
+// subscription to whose access model allows it (XEP-0163 4.3.4). Runs on
+// a worker.
+func (m *Module) lastItems(ctx context.Context, host hook.Host, s hook.Session, wanted []string) {
+	user, full := s.Local(), s.Full()
+	log := host.Logger()
+	m.sendLastOf(ctx, host, user, full, wanted, true)
+	items, _, err := m.Store.Roster(ctx, user)
+	if err != nil {
+		log.Error("roster read for pep failed", zap.String("user", user), zap.Error(err))
+		return
+	}
+	domain := host.Domain()
+	me := user + "@" + domain
+	for _, it := range items {
+		if it.Subscription != storage.SubTo && it.Subscription != storage.SubBoth {
+			continue
+		}
+		local, ok := localOf(it.Contact, domain)
+		if !ok || local == user || m.blocked(local, me) {
+			continue
+		}
+		m.sendLastOf(ctx, host, local, full, wanted, false)
+	}
+}
+
+// sendLastOf sends full the last item of each of owner's nodes in wanted
+// that sends it on presence, for a contact only those whose model lets a
+// subscriber to the owner's presence read.
+func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner, full string, wanted []string, self bool) {
+	nodes, err := m.Store.PEPNodes(ctx, owner)
+	if err != nil {
+		host.Logger().Error("pep nodes read failed", zap.String("user", owner), zap.Error(err))
+		return
+	}
+	from := owner + "@" + host.Domain()
+	for _, n := range nodes {
+		if n.Config.SendLast != SendOnSubPresence || !slices.Contains(wanted, n.Name) {
+			continue
+		}
+		if !self && n.Config.Access == AccessWhitelist {
+			continue
+		}
+		items, err := m.Store.PEPItems(ctx, owner, n.Name, nil, 1)
+		if err != nil || len(items) == 0 {
+			continue
+		}
+		host.Deliver(full, appendMessage(nil, from, full, appendItemsEvent(nil, n.Name, items[0].ID, items[0].Payload)))
+	}
+}
