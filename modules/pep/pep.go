@@ -334,7 +334,7 @@ func (m *Module) publish(c *hook.Ctx, user, node string, verb, options []byte) {
 			m.OnPublish(user, node, id, payload)
 		}
 		return func(c *hook.Ctx) {
-			b := append(c.Scratch(), `<pubsub xmlns='`+NS+`'><publish node='`...)
+			b := append(make([]byte, 0, 128), `<pubsub xmlns='`+NS+`'><publish node='`...)
 			b = stanza.AppendEscaped(b, node)
 			b = append(b, `'><item id='`...)
 			b = stanza.AppendEscaped(b, id)
