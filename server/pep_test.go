@@ -254,6 +254,84 @@ func pepConfig(t *testing.T) config.Config {
 	cfg.PEP.MaxNodes = 4
 	cfg.PEP.MaxItems = 3
 	cfg.PEP.MaxItemBytes = 200
-	cfg.PEP.MaxBytes = 600
+	cfg.PEP.MaxBytes = 700
 	return cfg
+}
+
+// TestPEPLimits: each per-account limit refuses with its error and stores
+// nothing of the refused publish.
+func TestPEPLimits(t *testing.T) {
+	srv := startServer(t, pepConfig(t), "alice")
+	c := dialRaw(t, srv)
+	c.scramLogin("alice", testPassword, "r")
+	const A = "alice@localhost/r"
+	item := func(n int) string { return `<x xmlns='urn:example'>` + strings.Repeat("z", n) + `</x>` }
+	steps := []struct{ name, send, want string }{
+		{"item too big", pub("l1", "urn:example:1", "1", item(200), ""),
+			perr("l1", "", A, "modify", "not-acceptable", "item larger than pep.max_item_bytes (200)", "payload-too-big")},
+		{"max_items above the limit", pub("l2", "urn:example:1", "1", item(1), publishOpts("pubsub#max_items", "4")),
+			perr("l2", "", A, "modify", "not-acceptable", "pubsub#max_items above pep.max_items (3)", "")},
+		{"max is the limit", pub("l3", "urn:example:1", "1", item(150), publishOpts("pubsub#max_items", "max")), publishResult("l3", "urn:example:1", "1")},
+		{"2", pub("l4", "urn:example:1", "2", item(150), publishOpts("pubsub#max_items", "max")), publishResult("l4", "urn:example:1", "2")},
+		{"3", pub("l5", "urn:example:1", "3", item(150), publishOpts("pubsub#max_items", "max")), publishResult("l5", "urn:example:1", "3")},
+		{"4th drops the oldest", pub("l6", "urn:example:1", "4", item(150), publishOpts("pubsub#max_items", "max")), publishResult("l6", "urn:example:1", "4")},
+		{"three kept", items("l7", "", "urn:example:1", "", ""),
+			itemsResult("l7", "", "urn:example:1", "2", item(150), "3", item(150), "4", item(150))},
+		{"bytes: 3 x 177 + 177 > 700", pub("l8", "urn:example:2", "1", item(150), ""),
+			perr("l8", "", A, "wait", "resource-constraint", "storage quota reached (pep.max_bytes)", "")},
+		{"nothing stored", items("l9", "", "urn:example:2", "", ""), perr("l9", "", A, "cancel", "item-not-found", "", "")},
+		{"node 2", pub("l10", "urn:example:2", "1", item(1), ""), publishResult("l10", "urn:example:2", "1")},
+		{"node 3", pub("l11", "urn:example:3", "1", item(1), ""), publishResult("l11", "urn:example:3", "1")},
+		{"node 4", pub("l12", "urn:example:4", "1", item(1), ""), publishResult("l12", "urn:example:4", "1")},
+		{"node 5", pub("l13", "urn:example:5", "1", item(1), ""),
+			perr("l13", "", A, "wait", "policy-violation", "too many nodes (pep.max_nodes)", "max-nodes-exceeded")},
+		{"create node 5", `<iq type='set' id='l14'><pubsub xmlns='` + nsPubSub + `'><create node='urn:example:5'/></pubsub></iq>`,
+			perr("l14", "", A, "wait", "policy-violation", "too many nodes (pep.max_nodes)", "max-nodes-exceeded")},
+	}
+	for _, st := range steps {
+		c.exchange(t, st.send, st.want)
+	}
+}
+
+// TestPEPRetractAndWhitelist: a retract notifies contacts as configured
+// (notify_retract, or notify='true'); a whitelist node notifies only the
+// owner's resources; a node deleted notifies.
+func TestPEPRetractAndWhitelist(t *testing.T) {
+	srv, store := startServerOpts(t, testConfig(t), serverOpts{}, "alice", "bob")
+	subscribe(t, store, "alice", "bob", true)
+	alice := pepLogin(t, srv, "alice", "a", capsOMEMO, "caps-1")
+	bob := pepLogin(t, srv, "bob", "b", capsOMEMO, "")
+	bob.expect(t, `<presence from='alice@localhost/a' to='bob@localhost/b'>{**}</presence>`)
+	alice.expect(t, `<presence from='bob@localhost/b' to='alice@localhost'>{**}</presence>`)
+	const tune = "http://jabber.org/protocol/tune"
+	alice.send(pub("t1", tune, "song", tunePayload, ""))
+	alice.expect(t, event("alice@localhost", "alice@localhost/a", tune, "song", tunePayload))
+	alice.expect(t, publishResult("t1", tune, "song"))
+	bob.expect(t, event("alice@localhost", "bob@localhost/b", tune, "song", tunePayload))
+	retracted := func(to string) string {
+		return `<message from='alice@localhost' to='` + to + `' type='headline' id='{*}'><event xmlns='` + nsPubSubEvent + `'><items node='` + tune + `'><retract id='song'/></items></event></message>`
+	}
+	alice.send(`<iq type='set' id='r1'><pubsub xmlns='` + nsPubSub + `'><retract node='` + tune + `'><item id='song'/></retract></pubsub></iq>`)
+	alice.expect(t, retracted("alice@localhost/a"))
+	alice.expect(t, `<iq type='result' id='r1'/>`)
+	bob.expect(t, retracted("bob@localhost/b"))
+
+	// Bookmarks (whitelist): only alice's own resources hear of them.
+	alice.send(pub("b1", "urn:xmpp:bookmarks:1", "theplay@conference.shakespeare.lit", bookmark,
+		publishOpts("pubsub#persist_items", "true", "pubsub#max_items", "max", "pubsub#send_last_published_item", "never", "pubsub#access_model", "whitelist")))
+	alice.expect(t, event("alice@localhost", "alice@localhost/a", "urn:xmpp:bookmarks:1", "theplay@conference.shakespeare.lit", bookmark))
+	alice.expect(t, publishResult("b1", "urn:xmpp:bookmarks:1", "theplay@conference.shakespeare.lit"))
+	bob.sync(t, "s1")
+	// XEP-0402 section 3.3: removing a bookmark is a retract with
+	// notify='true'.
+	alice.send(`<iq type='set' id='r2'><pubsub xmlns='` + nsPubSub + `'><retract node='urn:xmpp:bookmarks:1' notify='true'><item id='theplay@conference.shakespeare.lit'/></retract></pubsub></iq>`)
+	alice.expect(t, `<message from='alice@localhost' to='alice@localhost/a' type='headline' id='{*}'><event xmlns='`+nsPubSubEvent+`'><items node='urn:xmpp:bookmarks:1'><retract id='theplay@conference.shakespeare.lit'/></items></event></message>`)
+	alice.expect(t, `<iq type='result' id='r2'/>`)
+	bob.sync(t, "s2")
+
+	// A node deleted: subscribers hear of it.
+	alice.send(`<iq type='set' id='d1'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='` + tune + `'/></pubsub></iq>`)
+	alice.expect(t, `<message from='alice@localhost' to='alice@localhost/a' type='headline' id='{*}'><event xmlns='`+nsPubSubEvent+`'><delete node='`+tune+`'/></event></message>`)
+	alice.expect(t, `<iq type='result' id='d1'/>`)
+	bob.expect(t, `<message from='alice@localhost' to='bob@localhost/b' type='headline' id='{*}'><event xmlns='`+nsPubSubEvent+`'><delete node='`+tune+`'/></event></message>`)
 }
