@@ -19,6 +19,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/pep"
 	"github.com/krill-xmpp/krill/modules/ping"
 	"github.com/krill-xmpp/krill/modules/presence"
+	"github.com/krill-xmpp/krill/modules/private"
 	"github.com/krill-xmpp/krill/modules/register"
 	"github.com/krill-xmpp/krill/modules/roster"
 	"github.com/krill-xmpp/krill/modules/sm"
@@ -60,6 +61,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		disco.Module{},
 		version.Module{},
 		vcard.Module{Store: store},
+		private.Module{Store: store},
 		lastactivity.Module{Started: opt.Started, Store: store},
 		account.New(store),
 		blk,

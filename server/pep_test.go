@@ -335,3 +335,60 @@ func TestPEPRetractAndWhitelist(t *testing.T) {
 	alice.expect(t, `<iq type='result' id='d1'/>`)
 	bob.expect(t, `<message from='alice@localhost' to='bob@localhost/b' type='headline' id='{*}'><event xmlns='`+nsPubSubEvent+`'><delete node='`+tune+`'/></event></message>`)
 }
+
+// TestPrivateStorage: XEP-0049 with the XEP's own examples: set, get,
+// get of nothing stored, another account, reserved namespaces, the caps.
+func TestPrivateStorage(t *testing.T) {
+	srv := startServer(t, pepConfig(t), "hamlet", "macbeth")
+	c := dialRaw(t, srv)
+	c.scramLogin("hamlet", testPassword, "denmark")
+	m := dialRaw(t, srv)
+	m.scramLogin("macbeth", testPassword, "x")
+	const H = "hamlet@localhost/denmark"
+	exodus := `<exodus xmlns="exodus:prefs">
+      <defaultnick>Hamlet</defaultnick>
+    </exodus>`
+	steps := []struct {
+		name string
+		c    *rawConn
+		send, want string
+	}{
+		{"set", c, `<iq type="set" id="1001">
+  <query xmlns="jabber:iq:private">
+    ` + exodus + `
+  </query>
+</iq>`, `<iq type='result' id='1001'/>`},
+		{"get", c, `<iq type="get" id="1002">
+  <query xmlns="jabber:iq:private">
+    <exodus xmlns="exodus:prefs"/>
+  </query>
+</iq>`, `<iq type='result' id='1002'><query xmlns='jabber:iq:private'>` + exodus + `</query></iq>`},
+		{"get nothing stored", c, `<iq type='get' id='g2'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query></iq>`,
+			`<iq type='result' id='g2'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query></iq>`},
+		{"another account", m, `<iq type="get" id="1003" to="hamlet@localhost"><query xmlns="jabber:iq:private"><exodus xmlns="exodus:prefs"/></query></iq>`,
+			`<iq type='error' id='1003' from='hamlet@localhost' to='macbeth@localhost/x'><error type='cancel'><forbidden ` + stanzaErrNS + `/><text ` + stanzaErrNS + `>private data of another account</text></error></iq>`},
+		{"own data only", m, `<iq type='get' id='g3'><query xmlns='jabber:iq:private'><exodus xmlns='exodus:prefs'/></query></iq>`,
+			`<iq type='result' id='g3'><query xmlns='jabber:iq:private'><exodus xmlns='exodus:prefs'/></query></iq>`},
+		{"no child", c, `<iq type="set" id="1004">
+  <query xmlns="jabber:iq:private"/>
+</iq>`, `<iq type='error' id='1004' to='` + H + `'><error type='modify'><not-acceptable ` + stanzaErrNS + `/><text ` + stanzaErrNS + `>the query needs a child element</text></error></iq>`},
+		{"reserved", c, `<iq type="set" id="1005">
+  <query xmlns="jabber:iq:private">
+    <vCard xmlns="vcard-temp">
+      <FN>Hamlet</FN>
+    </vCard>
+  </query>
+</iq>`, `<iq type='error' id='1005' to='` + H + `'><error type='modify'><not-acceptable ` + stanzaErrNS + `/><text ` + stanzaErrNS + `>reserved namespace vcard-temp</text></error></iq>`},
+		{"jabber:client", c, `<iq type='set' id='r2'><query xmlns='jabber:iq:private'><message xmlns='jabber:client'/></query></iq>`,
+			`<iq type='error' id='r2' to='` + H + `'><error type='modify'><not-acceptable ` + stanzaErrNS + `/><text ` + stanzaErrNS + `>reserved namespace jabber:client</text></error></iq>`},
+		{"too big", c, `<iq type='set' id='b1'><query xmlns='jabber:iq:private'><a xmlns='urn:a'>` + strings.Repeat("x", 200) + `</a></query></iq>`,
+			`<iq type='error' id='b1' to='` + H + `'><error type='modify'><not-acceptable ` + stanzaErrNS + `/><text ` + stanzaErrNS + `>fragment larger than pep.max_item_bytes</text></error></iq>`},
+		{"fill", c, `<iq type='set' id='b2'><query xmlns='jabber:iq:private'><a xmlns='urn:a'>` + strings.Repeat("x", 170) + `</a><b xmlns='urn:a'>` + strings.Repeat("x", 170) + `</b><c xmlns='urn:a'>` + strings.Repeat("x", 170) + `</c></query></iq>`,
+			`<iq type='result' id='b2'/>`},
+		{"quota", c, `<iq type='set' id='b3'><query xmlns='jabber:iq:private'><d xmlns='urn:a'>` + strings.Repeat("x", 170) + `</d></query></iq>`,
+			`<iq type='error' id='b3' to='` + H + `'><error type='wait'><resource-constraint ` + stanzaErrNS + `/><text ` + stanzaErrNS + `>private storage full (pep.max_bytes)</text></error></iq>`},
+	}
+	for _, st := range steps {
+		st.c.exchange(t, st.send, st.want)
+	}
+}
