@@ -349,8 +349,8 @@ func TestPrivateStorage(t *testing.T) {
       <defaultnick>Hamlet</defaultnick>
     </exodus>`
 	steps := []struct {
-		name string
-		c    *rawConn
+		name       string
+		c          *rawConn
 		send, want string
 	}{
 		{"set", c, `<iq type="set" id="1001">
