@@ -10,6 +10,7 @@ import (
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules/account"
+	"github.com/krill-xmpp/krill/modules/avatar"
 	"github.com/krill-xmpp/krill/modules/blocking"
 	"github.com/krill-xmpp/krill/modules/carbons"
 	"github.com/krill-xmpp/krill/modules/csi"
@@ -56,11 +57,12 @@ type Options struct {
 func Standard(store Store, opt Options) []hook.Module {
 	blk := blocking.New(store)
 	off := &offline.Module{Store: store, Accounts: store, Blocker: blk}
+	av := &avatar.Module{Store: store}
 	return []hook.Module{
 		ping.Module{},
 		disco.Module{},
 		version.Module{},
-		vcard.Module{Store: store},
+		vcard.Module{Store: store, OnSet: av.VCardSet},
 		private.Module{Store: store},
 		lastactivity.Module{Started: opt.Started, Store: store},
 		account.New(store),
@@ -69,7 +71,8 @@ func Standard(store Store, opt Options) []hook.Module {
 		&roster.Module{Store: store, Accounts: store},
 		// Before presence, which consumes the broadcasts whose caps
 		// it reads.
-		&pep.Module{Store: store, Blocker: blk},
+		&pep.Module{Store: store, Blocker: blk, OnPublish: av.Published},
+		av,
 		&presence.Module{Store: store, Blocker: blk},
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},

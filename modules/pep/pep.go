@@ -88,8 +88,9 @@ type Module struct {
 	Store   Store
 	Blocker Blocker
 	// OnPublish, when set, is called on a worker after an item was
-	// published (avatars follow the metadata node this way).
-	OnPublish func(owner, node, id string, payload []byte)
+	// published, before the reply (avatars follow the metadata node this
+	// way).
+	OnPublish func(ctx context.Context, log *zap.Logger, owner, node string, payload []byte)
 
 	caps *capsCache
 }
@@ -331,7 +332,7 @@ func (m *Module) publish(c *hook.Ctx, user, node string, verb, options []byte) {
 		}
 		m.notify(ctx, host, user, node, nc.Access, appendItemsEvent(nil, node, id, payload))
 		if m.OnPublish != nil {
-			m.OnPublish(user, node, id, payload)
+			m.OnPublish(ctx, log, user, node, payload)
 		}
 		return func(c *hook.Ctx) {
 			b := append(make([]byte, 0, 128), `<pubsub xmlns='`+NS+`'><publish node='`...)
