@@ -300,6 +300,7 @@ func TestPEPRetractAndWhitelist(t *testing.T) {
 	srv, store := startServerOpts(t, testConfig(t), serverOpts{}, "alice", "bob")
 	subscribe(t, store, "alice", "bob", true)
 	alice := pepLogin(t, srv, "alice", "a", capsOMEMO, "caps-1")
+	alice.sync(t, "s0") // the caps answer is processed: bob's are known
 	bob := pepLogin(t, srv, "bob", "b", capsOMEMO, "")
 	bob.expect(t, `<presence from='alice@localhost/a' to='bob@localhost/b'>{**}</presence>`)
 	alice.expect(t, `<presence from='bob@localhost/b' to='alice@localhost'>{**}</presence>`)
