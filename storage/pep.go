@@ -150,6 +150,38 @@ const (
 	queryPrivateBytes = `SELECT COALESCE(SUM(OCTET_LENGTH(xml)), 0) FROM private_xml WHERE username = ? AND name <> ?`
 )
 
+// pepStmts are the prepared statements of [PEP] and [Private]: a publish
+// runs six, and parsing them each time cost more than running them.
+type pepStmts struct {
+	nodes, node, items, lastItems, item, private                       *sql.Stmt
+	txNode, insertNode, updateNode, countNodes, nextSeq, putItem, trim *sql.Stmt
+	bytes, retract, deleteItems, deleteNode, putPrivate, privateBytes  *sql.Stmt
+}
+
+func (m *pepStmts) statements() []stmtSpec {
+	return []stmtSpec{
+		{&m.nodes, false, queryPEPNodes},
+		{&m.node, false, queryPEPNode},
+		{&m.items, false, queryPEPItems},
+		{&m.lastItems, false, queryPEPLastItems},
+		{&m.item, false, queryPEPItem},
+		{&m.private, false, queryPrivate},
+		{&m.txNode, true, queryPEPNode},
+		{&m.insertNode, true, queryPEPInsertNode},
+		{&m.updateNode, true, queryPEPUpdateNode},
+		{&m.countNodes, true, queryPEPCountNodes},
+		{&m.nextSeq, true, queryPEPNextSeq},
+		{&m.putItem, true, queryPEPPutItem},
+		{&m.trim, true, queryPEPTrim},
+		{&m.bytes, true, queryPEPBytes},
+		{&m.retract, true, queryPEPRetract},
+		{&m.deleteItems, true, queryPEPDeleteItems},
+		{&m.deleteNode, true, queryPEPDeleteNode},
+		{&m.putPrivate, true, queryPutPrivate},
+		{&m.privateBytes, true, queryPrivateBytes},
+	}
+}
+
 type rowScanner interface{ Scan(dest ...any) error }
 
 func scanNode(r rowScanner) (PEPNode, error) {
@@ -164,7 +196,7 @@ func scanNode(r rowScanner) (PEPNode, error) {
 
 // PEPNodes implements [PEP.PEPNodes].
 func (s *SQL) PEPNodes(ctx context.Context, owner string) ([]PEPNode, error) {
-	rows, err := s.read.QueryContext(ctx, s.dialect.rebind(queryPEPNodes), owner)
+	rows, err := s.pep.nodes.QueryContext(ctx, owner)
 	if err != nil {
 		return nil, fmt.Errorf("storage: pep nodes of %q: %w", owner, err)
 	}
@@ -185,7 +217,7 @@ func (s *SQL) PEPNodes(ctx context.Context, owner string) ([]PEPNode, error) {
 
 // PEPNode implements [PEP.PEPNode].
 func (s *SQL) PEPNode(ctx context.Context, owner, node string) (PEPNode, bool, error) {
-	n, err := scanNode(s.read.QueryRowContext(ctx, s.dialect.rebind(queryPEPNode), owner, node))
+	n, err := scanNode(s.pep.node.QueryRowContext(ctx, owner, node))
 	if errors.Is(err, sql.ErrNoRows) {
 		return PEPNode{}, false, nil
 	}
@@ -206,7 +238,7 @@ func (s *SQL) pepTx(ctx context.Context, owner string, fn func(tx *sql.Tx) error
 }
 
 func (s *SQL) txNode(ctx context.Context, tx *sql.Tx, owner, node string) (PEPNode, bool, error) {
-	n, err := scanNode(tx.QueryRowContext(ctx, s.dialect.rebind(queryPEPNode), owner, node))
+	n, err := scanNode(tx.StmtContext(ctx, s.pep.txNode).QueryRowContext(ctx, owner, node))
 	if errors.Is(err, sql.ErrNoRows) {
 		return PEPNode{}, false, nil
 	}
@@ -216,7 +248,7 @@ func (s *SQL) txNode(ctx context.Context, tx *sql.Tx, owner, node string) (PEPNo
 func (s *SQL) insertNode(ctx context.Context, tx *sql.Tx, owner string, n PEPNode, lim PEPLimits) error {
 	if lim.MaxNodes > 0 {
 		var count int
-		if err := tx.QueryRowContext(ctx, s.dialect.rebind(queryPEPCountNodes), owner).Scan(&count); err != nil {
+		if err := tx.StmtContext(ctx, s.pep.countNodes).QueryRowContext(ctx, owner).Scan(&count); err != nil {
 			return err
 		}
 		if count >= lim.MaxNodes {
@@ -224,7 +256,7 @@ func (s *SQL) insertNode(ctx context.Context, tx *sql.Tx, owner string, n PEPNod
 		}
 	}
 	c := n.Config
-	_, err := tx.ExecContext(ctx, s.dialect.rebind(queryPEPInsertNode), owner, n.Name, c.Access,
+	_, err := tx.StmtContext(ctx, s.pep.insertNode).ExecContext(ctx, owner, n.Name, c.Access,
 		boolInt(c.PersistItems), int64(c.MaxItems), c.SendLast, boolInt(c.NotifyRetract))
 	return err
 }
@@ -243,10 +275,10 @@ func (s *SQL) trim(ctx context.Context, tx *sql.Tx, owner, node string, c PEPCon
 		return nil // no limit at all
 	}
 	if keep == 0 {
-		_, err := tx.ExecContext(ctx, s.dialect.rebind(queryPEPDeleteItems), owner, node)
+		_, err := tx.StmtContext(ctx, s.pep.deleteItems).ExecContext(ctx, owner, node)
 		return err
 	}
-	_, err := tx.ExecContext(ctx, s.dialect.rebind(queryPEPTrim), owner, node, owner, node, keep)
+	_, err := tx.StmtContext(ctx, s.pep.trim).ExecContext(ctx, owner, node, owner, node, keep)
 	return err
 }
 
@@ -273,7 +305,7 @@ func (s *SQL) PEPCreate(ctx context.Context, owner string, n PEPNode, lim PEPLim
 func (s *SQL) PEPConfigure(ctx context.Context, owner string, n PEPNode, lim PEPLimits) error {
 	err := s.pepTx(ctx, owner, func(tx *sql.Tx) error {
 		c := n.Config
-		res, err := tx.ExecContext(ctx, s.dialect.rebind(queryPEPUpdateNode), c.Access, boolInt(c.PersistItems),
+		res, err := tx.StmtContext(ctx, s.pep.updateNode).ExecContext(ctx, c.Access, boolInt(c.PersistItems),
 			int64(c.MaxItems), c.SendLast, boolInt(c.NotifyRetract), owner, n.Name)
 		if err != nil {
 			return err
@@ -319,10 +351,10 @@ func (s *SQL) PEPPublish(ctx context.Context, owner, node string, create PEPConf
 			return nil
 		}
 		var seq int64
-		if err := tx.QueryRowContext(ctx, s.dialect.rebind(queryPEPNextSeq), owner, node).Scan(&seq); err != nil {
+		if err := tx.StmtContext(ctx, s.pep.nextSeq).QueryRowContext(ctx, owner, node).Scan(&seq); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, s.dialect.rebind(queryPEPPutItem), owner, node, item.ID, seq, string(item.Payload)); err != nil {
+		if _, err := tx.StmtContext(ctx, s.pep.putItem).ExecContext(ctx, owner, node, item.ID, seq, string(item.Payload)); err != nil {
 			return err
 		}
 		if err := s.trim(ctx, tx, owner, node, cfg, lim); err != nil {
@@ -330,7 +362,7 @@ func (s *SQL) PEPPublish(ctx context.Context, owner, node string, create PEPConf
 		}
 		if lim.MaxBytes > 0 {
 			var total int64
-			if err := tx.QueryRowContext(ctx, s.dialect.rebind(queryPEPBytes), owner).Scan(&total); err != nil {
+			if err := tx.StmtContext(ctx, s.pep.bytes).QueryRowContext(ctx, owner).Scan(&total); err != nil {
 				return err
 			}
 			if total > lim.MaxBytes {
@@ -366,7 +398,7 @@ func (s *SQL) PEPItems(ctx context.Context, owner, node string, ids []string, ma
 	case ids != nil:
 		for _, id := range ids {
 			var rows *sql.Rows
-			if rows, err = s.read.QueryContext(ctx, s.dialect.rebind(queryPEPItem), owner, node, id); err != nil {
+			if rows, err = s.pep.item.QueryContext(ctx, owner, node, id); err != nil {
 				break
 			}
 			if err = scan(rows); err != nil {
@@ -375,12 +407,12 @@ func (s *SQL) PEPItems(ctx context.Context, owner, node string, ids []string, ma
 		}
 	case max > 0:
 		var rows *sql.Rows
-		if rows, err = s.read.QueryContext(ctx, s.dialect.rebind(queryPEPLastItems), owner, node, max); err == nil {
+		if rows, err = s.pep.lastItems.QueryContext(ctx, owner, node, max); err == nil {
 			err = scan(rows)
 		}
 	default:
 		var rows *sql.Rows
-		if rows, err = s.read.QueryContext(ctx, s.dialect.rebind(queryPEPItems), owner, node); err == nil {
+		if rows, err = s.pep.items.QueryContext(ctx, owner, node); err == nil {
 			err = scan(rows)
 		}
 	}
@@ -394,7 +426,7 @@ func (s *SQL) PEPItems(ctx context.Context, owner, node string, ids []string, ma
 func (s *SQL) PEPRetract(ctx context.Context, owner, node, id string) (bool, error) {
 	var found bool
 	err := s.pepTx(ctx, owner, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, s.dialect.rebind(queryPEPRetract), owner, node, id)
+		res, err := tx.StmtContext(ctx, s.pep.retract).ExecContext(ctx, owner, node, id)
 		if err != nil {
 			return err
 		}
@@ -412,10 +444,10 @@ func (s *SQL) PEPRetract(ctx context.Context, owner, node, id string) (bool, err
 func (s *SQL) PEPDelete(ctx context.Context, owner, node string) (bool, error) {
 	var found bool
 	err := s.pepTx(ctx, owner, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, s.dialect.rebind(queryPEPDeleteItems), owner, node); err != nil {
+		if _, err := tx.StmtContext(ctx, s.pep.deleteItems).ExecContext(ctx, owner, node); err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, s.dialect.rebind(queryPEPDeleteNode), owner, node)
+		res, err := tx.StmtContext(ctx, s.pep.deleteNode).ExecContext(ctx, owner, node)
 		if err != nil {
 			return err
 		}
@@ -435,7 +467,7 @@ func privateName(ns, local string) string { return "{" + ns + "}" + local }
 // PrivateXML implements [Private.PrivateXML].
 func (s *SQL) PrivateXML(ctx context.Context, owner, ns, local string) ([]byte, error) {
 	var v string
-	err := s.read.QueryRowContext(ctx, s.dialect.rebind(queryPrivate), owner, privateName(ns, local)).Scan(&v)
+	err := s.pep.private.QueryRowContext(ctx, owner, privateName(ns, local)).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -454,14 +486,14 @@ func (s *SQL) SetPrivateXML(ctx context.Context, owner, ns, local string, xml []
 	err := s.pepTx(ctx, owner, func(tx *sql.Tx) error {
 		if maxBytes > 0 {
 			var others int64
-			if err := tx.QueryRowContext(ctx, s.dialect.rebind(queryPrivateBytes), owner, name).Scan(&others); err != nil {
+			if err := tx.StmtContext(ctx, s.pep.privateBytes).QueryRowContext(ctx, owner, name).Scan(&others); err != nil {
 				return err
 			}
 			if others+int64(len(xml)) > maxBytes {
 				return ErrPrivateQuota
 			}
 		}
-		_, err := tx.ExecContext(ctx, s.dialect.rebind(queryPutPrivate), owner, name, string(xml))
+		_, err := tx.StmtContext(ctx, s.pep.putPrivate).ExecContext(ctx, owner, name, string(xml))
 		return err
 	})
 	if err != nil {

@@ -61,10 +61,24 @@ func (m *Module) notify(ctx context.Context, host hook.Host, owner, node, access
 			continue
 		}
 		local, ok := localOf(it.Contact, domain)
-		if !ok || local == owner || m.blocked(owner, it.Contact) {
+		if !ok || local == owner {
 			continue
 		}
-		host.Sessions(local, send)
+		// The blocklist is asked only about contacts with a resource
+		// that wants the notification: parsing a JID is the dearest
+		// step of the loop.
+		checked, blocked := false, false
+		host.Sessions(local, func(s hook.Session) {
+			if !s.Available() || !m.caps.wants(s, node) {
+				return
+			}
+			if !checked {
+				checked, blocked = true, m.blocked(owner, it.Contact)
+			}
+			if !blocked && s.Deliver(appendMessage(nil, from, s.Full(), event)) {
+				sent++
+			}
+		})
 	}
 	return sent
 }
