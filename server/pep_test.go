@@ -194,6 +194,19 @@ func TestPEPNotifyByCaps(t *testing.T) {
 	// does (XEP-0384 section 5.3).
 	dave.exchange(t, `<iq type='get' to='alice@localhost' id='fetch1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='eu.siacs.conversations.axolotl.devicelist'/></pubsub></iq>`,
 		`<iq type='result' id='fetch1' from='alice@localhost'><pubsub xmlns='`+nsPubSub+`'><items node='`+legacyDevices+`'><item id='current'>`+devicelistPayload("12345")+`</item></items></pubsub></iq>`)
+
+	// dave subscribes to alice's presence and alice approves: dave's
+	// resource gets the last item once the approval reaches it (on_sub).
+	// The item is sent beside what the roster and presence modules send
+	// from other workers, so only its arrival is checked, last.
+	dave.send(`<presence to='alice@localhost' type='subscribe'/>`)
+	alice.skipUntil(`<presence type='subscribe' from='dave@localhost' to='alice@localhost'/>`)
+	alice.send(`<presence to='dave@localhost' type='subscribed'/>`)
+	got := dave.skipUntil(`<message from='alice@localhost' to='dave@localhost/d' type='headline' id='`)
+	got += dave.skipUntil(`<item id='current'>` + devicelistPayload("12345") + `</item></items></event></message>`)
+	if !strings.Contains(got, `<presence type='subscribed' from='alice@localhost' to='dave@localhost'/>`) {
+		t.Fatalf("the item came before the approval: %q", got)
+	}
 }
 
 // TestPEPCapsVerification: an answer that does not hash to the announced

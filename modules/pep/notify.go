@@ -1,6 +1,7 @@
 package pep
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"strings"
@@ -109,6 +110,9 @@ func (m *Module) presence(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 	if st.Type != "" {
 		return hook.Continue
 	}
+	if m.host.Load() == nil {
+		m.host.Store(&hostRef{c.Host})
+	}
 	sess := c.Session
 	node, ver, algo, ok := parseCaps(st.Raw)
 	if !ok {
@@ -156,6 +160,43 @@ func (m *Module) capsResult(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 	return hook.Stop
 }
 
+// subscribedPrefix starts the subscription approval the roster module
+// delivers (RFC 6121 3.1.5), as it writes it.
+var subscribedPrefix = []byte(`<presence type='subscribed' from='`)
+
+// subscribed sees a subscription approval reach a session: the new
+// subscriber gets the last items of the contact's nodes it wants
+// (XEP-0163 4.3.4, on_sub). It never holds the stanza, and costs other
+// stanzas one prefix comparison.
+func (m *Module) subscribed(s hook.Session, b []byte) ([]byte, hook.Verdict) {
+	if !bytes.HasPrefix(b, subscribedPrefix) || !s.Available() {
+		return b, hook.Continue
+	}
+	wanted := m.caps.notifyNodes(s)
+	if len(wanted) == 0 {
+		return b, hook.Continue
+	}
+	tag, err := stanza.ParseStartTag(b)
+	if err != nil {
+		return b, hook.Continue
+	}
+	from, _ := tag.AttrString("from")
+	ref := m.host.Load()
+	if ref == nil {
+		return b, hook.Continue
+	}
+	host := ref.Host
+	owner, ok := localOf(from, host.Domain())
+	if !ok {
+		return b, hook.Continue
+	}
+	full := s.Full()
+	host.Go(func(ctx context.Context) {
+		m.sendLastOf(ctx, host, owner, full, wanted, false, SendOnSub, SendOnSubPresence)
+	})
+	return b, hook.Continue
+}
+
 // available sends the last items to a session that became available with
 // known caps.
 func (m *Module) available(c *hook.Ctx, _ hook.Event) hook.Verdict {
@@ -194,7 +235,7 @@ func (m *Module) sendLast(c *hook.Ctx, s hook.Session) {
 func (m *Module) lastItems(ctx context.Context, host hook.Host, s hook.Session, wanted []string) {
 	user, full := s.Local(), s.Full()
 	log := host.Logger()
-	m.sendLastOf(ctx, host, user, full, wanted, true)
+	m.sendLastOf(ctx, host, user, full, wanted, true, SendOnSubPresence)
 	items, _, err := m.Store.Roster(ctx, user)
 	if err != nil {
 		log.Error("roster read for pep failed", zap.String("user", user), zap.Error(err))
@@ -210,14 +251,14 @@ func (m *Module) lastItems(ctx context.Context, host hook.Host, s hook.Session, 
 		if !ok || local == user || m.blocked(local, me) {
 			continue
 		}
-		m.sendLastOf(ctx, host, local, full, wanted, false)
+		m.sendLastOf(ctx, host, local, full, wanted, false, SendOnSubPresence)
 	}
 }
 
 // sendLastOf sends full the last item of each of owner's nodes in wanted
-// that sends it on presence, for a contact only those whose model lets a
-// subscriber to the owner's presence read.
-func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner, full string, wanted []string, self bool) {
+// whose send_last_published_item is one of when, for a contact only those
+// whose model lets a subscriber to the owner's presence read.
+func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner, full string, wanted []string, self bool, when ...string) {
 	nodes, err := m.Store.PEPNodes(ctx, owner)
 	if err != nil {
 		host.Logger().Error("pep nodes read failed", zap.String("user", owner), zap.Error(err))
@@ -225,7 +266,7 @@ func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner, full str
 	}
 	from := owner + "@" + host.Domain()
 	for _, n := range nodes {
-		if n.Config.SendLast != SendOnSubPresence || !slices.Contains(wanted, n.Name) {
+		if !slices.Contains(when, n.Config.SendLast) || !slices.Contains(wanted, n.Name) {
 			continue
 		}
 		if !self && n.Config.Access == AccessWhitelist {

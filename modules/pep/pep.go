@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"strconv"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 	"mellium.im/xmpp/jid"
@@ -93,7 +94,13 @@ type Module struct {
 	OnPublish func(ctx context.Context, log *zap.Logger, owner, node string, payload []byte)
 
 	caps *capsCache
+	// host is the server, kept from the first presence for the outbound
+	// filter, which is given none (a session that can be subscribed to
+	// has sent presence).
+	host atomic.Pointer[hostRef]
 }
+
+type hostRef struct{ hook.Host }
 
 // Name implements hook.Module.
 func (*Module) Name() string { return "pep" }
@@ -115,6 +122,7 @@ func (m *Module) Register(r *hook.Registrar) error {
 	r.AccountFeature(Features...)
 	r.Stanza(hook.Presence, hook.ToNone, hook.Pre, m.presence)
 	r.Stanza(hook.IQ, hook.ToHost|hook.ToNone, hook.Pre, m.capsResult)
+	r.Outbound(m.subscribed)
 	r.On(hook.Available, m.available)
 	r.On(hook.Unavailable, m.gone)
 	r.On(hook.Closed, m.gone)
