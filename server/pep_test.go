@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	msasl "mellium.im/sasl"
+
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
@@ -405,4 +407,59 @@ func TestPrivateStorage(t *testing.T) {
 	for _, st := range steps {
 		st.c.exchange(t, st.send, st.want)
 	}
+}
+
+// TestServerCaps: the stream features carry the server's XEP-0115 caps
+// (section 6.3), before and after authentication, whose ver is the hash
+// of the domain's disco#info as the server answers it.
+func TestServerCaps(t *testing.T) {
+	srv := startServer(t, testConfig(t), "alice")
+	c := dialRaw(t, srv)
+	pre := c.open()
+	c2 := dialRaw(t, srv)
+	c2.scramLogin("alice", testPassword, "r")
+	info := c2.exchange(t, `<iq type='get' id='di' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
+		`<iq type='result' id='di' from='localhost'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Krill'/>{**}</query></iq>`)
+	s := "server/im//Krill<"
+	var features []string
+	for _, part := range strings.Split(info, `<feature var='`)[1:] {
+		features = append(features, part[:strings.IndexByte(part, '\'')])
+	}
+	sort.Strings(features)
+	for _, f := range features {
+		s += f + "<"
+	}
+	sum := sha1.Sum([]byte(s))
+	want := `<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://github.com/krill-xmpp/krill' ver='` + base64.StdEncoding.EncodeToString(sum[:]) + `'/>`
+	if !strings.Contains(pre, want) {
+		t.Errorf("pre-auth features %q lack %q", pre, want)
+	}
+	got := featuresAfterAuth(t, dialRaw(t, srv), "alice")
+	if !strings.Contains(got, want) {
+		t.Errorf("features after authentication %q lack %q", got, want)
+	}
+}
+
+// featuresAfterAuth authenticates as scramLogin does and returns the
+// stream features of the restarted stream.
+func featuresAfterAuth(t *testing.T, r *rawConn, user string) string {
+	t.Helper()
+	r.open()
+	c := msasl.NewClient(msasl.ScramSha256, msasl.Credentials(func() ([]byte, []byte, []byte) {
+		return []byte(user), []byte(testPassword), nil
+	}))
+	_, first, err := c.Step(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + base64.StdEncoding.EncodeToString(first) + `</auth>`)
+	chal := between(r.expect(t, `<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{*}</challenge>`), "'>", "</challenge>")
+	raw, _ := base64.StdEncoding.DecodeString(chal)
+	_, final, err := c.Step(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.send(`<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` + base64.StdEncoding.EncodeToString(final) + `</response>`)
+	r.expect(t, `<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{*}</success>`)
+	return r.open()
 }
