@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
@@ -39,6 +40,9 @@ const (
 	maxWaiters = 256
 	// entryOverhead is the bytes charged per entry beyond its strings.
 	entryOverhead = 128
+	// queryTimeout is how long a client has to answer; after it, the
+	// next session announcing the hash is asked instead.
+	queryTimeout = 30 * time.Second
 )
 
 // capsInfo is what one verification string says a client supports. A
@@ -59,6 +63,7 @@ type pendingQuery struct {
 	algo    string
 	asked   hook.Session // the session the query went to
 	id      string
+	sent    time.Time
 	waiters []hook.Session
 }
 
@@ -75,6 +80,7 @@ type capsCache struct {
 	byID    map[string]*pendingQuery // by query id
 	sess    map[hook.Session]*capsInfo
 	nextID  uint64
+	now     func() time.Time // time.Now; tests move it
 	// queries counts disco#info queries sent, for tests and stats.
 	queries uint64
 }
@@ -86,6 +92,7 @@ func newCapsCache(max int) *capsCache {
 		byID:    make(map[string]*pendingQuery),
 		sess:    make(map[hook.Session]*capsInfo),
 		max:     max,
+		now:     time.Now,
 	}
 }
 
@@ -105,6 +112,22 @@ func (c *capsCache) seen(s hook.Session, node, ver, algo string) (id, query stri
 		c.sess[s] = info
 		return "", "", true
 	}
+	if p, ok := c.pending[ver]; ok && c.now().Sub(p.sent) > queryTimeout {
+		// Unanswered: ask s instead, keeping those who wait.
+		delete(c.pending, ver)
+		delete(c.byID, p.id)
+		c.nextID++
+		c.queries++
+		p.asked, p.id, p.sent = s, "caps-"+itoa(c.nextID), c.now()
+		p.node = node + "#" + ver
+		p.algo = algo
+		c.pending[ver], c.byID[p.id] = p, p
+		c.sess[s] = p.info
+		if len(p.waiters) < maxWaiters {
+			p.waiters = append(p.waiters, s)
+		}
+		return p.id, p.node, true
+	}
 	if p, ok := c.pending[ver]; ok {
 		c.sess[s] = p.info
 		if len(p.waiters) < maxWaiters {
@@ -120,7 +143,7 @@ func (c *capsCache) seen(s hook.Session, node, ver, algo string) (id, query stri
 	c.nextID++
 	c.queries++
 	p := &pendingQuery{info: info, node: node + "#" + ver, algo: algo, asked: s,
-		id: "caps-" + itoa(c.nextID), waiters: []hook.Session{s}}
+		id: "caps-" + itoa(c.nextID), sent: c.now(), waiters: []hook.Session{s}}
 	c.pending[ver] = p
 	c.byID[p.id] = p
 	return p.id, p.node, true

@@ -3,6 +3,7 @@ package pep
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/krill-xmpp/krill/modules/internal/iqtest"
 )
@@ -118,5 +119,35 @@ func TestCapsCacheBound(t *testing.T) {
 	_, ver4, _ := verString([]byte(info4), "sha-1")
 	if id, _, _ := c.seen(iqtest.Bound("w", "x"), "n", ver4, "sha-1"); id != "" {
 		t.Fatal("cached hash asked")
+	}
+}
+
+// TestCapsQueryTimeout: one query per unknown hash while it is pending;
+// a client that does not answer within queryTimeout is replaced by the
+// next session announcing the hash, and the answer serves all waiters.
+func TestCapsQueryTimeout(t *testing.T) {
+	c := newCapsCache(CapsCacheBytes)
+	now := time.Unix(1000, 0)
+	c.now = func() time.Time { return now }
+	_, ver, _ := verString([]byte(exodusInfo), "sha-1")
+	s1, s2, s3 := iqtest.Bound("a", "1"), iqtest.Bound("b", "2"), iqtest.Bound("c", "3")
+	id1, _, _ := c.seen(s1, "http://code.google.com/p/exodus", ver, "sha-1")
+	if id2, _, _ := c.seen(s2, "http://code.google.com/p/exodus", ver, "sha-1"); id1 == "" || id2 != "" {
+		t.Fatalf("queries %q, %q: want one", id1, id2)
+	}
+	now = now.Add(queryTimeout + time.Second)
+	id3, q, _ := c.seen(s3, "http://code.google.com/p/exodus", ver, "sha-1")
+	if id3 == "" || id3 == id1 || q != "http://code.google.com/p/exodus#"+ver {
+		t.Fatalf("after the timeout: query %q %q", id3, q)
+	}
+	if w, ok := c.resolve(id1, s1, []byte(exodusInfo)); ok || w != nil {
+		t.Fatal("the replaced query was taken")
+	}
+	w, ok := c.resolve(id3, s3, []byte(exodusInfo))
+	if !ok || len(w) != 3 {
+		t.Fatalf("waiters %d, %v", len(w), ok)
+	}
+	if entries, _, queries := c.stats(); entries != 1 || queries != 2 {
+		t.Fatalf("%d entries, %d queries", entries, queries)
 	}
 }
