@@ -190,9 +190,8 @@ func (m *Module) subscribed(s hook.Session, b []byte) ([]byte, hook.Verdict) {
 	if !ok {
 		return b, hook.Continue
 	}
-	full := s.Full()
 	host.Go(func(ctx context.Context) {
-		m.sendLastOf(ctx, host, owner, full, wanted, false, SendOnSub, SendOnSubPresence)
+		m.sendLastOf(ctx, host, owner, s, wanted, false, SendOnSub, SendOnSubPresence)
 	})
 	return b, hook.Continue
 }
@@ -233,9 +232,9 @@ func (m *Module) sendLast(c *hook.Ctx, s hook.Session) {
 // subscription to whose access model allows it (XEP-0163 4.3.4). Runs on
 // a worker.
 func (m *Module) lastItems(ctx context.Context, host hook.Host, s hook.Session, wanted []string) {
-	user, full := s.Local(), s.Full()
+	user := s.Local()
 	log := host.Logger()
-	m.sendLastOf(ctx, host, user, full, wanted, true, SendOnSubPresence)
+	m.sendLastOf(ctx, host, user, s, wanted, true, SendOnSubPresence)
 	items, _, err := m.Store.Roster(ctx, user)
 	if err != nil {
 		log.Error("roster read for pep failed", zap.String("user", user), zap.Error(err))
@@ -251,14 +250,14 @@ func (m *Module) lastItems(ctx context.Context, host hook.Host, s hook.Session, 
 		if !ok || local == user || m.blocked(local, me) {
 			continue
 		}
-		m.sendLastOf(ctx, host, local, full, wanted, false, SendOnSubPresence)
+		m.sendLastOf(ctx, host, local, s, wanted, false, SendOnSubPresence)
 	}
 }
 
-// sendLastOf sends full the last item of each of owner's nodes in wanted
+// sendLastOf sends session s the last item of each of owner's nodes in wanted
 // whose send_last_published_item is one of when, for a contact only those
 // whose model lets a subscriber to the owner's presence read.
-func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner, full string, wanted []string, self bool, when ...string) {
+func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner string, s hook.Session, wanted []string, self bool, when ...string) {
 	nodes, err := m.Store.PEPNodes(ctx, owner)
 	if err != nil {
 		host.Logger().Error("pep nodes read failed", zap.String("user", owner), zap.Error(err))
@@ -276,6 +275,10 @@ func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner, full str
 		if err != nil || len(items) == 0 {
 			continue
 		}
-		host.Deliver(full, appendMessage(nil, from, full, appendItemsEvent(nil, n.Name, items[0].ID, items[0].Payload)))
+		// To the session itself: a headline to a resource that has gone
+		// is dropped (RFC 6121 8.5.3.2.1), never stored.
+		if !s.Deliver(appendMessage(nil, from, s.Full(), appendItemsEvent(nil, n.Name, items[0].ID, items[0].Payload))) {
+			return
+		}
 	}
 }
