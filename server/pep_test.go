@@ -463,3 +463,41 @@ func featuresAfterAuth(t *testing.T, r *rawConn, user string) string {
 	r.expect(t, `<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{*}</success>`)
 	return r.open()
 }
+
+// TestPEPLastItemOptions: a resource of the owner's that comes online gets
+// the last item of the nodes it wants whose send_last_published_item is
+// on_sub_and_presence, not of those set to never (XEP-0402 bookmarks);
+// a contact the owner blocks gets no notification.
+func TestPEPLastItemOptions(t *testing.T) {
+	srv, store := startServerOpts(t, testConfig(t), serverOpts{}, "alice", "bob")
+	subscribe(t, store, "alice", "bob", true)
+	a1 := dialRaw(t, srv)
+	a1.scramLogin("alice", testPassword, "a1")
+	const nick = "http://jabber.org/protocol/nick"
+	a1.exchange(t, pub("n1", nick, "current", nickPayload, ""), publishResult("n1", nick, "current"))
+	a1.exchange(t, pub("b1", "urn:xmpp:bookmarks:1", "theplay@conference.shakespeare.lit", bookmark,
+		publishOpts("pubsub#persist_items", "true", "pubsub#max_items", "max", "pubsub#send_last_published_item", "never", "pubsub#access_model", "whitelist")),
+		publishResult("b1", "urn:xmpp:bookmarks:1", "theplay@conference.shakespeare.lit"))
+	// Legacy OMEMO bundle as Conversations publishes it (node per device).
+	legacyBundle := `<bundle xmlns='eu.siacs.conversations.axolotl'><signedPreKeyPublic signedPreKeyId='1'>BQ==</signedPreKeyPublic><signedPreKeySignature>c2ln</signedPreKeySignature><identityKey>BQ==</identityKey><prekeys><preKeyPublic preKeyId='1'>BQ==</preKeyPublic></prekeys></bundle>`
+	a1.exchange(t, pub("o1", "eu.siacs.conversations.axolotl.bundles:12345", "current", legacyBundle, publishOpts("pubsub#access_model", "open")),
+		publishResult("o1", "eu.siacs.conversations.axolotl.bundles:12345", "current"))
+	a2 := pepLogin(t, srv, "alice", "a2", capsOMEMO, "caps-1")
+	a2.expect(t, event("alice@localhost", "alice@localhost/a2", nick, "current", nickPayload))
+	a2.sync(t, "s0")
+
+	// bob is blocked: the nick published again reaches alice's a2 only.
+	bob := pepLogin(t, srv, "bob", "b", capsOMEMO, "")
+	bob.expect(t, `<presence from='alice@localhost/a2' to='bob@localhost/b'>{**}</presence>`)
+	bob.expect(t, event("alice@localhost", "bob@localhost/b", nick, "current", nickPayload))
+	bob.sync(t, "s0")
+	a2.expect(t, `<presence from='bob@localhost/b' to='alice@localhost'>{**}</presence>`)
+	a1.exchange(t, `<iq type='set' id='bk'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>`, `<iq type='result' id='bk'/>`)
+	a1.exchange(t, pub("n2", nick, "current", nickPayload, ""), publishResult("n2", nick, "current"))
+	a2.expect(t, event("alice@localhost", "alice@localhost/a2", nick, "current", nickPayload))
+	// XEP-0191: blocking shows bob alice's resources unavailable.
+	bob.expect(t, `<presence type='unavailable' from='alice@localhost/a2' to='bob@localhost'/>`)
+	bob.sync(t, "s1")
+	// Nor can bob read it: the blocking module answers for alice.
+	bob.exchange(t, items("g", "alice@localhost", nick, "", ""), perr("g", "alice@localhost", "bob@localhost/b", "cancel", "service-unavailable", "", ""))
+}
