@@ -64,6 +64,7 @@ var Features = []string{
 	NS + "#last-published",
 	NS + "#multi-items",
 	NS + "#persistent-items",
+	NS + "#presence-notifications",
 	NS + "#publish",
 	NS + "#publish-options",
 	NS + "#retract-items",
