@@ -501,3 +501,55 @@ func TestPEPLastItemOptions(t *testing.T) {
 	// Nor can bob read it: the blocking module answers for alice.
 	bob.exchange(t, items("g", "alice@localhost", nick, "", ""), perr("g", "alice@localhost", "bob@localhost/b", "cancel", "service-unavailable", "", ""))
 }
+
+// TestPEPSubscribe: explicit subscriptions (XEP-0060 6.1, 6.2), which
+// XEP-0163 section 5 requires beside the implicit ones: a stranger
+// subscribes to an open node and gets the last item, then notifications
+// without caps or presence; a contact subscribed both ways gets each
+// notification once; the access model and the subscriber's JID are
+// checked; unsubscribe ends it.
+func TestPEPSubscribe(t *testing.T) {
+	srv, store := startServerOpts(t, testConfig(t), serverOpts{}, "alice", "bob", "dave")
+	subscribe(t, store, "alice", "bob", true)
+	alice := pepLogin(t, srv, "alice", "a", capsPlain, "caps-1")
+	alice.sync(t, "s0")
+	alice.exchange(t, devicelist("p1", "1"), publishResult("p1", legacyDevices, "current"))
+	alice.exchange(t, pub("m1", "http://jabber.org/protocol/mood", "current", moodPayload, ""), publishResult("m1", "http://jabber.org/protocol/mood", "current"))
+	dave := dialRaw(t, srv)
+	dave.scramLogin("dave", testPassword, "d")
+	dave.send(`<presence/>`)
+	dave.expect(t, `<presence from='dave@localhost/d'/>`)
+	sub := func(id, verb, node, j string) string {
+		return `<iq type='set' id='` + id + `' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><` + verb + ` node='` + node + `' jid='` + j + `'/></pubsub></iq>`
+	}
+	const A, D = "alice@localhost", "dave@localhost/d"
+	dave.exchange(t, sub("s1", "subscribe", legacyDevices, "dave@localhost"),
+		`<iq type='result' id='s1' from='alice@localhost'><pubsub xmlns='`+nsPubSub+`'><subscription node='`+legacyDevices+`' jid='dave@localhost' subscription='subscribed'/></pubsub></iq>`)
+	dave.expect(t, event(A, D, legacyDevices, "current", devicelistPayload("1")))
+	dave.exchange(t, sub("s2", "subscribe", "http://jabber.org/protocol/mood", "dave@localhost"),
+		perr("s2", A, D, "auth", "not-authorized", "", "presence-subscription-required"))
+	dave.exchange(t, sub("s3", "subscribe", legacyDevices, "bob@localhost"), perr("s3", A, D, "modify", "bad-request", "", "invalid-jid"))
+	dave.exchange(t, sub("s4", "subscribe", "urn:example:none", "dave@localhost"), perr("s4", A, D, "cancel", "item-not-found", "", ""))
+
+	// bob: +notify caps and an explicit subscription of his full JID.
+	bob := pepLogin(t, srv, "bob", "b", capsOMEMO, "caps-2")
+	bob.expect(t, `<presence from='alice@localhost/a' to='bob@localhost/b'>{**}</presence>`)
+	bob.expect(t, event(A, "bob@localhost/b", legacyDevices, "current", devicelistPayload("1")))
+	bob.expect(t, event(A, "bob@localhost/b", "http://jabber.org/protocol/mood", "current", moodPayload))
+	bob.exchange(t, sub("s5", "subscribe", legacyDevices, "bob@localhost/b"),
+		`<iq type='result' id='s5' from='alice@localhost'><pubsub xmlns='`+nsPubSub+`'><subscription node='`+legacyDevices+`' jid='bob@localhost/b' subscription='subscribed'/></pubsub></iq>`)
+	bob.expect(t, event(A, "bob@localhost/b", legacyDevices, "current", devicelistPayload("1")))
+	alice.skipUntil(`<presence from='bob@localhost/b' to='alice@localhost'>`)
+	alice.skipUntil(`</presence>`)
+
+	alice.exchange(t, devicelist("p2", "2"), publishResult("p2", legacyDevices, "current"))
+	dave.expect(t, event(A, D, legacyDevices, "current", devicelistPayload("2")))
+	bob.expect(t, event(A, "bob@localhost/b", legacyDevices, "current", devicelistPayload("2")))
+	bob.sync(t, "s6") // once
+
+	dave.exchange(t, sub("u1", "unsubscribe", legacyDevices, "dave@localhost"), `<iq type='result' id='u1' from='alice@localhost'/>`)
+	dave.exchange(t, sub("u2", "unsubscribe", legacyDevices, "dave@localhost"), perr("u2", A, D, "cancel", "unexpected-request", "", "not-subscribed"))
+	alice.exchange(t, devicelist("p3", "3"), publishResult("p3", legacyDevices, "current"))
+	bob.expect(t, event(A, "bob@localhost/b", legacyDevices, "current", devicelistPayload("3")))
+	dave.sync(t, "s7") // nothing more
+}

@@ -140,6 +140,15 @@ var migrations = []migration{
 				PRIMARY KEY (username, node, item_id)
 			)`,
 			`CREATE INDEX pep_items_seq ON pep_items (username, node, seq)`,
+			// Explicit subscriptions (XEP-0060 6.1), beside the
+			// implicit ones presence and caps make; jid as subscribed
+			// (bare or full).
+			`CREATE TABLE pep_subscriptions (
+				username TEXT NOT NULL,
+				node     TEXT NOT NULL,
+				jid      TEXT NOT NULL,
+				PRIMARY KEY (username, node, jid)
+			)`,
 			// XEP-0049 fragments keyed by their root's {namespace}name.
 			`CREATE TABLE private_xml (
 				username TEXT NOT NULL,

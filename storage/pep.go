@@ -25,6 +25,9 @@ var (
 	// ErrPEPQuota reports that storing the item would exceed the
 	// account's byte limit (PEPLimits.MaxBytes).
 	ErrPEPQuota = errors.New("storage: pep byte quota exceeded")
+	// ErrPEPTooManySubscribers reports that a node has as many explicit
+	// subscriptions as it may.
+	ErrPEPTooManySubscribers = errors.New("storage: pep subscription limit reached")
 	// ErrPrivateQuota reports that storing a private XML fragment would
 	// exceed the account's private storage limit.
 	ErrPrivateQuota = errors.New("storage: private storage quota exceeded")
@@ -103,9 +106,17 @@ type PEP interface {
 	PEPItems(ctx context.Context, owner, node string, ids []string, max int) ([]PEPItem, error)
 	// PEPRetract deletes an item; it reports whether it existed.
 	PEPRetract(ctx context.Context, owner, node, id string) (bool, error)
-	// PEPDelete deletes a node and its items; it reports whether it
-	// existed.
+	// PEPDelete deletes a node, its items and subscriptions; it reports
+	// whether it existed.
 	PEPDelete(ctx context.Context, owner, node string) (bool, error)
+	// PEPSubscribe records an explicit subscription of jid to an
+	// existing node (ErrPEPNoNode), at most max per node (0: no limit;
+	// ErrPEPTooManySubscribers). Subscribing again is no change.
+	PEPSubscribe(ctx context.Context, owner, node, jid string, max int) error
+	// PEPUnsubscribe removes one; it reports whether it existed.
+	PEPUnsubscribe(ctx context.Context, owner, node, jid string) (bool, error)
+	// PEPSubscribers returns the JIDs subscribed to a node.
+	PEPSubscribers(ctx context.Context, owner, node string) ([]string, error)
 }
 
 // Private is the XEP-0049 store; SQL implements it. A fragment is keyed by
@@ -144,6 +155,13 @@ const (
 	queryPEPDeleteItems = `DELETE FROM pep_items WHERE username = ? AND node = ?`
 	queryPEPDeleteNode  = `DELETE FROM pep_nodes WHERE username = ? AND node = ?`
 
+	queryPEPSubscribers  = `SELECT jid FROM pep_subscriptions WHERE username = ? AND node = ? ORDER BY jid`
+	queryPEPCountSubs    = `SELECT COUNT(*) FROM pep_subscriptions WHERE username = ? AND node = ?`
+	queryPEPSubscribe    = `INSERT INTO pep_subscriptions (username, node, jid) VALUES (?, ?, ?) ON CONFLICT (username, node, jid) DO NOTHING`
+	queryPEPUnsubscribe  = `DELETE FROM pep_subscriptions WHERE username = ? AND node = ? AND jid = ?`
+	queryPEPDeleteSubs   = `DELETE FROM pep_subscriptions WHERE username = ? AND node = ?`
+	queryPEPIsSubscribed = `SELECT COUNT(*) FROM pep_subscriptions WHERE username = ? AND node = ? AND jid = ?`
+
 	queryPrivate    = `SELECT xml FROM private_xml WHERE username = ? AND name = ?`
 	queryPutPrivate = `INSERT INTO private_xml (username, name, xml) VALUES (?, ?, ?)
 		ON CONFLICT (username, name) DO UPDATE SET xml = excluded.xml`
@@ -156,6 +174,7 @@ type pepStmts struct {
 	nodes, node, items, lastItems, item, private                       *sql.Stmt
 	txNode, insertNode, updateNode, countNodes, nextSeq, putItem, trim *sql.Stmt
 	bytes, retract, deleteItems, deleteNode, putPrivate, privateBytes  *sql.Stmt
+	subscribers, countSubs, subscribe, unsubscribe, deleteSubs, isSub  *sql.Stmt
 }
 
 func (m *pepStmts) statements() []stmtSpec {
@@ -179,6 +198,12 @@ func (m *pepStmts) statements() []stmtSpec {
 		{&m.deleteNode, true, queryPEPDeleteNode},
 		{&m.putPrivate, true, queryPutPrivate},
 		{&m.privateBytes, true, queryPrivateBytes},
+		{&m.subscribers, false, queryPEPSubscribers},
+		{&m.countSubs, true, queryPEPCountSubs},
+		{&m.subscribe, true, queryPEPSubscribe},
+		{&m.unsubscribe, true, queryPEPUnsubscribe},
+		{&m.deleteSubs, true, queryPEPDeleteSubs},
+		{&m.isSub, true, queryPEPIsSubscribed},
 	}
 }
 
@@ -447,6 +472,9 @@ func (s *SQL) PEPDelete(ctx context.Context, owner, node string) (bool, error) {
 		if _, err := tx.StmtContext(ctx, s.pep.deleteItems).ExecContext(ctx, owner, node); err != nil {
 			return err
 		}
+		if _, err := tx.StmtContext(ctx, s.pep.deleteSubs).ExecContext(ctx, owner, node); err != nil {
+			return err
+		}
 		res, err := tx.StmtContext(ctx, s.pep.deleteNode).ExecContext(ctx, owner, node)
 		if err != nil {
 			return err
@@ -459,6 +487,77 @@ func (s *SQL) PEPDelete(ctx context.Context, owner, node string) (bool, error) {
 		return false, fmt.Errorf("storage: delete pep node %q of %q: %w", node, owner, err)
 	}
 	return found, nil
+}
+
+// PEPSubscribe implements [PEP.PEPSubscribe].
+func (s *SQL) PEPSubscribe(ctx context.Context, owner, node, jid string, max int) error {
+	if !validText(owner) || !validText(node) || !validText(jid) {
+		return fmt.Errorf("%w: pep subscription of %q", ErrInvalidText, owner)
+	}
+	err := s.pepTx(ctx, owner, func(tx *sql.Tx) error {
+		if _, ok, err := s.txNode(ctx, tx, owner, node); err != nil {
+			return err
+		} else if !ok {
+			return ErrPEPNoNode
+		}
+		if max > 0 {
+			var already, count int
+			if err := tx.StmtContext(ctx, s.pep.isSub).QueryRowContext(ctx, owner, node, jid).Scan(&already); err != nil {
+				return err
+			}
+			if err := tx.StmtContext(ctx, s.pep.countSubs).QueryRowContext(ctx, owner, node).Scan(&count); err != nil {
+				return err
+			}
+			if already == 0 && count >= max {
+				return ErrPEPTooManySubscribers
+			}
+		}
+		_, err := tx.StmtContext(ctx, s.pep.subscribe).ExecContext(ctx, owner, node, jid)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("storage: subscribe to pep node %q of %q: %w", node, owner, err)
+	}
+	return nil
+}
+
+// PEPUnsubscribe implements [PEP.PEPUnsubscribe].
+func (s *SQL) PEPUnsubscribe(ctx context.Context, owner, node, jid string) (bool, error) {
+	var found bool
+	err := s.pepTx(ctx, owner, func(tx *sql.Tx) error {
+		res, err := tx.StmtContext(ctx, s.pep.unsubscribe).ExecContext(ctx, owner, node, jid)
+		if err != nil {
+			return err
+		}
+		k, err := res.RowsAffected()
+		found = k > 0
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("storage: unsubscribe from pep node %q of %q: %w", node, owner, err)
+	}
+	return found, nil
+}
+
+// PEPSubscribers implements [PEP.PEPSubscribers].
+func (s *SQL) PEPSubscribers(ctx context.Context, owner, node string) ([]string, error) {
+	rows, err := s.pep.subscribers.QueryContext(ctx, owner, node)
+	if err != nil {
+		return nil, fmt.Errorf("storage: subscribers of pep node %q of %q: %w", node, owner, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var j string
+		if err := rows.Scan(&j); err != nil {
+			return nil, fmt.Errorf("storage: subscribers of pep node %q of %q: %w", node, owner, err)
+		}
+		out = append(out, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("storage: subscribers of pep node %q of %q: %w", node, owner, err)
+	}
+	return out, nil
 }
 
 // privateName is the key of a private fragment: its root's {ns}local.

@@ -115,8 +115,36 @@ func testPEP(t *testing.T, s *SQL) {
 	if ok, _ := s.PEPRetract(ctx, "alice", "n1", "1"); ok {
 		t.Fatal("retract twice")
 	}
+	// Explicit subscriptions, capped per node, gone with the node.
+	if err := s.PEPSubscribe(ctx, "alice", "n2", "bob@localhost", 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PEPSubscribe(ctx, "alice", "n2", "bob@localhost", 2); err != nil {
+		t.Fatalf("subscribe twice: %v", err)
+	}
+	if err := s.PEPSubscribe(ctx, "alice", "n2", "carol@localhost/r", 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PEPSubscribe(ctx, "alice", "n2", "dave@localhost", 2); !errors.Is(err, ErrPEPTooManySubscribers) {
+		t.Fatalf("third subscriber: %v", err)
+	}
+	if err := s.PEPSubscribe(ctx, "alice", "none", "dave@localhost", 2); !errors.Is(err, ErrPEPNoNode) {
+		t.Fatalf("subscribe to nothing: %v", err)
+	}
+	if subs, err := s.PEPSubscribers(ctx, "alice", "n2"); err != nil || !slices.Equal(subs, []string{"bob@localhost", "carol@localhost/r"}) {
+		t.Fatalf("subscribers %q %v", subs, err)
+	}
+	if ok, err := s.PEPUnsubscribe(ctx, "alice", "n2", "bob@localhost"); !ok || err != nil {
+		t.Fatalf("unsubscribe: %v %v", ok, err)
+	}
+	if ok, _ := s.PEPUnsubscribe(ctx, "alice", "n2", "bob@localhost"); ok {
+		t.Fatal("unsubscribe twice")
+	}
 	if ok, err := s.PEPDelete(ctx, "alice", "n2"); !ok || err != nil {
 		t.Fatalf("delete: %v %v", ok, err)
+	}
+	if subs, _ := s.PEPSubscribers(ctx, "alice", "n2"); len(subs) != 0 {
+		t.Fatalf("subscribers of a deleted node: %q", subs)
 	}
 	nodes, err := s.PEPNodes(ctx, "alice")
 	if err != nil || len(nodes) != 1 || nodes[0].Name != "n1" {

@@ -193,7 +193,7 @@ func (s *SQL) SetCredentials(ctx context.Context, username string, c sasl.Creden
 var ownedTables = []string{
 	"roster_items", "roster_groups", "roster_versions", "subscription_requests",
 	"offline_messages", "blocklist", "vcards", "last_activity",
-	"pep_nodes", "pep_items", "private_xml",
+	"pep_nodes", "pep_items", "pep_subscriptions", "private_xml",
 }
 
 // RemoveAccount implements [Accounts.RemoveAccount]. It deletes the account

@@ -35,53 +35,91 @@ func appendMessage(b []byte, from, to string, event []byte) []byte {
 // notify sends event (about node of owner, of access model access) to the
 // owner's available resources and to the available resources of the
 // contacts with a presence subscription to the owner that the model
-// allows, each only if its caps ask for node+notify (XEP-0163 4.2, 4.3).
-// Runs on a worker.
+// allows, each only if its caps ask for node+notify (XEP-0163 4.2, 4.3);
+// then to the explicit subscribers the model still allows, whatever their
+// caps, once per session. Runs on a worker.
 func (m *Module) notify(ctx context.Context, host hook.Host, owner, node, access string, event []byte) int {
 	from := owner + "@" + host.Domain()
+	subs, err := m.Store.PEPSubscribers(ctx, owner, node)
+	if err != nil {
+		host.Logger().Error("pep subscribers read failed", zap.String("user", owner), zap.Error(err))
+	}
+	// Sessions notified, kept only when explicit subscribers may repeat
+	// them.
+	var done []hook.Session
 	sent := 0
-	send := func(s hook.Session) {
-		if s.Available() && m.caps.wants(s, node) {
-			if s.Deliver(appendMessage(nil, from, s.Full(), event)) {
-				sent++
+	deliver := func(s hook.Session) {
+		if s.Deliver(appendMessage(nil, from, s.Full(), event)) {
+			sent++
+			if len(subs) > 0 {
+				done = append(done, s)
 			}
 		}
 	}
-	host.Sessions(owner, send)
-	if access == AccessWhitelist {
-		return sent
-	}
-	items, _, err := m.Store.Roster(ctx, owner)
-	if err != nil {
-		host.Logger().Error("roster read for pep failed", zap.String("user", owner), zap.Error(err))
-		return sent
+	host.Sessions(owner, func(s hook.Session) {
+		if s.Available() && m.caps.wants(s, node) {
+			deliver(s)
+		}
+	})
+	var items []storage.RosterItem
+	if access != AccessWhitelist || len(subs) > 0 {
+		if items, _, err = m.Store.Roster(ctx, owner); err != nil {
+			host.Logger().Error("roster read for pep failed", zap.String("user", owner), zap.Error(err))
+			return sent
+		}
 	}
 	domain := host.Domain()
-	for _, it := range items {
-		if it.Subscription != storage.SubFrom && it.Subscription != storage.SubBoth {
+	if access != AccessWhitelist {
+		for _, it := range items {
+			if it.Subscription != storage.SubFrom && it.Subscription != storage.SubBoth {
+				continue
+			}
+			local, ok := localOf(it.Contact, domain)
+			if !ok || local == owner {
+				continue
+			}
+			// The blocklist is asked only about contacts with a
+			// resource that wants the notification: parsing a JID is
+			// the dearest step of the loop.
+			checked, blocked := false, false
+			host.Sessions(local, func(s hook.Session) {
+				if !s.Available() || !m.caps.wants(s, node) {
+					return
+				}
+				if !checked {
+					checked, blocked = true, m.blocked(owner, it.Contact)
+				}
+				if !blocked {
+					deliver(s)
+				}
+			})
+		}
+	}
+	for _, sub := range subs {
+		bare, _, _ := strings.Cut(sub, "/")
+		if bare != from && !m.subscriberAllowed(access, bare, items) || m.blocked(owner, bare) {
 			continue
 		}
-		local, ok := localOf(it.Contact, domain)
-		if !ok || local == owner {
-			continue
-		}
-		// The blocklist is asked only about contacts with a resource
-		// that wants the notification: parsing a JID is the dearest
-		// step of the loop.
-		checked, blocked := false, false
-		host.Sessions(local, func(s hook.Session) {
-			if !s.Available() || !m.caps.wants(s, node) {
-				return
-			}
-			if !checked {
-				checked, blocked = true, m.blocked(owner, it.Contact)
-			}
-			if !blocked && s.Deliver(appendMessage(nil, from, s.Full(), event)) {
-				sent++
+		m.toSubscriber(host, sub, func(s hook.Session) {
+			if !slices.Contains(done, s) {
+				deliver(s)
 			}
 		})
 	}
 	return sent
+}
+
+// subscriberAllowed reports whether the access model still lets an
+// explicit subscriber (a bare JID) read, from the owner's roster items.
+func (m *Module) subscriberAllowed(access, bare string, items []storage.RosterItem) bool {
+	for _, it := range items {
+		if it.Contact == bare {
+			_, ok := allowed(access, it, true)
+			return ok
+		}
+	}
+	_, ok := allowed(access, storage.RosterItem{}, false)
+	return ok
 }
 
 // blocked reports whether owner blocks contact (a bare JID).

@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -69,6 +70,7 @@ var Features = []string{
 	NS + "#publish-options",
 	NS + "#retract-items",
 	NS + "#retrieve-items",
+	NS + "#subscribe",
 }
 
 // Store is what the module keeps nodes in and reads rosters from;
@@ -225,11 +227,23 @@ func attr(elem []byte, name string) string {
 func (m *Module) set(c *hook.Ctx, iq *hook.Stanza) error {
 	user, self := owner(c, iq)
 	verb, name, options := action(iq.Payload)
+	node := attr(verb, "node")
+	switch name {
+	case "subscribe", "unsubscribe":
+		if node == "" {
+			errNodeID.reply(c)
+			return nil
+		}
+		m.subscription(c, user, self, node, verb, name == "subscribe")
+		return nil
+	case "options":
+		perr{"cancel", "feature-not-implemented", "unsupported feature='subscription-options'", ""}.reply(c)
+		return nil
+	}
 	if !self {
 		errForbidden.reply(c)
 		return nil
 	}
-	node := attr(verb, "node")
 	switch name {
 	case "publish":
 		if node == "" {
@@ -249,13 +263,106 @@ func (m *Module) set(c *hook.Ctx, iq *hook.Stanza) error {
 			return nil
 		}
 		m.create(c, user, node, options)
-	case "subscribe", "unsubscribe", "options":
-		// PEP notifications follow presence and caps (auto-subscribe).
-		perr{"cancel", "feature-not-implemented", "unsupported feature='subscribe'", ""}.reply(c)
 	default:
 		perr{"modify", "bad-request", "", ""}.reply(c)
 	}
 	return nil
+}
+
+// MaxSubscribers is the most explicit subscriptions one node keeps; one
+// more gets policy-violation. (Implicit subscribers, contacts with caps,
+// cost nothing.)
+const MaxSubscribers = 1024
+
+// subscription handles subscribe (XEP-0060 6.1) and unsubscribe (6.2):
+// explicit subscriptions, for those who get no presence (OMEMO between
+// strangers, XEP-0384 section 4.3).
+func (m *Module) subscription(c *hook.Ctx, user string, self bool, node string, verb []byte, subscribe bool) {
+	requester := c.Session.Full()
+	sj, err := jid.Parse(attr(verb, "jid"))
+	if err != nil || (sj.String() != requester && sj.String() != sj.Bare().String()) || sj.Bare().String() != requester[:strings.IndexByte(requester, '/')] {
+		perr{"modify", "bad-request", "invalid-jid", ""}.reply(c)
+		return
+	}
+	subscriber := sj.String()
+	host, log := c.Host, c.Log
+	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
+		n, ok, err := m.Store.PEPNode(ctx, user, node)
+		if err != nil {
+			log.Error("pep node read failed", zap.String("user", user), zap.Error(err))
+			return errInternal.reply
+		}
+		if !ok {
+			return errNotFound.reply
+		}
+		if !subscribe {
+			found, err := m.Store.PEPUnsubscribe(ctx, user, node, subscriber)
+			if err != nil {
+				log.Error("pep unsubscribe failed", zap.String("user", user), zap.Error(err))
+				return errInternal.reply
+			}
+			if !found {
+				return perr{"cancel", "unexpected-request", "not-subscribed", ""}.reply
+			}
+			return func(c *hook.Ctx) { c.ReplyResult(nil) }
+		}
+		if !self {
+			if e, ok := m.mayRead(ctx, user, n.Config.Access, requester); !ok {
+				return e.reply
+			}
+		}
+		err = m.Store.PEPSubscribe(ctx, user, node, subscriber, MaxSubscribers)
+		if errors.Is(err, storage.ErrPEPTooManySubscribers) {
+			return perr{"wait", "policy-violation", "", "too many subscribers"}.reply
+		}
+		if e, ok := storeError(err); ok {
+			return e.reply
+		}
+		if err != nil {
+			log.Error("pep subscribe failed", zap.String("user", user), zap.Error(err))
+			return errInternal.reply
+		}
+		b := append([]byte(`<pubsub xmlns='`+NS+`'><subscription node='`), stanza.AppendEscaped(nil, node)...)
+		b = append(b, `' jid='`...)
+		b = stanza.AppendEscaped(b, subscriber)
+		b = append(b, `' subscription='subscribed'/></pubsub>`...)
+		return func(c *hook.Ctx) {
+			c.ReplyResult(b)
+			if n.Config.SendLast == SendNever {
+				return
+			}
+			// After the result (XEP-0060 6.1.7).
+			host.Go(func(ctx context.Context) {
+				items, err := m.Store.PEPItems(ctx, user, node, nil, 1)
+				if err != nil || len(items) == 0 {
+					return
+				}
+				event := appendItemsEvent(nil, node, items[0].ID, items[0].Payload)
+				from := user + "@" + host.Domain()
+				m.toSubscriber(host, subscriber, func(s hook.Session) {
+					s.Deliver(appendMessage(nil, from, s.Full(), event))
+				})
+			})
+		}
+	}, nil)
+}
+
+// toSubscriber calls fn for the available sessions a subscription JID
+// names: the one resource of a full JID, every resource of a bare one.
+func (m *Module) toSubscriber(host hook.Host, subscriber string, fn func(hook.Session)) {
+	local, rest, ok := strings.Cut(subscriber, "@")
+	if !ok {
+		return
+	}
+	domain, resource, _ := strings.Cut(rest, "/")
+	if domain != host.Domain() {
+		return
+	}
+	host.Sessions(local, func(s hook.Session) {
+		if s.Available() && (resource == "" || s.Full() == subscriber) {
+			fn(s)
+		}
+	})
 }
 
 // newItemID is a server-generated item id.
