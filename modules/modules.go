@@ -58,9 +58,10 @@ func Standard(store Store, opt Options) []hook.Module {
 	blk := blocking.New(store)
 	off := &offline.Module{Store: store, Accounts: store, Blocker: blk}
 	av := &avatar.Module{Store: store}
+	pp := &pep.Module{Store: store, Blocker: blk, OnPublish: av.Published}
 	return []hook.Module{
 		ping.Module{},
-		disco.Module{},
+		disco.Module{AccountNode: pp.NodeInfo},
 		version.Module{},
 		vcard.Module{Store: store, OnSet: av.VCardSet},
 		private.Module{Store: store},
@@ -71,7 +72,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		&roster.Module{Store: store, Accounts: store},
 		// Before presence, which consumes the broadcasts whose caps
 		// it reads.
-		&pep.Module{Store: store, Blocker: blk, OnPublish: av.Published},
+		pp,
 		av,
 		&presence.Module{Store: store, Blocker: blk},
 		off,

@@ -247,6 +247,16 @@ func TestPEPOperations(t *testing.T) {
 				`<item jid='alice@localhost' node='http://jabber.org/protocol/mood'/><item jid='alice@localhost' node='http://jabber.org/protocol/nick'/><item jid='alice@localhost' node='http://jabber.org/protocol/tune'/>` +
 				`<item jid='alice@localhost' node='storage:bookmarks'/><item jid='alice@localhost' node='urn:example:nr'/><item jid='alice@localhost' node='urn:xmpp:avatar:data'/><item jid='alice@localhost' node='urn:xmpp:avatar:metadata'/>` +
 				`<item jid='alice@localhost' node='urn:xmpp:bookmarks:1'/><item jid='alice@localhost' node='urn:xmpp:omemo:2:bundles'/><item jid='alice@localhost' node='urn:xmpp:omemo:2:devices'/></query></iq>`},
+		{"disco info of an open node", "dave", `<iq type='get' id='d4' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:xmpp:omemo:2:devices'/></iq>`,
+			`<iq type='result' id='d4' from='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:xmpp:omemo:2:devices'><identity category='pubsub' type='leaf'/><feature var='http://jabber.org/protocol/pubsub'/></query></iq>`},
+		{"disco info of a presence node, stranger", "dave", `<iq type='get' id='d5' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='http://jabber.org/protocol/mood'/></iq>`,
+			perr("d5", A, "dave@localhost/r", "auth", "not-authorized", "", "presence-subscription-required")},
+		{"disco info of no node", "alice", `<iq type='get' id='d6' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:example:none'/></iq>`,
+			perr("d6", A, A+"/r", "cancel", "item-not-found", "", "")},
+		{"disco items of a node", "dave", `<iq type='get' id='d7' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#items' node='urn:xmpp:omemo:2:devices'/></iq>`,
+			`<iq type='result' id='d7' from='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#items' node='urn:xmpp:omemo:2:devices'><item jid='alice@localhost' name='current'/></query></iq>`},
+		{"disco items of a whitelist node, contact", "bob", `<iq type='get' id='d8' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#items' node='urn:xmpp:bookmarks:1'/></iq>`,
+			perr("d8", A, "bob@localhost/r", "cancel", "not-allowed", "", "closed-node")},
 		{"disco info", "bob", `<iq type='get' id='d3' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
 			`<iq type='result' id='d3' from='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/><identity category='pubsub' type='pep'/>{**}</query></iq>`},
 	}

@@ -32,6 +32,10 @@ const (
 type Module struct {
 	// Name of the identity; "" means "Krill".
 	IdentityName string
+	// AccountNode, when set, answers disco#info about a node of an
+	// account (the pep module's nodes, XEP-0060 5.3); nil answers
+	// item-not-found.
+	AccountNode hook.IQHandler
 }
 
 // Name implements hook.Module.
@@ -108,6 +112,9 @@ func (m Module) info(c *hook.Ctx, iq *hook.Stanza) error {
 		return err
 	}
 	if node, ok := tag.AttrString("node"); ok && node != "" {
+		if iq.Local != "" && m.AccountNode != nil {
+			return m.AccountNode(c, iq)
+		}
 		c.ReplyError("cancel", "item-not-found", "")
 		return nil
 	}

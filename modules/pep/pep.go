@@ -828,14 +828,39 @@ func (m *Module) ownerSet(c *hook.Ctx, iq *hook.Stanza) error {
 	return nil
 }
 
+// NodeInfo answers disco#info about one of an account's nodes (XEP-0060
+// 5.3): a leaf node, to those who may read it. The disco module calls it
+// (disco.Module.AccountNode).
+func (m *Module) NodeInfo(c *hook.Ctx, iq *hook.Stanza) error {
+	user, self := owner(c, iq)
+	node := attr(iq.Payload, "node")
+	requester, log := c.Session.Full(), c.Log
+	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
+		n, ok, err := m.Store.PEPNode(ctx, user, node)
+		if err != nil {
+			log.Error("pep node read failed", zap.String("user", user), zap.Error(err))
+			return errInternal.reply
+		}
+		if !ok {
+			return errNotFound.reply
+		}
+		if !self {
+			if e, ok := m.mayRead(ctx, user, n.Config.Access, requester); !ok {
+				return e.reply
+			}
+		}
+		b := append([]byte(`<query xmlns='`+nsDiscoInfo+`' node='`), stanza.AppendEscaped(nil, node)...)
+		b = append(b, `'><identity category='pubsub' type='leaf'/><feature var='`+NS+`'/></query>`...)
+		return func(c *hook.Ctx) { c.ReplyResult(b) }
+	}, nil)
+	return nil
+}
+
 // discoItems lists an account's nodes that the requester may read
-// (XEP-0163 6.2, XEP-0060 5.2).
+// (XEP-0163 6.2, XEP-0060 5.2), or the item ids of one node (5.5).
 func (m *Module) discoItems(c *hook.Ctx, iq *hook.Stanza) error {
 	user, self := owner(c, iq)
-	if node := attr(iq.Payload, "node"); node != "" {
-		errNotFound.reply(c)
-		return nil
-	}
+	node := attr(iq.Payload, "node")
 	requester, log := c.Session.Full(), c.Log
 	bare := user + "@" + c.Host.Domain()
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
@@ -844,18 +869,50 @@ func (m *Module) discoItems(c *hook.Ctx, iq *hook.Stanza) error {
 			log.Error("pep nodes read failed", zap.String("user", user), zap.Error(err))
 			return errInternal.reply
 		}
-		b := []byte(`<query xmlns='` + nsDiscoItems + `'>`)
+		b := []byte(`<query xmlns='` + nsDiscoItems + `'`)
+		if node != "" {
+			b = append(b, ` node='`...)
+			b = stanza.AppendEscaped(b, node)
+			b = append(b, '\'')
+		}
+		b = append(b, '>')
+		found := false
 		for _, n := range nodes {
+			if node != "" && n.Name != node {
+				continue
+			}
 			if !self {
-				if _, ok := m.mayRead(ctx, user, n.Config.Access, requester); !ok {
+				if e, ok := m.mayRead(ctx, user, n.Config.Access, requester); !ok {
+					if node != "" {
+						return e.reply
+					}
 					continue
 				}
 			}
-			b = append(b, `<item jid='`...)
-			b = stanza.AppendEscaped(b, bare)
-			b = append(b, `' node='`...)
-			b = stanza.AppendEscaped(b, n.Name)
-			b = append(b, `'/>`...)
+			found = true
+			if node == "" {
+				b = append(b, `<item jid='`...)
+				b = stanza.AppendEscaped(b, bare)
+				b = append(b, `' node='`...)
+				b = stanza.AppendEscaped(b, n.Name)
+				b = append(b, `'/>`...)
+				continue
+			}
+			items, err := m.Store.PEPItems(ctx, user, node, nil, 0)
+			if err != nil {
+				log.Error("pep items read failed", zap.String("user", user), zap.Error(err))
+				return errInternal.reply
+			}
+			for _, it := range items {
+				b = append(b, `<item jid='`...)
+				b = stanza.AppendEscaped(b, bare)
+				b = append(b, `' name='`...)
+				b = stanza.AppendEscaped(b, it.ID)
+				b = append(b, `'/>`...)
+			}
+		}
+		if node != "" && !found {
+			return errNotFound.reply
 		}
 		b = append(b, `</query>`...)
 		return func(c *hook.Ctx) { c.ReplyResult(b) }
