@@ -382,19 +382,22 @@ func verString(q []byte, algo string) (features []string, ver string, err error)
 	}
 	var forms []form
 	for _, x := range d.Forms {
-		ft := ""
+		ft, hidden := "", true
 		var fields []formField
 		for _, f := range x.Fields {
 			if f.Var == "FORM_TYPE" {
-				if ft != "" || len(f.Values) != 1 || f.Type != "hidden" {
+				// Section 5.4: more than one FORM_TYPE value makes
+				// the whole answer ill-formed; a FORM_TYPE that is
+				// not hidden, the form ignored.
+				if ft != "" || len(f.Values) != 1 {
 					return nil, "", errCapsInvalid
 				}
-				ft = f.Values[0]
+				ft, hidden = f.Values[0], f.Type == "hidden"
 				continue
 			}
 			fields = append(fields, f)
 		}
-		if ft == "" {
+		if ft == "" || !hidden {
 			continue // forms without FORM_TYPE are ignored (5.4)
 		}
 		forms = append(forms, form{ft, fields})

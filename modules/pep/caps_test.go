@@ -62,6 +62,11 @@ func TestVerString(t *testing.T) {
 		{"duplicate feature", strings.Replace(exodusInfo, "disco#items", "disco#info", 1), "sha-1", "", true},
 		{"duplicate identity", strings.Replace(exodusInfo, "<feature", "<identity category='client' name='Exodus 0.9.1' type='pc'/><feature", 1), "sha-1", "", true},
 		{"unknown hash", exodusInfo, "md5", "", true},
+		// A form whose FORM_TYPE is not hidden is left out of the hash.
+		{"FORM_TYPE not hidden", strings.Replace(exodusInfo, "</query>", "<x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE'><value>urn:x</value></field></x></query>", 1),
+			"sha-1", "QgayPKawpkPSDYmwT/WM94uAlu0=", false},
+		{"two FORM_TYPE values", strings.Replace(psiInfo, "<value>urn:xmpp:dataforms:softwareinfo</value>", "<value>a</value><value>b</value>", 1), "sha-1", "", true},
+		{"same FORM_TYPE twice", strings.Replace(psiInfo, "</query>", "<x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:dataforms:softwareinfo</value></field></x></query>", 1), "sha-1", "", true},
 		{"not xml", "<query", "sha-1", "", true},
 	}
 	for _, tc := range cases {
