@@ -553,3 +553,31 @@ func TestPEPSubscribe(t *testing.T) {
 	bob.expect(t, event(A, "bob@localhost/b", legacyDevices, "current", devicelistPayload("3")))
 	dave.sync(t, "s7") // nothing more
 }
+
+// TestPEPCapsFromDirectedPresence: caps announced in a directed presence
+// count too; a directed presence without caps does not withdraw them.
+func TestPEPCapsFromDirectedPresence(t *testing.T) {
+	srv, store := startServerOpts(t, testConfig(t), serverOpts{}, "alice", "bob")
+	subscribe(t, store, "alice", "bob", true)
+	alice := dialRaw(t, srv)
+	alice.scramLogin("alice", testPassword, "a")
+	alice.send(`<presence/>`)
+	alice.expect(t, `<presence from='alice@localhost/a'/>`)
+	bob := dialRaw(t, srv)
+	bob.scramLogin("bob", testPassword, "b")
+	bob.send(`<presence/>`)
+	bob.expect(t, `<presence from='bob@localhost/b'/>`)
+	bob.expect(t, `<presence from='alice@localhost/a' to='bob@localhost/b'/>`)
+	alice.expect(t, `<presence from='bob@localhost/b' to='alice@localhost'/>`)
+	c := strings.Replace(capsOMEMO.presence(), "<presence>", "<presence to='alice@localhost/a'>", 1)
+	bob.send(c)
+	bob.expect(t, capsOMEMO.query("caps-1", "bob@localhost/b"))
+	bob.send(capsOMEMO.answer("caps-1"))
+	bob.sync(t, "s0")
+	alice.skipUntil(`</presence>`) // the directed presence
+	bob.send(`<presence to='alice@localhost/a'/>`)
+	bob.sync(t, "s1")
+	alice.expect(t, `<presence to='alice@localhost/a' from='bob@localhost/b'/>`)
+	alice.exchange(t, devicelist("p", "7"), publishResult("p", legacyDevices, "current"))
+	bob.expect(t, event("alice@localhost", "bob@localhost/b", legacyDevices, "current", devicelistPayload("7")))
+}

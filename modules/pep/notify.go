@@ -140,9 +140,9 @@ func localOf(bare, domain string) (string, bool) {
 	return bare[:i], true
 }
 
-// presence reads the caps of an available presence broadcast (XEP-0115),
-// asks the client for an unknown hash, and sends the last items when a
-// session already available announces new caps. It never consumes the
+// presence reads the caps of an available presence, broadcast or directed
+// (XEP-0115), asks the client for an unknown hash, and sends the last
+// items when a session already available announces new caps. It never consumes the
 // presence: the presence module broadcasts it.
 func (m *Module) presence(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 	if st.Type != "" {
@@ -154,7 +154,11 @@ func (m *Module) presence(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 	sess := c.Session
 	node, ver, algo, ok := parseCaps(st.Raw)
 	if !ok {
-		m.caps.forget(sess)
+		// A broadcast without caps withdraws them; a directed presence
+		// (a MUC join, say) without caps says nothing about them.
+		if st.Addr == hook.ToNone {
+			m.caps.forget(sess)
+		}
 		return hook.Continue
 	}
 	id, query, changed := m.caps.seen(sess, node, ver, algo)

@@ -123,7 +123,7 @@ func (m *Module) Register(r *hook.Registrar) error {
 	r.IQ(hook.PhaseBound, hook.IQGet, to, NSOwner, "pubsub", m.ownerGet)
 	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToBare, nsDiscoItems, "query", m.discoItems)
 	r.AccountFeature(Features...)
-	r.Stanza(hook.Presence, hook.ToNone, hook.Pre, m.presence)
+	r.Stanza(hook.Presence, hook.ToNone|hook.ToBare|hook.ToFull, hook.Pre, m.presence)
 	r.Stanza(hook.IQ, hook.ToHost|hook.ToNone, hook.Pre, m.capsResult)
 	r.Outbound(m.subscribed)
 	r.On(hook.Available, m.available)
