@@ -86,10 +86,15 @@ const configureForm = `<x xmlns='jabber:x:data' type='form'><field var='FORM_TYP
 	`<field var='pubsub#persist_items' type='boolean' label='Persist items'><value>1</value></field>` +
 	`<field var='pubsub#max_items' type='text-single' label='Maximum number of items to persist, or max'><value>%MAX%</value></field>` +
 	`<field var='pubsub#send_last_published_item' type='list-single' label='When to send the last published item'><option><value>never</value></option><option><value>on_sub</value></option><option><value>on_sub_and_presence</value></option><value>%SEND%</value></field>` +
-	`<field var='pubsub#notify_retract' type='boolean' label='Notify when items are retracted'><value>1</value></field></x>`
+	`<field var='pubsub#notify_retract' type='boolean' label='Notify when items are retracted'><value>1</value></field>` +
+	`<field var='pubsub#roster_groups_allowed' type='list-multi' label='Roster groups allowed to subscribe'>%GROUPS%</field></x>`
 
-func form(access, max, send string) string {
-	return strings.NewReplacer("%ACCESS%", access, "%MAX%", max, "%SEND%", send).Replace(configureForm)
+func form(access, max, send string, groups ...string) string {
+	g := ""
+	for _, v := range groups {
+		g += `<value>` + v + `</value>`
+	}
+	return strings.NewReplacer("%ACCESS%", access, "%MAX%", max, "%SEND%", send, "%GROUPS%", g).Replace(configureForm)
 }
 
 // TestPEPOperations drives one account's PEP service through what clients
@@ -101,7 +106,7 @@ func TestPEPOperations(t *testing.T) {
 	subscribe(t, store, "alice", "bob", true)
 	// carol is in alice's roster without a subscription.
 	if err := store.UpdateRosters(context.Background(), func(tx storage.RosterTx) error {
-		return tx.PutItem("alice", storage.RosterItem{Contact: "carol@localhost"})
+		return tx.PutItem("alice", storage.RosterItem{Contact: "carol@localhost", Groups: []string{"Friends"}})
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -192,6 +197,16 @@ func TestPEPOperations(t *testing.T) {
 			itemsResult("g7", A, "http://jabber.org/protocol/nick", "nick", nickPayload)},
 		{"roster: stranger", "dave", items("g8", A, "http://jabber.org/protocol/nick", "", ""),
 			perr("g8", A, "dave@localhost/r", "auth", "not-authorized", "", "not-in-roster-group")},
+		// Roster groups (pubsub#roster_groups_allowed): carol is in
+		// Friends, bob in no group.
+		{"to roster groups", "alice", `<iq type='set' id='c2'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='http://jabber.org/protocol/nick'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field><field var='pubsub#roster_groups_allowed'><value>Friends</value><value>Family</value></field></x></configure></pubsub></iq>`,
+			`<iq type='result' id='c2'/>`},
+		{"groups shown", "alice", `<iq type='get' id='c3'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='http://jabber.org/protocol/nick'/></pubsub></iq>`,
+			`<iq type='result' id='c3'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='http://jabber.org/protocol/nick'>` + form("roster", "1", "on_sub_and_presence", "Family", "Friends") + `</configure></pubsub></iq>`},
+		{"roster group: member", "carol", items("g10", A, "http://jabber.org/protocol/nick", "", ""),
+			itemsResult("g10", A, "http://jabber.org/protocol/nick", "nick", nickPayload)},
+		{"roster group: not a member", "bob", items("g11", A, "http://jabber.org/protocol/nick", "", ""),
+			perr("g11", A, "bob@localhost/r", "auth", "not-authorized", "", "not-in-roster-group")},
 		{"unknown node", "bob", items("g9", A, "urn:example:none", "", ""),
 			perr("g9", A, "bob@localhost/r", "cancel", "item-not-found", "", "")},
 

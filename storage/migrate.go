@@ -118,7 +118,8 @@ var migrations = []migration{
 		name:    "create pep and private xml",
 		stmts: []string{
 			// XEP-0163 nodes with the configuration PEP clients set;
-			// max_items -1 is "max".
+			// max_items -1 is "max"; roster_groups are the groups the
+			// roster access model admits, one per line.
 			`CREATE TABLE pep_nodes (
 				username       TEXT   NOT NULL,
 				node           TEXT   NOT NULL,
@@ -127,6 +128,7 @@ var migrations = []migration{
 				max_items      BIGINT NOT NULL,
 				send_last      TEXT   NOT NULL,
 				notify_retract BIGINT NOT NULL,
+				roster_groups  TEXT   NOT NULL,
 				PRIMARY KEY (username, node)
 			)`,
 			// seq orders a node's items by publication (a republished

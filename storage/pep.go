@@ -55,6 +55,11 @@ type PEPConfig struct {
 	SendLast string
 	// NotifyRetract is pubsub#notify_retract.
 	NotifyRetract bool
+	// RosterGroups is pubsub#roster_groups_allowed: the roster groups
+	// whose members the roster access model admits, sorted, one per
+	// line ("" admits the whole roster). A string keeps PEPConfig
+	// comparable.
+	RosterGroups string
 }
 
 // PEPNode is one node of an account.
@@ -131,13 +136,13 @@ type Private interface {
 }
 
 const (
-	queryPEPNodes = `SELECT node, access_model, persist_items, max_items, send_last, notify_retract
+	queryPEPNodes = `SELECT node, access_model, persist_items, max_items, send_last, notify_retract, roster_groups
 		FROM pep_nodes WHERE username = ? ORDER BY node`
-	queryPEPNode = `SELECT node, access_model, persist_items, max_items, send_last, notify_retract
+	queryPEPNode = `SELECT node, access_model, persist_items, max_items, send_last, notify_retract, roster_groups
 		FROM pep_nodes WHERE username = ? AND node = ?`
-	queryPEPInsertNode = `INSERT INTO pep_nodes (username, node, access_model, persist_items, max_items, send_last, notify_retract)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`
-	queryPEPUpdateNode = `UPDATE pep_nodes SET access_model = ?, persist_items = ?, max_items = ?, send_last = ?, notify_retract = ?
+	queryPEPInsertNode = `INSERT INTO pep_nodes (username, node, access_model, persist_items, max_items, send_last, notify_retract, roster_groups)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+	queryPEPUpdateNode = `UPDATE pep_nodes SET access_model = ?, persist_items = ?, max_items = ?, send_last = ?, notify_retract = ?, roster_groups = ?
 		WHERE username = ? AND node = ?`
 	queryPEPCountNodes = `SELECT COUNT(*) FROM pep_nodes WHERE username = ?`
 	queryPEPNextSeq    = `SELECT COALESCE(MAX(seq), 0) + 1 FROM pep_items WHERE username = ? AND node = ?`
@@ -214,7 +219,7 @@ func scanNode(r rowScanner) (PEPNode, error) {
 		n                          PEPNode
 		persist, retract, maxItems int64
 	)
-	err := r.Scan(&n.Name, &n.Config.Access, &persist, &maxItems, &n.Config.SendLast, &retract)
+	err := r.Scan(&n.Name, &n.Config.Access, &persist, &maxItems, &n.Config.SendLast, &retract, &n.Config.RosterGroups)
 	n.Config.PersistItems, n.Config.MaxItems, n.Config.NotifyRetract = persist != 0, int(maxItems), retract != 0
 	return n, err
 }
@@ -282,7 +287,7 @@ func (s *SQL) insertNode(ctx context.Context, tx *sql.Tx, owner string, n PEPNod
 	}
 	c := n.Config
 	_, err := tx.StmtContext(ctx, s.pep.insertNode).ExecContext(ctx, owner, n.Name, c.Access,
-		boolInt(c.PersistItems), int64(c.MaxItems), c.SendLast, boolInt(c.NotifyRetract))
+		boolInt(c.PersistItems), int64(c.MaxItems), c.SendLast, boolInt(c.NotifyRetract), c.RosterGroups)
 	return err
 }
 
@@ -309,7 +314,7 @@ func (s *SQL) trim(ctx context.Context, tx *sql.Tx, owner, node string, c PEPCon
 
 // PEPCreate implements [PEP.PEPCreate].
 func (s *SQL) PEPCreate(ctx context.Context, owner string, n PEPNode, lim PEPLimits) error {
-	if !validText(owner) || !validText(n.Name) {
+	if !validText(owner) || !validText(n.Name) || !validText(n.Config.RosterGroups) {
 		return fmt.Errorf("%w: pep node of %q", ErrInvalidText, owner)
 	}
 	err := s.pepTx(ctx, owner, func(tx *sql.Tx) error {
@@ -328,10 +333,13 @@ func (s *SQL) PEPCreate(ctx context.Context, owner string, n PEPNode, lim PEPLim
 
 // PEPConfigure implements [PEP.PEPConfigure].
 func (s *SQL) PEPConfigure(ctx context.Context, owner string, n PEPNode, lim PEPLimits) error {
+	if !validText(n.Config.RosterGroups) {
+		return fmt.Errorf("%w: pep node of %q", ErrInvalidText, owner)
+	}
 	err := s.pepTx(ctx, owner, func(tx *sql.Tx) error {
 		c := n.Config
 		res, err := tx.StmtContext(ctx, s.pep.updateNode).ExecContext(ctx, c.Access, boolInt(c.PersistItems),
-			int64(c.MaxItems), c.SendLast, boolInt(c.NotifyRetract), owner, n.Name)
+			int64(c.MaxItems), c.SendLast, boolInt(c.NotifyRetract), c.RosterGroups, owner, n.Name)
 		if err != nil {
 			return err
 		}
@@ -350,7 +358,7 @@ func (s *SQL) PEPConfigure(ctx context.Context, owner string, n PEPNode, lim PEP
 
 // PEPPublish implements [PEP.PEPPublish].
 func (s *SQL) PEPPublish(ctx context.Context, owner, node string, create PEPConfig, check func(PEPConfig) error, item PEPItem, lim PEPLimits) (PEPConfig, error) {
-	if !validText(owner) || !validText(node) || !validText(item.ID) || !validBytes(item.Payload) {
+	if !validText(owner) || !validText(node) || !validText(item.ID) || !validBytes(item.Payload) || !validText(create.RosterGroups) {
 		return PEPConfig{}, fmt.Errorf("%w: pep item of %q", ErrInvalidText, owner)
 	}
 	var cfg PEPConfig

@@ -82,6 +82,7 @@ func testPEP(t *testing.T, s *SQL) {
 	// "max" keeps lim.MaxItems.
 	mx := cfg
 	mx.MaxItems = MaxItemsMax
+	mx.RosterGroups = "Family\nFriends"
 	if err := s.PEPConfigure(ctx, "alice", PEPNode{Name: "n2", Config: mx}, lim); err != nil {
 		t.Fatal(err)
 	}

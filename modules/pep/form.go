@@ -2,7 +2,9 @@ package pep
 
 import (
 	"errors"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/krill-xmpp/krill/stanza"
 	"github.com/krill-xmpp/krill/storage"
@@ -22,6 +24,7 @@ const (
 	fieldMaxItems = "pubsub#max_items"
 	fieldSendLast = "pubsub#send_last_published_item"
 	fieldRetract  = "pubsub#notify_retract"
+	fieldGroups   = "pubsub#roster_groups_allowed"
 )
 
 // Values of pubsub#access_model and pubsub#send_last_published_item.
@@ -112,11 +115,11 @@ func parseForm(x []byte, formType string) (opts []option, cancel bool, err error
 			seenType = true
 			return true
 		}
-		if len(values) != 1 {
+		if len(values) != 1 && name != fieldGroups {
 			ferr = &formError{"field " + name + " needs one value"}
 			return false
 		}
-		o, err := parseOption(name, values[0])
+		o, err := parseOption(name, values)
 		if err != nil {
 			ferr = err
 			return false
@@ -144,8 +147,15 @@ type unknownField struct{ name string }
 func (e *unknownField) Error() string { return "unsupported field " + e.name }
 func (e *unknownField) Unwrap() error { return errUnknownField }
 
-// parseOption parses one configuration field.
-func parseOption(name, v string) (option, error) {
+// parseOption parses one configuration field: one value, or the list of
+// pubsub#roster_groups_allowed.
+func parseOption(name string, values []string) (option, error) {
+	if name == fieldGroups {
+		groups := groupSet(values)
+		return option{name, func(c *storage.PEPConfig) { c.RosterGroups = groups },
+			func(c storage.PEPConfig) bool { return c.RosterGroups == groups }}, nil
+	}
+	v := values[0]
 	bad := &formError{"field " + name + ": invalid value " + strconv.Quote(v)}
 	switch name {
 	case fieldAccess:
@@ -189,6 +199,20 @@ func parseOption(name, v string) (option, error) {
 	return option{}, &unknownField{name}
 }
 
+// groupSet is the stored form of a list of roster groups: sorted,
+// deduplicated, one per line (a group name holds no line break once
+// trimmed; empty names are dropped).
+func groupSet(values []string) string {
+	var out []string
+	for _, v := range values {
+		if v = strings.TrimSpace(v); v != "" && !strings.ContainsAny(v, "\r\n") {
+			out = append(out, v)
+		}
+	}
+	slices.Sort(out)
+	return strings.Join(slices.Compact(out), "\n")
+}
+
 // parseBool reads an xs:boolean.
 func parseBool(v string) (b, ok bool) {
 	switch v {
@@ -225,7 +249,15 @@ func appendConfigForm(b []byte, c storage.PEPConfig) []byte {
 	b = append(b, `<value>`+c.SendLast+`</value></field>`...)
 	b = append(b, `<field var='`+fieldRetract+`' type='boolean' label='Notify when items are retracted'><value>`...)
 	b = appendBool(b, c.NotifyRetract)
-	return append(b, `</value></field></x>`...)
+	b = append(b, `</value></field><field var='`+fieldGroups+`' type='list-multi' label='Roster groups allowed to subscribe'>`...)
+	if c.RosterGroups != "" {
+		for _, g := range strings.Split(c.RosterGroups, "\n") {
+			b = append(b, `<value>`...)
+			b = stanza.AppendEscaped(b, g)
+			b = append(b, `</value>`...)
+		}
+	}
+	return append(b, `</field></x>`...)
 }
 
 func appendBool(b []byte, v bool) []byte {

@@ -38,7 +38,8 @@ func appendMessage(b []byte, from, to string, event []byte) []byte {
 // allows, each only if its caps ask for node+notify (XEP-0163 4.2, 4.3);
 // then to the explicit subscribers the model still allows, whatever their
 // caps, once per session. Runs on a worker.
-func (m *Module) notify(ctx context.Context, host hook.Host, owner, node, access string, event []byte) int {
+func (m *Module) notify(ctx context.Context, host hook.Host, owner, node string, cfg storage.PEPConfig, event []byte) int {
+	access := cfg.Access
 	from := owner + "@" + host.Domain()
 	subs, err := m.Store.PEPSubscribers(ctx, owner, node)
 	if err != nil {
@@ -71,7 +72,7 @@ func (m *Module) notify(ctx context.Context, host hook.Host, owner, node, access
 	domain := host.Domain()
 	if access != AccessWhitelist {
 		for _, it := range items {
-			if it.Subscription != storage.SubFrom && it.Subscription != storage.SubBoth {
+			if _, ok := allowed(cfg, it, true); !ok || it.Subscription != storage.SubFrom && it.Subscription != storage.SubBoth {
 				continue
 			}
 			local, ok := localOf(it.Contact, domain)
@@ -97,7 +98,7 @@ func (m *Module) notify(ctx context.Context, host hook.Host, owner, node, access
 	}
 	for _, sub := range subs {
 		bare, _, _ := strings.Cut(sub, "/")
-		if bare != from && !m.subscriberAllowed(access, bare, items) || m.blocked(owner, bare) {
+		if bare != from && !m.subscriberAllowed(cfg, bare, items) || m.blocked(owner, bare) {
 			continue
 		}
 		m.toSubscriber(host, sub, func(s hook.Session) {
@@ -109,16 +110,32 @@ func (m *Module) notify(ctx context.Context, host hook.Host, owner, node, access
 	return sent
 }
 
-// subscriberAllowed reports whether the access model still lets an
-// explicit subscriber (a bare JID) read, from the owner's roster items.
-func (m *Module) subscriberAllowed(access, bare string, items []storage.RosterItem) bool {
+// inOwnerGroups reports whether contact (a bare JID) is in one of the
+// roster groups a node of owner admits.
+func (m *Module) inOwnerGroups(ctx context.Context, owner, contact string, c storage.PEPConfig) bool {
+	items, _, err := m.Store.Roster(ctx, owner)
+	if err != nil {
+		return false
+	}
 	for _, it := range items {
-		if it.Contact == bare {
-			_, ok := allowed(access, it, true)
+		if it.Contact == contact {
+			_, ok := allowed(c, it, true)
 			return ok
 		}
 	}
-	_, ok := allowed(access, storage.RosterItem{}, false)
+	return false
+}
+
+// subscriberAllowed reports whether the access model still lets an
+// explicit subscriber (a bare JID) read, from the owner's roster items.
+func (m *Module) subscriberAllowed(cfg storage.PEPConfig, bare string, items []storage.RosterItem) bool {
+	for _, it := range items {
+		if it.Contact == bare {
+			_, ok := allowed(cfg, it, true)
+			return ok
+		}
+	}
+	_, ok := allowed(cfg, storage.RosterItem{}, false)
 	return ok
 }
 
@@ -312,6 +329,13 @@ func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner string, s
 		}
 		if !self && n.Config.Access == AccessWhitelist {
 			continue
+		}
+		if !self && n.Config.Access == AccessRoster && n.Config.RosterGroups != "" {
+			// Groups need the owner's roster; the subscription the
+			// caller found says the rest.
+			if !m.inOwnerGroups(ctx, owner, s.Local()+"@"+host.Domain(), n.Config) {
+				continue
+			}
 		}
 		items, err := m.Store.PEPItems(ctx, owner, n.Name, nil, 1)
 		if err != nil || len(items) == 0 {

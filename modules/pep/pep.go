@@ -307,7 +307,7 @@ func (m *Module) subscription(c *hook.Ctx, user string, self bool, node string, 
 			return func(c *hook.Ctx) { c.ReplyResult(nil) }
 		}
 		if !self {
-			if e, ok := m.mayRead(ctx, user, n.Config.Access, requester); !ok {
+			if e, ok := m.mayRead(ctx, user, n.Config, requester); !ok {
 				return e.reply
 			}
 		}
@@ -446,7 +446,7 @@ func (m *Module) publish(c *hook.Ctx, user, node string, verb, options []byte) {
 			log.Error("pep publish failed", zap.String("user", user), zap.String("node", node), zap.Error(err))
 			return errInternal.reply
 		}
-		m.notify(ctx, host, user, node, nc.Access, appendItemsEvent(nil, node, id, payload))
+		m.notify(ctx, host, user, node, nc, appendItemsEvent(nil, node, id, payload))
 		if m.OnPublish != nil {
 			m.OnPublish(ctx, log, user, node, payload)
 		}
@@ -547,7 +547,7 @@ func (m *Module) retract(c *hook.Ctx, user, node string, verb []byte) {
 			b = append(b, `'><retract id='`...)
 			b = stanza.AppendEscaped(b, id)
 			b = append(b, `'/></items></event>`...)
-			m.notify(ctx, host, user, node, n.Config.Access, b)
+			m.notify(ctx, host, user, node, n.Config, b)
 		}
 		return func(c *hook.Ctx) { c.ReplyResult(nil) }
 	}, nil)
@@ -585,11 +585,11 @@ func (m *Module) create(c *hook.Ctx, user, node string, form []byte) {
 	}, nil)
 }
 
-// allowed reports whether contact (a bare JID) may read owner's node of
-// access model access, from owner's roster; it returns the error to give
-// when not.
-func allowed(access string, item storage.RosterItem, inRoster bool) (perr, bool) {
-	switch access {
+// allowed reports whether a contact, whose item in the owner's roster is
+// item (inRoster false: none), may read a node configured c; it returns
+// the error to give when not.
+func allowed(c storage.PEPConfig, item storage.RosterItem, inRoster bool) (perr, bool) {
+	switch c.Access {
 	case AccessOpen:
 		return perr{}, true
 	case AccessPresence:
@@ -598,12 +598,28 @@ func allowed(access string, item storage.RosterItem, inRoster bool) (perr, bool)
 		}
 		return errPresenceReq, false
 	case AccessRoster:
-		if inRoster {
+		if inRoster && inGroups(c.RosterGroups, item.Groups) {
 			return perr{}, true
 		}
 		return errRosterReq, false
 	}
 	return errClosed, false
+}
+
+// inGroups reports whether one of groups is in allowed (one per line; ""
+// allows the whole roster).
+func inGroups(allowed string, groups []string) bool {
+	if allowed == "" {
+		return true
+	}
+	for _, g := range groups {
+		for a := range strings.SplitSeq(allowed, "\n") {
+			if a == g {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // get answers items requests (XEP-0060 6.5), of the owner or of a contact
@@ -647,7 +663,7 @@ func (m *Module) get(c *hook.Ctx, iq *hook.Stanza) error {
 			return errNotFound.reply
 		}
 		if !self {
-			if e, ok := m.mayRead(ctx, user, n.Config.Access, requester); !ok {
+			if e, ok := m.mayRead(ctx, user, n.Config, requester); !ok {
 				return e.reply
 			}
 		}
@@ -669,7 +685,8 @@ func (m *Module) get(c *hook.Ctx, iq *hook.Stanza) error {
 
 // mayRead checks a contact's access to a node of owner, from owner's
 // roster (read only for the models that need it) and blocklist.
-func (m *Module) mayRead(ctx context.Context, owner, access, requester string) (perr, bool) {
+func (m *Module) mayRead(ctx context.Context, owner string, c storage.PEPConfig, requester string) (perr, bool) {
+	access := c.Access
 	j, err := jid.Parse(requester)
 	if err != nil {
 		return errForbidden, false
@@ -690,10 +707,10 @@ func (m *Module) mayRead(ctx context.Context, owner, access, requester string) (
 	bare := j.Bare().String()
 	for _, it := range items {
 		if it.Contact == bare {
-			return allowed(access, it, true)
+			return allowed(c, it, true)
 		}
 	}
-	return allowed(access, storage.RosterItem{}, false)
+	return allowed(c, storage.RosterItem{}, false)
 }
 
 func appendItem(b []byte, id string, payload []byte) []byte {
@@ -780,7 +797,7 @@ func (m *Module) ownerSet(c *hook.Ctx, iq *hook.Stanza) error {
 			}
 			b := append([]byte(`<event xmlns='`+NSEvent+`'><delete node='`), stanza.AppendEscaped(nil, node)...)
 			b = append(b, `'/></event>`...)
-			m.notify(ctx, host, user, node, n.Config.Access, b)
+			m.notify(ctx, host, user, node, n.Config, b)
 			return func(c *hook.Ctx) { c.ReplyResult(nil) }
 		}, nil)
 	case "configure":
@@ -845,7 +862,7 @@ func (m *Module) NodeInfo(c *hook.Ctx, iq *hook.Stanza) error {
 			return errNotFound.reply
 		}
 		if !self {
-			if e, ok := m.mayRead(ctx, user, n.Config.Access, requester); !ok {
+			if e, ok := m.mayRead(ctx, user, n.Config, requester); !ok {
 				return e.reply
 			}
 		}
@@ -882,7 +899,7 @@ func (m *Module) discoItems(c *hook.Ctx, iq *hook.Stanza) error {
 				continue
 			}
 			if !self {
-				if e, ok := m.mayRead(ctx, user, n.Config.Access, requester); !ok {
+				if e, ok := m.mayRead(ctx, user, n.Config, requester); !ok {
 					if node != "" {
 						return e.reply
 					}
