@@ -107,6 +107,15 @@ func (c *capsCache) seen(s hook.Session, node, ver, algo string) (id, query stri
 	if old != nil && old.ver == ver {
 		return "", "", false
 	}
+	// A session has at most one query in flight: announcing new caps
+	// drops the question about its old ones, so that one client cannot
+	// hold many of the MaxPendingCaps places.
+	if old != nil {
+		if p := c.pending[old.ver]; p != nil && p.asked == s {
+			delete(c.pending, old.ver)
+			delete(c.byID, p.id)
+		}
+	}
 	if info, ok := c.byVer[ver]; ok {
 		c.lru.MoveToFront(info.elem)
 		c.sess[s] = info

@@ -156,3 +156,21 @@ func TestCapsQueryTimeout(t *testing.T) {
 		t.Fatalf("%d entries, %d queries", entries, queries)
 	}
 }
+
+// TestCapsOnePendingPerSession: a session that keeps announcing new
+// hashes holds one pending query, not one per hash.
+func TestCapsOnePendingPerSession(t *testing.T) {
+	c := newCapsCache(CapsCacheBytes)
+	s := iqtest.Bound("mallory", "m")
+	for i := range 100 {
+		if id, _, _ := c.seen(s, "n", "ver"+itoa(uint64(i)), "sha-1"); id == "" {
+			t.Fatalf("hash %d not asked", i)
+		}
+	}
+	c.mu.Lock()
+	n := len(c.pending)
+	c.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d queries pending, want 1", n)
+	}
+}
