@@ -38,6 +38,7 @@ type Config struct {
 	CSI      CSI      `koanf:"csi"`
 	SM       SM       `koanf:"sm"`
 	FAST     FAST     `koanf:"fast"`
+	PEP      PEP      `koanf:"pep"`
 }
 
 // FAST configures XEP-0484 Fast Authentication Streamlining Tokens: tokens
@@ -70,6 +71,27 @@ func (c *Config) FASTSecretFile() string {
 		return c.FAST.SecretFile
 	}
 	return filepath.Join(c.DataDir, "fast.secret")
+}
+
+// PEP configures XEP-0163 personal eventing (the pubsub service of each
+// account) and XEP-0049 private XML storage, per account. All are read
+// live: a reload applies to the next request.
+type PEP struct {
+	// MaxNodes caps the nodes of one account; creating one more gets
+	// policy-violation with pubsub's max-nodes-exceeded. 0 means no cap.
+	MaxNodes int `koanf:"max_nodes"`
+	// MaxItems caps the items kept per node, and is what a node's
+	// pubsub#max_items "max" means; configuring more gets
+	// not-acceptable. 0 means no cap.
+	MaxItems int `koanf:"max_items"`
+	// MaxItemBytes caps one published item's payload, and one XEP-0049
+	// fragment, in bytes; a larger one gets not-acceptable with
+	// pubsub's payload-too-big.
+	MaxItemBytes int `koanf:"max_item_bytes"`
+	// MaxBytes caps the bytes of all of an account's stored items (and,
+	// apart, of its XEP-0049 fragments); a publish beyond it gets
+	// resource-constraint. 0 means no cap.
+	MaxBytes int64 `koanf:"max_bytes"`
 }
 
 // CSI configures XEP-0352 client state indication: what a session that
@@ -404,6 +426,7 @@ func Default() Config {
 		SM: SM{MaxQueueBytes: 256 << 10, MaxQueueStanzas: 500, ResumeTimeout: DefaultResumeTimeout,
 			MaxParkedPerAccount: 5, MaxParkedTotal: 0, RequestEvery: 5},
 		FAST: FAST{Enabled: true, TokenTTL: DefaultFASTTokenTTL, MaxTokens: DefaultFASTMaxTokens},
+		PEP:  PEP{MaxNodes: 64, MaxItems: 256, MaxItemBytes: 128 << 10, MaxBytes: 4 << 20},
 	}
 }
 
@@ -528,6 +551,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Register.Window <= 0 {
 		bad("register.window", c.Register.Window, "must be > 0")
+	}
+	if c.PEP.MaxNodes < 0 {
+		bad("pep.max_nodes", c.PEP.MaxNodes, "must be >= 0")
+	}
+	if c.PEP.MaxItems < 0 {
+		bad("pep.max_items", c.PEP.MaxItems, "must be >= 0")
+	}
+	if c.PEP.MaxItemBytes < 1 {
+		bad("pep.max_item_bytes", c.PEP.MaxItemBytes, "must be >= 1")
+	}
+	if c.PEP.MaxBytes < 0 {
+		bad("pep.max_bytes", c.PEP.MaxBytes, "must be >= 0")
 	}
 	if c.CSI.MaxBufferBytes < 0 || c.CSI.MaxBufferBytes > MaxCSIBufferBytes {
 		bad("csi.max_buffer_bytes", c.CSI.MaxBufferBytes, fmt.Sprintf("must be between 0 and %d", MaxCSIBufferBytes))

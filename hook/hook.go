@@ -299,6 +299,11 @@ func (r *Registrar) fail(format string, args ...any) {
 	r.errs = append(r.errs, fmt.Errorf("hook: module %s: "+format, append([]any{r.mod}, args...)...))
 }
 
+// Registry returns the registry being built. A module may keep it, but may
+// read it only once New has returned (in its handlers and in the
+// FeatureFuncs the core runs at start-up), when it is complete.
+func (r *Registrar) Registry() *Registry { return r.g }
+
 // IQ registers h for iq requests of type t in phase p whose payload is the
 // element {ns}local, addressed as any bit of to says. Two modules may share
 // a key only with disjoint addressing.

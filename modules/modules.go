@@ -10,14 +10,17 @@ import (
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules/account"
+	"github.com/krill-xmpp/krill/modules/avatar"
 	"github.com/krill-xmpp/krill/modules/blocking"
 	"github.com/krill-xmpp/krill/modules/carbons"
 	"github.com/krill-xmpp/krill/modules/csi"
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
 	"github.com/krill-xmpp/krill/modules/offline"
+	"github.com/krill-xmpp/krill/modules/pep"
 	"github.com/krill-xmpp/krill/modules/ping"
 	"github.com/krill-xmpp/krill/modules/presence"
+	"github.com/krill-xmpp/krill/modules/private"
 	"github.com/krill-xmpp/krill/modules/register"
 	"github.com/krill-xmpp/krill/modules/roster"
 	"github.com/krill-xmpp/krill/modules/sm"
@@ -33,6 +36,8 @@ type Store interface {
 	storage.IM
 	vcard.Store
 	lastactivity.Store
+	storage.PEP
+	storage.Private
 }
 
 // Options are the settings of the standard modules that are fixed at
@@ -52,16 +57,23 @@ type Options struct {
 func Standard(store Store, opt Options) []hook.Module {
 	blk := blocking.New(store)
 	off := &offline.Module{Store: store, Accounts: store, Blocker: blk}
+	av := &avatar.Module{Store: store}
+	pp := &pep.Module{Store: store, Blocker: blk, OnPublish: av.Published}
 	return []hook.Module{
 		ping.Module{},
-		disco.Module{},
+		disco.Module{AccountNode: pp.NodeInfo},
 		version.Module{},
-		vcard.Module{Store: store},
+		vcard.Module{Store: store, OnSet: av.VCardSet},
+		private.Module{Store: store},
 		&lastactivity.Module{Started: opt.Started, Store: store},
 		account.New(store),
 		blk,
 		&carbons.Module{Blocker: blk},
 		&roster.Module{Store: store, Accounts: store},
+		// Before presence, which consumes the broadcasts whose caps
+		// it reads.
+		pp,
+		av,
 		&presence.Module{Store: store, Blocker: blk},
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},

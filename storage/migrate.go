@@ -136,6 +136,53 @@ var migrations = []migration{
 			`CREATE INDEX fast_tokens_expires_at ON fast_tokens (expires_at)`,
 		},
 	},
+	{
+		version: 5,
+		name:    "create pep and private xml",
+		stmts: []string{
+			// XEP-0163 nodes with the configuration PEP clients set;
+			// max_items -1 is "max"; roster_groups are the groups the
+			// roster access model admits, one per line.
+			`CREATE TABLE pep_nodes (
+				username       TEXT   NOT NULL,
+				node           TEXT   NOT NULL,
+				access_model   TEXT   NOT NULL,
+				persist_items  BIGINT NOT NULL,
+				max_items      BIGINT NOT NULL,
+				send_last      TEXT   NOT NULL,
+				notify_retract BIGINT NOT NULL,
+				roster_groups  TEXT   NOT NULL,
+				PRIMARY KEY (username, node)
+			)`,
+			// seq orders a node's items by publication (a republished
+			// id becomes the newest).
+			`CREATE TABLE pep_items (
+				username TEXT   NOT NULL,
+				node     TEXT   NOT NULL,
+				item_id  TEXT   NOT NULL,
+				seq      BIGINT NOT NULL,
+				payload  TEXT   NOT NULL,
+				PRIMARY KEY (username, node, item_id)
+			)`,
+			`CREATE INDEX pep_items_seq ON pep_items (username, node, seq)`,
+			// Explicit subscriptions (XEP-0060 6.1), beside the
+			// implicit ones presence and caps make; jid as subscribed
+			// (bare or full).
+			`CREATE TABLE pep_subscriptions (
+				username TEXT NOT NULL,
+				node     TEXT NOT NULL,
+				jid      TEXT NOT NULL,
+				PRIMARY KEY (username, node, jid)
+			)`,
+			// XEP-0049 fragments keyed by their root's {namespace}name.
+			`CREATE TABLE private_xml (
+				username TEXT NOT NULL,
+				name     TEXT NOT NULL,
+				xml      TEXT NOT NULL,
+				PRIMARY KEY (username, name)
+			)`,
+		},
+	},
 }
 
 // createMigrationsTable is the bootstrap that precedes every version: it

@@ -40,6 +40,7 @@ type SQL struct {
 
 	credentials, insert, update, remove, list *sql.Stmt
 	im                                        imStmts
+	pep                                       pepStmts
 }
 
 // stmtSpec is one statement to prepare: where it is stored, on which pool,
@@ -58,7 +59,7 @@ func (s *SQL) statements() []stmtSpec {
 		{&s.insert, true, queryInsert},
 		{&s.update, true, queryUpdate},
 		{&s.remove, true, queryDelete},
-	}, s.im.statements()...)
+	}, append(s.im.statements(), s.pep.statements()...)...)
 }
 
 // NewSQL returns a store on db, a database of dialect d, after migrating
@@ -205,6 +206,7 @@ func (s *SQL) SetCredentials(ctx context.Context, username string, c sasl.Creden
 var ownedTables = []string{
 	"roster_items", "roster_groups", "roster_versions", "subscription_requests",
 	"offline_messages", "blocklist", "vcards", "last_activity", "fast_tokens",
+	"pep_nodes", "pep_items", "pep_subscriptions", "private_xml",
 }
 
 // RemoveAccount implements [Accounts.RemoveAccount]. It deletes the account

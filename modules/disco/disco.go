@@ -1,11 +1,25 @@
 // Package disco implements XEP-0030 Service Discovery info for the domain:
 // the server's identity and the features every registered module adds.
+// It also announces the server's own XEP-0115 entity capabilities in the
+// stream features: the hash of that disco#info.
 package disco
 
 import (
+	"crypto/sha1"
+	"encoding/base64"
+	"slices"
+	"sync"
+
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
 )
+
+// CapsNode is the node of the server's XEP-0115 caps.
+const CapsNode = "https://github.com/krill-xmpp/krill"
+
+// nsPubSub is the feature by which an account is a XEP-0163 PEP service:
+// its disco#info then has the identity pubsub/pep.
+const nsPubSub = "http://jabber.org/protocol/pubsub"
 
 // Namespaces of XEP-0030.
 const (
@@ -18,6 +32,10 @@ const (
 type Module struct {
 	// Name of the identity; "" means "Krill".
 	IdentityName string
+	// AccountNode, when set, answers disco#info about a node of an
+	// account (the pep module's nodes, XEP-0060 5.3); nil answers
+	// item-not-found.
+	AccountNode hook.IQHandler
 }
 
 // Name implements hook.Module.
@@ -27,10 +45,47 @@ func (Module) Name() string { return "disco" }
 func (m Module) Register(r *hook.Registrar) error {
 	to := hook.ToNone | hook.ToHost | hook.ToBare
 	r.IQ(hook.PhaseBound, hook.IQGet, to, NSInfo, "query", m.info)
-	r.IQ(hook.PhaseBound, hook.IQGet, to, NSItems, "query", m.items)
+	// disco#items of an account lists its PEP nodes: the pep module's.
+	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToNone|hook.ToHost, NSItems, "query", m.items)
 	r.DiscoFeature(NSInfo, NSItems)
 	r.AccountFeature(NSInfo)
+	reg := r.Registry()
+	var (
+		once sync.Once
+		caps []byte
+	)
+	feature := func(b []byte) []byte {
+		once.Do(func() { caps = m.appendCaps(nil, reg) })
+		return append(b, caps...)
+	}
+	for _, p := range []hook.Phase{hook.PhasePreAuth, hook.PhaseBind} {
+		r.StreamFeature(p, false, feature)
+		r.StreamFeature(p, true, feature)
+	}
 	return nil
+}
+
+// identityName is the name of the server's identity.
+func (m Module) identityName() string {
+	if m.IdentityName == "" {
+		return "Krill"
+	}
+	return m.IdentityName
+}
+
+// appendCaps appends the server's XEP-0115 <c/>: the SHA-1 of the
+// verification string (section 5.1) of the domain's disco#info.
+func (m Module) appendCaps(b []byte, reg *hook.Registry) []byte {
+	s := "server/im//" + m.identityName() + "<"
+	features := slices.Clone(reg.DiscoFeatures())
+	slices.Sort(features)
+	for _, f := range features {
+		s += f + "<"
+	}
+	sum := sha1.Sum([]byte(s))
+	b = append(b, `<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='`+CapsNode+`' ver='`...)
+	b = append(b, base64.StdEncoding.EncodeToString(sum[:])...)
+	return append(b, `'/>`...)
 }
 
 // items answers disco#items: no items yet.
@@ -57,6 +112,9 @@ func (m Module) info(c *hook.Ctx, iq *hook.Stanza) error {
 		return err
 	}
 	if node, ok := tag.AttrString("node"); ok && node != "" {
+		if iq.Local != "" && m.AccountNode != nil {
+			return m.AccountNode(c, iq)
+		}
 		c.ReplyError("cancel", "item-not-found", "")
 		return nil
 	}
@@ -66,13 +124,12 @@ func (m Module) info(c *hook.Ctx, iq *hook.Stanza) error {
 	if iq.Local != "" {
 		b = append(b, `<identity category='account' type='registered'/>`...)
 		features = c.Registry.AccountFeatures()
-	} else {
-		name := m.IdentityName
-		if name == "" {
-			name = "Krill"
+		if _, pep := slices.BinarySearch(features, nsPubSub); pep {
+			b = append(b, `<identity category='pubsub' type='pep'/>`...)
 		}
+	} else {
 		b = append(b, `<identity category='server' type='im' name='`...)
-		b = stanza.AppendEscaped(b, name)
+		b = stanza.AppendEscaped(b, m.identityName())
 		b = append(b, `'/>`...)
 	}
 	for _, f := range features {

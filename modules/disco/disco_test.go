@@ -1,6 +1,8 @@
 package disco_test
 
 import (
+	"crypto/sha1"
+	"encoding/base64"
 	"slices"
 	"testing"
 
@@ -69,5 +71,39 @@ func TestDisco(t *testing.T) {
 				t.Fatalf("handled %v, wrote %q; want %q", res.Handled, res.Conn.Written, tc.want)
 			}
 		})
+	}
+}
+
+// pepFeature is a module that makes accounts PEP services.
+type pepFeature struct{}
+
+func (pepFeature) Name() string { return "pepfeature" }
+func (pepFeature) Register(r *hook.Registrar) error {
+	r.AccountFeature("http://jabber.org/protocol/pubsub")
+	return nil
+}
+
+// TestDiscoPEPAndCaps: an account that is a PEP service has the identity
+// pubsub/pep beside account/registered (XEP-0163 section 6); the stream
+// features carry the server's caps, the SHA-1 of the domain's
+// verification string (XEP-0115 section 5.1: "server/im//Krill<" then
+// each feature and "<").
+func TestDiscoPEPAndCaps(t *testing.T) {
+	reg := iqtest.Registry(t, disco.Module{}, pepFeature{})
+	res := iqtest.Send(t, reg, nil, iqtest.Bound("alice", "a"), `<iq type='get' id='1' to='bob@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`)
+	want := `<iq type='result' id='1' from='bob@localhost'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/><identity category='pubsub' type='pep'/>` +
+		`<feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/pubsub'/></query></iq>`
+	if !slices.Equal(res.Conn.Written, []string{want}) {
+		t.Fatalf("wrote %q, want %q", res.Conn.Written, want)
+	}
+	sum := sha1.Sum([]byte("server/im//Krill<http://jabber.org/protocol/disco#info<http://jabber.org/protocol/disco#items<"))
+	caps := `<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://github.com/krill-xmpp/krill' ver='` +
+		base64.StdEncoding.EncodeToString(sum[:]) + `'/>`
+	for _, p := range []hook.Phase{hook.PhasePreAuth, hook.PhaseBind} {
+		for _, secure := range []bool{false, true} {
+			if got := string(reg.StreamFeatures(nil, p, secure)); got != caps {
+				t.Fatalf("phase %v features %q, want %q", p, got, caps)
+			}
+		}
 	}
 }

@@ -24,6 +24,9 @@ type Store interface {
 // Module answers vCard get and set. Store must be set.
 type Module struct {
 	Store Store
+	// OnSet, when set, is called on a worker after the owner's vCard was
+	// stored (avatars follow its PHOTO this way).
+	OnSet func(ctx context.Context, user string, card []byte)
 }
 
 // Name implements hook.Module.
@@ -53,6 +56,9 @@ func (m Module) set(c *hook.Ctx, iq *hook.Stanza) error {
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
 		if err := m.Store.SetVCard(ctx, owner, card); err != nil {
 			return func(c *hook.Ctx) { c.ReplyError("wait", "internal-server-error", "") }
+		}
+		if m.OnSet != nil {
+			m.OnSet(ctx, owner, card)
 		}
 		return func(c *hook.Ctx) { c.ReplyResult(nil) }
 	}, nil)
