@@ -36,6 +36,7 @@ const (
 	// boundFeatures follow <success/> when nothing was bound: the
 	// authenticated stream's, without a restart.
 	boundFeatures = `<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>` +
+		`<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://github.com/krill-xmpp/krill' ver='{*}'/>` +
 		`<ver xmlns='urn:xmpp:features:rosterver'/><sub xmlns='urn:xmpp:features:pre-approval'/><csi xmlns='urn:xmpp:csi:0'/><sm xmlns='urn:xmpp:sm:3'/></stream:features>`
 	sasl2Fail = `<failure xmlns='urn:xmpp:sasl:2'>`
 )

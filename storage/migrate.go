@@ -195,7 +195,7 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // SchemaVersion is the schema version this binary migrates databases to:
 // the version of the last entry of migrations (a test holds them equal).
-const SchemaVersion = 4
+const SchemaVersion = 5
 
 // Migrate brings the schema of db up to [SchemaVersion]: it applies, in
 // order, each migration the database has not recorded yet, each in its own
