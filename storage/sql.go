@@ -40,6 +40,7 @@ type SQL struct {
 
 	credentials, insert, update, remove, list *sql.Stmt
 	im                                        imStmts
+	mam                                       mamStmts
 }
 
 // stmtSpec is one statement to prepare: where it is stored, on which pool,
@@ -58,7 +59,7 @@ func (s *SQL) statements() []stmtSpec {
 		{&s.insert, true, queryInsert},
 		{&s.update, true, queryUpdate},
 		{&s.remove, true, queryDelete},
-	}, s.im.statements()...)
+	}, append(s.im.statements(), s.mam.statements()...)...)
 }
 
 // NewSQL returns a store on db, a database of dialect d, after migrating
@@ -192,11 +193,13 @@ func (s *SQL) SetCredentials(ctx context.Context, username string, c sasl.Creden
 var ownedTables = []string{
 	"roster_items", "roster_groups", "roster_versions", "subscription_requests",
 	"offline_messages", "blocklist", "vcards", "last_activity",
+	"mam_messages", "mam_prefs",
 }
 
 // RemoveAccount implements [Accounts.RemoveAccount]. It deletes the account
 // and all its IM data (roster, requests, offline messages, blocklist,
-// vCard, last activity) in one transaction.
+// vCard, last activity, message archive and its preferences) in one
+// transaction.
 func (s *SQL) RemoveAccount(ctx context.Context, username string) error {
 	err := s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
 		// Wait for transactions changing the roster to end, so that
