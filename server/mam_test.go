@@ -1,0 +1,239 @@
+package server_test
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/server"
+	"github.com/krill-xmpp/krill/storage"
+)
+
+// mamClock is the archive's clock in these tests: archive IDs carry their
+// time, so start, end and retention are tested by moving it.
+type mamClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *mamClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *mamClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// mamServer starts a server with the archive on and a clock at a fixed
+// time.
+func mamServer(t *testing.T, edit func(*config.Config), users ...string) (*server.Server, *storage.SQL, *mamClock) {
+	t.Helper()
+	cfg := testConfig(t)
+	cfg.MAM.Enabled = true
+	if edit != nil {
+		edit(&cfg)
+	}
+	clock := &mamClock{t: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}
+	srv, store := startServerOpts(t, cfg, serverOpts{now: clock.now}, users...)
+	return srv, store, clock
+}
+
+// online logs user/res in over raw XML and sends initial presence.
+func online(t *testing.T, srv *server.Server, user, res string) *rawConn {
+	t.Helper()
+	c := dialRaw(t, srv)
+	c.scramLogin(user, testPassword, res)
+	full := user + "@localhost/" + res
+	c.exchange(t, `<presence/>`, `<presence from='`+full+`'/>`)
+	return c
+}
+
+const sidNS = `urn:xmpp:sid:0`
+
+var stanzaIDRe = regexp.MustCompile(`<stanza-id xmlns='urn:xmpp:sid:0' by='([^']*)' id='([^']*)'/>`)
+
+// stanzaID returns the id of the one <stanza-id/> in got by by.
+func stanzaID(t *testing.T, got, by string) string {
+	t.Helper()
+	var id string
+	for _, m := range stanzaIDRe.FindAllStringSubmatch(got, -1) {
+		if m[1] == by {
+			if id != "" {
+				t.Fatalf("two stanza-ids by %s in %q", by, got)
+			}
+			id = m[2]
+		}
+	}
+	if id == "" {
+		t.Fatalf("no stanza-id by %s in %q", by, got)
+	}
+	return id
+}
+
+// sid is the <stanza-id/> the server adds for bare's archive.
+func sid(bare string) string {
+	return `<stanza-id xmlns='` + sidNS + `' by='` + bare + `' id='{*}'/>`
+}
+
+// mamQuery builds a query iq: fields are var/value pairs of the form, rsm
+// the inside of the RSM <set/> ("" for none).
+func mamQuery(id, queryID, rsm string, fields ...string) string {
+	b := `<iq type='set' id='` + id + `'><query xmlns='urn:xmpp:mam:2'`
+	if queryID != "" {
+		b += ` queryid='` + queryID + `'`
+	}
+	b += `>`
+	if len(fields) > 0 {
+		b += `<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>`
+		for i := 0; i+1 < len(fields); i += 2 {
+			b += `<field var='` + fields[i] + `'><value>` + fields[i+1] + `</value></field>`
+		}
+		b += `</x>`
+	}
+	if rsm != "" {
+		b += `<set xmlns='http://jabber.org/protocol/rsm'>` + rsm + `</set>`
+	}
+	return b + `</query></iq>`
+}
+
+// mamResult is one result message of a query to full's archive, holding
+// the archived message fwd.
+func mamResult(full, queryID, id, fwd string) string {
+	q := ""
+	if queryID != "" {
+		q = ` queryid='` + queryID + `'`
+	}
+	return `<message to='` + full + `'><result xmlns='urn:xmpp:mam:2'` + q + ` id='` + id + `'><forwarded xmlns='urn:xmpp:forward:0'>` +
+		`<delay xmlns='urn:xmpp:delay' stamp='{*}'/>` + fwd + `</forwarded></result></message>`
+}
+
+// fin is the iq result ending a query.
+func fin(id string, complete bool, first, last string, count int) string {
+	b := `<iq type='result' id='` + id + `'><fin xmlns='urn:xmpp:mam:2'`
+	if complete {
+		b += ` complete='true'`
+	}
+	b += `><set xmlns='http://jabber.org/protocol/rsm'>`
+	if first != "" {
+		b += `<first>` + first + `</first><last>` + last + `</last>`
+	}
+	if count >= 0 {
+		b += `<count>` + strconv.Itoa(count) + `</count>`
+	}
+	return b + `</set></fin></iq>`
+}
+
+// TestMAMDisco: the account's bare JID advertises the archive and stanza
+// IDs (XEP-0313 §7, XEP-0359 §6).
+func TestMAMDisco(t *testing.T) {
+	srv, _, _ := mamServer(t, nil, "alice")
+	a := online(t, srv, "alice", "a")
+	got := a.exchange(t, `<iq type='get' id='d' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
+		`<iq type='result' id='d' from='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'>{**}</query></iq>`)
+	for _, f := range []string{"urn:xmpp:mam:2", "urn:xmpp:mam:2#extended", "urn:xmpp:sid:0"} {
+		if !strings.Contains(got, `<feature var='`+f+`'/>`) {
+			t.Errorf("disco#info of the account lacks %s: %s", f, got)
+		}
+	}
+	a.exchange(t, `<iq type='get' id='f'><query xmlns='urn:xmpp:mam:2'/></iq>`,
+		`<iq type='result' id='f'><query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='form'>`+
+			`<field type='hidden' var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field><field type='jid-single' var='with'/>`+
+			`<field type='text-single' var='start'/><field type='text-single' var='end'/><field type='text-single' var='before-id'/>`+
+			`<field type='text-single' var='after-id'/><field type='list-multi' var='ids'><validate xmlns='http://jabber.org/protocol/xdata-validate' datatype='xs:string'><open/></validate></field>`+
+			`</x></query></iq>`)
+	a.exchange(t, `<iq type='get' id='m'><metadata xmlns='urn:xmpp:mam:2'/></iq>`,
+		`<iq type='result' id='m'><metadata xmlns='urn:xmpp:mam:2'></metadata></iq>`)
+}
+
+// TestMAMArchiving: what is archived, for whom, and the stanza IDs the
+// recipient sees: added for its archive, forged ones removed, none for a
+// message not archived.
+func TestMAMArchiving(t *testing.T) {
+	srv, _, _ := mamServer(t, nil, "alice", "bob")
+	a := online(t, srv, "alice", "a")
+	b := online(t, srv, "bob", "b")
+
+	cases := []struct {
+		name     string
+		send     string // from alice/a to bob
+		want     string // what bob/b gets
+		archived bool
+	}{
+		{"chat with body",
+			`<message to='bob@localhost' type='chat' id='m1'><body>hi</body></message>`,
+			`<message to='bob@localhost' type='chat' id='m1' from='alice@localhost/a'><body>hi</body>` + sid("bob@localhost") + `</message>`, true},
+		{"normal to the full JID",
+			`<message to='bob@localhost/b' id='m2'><body>full</body></message>`,
+			`<message to='bob@localhost/b' id='m2' from='alice@localhost/a'><body>full</body>` + sid("bob@localhost") + `</message>`, true},
+		{"OMEMO without body",
+			`<message to='bob@localhost' type='chat' id='m3'><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='1'><iv>AAAA</iv></header><payload>BBBB</payload></encrypted><store xmlns='urn:xmpp:hints'/></message>`,
+			`<message to='bob@localhost' type='chat' id='m3' from='alice@localhost/a'><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='1'><iv>AAAA</iv></header><payload>BBBB</payload></encrypted><store xmlns='urn:xmpp:hints'/>` + sid("bob@localhost") + `</message>`, true},
+		{"OMEMO 2 without body",
+			`<message to='bob@localhost' type='chat' id='m4'><encrypted xmlns='urn:xmpp:omemo:2'><header sid='1'/><payload>CC</payload></encrypted></message>`,
+			`<message to='bob@localhost' type='chat' id='m4' from='alice@localhost/a'><encrypted xmlns='urn:xmpp:omemo:2'><header sid='1'/><payload>CC</payload></encrypted>` + sid("bob@localhost") + `</message>`, true},
+		{"EME marker",
+			`<message to='bob@localhost' type='chat' id='m5'><encryption xmlns='urn:xmpp:eme:0' namespace='urn:xmpp:otr:0'/></message>`,
+			`<message to='bob@localhost' type='chat' id='m5' from='alice@localhost/a'><encryption xmlns='urn:xmpp:eme:0' namespace='urn:xmpp:otr:0'/>` + sid("bob@localhost") + `</message>`, true},
+		{"forged stanza-ids removed, a remote one kept",
+			`<message to='bob@localhost' type='chat' id='m6'><body>forged</body><stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='fake1'/><stanza-id xmlns='urn:xmpp:sid:0' by='localhost' id='fake2'/><stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.example' id='kept'/></message>`,
+			`<message to='bob@localhost' type='chat' id='m6' from='alice@localhost/a'><body>forged</body><stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.example' id='kept'/>` + sid("bob@localhost") + `</message>`, true},
+		{"no-store",
+			`<message to='bob@localhost' type='chat' id='n1'><body>secret</body><no-store xmlns='urn:xmpp:hints'/></message>`,
+			`<message to='bob@localhost' type='chat' id='n1' from='alice@localhost/a'><body>secret</body><no-store xmlns='urn:xmpp:hints'/></message>`, false},
+		{"no-permanent-store",
+			`<message to='bob@localhost' type='chat' id='n2'><body>secret</body><no-permanent-store xmlns='urn:xmpp:hints'/></message>`,
+			`<message to='bob@localhost' type='chat' id='n2' from='alice@localhost/a'><body>secret</body><no-permanent-store xmlns='urn:xmpp:hints'/></message>`, false},
+		{"chat state only",
+			`<message to='bob@localhost' type='chat' id='n3'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>`,
+			`<message to='bob@localhost' type='chat' id='n3' from='alice@localhost/a'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>`, false},
+		{"headline",
+			`<message to='bob@localhost' type='headline' id='n4'><body>news</body></message>`,
+			`<message to='bob@localhost' type='headline' id='n4' from='alice@localhost/a'><body>news</body></message>`, false},
+		{"forged stanza-id on a message not archived",
+			`<message to='bob@localhost' type='headline' id='n5'><body>x</body><stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='fake'/></message>`,
+			`<message to='bob@localhost' type='headline' id='n5' from='alice@localhost/a'><body>x</body></message>`, false},
+	}
+	var ids []string
+	for _, tc := range cases {
+		a.send(tc.send)
+		got := b.expect(t, tc.want)
+		if tc.archived {
+			ids = append(ids, stanzaID(t, got, "bob@localhost"))
+		}
+	}
+	// Bob's archive holds the archived ones with the IDs he saw;
+	// alice's the same messages, under IDs of her own.
+	b.send(mamQuery("q1", "b1", ""))
+	k := 0
+	for _, tc := range cases {
+		if !tc.archived {
+			continue
+		}
+		fwd := strings.Replace(tc.want, `<message `, `<message xmlns='jabber:client' `, 1)
+		fwd = strings.Replace(fwd, sid("bob@localhost"), "", 1)
+		b.expect(t, mamResult("bob@localhost/b", "b1", ids[k], fwd))
+		k++
+	}
+	b.expect(t, fin("q1", true, ids[0], ids[len(ids)-1], len(ids)))
+	got := a.exchange(t, mamQuery("q2", "", "<max>50</max>"), `{**}</iq>`)
+	if n := strings.Count(got, `<result xmlns='urn:xmpp:mam:2'`); n != len(ids) {
+		t.Errorf("alice's archive has %d messages, want %d: %s", n, len(ids), got)
+	}
+	for _, id := range ids {
+		if strings.Contains(got, `id='`+id+`'`) {
+			t.Errorf("alice's archive uses bob's ID %s", id)
+		}
+	}
+	if strings.Contains(got, "by='bob@localhost'") || strings.Contains(got, "by='localhost'") {
+		t.Errorf("an archived message holds a local stanza-id: %s", got)
+	}
+}
+
