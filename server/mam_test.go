@@ -237,3 +237,134 @@ func TestMAMArchiving(t *testing.T) {
 	}
 }
 
+
+// stamp formats t as a query's start or end.
+func stamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
+
+// mamErr is the error answer to query id.
+func mamErr(id, typ, cond, text string) string {
+	b := `<iq type='error' id='` + id + `' to='bob@localhost/b'><error type='` + typ + `'><` + cond + ` ` + stanzasNS + `/>`
+	if text != "" {
+		b += `<text ` + stanzasNS + `>` + text + `</text>`
+	}
+	return b + `</error></iq>`
+}
+
+// TestMAMQuery pages through an archive of 13 messages, a minute apart
+// (1..10 from alice, 11..13 from carol), with every filter, forwards and
+// backwards, checking the exact results, <first/>, <last/>, <count/> and
+// complete; and the errors.
+func TestMAMQuery(t *testing.T) {
+	srv, _, clock := mamServer(t, nil, "alice", "bob", "carol")
+	a := online(t, srv, "alice", "a")
+	c := online(t, srv, "carol", "c")
+	b := online(t, srv, "bob", "b")
+	const n = 13
+	ids := make([]string, n+1) // 1-based
+	times := make([]time.Time, n+1)
+	fwd := make([]string, n+1)
+	for i := 1; i <= n; i++ {
+		clock.add(time.Minute)
+		times[i] = clock.now()
+		from, sender := a, "alice@localhost/a"
+		if i > 10 {
+			from, sender = c, "carol@localhost/c"
+		}
+		is := strconv.Itoa(i)
+		from.send(`<message to='bob@localhost' type='chat' id='m` + is + `'><body>` + is + `</body></message>`)
+		got := b.expect(t, `<message to='bob@localhost' type='chat' id='m`+is+`' from='`+sender+`'><body>`+is+`</body>`+sid("bob@localhost")+`</message>`)
+		ids[i] = stanzaID(t, got, "bob@localhost")
+		fwd[i] = `<message xmlns='jabber:client' to='bob@localhost' type='chat' id='m` + is + `' from='` + sender + `'><body>` + is + `</body></message>`
+	}
+	seq := func(from, to int) []int {
+		var out []int
+		for i := from; i <= to; i++ {
+			out = append(out, i)
+		}
+		return out
+	}
+	type page struct {
+		name     string
+		query    string // with id "q" and queryid "p"
+		want     []int
+		complete bool
+		count    int
+	}
+	field := func(v, val string) string {
+		return `<field var='` + v + `'><value>` + val + `</value></field>`
+	}
+	form := func(fields ...string) string {
+		return `<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>` + strings.Join(fields, "") + `</x>`
+	}
+	rsm := func(s string) string { return `<set xmlns='http://jabber.org/protocol/rsm'>` + s + `</set>` }
+	q := func(inner string) string {
+		return `<iq type='set' id='q'><query xmlns='urn:xmpp:mam:2' queryid='p'>` + inner + `</query></iq>`
+	}
+	pages := []page{
+		{"all", q(""), seq(1, 13), true, 13},
+		{"first page", q(rsm(`<max>3</max>`)), seq(1, 3), false, 13},
+		{"next page", q(rsm(`<max>3</max><after>` + ids[3] + `</after>`)), seq(4, 6), false, 13},
+		{"end reached", q(rsm(`<max>3</max><after>` + ids[11] + `</after>`)), seq(12, 13), true, 13},
+		{"last page", q(rsm(`<max>3</max><before/>`)), seq(11, 13), false, 13},
+		{"page before", q(rsm(`<max>3</max><before>` + ids[11] + `</before>`)), seq(8, 10), false, 13},
+		{"start reached backwards", q(rsm(`<max>3</max><before>` + ids[3] + `</before>`)), seq(1, 2), true, 13},
+		{"max 0 counts", q(rsm(`<max>0</max>`)), nil, false, 13},
+		{"after-id and before-id", q(form(field("after-id", ids[2]), field("before-id", ids[6]))), seq(3, 5), true, 3},
+		{"after-id paged", q(form(field("after-id", ids[2])) + rsm(`<max>2</max>`)), seq(3, 4), false, 11},
+		{"with bare", q(form(field("with", "carol@localhost"))), seq(11, 13), true, 3},
+		{"with bare, last page", q(form(field("with", "alice@localhost")) + rsm(`<max>2</max><before/>`)), seq(9, 10), false, 10},
+		{"with full", q(form(field("with", "carol@localhost/c"))), seq(11, 13), true, 3},
+		{"with another resource", q(form(field("with", "carol@localhost/other"))), nil, true, 0},
+		{"with nobody", q(form(field("with", "dave@localhost"))), nil, true, 0},
+		{"start", q(form(field("start", stamp(times[11])))), seq(11, 13), true, 3},
+		{"end", q(form(field("end", stamp(times[2])))), seq(1, 2), true, 2},
+		{"start and end", q(form(field("start", stamp(times[4])), field("end", stamp(times[6])))), seq(4, 6), true, 3},
+		{"start, end and with", q(form(field("start", stamp(times[4])), field("end", stamp(times[12])), field("with", "carol@localhost"))), seq(11, 12), true, 2},
+		{"ids", q(form(`<field var='ids'><value>` + ids[7] + `</value><value>` + ids[2] + `</value></field>`)), []int{7, 2}, true, 2},
+		{"flip-page", q(rsm(`<max>3</max>`) + `<flip-page/>`), []int{3, 2, 1}, false, 13},
+		{"max capped", q(rsm(`<max>100000</max>`)), seq(1, 13), true, 13},
+	}
+	for _, tc := range pages {
+		b.send(tc.query)
+		for _, i := range tc.want {
+			b.expect(t, mamResult("bob@localhost/b", "p", ids[i], fwd[i]))
+		}
+		first, last := "", ""
+		if len(tc.want) > 0 {
+			first, last = ids[tc.want[0]], ids[tc.want[len(tc.want)-1]]
+			if tc.name == "flip-page" {
+				first, last = last, first
+			}
+		}
+		b.expect(t, fin("q", tc.complete, first, last, tc.count))
+	}
+
+	errs := []struct {
+		name, query, want string
+	}{
+		{"unknown after", q(rsm(`<after>zzzz</after>`)), mamErr("q", "cancel", "item-not-found", "no message zzzz")},
+		{"unknown before", q(rsm(`<before>` + ids[1] + `0</before>`)), mamErr("q", "cancel", "item-not-found", "no message "+ids[1]+"0")},
+		{"unknown after-id", q(form(field("after-id", "12345"))), mamErr("q", "cancel", "item-not-found", "no message 12345")},
+		{"unknown ids", q(form(field("ids", "12345"))), mamErr("q", "cancel", "item-not-found", "no message 12345")},
+		{"unknown field", q(form(field("fulltext", "x"))), mamErr("q", "cancel", "feature-not-implemented", "unknown field fulltext")},
+		{"wrong FORM_TYPE", `<iq type='set' id='q'><query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>urn:xmpp:mam:1</value></field></x></query></iq>`,
+			mamErr("q", "modify", "bad-request", "FORM_TYPE must be urn:xmpp:mam:2")},
+		{"bad start", q(form(field("start", "yesterday"))), mamErr("q", "modify", "bad-request", "bad start timestamp")},
+		{"bad max", q(rsm(`<max>-1</max>`)), mamErr("q", "modify", "bad-request", "bad max")},
+		{"after and before", q(rsm(`<after>` + ids[1] + `</after><before>` + ids[3] + `</before>`)),
+			mamErr("q", "modify", "bad-request", "after and before together: use the after-id and before-id fields")},
+		{"another account's archive", `<iq type='set' id='q' to='alice@localhost'><query xmlns='urn:xmpp:mam:2'/></iq>`,
+			`<iq type='error' id='q' from='alice@localhost' to='bob@localhost/b'><error type='auth'><forbidden ` + stanzasNS + `/></error></iq>`},
+	}
+	for _, tc := range errs {
+		b.exchange(t, tc.query, tc.want)
+	}
+
+	// The archive's own address may be given.
+	b.send(`<iq type='set' id='q' to='bob@localhost'><query xmlns='urn:xmpp:mam:2'>` + rsm(`<max>1</max>`) + `</query></iq>`)
+	b.expect(t, `<message from='bob@localhost' to='bob@localhost/b'><result xmlns='urn:xmpp:mam:2' id='`+ids[1]+`'><forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='`+stamp(times[1])+`'/>`+fwd[1]+`</forwarded></result></message>`)
+	b.expect(t, `<iq type='result' id='q' from='bob@localhost'><fin xmlns='urn:xmpp:mam:2'><set xmlns='http://jabber.org/protocol/rsm'><first>`+ids[1]+`</first><last>`+ids[1]+`</last><count>13</count></set></fin></iq>`)
+
+	b.exchange(t, `<iq type='get' id='m'><metadata xmlns='urn:xmpp:mam:2'/></iq>`,
+		`<iq type='result' id='m'><metadata xmlns='urn:xmpp:mam:2'><start id='`+ids[1]+`' timestamp='`+stamp(times[1])+`'/><end id='`+ids[13]+`' timestamp='`+stamp(times[13])+`'/></metadata></iq>`)
+}
