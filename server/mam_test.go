@@ -368,3 +368,237 @@ func TestMAMQuery(t *testing.T) {
 	b.exchange(t, `<iq type='get' id='m'><metadata xmlns='urn:xmpp:mam:2'/></iq>`,
 		`<iq type='result' id='m'><metadata xmlns='urn:xmpp:mam:2'><start id='`+ids[1]+`' timestamp='`+stamp(times[1])+`'/><end id='`+ids[13]+`' timestamp='`+stamp(times[13])+`'/></metadata></iq>`)
 }
+
+// archiveIDs returns the result IDs and bodies of full's whole archive, in
+// order, by one query on r.
+func archiveBodies(t *testing.T, r *rawConn, qid string) []string {
+	t.Helper()
+	got := r.exchange(t, `<iq type='set' id='`+qid+`'><query xmlns='urn:xmpp:mam:2'/></iq>`, `{**}<iq type='result' id='`+qid+`'>{**}</iq>`)
+	var out []string
+	for _, m := range regexp.MustCompile(`<body>([^<]*)</body>`).FindAllStringSubmatch(got, -1) {
+		out = append(out, m[1])
+	}
+	return out
+}
+
+// TestMAMPrefs: preferences get and set (always, roster, never and the
+// lists), their effect on what is archived and on the stanza ID, the
+// configured default, and a malformed set.
+func TestMAMPrefs(t *testing.T) {
+	srv, _, _ := mamServer(t, nil, "alice", "bob", "carol", "dave")
+	a := online(t, srv, "alice", "a")
+	b := online(t, srv, "bob", "b")
+	c := online(t, srv, "carol", "c")
+	d := online(t, srv, "dave", "d")
+	msg := func(from *rawConn, fromFull, id string, archived bool) {
+		t.Helper()
+		from.send(`<message to='bob@localhost' type='chat' id='` + id + `'><body>` + id + `</body></message>`)
+		s := ""
+		if archived {
+			s = sid("bob@localhost")
+		}
+		b.expect(t, `<message to='bob@localhost' type='chat' id='`+id+`' from='`+fromFull+`'><body>`+id+`</body>`+s+`</message>`)
+	}
+	b.exchange(t, `<iq type='get' id='p1'><prefs xmlns='urn:xmpp:mam:2'/></iq>`,
+		`<iq type='result' id='p1'><prefs xmlns='urn:xmpp:mam:2' default='always'><always></always><never></never></prefs></iq>`)
+	msg(a, "alice@localhost/a", "always1", true)
+
+	// never, with alice always (a full JID is kept as its bare JID).
+	b.exchange(t, `<iq type='set' id='p2'><prefs xmlns='urn:xmpp:mam:2' default='never'><always><jid>alice@localhost/x</jid></always><never/></prefs></iq>`,
+		`<iq type='result' id='p2'><prefs xmlns='urn:xmpp:mam:2' default='never'><always><jid>alice@localhost</jid></always><never></never></prefs></iq>`)
+	b.exchange(t, `<iq type='get' id='p3' to='bob@localhost'><prefs xmlns='urn:xmpp:mam:2'/></iq>`,
+		`<iq type='result' id='p3' from='bob@localhost'><prefs xmlns='urn:xmpp:mam:2' default='never'><always><jid>alice@localhost</jid></always><never></never></prefs></iq>`)
+	msg(a, "alice@localhost/a", "never-but-alice", true)
+	msg(c, "carol@localhost/c", "never-carol", false)
+
+	// roster, with alice never: carol is in bob's roster, dave is not. The
+	// roster is looked up by the writer, so no stanza ID is given.
+	b.exchange(t, `<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='carol@localhost'/></query></iq>`,
+		`<iq type='result' id='r1'/>`)
+	b.exchange(t, `<iq type='set' id='p4'><prefs xmlns='urn:xmpp:mam:2' default='roster'><never><jid>alice@localhost</jid></never></prefs></iq>`,
+		`<iq type='result' id='p4'><prefs xmlns='urn:xmpp:mam:2' default='roster'><always></always><never><jid>alice@localhost</jid></never></prefs></iq>`)
+	msg(a, "alice@localhost/a", "roster-alice-never", false)
+	msg(c, "carol@localhost/c", "roster-carol", false)
+	msg(d, "dave@localhost/d", "roster-dave", false)
+
+	if got, want := archiveBodies(t, b, "q1"), []string{"always1", "never-but-alice", "roster-carol"}; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("bob's archive = %v, want %v", got, want)
+	}
+	// The senders' archives follow their own (default) preferences.
+	if got := archiveBodies(t, c, "q2"); strings.Join(got, ",") != "never-carol,roster-carol" {
+		t.Errorf("carol's archive = %v", got)
+	}
+
+	for _, tc := range []struct{ send, want string }{
+		{`<iq type='set' id='e1'><prefs xmlns='urn:xmpp:mam:2' default='sometimes'/></iq>`,
+			`<iq type='error' id='e1' to='bob@localhost/b'><error type='modify'><bad-request ` + stanzasNS + `/><text ` + stanzasNS + `>default must be always, roster or never</text></error></iq>`},
+		{`<iq type='set' id='e2'><prefs xmlns='urn:xmpp:mam:2' default='always'><always><jid>@@</jid></always></prefs></iq>`,
+			`<iq type='error' id='e2' to='bob@localhost/b'><error type='modify'><bad-request ` + stanzasNS + `/><text ` + stanzasNS + `>bad jid @@</text></error></iq>`},
+		{`<iq type='get' id='e3' to='alice@localhost'><prefs xmlns='urn:xmpp:mam:2'/></iq>`,
+			`<iq type='error' id='e3' from='alice@localhost' to='bob@localhost/b'><error type='auth'><forbidden ` + stanzasNS + `/></error></iq>`},
+	} {
+		b.exchange(t, tc.send, tc.want)
+	}
+}
+
+// TestMAMDefaultNever: mam.default = never archives nothing for accounts
+// without preferences, and says so.
+func TestMAMDefaultNever(t *testing.T) {
+	srv, _, _ := mamServer(t, func(c *config.Config) { c.MAM.Default = "never" }, "alice", "bob")
+	a := online(t, srv, "alice", "a")
+	b := online(t, srv, "bob", "b")
+	a.send(`<message to='bob@localhost' type='chat' id='m1'><body>hi</body></message>`)
+	b.expect(t, `<message to='bob@localhost' type='chat' id='m1' from='alice@localhost/a'><body>hi</body></message>`)
+	b.exchange(t, `<iq type='get' id='p1'><prefs xmlns='urn:xmpp:mam:2'/></iq>`,
+		`<iq type='result' id='p1'><prefs xmlns='urn:xmpp:mam:2' default='never'><always></always><never></never></prefs></iq>`)
+	b.exchange(t, `<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2'/></iq>`, fin("q1", true, "", "", 0))
+	a.exchange(t, `<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2'/></iq>`, fin("q1", true, "", "", 0))
+}
+
+// TestMAMOffline: a message to an account with no session is archived
+// for it and delivered from offline storage with the same stanza ID as its
+// archived copy; a session that queried the archive before its initial
+// presence does not get it again from offline storage (as Prosody does),
+// and it is deleted there.
+func TestMAMOffline(t *testing.T) {
+	srv, _, _ := mamServer(t, nil, "alice", "bob", "carol")
+	a := online(t, srv, "alice", "a")
+	a.send(`<message to='bob@localhost' type='chat' id='o1'><body>while you were out</body></message>`)
+	a.send(`<message to='bob@localhost/gone' type='chat' id='o2'><body>to a resource</body></message>`)
+	a.send(`<message to='carol@localhost' type='chat' id='o3'><body>carol's</body></message>`)
+	a.sync(t, "s1")
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["offline.stored"] == 3 }) {
+		t.Fatalf("stats %v", srv.Stats().Modules)
+	}
+
+	b := dialRaw(t, srv)
+	b.scramLogin("bob", testPassword, "b")
+	b.exchange(t, `<presence/>`, `<presence from='bob@localhost/b'/>`)
+	got1 := b.expect(t, `<message to='bob@localhost' type='chat' id='o1' from='alice@localhost/a'><body>while you were out</body>`+sid("bob@localhost")+
+		`<delay xmlns='urn:xmpp:delay' from='localhost' stamp='{*}'/></message>`)
+	got2 := b.expect(t, `<message to='bob@localhost/gone' type='chat' id='o2' from='alice@localhost/a'><body>to a resource</body>`+sid("bob@localhost")+
+		`<delay xmlns='urn:xmpp:delay' from='localhost' stamp='{*}'/></message>`)
+	id1, id2 := stanzaID(t, got1, "bob@localhost"), stanzaID(t, got2, "bob@localhost")
+	b.send(`<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2'/></iq>`)
+	b.expect(t, mamResult("bob@localhost/b", "", id1, `<message xmlns='jabber:client' to='bob@localhost' type='chat' id='o1' from='alice@localhost/a'><body>while you were out</body></message>`))
+	b.expect(t, mamResult("bob@localhost/b", "", id2, `<message xmlns='jabber:client' to='bob@localhost/gone' type='chat' id='o2' from='alice@localhost/a'><body>to a resource</body></message>`))
+	b.expect(t, fin("q1", true, id1, id2, 2))
+
+	// carol queries first: the offline copy is not delivered (the
+	// metadata answer, queued behind the offline delivery on this
+	// session, comes right after the presence), and it is gone.
+	c := dialRaw(t, srv)
+	c.scramLogin("carol", testPassword, "c")
+	got := c.exchange(t, `<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2'/></iq>`, `{**}</iq>`)
+	if !strings.Contains(got, "<body>carol&apos;s</body>") && !strings.Contains(got, "<body>carol's</body>") {
+		t.Fatalf("carol's archive: %s", got)
+	}
+	c.exchange(t, `<presence/>`, `<presence from='carol@localhost/c'/>`)
+	c.exchange(t, `<iq type='get' id='m'><metadata xmlns='urn:xmpp:mam:2'/></iq>`, `<iq type='result' id='m'><metadata xmlns='urn:xmpp:mam:2'>{**}</metadata></iq>`)
+	if n := srv.Stats().Modules["offline.skipped_archived"]; n != 1 {
+		t.Errorf("offline.skipped_archived = %d, want 1", n)
+	}
+	c2 := dialRaw(t, srv)
+	c2.scramLogin("carol", testPassword, "c2")
+	c2.exchange(t, `<presence/>`, `<presence from='carol@localhost/c2'/>`)
+	c2.expect(t, `<presence from='carol@localhost/c' to='carol@localhost/c2'/>`)
+	c2.exchange(t, `<iq type='get' id='m'><metadata xmlns='urn:xmpp:mam:2'/></iq>`, `<iq type='result' id='m'><metadata xmlns='urn:xmpp:mam:2'>{**}</metadata></iq>`)
+}
+
+// TestMAMStreamManagementOverflow: messages a session received but never
+// acknowledged go to offline storage when its stream ends, and come back
+// with the stanza IDs they had, which are their archive IDs.
+func TestMAMStreamManagementOverflow(t *testing.T) {
+	srv, _, _ := mamServer(t, func(c *config.Config) { c.SM.MaxQueueStanzas = 2 }, "ann", "ben")
+	ann := dialRaw(t, srv)
+	ann.scramLogin("ann", testPassword, "phone")
+	ann.exchange(t, `<enable xmlns='`+nsSM+`' resume='true'/>`, `<enabled xmlns='`+nsSM+`' id='{*}' resume='true' max='300'/>`)
+	ben := online(t, srv, "ben", "b")
+	for _, body := range []string{"one", "two", "three"} {
+		sendChat(ben, "ann@localhost/phone", body, body)
+	}
+	got := ann.closed()
+	if !strings.Contains(got, "resource-constraint") {
+		t.Fatalf("stream: %q", got)
+	}
+	first := map[string]string{}
+	for _, m := range regexp.MustCompile(`id='(one|two)' from='ben@localhost/b'><body>[a-z]+</body><stanza-id xmlns='urn:xmpp:sid:0' by='ann@localhost' id='([^']*)'/>`).FindAllStringSubmatch(got, -1) {
+		first[m[1]] = m[2]
+	}
+	if len(first) != 2 {
+		t.Fatalf("stanza ids before the overflow: %v in %q", first, got)
+	}
+	if !waitFor(ioTimeout, func() bool { return srv.Stats().Modules["offline.stored"] == 3 }) {
+		t.Fatalf("stats %v", srv.Stats().Modules)
+	}
+	again := dialRaw(t, srv)
+	again.scramLogin("ann", testPassword, "phone")
+	again.exchange(t, `<presence/>`, `<presence from='ann@localhost/phone'/>`)
+	for _, body := range []string{"one", "two", "three"} {
+		got := again.expect(t, `<message type='chat' to='ann@localhost/phone' id='`+body+`' from='ben@localhost/b'><body>`+body+`</body>`+sid("ann@localhost")+`<delay xmlns='urn:xmpp:delay' from='localhost' stamp='{*}'/></message>`)
+		id := stanzaID(t, got, "ann@localhost")
+		if want, ok := first[body]; ok && id != want {
+			t.Errorf("%s: stanza id %s after the overflow, %s before", body, id, want)
+		}
+		first[body] = id
+	}
+	archived := again.exchange(t, `<iq type='set' id='q'><query xmlns='urn:xmpp:mam:2'/></iq>`, `{**}<iq type='result' id='q'>{**}</iq>`)
+	for body, id := range first {
+		if !strings.Contains(archived, `<result xmlns='urn:xmpp:mam:2' id='`+id+`'>`) {
+			t.Errorf("%s: no archived message with id %s: %s", body, id, archived)
+		}
+	}
+}
+
+// TestMAMRetention: the retention job deletes messages older than
+// mam.retention, in bounded batches on the worker pool, before a query.
+func TestMAMRetention(t *testing.T) {
+	srv, _, clock := mamServer(t, func(c *config.Config) { c.MAM.Retention = time.Hour }, "alice", "bob")
+	a := online(t, srv, "alice", "a")
+	b := online(t, srv, "bob", "b")
+	a.send(`<message to='bob@localhost' type='chat' id='old'><body>old</body></message>`)
+	b.skipUntil(`<body>old</body>`)
+	clock.add(90 * time.Minute)
+	a.send(`<message to='bob@localhost' type='chat' id='new'><body>new</body></message>`)
+	b.skipUntil(`<body>new</body>`)
+	b.skipUntil(`</message>`)
+	if got := archiveBodies(t, b, "q1"); strings.Join(got, ",") != "new" {
+		t.Errorf("bob's archive after retention = %v, want [new]", got)
+	}
+	if got := archiveBodies(t, a, "q2"); strings.Join(got, ",") != "new" {
+		t.Errorf("alice's archive after retention = %v, want [new]", got)
+	}
+	if n := srv.Stats().Modules["mam.expired"]; n != 2 {
+		t.Errorf("mam.expired = %d, want 2", n)
+	}
+}
+
+// TestMAMAccountRemoval: removing the account (XEP-0077) deletes its
+// archive and preferences.
+func TestMAMAccountRemoval(t *testing.T) {
+	srv, store, _ := mamServer(t, nil, "alice", "bob")
+	a := online(t, srv, "alice", "a")
+	b := online(t, srv, "bob", "b")
+	a.send(`<message to='bob@localhost' type='chat' id='m1'><body>hi</body></message>`)
+	b.skipUntil(`</message>`)
+	b.exchange(t, `<iq type='set' id='p'><prefs xmlns='urn:xmpp:mam:2' default='roster'/></iq>`,
+		`<iq type='result' id='p'><prefs xmlns='urn:xmpp:mam:2' default='roster'><always></always><never></never></prefs></iq>`)
+	if got := archiveBodies(t, b, "q1"); len(got) != 1 {
+		t.Fatalf("bob's archive = %v", got)
+	}
+	b.send(`<iq type='set' id='rm'><query xmlns='jabber:iq:register'><remove/></query></iq>`)
+	b.closed()
+	ctx, cancel := contextTimeout()
+	defer cancel()
+	items, err := store.ArchivePage(ctx, storage.ArchiveQuery{User: "bob", Max: 10})
+	if err != nil || len(items) != 0 {
+		t.Errorf("bob's archive after removal: %d items, %v", len(items), err)
+	}
+	if _, ok, err := store.ArchivePrefs(ctx, "bob"); ok || err != nil {
+		t.Errorf("bob's prefs after removal: %v, %v", ok, err)
+	}
+	// alice keeps her side of the conversation.
+	if got := archiveBodies(t, a, "q2"); len(got) != 1 {
+		t.Errorf("alice's archive = %v", got)
+	}
+}

@@ -148,7 +148,7 @@ func (m *Module) prefsGet(c *hook.Ctx, st *hook.Stanza) error {
 	if cached := m.prefs.get(c.Session.Local()); cached != nil {
 		p = cached.stored
 	}
-	c.ReplyResult(appendPrefs(c.Scratch(), p))
+	c.ReplyResult(appendPrefs(nil, p))
 	return nil
 }
 
@@ -240,7 +240,7 @@ func (m *Module) prefsSet(c *hook.Ctx, st *hook.Stanza) error {
 			return func(c *hook.Ctx) { c.ReplyError("wait", "internal-server-error", "") }
 		}
 		m.prefs.set(user, p)
-		return func(c *hook.Ctx) { c.ReplyResult(appendPrefs(c.Scratch(), p)) }
+		return func(c *hook.Ctx) { c.ReplyResult(appendPrefs(nil, p)) }
 	}, nil)
 	return nil
 }

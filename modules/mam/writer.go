@@ -184,19 +184,20 @@ const (
 )
 
 // maybeExpire deletes messages older than mam.retention, if it is time.
+// The lock is held through the run, so that a query that comes meanwhile
+// waits for it rather than reading what is being deleted.
 func (m *Module) maybeExpire(ctx context.Context, h hook.Host) {
 	retention := h.Config().MAM.Retention
 	if retention <= 0 {
 		return
 	}
-	now := m.now()
 	m.expireMu.Lock()
+	defer m.expireMu.Unlock()
+	now := m.now()
 	if !m.lastExpire.IsZero() && now.Sub(m.lastExpire) < expireEvery {
-		m.expireMu.Unlock()
 		return
 	}
 	m.lastExpire = now
-	m.expireMu.Unlock()
 	m.expire(ctx, h, idAt(now.Add(-retention)))
 }
 
