@@ -237,7 +237,6 @@ func TestMAMArchiving(t *testing.T) {
 	}
 }
 
-
 // stamp formats t as a query's start or end.
 func stamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
 
