@@ -242,7 +242,7 @@ func TestClients(t *testing.T) {
 	gate(t)
 	bin := krillBin(t)
 	users := []string{"gs-starttls-a", "gs-starttls-b", "gs-tls-a", "gs-tls-b", "slix-a", "slix-b",
-		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b"}
+		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b", "slix-mam-a", "slix-mam-b"}
 	srv := startServer(t, bin, freePort(t), freePort(t), users)
 
 	t.Run("go-sendxmpp/starttls", func(t *testing.T) {
@@ -269,6 +269,17 @@ func TestClients(t *testing.T) {
 			"slix-a@"+domain, "slix-b@"+domain, password, "hello from slixmpp")
 		if err != nil || !strings.Contains(out, `receiver got 'hello from slixmpp' from slix-a@`+domain+"/") {
 			t.Fatalf("slixmpp: %v", err)
+		}
+	})
+	t.Run("slixmpp/mam-paging", func(t *testing.T) {
+		py := "/usr/bin/python3"
+		_, err := exec.Command(py, "-c", "import slixmpp").CombinedOutput()
+		need(t, err == nil, "python3-slixmpp is not installed")
+		host, port, _ := net.SplitHostPort(srv.c2s)
+		out, err := runClient(t, nil, "", py, "slixmpp_mam.py", host, port, srv.cert(),
+			"slix-mam-a@"+domain, "slix-mam-b@"+domain, password, "7")
+		if err != nil || !strings.Contains(out, "archive paged: 3 pages forwards, 3 backwards") {
+			t.Fatalf("slixmpp MAM: %v", err)
 		}
 	})
 	t.Run("xmpp.js/sm-resume", func(t *testing.T) { smResume(t, srv) })
