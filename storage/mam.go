@@ -182,7 +182,7 @@ type mamStmts struct {
 	pageAsc, pageDesc, count             [numWith]*sql.Stmt
 }
 
-func (m *mamStmts) statements() []stmtSpec {
+func (m *mamStmts) statements(d Dialect) []stmtSpec {
 	specs := []stmtSpec{
 		{&m.appendRec, true, queryArchiveAppend},
 		{&m.item, false, queryArchiveItem},
@@ -195,11 +195,18 @@ func (m *mamStmts) statements() []stmtSpec {
 		{&m.inRoster, false, queryInRoster},
 	}
 	for w := 0; w < numWith; w++ {
+		from := `mam_messages`
+		if w != withNone && d == SQLite {
+			// Without statistics (no ANALYZE) SQLite walks the
+			// primary key's id range and filters on with_jid, which
+			// for a rare contact reads the whole archive.
+			from += ` INDEXED BY mam_messages_with`
+		}
 		where := archiveWhere(w)
 		specs = append(specs,
-			stmtSpec{&m.pageAsc[w], false, `SELECT id, stanza FROM mam_messages WHERE ` + where + ` ORDER BY id LIMIT ?`},
-			stmtSpec{&m.pageDesc[w], false, `SELECT id, stanza FROM mam_messages WHERE ` + where + ` ORDER BY id DESC LIMIT ?`},
-			stmtSpec{&m.count[w], false, `SELECT COUNT(*) FROM (SELECT 1 FROM mam_messages WHERE ` + where + ` LIMIT ?) t`},
+			stmtSpec{&m.pageAsc[w], false, `SELECT id, stanza FROM ` + from + ` WHERE ` + where + ` ORDER BY id LIMIT ?`},
+			stmtSpec{&m.pageDesc[w], false, `SELECT id, stanza FROM ` + from + ` WHERE ` + where + ` ORDER BY id DESC LIMIT ?`},
+			stmtSpec{&m.count[w], false, `SELECT COUNT(*) FROM (SELECT 1 FROM ` + from + ` WHERE ` + where + ` LIMIT ?) t`},
 		)
 	}
 	return specs

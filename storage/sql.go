@@ -59,7 +59,7 @@ func (s *SQL) statements() []stmtSpec {
 		{&s.insert, true, queryInsert},
 		{&s.update, true, queryUpdate},
 		{&s.remove, true, queryDelete},
-	}, append(s.im.statements(), s.mam.statements()...)...)
+	}, append(s.im.statements(), s.mam.statements(s.dialect)...)...)
 }
 
 // NewSQL returns a store on db, a database of dialect d, after migrating

@@ -22,7 +22,7 @@ const (
 	// CountLimit bounds the RSM <count/> of a result set: counting walks
 	// the index, so a larger set gets no <count/> (XEP-0313 §4.3.2: a
 	// server MAY include it) and the query stays O(log n + page).
-	CountLimit = 10000
+	CountLimit = 1000
 	// MaxPageBytes bounds the stanza bytes of one page; a page that would
 	// pass it ends early, incomplete, and the client asks for the next.
 	MaxPageBytes = 1 << 20
