@@ -315,11 +315,11 @@ func benchArchivePage(b *testing.B, open func(b *testing.B) archiveStore) {
 		q    ArchiveQuery
 		want int // items in the page; 0 means 50
 	}{
-		{"first", ArchiveQuery{Max: 50}},
-		{"middle-after-id", ArchiveQuery{After: int64(n / 2), Max: 50}},
-		{"last", ArchiveQuery{Max: 50, Backward: true}},
-		{"with", ArchiveQuery{With: "bob@localhost", After: int64(n / 2), Max: 50}},
-		{"with-last", ArchiveQuery{With: "bob@localhost", Max: 50, Backward: true}},
+		{"first", ArchiveQuery{Max: 50}, 0},
+		{"middle-after-id", ArchiveQuery{After: int64(n / 2), Max: 50}, 0},
+		{"last", ArchiveQuery{Max: 50, Backward: true}, 0},
+		{"with", ArchiveQuery{With: "bob@localhost", After: int64(n / 2), Max: 50}, 0},
+		{"with-last", ArchiveQuery{With: "bob@localhost", Max: 50, Backward: true}, 0},
 		{"with-rare", ArchiveQuery{With: "rare@localhost", Max: 50}, min(50, (n+9995)/10000)},
 	} {
 		bc.q.User = "alice"
