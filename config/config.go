@@ -380,7 +380,7 @@ func Default() Config {
 		IM:       IM{OfflineQuota: DefaultOfflineQuota, MaxRosterItems: 1000, MaxBlocklistItems: 1000, OfflineQuotaBytes: 1 << 20},
 		Register: Register{MaxPerIP: 5, Window: time.Hour},
 		CSI:      CSI{MaxBufferBytes: DefaultCSIBufferBytes},
-		MAM: MAM{Enabled: true, Default: DefaultMAMDefault, MaxPage: DefaultMAMMaxPage},
+		MAM:      MAM{Enabled: true, Default: DefaultMAMDefault, MaxPage: DefaultMAMMaxPage},
 		SM: SM{MaxQueueBytes: 256 << 10, MaxQueueStanzas: 500, ResumeTimeout: DefaultResumeTimeout,
 			MaxParkedPerAccount: 5, MaxParkedTotal: 0, RequestEvery: 5},
 	}
