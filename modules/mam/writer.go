@@ -71,8 +71,8 @@ func (m *Module) enqueue(h hook.Host, p pending) bool {
 	return true
 }
 
-// schedule queues a write job; a full pool leaves the records queued for
-// the next message or query to write.
+// schedule queues a write job from a loop; a full pool leaves the
+// records queued for the next message, query or login to write.
 func (m *Module) schedule(h hook.Host) {
 	if !h.Go(func(ctx context.Context) { m.writeJob(ctx, h) }) {
 		m.q.mu.Lock()
@@ -81,21 +81,28 @@ func (m *Module) schedule(h hook.Host) {
 	}
 }
 
-// writeJob writes batches until the queue is empty or its share is done.
+// writeJob writes batches until the queue is empty. After its share it
+// hands the rest to a new job, behind the others waiting; when the pool
+// has no room for one, it goes on itself, so that no record is left
+// waiting for traffic that may not come.
 func (m *Module) writeJob(ctx context.Context, h hook.Host) {
-	for range batchesPerJob {
-		if m.writeBatch(ctx, h.Logger()) == 0 {
-			m.q.mu.Lock()
-			if len(m.q.recs) == 0 {
-				m.q.scheduled = false
+	for {
+		for range batchesPerJob {
+			if m.writeBatch(ctx, h.Logger()) == 0 {
+				m.q.mu.Lock()
+				if len(m.q.recs) == 0 {
+					m.q.scheduled = false
+					m.q.mu.Unlock()
+					m.maybeExpire(ctx, h)
+					return
+				}
 				m.q.mu.Unlock()
-				m.maybeExpire(ctx, h)
-				return
 			}
-			m.q.mu.Unlock()
+		}
+		if h.Go(func(ctx context.Context) { m.writeJob(ctx, h) }) {
+			return
 		}
 	}
-	m.schedule(h)
 }
 
 // drain writes everything queued so far. Queries call it first.
