@@ -161,16 +161,35 @@ const (
 	numWith
 )
 
-// archiveWhere returns the WHERE clause of a page or count query of shape w.
-func archiveWhere(w int) string {
-	s := `username = ?`
+// archiveWhere returns the WHERE clause of a page or count query of shape
+// w in dialect d. For PostgreSQL the bounds are row values over the
+// index's columns, alone (with an equality on username beside them, the
+// btree starts from the equality and filters the row bound: half the
+// archive read for a page in its middle), and the order is the index's
+// (orderBy): written as username = ? AND id > ?, the id range bounds the
+// id index (retention's) too, which a plan made without statistics, or a
+// generic plan, may walk instead, filtering on username, through every
+// archive on the server (seen: 0.3 s a page at a million messages). SQLite does not use a row-value range together with
+// the username equality, but it prefers the equality and range of the
+// primary key to a range of the id index, and the with statements name
+// their index.
+func archiveWhere(d Dialect, w int) string {
+	if d == PostgreSQL {
+		switch w {
+		case withBare:
+			return `(username, with_jid, id) > (?, ?, ?) AND (username, with_jid, id) < (?, ?, ?)`
+		case withFull:
+			return `(username, with_jid, id) > (?, ?, ?) AND (username, with_jid, id) < (?, ?, ?) AND with_res = ?`
+		}
+		return `(username, id) > (?, ?) AND (username, id) < (?, ?)`
+	}
 	switch w {
 	case withBare:
-		s += ` AND with_jid = ?`
+		return `username = ? AND with_jid = ? AND id > ? AND id < ?`
 	case withFull:
-		s += ` AND with_jid = ? AND with_res = ?`
+		return `username = ? AND with_jid = ? AND id > ? AND id < ? AND with_res = ?`
 	}
-	return s + ` AND id > ? AND id < ?`
+	return `username = ? AND id > ? AND id < ?`
 }
 
 // mamStmts are the archive's prepared statements. Every page query walks
@@ -202,34 +221,48 @@ func (m *mamStmts) statements(d Dialect) []stmtSpec {
 			// for a rare contact reads the whole archive.
 			from += ` INDEXED BY mam_messages_with`
 		}
-		where := archiveWhere(w)
+		where := archiveWhere(d, w)
+		asc, desc := `id`, `id DESC`
+		if d == PostgreSQL {
+			asc, desc = `username, id`, `username DESC, id DESC`
+			if w != withNone {
+				asc, desc = `username, with_jid, id`, `username DESC, with_jid DESC, id DESC`
+			}
+		}
 		specs = append(specs,
-			stmtSpec{&m.pageAsc[w], false, `SELECT id, stanza FROM ` + from + ` WHERE ` + where + ` ORDER BY id LIMIT ?`},
-			stmtSpec{&m.pageDesc[w], false, `SELECT id, stanza FROM ` + from + ` WHERE ` + where + ` ORDER BY id DESC LIMIT ?`},
-			stmtSpec{&m.count[w], false, `SELECT COUNT(*) FROM (SELECT 1 FROM ` + from + ` WHERE ` + where + ` LIMIT ?) t`},
+			stmtSpec{&m.pageAsc[w], false, `SELECT id, stanza FROM ` + from + ` WHERE ` + where + ` ORDER BY ` + asc + ` LIMIT ?`},
+			stmtSpec{&m.pageDesc[w], false, `SELECT id, stanza FROM ` + from + ` WHERE ` + where + ` ORDER BY ` + desc + ` LIMIT ?`},
+			// In the index's order, so that the count walks the index
+			// from the bound too.
+			stmtSpec{&m.count[w], false, `SELECT COUNT(*) FROM (SELECT 1 FROM ` + from + ` WHERE ` + where + ` ORDER BY ` + asc + ` LIMIT ?) t`},
 		)
 	}
 	return specs
 }
 
-// archiveArgs returns the shape and the WHERE arguments of q.
-func archiveArgs(q ArchiveQuery) (int, []any) {
+// archiveArgs returns the shape and the WHERE arguments of q in dialect d
+// (see archiveWhere).
+func archiveArgs(d Dialect, q ArchiveQuery) (int, []any) {
 	after, before := q.After, q.Before
 	if before <= 0 {
 		before = math.MaxInt64
 	}
-	args := make([]any, 0, 6)
-	args = append(args, q.User)
-	w := withNone
-	if q.With != "" {
-		w = withBare
-		args = append(args, q.With)
-		if q.WithResource != "" {
-			w = withFull
-			args = append(args, q.WithResource)
+	if d == PostgreSQL {
+		switch {
+		case q.With == "":
+			return withNone, []any{q.User, after, q.User, before}
+		case q.WithResource == "":
+			return withBare, []any{q.User, q.With, after, q.User, q.With, before}
 		}
+		return withFull, []any{q.User, q.With, after, q.User, q.With, before, q.WithResource}
 	}
-	return w, append(args, after, before)
+	switch {
+	case q.With == "":
+		return withNone, []any{q.User, after, before}
+	case q.WithResource == "":
+		return withBare, []any{q.User, q.With, after, before}
+	}
+	return withFull, []any{q.User, q.With, after, before, q.WithResource}
 }
 
 // AppendArchive implements [Archive.AppendArchive].
@@ -258,7 +291,7 @@ func (s *SQL) ArchivePage(ctx context.Context, q ArchiveQuery) ([]ArchiveItem, e
 	if q.Max <= 0 {
 		return nil, nil
 	}
-	w, args := archiveArgs(q)
+	w, args := archiveArgs(s.dialect, q)
 	st := s.mam.pageAsc[w]
 	if q.Backward {
 		st = s.mam.pageDesc[w]
@@ -291,7 +324,7 @@ func (s *SQL) ArchivePage(ctx context.Context, q ArchiveQuery) ([]ArchiveItem, e
 
 // ArchiveCount implements [Archive.ArchiveCount].
 func (s *SQL) ArchiveCount(ctx context.Context, q ArchiveQuery, limit int) (int, bool, error) {
-	w, args := archiveArgs(q)
+	w, args := archiveArgs(s.dialect, q)
 	var n int
 	if err := s.mam.count[w].QueryRowContext(ctx, append(args, limit+1)...).Scan(&n); err != nil {
 		return 0, false, fmt.Errorf("storage: archive count of %q: %w", q.User, err)
