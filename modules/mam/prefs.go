@@ -13,8 +13,13 @@ import (
 	"github.com/krill-xmpp/krill/storage"
 )
 
-// MaxPrefsJIDs caps each of the always and never lists of one account.
-const MaxPrefsJIDs = 1000
+// Caps of one account's preferences, which are held in memory.
+const (
+	// MaxPrefsJIDs caps each of the always and never lists.
+	MaxPrefsJIDs = 1000
+	// MaxPrefsBytes caps the bytes of the JIDs of both lists together.
+	MaxPrefsBytes = 32 << 10
+)
 
 // prefs are one account's stored preferences, as the loop consults them
 // for every message.
@@ -170,6 +175,7 @@ func parsePrefs(el []byte) (storage.ArchivePrefs, string, error) {
 	}
 	p := storage.ArchivePrefs{Default: mode}
 	var why string
+	size := 0
 	ok = stanza.Children(el, func(list []byte) bool {
 		lt, err := stanza.ParseStartTag(list)
 		if err != nil {
@@ -208,6 +214,10 @@ func parsePrefs(el []byte) (storage.ArchivePrefs, string, error) {
 			seen[bare] = true
 			if len(*dst) == MaxPrefsJIDs {
 				why = "too many jids"
+				return false
+			}
+			if size += len(bare); size > MaxPrefsBytes {
+				why = "jids too long in all"
 				return false
 			}
 			*dst = append(*dst, bare)

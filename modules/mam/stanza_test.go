@@ -1,6 +1,7 @@
 package mam
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -118,6 +119,14 @@ func TestParsePrefs(t *testing.T) {
 	big += `</never></prefs>`
 	if _, why, err := parsePrefs([]byte(big)); err == nil || why != "too many jids" {
 		t.Errorf("a list of %d JIDs: %v %q", MaxPrefsJIDs+1, err, why)
+	}
+	long := `<prefs xmlns='urn:xmpp:mam:2' default='always'><never>`
+	for i := range 40 {
+		long += `<jid>` + strings.Repeat("u", 1000) + formatID(int64(i+1)) + `@x</jid>`
+	}
+	long += `</never></prefs>`
+	if _, why, err := parsePrefs([]byte(long)); err == nil || why != "jids too long in all" {
+		t.Errorf("40 KB of JIDs: %v %q", err, why)
 	}
 	if _, why, err := parsePrefs([]byte(`<prefs xmlns='urn:xmpp:mam:2'/>`)); err == nil {
 		t.Errorf("no default accepted (%s)", why)
