@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
 )
@@ -600,4 +601,20 @@ func TestMAMAccountRemoval(t *testing.T) {
 	if got := archiveBodies(t, a, "q2"); len(got) != 1 {
 		t.Errorf("alice's archive = %v", got)
 	}
+	// bob registered again starts with the default preferences.
+	if err := store.AddAccount(ctx, "bob", mustCredentials(t)); err != nil {
+		t.Fatal(err)
+	}
+	b2 := online(t, srv, "bob", "b")
+	b2.exchange(t, `<iq type='get' id='p'><prefs xmlns='urn:xmpp:mam:2'/></iq>`,
+		`<iq type='result' id='p'><prefs xmlns='urn:xmpp:mam:2' default='always'><always></always><never></never></prefs></iq>`)
+}
+
+func mustCredentials(t *testing.T) sasl.Credentials {
+	t.Helper()
+	c, err := sasl.NewCredentials(testPassword, sasl.DefaultIterations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

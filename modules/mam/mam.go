@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
 	"mellium.im/xmpp/jid"
 
 	"github.com/krill-xmpp/krill/hook"
@@ -220,10 +221,20 @@ func splitFull(full string) (bare, res string) {
 	return full, ""
 }
 
-// bound runs the retention job at login when it is due.
+// bound runs the retention job at login when it is due, and reads again
+// the preferences of an account that has some in the cache (few do, so
+// logins in general pay nothing), before the session's next request.
 func (m *Module) bound(c *hook.Ctx, _ hook.Event) hook.Verdict {
-	if c.Host.Config().MAM.Retention > 0 {
-		h := c.Host
+	h, user, log := c.Host, c.Session.Local(), c.Log
+	if m.prefs.get(user) != nil && c.Conn != nil {
+		c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
+			if err := m.prefs.refresh(ctx, m.Store, user); err != nil {
+				log.Warn("archive preferences not read", zap.String("user", user), zap.Error(err))
+			}
+			return nil
+		}, nil)
+	}
+	if h.Config().MAM.Retention > 0 {
 		h.Go(func(ctx context.Context) { m.maybeExpire(ctx, h) })
 	}
 	return hook.Continue

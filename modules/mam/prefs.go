@@ -77,6 +77,29 @@ func (c *prefsCache) set(user string, p storage.ArchivePrefs) {
 	c.mu.Unlock()
 }
 
+func (c *prefsCache) drop(user string) {
+	c.mu.Lock()
+	delete(c.m, user)
+	c.mu.Unlock()
+}
+
+// refresh reads user's stored preferences again, so that the cache
+// follows changes made outside this server (an account removed with the
+// krill command, or registered again under the same name). Runs on a
+// worker.
+func (c *prefsCache) refresh(ctx context.Context, s Store, user string) error {
+	p, ok, err := s.ArchivePrefs(ctx, user)
+	switch {
+	case err != nil:
+		return err
+	case ok:
+		c.set(user, p)
+	default:
+		c.drop(user)
+	}
+	return nil
+}
+
 // decision is whether a message goes into an archive.
 type decision uint8
 
