@@ -39,6 +39,7 @@ type Config struct {
 	SM       SM       `koanf:"sm"`
 	FAST     FAST     `koanf:"fast"`
 	PEP      PEP      `koanf:"pep"`
+	MAM      MAM      `koanf:"mam"`
 }
 
 // FAST configures XEP-0484 Fast Authentication Streamlining Tokens: tokens
@@ -92,6 +93,22 @@ type PEP struct {
 	// apart, of its XEP-0049 fragments); a publish beyond it gets
 	// resource-constraint. 0 means no cap.
 	MaxBytes int64 `koanf:"max_bytes"`
+}
+
+// MAM configures the XEP-0313 message archive.
+type MAM struct {
+	// Enabled archives messages and answers archive queries; without it
+	// the server neither archives nor advertises urn:xmpp:mam:2.
+	Enabled bool `koanf:"enabled"`
+	// Default is the archiving rule of accounts that set no preferences:
+	// "always", "roster" (messages with roster contacts) or "never".
+	Default string `koanf:"default"`
+	// Retention is how long archived messages are kept; 0 keeps them
+	// until the account is deleted.
+	Retention time.Duration `koanf:"retention"`
+	// MaxPage caps the messages of one query page (RSM max), and is the
+	// page size of a query that gives none.
+	MaxPage int `koanf:"max_page"`
 }
 
 // CSI configures XEP-0352 client state indication: what a session that
@@ -384,6 +401,16 @@ const (
 	MaxCSIBufferBytes     = 16 << 20
 )
 
+// Message archive defaults: every message archived, as Prosody does
+// (default_archive_policy), and Prosody's page cap (50); kept forever.
+const (
+	DefaultMAMDefault = "always"
+	DefaultMAMMaxPage = 50
+	// MaxMAMMaxPage bounds mam.max_page: one page is written to the
+	// client at once.
+	MaxMAMMaxPage = 1000
+)
+
 // Default returns the configuration used when nothing is set.
 func Default() Config {
 	return Config{
@@ -423,6 +450,7 @@ func Default() Config {
 		IM:       IM{OfflineQuota: DefaultOfflineQuota, MaxRosterItems: 1000, MaxBlocklistItems: 1000, OfflineQuotaBytes: 1 << 20},
 		Register: Register{MaxPerIP: 5, Window: time.Hour},
 		CSI:      CSI{MaxBufferBytes: DefaultCSIBufferBytes},
+		MAM:      MAM{Enabled: true, Default: DefaultMAMDefault, MaxPage: DefaultMAMMaxPage},
 		SM: SM{MaxQueueBytes: 256 << 10, MaxQueueStanzas: 500, ResumeTimeout: DefaultResumeTimeout,
 			MaxParkedPerAccount: 5, MaxParkedTotal: 0, RequestEvery: 5},
 		FAST: FAST{Enabled: true, TokenTTL: DefaultFASTTokenTTL, MaxTokens: DefaultFASTMaxTokens},
@@ -566,6 +594,17 @@ func (c *Config) Validate() error {
 	}
 	if c.CSI.MaxBufferBytes < 0 || c.CSI.MaxBufferBytes > MaxCSIBufferBytes {
 		bad("csi.max_buffer_bytes", c.CSI.MaxBufferBytes, fmt.Sprintf("must be between 0 and %d", MaxCSIBufferBytes))
+	}
+	switch c.MAM.Default {
+	case "always", "roster", "never":
+	default:
+		bad("mam.default", c.MAM.Default, `must be "always", "roster" or "never"`)
+	}
+	if c.MAM.Retention < 0 {
+		bad("mam.retention", c.MAM.Retention, "must be >= 0")
+	}
+	if c.MAM.MaxPage < 1 || c.MAM.MaxPage > MaxMAMMaxPage {
+		bad("mam.max_page", c.MAM.MaxPage, fmt.Sprintf("must be between 1 and %d", MaxMAMMaxPage))
 	}
 	if c.IM.MaxRosterItems < 0 {
 		bad("im.max_roster_items", c.IM.MaxRosterItems, "must be >= 0")

@@ -242,7 +242,7 @@ func TestClients(t *testing.T) {
 	gate(t)
 	bin := krillBin(t)
 	users := []string{"gs-starttls-a", "gs-starttls-b", "gs-tls-a", "gs-tls-b", "slix-a", "slix-b",
-		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b", "slix-pep-a", "slix-pep-b"}
+		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b", "slix-pep-a", "slix-pep-b", "slix-mam-a", "slix-mam-b"}
 	srv := startServer(t, bin, freePort(t), freePort(t), users)
 
 	t.Run("go-sendxmpp/starttls", func(t *testing.T) {
@@ -280,6 +280,17 @@ func TestClients(t *testing.T) {
 			"slix-pep-a@"+domain, "slix-pep-b@"+domain, password, "31415")
 		if err != nil || !strings.Contains(out, "contact fetched [['31415']]") {
 			t.Fatalf("slixmpp pep: %v", err)
+		}
+	})
+	t.Run("slixmpp/mam-paging", func(t *testing.T) {
+		py := "/usr/bin/python3"
+		_, err := exec.Command(py, "-c", "import slixmpp").CombinedOutput()
+		need(t, err == nil, "python3-slixmpp is not installed")
+		host, port, _ := net.SplitHostPort(srv.c2s)
+		out, err := runClient(t, nil, "", py, "slixmpp_mam.py", host, port, srv.cert(),
+			"slix-mam-a@"+domain, "slix-mam-b@"+domain, password, "7")
+		if err != nil || !strings.Contains(out, "archive paged: 3 pages forwards, 3 backwards") {
+			t.Fatalf("slixmpp MAM: %v", err)
 		}
 	})
 	t.Run("xmpp.js/sm-resume", func(t *testing.T) { smResume(t, srv) })

@@ -16,6 +16,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/csi"
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
+	"github.com/krill-xmpp/krill/modules/mam"
 	"github.com/krill-xmpp/krill/modules/offline"
 	"github.com/krill-xmpp/krill/modules/pep"
 	"github.com/krill-xmpp/krill/modules/ping"
@@ -38,6 +39,7 @@ type Store interface {
 	lastactivity.Store
 	storage.PEP
 	storage.Private
+	storage.Archive
 }
 
 // Options are the settings of the standard modules that are fixed at
@@ -48,6 +50,9 @@ type Options struct {
 	// Started is when the server started, for its uptime (XEP-0012);
 	// zero means when the process started.
 	Started time.Time
+	// Now is the message archive's clock (nil: time.Now), for tests of
+	// its retention.
+	Now func() time.Time
 }
 
 // Standard returns the standard modules over store, in registration
@@ -59,7 +64,15 @@ func Standard(store Store, opt Options) []hook.Module {
 	off := &offline.Module{Store: store, Accounts: store, Blocker: blk}
 	av := &avatar.Module{Store: store}
 	pp := &pep.Module{Store: store, Blocker: blk, OnPublish: av.Published}
-	return []hook.Module{
+	// The archive goes after blocking and carbons (see package mam) and
+	// before offline storage, whose copy then carries the stanza ID.
+	var archive []hook.Module
+	if opt.Config.MAM.Enabled {
+		m := &mam.Module{Store: store, Blocker: blk, Now: opt.Now}
+		off.Archived = m.Delivered
+		archive = append(archive, m)
+	}
+	return append(append([]hook.Module{
 		ping.Module{},
 		disco.Module{AccountNode: pp.NodeInfo},
 		version.Module{},
@@ -75,6 +88,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		pp,
 		av,
 		&presence.Module{Store: store, Blocker: blk},
+	}, archive...), []hook.Module{
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
 		// Holding before counting: stream management goes after csi, so
@@ -83,7 +97,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		// Last: its outbound filter counts what the filters before it
 		// pass on (see package sm).
 		&sm.Module{Offline: off},
-	}
+	}...)
 }
 
 // Registry registers the standard modules.

@@ -183,6 +183,39 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		version: 6,
+		name:    "create message archive",
+		stmts: []string{
+			// XEP-0313: one row per message in one user's archive.
+			// id is the archive ID the server chose (time-ordered,
+			// see package mam), unique within the archive; with_jid
+			// and with_res are the other party's bare JID and
+			// resource ("" for none), so that a 'with' filter walks
+			// the (username, with_jid, id) index. The primary key
+			// is the (username, id) index a page query walks.
+			`CREATE TABLE mam_messages (
+				username TEXT   NOT NULL,
+				id       BIGINT NOT NULL,
+				with_jid TEXT   NOT NULL,
+				with_res TEXT   NOT NULL,
+				stanza   TEXT   NOT NULL,
+				PRIMARY KEY (username, id)
+			)`,
+			`CREATE INDEX mam_messages_with ON mam_messages (username, with_jid, id)`,
+			// The retention job deletes by id (time) across users.
+			`CREATE INDEX mam_messages_id ON mam_messages (id)`,
+			// Archiving preferences of the users who set them: the
+			// default (0 always, 1 roster, 2 never) and the always
+			// and never lists, bare JIDs one per line.
+			`CREATE TABLE mam_prefs (
+				username     TEXT   NOT NULL PRIMARY KEY,
+				default_mode BIGINT NOT NULL,
+				always_jids  TEXT   NOT NULL,
+				never_jids   TEXT   NOT NULL
+			)`,
+		},
+	},
 }
 
 // createMigrationsTable is the bootstrap that precedes every version: it
@@ -195,7 +228,7 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // SchemaVersion is the schema version this binary migrates databases to:
 // the version of the last entry of migrations (a test holds them equal).
-const SchemaVersion = 5
+const SchemaVersion = 6
 
 // Migrate brings the schema of db up to [SchemaVersion]: it applies, in
 // order, each migration the database has not recorded yet, each in its own

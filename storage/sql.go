@@ -41,6 +41,7 @@ type SQL struct {
 	credentials, insert, update, remove, list *sql.Stmt
 	im                                        imStmts
 	pep                                       pepStmts
+	mam                                       mamStmts
 }
 
 // stmtSpec is one statement to prepare: where it is stored, on which pool,
@@ -59,7 +60,7 @@ func (s *SQL) statements() []stmtSpec {
 		{&s.insert, true, queryInsert},
 		{&s.update, true, queryUpdate},
 		{&s.remove, true, queryDelete},
-	}, append(s.im.statements(), s.pep.statements()...)...)
+	}, append(s.im.statements(), append(s.pep.statements(), s.mam.statements(s.dialect)...)...)...)
 }
 
 // NewSQL returns a store on db, a database of dialect d, after migrating
@@ -207,11 +208,13 @@ var ownedTables = []string{
 	"roster_items", "roster_groups", "roster_versions", "subscription_requests",
 	"offline_messages", "blocklist", "vcards", "last_activity", "fast_tokens",
 	"pep_nodes", "pep_items", "pep_subscriptions", "private_xml",
+	"mam_messages", "mam_prefs",
 }
 
 // RemoveAccount implements [Accounts.RemoveAccount]. It deletes the account
 // and all its IM data (roster, requests, offline messages, blocklist,
-// vCard, last activity) and its FAST tokens in one transaction.
+// vCard, last activity, PEP nodes and private XML, message archive and
+// its preferences) and its FAST tokens in one transaction.
 func (s *SQL) RemoveAccount(ctx context.Context, username string) error {
 	err := s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
 		// Wait for transactions changing the roster to end, so that

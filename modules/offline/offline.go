@@ -59,8 +59,13 @@ type Module struct {
 	Store    Store
 	Accounts Accounts
 	Blocker  Blocker
+	// Archived, when set, tells which stored messages a session already
+	// has from the message archive (package mam): they are deleted
+	// without being delivered, so that the client does not get them
+	// twice (XEP-0313 §5.1.1).
+	Archived func(sess hook.Session, b []byte) bool
 
-	stored, delivered atomic.Uint64
+	stored, delivered, fromArchive atomic.Uint64
 }
 
 // Stats are the module's counters since start.
@@ -242,18 +247,25 @@ func (m *Module) deliverBatch(ctx context.Context, log *zap.Logger, domain strin
 		log.Error("offline messages read failed", zap.String("user", user), zap.Error(err))
 		return after, false
 	}
-	last, n := after, 0
+	last, n, skipped := after, 0, 0
 	for _, msg := range msgs {
+		if m.Archived != nil && m.Archived(sess, msg.Stanza) {
+			last = msg.ID
+			skipped++
+			continue
+		}
 		if !sess.Deliver(stanza.WithDelay(msg.Stanza, domain, msg.Stored)) {
 			break // gone: the rest stays stored for the next session
 		}
 		last = msg.ID
 		n++
 	}
-	if n == 0 {
+	if n+skipped == 0 {
 		return after, false
 	}
 	m.delivered.Add(uint64(n))
+	m.fromArchive.Add(uint64(skipped))
+	n += skipped
 	if err := m.Store.DeleteOffline(ctx, user, last); err != nil {
 		log.Error("offline messages not deleted", zap.String("user", user), zap.Error(err))
 		return last, false
@@ -265,4 +277,5 @@ func (m *Module) deliverBatch(ctx context.Context, log *zap.Logger, domain strin
 func (m *Module) Counters(fn func(event string, n uint64)) {
 	fn("stored", m.stored.Load())
 	fn("delivered", m.delivered.Load())
+	fn("skipped_archived", m.fromArchive.Load())
 }
