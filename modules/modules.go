@@ -15,6 +15,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/csi"
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
+	"github.com/krill-xmpp/krill/modules/muc"
 	"github.com/krill-xmpp/krill/modules/offline"
 	"github.com/krill-xmpp/krill/modules/ping"
 	"github.com/krill-xmpp/krill/modules/presence"
@@ -33,6 +34,7 @@ type Store interface {
 	storage.IM
 	vcard.Store
 	lastactivity.Store
+	storage.MUC
 }
 
 // Options are the settings of the standard modules that are fixed at
@@ -65,6 +67,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		&presence.Module{Store: store, Blocker: blk},
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
+		&muc.Module{Store: store, Config: opt.Config},
 		// Holding before counting: stream management goes after csi, so
 		// that it counts what reaches the client.
 		csi.New(opt.Config.CSI.MaxBufferBytes),
