@@ -198,3 +198,282 @@ func TestMUCJoinMessageLeave(t *testing.T) {
 	bob.sync(t, "s1")
 	alice.sync(t, "s2")
 }
+
+// join enters c into room as nick and reads past its join (checked
+// byte for byte in TestMUCJoinMessageLeave) up to the subject.
+func (w *mucWorld) join(c *rawConn, room, nick, extra string) {
+	w.t.Helper()
+	c.send(`<presence to='` + room + `@` + mucSvc + `/` + nick + `'><x xmlns='` + nsMUC + `'>` + extra + `</x></presence>`)
+	c.skipUntil(`<subject/></message>`)
+}
+
+// TestMUCPrivileges walks XEP-0045's role and affiliation privilege tables
+// (5.1.1, 5.2.1): who may kick, ban, grant and revoke voice, moderator,
+// membership, admin and ownership, and what the target sees.
+func TestMUCPrivileges(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "owner", "actor", "target")
+	type side struct{ aff, role string } // role "moderator" is granted by the owner after joining
+	cases := []struct {
+		name          string
+		actor, target side
+		item          string // the request, %s is the target's nick or bare JID
+		err           string // "": allowed
+		targetSees    string // the target's presence about itself (codes, item) when allowed
+	}{
+		{"participant may not kick", side{"none", ""}, side{"none", ""}, `<item nick='T' role='none'/>`, "not-allowed", ""},
+		{"moderator kicks participant", side{"none", "moderator"}, side{"none", ""}, `<item nick='T' role='none'><reason>spam</reason></item>`, "",
+			`unavailable|none|none|307|<actor nick='A'/><reason>spam</reason>`},
+		{"moderator may not kick admin", side{"none", "moderator"}, side{"admin", ""}, `<item nick='T' role='none'/>`, "not-allowed", ""},
+		{"admin may not kick owner", side{"admin", ""}, side{"owner", ""}, `<item nick='T' role='none'/>`, "not-allowed", ""},
+		{"admin bans member", side{"admin", ""}, side{"member", ""}, `<item affiliation='outcast' jid='target@localhost'/>`, "",
+			`unavailable|outcast|none|301|<actor nick='A'/>`},
+		{"admin may not ban admin", side{"admin", ""}, side{"admin", ""}, `<item affiliation='outcast' jid='target@localhost'/>`, "not-allowed", ""},
+		{"admin may not grant admin", side{"admin", ""}, side{"none", ""}, `<item affiliation='admin' jid='target@localhost'/>`, "not-allowed", ""},
+		{"owner grants admin", side{"owner", ""}, side{"none", ""}, `<item affiliation='admin' jid='target@localhost'/>`, "", `|admin|moderator||`},
+		{"owner grants owner", side{"owner", ""}, side{"member", ""}, `<item affiliation='owner' jid='target@localhost'/>`, "", `|owner|moderator||`},
+		{"admin grants membership", side{"admin", ""}, side{"none", ""}, `<item affiliation='member' jid='target@localhost'/>`, "", `|member|participant||`},
+		{"member may not grant membership", side{"member", ""}, side{"none", ""}, `<item affiliation='member' jid='target@localhost'/>`, "not-allowed", ""},
+		{"admin grants moderator", side{"admin", ""}, side{"none", ""}, `<item nick='T' role='moderator'/>`, "", `|none|moderator||`},
+		{"moderator may not grant moderator", side{"none", "moderator"}, side{"none", ""}, `<item nick='T' role='moderator'/>`, "not-allowed", ""},
+		{"moderator revokes voice", side{"none", "moderator"}, side{"none", ""}, `<item nick='T' role='visitor'/>`, "", `|none|visitor||`},
+		{"admin removes admin: owners only", side{"admin", ""}, side{"admin", ""}, `<item affiliation='none' jid='target@localhost'/>`, "not-allowed", ""},
+		{"the last owner stays", side{"owner", ""}, side{"none", ""}, `<item affiliation='none' jid='owner@localhost'/><item affiliation='member' jid='actor@localhost'/>`, "conflict", ""},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			room := fmt.Sprintf("priv%d", i)
+			rj := room + "@" + mucSvc
+			res := fmt.Sprint(i)
+			owner, actor, target := w.user("owner", res), w.user("actor", res), w.user("target", res)
+			w.t = t
+			w.create(owner, occ{room, "O", "owner@localhost/" + res, "owner", "moderator"})
+			for _, s := range []struct{ who, aff string }{{"actor", tc.actor.aff}, {"target", tc.target.aff}} {
+				if s.aff != "none" {
+					owner.exchange(t, `<iq type='set' id='aff' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='`+s.aff+`' jid='`+s.who+`@localhost'/></query></iq>`,
+						`<iq type='result' id='aff' from='`+rj+`'/>`)
+				}
+			}
+			w.join(actor, room, "A", "")
+			owner.skipUntil(`</presence>`)
+			if tc.actor.role == "moderator" {
+				owner.exchange(t, `<iq type='set' id='mod' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item nick='A' role='moderator'/></query></iq>`,
+					`<iq type='result' id='mod' from='`+rj+`'/>`)
+				owner.skipUntil(`</presence>`)
+				actor.skipUntil(`</presence>`)
+			}
+			w.join(target, room, "T", "")
+			owner.skipUntil(`</presence>`)
+			actor.skipUntil(`</presence>`)
+			actor.send(`<iq type='set' id='act' to='` + rj + `'><query xmlns='` + nsAdmin + `'>` + tc.item + `</query></iq>`)
+			if tc.err != "" {
+				actor.expect(t, `<iq type='error' id='act' from='`+rj+`' to='actor@localhost/`+res+`'><error type='cancel'><`+tc.err+` `+stanzasNS+`/>{**}</error></iq>`)
+				return
+			}
+			actor.expect(t, `<iq type='result' id='act' from='`+rj+`'/>`)
+			p := strings.Split(tc.targetSees, "|")
+			var codes []int
+			if p[3] != "" {
+				var c int
+				fmt.Sscan(p[3], &c)
+				codes = []int{110, c}
+			} else {
+				codes = []int{110}
+			}
+			target.expect(t, w.pres(occ{room, "T", "target@localhost/" + res, p[1], p[2]}, "target@localhost/"+res, p[0], true, codes, p[4]))
+		})
+	}
+}
+
+// TestMUCConfigAndEntry: the owner's configuration form, and the entry
+// rules it sets: members-only (registration-required; turning it on
+// removes non-members with 322), password (not-authorized), ban
+// (forbidden), and affiliation changes that remove from a members-only
+// room (321).
+func TestMUCConfigAndEntry(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob", "carol")
+	alice, bob, carol := w.user("alice", "a"), w.user("bob", "b"), w.user("carol", "c")
+	a := occ{"cfg", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	rj := "cfg@" + mucSvc
+	f := func(v, typ, label, val string, opts ...string) string {
+		s := `<field var='muc#roomconfig_` + v + `' type='` + typ + `' label='` + label + `'><value>` + val + `</value>`
+		for _, o := range opts {
+			s += `<option><value>` + o + `</value></option>`
+		}
+		return s + `</field>`
+	}
+	alice.exchange(t, `<iq type='get' id='f1' to='`+rj+`'><query xmlns='`+nsOwner+`'/></iq>`,
+		`<iq type='result' id='f1' from='`+rj+`'><query xmlns='`+nsOwner+`'><x xmlns='jabber:x:data' type='form'><title>Room configuration</title>`+
+			`<field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/muc#roomconfig</value></field>`+
+			f("roomname", "text-single", "Name", "")+f("roomdesc", "text-single", "Description", "")+
+			f("persistentroom", "boolean", "Persistent", "0")+f("publicroom", "boolean", "Listed in the directory", "1")+
+			f("membersonly", "boolean", "Members only", "0")+f("moderatedroom", "boolean", "Moderated", "0")+
+			f("passwordprotectedroom", "boolean", "Password protected", "0")+f("roomsecret", "text-private", "Password", "")+
+			f("maxusers", "list-single", "Maximum occupants", "1000", "10", "20", "50", "100", "500", "1000")+
+			f("whois", "list-single", "Who may see real JIDs", "moderators", "moderators", "anyone")+
+			f("historylength", "text-single", "Messages of history", "50")+
+			f("enablearchiving", "boolean", "Archive messages", "0")+
+			f("allowpm", "list-single", "Who may send private messages", "anyone", "anyone", "participants", "moderators", "none")+
+			f("allowinvites", "boolean", "Occupants may invite", "0")+
+			f("changesubject", "boolean", "Occupants may change the subject", "0")+
+			`</x></query></iq>`)
+	bob.exchange(t, `<iq type='get' id='f2' to='`+rj+`'><query xmlns='`+nsOwner+`'/></iq>`,
+		`<iq type='error' id='f2' from='`+rj+`' to='bob@localhost/b'><error type='auth'><forbidden `+stanzasNS+`/><text `+stanzasNS+`>only owners configure the room</text></error></iq>`)
+	alice.exchange(t, `<iq type='set' id='f3' to='`+rj+`'><query xmlns='`+nsOwner+`'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_whois'><value>everyone</value></field></x></query></iq>`,
+		`<iq type='error' id='f3' from='`+rj+`' to='alice@localhost/a'><error type='modify'><not-acceptable `+stanzasNS+`/><text `+stanzasNS+`>a field has a value the room does not take</text></error></iq>`)
+
+	// Bob joins; turning members-only on removes him (322).
+	b := occ{"cfg", "Bob", "bob@localhost/b", "none", "participant"}
+	w.join(bob, "cfg", "Bob", "")
+	alice.expect(t, w.pres(b, a.full, "", true, nil, ""))
+	configure(t, alice, "cfg", map[string]string{"membersonly": "1"})
+	gone := occ{"cfg", "Bob", "bob@localhost/b", "none", "none"}
+	bob.expect(t, w.pres(gone, b.full, "unavailable", true, []int{110, 322}, ""))
+	alice.expect(t, w.pres(gone, a.full, "unavailable", true, []int{322}, ""))
+	bob.exchange(t, `<presence to='`+rj+`/Bob' id='j1'><x xmlns='`+nsMUC+`'/></presence>`,
+		`<presence from='`+rj+`/Bob' to='bob@localhost/b' type='error' id='j1'><x xmlns='`+nsMUC+`'/><error type='auth'><registration-required `+stanzasNS+`/><text `+stanzasNS+`>the room is members-only</text></error></presence>`)
+
+	// Made a member, he enters; made none again, he is removed (321).
+	alice.exchange(t, `<iq type='set' id='m1' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='member' jid='bob@localhost'/></query></iq>`, `<iq type='result' id='m1' from='`+rj+`'/>`)
+	w.join(bob, "cfg", "Bob", "")
+	bm := occ{"cfg", "Bob", "bob@localhost/b", "member", "participant"}
+	alice.expect(t, w.pres(bm, a.full, "", true, nil, ""))
+	alice.exchange(t, `<iq type='get' id='l1' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='member'/></query></iq>`,
+		`<iq type='result' id='l1' from='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='member' jid='bob@localhost'/></query></iq>`)
+	bob.exchange(t, `<iq type='get' id='l2' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='member'/></query></iq>`,
+		`<iq type='error' id='l2' from='`+rj+`' to='bob@localhost/b'><error type='auth'><forbidden `+stanzasNS+`/><text `+stanzasNS+`>only admins and owners see affiliation lists</text></error></iq>`)
+	alice.exchange(t, `<iq type='set' id='m2' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='none' jid='bob@localhost'/></query></iq>`, `<iq type='result' id='m2' from='`+rj+`'/>`)
+	bob.expect(t, w.pres(gone, b.full, "unavailable", true, []int{110, 321}, `<actor nick='Alice'/>`))
+	alice.expect(t, w.pres(gone, a.full, "unavailable", true, []int{321}, `<actor nick='Alice'/>`))
+
+	// Password.
+	configure(t, alice, "cfg", map[string]string{"membersonly": "0", "passwordprotectedroom": "1", "roomsecret": "s3cret"})
+	bob.exchange(t, `<presence to='`+rj+`/Bob' id='j2'><x xmlns='`+nsMUC+`'><password>wrong</password></x></presence>`,
+		`<presence from='`+rj+`/Bob' to='bob@localhost/b' type='error' id='j2'><x xmlns='`+nsMUC+`'/><error type='auth'><not-authorized `+stanzasNS+`/><text `+stanzasNS+`>a password is required</text></error></presence>`)
+	w.join(bob, "cfg", "Bob", "<password>s3cret</password>")
+	alice.expect(t, w.pres(b, a.full, "", true, nil, ""))
+
+	// Banned.
+	alice.exchange(t, `<iq type='set' id='m3' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='outcast' jid='carol@localhost'/></query></iq>`, `<iq type='result' id='m3' from='`+rj+`'/>`)
+	carol.exchange(t, `<presence to='`+rj+`/Carol' id='j3'><x xmlns='`+nsMUC+`'><password>s3cret</password></x></presence>`,
+		`<presence from='`+rj+`/Carol' to='carol@localhost/c' type='error' id='j3'><x xmlns='`+nsMUC+`'/><error type='auth'><forbidden `+stanzasNS+`/><text `+stanzasNS+`>banned from the room</text></error></presence>`)
+
+	// Disco#info reflects the configuration.
+	carol.exchange(t, `<iq type='get' id='d1' to='`+rj+`'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
+		`<iq type='result' id='d1' from='`+rj+`'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='conference' type='text' name='cfg'/>`+
+			`<feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/><feature var='http://jabber.org/protocol/muc'/>`+
+			`<feature var='http://jabber.org/protocol/muc#self-ping-optimization'/><feature var='muc_open'/><feature var='muc_passwordprotected'/><feature var='muc_public'/>`+
+			`<feature var='muc_semianonymous'/><feature var='muc_temporary'/><feature var='muc_unmoderated'/><feature var='urn:xmpp:occupant-id:0'/>`+
+			`<x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/muc#roominfo</value></field>`+
+			`<field var='muc#roominfo_description' label='Description'><value></value></field><field var='muc#roominfo_occupants' label='Number of occupants'><value>2</value></field></x></query></iq>`)
+	carol.exchange(t, `<iq type='get' id='d2' to='`+rj+`'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>`,
+		`<iq type='result' id='d2' from='`+rj+`'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='`+rj+`/Alice'/><item jid='`+rj+`/Bob'/></query></iq>`)
+
+	// Destroy with an alternate venue: each occupant gets its own.
+	alice.exchange(t, `<iq type='set' id='x1' to='`+rj+`'><query xmlns='`+nsOwner+`'><destroy jid='new@`+mucSvc+`'><reason>moved</reason></destroy></query></iq>`,
+		`<iq type='result' id='x1' from='`+rj+`'/>`)
+	destroyed := `<x xmlns='` + nsUser + `'><item affiliation='none' role='none'/><status code='110'/><destroy jid='new@` + mucSvc + `'><reason>moved</reason></destroy></x></presence>`
+	alice.expect(t, `<presence from='`+rj+`/Alice' to='alice@localhost/a' type='unavailable'>`+destroyed)
+	bob.expect(t, `<presence from='`+rj+`/Bob' to='bob@localhost/b' type='unavailable'>`+destroyed)
+	carol.exchange(t, `<iq type='get' id='d3' to='`+rj+`'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
+		`<iq type='error' id='d3' from='`+rj+`' to='carol@localhost/c'><error type='cancel'><item-not-found `+stanzasNS+`/></error></iq>`)
+}
+
+// TestMUCHistory: the history sent on join with each parameter of the
+// history element (XEP-0045 7.2.13), with its delay.
+func TestMUCHistory(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob")
+	alice, bob := w.user("alice", "a"), w.user("bob", "b")
+	a := occ{"hist", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	for i := range 4 {
+		alice.send(fmt.Sprintf(`<message to='hist@%s' type='groupchat' id='h%d'><body>m%d</body></message>`, mucSvc, i, i))
+		alice.expect(t, w.groupchat(a, a.full, fmt.Sprintf("h%d", i), fmt.Sprintf("m%d", i)))
+	}
+	hist := func(i int) string {
+		return strings.TrimSuffix(w.groupchat(a, "bob@localhost/b", fmt.Sprintf("h%d", i), fmt.Sprintf("m%d", i)), `</message>`) +
+			`<delay xmlns='urn:xmpp:delay' from='hist@` + mucSvc + `' stamp='{*}'/></message>`
+	}
+	b := occ{"hist", "Bob", "bob@localhost/b", "none", "participant"}
+	gone := occ{"hist", "Bob", "bob@localhost/b", "none", "none"}
+	one := len(hist(0)) - len(`{*}`) + len("2026-01-01T00:00:00Z")
+	cases := []struct {
+		name, history string
+		want          []int
+	}{
+		{"all by default", ``, []int{0, 1, 2, 3}},
+		{"maxstanzas", `<history maxstanzas='2'/>`, []int{2, 3}},
+		{"maxstanzas 0", `<history maxstanzas='0'/>`, nil},
+		{"maxchars", fmt.Sprintf(`<history maxchars='%d'/>`, 2*one+1), []int{2, 3}},
+		{"maxchars 0", `<history maxchars='0'/>`, nil},
+		{"seconds", `<history seconds='3600'/>`, []int{0, 1, 2, 3}},
+		{"since, past", `<history since='2000-01-01T00:00:00Z'/>`, []int{0, 1, 2, 3}},
+		{"since, future", `<history since='2999-01-01T00:00:00Z'/>`, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			bob.send(`<presence to='hist@` + mucSvc + `/Bob'><x xmlns='` + nsMUC + `'>` + tc.history + `</x></presence>`)
+			bob.expect(t, w.pres(a, b.full, "", false, nil, ""))
+			bob.expect(t, w.pres(b, b.full, "", true, []int{110}, ""))
+			for _, i := range tc.want {
+				bob.expect(t, hist(i))
+			}
+			bob.expect(t, subject("hist", b.full))
+			alice.expect(t, w.pres(b, a.full, "", true, nil, ""))
+			bob.send(`<presence to='hist@` + mucSvc + `/Bob' type='unavailable'/>`)
+			bob.expect(t, w.pres(gone, b.full, "unavailable", true, []int{110}, ""))
+			alice.expect(t, w.pres(gone, a.full, "unavailable", true, nil, ""))
+		})
+	}
+}
+
+// TestMUCInvitesAndPing: mediated invitations (XEP-0045 7.8.2) add the
+// invitee to a members-only room's members; direct invitations (XEP-0249)
+// pass through as messages; self-ping (XEP-0410) is answered by the
+// service, not-acceptable when not joined.
+func TestMUCInvitesAndPing(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob", "carol")
+	alice, bob, carol := w.user("alice", "a"), w.user("bob", "b"), w.user("carol", "c")
+	carol.exchange(t, `<presence/>`, `<presence from='carol@localhost/c'/>`)
+	a := occ{"inv", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	rj := "inv@" + mucSvc
+	configure(t, alice, "inv", map[string]string{"membersonly": "1"})
+	alice.send(`<message to='` + rj + `' id='i1'><x xmlns='` + nsUser + `'><invite to='carol@localhost'><reason>join us</reason></invite></x></message>`)
+	carol.expect(t, `<message from='`+rj+`' to='carol@localhost'><x xmlns='`+nsUser+`'><invite from='alice@localhost/a'><reason>join us</reason></invite></x></message>`)
+	w.join(carol, "inv", "Carol", "") // a member now
+	alice.expect(t, w.pres(occ{"inv", "Carol", "carol@localhost/c", "member", "participant"}, a.full, "", true, nil, ""))
+	carol.exchange(t, `<message to='`+rj+`' id='i2'><x xmlns='`+nsUser+`'><invite to='bob@localhost'/></x></message>`,
+		`<message type='error' id='i2' from='`+rj+`' to='carol@localhost/c'><error type='auth'><forbidden `+stanzasNS+`/><text `+stanzasNS+`>invitations are not allowed in this room</text></error></message>`)
+	// XEP-0249: a message between users, which the server routes as is.
+	bob.exchange(t, `<presence/>`, `<presence from='bob@localhost/b'/>`)
+	carol.send(`<message to='bob@localhost' id='d1'><x xmlns='jabber:x:conference' jid='` + rj + `' reason='hi'/></message>`)
+	bob.expect(t, `<message to='bob@localhost' id='d1' from='carol@localhost/c'><x xmlns='jabber:x:conference' jid='`+rj+`' reason='hi'/></message>`)
+
+	// Self-ping.
+	carol.exchange(t, `<iq type='get' id='p1' to='`+rj+`/Carol'><ping xmlns='urn:xmpp:ping'/></iq>`, `<iq type='result' id='p1' from='`+rj+`/Carol'/>`)
+	carol.exchange(t, `<iq type='get' id='p2' to='`+rj+`/Alice'><ping xmlns='urn:xmpp:ping'/></iq>`,
+		`<iq type='error' id='p2' from='`+rj+`/Alice' to='carol@localhost/c'><error type='cancel'><service-unavailable `+stanzasNS+`/><text `+stanzasNS+`>iqs to occupants are not relayed</text></error></iq>`)
+	bob.exchange(t, `<iq type='get' id='p3' to='`+rj+`/Carol'><ping xmlns='urn:xmpp:ping'/></iq>`,
+		`<iq type='error' id='p3' from='`+rj+`/Carol' to='bob@localhost/b'><error type='modify'><not-acceptable `+stanzasNS+`/><text `+stanzasNS+`>not an occupant of the room</text></error></iq>`)
+}
+
+// TestMUCDisco: the server lists the service among its items; the service
+// describes itself and lists public rooms.
+func TestMUCDisco(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice")
+	alice := w.user("alice", "a")
+	alice.exchange(t, `<iq type='get' id='i1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>`,
+		`<iq type='result' id='i1' from='localhost'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='`+mucSvc+`'/></query></iq>`)
+	alice.exchange(t, `<iq type='get' id='i2' to='`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
+		`<iq type='result' id='i2' from='`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='conference' type='text' name='Chatrooms'/>`+
+			`<feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/><feature var='http://jabber.org/protocol/muc'/>`+
+			`<feature var='urn:xmpp:occupant-id:0'/><feature var='http://jabber.org/protocol/muc#self-ping-optimization'/><feature var='urn:xmpp:ping'/></query></iq>`)
+	w.create(alice, occ{"pub", "Alice", "alice@localhost/a", "owner", "moderator"})
+	alice.exchange(t, `<iq type='get' id='i3' to='`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>`,
+		`<iq type='result' id='i3' from='`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='pub@`+mucSvc+`'/></query></iq>`)
+	alice.exchange(t, `<message to='nosuch@`+mucSvc+`' type='groupchat' id='n1'><body>x</body></message>`,
+		`<message type='error' id='n1' from='nosuch@`+mucSvc+`' to='alice@localhost/a'><error type='cancel'><item-not-found `+stanzasNS+`/></error></message>`)
+	alice.exchange(t, `<presence to='bad@`+mucSvc+`/ '/>`, ``+
+		`<presence from='bad@`+mucSvc+`/ ' to='alice@localhost/a' type='error'><x xmlns='`+nsMUC+`'/><error type='modify'><jid-malformed `+stanzasNS+`/><text `+stanzasNS+`>nickname refused by the PRECIS nickname profile (RFC 8266)</text></error></presence>`)
+}

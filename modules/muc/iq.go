@@ -2,6 +2,7 @@ package muc
 
 import (
 	"context"
+	"maps"
 	"sort"
 	"strconv"
 
@@ -167,7 +168,9 @@ func (r *room) admin(c *hook.Ctx, st *hook.Stanza) {
 		r.adminList(c, items[0], actorAff, actorRole) // unlocks
 		return
 	}
-	// Check every item first: a request is applied whole or not at all.
+	// Check every item first, in order, on a copy of the affiliations: a
+	// request is applied whole or not at all.
+	sim := maps.Clone(r.affs)
 	for i := range items {
 		it := &items[i]
 		switch {
@@ -183,10 +186,15 @@ func (r *room) admin(c *hook.Ctx, st *hook.Stanza) {
 				fail("modify", "bad-request", "an affiliation change needs a jid")
 				return
 			}
-			if cond, text := r.mayAffiliate(actorAff, r.affOf(it.jid), it.aff, it.jid); cond != "" {
+			from := r.affOf(it.jid)
+			if a, ok := sim[it.jid]; ok {
+				from = a
+			}
+			if cond, text := mayAffiliate(sim, actorAff, from, it.aff); cond != "" {
 				fail("cancel", cond, text)
 				return
 			}
+			sim[it.jid] = it.aff
 		case it.hasRole:
 			key, err := nickKey(it.nick)
 			t := r.occ[key]
@@ -243,7 +251,7 @@ func mayRole(actorAff affiliation, actorRole role, t *occupant, to role) bool {
 // an admin changes none, member and outcast of those below admin; an owner
 // changes everything, but the last owner stays. It returns the error
 // condition and text, or "".
-func (r *room) mayAffiliate(actor, from, to affiliation, jid string) (cond, text string) {
+func mayAffiliate(affs map[string]affiliation, actor, from, to affiliation) (cond, text string) {
 	switch {
 	case actor < affAdmin:
 		return "not-allowed", "only admins and owners change affiliations"
@@ -251,7 +259,7 @@ func (r *room) mayAffiliate(actor, from, to affiliation, jid string) (cond, text
 		return "not-allowed", "only owners change admins and owners"
 	case from == affOwner && to != affOwner:
 		owners := 0
-		for _, a := range r.affs {
+		for _, a := range affs {
 			if a == affOwner {
 				owners++
 			}
@@ -260,7 +268,6 @@ func (r *room) mayAffiliate(actor, from, to affiliation, jid string) (cond, text
 			return "conflict", "the room needs an owner"
 		}
 	}
-	_ = jid
 	return "", ""
 }
 

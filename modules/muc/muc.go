@@ -292,7 +292,11 @@ func (m *Module) load(c *hook.Ctx, st *hook.Stanza) {
 				return
 			case over:
 				m.mu.Unlock()
-				c.ReplyError("cancel", "not-allowed", "too many rooms created by this account")
+				joinError(c, st, "cancel", "not-allowed", "too many rooms created by this account")
+				return
+			case !validNick(st.Resource):
+				m.mu.Unlock()
+				joinError(c, st, "modify", "jid-malformed", errNick)
 				return
 			default:
 				r = m.newRoom(c.Host, name, creator)

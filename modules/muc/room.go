@@ -346,9 +346,9 @@ func (r *room) presence(c *hook.Ctx, st *hook.Stanza) {
 	}
 	nick, err := precis.Nickname.String(st.Resource)
 	key, kerr := precis.Nickname.CompareKey(st.Resource)
-	if err != nil || kerr != nil || len(nick) > 1023 {
+	if err != nil || kerr != nil || len(nick) > maxNick {
 		r.mu.Unlock()
-		c.ReplyError("modify", "jid-malformed", "nickname refused by the PRECIS nickname profile")
+		joinError(c, st, "modify", "jid-malformed", errNick)
 		return
 	}
 	if o != nil {
@@ -658,6 +658,18 @@ func presenceExtra(raw []byte) []byte {
 		return true
 	})
 	return b
+}
+
+// maxNick caps a nickname's bytes.
+const maxNick = 256
+
+// errNick is the text of a refused nickname.
+const errNick = "nickname refused by the PRECIS nickname profile (RFC 8266)"
+
+// validNick reports whether a nickname passes the PRECIS nickname profile.
+func validNick(s string) bool {
+	n, err := precis.Nickname.String(s)
+	return err == nil && len(n) <= maxNick
 }
 
 // maxExtra caps the presence children kept per occupant.
