@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/server"
@@ -476,4 +477,106 @@ func TestMUCDisco(t *testing.T) {
 		`<message type='error' id='n1' from='nosuch@`+mucSvc+`' to='alice@localhost/a'><error type='cancel'><item-not-found `+stanzasNS+`/></error></message>`)
 	alice.exchange(t, `<presence to='bad@`+mucSvc+`/ '/>`, ``+
 		`<presence from='bad@`+mucSvc+`/ ' to='alice@localhost/a' type='error'><x xmlns='`+nsMUC+`'/><error type='modify'><jid-malformed `+stanzasNS+`/><text `+stanzasNS+`>nickname refused by the PRECIS nickname profile (RFC 8266)</text></error></presence>`)
+}
+
+// TestMUCPersistence: a persistent room keeps its configuration and
+// affiliations across a restart (a second server on the same data
+// directory), loaded on demand; a temporary room vanishes when empty; an
+// empty persistent room is evicted from memory after muc.idle_unload.
+func TestMUCPersistence(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MUC.IdleUnload = 0
+	t.Run("before", func(t *testing.T) {
+		w := newMUCWorld(t, cfg, "alice", "bob", "carol")
+		alice := w.user("alice", "a")
+		w.create(alice, occ{"keep", "Alice", "alice@localhost/a", "owner", "moderator"})
+		configure(t, alice, "keep", map[string]string{"persistentroom": "1", "membersonly": "1", "roomname": "Kept &amp; sound"})
+		alice.exchange(t, `<iq type='set' id='m1' to='keep@`+mucSvc+`'><query xmlns='`+nsAdmin+`'><item affiliation='member' jid='bob@localhost'/></query></iq>`,
+			`<iq type='result' id='m1' from='keep@`+mucSvc+`'/>`)
+		w.create(alice, occ{"temp", "Alice", "alice@localhost/a", "owner", "moderator"})
+		alice.send(`<presence to='temp@` + mucSvc + `/Alice' type='unavailable'/>`)
+		alice.expect(t, w.pres(occ{"temp", "Alice", "alice@localhost/a", "owner", "none"}, "alice@localhost/a", "unavailable", true, []int{110}, ""))
+		alice.send(`<presence to='keep@` + mucSvc + `/Alice' type='unavailable'/>`)
+		alice.expect(t, w.pres(occ{"keep", "Alice", "alice@localhost/a", "owner", "none"}, "alice@localhost/a", "unavailable", true, []int{110}, ""))
+		if !waitFor(5*time.Second, func() bool { return w.srv.Stats().Modules["muc.rooms_evicted"] == 1 }) {
+			t.Fatalf("the empty persistent room was not evicted: %v", w.srv.Stats().Modules)
+		}
+	})
+	t.Run("after", func(t *testing.T) {
+		srv, store := startServerOpts(t, cfg, serverOpts{})
+		w := &mucWorld{t: t, srv: srv, secret: mucSecret(t, store)}
+		bob, carol := w.user("bob", "b"), w.user("carol", "c")
+		b := occ{"keep", "Bob", "bob@localhost/b", "member", "participant"}
+		bob.send(`<presence to='keep@` + mucSvc + `/Bob'><x xmlns='` + nsMUC + `'/></presence>`)
+		bob.expect(t, w.pres(b, b.full, "", true, []int{110}, ""))
+		bob.expect(t, subject("keep", b.full))
+		bob.exchange(t, `<iq type='get' id='d1' to='keep@`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
+			`<iq type='result' id='d1' from='keep@`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='conference' type='text' name='Kept &amp; sound'/>{**}<feature var='muc_membersonly'/>{**}<feature var='muc_persistent'/>{**}</query></iq>`)
+		carol.exchange(t, `<presence to='keep@`+mucSvc+`/Carol' id='j1'><x xmlns='`+nsMUC+`'/></presence>`,
+			`<presence from='keep@`+mucSvc+`/Carol' to='carol@localhost/c' type='error' id='j1'><x xmlns='`+nsMUC+`'/><error type='auth'><registration-required `+stanzasNS+`/><text `+stanzasNS+`>the room is members-only</text></error></presence>`)
+		// The temporary room is gone: joining creates it anew.
+		carol.send(`<presence to='temp@` + mucSvc + `/Carol'><x xmlns='` + nsMUC + `'/></presence>`)
+		carol.expect(t, w.pres(occ{"temp", "Carol", "carol@localhost/c", "owner", "moderator"}, "carol@localhost/c", "", true, []int{110, 201}, ""))
+	})
+}
+
+// TestMUCLimits: occupants per room (service-unavailable), rooms per user
+// (not-allowed), the message rate per occupant (policy-violation, type
+// wait).
+func TestMUCLimits(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MUC.MaxOccupants = 2
+	cfg.MUC.MaxRoomsPerUser = 1
+	cfg.MUC.MessageRate = 0.01 // a burst of 1, then one per 100 s
+	w := newMUCWorld(t, cfg, "alice", "bob", "carol")
+	alice, bob, carol := w.user("alice", "a"), w.user("bob", "b"), w.user("carol", "c")
+	a := occ{"lim", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	w.join(bob, "lim", "Bob", "")
+	alice.skipUntil(`</presence>`)
+	carol.exchange(t, `<presence to='lim@`+mucSvc+`/Carol' id='j1'><x xmlns='`+nsMUC+`'/></presence>`,
+		`<presence from='lim@`+mucSvc+`/Carol' to='carol@localhost/c' type='error' id='j1'><x xmlns='`+nsMUC+`'/><error type='wait'><service-unavailable `+stanzasNS+`/><text `+stanzasNS+`>the room is full</text></error></presence>`)
+	alice.exchange(t, `<presence to='second@`+mucSvc+`/Alice' id='j2'><x xmlns='`+nsMUC+`'/></presence>`,
+		`<presence from='second@`+mucSvc+`/Alice' to='alice@localhost/a' type='error' id='j2'><x xmlns='`+nsMUC+`'/><error type='cancel'><not-allowed `+stanzasNS+`/><text `+stanzasNS+`>too many rooms created by this account</text></error></presence>`)
+	alice.send(`<message to='lim@` + mucSvc + `' type='groupchat' id='r1'><body>one</body></message>`)
+	alice.expect(t, w.groupchat(a, a.full, "r1", "one"))
+	alice.exchange(t, `<message to='lim@`+mucSvc+`' type='groupchat' id='r2'><body>two</body></message>`,
+		`<message type='error' id='r2' from='lim@`+mucSvc+`' to='alice@localhost/a'><error type='wait'><policy-violation `+stanzasNS+`/><text `+stanzasNS+`>message rate exceeded</text></error></message>`)
+}
+
+// TestMUCSessionEnd: an occupant whose session ends leaves the room; one
+// whose connection is lost while stream management parks the session
+// stays in it, and gets what the room sent meanwhile on resumption.
+func TestMUCSessionEnd(t *testing.T) {
+	cfg := tlsConfig(t)
+	cfg.Server.EventLoops = 2
+	srv, store := startServerOpts(t, cfg, serverOpts{}, "alice", "bob", "carol")
+	w := &mucWorld{t: t, srv: srv, secret: mucSecret(t, store)}
+	tc := clientTLS(t, cfg)
+	login := func(user, res string) *rawConn {
+		c := tlsRaw(t, srv, tc)
+		c.scramLogin(user, testPassword, res)
+		return c
+	}
+	alice, bob, carol := login("alice", "a"), login("bob", "b"), login("carol", "c")
+	a := occ{"end", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	w.join(carol, "end", "Carol", "")
+	alice.skipUntil(`</presence>`)
+	_ = carol.conn.Close()
+	alice.expect(t, w.pres(occ{"end", "Carol", "carol@localhost/c", "none", "none"}, a.full, "unavailable", true, nil, ""))
+
+	id := enableResume(t, bob)
+	w.join(bob, "end", "Bob", "")
+	alice.skipUntil(`</presence>`)
+	bob.cut()
+	alice.send(`<message to='end@` + mucSvc + `' type='groupchat' id='g1'><body>still there?</body></message>`)
+	alice.expect(t, w.groupchat(a, a.full, "g1", "still there?"))
+	alice.exchange(t, `<iq type='get' id='d1' to='end@`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>`,
+		`<iq type='result' id='d1' from='end@`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='end@`+mucSvc+`/Alice'/><item jid='end@`+mucSvc+`/Bob'/></query></iq>`)
+	next := tlsRaw(t, srv, tc)
+	next.scramAuth("bob", testPassword)
+	next.send(`<resume xmlns='` + nsSM + `' previd='` + id + `' h='0'/>`)
+	next.skipUntil(`<body>still there?</body>`)
+	next.exchange(t, `<iq type='get' id='p1' to='end@`+mucSvc+`/Bob'><ping xmlns='urn:xmpp:ping'/></iq>`, `{**}<iq type='result' id='p1' from='end@`+mucSvc+`/Bob'/>`)
 }

@@ -180,13 +180,7 @@ func (m *Module) occupantID(roomJID, bare string) string {
 
 // sweep evicts persistent rooms that have been empty for muc.idle_unload.
 func (m *Module) sweep() {
-	every := m.Config.MUC.IdleUnload / 2
-	if every <= 0 || every > time.Minute {
-		every = time.Minute
-	}
-	if every < 10*time.Millisecond {
-		every = 10 * time.Millisecond
-	}
+	every := min(max(m.Config.MUC.IdleUnload/2, time.Second), time.Minute)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -203,15 +197,32 @@ func (m *Module) sweep() {
 func (m *Module) evictIdle(now time.Time, idle time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for name, r := range m.rooms {
-		r.mu.Lock()
-		if len(r.occ) == 0 && !r.emptySince.IsZero() && now.Sub(r.emptySince) >= idle && !r.writing && len(r.writes) == 0 && r.drained() {
-			r.gone = true
-			delete(m.rooms, name)
-			m.evicted.Add(1)
-		}
-		r.mu.Unlock()
+	for _, r := range m.rooms {
+		m.evictLocked(r, now, idle)
 	}
+}
+
+// evictLocked drops r if it is persistent, empty since before now-idle,
+// and has nothing left to write or send. Called with m.mu held.
+func (m *Module) evictLocked(r *room, now time.Time, idle time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.occ) == 0 && r.cfg.Persistent && !r.emptySince.IsZero() && now.Sub(r.emptySince) >= idle && !r.writing && len(r.writes) == 0 && r.drained() && m.rooms[r.name] == r {
+		r.gone = true
+		delete(m.rooms, r.name)
+		m.evicted.Add(1)
+	}
+}
+
+// evictNow drops r at once when muc.idle_unload is 0 (and its writes are
+// done; otherwise the sweep takes it).
+func (m *Module) evictNow(h hook.Host, r *room) {
+	if h.Config().MUC.IdleUnload > 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.evictLocked(r, time.Now(), 0)
 }
 
 // handle is the domain handler: every stanza a local session sends to

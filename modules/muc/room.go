@@ -517,8 +517,11 @@ func (r *room) leaveLocked(h hook.Host, o *occupant, extra []byte, codes []int, 
 	gone := r.gone
 	r.mu.Unlock()
 	r.run(h, start, small)
-	if gone {
+	switch {
+	case gone:
 		r.m.drop(r)
+	case empty:
+		r.m.evictNow(h, r)
 	}
 }
 
