@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/krill-xmpp/krill/hook"
-	"github.com/krill-xmpp/krill/stanza"
 )
 
 // Fan-out. What a room sends to all its occupants (a groupchat message, a
@@ -204,17 +203,11 @@ func (r *room) drain(h hook.Host, i, limit int) {
 	}
 }
 
-// send queues bc for the whole room and starts what drains it. Called with
+// sendLocked queues bc for the whole room and starts what drains it. Called with
 // r.mu held; it unlocks it.
 func (r *room) sendLocked(h hook.Host, bc *broadcast, extra *occupant) {
 	start := r.enqueue(bc, extra)
 	small := len(r.occ) <= inlineMax
 	r.mu.Unlock()
 	r.run(h, start, small)
-}
-
-// appendTo appends the escaped address and closing quote of a to
-// attribute's value: what each occupant's copy carries.
-func appendTo(b []byte, full string) []byte {
-	return stanza.AppendEscaped(b, full)
 }

@@ -341,7 +341,7 @@ func (r *room) presence(c *hook.Ctx, st *hook.Stanza) {
 	}
 	if st.Resource == "" {
 		r.mu.Unlock()
-		c.ReplyError("modify", "jid-malformed", "a nickname is required")
+		joinError(c, st, "modify", "jid-malformed", "a nickname is required")
 		return
 	}
 	nick, err := precis.Nickname.String(st.Resource)
