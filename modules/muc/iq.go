@@ -37,6 +37,8 @@ func (r *room) iq(c *hook.Ctx, st *hook.Stanza) {
 		r.admin(c, st) // unlocks
 	case st.NS == NSOwner && st.Name == "query":
 		r.owner(c, st) // unlocks
+	case st.NS == NSMAM:
+		r.archiveQuery(c, st) // unlocks
 	default:
 		r.mu.Unlock()
 		c.ReplyError("cancel", "service-unavailable", "")
@@ -635,5 +637,24 @@ func (r *room) destroy(h hook.Host, alt, reason, password string) {
 	r.m.drop(r)
 	for _, x := range outs {
 		x.o.sess.Deliver(x.b)
+	}
+}
+
+// archiveQuery hands an XEP-0313 query to the archive seam, when one is
+// wired and the room archives. Called with r.mu held; it unlocks.
+func (r *room) archiveQuery(c *hook.Ctx, st *hook.Stanza) {
+	q, _ := r.m.Archiver.(ArchiveQuerier)
+	may := r.byJID[st.From] != nil || (r.cfg.Public && !r.cfg.MembersOnly)
+	archiving := r.cfg.Archive
+	r.mu.Unlock()
+	switch {
+	case q == nil || !archiving:
+		c.ReplyError("cancel", "service-unavailable", "this room keeps no archive")
+	case !may:
+		c.ReplyError("auth", "forbidden", "only occupants read this room's archive")
+	default:
+		if err := q.QueryRoom(c, st, r.jid); err != nil {
+			c.ReplyError("cancel", "internal-server-error", "")
+		}
 	}
 }

@@ -71,6 +71,20 @@ type Archiver interface {
 	ArchiveGroupchat(room, nick, realBare, occupantID string, msg []byte, at time.Time)
 }
 
+// ArchiveQuerier is the optional other half of the archive seam: an
+// Archiver that also implements it answers XEP-0313 queries (iqs in
+// urn:xmpp:mam:2) addressed to a room's JID. The room has checked that
+// the sender may read its archive (an occupant, or anyone for a public
+// room that is not members-only) and that archiving is on; QueryRoom
+// answers through c as an iq handler does.
+type ArchiveQuerier interface {
+	QueryRoom(c *hook.Ctx, st *hook.Stanza, room string) error
+}
+
+// NSMAM is the namespace of XEP-0313 queries a room forwards to its
+// ArchiveQuerier.
+const NSMAM = "urn:xmpp:mam:2"
+
 // Module is the multi-user chat service. Set Store (nil: no room can be
 // persistent) and Config before registering.
 type Module struct {
