@@ -8,10 +8,14 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/hook"
+	"github.com/krill-xmpp/krill/modules"
+	"github.com/krill-xmpp/krill/modules/muc"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
 )
@@ -579,4 +583,63 @@ func TestMUCSessionEnd(t *testing.T) {
 	next.send(`<resume xmlns='` + nsSM + `' previd='` + id + `' h='0'/>`)
 	next.skipUntil(`<body>still there?</body>`)
 	next.exchange(t, `<iq type='get' id='p1' to='end@`+mucSvc+`/Bob'><ping xmlns='urn:xmpp:ping'/></iq>`, `{**}<iq type='result' id='p1' from='end@`+mucSvc+`/Bob'/>`)
+}
+
+// fakeArchive stands for the archive module on the MUC archive seam.
+type fakeArchive struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (f *fakeArchive) ArchiveGroupchat(room, nick, realBare, occupantID string, msg []byte, _ time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.got = append(f.got, room+" "+nick+" "+realBare+" "+string(msg))
+}
+
+func (f *fakeArchive) QueryRoom(c *hook.Ctx, st *hook.Stanza, room string) error {
+	c.ReplyResult([]byte(`<fin xmlns='urn:xmpp:mam:2' complete='true'/>`))
+	return nil
+}
+
+// TestMUCArchiveSeam: with an archive wired (muc.Module.Archiver), a room
+// configured with enablearchiving announces 170 on join, hands each
+// groupchat message to the archive and forwards XEP-0313 queries to it;
+// a room without archiving refuses them.
+func TestMUCArchiveSeam(t *testing.T) {
+	cfg := testConfig(t)
+	arch := &fakeArchive{}
+	srv, store := startServerOpts(t, cfg, serverOpts{modsFor: func(st modules.Store) []hook.Module {
+		mods := modules.Standard(st, modules.Options{Config: cfg})
+		for i, m := range mods {
+			if mm, ok := m.(*muc.Module); ok {
+				mm.Archiver = arch
+				mods[i] = mm
+			}
+		}
+		return mods
+	}}, "alice", "bob")
+	w := &mucWorld{t: t, srv: srv, secret: mucSecret(t, store)}
+	alice, bob := w.user("alice", "a"), w.user("bob", "b")
+	a := occ{"arch", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	rj := "arch@" + mucSvc
+	query := `<query xmlns='urn:xmpp:mam:2'/>`
+	bob.exchange(t, `<iq type='set' id='q0' to='`+rj+`'>`+query+`</iq>`,
+		`<iq type='error' id='q0' from='`+rj+`' to='bob@localhost/b'><error type='cancel'><service-unavailable `+stanzasNS+`/><text `+stanzasNS+`>this room keeps no archive</text></error></iq>`)
+	configure(t, alice, "arch", map[string]string{"enablearchiving": "1"})
+	b := occ{"arch", "Bob", "bob@localhost/b", "none", "participant"}
+	bob.send(`<presence to='` + rj + `/Bob'><x xmlns='` + nsMUC + `'/></presence>`)
+	bob.expect(t, w.pres(a, b.full, "", false, nil, ""))
+	bob.expect(t, w.pres(b, b.full, "", true, []int{110, 170}, ""))
+	bob.expect(t, subject("arch", b.full))
+	bob.send(`<message to='` + rj + `' type='groupchat' id='a1'><body>keep me</body></message>`)
+	bob.expect(t, w.groupchat(b, b.full, "a1", "keep me"))
+	bob.exchange(t, `<iq type='set' id='q1' to='`+rj+`'>`+query+`</iq>`, `<iq type='result' id='q1' from='`+rj+`'><fin xmlns='urn:xmpp:mam:2' complete='true'/></iq>`)
+	arch.mu.Lock()
+	defer arch.mu.Unlock()
+	want := rj + " Bob bob@localhost <message from='" + rj + "/Bob' type='groupchat' id='a1'><body>keep me</body><occupant-id xmlns='urn:xmpp:occupant-id:0' id='" + w.id("arch", "bob@localhost") + "'/></message>"
+	if len(arch.got) != 1 || arch.got[0] != want {
+		t.Fatalf("archived %q, want [%q]", arch.got, want)
+	}
 }
