@@ -49,7 +49,7 @@ func (m Module) items(c *hook.Ctx, iq *hook.Stanza) error {
 	// The domains modules serve (a multi-user chat service) are the
 	// server's items (XEP-0030 section 4, XEP-0045 section 6.1).
 	domains := c.Registry.Domains()
-	if iq.Local != "" || len(domains) == 0 {
+	if iq.Addr != hook.ToHost || len(domains) == 0 {
 		c.ReplyResult([]byte(`<query xmlns='` + NSItems + `'/>`))
 		return nil
 	}
