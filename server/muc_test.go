@@ -643,3 +643,51 @@ func TestMUCArchiveSeam(t *testing.T) {
 		t.Fatalf("archived %q, want [%q]", arch.got, want)
 	}
 }
+
+// TestMUCModeration: in a moderated room a visitor has no voice
+// (forbidden), asks for it with the muc#request form, which goes to the
+// moderators, and gets it when one approves; only moderators change the
+// subject unless changesubject allows everyone.
+func TestMUCModeration(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob")
+	alice, bob := w.user("alice", "a"), w.user("bob", "b")
+	a := occ{"mod", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	rj := "mod@" + mucSvc
+	configure(t, alice, "mod", map[string]string{"moderatedroom": "1"})
+	v := occ{"mod", "Bob", "bob@localhost/b", "none", "visitor"}
+	w.join(bob, "mod", "Bob", "")
+	alice.expect(t, w.pres(v, a.full, "", true, nil, ""))
+	bob.exchange(t, `<message to='`+rj+`' type='groupchat' id='v1'><body>hello?</body></message>`,
+		`<message type='error' id='v1' from='`+rj+`' to='bob@localhost/b'><error type='auth'><forbidden `+stanzasNS+`/><text `+stanzasNS+`>visitors have no voice in this moderated room</text></error></message>`)
+	bob.send(`<message to='` + rj + `'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>` +
+		`<field var='muc#role' type='list-single'><value>participant</value></field></x></message>`)
+	alice.expect(t, `<message from='`+rj+`' to='alice@localhost/a' type='normal'><x xmlns='jabber:x:data' type='form'><title>Voice request</title>`+
+		`<field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/muc#request</value></field>`+
+		`<field var='muc#role' type='list-single' label='Requested role'><value>participant</value></field>`+
+		`<field var='muc#jid' type='jid-single' label='User ID'><value>bob@localhost/b</value></field>`+
+		`<field var='muc#roomnick' type='text-single' label='Room nickname'><value>Bob</value></field>`+
+		`<field var='muc#request_allow' type='boolean' label='Grant voice to this person?'><value>false</value></field></x></message>`)
+	alice.send(`<message to='` + rj + `'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>` +
+		`<field var='muc#roomnick'><value>Bob</value></field><field var='muc#request_allow'><value>true</value></field></x></message>`)
+	p := occ{"mod", "Bob", "bob@localhost/b", "none", "participant"}
+	bob.expect(t, w.pres(p, p.full, "", true, []int{110}, ""))
+	alice.expect(t, w.pres(p, a.full, "", true, nil, ""))
+
+	bob.exchange(t, `<message to='`+rj+`' type='groupchat' id='s1'><subject>mine</subject></message>`,
+		`<message type='error' id='s1' from='`+rj+`' to='bob@localhost/b'><error type='auth'><forbidden `+stanzasNS+`/><text `+stanzasNS+`>only moderators may change the subject</text></error></message>`)
+	alice.send(`<message to='` + rj + `' type='groupchat' id='s2'><subject>Rules</subject></message>`)
+	subj := func(to string) string {
+		return `<message from='` + rj + `/Alice' to='` + to + `' type='groupchat' id='s2'><subject>Rules</subject><occupant-id xmlns='urn:xmpp:occupant-id:0' id='` + w.id("mod", "alice@localhost") + `'/></message>`
+	}
+	alice.expect(t, subj(a.full))
+	bob.expect(t, subj(p.full))
+	// A later joiner gets the subject as the end of its join.
+	bob.send(`<presence to='` + rj + `/Bob' type='unavailable'/>`)
+	bob.skipUntil(`<status code='110'/>`)
+	bob.skipUntil(`</presence>`)
+	bob.send(`<presence to='` + rj + `/Bob'><x xmlns='` + nsMUC + `'/></presence>`)
+	bob.skipUntil(`<status code='110'/>`)
+	bob.skipUntil(`</presence>`)
+	bob.expect(t, `<message from='`+rj+`/Alice' to='bob@localhost/b' type='groupchat'><subject>Rules</subject></message>`)
+}

@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/text/secure/precis"
 
+	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
 )
@@ -234,7 +235,7 @@ func (r *room) remember(head, tail []byte, at time.Time, limit int) {
 }
 
 // maxHistoryBytes caps a room's history (config.MaxMUCHistoryBytes).
-const maxHistoryBytes = 256 << 10
+const maxHistoryBytes = config.MaxMUCHistoryBytes
 
 // historyFor returns the history a joiner asked for with the history
 // element (XEP-0045 7.2.13): maxstanzas, maxchars (counted over the
