@@ -7,6 +7,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -690,4 +692,58 @@ func TestMUCModeration(t *testing.T) {
 	bob.skipUntil(`<status code='110'/>`)
 	bob.skipUntil(`</presence>`)
 	bob.expect(t, `<message from='`+rj+`/Alice' to='bob@localhost/b' type='groupchat'><subject>Rules</subject></message>`)
+}
+
+// TestMUCBigRoomOrder: in a room past the inline size (64 occupants),
+// where the fan-out runs on the worker pool in partitions, every occupant
+// still gets every message, in the order sent, after everyone's join.
+func TestMUCBigRoomOrder(t *testing.T) {
+	const n, msgs = 80, 30
+	users := make([]string, n)
+	for i := range users {
+		users[i] = fmt.Sprintf("u%d", i)
+	}
+	w := newMUCWorld(t, testConfig(t), users...)
+	conns := make([]*rawConn, n)
+	for i := range conns {
+		conns[i] = w.user(users[i], "r")
+	}
+	w.create(conns[0], occ{"big", "u0", "u0@localhost/r", "owner", "moderator"})
+	for i := 1; i < n; i++ {
+		w.join(conns[i], "big", users[i], "<history maxstanzas='0'/>")
+	}
+	// Everyone has seen everyone's join: the last joiner's presence.
+	for i := 0; i < n-1; i++ {
+		conns[i].skipUntil(`from='big@` + mucSvc + `/u` + fmt.Sprint(n-1) + `'`)
+		conns[i].skipUntil(`</presence>`)
+	}
+	for m := range msgs {
+		conns[m%3].send(fmt.Sprintf(`<message to='big@%s' type='groupchat' id='m%d'><body>%d</body></message>`, mucSvc, m, m))
+		// Three senders take turns, each waiting for its own copy, so
+		// the room's order is m0, m1, ... for everyone.
+		conns[m%3].skipUntil(fmt.Sprintf(`id='m%d'`, m))
+	}
+	ids := regexp.MustCompile(`type='groupchat' id='(m\d+)'`)
+	var first []string
+	for i, c := range conns {
+		got := c.skipUntil(fmt.Sprintf(`<body>%d</body>`, msgs-1))
+		var seq []string
+		for _, m := range ids.FindAllStringSubmatch(got, -1) {
+			seq = append(seq, m[1])
+		}
+		if i < 3 {
+			continue // the senders consumed part of their stream above
+		}
+		if len(seq) != msgs {
+			t.Fatalf("occupant %d got %d messages: %q", i, len(seq), seq)
+		}
+		if first == nil {
+			for m := range msgs {
+				first = append(first, fmt.Sprintf("m%d", m))
+			}
+		}
+		if !slices.Equal(seq, first) {
+			t.Fatalf("occupant %d got %q, want %q", i, seq, first)
+		}
+	}
 }
