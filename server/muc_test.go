@@ -323,6 +323,9 @@ func TestMUCConfigAndEntry(t *testing.T) {
 			f("allowpm", "list-single", "Who may send private messages", "anyone", "anyone", "participants", "moderators", "none")+
 			f("allowinvites", "boolean", "Occupants may invite", "0")+
 			f("changesubject", "boolean", "Occupants may change the subject", "0")+
+			`<field var='muc#roomconfig_presencebroadcast' type='list-multi' label='Roles whose presence is broadcast'>`+
+			`<value>moderator</value><value>participant</value><value>visitor</value>`+
+			`<option><value>moderator</value></option><option><value>participant</value></option><option><value>visitor</value></option></field>`+
 			`</x></query></iq>`)
 	bob.exchange(t, `<iq type='get' id='f2' to='`+rj+`'><query xmlns='`+nsOwner+`'/></iq>`,
 		`<iq type='error' id='f2' from='`+rj+`' to='bob@localhost/b'><error type='auth'><forbidden `+stanzasNS+`/><text `+stanzasNS+`>only owners configure the room</text></error></iq>`)
@@ -746,4 +749,27 @@ func TestMUCBigRoomOrder(t *testing.T) {
 			t.Fatalf("occupant %d got %q, want %q", i, seq, first)
 		}
 	}
+}
+
+// TestMUCPresenceBroadcast: with muc#roomconfig_presencebroadcast set to
+// moderators only, a participant's join, updates and departure go to
+// itself alone, and a joiner sees only the moderators: a big room then
+// costs O(1) per join.
+func TestMUCPresenceBroadcast(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob")
+	alice, bob := w.user("alice", "a"), w.user("bob", "b")
+	a := occ{"pb", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	configure(t, alice, "pb", map[string]string{"presencebroadcast": "moderator"})
+	b := occ{"pb", "Bob", "bob@localhost/b", "none", "participant"}
+	bob.send(`<presence to='pb@` + mucSvc + `/Bob'><x xmlns='` + nsMUC + `'/></presence>`)
+	bob.expect(t, w.pres(a, b.full, "", false, nil, ""))
+	bob.expect(t, w.pres(b, b.full, "", true, []int{110}, ""))
+	bob.expect(t, subject("pb", b.full))
+	bob.send(`<message to='pb@` + mucSvc + `' type='groupchat' id='x1'><body>quiet</body></message>`)
+	alice.expect(t, w.groupchat(b, a.full, "x1", "quiet")) // no presence of Bob before it
+	bob.expect(t, w.groupchat(b, b.full, "x1", "quiet"))
+	bob.send(`<presence to='pb@` + mucSvc + `/Bob' type='unavailable'/>`)
+	bob.expect(t, w.pres(occ{"pb", "Bob", b.full, "none", "none"}, b.full, "unavailable", true, []int{110}, ""))
+	alice.sync(t, "s1") // nothing for Alice
 }

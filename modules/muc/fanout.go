@@ -51,6 +51,9 @@ type broadcast struct {
 	// skip gets nothing (the sender of a presence update it already
 	// knows).
 	skip *occupant
+	// onlySelf sends it to self only (a presence the room does not
+	// broadcast), in order with the rest of what self gets.
+	onlySelf bool
 }
 
 // partition is one share of a room's occupants. Guarded by the room's mu.
@@ -138,7 +141,13 @@ func (r *room) enqueue(bc *broadcast, extra *occupant) (start [numParts]bool) {
 	for i := range r.parts {
 		p := &r.parts[i]
 		to := p.members
-		if extra != nil && int(extra.part) == i {
+		if bc.onlySelf {
+			if int(bc.self.part) != i {
+				continue
+			}
+			to = []*occupant{bc.self}
+		}
+		if extra != nil && int(extra.part) == i && !bc.onlySelf {
 			to = append(to[:len(to):len(to)], extra)
 		}
 		if len(to) == 0 {

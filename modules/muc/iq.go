@@ -478,6 +478,15 @@ func (r *room) configForm(h hook.Host) []byte {
 	field("allowpm", "list-single", "Who may send private messages", r.cfg.AllowPM, "anyone", "participants", "moderators", "none")
 	field("allowinvites", "boolean", "Occupants may invite", boolean(r.cfg.AllowInvites))
 	field("changesubject", "boolean", "Occupants may change the subject", boolean(r.cfg.ChangeSubject))
+	b = append(b, `<field var='muc#roomconfig_presencebroadcast' type='list-multi' label='Roles whose presence is broadcast'>`...)
+	for _, x := range []role{roleModerator, roleParticipant, roleVisitor} {
+		if r.broadcasts(x) {
+			b = append(b, `<value>`...)
+			b = append(b, x.String()...)
+			b = append(b, `</value>`...)
+		}
+	}
+	b = append(b, `<option><value>moderator</value></option><option><value>participant</value></option><option><value>visitor</value></option></field>`...)
 	return append(b, `</x></query>`...)
 }
 
@@ -545,6 +554,17 @@ func (r *room) configure(c *hook.Ctx, v map[string][]string) string {
 			cfg.AllowPM = s
 			return s == "anyone" || s == "participants" || s == "moderators" || s == "none"
 		})
+	if vals, present := v["muc#roomconfig_presencebroadcast"]; present && ok {
+		cfg.Hidden = 1<<roleModerator | 1<<roleParticipant | 1<<roleVisitor
+		for _, x := range vals {
+			ro, known := parseRole(x)
+			if !known || ro == roleNone {
+				ok = false
+				break
+			}
+			cfg.Hidden &^= 1 << ro
+		}
+	}
 	if !ok {
 		return "a field has a value the room does not take"
 	}

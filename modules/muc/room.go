@@ -70,6 +70,10 @@ type roomConfig struct {
 	MaxUsers      int    `json:"max_users,omitempty"` // 0: muc.max_occupants
 	WhoisAnyone   bool   `json:"whois_anyone,omitempty"`
 	HistoryLength int    `json:"history_length"`
+	// Hidden is the roles (bit 1<<role) whose presence is not broadcast
+	// (muc#roomconfig_presencebroadcast leaves them out): a big room
+	// where only moderators are listed costs O(1) per join, not O(n).
+	Hidden uint8 `json:"hidden_roles,omitempty"`
 	// Archive is muc#roomconfig_enablearchiving: stored, and handed to
 	// the Archiver seam when one is set.
 	Archive       bool   `json:"archive,omitempty"`
@@ -98,6 +102,7 @@ type occupant struct {
 	role   atomic.Uint32
 	aff    affiliation
 	part   uint8
+	shown  bool   // the others have been sent its presence (presencebroadcast)
 	extra  []byte // the children of its last presence (show, status, caps), capped
 
 	tokens float64 // message rate bucket
@@ -262,6 +267,12 @@ func (r *room) affOf(bare string) affiliation {
 		return a
 	}
 	return affNone
+}
+
+// broadcasts reports whether the presence of occupants with role is sent
+// to the room (muc#roomconfig_presencebroadcast). Called with r.mu held.
+func (r *room) broadcasts(x role) bool {
+	return r.cfg.Hidden&(1<<x) == 0
 }
 
 // defaultRole is the role an affiliation gets on entering (XEP-0045 5.1.2).
@@ -437,7 +448,9 @@ func (r *room) join(c *hook.Ctx, st *hook.Stanza, nick, key string) {
 	var before [][]byte
 	seesAll := r.cfg.WhoisAnyone || o.getRole() == roleModerator
 	for _, x := range r.occupantsSorted() {
-		before = append(before, r.presenceFor(x, o.full, seesAll, "", nil, nil))
+		if x.shown {
+			before = append(before, r.presenceFor(x, o.full, seesAll, "", nil, nil))
+		}
 	}
 	r.occ[key] = o
 	r.byJID[st.From] = o
@@ -628,10 +641,18 @@ func (r *room) presenceHead(o *occupant) []byte {
 // carries 110 and its own JID, the others the codes that concern them.
 // Called with r.mu held.
 func (r *room) presenceBroadcast(o *occupant, typ string, itemAttrs []byte, codes []int, itemChildren ...[]byte) *broadcast {
+	// muc#roomconfig_presencebroadcast: the presence of an occupant whose
+	// role is not broadcast goes to itself only, unless the others have
+	// seen it (a role change, a departure).
+	visible := typ == "" && r.broadcasts(o.getRole())
+	onlySelf := !visible && !o.shown
+	if typ == "" {
+		o.shown = visible
+	}
 	selfCodes := append([]int{110}, codes...)
 	slices.Sort(selfCodes)
 	others := slices.DeleteFunc(slices.Clone(codes), func(c int) bool { return c == 100 || c == 170 || c == 201 || c == 210 })
-	bc := &broadcast{head: r.presenceHead(o), self: o}
+	bc := &broadcast{head: r.presenceHead(o), self: o, onlySelf: onlySelf}
 	bc.plain = r.presenceTail(o, typ, r.cfg.WhoisAnyone, itemAttrs, others, false, itemChildren)
 	if !r.cfg.WhoisAnyone {
 		bc.withJID = r.presenceTail(o, typ, true, itemAttrs, others, false, itemChildren)
