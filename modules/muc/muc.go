@@ -100,8 +100,9 @@ type Module struct {
 	rooms map[string]*room
 	temp  map[string]int // temporary rooms in memory by creator (bare JID)
 
-	stop     chan struct{}
-	stopOnce sync.Once
+	stop      chan struct{}
+	stopOnce  sync.Once
+	sweepOnce sync.Once // the eviction sweep starts with the first room
 
 	created, joins, messages, evicted atomic.Uint64
 }
@@ -137,7 +138,6 @@ func (m *Module) Register(r *hook.Registrar) error {
 	// stream management parks is neither, and stays in them.
 	r.On(hook.Unavailable, m.sessionGone)
 	r.On(hook.Closed, m.sessionGone)
-	go m.sweep()
 	return nil
 }
 
@@ -297,6 +297,7 @@ func (m *Module) load(c *hook.Ctx, st *hook.Stanza) {
 			over = n >= maxRooms
 		}
 		return func(c *hook.Ctx) {
+			m.sweepOnce.Do(func() { go m.sweep() })
 			st := reparse(c.Stanza, raw)
 			c.Stanza = st
 			if err != nil {
