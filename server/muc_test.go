@@ -126,8 +126,10 @@ func (w *mucWorld) create(c *rawConn, o occ) {
 		`<iq type='result' id='inst' from='`+o.room+`@`+mucSvc+`'/>`)
 }
 
-// configure submits fields (var suffix to value) of the room form as owner c.
-func configure(t *testing.T, c *rawConn, room string, fields map[string]string) {
+// configure submits fields (var suffix to value) of the room form as owner
+// c, an occupant, and reads the notice of the change with its extra
+// status codes.
+func configure(t *testing.T, c *rawConn, room string, fields map[string]string, codes ...int) {
 	t.Helper()
 	f := `<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>`
 	for k, v := range fields {
@@ -135,6 +137,17 @@ func configure(t *testing.T, c *rawConn, room string, fields map[string]string) 
 	}
 	c.exchange(t, `<iq type='set' id='cfg' to='`+room+`@`+mucSvc+`'><query xmlns='`+nsOwner+`'><x xmlns='jabber:x:data' type='submit'>`+f+`</x></query></iq>`,
 		`<iq type='result' id='cfg' from='`+room+`@`+mucSvc+`'/>`)
+	// The owner is in the room: it is told of the change (10.2.1).
+	c.expect(t, configChanged(room, "{*}", codes...))
+}
+
+// configChanged is the room's notice of a configuration change.
+func configChanged(room, to string, codes ...int) string {
+	s := `<message from='` + room + `@` + mucSvc + `' to='` + to + `' type='groupchat'><x xmlns='` + nsUser + `'>`
+	for _, c := range append([]int{104}, codes...) {
+		s += fmt.Sprintf(`<status code='%d'/>`, c)
+	}
+	return s + `</x></message>`
 }
 
 // TestMUCJoinMessageLeave: a reserved room is created locked (201) and
@@ -336,10 +349,12 @@ func TestMUCConfigAndEntry(t *testing.T) {
 	b := occ{"cfg", "Bob", "bob@localhost/b", "none", "participant"}
 	w.join(bob, "cfg", "Bob", "")
 	alice.expect(t, w.pres(b, a.full, "", true, nil, ""))
-	configure(t, alice, "cfg", map[string]string{"membersonly": "1"})
+	alice.exchange(t, `<iq type='set' id='mo' to='`+rj+`'><query xmlns='`+nsOwner+`'><x xmlns='jabber:x:data' type='submit'>`+
+		`<field var='muc#roomconfig_membersonly'><value>1</value></field></x></query></iq>`, `<iq type='result' id='mo' from='`+rj+`'/>`)
 	gone := occ{"cfg", "Bob", "bob@localhost/b", "none", "none"}
 	bob.expect(t, w.pres(gone, b.full, "unavailable", true, []int{110, 322}, ""))
 	alice.expect(t, w.pres(gone, a.full, "unavailable", true, []int{322}, ""))
+	alice.expect(t, configChanged("cfg", a.full)) // to those who stay
 	bob.exchange(t, `<presence to='`+rj+`/Bob' id='j1'><x xmlns='`+nsMUC+`'/></presence>`,
 		`<presence from='`+rj+`/Bob' to='bob@localhost/b' type='error' id='j1'><x xmlns='`+nsMUC+`'/><error type='auth'><registration-required `+stanzasNS+`/><text `+stanzasNS+`>the room is members-only</text></error></presence>`)
 
@@ -632,7 +647,7 @@ func TestMUCArchiveSeam(t *testing.T) {
 	query := `<query xmlns='urn:xmpp:mam:2'/>`
 	bob.exchange(t, `<iq type='set' id='q0' to='`+rj+`'>`+query+`</iq>`,
 		`<iq type='error' id='q0' from='`+rj+`' to='bob@localhost/b'><error type='cancel'><service-unavailable `+stanzasNS+`/><text `+stanzasNS+`>this room keeps no archive</text></error></iq>`)
-	configure(t, alice, "arch", map[string]string{"enablearchiving": "1"})
+	configure(t, alice, "arch", map[string]string{"enablearchiving": "1"}, 170)
 	b := occ{"arch", "Bob", "bob@localhost/b", "none", "participant"}
 	bob.send(`<presence to='` + rj + `/Bob'><x xmlns='` + nsMUC + `'/></presence>`)
 	bob.expect(t, w.pres(a, b.full, "", false, nil, ""))

@@ -574,7 +574,7 @@ func (r *room) configure(c *hook.Ctx, v map[string][]string) string {
 	if cfg.Persistent && r.m.Store == nil {
 		return "rooms cannot be persistent on this service"
 	}
-	was := r.cfg
+	was, wasLocked := r.cfg, r.locked
 	r.cfg = cfg
 	r.locked = false
 	switch {
@@ -607,7 +607,31 @@ func (r *room) configure(c *hook.Ctx, v map[string][]string) string {
 			}
 		}
 	}
-	r.mu.Unlock()
+	if wasLocked || r.gone || len(r.occ) == 0 {
+		r.mu.Unlock()
+		return ""
+	}
+	// Tell the occupants the configuration changed (XEP-0045 10.2.1):
+	// 104, and what concerns their privacy, logging (170, 171) and who
+	// sees real JIDs (172, 173). Not for a reserved room's first
+	// configuration: nobody else is in it yet.
+	codes := []int{104}
+	if cfg.Archive != was.Archive && r.m.Archiver != nil {
+		codes = append(codes, map[bool]int{true: 170, false: 171}[cfg.Archive])
+	}
+	if cfg.WhoisAnyone != was.WhoisAnyone {
+		codes = append(codes, map[bool]int{true: 172, false: 173}[cfg.WhoisAnyone])
+	}
+	head := stanza.AppendEscaped([]byte(`<message from='`), r.jid)
+	head = append(head, `' to='`...)
+	tail := []byte(`' type='groupchat'><x xmlns='` + NSUser + `'>`)
+	for _, code := range codes {
+		tail = append(tail, `<status code='`...)
+		tail = strconv.AppendInt(tail, int64(code), 10)
+		tail = append(tail, `'/>`...)
+	}
+	tail = append(tail, `</x></message>`...)
+	r.sendLocked(h, &broadcast{head: head, plain: tail}, nil)
 	return ""
 }
 
