@@ -788,3 +788,56 @@ func TestMUCPresenceBroadcast(t *testing.T) {
 	bob.expect(t, w.pres(occ{"pb", "Bob", b.full, "none", "none"}, b.full, "unavailable", true, []int{110}, ""))
 	alice.sync(t, "s1") // nothing for Alice
 }
+
+// TestMUCBadInput: each class of malformed or misdirected request gets
+// its stanza error, with its text.
+func TestMUCBadInput(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice")
+	alice := w.user("alice", "a")
+	w.create(alice, occ{"bad", "Alice", "alice@localhost/a", "owner", "moderator"})
+	rj := "bad@" + mucSvc
+	errIQ := func(id, from, typ, cond, text string) string {
+		s := `<iq type='error' id='` + id + `' from='` + from + `' to='alice@localhost/a'><error type='` + typ + `'><` + cond + ` ` + stanzasNS + `/>`
+		if text != "" {
+			s += `<text ` + stanzasNS + `>` + text + `</text>`
+		}
+		return s + `</error></iq>`
+	}
+	errMsg := func(id, from, typ, cond, text string) string {
+		return strings.Replace(strings.Replace(errIQ(id, from, typ, cond, text), `<iq type='error'`, `<message type='error'`, 1), `</iq>`, `</message>`, 1)
+	}
+	admin := func(id, items string) string {
+		return `<iq type='set' id='` + id + `' to='` + rj + `'><query xmlns='` + nsAdmin + `'>` + items + `</query></iq>`
+	}
+	owner := func(id, inner string) string {
+		return `<iq type='set' id='` + id + `' to='` + rj + `'><query xmlns='` + nsOwner + `'>` + inner + `</query></iq>`
+	}
+	cases := []struct{ name, send, want string }{
+		{"unknown role", admin("b1", `<item nick='Alice' role='king'/>`), errIQ("b1", rj, "modify", "bad-request", "items need a known role or affiliation")},
+		{"no items", admin("b2", ``), errIQ("b2", rj, "modify", "bad-request", "items need a known role or affiliation")},
+		{"item with neither", admin("b3", `<item nick='Alice'/>`), errIQ("b3", rj, "modify", "bad-request", "items need a role or an affiliation")},
+		{"affiliation without jid", admin("b4", `<item affiliation='member'/>`), errIQ("b4", rj, "modify", "bad-request", "an affiliation change needs a jid")},
+		{"role of nobody", admin("b5", `<item nick='Nobody' role='visitor'/>`), errIQ("b5", rj, "cancel", "item-not-found", "no occupant with that nickname")},
+		{"owner set without form", owner("b6", ``), errIQ("b6", rj, "modify", "bad-request", "a muc#roomconfig form of type submit or cancel, or destroy, was expected")},
+		{"foreign form", owner("b7", `<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>urn:example</value></field></x>`),
+			errIQ("b7", rj, "modify", "not-acceptable", "unknown FORM_TYPE")},
+		{"password without secret", owner("b8", `<x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_passwordprotectedroom'><value>1</value></field></x>`),
+			errIQ("b8", rj, "modify", "not-acceptable", "a password-protected room needs a password")},
+		{"unknown iq to the room", `<iq type='get' id='b9' to='` + rj + `'><query xmlns='urn:example'/></iq>`, errIQ("b9", rj, "cancel", "service-unavailable", "")},
+		{"unknown iq to the service", `<iq type='get' id='b10' to='` + mucSvc + `'><query xmlns='urn:example'/></iq>`, errIQ("b10", mucSvc, "cancel", "service-unavailable", "")},
+		{"message to the service", `<message id='b11' to='` + mucSvc + `'><body>x</body></message>`, errMsg("b11", mucSvc, "cancel", "service-unavailable", "")},
+		{"plain message to the room", `<message id='b12' to='` + rj + `'><body>x</body></message>`, errMsg("b12", rj, "modify", "bad-request", "send groupchat messages to the room")},
+		{"groupchat to an occupant", `<message id='b13' type='groupchat' to='` + rj + `/Alice'><body>x</body></message>`, errMsg("b13", rj+"/Alice", "modify", "bad-request", "groupchat messages go to the room")},
+		{"private message to nobody", `<message id='b14' type='chat' to='` + rj + `/Nobody'><body>x</body></message>`, errMsg("b14", rj+"/Nobody", "cancel", "item-not-found", "no such occupant")},
+		{"invitation to nobody", `<message id='b15' to='` + rj + `'><x xmlns='` + nsUser + `'><invite/></x></message>`, errMsg("b15", rj, "modify", "bad-request", "the invitation names nobody")},
+		{"presence without a nick", `<presence id='b16' to='` + rj + `'/>`, `<presence from='` + rj + `' to='alice@localhost/a' type='error' id='b16'><x xmlns='` + nsMUC + `'/><error type='modify'><jid-malformed ` + stanzasNS + `/><text ` + stanzasNS + `>a nickname is required</text></error></presence>`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			alice.exchange(t, tc.send, tc.want)
+		})
+	}
+	// Answers and errors sent to the room are dropped, unanswered.
+	alice.send(`<iq type='result' id='r1' to='` + rj + `'/><iq type='error' id='r2' to='` + rj + `'/><message type='error' id='r3' to='` + rj + `'/>`)
+	alice.sync(t, "s1")
+}
