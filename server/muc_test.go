@@ -477,8 +477,18 @@ func TestMUCInvitesAndPing(t *testing.T) {
 
 	// Self-ping.
 	carol.exchange(t, `<iq type='get' id='p1' to='`+rj+`/Carol'><ping xmlns='urn:xmpp:ping'/></iq>`, `<iq type='result' id='p1' from='`+rj+`/Carol'/>`)
-	carol.exchange(t, `<iq type='get' id='p2' to='`+rj+`/Alice'><ping xmlns='urn:xmpp:ping'/></iq>`,
-		`<iq type='error' id='p2' from='`+rj+`/Alice' to='carol@localhost/c'><error type='cancel'><service-unavailable `+stanzasNS+`/><text `+stanzasNS+`>iqs to occupants are not relayed</text></error></iq>`)
+	// Other iqs to an occupant are relayed under the room's id, and the
+	// answer comes back from the occupant's room JID (a vCard request).
+	carol.send(`<iq type='get' id='v1' to='` + rj + `/Alice'><vCard xmlns='vcard-temp'/></iq>`)
+	got := alice.expect(t, `<iq type='get' id='{*}' from='`+rj+`/Carol' to='alice@localhost/a'><vCard xmlns='vcard-temp'/></iq>`)
+	relayID := regexp.MustCompile(`id='([^']*)'`).FindStringSubmatch(got)[1]
+	alice.send(`<iq type='result' id='` + relayID + `' to='` + rj + `/Carol'><vCard xmlns='vcard-temp'><FN>Alice</FN></vCard></iq>`)
+	carol.expect(t, `<iq type='result' id='v1' from='`+rj+`/Alice' to='carol@localhost/c'><vCard xmlns='vcard-temp'><FN>Alice</FN></vCard></iq>`)
+	// An answer the room did not ask for goes nowhere.
+	alice.send(`<iq type='result' id='` + relayID + `' to='` + rj + `/Carol'/>`)
+	alice.sync(t, "s0")
+	carol.exchange(t, `<iq type='get' id='p2' to='`+rj+`/Nobody'><ping xmlns='urn:xmpp:ping'/></iq>`,
+		`<iq type='error' id='p2' from='`+rj+`/Nobody' to='carol@localhost/c'><error type='cancel'><item-not-found `+stanzasNS+`/><text `+stanzasNS+`>no such occupant</text></error></iq>`)
 	bob.exchange(t, `<iq type='get' id='p3' to='`+rj+`/Carol'><ping xmlns='urn:xmpp:ping'/></iq>`,
 		`<iq type='error' id='p3' from='`+rj+`/Carol' to='bob@localhost/b'><error type='modify'><not-acceptable `+stanzasNS+`/><text `+stanzasNS+`>not an occupant of the room</text></error></iq>`)
 }

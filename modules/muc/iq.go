@@ -5,6 +5,7 @@ import (
 	"maps"
 	"sort"
 	"strconv"
+	"time"
 
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
@@ -14,6 +15,10 @@ import (
 // unlocks.
 func (r *room) iq(c *hook.Ctx, st *hook.Stanza) {
 	if st.Type != "get" && st.Type != "set" {
+		if st.Resource != "" && (st.Type == "result" || st.Type == "error") {
+			r.iqAnswer(st) // unlocks
+			return
+		}
 		r.mu.Unlock()
 		return
 	}
@@ -45,21 +50,102 @@ func (r *room) iq(c *hook.Ctx, st *hook.Stanza) {
 	}
 }
 
-// occupantIQ answers an iq to room/nick: a self-ping (XEP-0410) is answered
-// by the service; other iqs to occupants are not relayed.
+// occupantIQ handles an iq to room/nick: a self-ping (XEP-0410) is
+// answered by the service; another iq from an occupant is relayed to the
+// occupant addressed (XEP-0045 7.5: a vCard request, say) under an id of
+// the room's, so that the answer comes back through the room and the
+// asker's real JID stays hidden. Called with r.mu held; it unlocks.
 func (r *room) occupantIQ(c *hook.Ctx, st *hook.Stanza) {
 	o := r.byJID[st.From]
 	key, err := nickKey(st.Resource)
-	self := o != nil && err == nil && o.key == key
-	r.mu.Unlock()
+	to := r.occ[key]
+	self := o != nil && err == nil && to == o
 	switch {
 	case st.NS == NSPing && st.Name == "ping" && st.Type == "get" && self:
+		r.mu.Unlock()
 		c.ReplyResult(nil)
+		return
 	case o == nil:
+		r.mu.Unlock()
 		c.ReplyError("modify", "not-acceptable", "not an occupant of the room")
-	default:
-		c.ReplyError("cancel", "service-unavailable", "iqs to occupants are not relayed")
+		return
+	case to == nil || err != nil:
+		r.mu.Unlock()
+		c.ReplyError("cancel", "item-not-found", "no such occupant")
+		return
 	}
+	now := time.Now()
+	for id, p := range r.pending {
+		if now.Sub(p.at) > relayTimeout {
+			delete(r.pending, id)
+		}
+	}
+	if len(r.pending) >= maxRelayed {
+		r.mu.Unlock()
+		c.ReplyError("wait", "resource-constraint", "too many iqs in flight in this room")
+		return
+	}
+	if r.pending == nil {
+		r.pending = make(map[string]relayed)
+	}
+	r.relaySeq++
+	id := "muc" + strconv.FormatUint(r.relaySeq, 36)
+	r.pending[id] = relayed{asker: o, id: st.ID, target: to, at: now}
+	b := []byte(`<iq type='`)
+	b = append(b, st.Type...)
+	b = append(b, `' id='`...)
+	b = append(b, id...)
+	b = append(b, `' from='`...)
+	b = stanza.AppendEscaped(b, r.jid+"/"+o.nick)
+	b = append(b, `' to='`...)
+	b = append(b, to.toAttr...)
+	b = append(b, `'>`...)
+	b = append(b, stanza.Inner(st.Raw)...)
+	b = append(b, `</iq>`...)
+	r.mu.Unlock()
+	to.sess.Deliver(b)
+}
+
+// Relayed iqs: how many may be in flight per room, and how long an answer
+// is waited for.
+const (
+	maxRelayed   = 256
+	relayTimeout = time.Minute
+)
+
+// relayed is an iq the room passed to an occupant, awaiting its answer.
+type relayed struct {
+	asker, target *occupant
+	id            string // the asker's id
+	at            time.Time
+}
+
+// iqAnswer passes an occupant's answer to a relayed iq back to the asker,
+// from the answerer's room JID. Called with r.mu held; it unlocks.
+func (r *room) iqAnswer(st *hook.Stanza) {
+	p, ok := r.pending[st.ID]
+	if !ok || p.target.full != st.From || r.byJID[p.asker.full] != p.asker {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.pending, st.ID)
+	b := []byte(`<iq type='`)
+	b = append(b, st.Type...)
+	b = append(b, `' id='`...)
+	b = stanza.AppendEscaped(b, p.id)
+	b = append(b, `' from='`...)
+	b = stanza.AppendEscaped(b, r.jid+"/"+p.target.nick)
+	b = append(b, `' to='`...)
+	b = append(b, p.asker.toAttr...)
+	if inner := stanza.Inner(st.Raw); len(inner) > 0 {
+		b = append(b, `'>`...)
+		b = append(b, inner...)
+		b = append(b, `</iq>`...)
+	} else {
+		b = append(b, `'/>`...)
+	}
+	r.mu.Unlock()
+	p.asker.sess.Deliver(b)
 }
 
 // features returns the room's disco features (XEP-0045 15.2). Called with

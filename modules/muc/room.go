@@ -141,6 +141,8 @@ type room struct {
 	countedTemp bool // counted in Module.temp (guarded by Module.mu)
 	writes      []func(context.Context, Store) error
 	writing     bool
+	pending     map[string]relayed // iqs relayed to occupants, by the room's id
+	relaySeq    uint64
 }
 
 // newRoom creates a room for its first occupant, locked until configured.
