@@ -851,3 +851,50 @@ func TestMUCBadInput(t *testing.T) {
 	alice.send(`<iq type='result' id='r1' to='` + rj + `'/><iq type='error' id='r2' to='` + rj + `'/><message type='error' id='r3' to='` + rj + `'/>`)
 	alice.sync(t, "s1")
 }
+
+// TestMUCMultiSession: two sessions of one account share a nick: the
+// second's join and the first's departure are seen only by themselves,
+// both get the room's messages and the nick's private messages, and the
+// nick leaves the room with its last session.
+func TestMUCMultiSession(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob", "carol")
+	a1, a2, bob, carol := w.user("alice", "one"), w.user("alice", "two"), w.user("bob", "b"), w.user("carol", "c")
+	o1 := occ{"ms", "Alice", "alice@localhost/one", "owner", "moderator"}
+	o2 := occ{"ms", "Alice", "alice@localhost/two", "owner", "moderator"}
+	w.create(a1, o1)
+	b := occ{"ms", "Bob", "bob@localhost/b", "none", "participant"}
+	w.join(bob, "ms", "Bob", "")
+	a1.expect(t, w.pres(b, o1.full, "", true, nil, ""))
+
+	a2.send(`<presence to='ms@` + mucSvc + `/Alice'><x xmlns='` + nsMUC + `'/></presence>`)
+	a2.expect(t, w.pres(o1, o2.full, "", true, nil, ""))
+	a2.expect(t, w.pres(b, o2.full, "", true, nil, ""))
+	a2.expect(t, w.pres(o2, o2.full, "", true, []int{110}, ""))
+	a2.expect(t, subject("ms", o2.full))
+	carol.exchange(t, `<presence to='ms@`+mucSvc+`/Alice' id='j1'><x xmlns='`+nsMUC+`'/></presence>`,
+		`<presence from='ms@`+mucSvc+`/Alice' to='carol@localhost/c' type='error' id='j1'><x xmlns='`+nsMUC+`'/><error type='cancel'><conflict `+stanzasNS+`/><text `+stanzasNS+`>the nickname is in use</text></error></presence>`)
+
+	bob.send(`<message to='ms@` + mucSvc + `' type='groupchat' id='g1'><body>hi all</body></message>`)
+	for _, c := range []struct {
+		r  *rawConn
+		to string
+	}{{a1, o1.full}, {a2, o2.full}, {bob, b.full}} {
+		c.r.expect(t, w.groupchat(b, c.to, "g1", "hi all"))
+	}
+	bob.send(`<message to='ms@` + mucSvc + `/Alice' type='chat' id='p1'><body>psst</body></message>`)
+	for _, c := range []struct {
+		r  *rawConn
+		to string
+	}{{a1, o1.full}, {a2, o2.full}} {
+		c.r.expect(t, `<message from='ms@`+mucSvc+`/Bob' to='`+c.to+`' type='chat' id='p1'><body>psst</body><occupant-id xmlns='urn:xmpp:occupant-id:0' id='`+w.id("ms", "bob@localhost")+`'/><x xmlns='`+nsUser+`'/></message>`)
+	}
+
+	a1.send(`<presence to='ms@` + mucSvc + `/Alice' type='unavailable'/>`)
+	a1.expect(t, w.pres(occ{"ms", "Alice", o1.full, "owner", "none"}, o1.full, "unavailable", true, []int{110}, ""))
+	bob.sync(t, "s1") // Bob saw nothing: Alice is still there
+	a2.exchange(t, `<iq type='get' id='sp' to='ms@`+mucSvc+`/Alice'><ping xmlns='urn:xmpp:ping'/></iq>`, `<iq type='result' id='sp' from='ms@`+mucSvc+`/Alice'/>`)
+	a2.send(`<presence to='ms@` + mucSvc + `/Alice' type='unavailable'/>`)
+	gone := occ{"ms", "Alice", o2.full, "owner", "none"}
+	a2.expect(t, w.pres(gone, o2.full, "unavailable", true, []int{110}, ""))
+	bob.expect(t, w.pres(gone, b.full, "unavailable", false, nil, ""))
+}

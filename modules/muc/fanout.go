@@ -216,7 +216,7 @@ func (r *room) drain(h hook.Host, i, limit int) {
 // r.mu held; it unlocks it.
 func (r *room) sendLocked(h hook.Host, bc *broadcast, extra *occupant) {
 	start := r.enqueue(bc, extra)
-	small := len(r.occ) <= inlineMax
+	small := len(r.byJID) <= inlineMax
 	r.mu.Unlock()
 	r.run(h, start, small)
 }

@@ -59,7 +59,7 @@ func (r *room) occupantIQ(c *hook.Ctx, st *hook.Stanza) {
 	o := r.byJID[st.From]
 	key, err := nickKey(st.Resource)
 	to := r.occ[key]
-	self := o != nil && err == nil && to == o
+	self := o != nil && err == nil && o.key == key
 	switch {
 	case st.NS == NSPing && st.Name == "ping" && st.Type == "get" && self:
 		r.mu.Unlock()
@@ -308,7 +308,16 @@ func (r *room) admin(c *hook.Ctx, st *hook.Stanza) {
 			r.setAffiliation(h, it.jid, it.aff, it.reason, actorNick) // unlocks
 		} else {
 			key, _ := nickKey(it.nick)
-			r.setRole(h, r.occ[key], it.role, it.reason, actorNick) // unlocks
+			for i, t := range sessions(r.occ[key]) {
+				if i > 0 {
+					r.mu.Lock()
+					if r.gone || r.byJID[t.full] != t {
+						r.mu.Unlock()
+						continue
+					}
+				}
+				r.setRole(h, t, it.role, it.reason, actorNick) // unlocks
+			}
 		}
 		r.mu.Lock()
 		if r.gone {
@@ -394,7 +403,7 @@ func (r *room) setAffiliation(h hook.Host, bare string, to affiliation, reason, 
 	}
 	r.saveAffiliation(h, bare, to, reason)
 	var hit []*occupant
-	for _, o := range r.occ {
+	for _, o := range r.allSorted() {
 		if o.bare == bare {
 			hit = append(hit, o)
 		}
@@ -682,7 +691,7 @@ func (r *room) configure(c *hook.Ctx, v map[string][]string) string {
 	}
 	// Turning members-only on removes those who are not members (322).
 	if cfg.MembersOnly && !was.MembersOnly {
-		for _, o := range r.occupantsSorted() {
+		for _, o := range r.allSorted() {
 			if o.aff >= affMember {
 				continue
 			}
@@ -693,7 +702,7 @@ func (r *room) configure(c *hook.Ctx, v map[string][]string) string {
 			}
 		}
 	}
-	if wasLocked || r.gone || len(r.occ) == 0 {
+	if wasLocked || r.gone || len(r.byJID) == 0 {
 		r.mu.Unlock()
 		return ""
 	}
@@ -749,7 +758,7 @@ func (r *room) destroy(h hook.Host, alt, reason, password string) {
 		b []byte
 	}
 	var outs []out
-	for _, o := range r.occupantsSorted() {
+	for _, o := range r.allSorted() {
 		b := r.presenceHead(o)
 		b = append(b, o.toAttr...)
 		b = append(b, `' type='unavailable'><x xmlns='`+NSUser+`'><item affiliation='none' role='none'/><status code='110'/>`...)

@@ -354,9 +354,9 @@ func (r *room) private(c *hook.Ctx, st *hook.Stanza, o *occupant) {
 	// The <x/> marks it as private through a room (XEP-0045 7.5).
 	tail = append(tail[:len(tail)-len(`</message>`)], `<x xmlns='`+NSUser+`'/></message>`...)
 	bc := &broadcast{head: head, plain: tail}
-	b := bc.copyFor(to)
+	targets := sessions(to)
 	r.mu.Unlock()
-	to.sess.Deliver(b)
+	bc.deliver(targets) // every session under the nick
 }
 
 // nickKey returns a nickname's comparison key (PRECIS nickname profile,
@@ -501,6 +501,9 @@ func (r *room) voiceRequest(c *hook.Ctx, st *hook.Stanza, o *occupant, form elem
 			r.mu.Unlock()
 			return
 		}
+		for _, t := range target.twins {
+			t.role.Store(uint32(roleParticipant))
+		}
 		target.role.Store(uint32(roleParticipant))
 		r.sendLocked(h, r.presenceBroadcast(target, "", nil, nil), nil)
 		return
@@ -523,7 +526,7 @@ func (r *room) voiceRequest(c *hook.Ctx, st *hook.Stanza, o *occupant, form elem
 	head = append(head, `' to='`...)
 	bc := &broadcast{head: head, plain: b}
 	var mods []*occupant
-	for _, x := range r.occ {
+	for _, x := range r.byJID {
 		if x.getRole() == roleModerator {
 			mods = append(mods, x)
 		}

@@ -221,7 +221,7 @@ func (m *Module) evictIdle(now time.Time, idle time.Duration) {
 func (m *Module) evictLocked(r *room, now time.Time, idle time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.occ) == 0 && r.cfg.Persistent && !r.emptySince.IsZero() && now.Sub(r.emptySince) >= idle && !r.writing && len(r.writes) == 0 && r.drained() && m.rooms[r.name] == r {
+	if len(r.byJID) == 0 && r.cfg.Persistent && !r.emptySince.IsZero() && now.Sub(r.emptySince) >= idle && !r.writing && len(r.writes) == 0 && r.drained() && m.rooms[r.name] == r {
 		r.gone = true
 		delete(m.rooms, r.name)
 		m.evicted.Add(1)

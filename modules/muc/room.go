@@ -102,8 +102,9 @@ type occupant struct {
 	role   atomic.Uint32
 	aff    affiliation
 	part   uint8
-	shown  bool   // the others have been sent its presence (presencebroadcast)
-	extra  []byte // the children of its last presence (show, status, caps), capped
+	shown  bool        // the others have been sent its presence (presencebroadcast)
+	twins  []*occupant // on the nick's first session: the account's other sessions under the nick
+	extra  []byte      // the children of its last presence (show, status, caps), capped
 
 	tokens float64 // message rate bucket
 	last   time.Time
@@ -131,7 +132,7 @@ type room struct {
 	locked      bool // reserved room awaiting its configuration
 	fresh       bool // created, its first occupant not yet in
 	affs        map[string]affiliation
-	occ         map[string]*occupant // by nick key
+	occ         map[string]*occupant // by nick key: the nick's first session (others are its twins)
 	byJID       map[string]*occupant // by real full JID
 	history     []histEntry
 	histBytes   int
@@ -423,8 +424,11 @@ func (r *room) join(c *hook.Ctx, st *hook.Stanza, nick, key string) {
 	case r.cfg.MembersOnly && aff < affMember:
 		fail("auth", "registration-required", "the room is members-only")
 		return
-	case r.occ[key] != nil:
+	case r.occ[key] != nil && r.occ[key].bare != bare:
 		fail("cancel", "conflict", "the nickname is in use")
+		return
+	case r.occ[key] != nil && len(r.occ[key].twins) >= maxTwins:
+		fail("wait", "policy-violation", "too many sessions under this nickname")
 		return
 	case len(r.occ) >= r.maxUsers(h):
 		fail("wait", "service-unavailable", "the room is full")
@@ -454,7 +458,17 @@ func (r *room) join(c *hook.Ctx, st *hook.Stanza, nick, key string) {
 			before = append(before, r.presenceFor(x, o.full, seesAll, "", nil, nil))
 		}
 	}
-	r.occ[key] = o
+	head := r.occ[key]
+	if head != nil {
+		// Another session of the same account under the same nick
+		// (XEP-0045 7.2.? multi-session): it shares the nick's role, and
+		// the others see nothing new.
+		o.role.Store(uint32(head.getRole()))
+		o.shown = true
+		head.twins = append(head.twins, o)
+	} else {
+		r.occ[key] = o
+	}
 	r.byJID[st.From] = o
 	r.addMember(o)
 	r.emptySince = time.Time{}
@@ -473,6 +487,7 @@ func (r *room) join(c *hook.Ctx, st *hook.Stanza, nick, key string) {
 		codes = append(codes, 210)
 	}
 	bc := r.presenceBroadcast(o, "", nil, codes)
+	bc.onlySelf = bc.onlySelf || head != nil
 	bc.before = before
 	bc.after = r.historyFor(o, child(mucX, "history"))
 	bc.after = append(bc.after, r.subjectFor(o))
@@ -493,6 +508,11 @@ func (r *room) changeNick(c *hook.Ctx, o *occupant, nick, key string, extra []by
 	if r.occ[key] != nil {
 		r.mu.Unlock()
 		joinError(c, c.Stanza, "cancel", "conflict", "the nickname is in use")
+		return
+	}
+	if head := r.occ[o.key]; head != o || len(o.twins) > 0 {
+		r.mu.Unlock()
+		joinError(c, c.Stanza, "modify", "not-acceptable", "the nickname is shared by several sessions: leave from the others first")
 		return
 	}
 	gone := r.presenceBroadcast(o, "unavailable", []byte(` nick='`+string(stanza.AppendEscaped(nil, nick))+`'`), []int{303})
@@ -522,10 +542,12 @@ func (r *room) leaveLocked(h hook.Host, o *occupant, extra []byte, codes []int, 
 	o.extra = extra
 	o.role.Store(uint32(roleNone))
 	bc := r.presenceBroadcast(o, "unavailable", nil, codes, itemChildren...)
-	r.removeOccupant(o)
+	if r.removeOccupant(o) {
+		bc.onlySelf = true // the nick stays, in the account's other sessions
+	}
 	start := r.enqueue(bc, o)
-	small := len(r.occ) <= inlineMax
-	empty := len(r.occ) == 0
+	small := len(r.byJID) <= inlineMax
+	empty := len(r.byJID) == 0
 	if empty {
 		r.m.emptied(r)
 	}
@@ -540,12 +562,50 @@ func (r *room) leaveLocked(h hook.Host, o *occupant, extra []byte, codes []int, 
 	}
 }
 
-// removeOccupant forgets o. Called with r.mu held.
-func (r *room) removeOccupant(o *occupant) {
-	delete(r.occ, o.key)
+// removeOccupant forgets o, and reports whether its nick stays in the
+// room through another session of its account. Called with r.mu held.
+func (r *room) removeOccupant(o *occupant) (stays bool) {
 	delete(r.byJID, o.full)
 	r.removeMember(o)
+	head := r.occ[o.key]
+	switch {
+	case head == o && len(o.twins) > 0:
+		next := o.twins[0]
+		next.twins = o.twins[1:]
+		o.twins = nil
+		r.occ[o.key] = next
+		return true
+	case head == o:
+		delete(r.occ, o.key)
+		return false
+	case head != nil:
+		head.twins = slices.DeleteFunc(head.twins, func(x *occupant) bool { return x == o })
+		return true
+	}
+	return false
 }
+
+// sessions returns the records of a nick: its first session and its
+// twins. Called with r.mu held.
+func sessions(head *occupant) []*occupant {
+	if head == nil {
+		return nil
+	}
+	return append([]*occupant{head}, head.twins...)
+}
+
+// allSorted returns every session in the room, by nick. Called with r.mu
+// held.
+func (r *room) allSorted() []*occupant {
+	var out []*occupant
+	for _, o := range r.occupantsSorted() {
+		out = append(out, sessions(o)...)
+	}
+	return out
+}
+
+// maxTwins caps the sessions one account keeps under one nick.
+const maxTwins = 16
 
 // leaveSession takes a session out of the room, if it is in it.
 func (r *room) leaveSession(h hook.Host, sess hook.Session) {
