@@ -40,6 +40,7 @@ type Config struct {
 	FAST     FAST     `koanf:"fast"`
 	PEP      PEP      `koanf:"pep"`
 	MAM      MAM      `koanf:"mam"`
+	MUC      MUC      `koanf:"muc"`
 }
 
 // FAST configures XEP-0484 Fast Authentication Streamlining Tokens: tokens
@@ -109,6 +110,42 @@ type MAM struct {
 	// MaxPage caps the messages of one query page (RSM max), and is the
 	// page size of a query that gives none.
 	MaxPage int `koanf:"max_page"`
+}
+
+// MUC configures the multi-user chat service (XEP-0045, modules/muc).
+type MUC struct {
+	// Domain is the service's domain. "" means conference.<domain>, the
+	// usual name; "off" disables the service. It must differ from Domain.
+	Domain string `koanf:"domain"`
+	// MaxRoomsPerUser caps the rooms one account may create (temporary
+	// rooms in memory plus persistent rooms in storage); 0 = no limit.
+	MaxRoomsPerUser int `koanf:"max_rooms_per_user"`
+	// MaxOccupants is the default and the highest maximum of occupants of
+	// a room (its owner may set a lower muc#roomconfig_maxusers).
+	MaxOccupants int `koanf:"max_occupants"`
+	// MaxHistory is the most groupchat messages a room keeps in memory for
+	// the history sent on join (its owner may set fewer); 0 keeps none.
+	MaxHistory int `koanf:"max_history"`
+	// MessageRate is the sustained groupchat and private messages per
+	// second one occupant may send, with a burst of five seconds' worth
+	// (at least 1); 0 = no limit.
+	MessageRate float64 `koanf:"message_rate"`
+	// IdleUnload is how long a persistent room nobody is in stays in
+	// memory before it is evicted (reloaded from storage on demand);
+	// 0 evicts at once.
+	IdleUnload time.Duration `koanf:"idle_unload"`
+}
+
+// MUCDomain returns the multi-user chat service's domain, "" when the
+// service is off.
+func (c *Config) MUCDomain() string {
+	switch c.MUC.Domain {
+	case "off":
+		return ""
+	case "":
+		return "conference." + c.Domain
+	}
+	return c.MUC.Domain
 }
 
 // CSI configures XEP-0352 client state indication: what a session that
@@ -411,6 +448,19 @@ const (
 	MaxMAMMaxPage = 1000
 )
 
+// Multi-user chat: a room's history is capped in bytes as well
+// (MaxMUCHistoryBytes, whatever MaxHistory says), so that a loaded room
+// costs a bounded amount of memory.
+const (
+	DefaultMUCMaxOccupants = 1000
+	DefaultMUCMaxHistory   = 50
+	MaxMUCHistory          = 1000
+	MaxMUCHistoryBytes     = 256 << 10
+	DefaultMUCMessageRate  = 5
+	DefaultMUCIdleUnload   = 10 * time.Minute
+	DefaultMUCMaxRooms     = 50
+)
+
 // Default returns the configuration used when nothing is set.
 func Default() Config {
 	return Config{
@@ -455,6 +505,8 @@ func Default() Config {
 			MaxParkedPerAccount: 5, MaxParkedTotal: 0, RequestEvery: 5},
 		FAST: FAST{Enabled: true, TokenTTL: DefaultFASTTokenTTL, MaxTokens: DefaultFASTMaxTokens},
 		PEP:  PEP{MaxNodes: 64, MaxItems: 256, MaxItemBytes: 128 << 10, MaxBytes: 4 << 20},
+		MUC: MUC{MaxRoomsPerUser: DefaultMUCMaxRooms, MaxOccupants: DefaultMUCMaxOccupants,
+			MaxHistory: DefaultMUCMaxHistory, MessageRate: DefaultMUCMessageRate, IdleUnload: DefaultMUCIdleUnload},
 	}
 }
 
@@ -661,6 +713,26 @@ func (c *Config) Validate() error {
 	}
 	if c.Server.GCPercent < -1 || c.Server.GCPercent == 0 {
 		bad("server.gc_percent", c.Server.GCPercent, "must be -1 (off) or > 0")
+	}
+	if d := c.MUCDomain(); d != "" {
+		if d == c.Domain || strings.ContainsAny(d, "@/ ") || strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") {
+			bad("muc.domain", c.MUC.Domain, `must be a domain other than domain, "" (conference.<domain>) or "off"`)
+		}
+	}
+	if c.MUC.MaxRoomsPerUser < 0 {
+		bad("muc.max_rooms_per_user", c.MUC.MaxRoomsPerUser, "must be >= 0")
+	}
+	if c.MUC.MaxOccupants < 1 {
+		bad("muc.max_occupants", c.MUC.MaxOccupants, "must be >= 1")
+	}
+	if c.MUC.MaxHistory < 0 || c.MUC.MaxHistory > MaxMUCHistory {
+		bad("muc.max_history", c.MUC.MaxHistory, fmt.Sprintf("must be between 0 and %d", MaxMUCHistory))
+	}
+	if c.MUC.MessageRate < 0 {
+		bad("muc.message_rate", c.MUC.MessageRate, "must be >= 0")
+	}
+	if c.MUC.IdleUnload < 0 {
+		bad("muc.idle_unload", c.MUC.IdleUnload, "must be >= 0")
 	}
 	if c.Server.Tick < time.Millisecond || c.Server.Tick > time.Second {
 		bad("server.tick", c.Server.Tick, "must be between 1ms and 1s")

@@ -108,6 +108,12 @@ func TestLoadErrors(t *testing.T) {
 		{"csi buffer too large", "", []string{"KRILL_CSI_MAX_BUFFER_BYTES=16777217"}, []string{"csi.max_buffer_bytes: must be between 0 and 16777216, got 16777217"}},
 		{"fast limits", "", []string{"KRILL_FAST_TOKEN_TTL=30s", "KRILL_FAST_MAX_TOKENS=0"}, []string{
 			"fast.token_ttl: must be >= 1m, got 30s", "fast.max_tokens: must be >= 1, got 0"}},
+		{"muc domain is the domain", "", []string{"KRILL_DOMAIN=example.org", "KRILL_MUC_DOMAIN=example.org"}, []string{
+			`muc.domain: must be a domain other than domain, "" (conference.<domain>) or "off", got example.org`}},
+		{"muc limits", "", []string{"KRILL_MUC_MAX_OCCUPANTS=0", "KRILL_MUC_MAX_HISTORY=1001", "KRILL_MUC_MESSAGE_RATE=-1",
+			"KRILL_MUC_MAX_ROOMS_PER_USER=-1", "KRILL_MUC_IDLE_UNLOAD=-1s"}, []string{
+			"muc.max_occupants: must be >= 1, got 0", "muc.max_history: must be between 0 and 1000, got 1001",
+			"muc.message_rate: must be >= 0, got -1", "muc.max_rooms_per_user: must be >= 0, got -1", "muc.idle_unload: must be >= 0, got -1s"}},
 		{"every invalid value at once", "testdata/invalid.toml", nil, []string{
 			"domain: must not be empty", "preauth.timeout: must be > 0, got 0s",
 			"preauth.max_failed_auth: must be >= 1, got 0",
@@ -154,5 +160,21 @@ func TestFASTSecretFile(t *testing.T) {
 	c.FAST.SecretFile = "/etc/krill/fast.secret"
 	if got := c.FASTSecretFile(); got != "/etc/krill/fast.secret" {
 		t.Errorf("secret file = %q", got)
+	}
+}
+
+// TestMUCDomain: "" is conference.<domain>, "off" disables, anything else
+// is taken as is.
+func TestMUCDomain(t *testing.T) {
+	for _, tc := range []struct{ domain, muc, want string }{
+		{"example.org", "", "conference.example.org"},
+		{"example.org", "off", ""},
+		{"example.org", "rooms.example.org", "rooms.example.org"},
+	} {
+		c := Default()
+		c.Domain, c.MUC.Domain = tc.domain, tc.muc
+		if got := c.MUCDomain(); got != tc.want {
+			t.Errorf("domain %q, muc.domain %q: MUCDomain() = %q, want %q", tc.domain, tc.muc, got, tc.want)
+		}
 	}
 }

@@ -32,7 +32,9 @@
 //     and a probe of an idle session instead of the server's ping
 //     (Registrar.Idle);
 //   - per-session state owned by a module: a flag bit or a slot allocated
-//     at registration (Registrar.Flag, Registrar.Slot).
+//     at registration (Registrar.Flag, Registrar.Slot);
+//   - a domain the server hosts beside its own, served by one module as a
+//     whole (Registrar.Domain): a multi-user chat service, say.
 //
 // The core's sessions and connections also offer deadlines on a session's
 // loop (Timers) and the takeover of a kept session by a new connection
@@ -104,6 +106,8 @@ type Registry struct {
 	received []func(Session)
 	idle     []func(Session) bool
 	events   [numEvents][]EventHandler
+	domains  map[string]StanzaHandler
+	names    []string
 	flags    int
 	slots    int
 	// SASL2 and Bind 2 inline features (sasl2.go).
@@ -141,8 +145,9 @@ type nonzaKey struct {
 // same stanza event and outbound filters run in module order.
 func New(mods ...Module) (*Registry, error) {
 	g := &Registry{
-		iqs:    make(map[iqKey][]iqEntry),
-		nonzas: make(map[nonzaKey]NonzaHandler),
+		iqs:     make(map[iqKey][]iqEntry),
+		nonzas:  make(map[nonzaKey]NonzaHandler),
+		domains: make(map[string]StanzaHandler),
 	}
 	var errs []error
 	for _, m := range mods {
@@ -158,8 +163,18 @@ func New(mods ...Module) (*Registry, error) {
 	}
 	g.disco = sortedSet(g.disco)
 	g.account = sortedSet(g.account)
+	sort.Strings(g.names)
 	return g, nil
 }
+
+// Domain returns the handler of a domain a module serves (Registrar.Domain),
+// or nil. Stanzas a session sends to that domain or to any JID at it go to
+// the handler instead of being refused as remote.
+func (g *Registry) Domain(name string) StanzaHandler { return g.domains[name] }
+
+// Domains returns the domains modules serve, sorted: the server lists them
+// as items of its disco#items. The caller must not modify the slice.
+func (g *Registry) Domains() []string { return g.names }
 
 // Modules returns the registered modules in order.
 func (g *Registry) Modules() []Module { return g.modules }
@@ -410,6 +425,26 @@ func (r *Registrar) On(ev Event, h EventHandler) {
 		return
 	}
 	r.g.events[ev] = append(r.g.events[ev], h)
+}
+
+// Domain registers h for every stanza a bound session sends to the domain
+// name or to a JID at it, after the stanza's Pre stage: the module serves
+// that domain as a whole (a multi-user chat service at
+// conference.example.org). h runs on the sender's loop with the stanza
+// addressed ToRemote; what it answers goes back on the connection, and
+// what it sends elsewhere goes through Host.Deliver or a Session. Its
+// verdict is ignored. A domain has one handler.
+func (r *Registrar) Domain(name string, h StanzaHandler) {
+	if name == "" || h == nil {
+		r.fail("%w: domain %q", ErrInvalid, name)
+		return
+	}
+	if _, dup := r.g.domains[name]; dup {
+		r.fail("%w: domain %s", ErrDuplicate, name)
+		return
+	}
+	r.g.domains[name] = h
+	r.g.names = append(r.g.names, name)
 }
 
 // Flag allocates one flag bit in every session for the module. Flags are

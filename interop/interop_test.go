@@ -618,3 +618,126 @@ func TestMakeRunStopsOnSIGTERM(t *testing.T) {
 		l.Close()
 	}
 }
+
+// TestSlixmppMUC: slixmpp's XEP-0045 plugin joins a room a Go client
+// (mellium.im/xmpp) created, and the two exchange groupchat messages
+// through Krill's multi-user chat service.
+func TestSlixmppMUC(t *testing.T) {
+	gate(t)
+	py := "/usr/bin/python3"
+	_, err := os.Stat(py)
+	need(t, err == nil, "%s is not installed", py)
+	_, err = exec.Command(py, "-c", "import slixmpp").CombinedOutput()
+	need(t, err == nil, "python3-slixmpp is not installed")
+	t.Logf("python3-slixmpp %s", debVersion("python3-slixmpp"))
+	srv := startServer(t, krillBin(t), freePort(t), "", []string{"muc-go", "muc-slix"})
+	const room = "lobby@conference." + domain
+	goClient := melliumSession(t, srv, "muc-go@"+domain)
+	send := func(raw string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		if err := goClient.s.Send(ctx, xml.NewDecoder(strings.NewReader(raw))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait := func(what string, ok func(e received) bool) {
+		t.Helper()
+		deadline := time.After(waitTimeout)
+		for {
+			select {
+			case e := <-goClient.got:
+				t.Logf("go client got %s", e.raw)
+				if ok(e) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no %s within %v", what, waitTimeout)
+			}
+		}
+	}
+	send(`<presence to='` + room + `/gopher'><x xmlns='http://jabber.org/protocol/muc'/></presence>`)
+	wait("own presence", func(e received) bool { return e.name == "presence" && strings.Contains(e.raw, `code="110"`) })
+	send(`<iq type='set' id='inst' to='` + room + `'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>`)
+	wait("instant room", func(e received) bool { return e.name == "iq" && e.from == room })
+
+	host, port, _ := net.SplitHostPort(srv.c2s)
+	res := make(chan error, 1)
+	go func() {
+		out, err := runClient(t, nil, "", py, "slixmpp_muc.py", host, port, srv.cert(), "muc-slix@"+domain, password,
+			room, "slix", "hello from slixmpp", "gopher", "hello from go")
+		if err == nil && !strings.Contains(out, "joined "+room+" as slix") {
+			err = fmt.Errorf("no join in the output")
+		}
+		res <- err
+	}()
+	wait("slixmpp's message", func(e received) bool {
+		return e.name == "message" && e.from == room+"/slix" && e.body == "hello from slixmpp"
+	})
+	send(`<message to='` + room + `' type='groupchat' id='g1'><body>hello from go</body></message>`)
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatalf("slixmpp: %v", err)
+		}
+	case <-time.After(clientTimeout):
+		t.Fatal("slixmpp did not finish")
+	}
+}
+
+// received is a top-level element a mellium session received.
+type received struct{ name, from, body, raw string }
+
+type melliumClient struct {
+	s   *xmpp.Session
+	got chan received
+}
+
+// melliumSession logs bare in over STARTTLS with mellium.im/xmpp and
+// returns what it receives, each element with its raw XML re-encoded.
+func melliumSession(t *testing.T, srv *server, bare string) *melliumClient {
+	t.Helper()
+	pem, err := os.ReadFile(srv.cert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	conn, err := net.DialTimeout("tcp", srv.c2s, waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	origin := jid.MustParse(bare)
+	s, err := xmpp.NewSession(ctx, origin.Domain(), origin, conn, 0, xmpp.NewNegotiator(
+		func(*xmpp.Session, *xmpp.StreamConfig) xmpp.StreamConfig {
+			return xmpp.StreamConfig{Features: []xmpp.StreamFeature{
+				xmpp.StartTLS(&tls.Config{ServerName: domain, RootCAs: roots, MinVersion: tls.VersionTLS12}),
+				xmpp.SASL("", password, msasl.ScramSha256), xmpp.BindResource()}}
+		}))
+	if err != nil {
+		t.Fatalf("mellium login %s: %v", bare, err)
+	}
+	c := &melliumClient{s: s, got: make(chan received, 64)}
+	go func() {
+		_ = s.Serve(xmpp.HandlerFunc(func(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
+			var raw strings.Builder
+			enc := xml.NewEncoder(&raw)
+			if _, err := xmlstream.Copy(enc, xmlstream.MultiReader(xmlstream.Token(*start), r)); err != nil {
+				c.got <- received{name: "copy-error", raw: err.Error()}
+				return nil
+			}
+			_ = enc.Flush()
+			var m struct {
+				From string `xml:"from,attr"`
+				Body string `xml:"body"`
+			}
+			_ = xml.Unmarshal([]byte(raw.String()), &m)
+			c.got <- received{name: start.Name.Local, from: m.From, body: m.Body, raw: raw.String()}
+			return nil
+		}))
+	}()
+	return c
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/disco"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
 	"github.com/krill-xmpp/krill/modules/mam"
+	"github.com/krill-xmpp/krill/modules/muc"
 	"github.com/krill-xmpp/krill/modules/offline"
 	"github.com/krill-xmpp/krill/modules/pep"
 	"github.com/krill-xmpp/krill/modules/ping"
@@ -40,6 +41,7 @@ type Store interface {
 	storage.PEP
 	storage.Private
 	storage.Archive
+	storage.MUC
 }
 
 // Options are the settings of the standard modules that are fixed at
@@ -91,6 +93,7 @@ func Standard(store Store, opt Options) []hook.Module {
 	}, archive...), []hook.Module{
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
+		&muc.Module{Store: store, Config: opt.Config},
 		// Holding before counting: stream management goes after csi, so
 		// that it counts what reaches the client.
 		csi.New(opt.Config.CSI.MaxBufferBytes),

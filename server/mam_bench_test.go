@@ -37,6 +37,7 @@ func BenchmarkRouteMessageArchived(b *testing.B) {
 	}
 }
 
+// cpuTime is the process's user and system CPU so far.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)

@@ -157,6 +157,10 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 	}
 	switch st.Addr {
 	case hook.ToRemote:
+		if h := s.hooks.Domain(st.Domain); h != nil {
+			h(cx, st) // a domain a module serves (Registrar.Domain)
+			return
+		}
 		cx.ReplyError("cancel", "remote-server-not-found", "")
 	case hook.ToNone, hook.ToHost:
 		if st.Addr == hook.ToHost && st.Resource != "" {

@@ -216,6 +216,37 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		version: 7,
+		name:    "create muc tables",
+		stmts: []string{
+			// XEP-0045 persistent rooms: the configuration as the
+			// module encodes it (JSON), with public and creator
+			// beside it for listing and the per-creator limit.
+			`CREATE TABLE muc_rooms (
+				room       TEXT   NOT NULL PRIMARY KEY,
+				config     TEXT   NOT NULL,
+				public     BIGINT NOT NULL,
+				creator    TEXT   NOT NULL,
+				updated_at BIGINT NOT NULL
+			)`,
+			`CREATE INDEX muc_rooms_creator ON muc_rooms (creator)`,
+			// Affiliations other than none, by bare JID.
+			`CREATE TABLE muc_affiliations (
+				room        TEXT NOT NULL,
+				jid         TEXT NOT NULL,
+				affiliation TEXT NOT NULL,
+				reason      TEXT NOT NULL,
+				PRIMARY KEY (room, jid)
+			)`,
+			// Service-wide values: the secret occupant ids
+			// (XEP-0421) are derived with.
+			`CREATE TABLE muc_service (
+				name  TEXT NOT NULL PRIMARY KEY,
+				value TEXT NOT NULL
+			)`,
+		},
+	},
 }
 
 // createMigrationsTable is the bootstrap that precedes every version: it
@@ -228,7 +259,7 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // SchemaVersion is the schema version this binary migrates databases to:
 // the version of the last entry of migrations (a test holds them equal).
-const SchemaVersion = 6
+const SchemaVersion = 7
 
 // Migrate brings the schema of db up to [SchemaVersion]: it applies, in
 // order, each migration the database has not recorded yet, each in its own

@@ -5,6 +5,7 @@
 package disco
 
 import (
+	"bytes"
 	"crypto/sha1"
 	"encoding/base64"
 	"slices"
@@ -88,7 +89,7 @@ func (m Module) appendCaps(b []byte, reg *hook.Registry) []byte {
 	return append(b, `'/>`...)
 }
 
-// items answers disco#items: no items yet.
+// items answers disco#items: the domains modules serve, for the server.
 func (m Module) items(c *hook.Ctx, iq *hook.Stanza) error {
 	// The node is the query's attribute; iq.Tag is the iq's start tag.
 	tag, err := stanza.ParseStartTag(iq.Payload)
@@ -99,7 +100,21 @@ func (m Module) items(c *hook.Ctx, iq *hook.Stanza) error {
 		c.ReplyError("cancel", "item-not-found", "")
 		return nil
 	}
-	c.ReplyResult([]byte(`<query xmlns='` + NSItems + `'/>`))
+	// The domains modules serve (a multi-user chat service) are the
+	// server's items (XEP-0030 section 4, XEP-0045 section 6.1).
+	domains := c.Registry.Domains()
+	if iq.Addr != hook.ToHost || len(domains) == 0 {
+		c.ReplyResult([]byte(`<query xmlns='` + NSItems + `'/>`))
+		return nil
+	}
+	b := append(c.Scratch(), `<query xmlns='`+NSItems+`'>`...)
+	for _, d := range domains {
+		b = append(b, `<item jid='`...)
+		b = stanza.AppendEscaped(b, d)
+		b = append(b, `'/>`...)
+	}
+	b = append(b, `</query>`...)
+	c.ReplyResult(bytes.Clone(b))
 	return nil
 }
 
