@@ -8,12 +8,14 @@ import (
 	"time"
 
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/fast"
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules/account"
 	"github.com/krill-xmpp/krill/modules/blocking"
 	"github.com/krill-xmpp/krill/modules/carbons"
 	"github.com/krill-xmpp/krill/modules/csi"
 	"github.com/krill-xmpp/krill/modules/disco"
+	fastmod "github.com/krill-xmpp/krill/modules/fast"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
 	"github.com/krill-xmpp/krill/modules/offline"
 	"github.com/krill-xmpp/krill/modules/ping"
@@ -43,6 +45,10 @@ type Options struct {
 	// Started is when the server started, for its uptime (XEP-0012);
 	// zero means when the process started.
 	Started time.Time
+	// FAST issues and checks XEP-0484 tokens (fast.New over the store,
+	// with the secret of fast.secret_file); nil, or fast.enabled off,
+	// leaves FAST out.
+	FAST *fast.Tokens
 }
 
 // Standard returns the standard modules over store, in registration
@@ -52,7 +58,7 @@ type Options struct {
 func Standard(store Store, opt Options) []hook.Module {
 	blk := blocking.New(store)
 	off := &offline.Module{Store: store, Accounts: store, Blocker: blk}
-	return []hook.Module{
+	mods := []hook.Module{
 		ping.Module{},
 		disco.Module{},
 		version.Module{},
@@ -72,6 +78,10 @@ func Standard(store Store, opt Options) []hook.Module {
 		// pass on (see package sm).
 		&sm.Module{Offline: off},
 	}
+	if opt.Config.FAST.Enabled && opt.FAST != nil {
+		mods = append(mods, &fastmod.Module{Tokens: opt.FAST})
+	}
+	return mods
 }
 
 // Registry registers the standard modules.
