@@ -357,6 +357,7 @@ func (s *Server) tokenStart(c *conn, x *sasl2Exchange, ht *sasl.HT, verify hook.
 			}
 			x.children = children
 			s.stats.authFAST.Add(1)
+			s.log.Debug("token login", zap.String("user", local), zap.String("mechanism", auth.Mechanism))
 			s.saslStep(c, additional, true, nil)
 		}
 	}, func() { s.saslStep(c, nil, false, errTemporary) })
