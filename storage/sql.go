@@ -40,6 +40,7 @@ type SQL struct {
 
 	credentials, insert, update, remove, list *sql.Stmt
 	im                                        imStmts
+	fast                                      fastStmts
 }
 
 // stmtSpec is one statement to prepare: where it is stored, on which pool,
@@ -58,7 +59,7 @@ func (s *SQL) statements() []stmtSpec {
 		{&s.insert, true, queryInsert},
 		{&s.update, true, queryUpdate},
 		{&s.remove, true, queryDelete},
-	}, s.im.statements()...)
+	}, append(s.im.statements(), s.fast.statements()...)...)
 }
 
 // NewSQL returns a store on db, a database of dialect d, after migrating
