@@ -381,6 +381,28 @@ func TestFASTFailuresCounted(t *testing.T) {
 	}
 }
 
+// TestFASTThrottled: failed token logins count towards the per-address
+// throttle, which then refuses even the right token without a look-up.
+func TestFASTThrottled(t *testing.T) {
+	cfg := fastConfig(t)
+	cfg.Preauth.MaxFailuresPerIP = 2
+	cfg.Preauth.MaxFailedAuth = 10
+	srv, _, clk := startFAST(t, cfg, "alice")
+	tc := clientTLS(t, cfg)
+	token := fastPassword(t, srv, tc, clk, "alice", uaA, sasl.HTSHA256Expr)
+	r := fastOpen(t, srv, tc)
+	cb := cbData(t, r, sasl.HTSHA256Expr)
+	for range 2 {
+		r.fastAuth(sasl.HTSHA256Expr, "alice", "guess", uaA, cb, "", "")
+		r.expect(t, fastRefused)
+	}
+	r.fastAuth(sasl.HTSHA256Expr, "alice", token, uaA, cb, "", "")
+	r.expect(t, sasl2Failure("temporary-auth-failure", "too many failed logins from your address; try later"))
+	if st := srv.Stats(); st.AuthThrottled != 1 || st.AuthFAST != 0 {
+		t.Fatalf("throttled %d, token logins %d; want 1 and 0", st.AuthThrottled, st.AuthFAST)
+	}
+}
+
 // TestSASL2DowngradeProtection: XEP-0474 inside SASL2. SCRAM's
 // server-first carries h=, the hash of the <authentication/> mechanisms
 // (not FAST's) and the XEP-0440 channel-binding types, as the client
