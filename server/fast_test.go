@@ -31,7 +31,7 @@ import (
 // fastFeature is the end of SASL2's <authentication/> with the FAST module:
 // its <fast/> after stream management's <sm/>.
 const fastFeature = `<sm xmlns='urn:xmpp:sm:3'/><fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-EXPR</mechanism>` +
-	`<mechanism>HT-SHA-256-ENDP</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast></inline></authentication>`
+	`<mechanism>HT-SHA-256-ENDP</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast></inline>` + upgradeFeatures + `</authentication>`
 
 // fastRotate is the age at which the tests' tokens are replaced at use.
 const fastRotate = 10 * time.Minute

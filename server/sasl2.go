@@ -52,6 +52,10 @@ type sasl2Exchange struct {
 	inline     []inlineReq
 	additional []byte // the mechanism's success data
 	children   []byte // a token login's own children of <success/> (a fresh token)
+	// XEP-0480 (upgrade.go): the upgrades asked for, those the account
+	// lacks (known once its credentials were read), and the one running.
+	upgrades, lacks []sasl.Hash
+	upgrade         *sasl.ScramUpgrade
 }
 
 // asked reports whether the request already carries handler i's element.
@@ -90,7 +94,9 @@ func (s *Server) appendSASL2Feature(b []byte, mechs []string) []byte {
 	}
 	b = append(b, `</bind>`...)
 	b = s.hooks.SASL2Features(b)
-	return append(b, `</inline></authentication>`...)
+	b = append(b, `</inline>`...)
+	b = s.appendUpgrades(b)
+	return append(b, `</authentication>`...)
 }
 
 // sasl2Of returns c's exchange if it is a SASL2 one.
@@ -136,8 +142,19 @@ func (s *Server) handleSASL2(c *conn, tag stanza.StartTag, local string, unit []
 		s.saslStep(c, chal, done, err)
 	case "abort":
 		s.authFail(c, true, "aborted", "", false)
+	case "next", "task-data":
+		// XEP-0480 upgrade tasks, the only tasks offered.
+		x := sasl2Of(c)
+		if x == nil {
+			s.authFail(c, true, "malformed-request", "no exchange in progress", false)
+			return
+		}
+		if local == "next" {
+			s.sasl2Next(c, x, tag)
+		} else {
+			s.sasl2TaskData(c, x, unit)
+		}
 	default:
-		// <next/> and <task-data/>: no task is ever offered.
 		s.fail(c, stream.UnsupportedStanzaType.Err, "unknown SASL2 element")
 	}
 }
@@ -215,6 +232,11 @@ func (s *Server) sasl2Authenticate(c *conn, tag stanza.StartTag, unit []byte) {
 		case ns == nsSASL2 && name == "user-agent":
 			if cond, text = parseUserAgent(ct, child, &x.auth); cond != "" {
 				return false
+			}
+		case ns == sasl.NSUpgrade && name == "upgrade":
+			if verify == nil {
+				// A token proves no password: no upgrade after one.
+				s.parseUpgrade(x, child)
 			}
 		case ns == nsBind2 && name == "bind":
 			if x.bind != nil {
