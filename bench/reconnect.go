@@ -29,6 +29,10 @@ const (
 	// the password: HT-SHA-256-EXPR, one round trip for the login and
 	// everything inline.
 	ReconnectFAST = "fast"
+	// ReconnectFASTNoCount is ReconnectFAST without XEP-0484's count, as
+	// xmpp.js 0.14 logs in: no replay counter to update, so the server
+	// writes nothing once the token has been used.
+	ReconnectFASTNoCount = "fast-nocount"
 )
 
 // Reconnector logs one device (an account and a user-agent id) in over
@@ -47,7 +51,9 @@ type Reconnector struct {
 
 // Ready reports whether the device can reconnect the measured way: in
 // ReconnectFAST, once it holds a token.
-func (r *Reconnector) Ready() bool { return r.Mode != ReconnectFAST || r.token != "" }
+func (r *Reconnector) Ready() bool {
+	return r.token != "" || r.Mode != ReconnectFAST && r.Mode != ReconnectFASTNoCount
+}
 
 const bind2Inline = `<enable xmlns='urn:xmpp:sm:3' resume='true'/><enable xmlns='urn:xmpp:carbons:2'/>`
 
@@ -65,7 +71,7 @@ func (r *Reconnector) Login(c net.Conn, o *Options) error {
 	case ReconnectSASL2:
 		_, err := r.sasl2(c, "")
 		return err
-	case ReconnectFAST:
+	case ReconnectFAST, ReconnectFASTNoCount:
 		if r.token == "" {
 			got, err := r.sasl2(c, `<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-EXPR'/>`)
 			if err != nil {
@@ -157,11 +163,15 @@ func (r *Reconnector) fast(c net.Conn) error {
 	if err != nil {
 		return err
 	}
-	r.count++
+	fastElem := `<fast xmlns='urn:xmpp:fast:0'/>`
+	if r.Mode == ReconnectFAST {
+		r.count++
+		fastElem = `<fast xmlns='urn:xmpp:fast:0' count='` + strconv.Itoa(r.count) + `'/>`
+	}
 	msg := append([]byte(r.User+"\x00"), htMAC(r.token, "Initiator", cb)...)
 	if _, err := io.WriteString(c, `<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-EXPR'><initial-response>`+
 		base64.StdEncoding.EncodeToString(msg)+`</initial-response><user-agent id='`+r.UserAgent+`'/>`+
-		`<fast xmlns='urn:xmpp:fast:0' count='`+strconv.Itoa(r.count)+`'/>`+
+		fastElem+
 		`<bind xmlns='urn:xmpp:bind:0'><tag>`+escapeAttr(r.Resource)+`</tag>`+bind2Inline+`</bind></authenticate>`); err != nil {
 		return err
 	}

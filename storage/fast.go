@@ -29,7 +29,9 @@ type FastToken struct {
 	// LastCount is the highest XEP-0484 count attribute accepted with the
 	// token, -1 if none has been.
 	LastCount int64
-	// Used is when the token last logged in; the zero Time if never.
+	// Used is when a login with the token was last recorded: its first,
+	// and each one with a count or invalidate (package fast writes no
+	// others); the zero Time if never.
 	Used time.Time
 }
 
