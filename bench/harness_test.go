@@ -20,6 +20,7 @@ import (
 
 	"github.com/krill-xmpp/krill/bench"
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/fast"
 	"github.com/krill-xmpp/krill/modules"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
@@ -73,7 +74,17 @@ func startBenchServer(tb testing.TB, accounts int) *benchServer {
 	}
 	// The standard modules, as krill serve runs them: presence, rosters
 	// and offline storage are modules now.
-	r, err := modules.Registry(store, modules.Options{Config: cfg})
+	// FAST (XEP-0484) as krill serve runs it (fast.enabled is on by
+	// default), for BenchmarkReconnect's token logins.
+	secret, err := fast.LoadSecret(cfg.FASTSecretFile())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tokens, err := fast.New(store, secret, fast.Options{TTL: cfg.FAST.TokenTTL, MaxTokens: cfg.FAST.MaxTokens})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r, err := modules.Registry(store, modules.Options{Config: cfg, FAST: tokens})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -244,6 +244,10 @@ func loginMain() int {
 	if os.Getenv(envLoginResume) == "1" {
 		held = make([]resumable, par)
 	}
+	var devs []*bench.Reconnector // BenchmarkReconnect's devices
+	if m := os.Getenv(envReconnect); m != "" {
+		devs = reconnectDevices(m, par)
+	}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		n, err := strconv.Atoi(strings.TrimSpace(sc.Text()))
@@ -253,9 +257,12 @@ func loginMain() int {
 		cpu0 := processCPU()
 		start := time.Now()
 		var lat []time.Duration
-		if held != nil {
+		switch {
+		case devs != nil:
+			lat, err = runReconnects(o, n, devs)
+		case held != nil:
 			lat, err = runResumes(o, n, held)
-		} else {
+		default:
 			lat, err = runLogins(o, n, par, &seq)
 		}
 		if err != nil {

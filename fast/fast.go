@@ -276,12 +276,19 @@ func (t *Tokens) Authenticate(ctx context.Context, ht *sasl.HT, l Login) (Result
 	if !now.Before(row.Expires) {
 		return Result{}, fmt.Errorf("%w: FAST token expired at %s", sasl.ErrCredentialsExpired, row.Expires.UTC().Format(time.RFC3339))
 	}
-	if err := t.store.UseFastToken(ctx, l.Username, row.ID, l.Count, now, l.Invalidate); err != nil {
-		if errors.Is(err, storage.ErrReplayed) || errors.Is(err, storage.ErrNotFound) {
-			// Replayed, or revoked (a password change) since the look-up.
-			return Result{}, fmt.Errorf("%w: %w", sasl.ErrNotAuthorized, err)
+	// The use is written (a transaction whose commit syncs the
+	// database: most of a token login's cost) only when it changes
+	// something a later login depends on: a count to compare with, an
+	// invalidation, or the first use, which drops the client's older
+	// tokens. A token used before, without count, is simply good.
+	if l.Count >= 0 || l.Invalidate || row.Used.IsZero() {
+		if err := t.store.UseFastToken(ctx, l.Username, row.ID, l.Count, now, l.Invalidate); err != nil {
+			if errors.Is(err, storage.ErrReplayed) || errors.Is(err, storage.ErrNotFound) {
+				// Replayed, or revoked (a password change) since the look-up.
+				return Result{}, fmt.Errorf("%w: %w", sasl.ErrNotAuthorized, err)
+			}
+			return Result{}, fmt.Errorf("fast: record login: %w", err)
 		}
-		return Result{}, fmt.Errorf("fast: record login: %w", err)
 	}
 	res := Result{Additional: extra}
 	rotate := !l.Invalidate && now.Sub(row.Created) >= t.opts.RotateAfter

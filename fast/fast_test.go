@@ -401,3 +401,46 @@ func TestLoadSecret(t *testing.T) {
 		t.Fatalf("New with a short secret: %v", err)
 	}
 }
+
+// TestUseWrittenOnlyWhenNeeded: a login with a token used before and no
+// count writes nothing (the write, a synced commit, is most of a token
+// login's cost); the first use, a count and invalidate are written.
+func TestUseWrittenOnlyWhenNeeded(t *testing.T) {
+	e := newEnv(t, Options{})
+	ctx := context.Background()
+	tok, err := e.tokens.Issue(ctx, "alice", "phone", sasl.HTSHA256Expr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := func() (time.Time, int64) {
+		t.Helper()
+		rows, err := e.store.FastTokens(ctx, "alice", "phone")
+		if err != nil || len(rows) != 1 {
+			t.Fatalf("rows %+v, %v", rows, err)
+		}
+		return rows[0].Used, rows[0].LastCount
+	}
+	login := func(count int64) {
+		t.Helper()
+		if _, err := e.login(t, sasl.HTSHA256Expr, tok.Secret, exporterA, Login{Username: "alice", Client: "phone", Count: count}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	login(-1) // first use: written
+	first, _ := used()
+	if first.IsZero() {
+		t.Fatal("first use not recorded")
+	}
+	e.clock.advance(time.Minute)
+	login(-1) // used before, no count: nothing written
+	if u, _ := used(); !u.Equal(first) {
+		t.Fatalf("a count-less login wrote the use: %v, first %v", u, first)
+	}
+	login(7) // a count: written, and checked from now on
+	if u, c := used(); c != 7 || !u.After(first) {
+		t.Fatalf("after count 7: used %v, last count %d", u, c)
+	}
+	if _, err := e.login(t, sasl.HTSHA256Expr, tok.Secret, exporterA, Login{Username: "alice", Client: "phone", Count: 7}); !errors.Is(err, sasl.ErrNotAuthorized) {
+		t.Fatalf("replayed count 7: %v", err)
+	}
+}

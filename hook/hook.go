@@ -115,6 +115,8 @@ type Registry struct {
 	bind2Vars     []string
 	sasl2         []sasl2Entry
 	bind2         map[bind2Key]Bind2Handler
+	tokenMechs    []string
+	tokens        TokenVerifier
 }
 
 type iqKey struct {

@@ -1,5 +1,11 @@
 package hook
 
+import (
+	"context"
+
+	"github.com/krill-xmpp/krill/sasl"
+)
+
 // Inline features of SASL2 (XEP-0388) and Bind 2 (XEP-0386).
 //
 // A client that logs in with SASL2 may ask, inside its <authenticate/>
@@ -51,6 +57,37 @@ package hook
 // Success appends <token xmlns='urn:xmpp:fast:0' expiry token/> to
 // <success/> and calls done(b, false), Failure forgets what Request
 // kept. Auth.UserAgent identifies the device a token is bound to.
+
+// A token login (XEP-0484's HT-* mechanisms) is checked by the one module
+// that registered Registrar.SASL2Tokens: its mechanisms are accepted in
+// <authenticate/> only, never in RFC 6120 SASL nor listed among SASL2's
+// <mechanism/>s (the module advertises them in its own inline feature).
+// The core parses the HT initial response and XEP-0484's <fast/> on the
+// loop, then calls the TokenVerifier on a worker; a failure counts like a
+// wrong password when sasl.CheckedCredential says so. The verifier's
+// children (a fresh token) go into <success/> before those of the inline
+// handlers.
+
+// TokenLogin is what a token login's <authenticate/> says beside the
+// mechanism's message.
+type TokenLogin struct {
+	// Username is the account's localpart, normalised.
+	Username string
+	// Count is XEP-0484's <fast count='...'/>, or -1 without one.
+	Count int64
+	// Invalidate is <fast invalidate='true'/> (or '1').
+	Invalidate bool
+	// RequestToken is the mechanism of <request-token/>, "" without one.
+	RequestToken string
+}
+
+// TokenVerifier checks a token login on a worker: ht has been started on
+// the loop (it holds the client's proof and the channel-binding data). It
+// returns the mechanism's additional data for <success/> and children to
+// append to it (a fresh <token/>), or an error wrapping a sasl sentinel
+// (sasl.Condition gives the <failure/> condition; any other error is
+// temporary-auth-failure). It may block on storage.
+type TokenVerifier func(ctx context.Context, ht *sasl.HT, a *Auth, l TokenLogin) (additional, children []byte, err error)
 
 // Auth describes a SASL2 authentication to its inline handlers. It is
 // valid for the exchange; handlers must not keep it after Success or
@@ -156,6 +193,32 @@ func (r *Registrar) Bind2Inline(ns, local string, h Bind2Handler) {
 		return
 	}
 	r.g.bind2[k] = h
+}
+
+// SASL2Tokens registers v to check logins with the token mechanisms
+// mechs (sasl.HTMechanisms), which SASL2's <authenticate/> then accepts
+// over TLS. At most one module registers it.
+func (r *Registrar) SASL2Tokens(mechs []string, v TokenVerifier) {
+	if len(mechs) == 0 || v == nil {
+		r.fail("%w: SASL2 token verifier", ErrInvalid)
+		return
+	}
+	if r.g.tokens != nil {
+		r.fail("%w: SASL2 token verifier", ErrDuplicate)
+		return
+	}
+	r.g.tokenMechs, r.g.tokens = mechs, v
+}
+
+// TokenVerifier returns the verifier of token mechanism mech, or nil when
+// no module registered mech.
+func (g *Registry) TokenVerifier(mech string) TokenVerifier {
+	for _, m := range g.tokenMechs {
+		if m == mech {
+			return g.tokens
+		}
+	}
+	return nil
 }
 
 // SASL2Features appends the modules' SASL2 inline advertisements to b.

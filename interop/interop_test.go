@@ -242,7 +242,7 @@ func TestClients(t *testing.T) {
 	gate(t)
 	bin := krillBin(t)
 	users := []string{"gs-starttls-a", "gs-starttls-b", "gs-tls-a", "gs-tls-b", "slix-a", "slix-b",
-		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b", "slix-pep-a", "slix-pep-b", "slix-mam-a", "slix-mam-b"}
+		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b", "slix-pep-a", "slix-pep-b", "slix-mam-a", "slix-mam-b", "xjs-fast"}
 	srv := startServer(t, bin, freePort(t), freePort(t), users)
 
 	t.Run("go-sendxmpp/starttls", func(t *testing.T) {
@@ -294,6 +294,7 @@ func TestClients(t *testing.T) {
 		}
 	})
 	t.Run("xmpp.js/sm-resume", func(t *testing.T) { smResume(t, srv) })
+	t.Run("xmpp.js/fast", func(t *testing.T) { fastToken(t, srv) })
 	for _, tc := range []struct{ name, service, user string }{
 		{"xmpp.js/starttls", "xmpp://" + srv.c2s, "xjs"},
 		// Direct TLS checks the certificate against the host in the
@@ -335,6 +336,21 @@ func smResume(t *testing.T, srv *server) {
 	if err != nil || !strings.Contains(out, "receiver got each of 5 exactly once, in order") {
 		t.Fatalf("xmpp.js stream management: %v", err)
 	}
+}
+
+// TestClients/xmpp.js/fast is in fastToken: xmpp.js gets a XEP-0484 token
+// with its password login and logs in with it (HT-SHA-256-NONE) on its
+// next connection, which the server's log confirms.
+func fastToken(t *testing.T, srv *server) {
+	node := lookPath(t, "node")
+	_, err := os.Stat("xmppjs/node_modules/@xmpp/client/package.json")
+	need(t, err == nil, "@xmpp/client is not installed in interop/xmppjs (npm ci --prefix interop/xmppjs)")
+	out, err := runClient(t, []string{"NODE_EXTRA_CA_CERTS=" + srv.cert()}, "xmppjs", node, "fast.mjs",
+		"xmpp://"+srv.c2s, domain, "xjs-fast@"+domain, password)
+	if err != nil || !strings.Contains(out, "token for HT-SHA-256-NONE") || !strings.Contains(out, "second login xjs-fast@"+domain+"/fast/") {
+		t.Fatalf("xmpp.js FAST: %v", err)
+	}
+	srv.waitCount(t, `"msg":"token login","user":"xjs-fast","mechanism":"HT-SHA-256-NONE"`, 1)
 }
 
 func port(addr string) string {

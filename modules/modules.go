@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/fast"
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/modules/account"
 	"github.com/krill-xmpp/krill/modules/avatar"
@@ -15,6 +16,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/carbons"
 	"github.com/krill-xmpp/krill/modules/csi"
 	"github.com/krill-xmpp/krill/modules/disco"
+	fastmod "github.com/krill-xmpp/krill/modules/fast"
 	"github.com/krill-xmpp/krill/modules/lastactivity"
 	"github.com/krill-xmpp/krill/modules/mam"
 	"github.com/krill-xmpp/krill/modules/muc"
@@ -55,6 +57,10 @@ type Options struct {
 	// Now is the message archive's clock (nil: time.Now), for tests of
 	// its retention.
 	Now func() time.Time
+	// FAST issues and checks XEP-0484 tokens (fast.New over the store,
+	// with the secret of fast.secret_file); nil, or fast.enabled off,
+	// leaves FAST out.
+	FAST *fast.Tokens
 }
 
 // Standard returns the standard modules over store, in registration
@@ -74,7 +80,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		off.Archived = m.Delivered
 		archive = append(archive, m)
 	}
-	return append(append([]hook.Module{
+	mods := append(append([]hook.Module{
 		ping.Module{},
 		disco.Module{AccountNode: pp.NodeInfo},
 		version.Module{},
@@ -101,6 +107,10 @@ func Standard(store Store, opt Options) []hook.Module {
 		// pass on (see package sm).
 		&sm.Module{Offline: off},
 	}...)
+	if opt.Config.FAST.Enabled && opt.FAST != nil {
+		mods = append(mods, &fastmod.Module{Tokens: opt.FAST})
+	}
+	return mods
 }
 
 // Registry registers the standard modules.

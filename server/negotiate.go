@@ -379,23 +379,33 @@ func (s *Server) saslStart(c *conn, initial []byte) {
 	}
 	c.sess = &session{local: local}
 	ex := c.ex
+	x := sasl2Of(c)
 	s.async(c, func(ctx context.Context) func() {
 		creds, lerr := s.accounts.Credentials(ctx, local)
 		var (
-			chal []byte
-			done bool
-			serr error
+			chal  []byte
+			done  bool
+			serr  error
+			lacks []sasl.Hash
 		)
 		switch {
 		case lerr == nil:
 			chal, done, serr = ex.Respond(&creds)
+			if x != nil && len(x.upgrades) > 0 {
+				lacks = lacking(x, &creds) // XEP-0480: what to add
+			}
 		case errors.Is(lerr, storage.ErrNotFound):
 			chal, done, serr = ex.Respond(nil)
 		default:
 			s.log.Error("credential look-up failed", zap.String("user", local), zap.Error(lerr))
 			serr = errTemporary
 		}
-		return func() { s.saslStep(c, chal, done, serr) }
+		return func() {
+			if x != nil {
+				x.lacks = lacks
+			}
+			s.saslStep(c, chal, done, serr)
+		}
 	}, func() { s.saslStep(c, nil, false, errTemporary) })
 }
 
@@ -433,6 +443,14 @@ func (s *Server) saslStep(c *conn, chal []byte, done bool, err error) {
 
 func (s *Server) saslSucceed(c *conn, additional []byte) {
 	if x := sasl2Of(c); x != nil {
+		if len(x.lacks) > 0 {
+			// XEP-0480: authenticated; the upgrade comes before
+			// <success/>, within the exchange and its deadline.
+			x.Server = nil
+			x.additional = additional
+			s.sasl2Continue(c, x)
+			return
+		}
 		s.sasl2Succeed(c, x, additional)
 		return
 	}

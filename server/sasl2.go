@@ -7,10 +7,12 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/base64"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
+	"go.uber.org/zap"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stream"
 
@@ -29,6 +31,7 @@ import (
 const (
 	nsSASL2 = "urn:xmpp:sasl:2"
 	nsBind2 = "urn:xmpp:bind:0"
+	nsFAST  = "urn:xmpp:fast:0"
 )
 
 // Caps on how a client describes itself. The whole <authenticate/> is
@@ -48,6 +51,11 @@ type sasl2Exchange struct {
 	bind       []byte // a copy of the <bind/> request; nil when none
 	inline     []inlineReq
 	additional []byte // the mechanism's success data
+	children   []byte // a token login's own children of <success/> (a fresh token)
+	// XEP-0480 (upgrade.go): the upgrades asked for, those the account
+	// lacks (known once its credentials were read), and the one running.
+	upgrades, lacks []sasl.Hash
+	upgrade         *sasl.ScramUpgrade
 }
 
 // asked reports whether the request already carries handler i's element.
@@ -86,7 +94,9 @@ func (s *Server) appendSASL2Feature(b []byte, mechs []string) []byte {
 	}
 	b = append(b, `</bind>`...)
 	b = s.hooks.SASL2Features(b)
-	return append(b, `</inline></authentication>`...)
+	b = append(b, `</inline>`...)
+	b = s.appendUpgrades(b)
+	return append(b, `</authentication>`...)
 }
 
 // sasl2Of returns c's exchange if it is a SASL2 one.
@@ -119,6 +129,11 @@ func (s *Server) handleSASL2(c *conn, tag stanza.StartTag, local string, unit []
 			s.authFail(c, true, "incorrect-encoding", "", false)
 			return
 		}
+		if x.Server == nil {
+			// A token login has no challenge to respond to.
+			s.authFail(c, true, "malformed-request", "no challenge was sent", false)
+			return
+		}
 		if !c.exStarted() {
 			s.saslStart(c, payload)
 			return
@@ -127,8 +142,19 @@ func (s *Server) handleSASL2(c *conn, tag stanza.StartTag, local string, unit []
 		s.saslStep(c, chal, done, err)
 	case "abort":
 		s.authFail(c, true, "aborted", "", false)
+	case "next", "task-data":
+		// XEP-0480 upgrade tasks, the only tasks offered.
+		x := sasl2Of(c)
+		if x == nil {
+			s.authFail(c, true, "malformed-request", "no exchange in progress", false)
+			return
+		}
+		if local == "next" {
+			s.sasl2Next(c, x, tag)
+		} else {
+			s.sasl2TaskData(c, x, unit)
+		}
 	default:
-		// <next/> and <task-data/>: no task is ever offered.
 		s.fail(c, stream.UnsupportedStanzaType.Err, "unknown SASL2 element")
 	}
 }
@@ -149,13 +175,18 @@ func (s *Server) sasl2Authenticate(c *conn, tag stanza.StartTag, unit []byte) {
 		s.authFail(c, true, "invalid-mechanism", "the mechanism attribute is missing", false)
 		return
 	}
-	if !s.offered(c, mech) {
+	// A token mechanism (XEP-0484's HT-*) is offered inside the FAST
+	// module's inline feature only, never among the <mechanism/>s.
+	verify := s.hooks.TokenVerifier(mech)
+	if verify == nil && !s.offered(c, mech) {
 		s.authFail(c, true, "invalid-mechanism", "", false)
 		return
 	}
 	x := &sasl2Exchange{auth: hook.Auth{Mechanism: mech}}
 	var initial []byte
 	var cond, text string
+	tl := hook.TokenLogin{Count: -1}
+	hasFAST := false
 	ok = stanza.Children(unit, func(child []byte) bool {
 		ct, err := stanza.ParseStartTag(child)
 		if err != nil {
@@ -170,6 +201,22 @@ func (s *Server) sasl2Authenticate(c *conn, tag stanza.StartTag, unit []byte) {
 			ns = nsSASL2
 		}
 		name := string(ct.Local())
+		if verify != nil && ns == nsFAST {
+			// XEP-0484: what a token login asks for beside the proof.
+			switch name {
+			case "fast":
+				if hasFAST {
+					cond, text = "malformed-request", "more than one <fast/>"
+					return false
+				}
+				hasFAST = true
+				if cond, text = parseFAST(ct, &tl); cond != "" {
+					return false
+				}
+			case "request-token":
+				tl.RequestToken, _ = ct.AttrString("mechanism")
+			}
+		}
 		switch {
 		case ns == nsSASL2 && name == "initial-response":
 			if initial != nil {
@@ -185,6 +232,11 @@ func (s *Server) sasl2Authenticate(c *conn, tag stanza.StartTag, unit []byte) {
 		case ns == nsSASL2 && name == "user-agent":
 			if cond, text = parseUserAgent(ct, child, &x.auth); cond != "" {
 				return false
+			}
+		case ns == sasl.NSUpgrade && name == "upgrade":
+			if verify == nil {
+				// A token proves no password: no upgrade after one.
+				s.parseUpgrade(x, child)
 			}
 		case ns == nsBind2 && name == "bind":
 			if x.bind != nil {
@@ -210,17 +262,39 @@ func (s *Server) sasl2Authenticate(c *conn, tag stanza.StartTag, unit []byte) {
 		s.authFail(c, true, cond, text, false)
 		return
 	}
-	opts := sasl.Options{Mechanism: mech}
-	if b := c.tr.binding(); b != nil {
-		opts.Binding = b
-		opts.PlusAdvertised = true // a layer with a binding is secure: -PLUS was offered
+	var ht *sasl.HT
+	if verify != nil {
+		var err error
+		switch {
+		case !hasFAST:
+			cond, text = "malformed-request", "a token login needs <fast xmlns='"+nsFAST+"'/>"
+		case initial == nil:
+			cond, text = "malformed-request", "a token login needs an initial response"
+		default:
+			if ht, err = sasl.NewHT(sasl.Options{Mechanism: mech, Binding: c.tr.binding()}); err != nil {
+				cond = "invalid-mechanism"
+			}
+		}
+		if cond != "" {
+			s.authFail(c, true, cond, text, false)
+			return
+		}
+	} else {
+		// XEP-0474: the <authentication/> mechanisms (the same list as
+		// <mechanisms/>, SASL2 being offered over TLS only) and the
+		// XEP-0440 types, exactly as this stream's features sent them.
+		opts := sasl.Options{Mechanism: mech, OfferedMechanisms: s.mechanisms(true), OfferedBindings: offeredBindings}
+		if b := c.tr.binding(); b != nil {
+			opts.Binding = b
+			opts.PlusAdvertised = true // a layer with a binding is secure: -PLUS was offered
+		}
+		ex, err := sasl.NewServer(opts)
+		if err != nil {
+			s.authFail(c, true, "invalid-mechanism", "", false)
+			return
+		}
+		x.Server = ex
 	}
-	ex, err := sasl.NewServer(opts)
-	if err != nil {
-		s.authFail(c, true, "invalid-mechanism", "", false)
-		return
-	}
-	x.Server = ex
 	// The modules see their requests before the exchange starts, once the
 	// request as a whole is known to be well-formed.
 	for k := range x.inline {
@@ -241,12 +315,74 @@ func (s *Server) sasl2Authenticate(c *conn, tag stanza.StartTag, unit []byte) {
 		r.state = st
 	}
 	c.ex = x
+	if ht != nil {
+		s.tokenStart(c, x, ht, verify, tl, initial)
+		return
+	}
 	if initial == nil {
 		// No initial response: an empty challenge asks for it.
 		c.write([]byte(`<challenge xmlns='` + nsSASL2 + `'/>`))
 		return
 	}
 	s.saslStart(c, initial)
+}
+
+// parseFAST reads XEP-0484's <fast count invalidate/> into l.
+func parseFAST(tag stanza.StartTag, l *hook.TokenLogin) (cond, text string) {
+	if v, ok := tag.AttrString("count"); ok {
+		n, err := strconv.ParseUint(v, 10, 63)
+		if err != nil {
+			return "malformed-request", "the FAST count must be a non-negative integer"
+		}
+		l.Count = int64(n)
+	}
+	if v, ok := tag.AttrString("invalidate"); ok {
+		switch v {
+		case "true", "1":
+			l.Invalidate = true
+		case "false", "0":
+		default:
+			return "malformed-request", "invalidate must be a boolean"
+		}
+	}
+	return "", ""
+}
+
+// tokenStart runs a token login: the HT message is parsed on the loop
+// (it takes the channel-binding data), the module's verifier looks the
+// account's tokens up and checks the proof on a worker. The outcome goes
+// through saslStep like a password's: a wrong, unknown or replayed token
+// counts as a failed credential.
+func (s *Server) tokenStart(c *conn, x *sasl2Exchange, ht *sasl.HT, verify hook.TokenVerifier, tl hook.TokenLogin, initial []byte) {
+	username, err := ht.Start(initial)
+	if err != nil {
+		s.saslStep(c, nil, false, err)
+		return
+	}
+	local, err := normalizeLocal(username, s.cfg.Domain)
+	if err != nil {
+		s.saslFail(c, "not-authorized", "", false)
+		return
+	}
+	tl.Username = local
+	c.sess = &session{local: local}
+	auth := x.auth // the worker's copy
+	s.async(c, func(ctx context.Context) func() {
+		additional, children, err := verify(ctx, ht, &auth, tl)
+		if err != nil && sasl.Condition(err) == sasl.CondTemporaryAuthFailure {
+			s.log.Error("token login failed", zap.String("user", local), zap.Error(err))
+		}
+		return func() {
+			if err != nil {
+				s.saslStep(c, nil, false, err)
+				return
+			}
+			x.children = children
+			s.stats.authFAST.Add(1)
+			s.log.Debug("token login", zap.String("user", local), zap.String("mechanism", auth.Mechanism))
+			s.saslStep(c, additional, true, nil)
+		}
+	}, func() { s.saslStep(c, nil, false, errTemporary) })
 }
 
 // parseUserAgent reads <user-agent id><software/><device/></user-agent>
@@ -354,11 +490,11 @@ func (s *Server) sasl2Succeed(c *conn, x *sasl2Exchange, additional []byte) {
 		// A module loads what the session needs first (the account's
 		// blocklist): the rest waits for it, in order, on the loop.
 		s.async(c, func(context.Context) func() {
-			return func() { s.sasl2Inline(c, x, 0, nil) }
+			return func() { s.sasl2Inline(c, x, 0, x.children) }
 		}, func() { s.fail(c, stream.ResourceConstraint.Err, "the server is busy") })
 		return
 	}
-	s.sasl2Inline(c, x, 0, nil)
+	s.sasl2Inline(c, x, 0, x.children)
 }
 
 // sasl2Inline runs the inline handlers from the k-th on, one after the

@@ -32,13 +32,15 @@ const (
 		`<mechanism>SCRAM-SHA-512-PLUS</mechanism><mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism>` +
 		`<mechanism>SCRAM-SHA-512</mechanism><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>` +
 		`<inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/><feature var='urn:xmpp:sm:3'/></inline></bind>` +
-		`<sm xmlns='urn:xmpp:sm:3'/></inline></authentication>`
+		`<sm xmlns='urn:xmpp:sm:3'/></inline>` + upgradeFeatures + `</authentication>`
 	// boundFeatures follow <success/> when nothing was bound: the
 	// authenticated stream's, without a restart.
 	boundFeatures = `<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>` +
 		`<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://github.com/krill-xmpp/krill' ver='{*}'/>` +
 		`<ver xmlns='urn:xmpp:features:rosterver'/><sub xmlns='urn:xmpp:features:pre-approval'/><csi xmlns='urn:xmpp:csi:0'/><sm xmlns='urn:xmpp:sm:3'/></stream:features>`
 	sasl2Fail = `<failure xmlns='urn:xmpp:sasl:2'>`
+	// upgradeFeatures are the XEP-0480 upgrade tasks offered.
+	upgradeFeatures = `<upgrade xmlns='urn:xmpp:sasl:upgrade:0'>UPGR-SCRAM-SHA-256</upgrade><upgrade xmlns='urn:xmpp:sasl:upgrade:0'>UPGR-SCRAM-SHA-512</upgrade>`
 )
 
 func sasl2Failure(cond, text string) string {
@@ -475,7 +477,7 @@ func TestSASL2InlineHook(t *testing.T) {
 	srv, _ := startServerOpts(t, cfg, serverOpts{extra: []hook.Module{f}}, "alice")
 	tc := clientTLS(t, cfg)
 	r := tlsRaw(t, srv, tc)
-	if feats := r.open(); !strings.Contains(feats, `<sm xmlns='urn:xmpp:sm:3'/><fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast></inline></authentication>`) {
+	if feats := r.open(); !strings.Contains(feats, `<sm xmlns='urn:xmpp:sm:3'/><fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast></inline>`+upgradeFeatures+`</authentication>`) {
 		t.Fatalf("features %q", feats)
 	}
 	req := `<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>`

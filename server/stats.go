@@ -12,6 +12,8 @@ type Stats struct {
 	closedBy      [numCloseReasons]atomic.Uint64 // counted once per connection, in OnClose
 	authSucceeded atomic.Uint64
 	authSASL2     atomic.Uint64 // of which with SASL2 (XEP-0388)
+	authFAST      atomic.Uint64 // of which with a FAST token (XEP-0484)
+	upgraded      atomic.Uint64 // SCRAM keys added by a XEP-0480 upgrade task
 	authFailed    atomic.Uint64
 	bound         atomic.Uint64
 	replaced      atomic.Uint64
@@ -155,6 +157,8 @@ type StatsSnapshot struct {
 	ClosedPanic      uint64 // closed after a contained panic
 	AuthSucceeded    uint64
 	AuthSASL2        uint64 // of AuthSucceeded, logins with SASL2 (XEP-0388) rather than RFC 6120 SASL
+	AuthFAST         uint64 // of AuthSASL2, logins with a FAST token (XEP-0484) rather than a password
+	Upgraded         uint64 // SCRAM keys added to accounts by XEP-0480 upgrade tasks
 	AuthFailed       uint64
 	Bound            uint64 // resources bound
 	Replaced         uint64 // sessions replaced by a bind of the same full JID
@@ -226,6 +230,8 @@ func (s *Stats) snapshot() StatsSnapshot {
 		ClosedPanic:     s.closedBy[reasonPanic].Load(),
 		AuthSucceeded:   s.authSucceeded.Load(),
 		AuthSASL2:       s.authSASL2.Load(),
+		AuthFAST:        s.authFAST.Load(),
+		Upgraded:        s.upgraded.Load(),
 		AuthFailed:      s.authFailed.Load(),
 		Bound:           s.bound.Load(),
 		Replaced:        s.replaced.Load(),

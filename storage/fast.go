@@ -29,7 +29,9 @@ type FastToken struct {
 	// LastCount is the highest XEP-0484 count attribute accepted with the
 	// token, -1 if none has been.
 	LastCount int64
-	// Used is when the token last logged in; the zero Time if never.
+	// Used is when a login with the token was last recorded: its first,
+	// and each one with a count or invalidate (package fast writes no
+	// others); the zero Time if never.
 	Used time.Time
 }
 
@@ -97,6 +99,24 @@ const (
 	queryFastDeleteExpired = `DELETE FROM fast_tokens WHERE expires_at <= ?`
 )
 
+// fastStmts are the prepared statements of a token login, which runs
+// once per reconnect of every FAST client: preparing them each time cost
+// more than running them (modernc.org/sqlite, BenchmarkReconnect).
+type fastStmts struct {
+	tokens                   *sql.Stmt // on the readers
+	get, use, obsolete, drop *sql.Stmt // on the writer
+}
+
+func (f *fastStmts) statements() []stmtSpec {
+	return []stmtSpec{
+		{&f.tokens, false, queryFastTokens},
+		{&f.get, true, queryFastGet},
+		{&f.use, true, queryFastUse},
+		{&f.obsolete, true, queryFastObsolete},
+		{&f.drop, true, queryFastDelete},
+	}
+}
+
 // fastLockClass is the advisory lock class that serialises the token
 // writes of one account in PostgreSQL ("fst"), so that two logins of one
 // account cannot both pass the cap.
@@ -104,7 +124,7 @@ const fastLockClass = 0x667374
 
 // FastTokens implements [FastTokens.FastTokens].
 func (s *SQL) FastTokens(ctx context.Context, username, client string) ([]FastToken, error) {
-	rows, err := s.read.QueryContext(ctx, s.dialect.rebind(queryFastTokens), username, client)
+	rows, err := s.fast.tokens.QueryContext(ctx, username, client)
 	if err != nil {
 		return nil, fmt.Errorf("storage: FAST tokens of %q: %w", username, err)
 	}
@@ -173,17 +193,16 @@ func (s *SQL) AddFastToken(ctx context.Context, t FastToken, max int, keep strin
 // UseFastToken implements [FastTokens.UseFastToken].
 func (s *SQL) UseFastToken(ctx context.Context, username, id string, count int64, now time.Time, invalidate bool) error {
 	err := s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
-		d := s.dialect
 		var client string
 		var expires int64
-		err := tx.QueryRowContext(ctx, d.rebind(queryFastGet), username, id).Scan(&client, &expires)
+		err := tx.StmtContext(ctx, s.fast.get).QueryRowContext(ctx, username, id).Scan(&client, &expires)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("%w: FAST token %s", ErrNotFound, id)
 		}
 		if err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, d.rebind(queryFastUse), now.Unix(), count, count, username, id, count, count)
+		res, err := tx.StmtContext(ctx, s.fast.use).ExecContext(ctx, now.Unix(), count, count, username, id, count, count)
 		if err != nil {
 			return err
 		}
@@ -192,11 +211,11 @@ func (s *SQL) UseFastToken(ctx context.Context, username, id string, count int64
 		} else if n == 0 {
 			return fmt.Errorf("%w: count %d", ErrReplayed, count)
 		}
-		if _, err := tx.ExecContext(ctx, d.rebind(queryFastObsolete), username, client, expires); err != nil {
+		if _, err := tx.StmtContext(ctx, s.fast.obsolete).ExecContext(ctx, username, client, expires); err != nil {
 			return err
 		}
 		if invalidate {
-			if _, err := tx.ExecContext(ctx, d.rebind(queryFastDelete), username, id); err != nil {
+			if _, err := tx.StmtContext(ctx, s.fast.drop).ExecContext(ctx, username, id); err != nil {
 				return err
 			}
 		}

@@ -42,6 +42,7 @@ type SQL struct {
 	im                                        imStmts
 	pep                                       pepStmts
 	mam                                       mamStmts
+	fast                                      fastStmts
 }
 
 // stmtSpec is one statement to prepare: where it is stored, on which pool,
@@ -60,7 +61,7 @@ func (s *SQL) statements() []stmtSpec {
 		{&s.insert, true, queryInsert},
 		{&s.update, true, queryUpdate},
 		{&s.remove, true, queryDelete},
-	}, append(s.im.statements(), append(s.pep.statements(), s.mam.statements(s.dialect)...)...)...)
+	}, append(s.im.statements(), append(s.pep.statements(), append(s.mam.statements(s.dialect), s.fast.statements()...)...)...)...)
 }
 
 // NewSQL returns a store on db, a database of dialect d, after migrating

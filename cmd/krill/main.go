@@ -33,6 +33,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/fast"
 	"github.com/krill-xmpp/krill/modules"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
@@ -248,8 +249,20 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close()
+	// XEP-0484: the tokens' secret lives outside the database (created
+	// on first start); without fast.enabled it is not even read.
+	var tokens *fast.Tokens
+	if cfg.FAST.Enabled {
+		secret, err := fast.LoadSecret(cfg.FASTSecretFile())
+		if err != nil {
+			return err
+		}
+		if tokens, err = fast.New(store, secret, fast.Options{TTL: cfg.FAST.TokenTTL, MaxTokens: cfg.FAST.MaxTokens}); err != nil {
+			return err
+		}
+	}
 	// The feature modules are chosen in one place, modules.Standard.
-	r, err := modules.Registry(store, modules.Options{Config: cfg, Started: time.Now()})
+	r, err := modules.Registry(store, modules.Options{Config: cfg, Started: time.Now(), FAST: tokens})
 	if err != nil {
 		return err
 	}
