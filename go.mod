@@ -3,6 +3,7 @@ module github.com/krill-xmpp/krill
 go 1.26.0
 
 require (
+	github.com/coder/websocket v1.8.14
 	github.com/go-viper/mapstructure/v2 v2.4.0
 	github.com/google/go-containerregistry v0.22.1
 	github.com/jackc/pgx/v5 v5.12.0

@@ -36,6 +36,31 @@ type Config struct {
 	Admin    Admin    `koanf:"admin"`
 	CSI      CSI      `koanf:"csi"`
 	SM       SM       `koanf:"sm"`
+	Web      Web      `koanf:"web"`
+}
+
+// Web configures the web listener: XMPP over WebSocket (RFC 7395) and
+// XEP-0156 host-meta, served by the same event loops as c2s.
+type Web struct {
+	// Listen is host:port of the HTTP/1.1 listener; empty (the default)
+	// disables it. Off by default because a WebSocket endpoint is reachable
+	// from every page a local browser opens: turn it on deliberately,
+	// with web.allowed_origins set.
+	Listen string `koanf:"listen"`
+	// TLS serves the listener over TLS (wss://, https://) with the c2s
+	// certificate; false serves plain ws:// (behind a TLS proxy, or on
+	// loopback for development).
+	TLS bool `koanf:"tls"`
+	// Path is the WebSocket endpoint's path.
+	Path string `koanf:"path"`
+	// AllowedOrigins lists the exact origins ("https://chat.example")
+	// whose pages may open the WebSocket; "*" allows any. Empty allows
+	// any, as does a request without an Origin header (not a browser).
+	AllowedOrigins []string `koanf:"allowed_origins"`
+	// SeeOtherURI, when set, answers every <open/> with a <close/> whose
+	// see-other-uri sends the client there (RFC 7395 section 3.7): for
+	// moving clients to another endpoint.
+	SeeOtherURI string `koanf:"see_other_uri"`
 }
 
 // CSI configures XEP-0352 client state indication: what a session that
@@ -316,6 +341,7 @@ const (
 	DefaultLogBuffer         = 256 << 10
 	DefaultLogFlushInterval  = time.Second
 	DefaultResumeTimeout     = 300 * time.Second
+	DefaultWebPath           = "/xmpp-websocket"
 )
 
 // Client state indication: 64 KiB holds a few hundred presence updates
@@ -367,6 +393,7 @@ func Default() Config {
 		CSI:      CSI{MaxBufferBytes: DefaultCSIBufferBytes},
 		SM: SM{MaxQueueBytes: 256 << 10, MaxQueueStanzas: 500, ResumeTimeout: DefaultResumeTimeout,
 			MaxParkedPerAccount: 5, MaxParkedTotal: 0, RequestEvery: 5},
+		Web: Web{Path: DefaultWebPath, AllowedOrigins: []string{}},
 	}
 }
 
@@ -538,6 +565,22 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
 			bad("admin.listen", c.Admin.Listen, "must be host:port or empty")
 		}
+	}
+	if c.Web.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Web.Listen); err != nil {
+			bad("web.listen", c.Web.Listen, "must be host:port or empty")
+		}
+	}
+	if !strings.HasPrefix(c.Web.Path, "/") || strings.ContainsAny(c.Web.Path, "?# \t") || strings.HasPrefix(c.Web.Path, "/.well-known/") {
+		bad("web.path", c.Web.Path, "must be an absolute path without query, fragment or space, outside /.well-known/")
+	}
+	for _, o := range c.Web.AllowedOrigins {
+		if o != "*" && (!strings.Contains(o, "://") || strings.HasSuffix(o, "/") || strings.ContainsAny(o, " \t,")) {
+			bad("web.allowed_origins", o, `each must be "*" or an origin such as https://chat.example (scheme://host[:port], no path)`)
+		}
+	}
+	if u := c.Web.SeeOtherURI; u != "" && !strings.HasPrefix(u, "ws://") && !strings.HasPrefix(u, "wss://") {
+		bad("web.see_other_uri", u, "must be a ws:// or wss:// URI or empty")
 	}
 	if c.Server.ShutdownTimeout <= 0 {
 		bad("server.shutdown_timeout", c.Server.ShutdownTimeout, "must be > 0")

@@ -346,6 +346,15 @@ func (p *tlsPipe) SetWriteDeadline(time.Time) error { return nil }
 // startTLS gives c a TLS layer waiting for the ClientHello, with its
 // handshake deadline. Called on the loop.
 func (s *Server) startTLS(c *conn, direct bool) {
+	t := s.newTLS(c, direct)
+	s.stats.move(c, func() { c.tr = t })
+	s.armDeadline(c)
+}
+
+// newTLS returns a TLS layer for c waiting for the ClientHello, its
+// handshake deadline running; the caller makes it c's transport (or the
+// layer under the web one, ws.go).
+func (s *Server) newTLS(c *conn, direct bool) *tlsConn {
 	t := &tlsConn{hsDeadline: time.Now().Add(s.conf().TLS.HandshakeTimeout), direct: direct}
 	t.pipe.c = c
 	cfg := s.tlsStartTLS
@@ -354,8 +363,7 @@ func (s *Server) startTLS(c *conn, direct bool) {
 	}
 	t.pipe.recordBound = leanConfig(cfg)
 	t.tc = tls.Server(&t.pipe, cfg)
-	s.stats.move(c, func() { c.tr = t })
-	s.armDeadline(c)
+	return t
 }
 
 // processTLS takes the ciphertext gnet holds for c according to the stage
@@ -631,7 +639,7 @@ func (s *Server) finishHandshake(c *conn, t *tlsConn, err error) {
 		p.closed = true
 		p.mu.Unlock()
 		t.tc = nil
-		c.tr = l // both layers are secure: the state gauges do not move
+		c.swapLayer(l) // both layers are secure: the state gauges do not move
 		l.input(s, c)
 		return
 	}
