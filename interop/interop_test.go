@@ -104,6 +104,7 @@ func freePort(t *testing.T) string {
 type server struct {
 	bin, dataDir string
 	c2s, direct  string
+	web          string // the web listener (wss://), or empty
 	cmd          *exec.Cmd
 	lines        chan string
 	log          []string
@@ -114,7 +115,14 @@ type server struct {
 // waits until every listener is up.
 func startServer(t *testing.T, bin, c2s, direct string, users []string) *server {
 	t.Helper()
-	s := &server{bin: bin, dataDir: t.TempDir(), c2s: c2s, direct: direct, lines: make(chan string, 1024)}
+	return startServerWeb(t, bin, c2s, direct, "", users)
+}
+
+// startServerWeb is startServer with the web listener on web (over TLS:
+// wss://), unless web is empty.
+func startServerWeb(t *testing.T, bin, c2s, direct, web string, users []string) *server {
+	t.Helper()
+	s := &server{bin: bin, dataDir: t.TempDir(), c2s: c2s, direct: direct, web: web, lines: make(chan string, 1024)}
 	var bulk strings.Builder
 	for _, u := range users {
 		fmt.Fprintf(&bulk, "%s@%s %s\n", u, domain, password)
@@ -151,7 +159,10 @@ func startServer(t *testing.T, bin, c2s, direct string, users []string) *server 
 	}()
 	n := 2
 	if direct != "" {
-		n = 3
+		n++
+	}
+	if web != "" {
+		n++
 	}
 	s.waitCount(t, `"msg":"listening"`, n)
 	return s
@@ -160,7 +171,7 @@ func startServer(t *testing.T, bin, c2s, direct string, users []string) *server 
 // env is cleanEnv plus this server's configuration.
 func (s *server) env() []string {
 	return append(cleanEnv(), "KRILL_DOMAIN="+domain, "KRILL_DATA_DIR="+s.dataDir,
-		"KRILL_C2S_LISTEN="+s.c2s, "KRILL_C2S_DIRECT_TLS_LISTEN="+s.direct, "KRILL_ADMIN_LISTEN=127.0.0.1:0",
+		"KRILL_C2S_LISTEN="+s.c2s, "KRILL_C2S_DIRECT_TLS_LISTEN="+s.direct, "KRILL_WEB_LISTEN="+s.web, "KRILL_WEB_TLS=true", "KRILL_ADMIN_LISTEN=127.0.0.1:0",
 		"KRILL_LOG_FORMAT=json", "KRILL_LOG_LEVEL=debug")
 }
 
@@ -242,8 +253,8 @@ func TestClients(t *testing.T) {
 	gate(t)
 	bin := krillBin(t)
 	users := []string{"gs-starttls-a", "gs-starttls-b", "gs-tls-a", "gs-tls-b", "slix-a", "slix-b",
-		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b"}
-	srv := startServer(t, bin, freePort(t), freePort(t), users)
+		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b", "xjs-ws-a", "xjs-ws-b"}
+	srv := startServerWeb(t, bin, freePort(t), freePort(t), freePort(t), users)
 
 	t.Run("go-sendxmpp/starttls", func(t *testing.T) {
 		knownIssue(t, "issue 9 defect 1: go-sendxmpp writes a newline after <starttls/>, which Krill takes "+
@@ -277,14 +288,20 @@ func TestClients(t *testing.T) {
 		// Direct TLS checks the certificate against the host in the
 		// service address, so it is dialled by name.
 		{"xmpp.js/direct-tls", "xmpps://localhost:" + port(srv.direct), "xjs-tls"},
+		// RFC 7395 over wss://, through @xmpp/websocket.
+		{"xmpp.js/websocket", "wss://localhost:" + port(srv.web) + "/xmpp-websocket", "xjs-ws"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			node := lookPath(t, "node")
 			_, err := os.Stat("xmppjs/node_modules/@xmpp/client/package.json")
 			need(t, err == nil, "@xmpp/client is not installed in interop/xmppjs (npm ci --prefix interop/xmppjs)")
 			body := "hello from xmpp.js over " + tc.name
-			out, err := runClient(t, []string{"NODE_EXTRA_CA_CERTS=" + srv.cert()}, "xmppjs", node, "pair.mjs",
-				tc.service, domain, tc.user+"-a@"+domain, tc.user+"-b@"+domain, password, body)
+			args := []string{"pair.mjs", tc.service, domain, tc.user + "-a@" + domain, tc.user + "-b@" + domain, password, body}
+			if strings.HasPrefix(tc.service, "wss:") && !nodeHasWebSocket(node) {
+				// Node 20 has its WebSocket client behind a flag; 22 has it on.
+				args = append([]string{"--experimental-websocket"}, args...)
+			}
+			out, err := runClient(t, []string{"NODE_EXTRA_CA_CERTS=" + srv.cert()}, "xmppjs", node, args...)
 			want := fmt.Sprintf("receiver got %q from %s-a@%s/sender", body, tc.user, domain)
 			if err != nil || !strings.Contains(out, want) {
 				t.Fatalf("xmpp.js: %v; want %s", err, want)
@@ -586,4 +603,11 @@ func TestMakeRunStopsOnSIGTERM(t *testing.T) {
 		}
 		l.Close()
 	}
+}
+
+// nodeHasWebSocket reports whether node has the WebSocket global without
+// a flag.
+func nodeHasWebSocket(node string) bool {
+	out, err := exec.Command(node, "-e", "process.stdout.write(typeof WebSocket)").Output()
+	return err == nil && string(out) == "function"
 }

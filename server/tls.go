@@ -346,7 +346,11 @@ func (p *tlsPipe) SetWriteDeadline(time.Time) error { return nil }
 // startTLS gives c a TLS layer waiting for the ClientHello, with its
 // handshake deadline. Called on the loop.
 func (s *Server) startTLS(c *conn, direct bool) {
-	t := s.newTLS(c, direct)
+	cfg := s.tlsStartTLS
+	if direct {
+		cfg = s.tlsDirect
+	}
+	t := s.newTLS(c, cfg, direct)
 	s.stats.move(c, func() { c.tr = t })
 	s.armDeadline(c)
 }
@@ -354,13 +358,9 @@ func (s *Server) startTLS(c *conn, direct bool) {
 // newTLS returns a TLS layer for c waiting for the ClientHello, its
 // handshake deadline running; the caller makes it c's transport (or the
 // layer under the web one, ws.go).
-func (s *Server) newTLS(c *conn, direct bool) *tlsConn {
+func (s *Server) newTLS(c *conn, cfg *tls.Config, direct bool) *tlsConn {
 	t := &tlsConn{hsDeadline: time.Now().Add(s.conf().TLS.HandshakeTimeout), direct: direct}
 	t.pipe.c = c
-	cfg := s.tlsStartTLS
-	if direct {
-		cfg = s.tlsDirect
-	}
 	t.pipe.recordBound = leanConfig(cfg)
 	t.tc = tls.Server(&t.pipe, cfg)
 	return t

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"crypto/tls"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -50,12 +51,22 @@ type webState struct {
 	features []byte // pre-auth stream features over ws:// (no STARTTLS)
 	seeOther []byte // <close see-other-uri=.../>, when configured
 	anyOrig  bool   // web.allowed_origins is empty or holds "*"
+	// tls is the c2s TLS configuration with ALPN http/1.1, which
+	// browsers and WebSocket clients offer (and Go refuses a handshake
+	// whose ALPN offer it shares nothing with).
+	tls *tls.Config
 }
 
 // initWeb builds the routes and prebuilt answers of the web listener.
 func (s *Server) initWeb() {
 	w := &s.web
 	w.features = s.buildWebFeatures()
+	w.tls = s.tlsStartTLS.Clone()
+	w.tls.GetConfigForClient = nil
+	w.tls.NextProtos = []string{"http/1.1"}
+	if s.tlsStartTLS.GetConfigForClient != nil {
+		withKeyLog(w.tls) // the lean record layer's per-connection key log
+	}
 	w.anyOrig = len(s.cfg.Web.AllowedOrigins) == 0 || slices.Contains(s.cfg.Web.AllowedOrigins, "*")
 	if u := s.cfg.Web.SeeOtherURI; u != "" {
 		b := append([]byte(`<close xmlns='`+nsFraming+`' see-other-uri='`), stanza.AppendEscaped(nil, u)...)

@@ -67,7 +67,7 @@ func (s *Server) startWeb(c *conn) {
 	s.stats.preauthWeb.Add(1)
 	s.stats.webOpen.Add(1)
 	if s.cfg.Web.TLS {
-		t := s.newTLS(c, true)
+		t := s.newTLS(c, s.web.tls, true)
 		w.under = t
 	}
 	s.armDeadline(c)
@@ -289,6 +289,13 @@ func (s *Server) wsMessage(c *conn, w *wsConn, msg []byte) {
 		return
 	}
 	msg = bytes.TrimSpace(msg)
+	if bytes.HasPrefix(msg, []byte("<?xml")) {
+		// A document's XML declaration, which a client may put before
+		// its <open/>: not part of the element.
+		if i := bytes.Index(msg, []byte("?>")); i >= 0 {
+			msg = bytes.TrimSpace(msg[i+2:])
+		}
+	}
 	if len(msg) == 0 {
 		return // an empty message: nothing to frame (RFC 7395 has no whitespace keepalives)
 	}

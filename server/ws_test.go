@@ -429,6 +429,12 @@ func TestWebSocketFrames(t *testing.T) {
 			code:  1000,
 		},
 		{
+			name:  "<open/> after an XML declaration",
+			send:  [][]byte{text(`<?xml version='1.0'?>` + "\n" + wsOpen), text(wsClose)},
+			texts: []string{wsOpenReply, `<stream:features ` + streamNS + `>{**}</stream:features>`, wsClose},
+			code:  1000,
+		},
+		{
 			name:  "64-bit length form",
 			send:  [][]byte{frame(true, 0, 0x1, []byte(wsOpen), true, true), text(wsClose)},
 			texts: []string{wsOpenReply, `<stream:features ` + streamNS + `>{**}</stream:features>`, wsClose},
@@ -833,13 +839,21 @@ func TestWebSocketSeeOtherURI(t *testing.T) {
 }
 
 // TestWebSocketOverTLSRaw: the raw client over wss:// gets the same
-// frames, through the TLS layer under the WebSocket one.
+// frames, through the TLS layer under the WebSocket one, with ALPN
+// http/1.1 (what node's WebSocket, used by @xmpp/client, offers).
 func TestWebSocketOverTLSRaw(t *testing.T) {
 	cfg := webConfig(t)
 	cfg.Web.TLS = true
 	srv := startServer(t, cfg)
-	r := dialRawWS(t, srv, clientTLS(t, cfg))
+	// Browsers and node's WebSocket offer ALPN http/1.1: it is chosen (a
+	// listener offering only xmpp-client would fail their handshake).
+	tc := clientTLS(t, cfg)
+	tc.NextProtos = []string{"http/1.1"}
+	r := dialRawWS(t, srv, tc)
 	r.upgrade()
+	if p := r.conn.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != "http/1.1" {
+		t.Fatalf("ALPN %q, want http/1.1", p)
+	}
 	r.write(text(wsOpen))
 	r.expectText(wsOpenReply)
 	r.expectText(`<stream:features ` + streamNS + `><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-512-PLUS</mechanism>{**}</stream:features>`)
