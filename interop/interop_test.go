@@ -477,6 +477,14 @@ type message struct{ from, body string }
 // its initial presence and returns the messages it receives.
 func melliumReceiver(t *testing.T, srv *server, bare string) <-chan message {
 	t.Helper()
+	_, got := melliumSession(t, srv, bare)
+	return got
+}
+
+// melliumSession is melliumReceiver that also returns the session, to
+// send with.
+func melliumSession(t *testing.T, srv *server, bare string) (*xmpp.Session, <-chan message) {
+	t.Helper()
 	pem, err := os.ReadFile(srv.cert())
 	if err != nil {
 		t.Fatal(err)
@@ -518,7 +526,7 @@ func melliumReceiver(t *testing.T, srv *server, bare string) <-chan message {
 	if err := s.Send(ctx, stanza.Presence{}.Wrap(nil)); err != nil {
 		t.Fatal(err)
 	}
-	return got
+	return s, got
 }
 
 // TestMakeRunStopsOnSIGTERM: `make run` builds bin/krill and execs it, so one
