@@ -43,17 +43,39 @@ const (
 // over under (plainTCP, or the TLS layer). Owned by the connection's loop.
 type wsConn struct {
 	under transport
-	// frag holds the fragments of a message that came in several frames
-	// (RFC 6455 section 5.4), up to the stanza size limit; nil otherwise.
-	frag []byte
-	// out holds the start of a top-level element the core wrote in part;
-	// nil otherwise (the core writes whole elements).
-	out   []byte
+	// part exists only while a message comes in several frames, or the
+	// core wrote part of an element: 32 bytes per idle WebSocket, not 80.
+	part  *wsPartial
 	stage wsStage
-	// fragOp is OpText while frag is being assembled, 0 otherwise.
+	// fragOp is OpText while a fragmented message is assembled, else 0.
 	fragOp websocket.Opcode
 	// code is the close status sent with the closing handshake.
 	code uint16
+}
+
+// wsPartial holds what a WebSocket connection has in part.
+type wsPartial struct {
+	// frag holds the fragments of a message that came in several frames
+	// (RFC 6455 section 5.4), up to the stanza size limit.
+	frag []byte
+	// out holds the start of a top-level element the core wrote in part
+	// (the core writes whole elements: this is a safety net).
+	out []byte
+}
+
+// partial returns w.part, allocating it.
+func (w *wsConn) partial() *wsPartial {
+	if w.part == nil {
+		w.part = new(wsPartial)
+	}
+	return w.part
+}
+
+// tidy drops w.part once it holds nothing.
+func (w *wsConn) tidy() {
+	if p := w.part; p != nil && p.frag == nil && p.out == nil {
+		w.part = nil
+	}
 }
 
 var _ transport = (*wsConn)(nil)
@@ -92,9 +114,10 @@ func (w *wsConn) write(c *conn, b []byte) {
 	if w.stage != wsOpen || !w.under.ready() {
 		return
 	}
-	if len(w.out) > 0 {
-		w.out = append(w.out, b...)
-		b = w.out
+	var held []byte
+	if w.part != nil && len(w.part.out) > 0 {
+		held = append(w.part.out, b...)
+		b = held
 	}
 	out := c.loop.wsOut[:0]
 	for len(b) > 0 {
@@ -107,12 +130,15 @@ func (w *wsConn) write(c *conn, b []byte) {
 	}
 	switch {
 	case len(b) == 0:
-		w.out = nil
-	case len(w.out) > 0:
-		// out aliased w.out: keep the rest, copied down.
-		w.out = append(w.out[:0], b...)
+		if w.part != nil {
+			w.part.out = nil
+			w.tidy()
+		}
+	case held != nil:
+		// b is the rest of held: keep it, copied down.
+		w.part.out = append(held[:0], b...)
 	default:
-		w.out = append([]byte(nil), b...)
+		w.partial().out = append([]byte(nil), b...)
 	}
 	if len(out) > 0 {
 		w.under.write(c, out)
@@ -134,7 +160,7 @@ func (w *wsConn) deadline() time.Time        { return w.under.deadline() }
 func (w *wsConn) expired(s *Server, c *conn) { w.under.expired(s, c) }
 func (w *wsConn) dropped() closeReason       { return w.under.dropped() }
 func (w *wsConn) release(c *conn) {
-	w.frag, w.out = nil, nil
+	w.part = nil
 	w.under.release(c)
 	c.loop.srv.stats.webOpen.Add(-1)
 }
@@ -214,7 +240,7 @@ func (s *Server) wsFrames(c *conn, w *wsConn, buf []byte) int {
 		case h.Op == websocket.OpText && w.fragOp != 0:
 			s.wsFail(c, w, websocket.CloseProtocolError, stream.BadFormat.Err, "websocket: new message inside a fragmented one")
 			return off
-		case !h.Op.Control() && uint64(len(w.frag))+h.Len > uint64(s.maxMessage(c)):
+		case !h.Op.Control() && uint64(w.fragLen())+h.Len > uint64(s.maxMessage(c)):
 			// Refused from its header, before its payload is buffered.
 			s.wsFail(c, w, websocket.CloseTooBig, stream.PolicyViolation.Err, "message larger than the stanza size limit")
 			return off
@@ -244,15 +270,25 @@ func (s *Server) wsFrames(c *conn, w *wsConn, buf []byte) int {
 				continue
 			}
 			w.fragOp = websocket.OpText
-			w.frag = append(w.frag, p...)
+			part := w.partial()
+			part.frag = append(part.frag, p...)
 			if h.Fin {
-				msg := w.frag
-				w.frag, w.fragOp = nil, 0
+				msg := part.frag
+				part.frag, w.fragOp = nil, 0
+				w.tidy()
 				s.wsMessage(c, w, msg)
 			}
 		}
 	}
 	return off
+}
+
+// fragLen is the length of the fragmented message assembled so far.
+func (w *wsConn) fragLen() int {
+	if w.part == nil {
+		return 0
+	}
+	return len(w.part.frag)
 }
 
 // wsFail ends a web connection for a WebSocket-level error: a stream
