@@ -570,6 +570,11 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.Web.Listen); err != nil {
 			bad("web.listen", c.Web.Listen, "must be host:port or empty")
 		}
+		for _, other := range []string{c.C2S.Listen, c.C2S.DirectTLSListen, c.Admin.Listen} {
+			if c.Web.Listen == other && !strings.HasSuffix(other, ":0") {
+				bad("web.listen", c.Web.Listen, "must differ from c2s.listen, c2s.direct_tls_listen and admin.listen")
+			}
+		}
 	}
 	if !strings.HasPrefix(c.Web.Path, "/") || strings.ContainsAny(c.Web.Path, "?# \t") || strings.HasPrefix(c.Web.Path, "/.well-known/") {
 		bad("web.path", c.Web.Path, "must be an absolute path without query, fragment or space, outside /.well-known/")
