@@ -60,13 +60,14 @@ func loginPlain(c net.Conn, o *Options, i int) (net.Conn, error) {
 	if _, err := openStream(c, o, i); err != nil {
 		return nil, err
 	}
-	return bindAndPresence(c, o)
+	return bindAndPresence(c, o, "")
 }
 
 // bindAndPresence binds o.Resource and sends initial presence on c, a
-// stream whose post-authentication features were just read.
-func bindAndPresence(c net.Conn, o *Options) (net.Conn, error) {
-	if _, err := io.WriteString(c, `<iq type='set' id='bind'><bind xmlns='`+nsBind+`'><resource>`+
+// stream whose post-authentication features were just read; ns is put
+// into both start tags (an xmlns declaration over WebSocket).
+func bindAndPresence(c net.Conn, o *Options, ns string) (net.Conn, error) {
+	if _, err := io.WriteString(c, `<iq`+ns+` type='set' id='bind'><bind xmlns='`+nsBind+`'><resource>`+
 		escapeAttr(o.Resource)+`</resource></bind></iq>`); err != nil {
 		return nil, err
 	}
@@ -77,7 +78,7 @@ func bindAndPresence(c net.Conn, o *Options) (net.Conn, error) {
 	if !bytes.Contains(got, []byte("<jid>")) {
 		return nil, fmt.Errorf("%w: bind answered with %s", ErrRefused, clip(got, 200))
 	}
-	if _, err := io.WriteString(c, `<presence/>`); err != nil {
+	if _, err := io.WriteString(c, `<presence`+ns+`/>`); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -128,7 +129,9 @@ func wsStage(overTLS, auth bool) stageFunc {
 		if err := ws.open(o); err != nil {
 			return nil, err
 		}
-		return bindAndPresence(ws, o)
+		// Each message is a document of its own (RFC 7395 section
+		// 3.3.3): Prosody 0.12 refuses a stanza without its namespace.
+		return bindAndPresence(ws, o, ` xmlns='jabber:client'`)
 	}
 }
 
@@ -157,10 +160,25 @@ func wsUpgrade(c net.Conn, o *Options) (*wsStream, error) {
 			return nil, fmt.Errorf("%w: %v after %s", ErrUpgrade, err, clip(head, 200))
 		}
 	}
-	if !bytes.HasPrefix(head, []byte("HTTP/1.1 101 ")) || !bytes.Contains(bytes.ToLower(head), []byte("\r\nsec-websocket-protocol: xmpp\r\n")) {
+	if !bytes.HasPrefix(head, []byte("HTTP/1.1 101 ")) || !xmppProtocol(head) {
 		return nil, fmt.Errorf("%w: %s", ErrUpgrade, clip(head, 200))
 	}
 	return &wsStream{Conn: c}, nil
+}
+
+// xmppProtocol reports whether a response head selects the xmpp
+// subprotocol. Header names are compared without regard to case and the
+// value may follow the colon without a space (ejabberd 23 writes
+// "Sec-Websocket-Protocol:xmpp").
+func xmppProtocol(head []byte) bool {
+	for _, line := range bytes.Split(head, []byte("\r\n")) {
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if ok && bytes.EqualFold(bytes.TrimSpace(name), []byte("Sec-WebSocket-Protocol")) &&
+			bytes.Equal(bytes.TrimSpace(value), []byte("xmpp")) {
+			return true
+		}
+	}
+	return false
 }
 
 // wsStream carries XML over a WebSocket as a stream: each Write is one
