@@ -129,8 +129,8 @@ func wsStage(overTLS, auth bool) stageFunc {
 		if err := ws.open(o); err != nil {
 			return nil, err
 		}
-		// Each message is a document of its own (RFC 7395 section
-		// 3.3.3): Prosody 0.12 refuses a stanza without its namespace.
+		// Each message is a document of its own (RFC 7395): Prosody
+		// 0.12 refuses a stanza without its namespace.
 		return bindAndPresence(ws, o, ` xmlns='jabber:client'`)
 	}
 }

@@ -58,7 +58,7 @@ type Web struct {
 	// any, as does a request without an Origin header (not a browser).
 	AllowedOrigins []string `koanf:"allowed_origins"`
 	// SeeOtherURI, when set, answers every <open/> with a <close/> whose
-	// see-other-uri sends the client there (RFC 7395 section 3.7): for
+	// see-other-uri sends the client there (RFC 7395, see-other-uri): for
 	// moving clients to another endpoint.
 	SeeOtherURI string `koanf:"see_other_uri"`
 }

@@ -205,8 +205,8 @@ func hasToken(v []byte, tok string) bool {
 }
 
 // webUpgrade is the WebSocket endpoint (web.path): the opening handshake
-// of RFC 6455 section 4.2 with the xmpp subprotocol (RFC 7395 section
-// 3.2). On success the connection carries the XML stream; the client
+// of RFC 6455 section 4.2 with the xmpp subprotocol (RFC 7395). On
+// success the connection carries the XML stream; the client
 // speaks first, with <open/>.
 func (s *Server) webUpgrade(c *conn, w *wsConn, req *httpRequest) {
 	switch {

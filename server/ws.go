@@ -22,7 +22,7 @@ import (
 // other message one top-level element. On the way out it does the
 // reverse, one WebSocket text message per top-level element. The core
 // (negotiation, SASL, routing) does not know the difference, except that
-// STARTTLS is neither offered nor accepted (RFC 7395 section 3.10: TLS is
+// STARTTLS is neither offered nor accepted (RFC 7395: TLS is
 // the WebSocket's, wss://). Partial frames stay in the buffer below (gnet's
 // or the TLS layer's), as partial stanzas do on TCP: an idle WebSocket
 // holds no buffer of its own.
@@ -358,7 +358,7 @@ func (s *Server) wsMessage(c *conn, w *wsConn, msg []byte) {
 		return
 	}
 	if tok.Kind != stanza.KindElement || tok.Len != len(msg) {
-		s.fail(c, stream.NotWellFormed.Err, "a WebSocket message must hold exactly one complete element (RFC 7395 section 3.3.3)")
+		s.fail(c, stream.NotWellFormed.Err, "a WebSocket message must hold exactly one complete element")
 		return
 	}
 	s.handleUnit(c, stanza.KindElement, msg)
@@ -385,7 +385,7 @@ func (s *Server) wsOpenStream(c *conn, w *wsConn, msg []byte) {
 		return
 	}
 	if u := s.cfg.Web.SeeOtherURI; u != "" {
-		// RFC 7395 section 3.7: a <close/> naming the other endpoint.
+		// RFC 7395: a <close/> naming the other endpoint.
 		w.write(c, s.web.seeOther)
 		s.shut(c, reasonPolicy)
 		return
@@ -569,7 +569,7 @@ func appendMessage(dst []byte, kind outKind, u []byte) []byte {
 		dst = append(dst, rest...)
 		return append(dst, "/>"...)
 	}
-	// Every message is a document of its own (RFC 7395 section 3.3.3):
+	// Every message is a document of its own:
 	// the stream prefix and jabber:client, inherited from the stream
 	// header on TCP, are declared on the element itself.
 	tag, err := stanza.ParseStartTag(u)
