@@ -221,11 +221,13 @@ ejabberd_config() { # $1: idle|default
 	  - port: 5482
 	    ip: "127.0.0.1"
 	    module: ejabberd_http
+	    backlog: 4096
 	    request_handlers:
 	      /ws: ejabberd_http_ws
 	  - port: 5443
 	    ip: "127.0.0.1"
 	    module: ejabberd_http
+	    backlog: 4096
 	    tls: true
 	    request_handlers:
 	      /ws: ejabberd_http_ws
