@@ -862,3 +862,30 @@ func TestWebSocketOverTLSRaw(t *testing.T) {
 	r.expectText(wsClose)
 	r.expectClose(1002)
 }
+
+// TestWebSocketSizes: after binding a message may be as large as
+// c2s.max_stanza_size (above the pre-auth limit); one byte more is refused
+// from its frame header with policy-violation and close code 1009.
+func TestWebSocketSizes(t *testing.T) {
+	cfg := webConfig(t)
+	cfg.C2S.MaxStanzaSize = 32 << 10
+	srv := startServer(t, cfg, "alice", "bob")
+	w := dialWS(t, srv, nil)
+	w.login("alice", "web")
+	bob := dialRaw(t, srv)
+	bob.scramLogin("bob", testPassword, "tcp")
+
+	const (
+		head = `<message xmlns='jabber:client' id='big' to='bob@localhost/tcp'><body>`
+		tail = `</body></message>`
+	)
+	body := func(n int) string { return strings.Repeat("b", n-len(head)-len(tail)) }
+	msg := func(n int) string { return head + body(n) + tail }
+	// Over preauth.max_stanza_size (8 KiB), under c2s.max_stanza_size.
+	w.send(msg(20 << 10))
+	bob.expect(t, strings.TrimSuffix(head, "><body>")+` from='alice@localhost/web'><body>`+body(20<<10)+tail)
+	w.send(msg(32<<10 + 1))
+	w.expect(streamError("policy-violation", "message larger than the stanza size limit"))
+	w.expect(wsClose)
+	w.closedWith(websocket.StatusMessageTooBig)
+}
