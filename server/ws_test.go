@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -888,4 +889,27 @@ func TestWebSocketSizes(t *testing.T) {
 	w.expect(streamError("policy-violation", "message larger than the stanza size limit"))
 	w.expect(wsClose)
 	w.closedWith(websocket.StatusMessageTooBig)
+}
+
+// TestWebSocketGoroutines: idle WebSockets hold no goroutine, over TLS
+// either, before authentication or after (the raw clients hold none).
+func TestWebSocketGoroutines(t *testing.T) {
+	cfg := webConfig(t)
+	cfg.Web.TLS = true
+	srv := startServer(t, cfg)
+	tc := clientTLS(t, cfg)
+	baseline := settledGoroutines(t)
+	const n = 100
+	for range n {
+		r := dialRawWS(t, srv, tc)
+		r.upgrade()
+		r.open()
+		_ = r.conn.SetDeadline(time.Time{})
+	}
+	if got := srv.Stats().PreauthWeb; got != n {
+		t.Fatalf("preauth_web = %d, want %d", got, n)
+	}
+	if !waitFor(ioTimeout, func() bool { return runtime.NumGoroutine() <= baseline }) {
+		t.Fatalf("goroutines with %d idle WebSockets: %d, baseline %d", n, runtime.NumGoroutine(), baseline)
+	}
 }
