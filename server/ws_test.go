@@ -865,14 +865,17 @@ func TestWebSocketOverTLSRaw(t *testing.T) {
 }
 
 // TestWebSocketSizes: after binding a message may be as large as
-// c2s.max_stanza_size (above the pre-auth limit); one byte more is refused
-// from its frame header with policy-violation and close code 1009.
+// c2s.max_stanza_size (above the pre-auth limit); a frame announcing more
+// is refused from its header with policy-violation and close code 1009.
+// The raw client sends that header alone: the server closes on it, and
+// payload bytes it did not read would turn its close into a reset.
 func TestWebSocketSizes(t *testing.T) {
 	cfg := webConfig(t)
 	cfg.C2S.MaxStanzaSize = 32 << 10
 	srv := startServer(t, cfg, "alice", "bob")
-	w := dialWS(t, srv, nil)
-	w.login("alice", "web")
+	r := dialRawWS(t, srv, nil)
+	r.upgrade()
+	r.login("alice", "web")
 	bob := dialRaw(t, srv)
 	bob.scramLogin("bob", testPassword, "tcp")
 
@@ -880,15 +883,42 @@ func TestWebSocketSizes(t *testing.T) {
 		head = `<message xmlns='jabber:client' id='big' to='bob@localhost/tcp'><body>`
 		tail = `</body></message>`
 	)
-	body := func(n int) string { return strings.Repeat("b", n-len(head)-len(tail)) }
-	msg := func(n int) string { return head + body(n) + tail }
+	body := strings.Repeat("b", 20<<10-len(head)-len(tail))
 	// Over preauth.max_stanza_size (8 KiB), under c2s.max_stanza_size.
-	w.send(msg(20 << 10))
-	bob.expect(t, strings.TrimSuffix(head, "><body>")+` from='alice@localhost/web'><body>`+body(20<<10)+tail)
-	w.send(msg(32<<10 + 1))
-	w.expect(streamError("policy-violation", "message larger than the stanza size limit"))
-	w.expect(wsClose)
-	w.closedWith(websocket.StatusMessageTooBig)
+	r.write(text(head + body + tail))
+	bob.expect(t, strings.TrimSuffix(head, "><body>")+` from='alice@localhost/web'><body>`+body+tail)
+	r.write(frame(true, 0, 0x1, make([]byte, 32<<10+1), true, false)[:8]) // 2 + 2 (16-bit length) + 4 (mask)
+	r.expectText(streamError("policy-violation", "message larger than the stanza size limit"))
+	r.expectText(wsClose)
+	r.expectClose(1009)
+}
+
+// login runs SCRAM-SHA-256 and binds resource over raw frames.
+func (r *rawWS) login(user, resource string) {
+	r.t.Helper()
+	r.open()
+	c := msasl.NewClient(msasl.ScramSha256, msasl.Credentials(func() ([]byte, []byte, []byte) {
+		return []byte(user), []byte(testPassword), nil
+	}))
+	_, first, err := c.Step(nil)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.write(text(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>` + base64.StdEncoding.EncodeToString(first) + `</auth>`))
+	f, err := r.read()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	raw, _ := base64.StdEncoding.DecodeString(between(f.payload, "'>", "</challenge>"))
+	_, final, err := c.Step(raw)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.write(text(`<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>` + base64.StdEncoding.EncodeToString(final) + `</response>`))
+	r.expectText(`<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{*}</success>`)
+	r.open()
+	r.write(text(`<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>` + resource + `</resource></bind></iq>`))
+	r.expectText(`<iq xmlns='jabber:client' type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>` + user + `@localhost/` + resource + `</jid></bind></iq>`)
 }
 
 // TestWebSocketGoroutines: idle WebSockets hold no goroutine, over TLS
