@@ -77,7 +77,10 @@ var stageFuncs = map[Stage]stageFunc{
 }
 
 // Stages returns the names of the stages Drive knows, in negotiation order.
-func Stages() []Stage { return []Stage{StageTCP, StageStream, StageTLS, StageAuth, StageParked} }
+// The WebSocket stages and auth-plain (ws.go) come last.
+func Stages() []Stage {
+	return []Stage{StageTCP, StageStream, StageTLS, StageAuth, StageParked, StageAuthPlain, StageWS, StageWSAuth, StageWSS, StageWSSAuth}
+}
 
 // Options configure Drive. The zero value of each field but Addr and N
 // selects its documented default.
@@ -123,6 +126,10 @@ type Options struct {
 	// Resource is the resource StageAuth binds; empty means
 	// DefaultResource.
 	Resource string
+	// WebPath is the WebSocket endpoint of the WebSocket stages (ws.go),
+	// whose Addr is the server's web listener; empty means
+	// DefaultWebPath.
+	WebPath string
 }
 
 // Defaults for the zero fields of Options.
@@ -159,7 +166,10 @@ func (o *Options) setDefaults() error {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
-	if o.Stage == StageTLS || o.Stage == StageAuth {
+	if o.WebPath == "" {
+		o.WebPath = DefaultWebPath
+	}
+	if needsTLS(o.Stage) {
 		if o.TLSConfig == nil {
 			return fmt.Errorf("%w: stage %q needs a TLS configuration", ErrBadOptions, o.Stage)
 		}

@@ -51,6 +51,15 @@ type benchServer struct {
 // measurement.
 func startBenchServer(tb testing.TB, accounts int) *benchServer {
 	tb.Helper()
+	return startBenchServerFor(tb, accounts, bench.StageTCP)
+}
+
+// startBenchServerFor is startBenchServer for the clients of stage: a
+// WebSocket stage gets the web listener, over TLS for wss and wss-auth,
+// and ws-auth and auth-plain SASL without TLS (as behind a TLS proxy).
+// The other stages get the configuration startBenchServer describes.
+func startBenchServerFor(tb testing.TB, accounts int, stage bench.Stage) *benchServer {
+	tb.Helper()
 	cfg := config.Default()
 	cfg.DataDir = tb.TempDir()
 	cfg.C2S.Listen = "127.0.0.1:0"
@@ -65,6 +74,14 @@ func startBenchServer(tb testing.TB, accounts int) *benchServer {
 	// total pre-auth cap may refuse them.
 	cfg.Preauth.MaxPerIP = 0
 	cfg.Preauth.MaxTotal = 0
+	if bench.WebStage(stage) {
+		cfg.Web.Listen = "127.0.0.1:0"
+		cfg.Web.TLS = stage == bench.StageWSS || stage == bench.StageWSSAuth
+		cfg.C2S.AllowPlaintext = stage == bench.StageWSAuth
+	}
+	if stage == bench.StageAuthPlain {
+		cfg.C2S.AllowPlaintext = true
+	}
 	store, err := storage.OpenSQLite(filepath.Join(cfg.DataDir, "krill.db"))
 	if err != nil {
 		tb.Fatal(err)
@@ -107,6 +124,21 @@ func startBenchServer(tb testing.TB, accounts int) *benchServer {
 		_ = store.Close()
 	})
 	return &benchServer{Server: srv, store: store, caFile: filepath.Join(cfg.DataDir, "dev-cert.pem")}
+}
+
+// addrFor is the address the clients of stage dial: the web listener for
+// a WebSocket stage, c2s otherwise.
+func (s *benchServer) addrFor(stage bench.Stage) string {
+	if bench.WebStage(stage) {
+		return s.WebAddr().String()
+	}
+	return s.Addr().String()
+}
+
+// authStage reports whether stage logs in (its clients need accounts, and
+// it is reached when their initial presence is in).
+func authStage(stage bench.Stage) bool {
+	return stage == bench.StageAuth || stage == bench.StageAuthPlain || stage == bench.StageWSAuth || stage == bench.StageWSSAuth
 }
 
 // addAccounts creates accounts bench0 .. bench<n-1> in one transaction,

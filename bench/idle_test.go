@@ -136,10 +136,10 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	switch {
 	case stage == bench.StageParked && queued > 0:
 		accounts = n + 1 // bench<n> sends the queued messages
-	case stage == bench.StageAuth || stage == bench.StageParked:
+	case authStage(stage) || stage == bench.StageParked:
 		accounts = n
 	}
-	srv := startBenchServer(b, accounts)
+	srv := startBenchServerFor(b, accounts, stage)
 	if k, _ := strconv.Atoi(os.Getenv(envRoster)); (stage == bench.StageAuth || stage == bench.StageParked) && k > 0 {
 		t0 := time.Now()
 		if err := provisionRosters(srv.store, n, k); err != nil {
@@ -156,7 +156,7 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 		// Warmed up logged in, not parked: parked sessions would stay.
 		warm = bench.StageAuth
 	}
-	if err := warmUp(srv.Server, warm, tlsConf); err != nil {
+	if err := warmUp(srv, warm, tlsConf); err != nil {
 		b.Fatal(err)
 	}
 	// The client processes, started before the baseline but dialling only
@@ -170,7 +170,7 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 		share = splitEven(waveN[w], clientProcs)
 		perClient := (share[0] + connsPerSource - 1) / connsPerSource
 		for i := range clientProcs {
-			p, err := startClient(b, srv.Addr().String(), srv.caFile, stage, share[i], first, sourceAddrs(w*clientProcs+i, perClient))
+			p, err := startClient(b, srv.addrFor(stage), srv.caFile, stage, share[i], first, sourceAddrs(w*clientProcs+i, perClient))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -243,7 +243,7 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 			// The sessions, none of their connections.
 			// (The sender of the queued messages comes and goes.)
 			return st.Preauth == 0 && st.Modules["sm.parked_now"] == uint64(n) && st.Closed-statsBefore.Closed >= uint64(n)
-		case bench.StageAuth:
+		case bench.StageAuth, bench.StageAuthPlain, bench.StageWSAuth, bench.StageWSSAuth:
 			return st.Sessions == n && st.Preauth == 0 && st.StanzasIn-statsBefore.StanzasIn == uint64(n)
 		}
 		return st.Preauth == n
@@ -326,7 +326,7 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 		b.ReportMetric(slab, "kernel-slab-B/conn")
 		kernel = fmt.Sprintf("; kernel, both ends, system-wide: slab %.0f B/conn, socket buffers %.0f B/conn", slab, sock)
 	}
-	if stage == bench.StageTLS || stage == bench.StageAuth {
+	if stage == bench.StageTLS || stage == bench.StageAuth || stage == bench.StageWSS || stage == bench.StageWSSAuth {
 		b.Logf("client key exchange groups: %s", curvesLabel())
 	}
 	b.Logf("stage %s, %d idle connections (ready in %v, settled %v): server process rss %.0f B/conn, pss %.0f B/conn, "+
@@ -379,10 +379,10 @@ func queueMessages(srv *server.Server, tc *tls.Config, n, k int) error {
 
 // warmUp brings a few connections to stage and closes them again, then
 // waits until the server has let go of them.
-func warmUp(srv *server.Server, stage bench.Stage, tc *tls.Config) error {
+func warmUp(srv *benchServer, stage bench.Stage, tc *tls.Config) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err := bench.Drive(ctx, bench.Options{Addr: srv.Addr().String(), N: warmConns, Stage: stage, TLSConfig: tc,
+	err := bench.Drive(ctx, bench.Options{Addr: srv.addrFor(stage), N: warmConns, Stage: stage, TLSConfig: tc,
 		Ready: func(int) { cancel() }})
 	if err != nil {
 		return fmt.Errorf("warm-up: %w", err)

@@ -41,6 +41,7 @@ type Config struct {
 	PEP      PEP      `koanf:"pep"`
 	MAM      MAM      `koanf:"mam"`
 	MUC      MUC      `koanf:"muc"`
+	Web      Web      `koanf:"web"`
 }
 
 // FAST configures XEP-0484 Fast Authentication Streamlining Tokens: tokens
@@ -146,6 +147,30 @@ func (c *Config) MUCDomain() string {
 		return "conference." + c.Domain
 	}
 	return c.MUC.Domain
+}
+
+// Web configures the web listener: XMPP over WebSocket (RFC 7395) and
+// XEP-0156 host-meta, served by the same event loops as c2s.
+type Web struct {
+	// Listen is host:port of the HTTP/1.1 listener; empty (the default)
+	// disables it. Off by default because a WebSocket endpoint is reachable
+	// from every page a local browser opens: turn it on deliberately,
+	// with web.allowed_origins set.
+	Listen string `koanf:"listen"`
+	// TLS serves the listener over TLS (wss://, https://) with the c2s
+	// certificate; false serves plain ws:// (behind a TLS proxy, or on
+	// loopback for development).
+	TLS bool `koanf:"tls"`
+	// Path is the WebSocket endpoint's path.
+	Path string `koanf:"path"`
+	// AllowedOrigins lists the exact origins ("https://chat.example")
+	// whose pages may open the WebSocket; "*" allows any. Empty allows
+	// any, as does a request without an Origin header (not a browser).
+	AllowedOrigins []string `koanf:"allowed_origins"`
+	// SeeOtherURI, when set, answers every <open/> with a <close/> whose
+	// see-other-uri sends the client there (RFC 7395, see-other-uri): for
+	// moving clients to another endpoint.
+	SeeOtherURI string `koanf:"see_other_uri"`
 }
 
 // CSI configures XEP-0352 client state indication: what a session that
@@ -428,6 +453,7 @@ const (
 	DefaultResumeTimeout     = 300 * time.Second
 	DefaultFASTTokenTTL      = 21 * 24 * time.Hour
 	DefaultFASTMaxTokens     = 6
+	DefaultWebPath           = "/xmpp-websocket"
 )
 
 // Client state indication: 64 KiB holds a few hundred presence updates
@@ -507,6 +533,7 @@ func Default() Config {
 		PEP:  PEP{MaxNodes: 64, MaxItems: 256, MaxItemBytes: 128 << 10, MaxBytes: 4 << 20},
 		MUC: MUC{MaxRoomsPerUser: DefaultMUCMaxRooms, MaxOccupants: DefaultMUCMaxOccupants,
 			MaxHistory: DefaultMUCMaxHistory, MessageRate: DefaultMUCMessageRate, IdleUnload: DefaultMUCIdleUnload},
+		Web: Web{Path: DefaultWebPath, AllowedOrigins: []string{}},
 	}
 }
 
@@ -707,6 +734,27 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
 			bad("admin.listen", c.Admin.Listen, "must be host:port or empty")
 		}
+	}
+	if c.Web.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Web.Listen); err != nil {
+			bad("web.listen", c.Web.Listen, "must be host:port or empty")
+		}
+		for _, other := range []string{c.C2S.Listen, c.C2S.DirectTLSListen, c.Admin.Listen} {
+			if c.Web.Listen == other && !strings.HasSuffix(other, ":0") {
+				bad("web.listen", c.Web.Listen, "must differ from c2s.listen, c2s.direct_tls_listen and admin.listen")
+			}
+		}
+	}
+	if !strings.HasPrefix(c.Web.Path, "/") || strings.ContainsAny(c.Web.Path, "?# \t") || strings.HasPrefix(c.Web.Path, "/.well-known/") {
+		bad("web.path", c.Web.Path, "must be an absolute path without query, fragment or space, outside /.well-known/")
+	}
+	for _, o := range c.Web.AllowedOrigins {
+		if o != "*" && (!strings.Contains(o, "://") || strings.HasSuffix(o, "/") || strings.ContainsAny(o, " \t,")) {
+			bad("web.allowed_origins", o, `each must be "*" or an origin such as https://chat.example (scheme://host[:port], no path)`)
+		}
+	}
+	if u := c.Web.SeeOtherURI; u != "" && !strings.HasPrefix(u, "ws://") && !strings.HasPrefix(u, "wss://") {
+		bad("web.see_other_uri", u, "must be a ws:// or wss:// URI or empty")
 	}
 	if c.Server.ShutdownTimeout <= 0 {
 		bad("server.shutdown_timeout", c.Server.ShutdownTimeout, "must be > 0")

@@ -2,6 +2,7 @@ package config
 
 import (
 	"flag"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ func TestDefaultIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if loaded != c {
+	if !reflect.DeepEqual(loaded, c) {
 		t.Fatalf("Load with nothing set = %+v, want the defaults %+v", loaded, c)
 	}
 }
@@ -56,6 +57,16 @@ func TestLoad(t *testing.T) {
 			check: func(t *testing.T, c Config) {
 				if c.Preauth.Timeout != 7*time.Second || c.Domain != "chat.example" {
 					t.Fatalf("flags not applied: %+v", c)
+				}
+			},
+		},
+		{
+			name: "web listener from env, origins as a comma-separated list",
+			env:  []string{"KRILL_WEB_LISTEN=127.0.0.1:5443", "KRILL_WEB_TLS=true", "KRILL_WEB_ALLOWED_ORIGINS=https://a.example,https://b.example:8443"},
+			check: func(t *testing.T, c Config) {
+				if c.Web.Listen != "127.0.0.1:5443" || !c.Web.TLS || c.Web.Path != "/xmpp-websocket" ||
+					!reflect.DeepEqual(c.Web.AllowedOrigins, []string{"https://a.example", "https://b.example:8443"}) {
+					t.Fatalf("web: %+v", c.Web)
 				}
 			},
 		},
@@ -119,6 +130,13 @@ func TestLoadErrors(t *testing.T) {
 			"preauth.max_failed_auth: must be >= 1, got 0",
 			"preauth.max_failed_exchanges: must be between 1 and 255, got 256", "log.level: must be debug, info, warn or error, got loud",
 			"log.buffer: must be >= 0, got -1",
+		}},
+		{"web keys", "", []string{"KRILL_WEB_LISTEN=127.0.0.1:5222", "KRILL_WEB_PATH=xmpp", "KRILL_WEB_ALLOWED_ORIGINS=https://ok.example,chat.example/",
+			"KRILL_WEB_SEE_OTHER_URI=https://other.example/"}, []string{
+			"web.listen: must differ from c2s.listen, c2s.direct_tls_listen and admin.listen, got 127.0.0.1:5222",
+			"web.path: must be an absolute path without query, fragment or space, outside /.well-known/, got xmpp",
+			"web.allowed_origins: each must be \"*\" or an origin such as https://chat.example (scheme://host[:port], no path), got chat.example/",
+			"web.see_other_uri: must be a ws:// or wss:// URI or empty, got https://other.example/",
 		}},
 		{"buffer without flush interval", "", []string{"KRILL_LOG_FLUSH_INTERVAL=0s"}, []string{
 			"log.flush_interval: must be > 0 while log.buffer is set, got 0s"}},

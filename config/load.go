@@ -102,7 +102,8 @@ func Load(path string, environ []string, fs *flag.FlagSet) (Config, error) {
 	}
 	var c Config
 	dc := &mapstructure.DecoderConfig{
-		DecodeHook:       mapstructure.StringToTimeDurationHookFunc(),
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.StringToSliceHookFunc(",")), // lists from the environment and flags: "a,b"
 		WeaklyTypedInput: true,
 		ErrorUnused:      true,
 		TagName:          "koanf",
@@ -147,7 +148,7 @@ func envKeys(environ []string) (map[string]any, error) {
 // KRILL_PREAUTH_MAX_PER_IP is "preauth.max_per_ip".
 func EnvKey(name string) string {
 	rest := strings.ToLower(strings.TrimPrefix(name, EnvPrefix))
-	for _, section := range []string{"c2s", "preauth", "tls", "log", "server", "storage", "im", "register", "admin", "csi", "sm", "fast", "pep", "mam", "muc"} {
+	for _, section := range []string{"c2s", "preauth", "tls", "log", "server", "storage", "im", "register", "admin", "csi", "sm", "fast", "pep", "mam", "muc", "web"} {
 		if after, ok := strings.CutPrefix(rest, section+"_"); ok {
 			return section + "." + after
 		}

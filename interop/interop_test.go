@@ -104,6 +104,7 @@ func freePort(t *testing.T) string {
 type server struct {
 	bin, dataDir string
 	c2s, direct  string
+	web          string // the web listener (wss://), or empty
 	cmd          *exec.Cmd
 	lines        chan string
 	log          []string
@@ -114,7 +115,14 @@ type server struct {
 // waits until every listener is up.
 func startServer(t *testing.T, bin, c2s, direct string, users []string) *server {
 	t.Helper()
-	s := &server{bin: bin, dataDir: t.TempDir(), c2s: c2s, direct: direct, lines: make(chan string, 1024)}
+	return startServerWeb(t, bin, c2s, direct, "", users)
+}
+
+// startServerWeb is startServer with the web listener on web (over TLS:
+// wss://), unless web is empty.
+func startServerWeb(t *testing.T, bin, c2s, direct, web string, users []string) *server {
+	t.Helper()
+	s := &server{bin: bin, dataDir: t.TempDir(), c2s: c2s, direct: direct, web: web, lines: make(chan string, 1024)}
 	var bulk strings.Builder
 	for _, u := range users {
 		fmt.Fprintf(&bulk, "%s@%s %s\n", u, domain, password)
@@ -151,7 +159,10 @@ func startServer(t *testing.T, bin, c2s, direct string, users []string) *server 
 	}()
 	n := 2
 	if direct != "" {
-		n = 3
+		n++
+	}
+	if web != "" {
+		n++
 	}
 	s.waitCount(t, `"msg":"listening"`, n)
 	return s
@@ -160,7 +171,7 @@ func startServer(t *testing.T, bin, c2s, direct string, users []string) *server 
 // env is cleanEnv plus this server's configuration.
 func (s *server) env() []string {
 	return append(cleanEnv(), "KRILL_DOMAIN="+domain, "KRILL_DATA_DIR="+s.dataDir,
-		"KRILL_C2S_LISTEN="+s.c2s, "KRILL_C2S_DIRECT_TLS_LISTEN="+s.direct, "KRILL_ADMIN_LISTEN=127.0.0.1:0",
+		"KRILL_C2S_LISTEN="+s.c2s, "KRILL_C2S_DIRECT_TLS_LISTEN="+s.direct, "KRILL_WEB_LISTEN="+s.web, "KRILL_WEB_TLS=true", "KRILL_ADMIN_LISTEN=127.0.0.1:0",
 		"KRILL_LOG_FORMAT=json", "KRILL_LOG_LEVEL=debug")
 }
 
@@ -242,8 +253,8 @@ func TestClients(t *testing.T) {
 	gate(t)
 	bin := krillBin(t)
 	users := []string{"gs-starttls-a", "gs-starttls-b", "gs-tls-a", "gs-tls-b", "slix-a", "slix-b",
-		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b", "slix-pep-a", "slix-pep-b", "slix-mam-a", "slix-mam-b", "xjs-fast"}
-	srv := startServer(t, bin, freePort(t), freePort(t), users)
+		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b", "slix-pep-a", "slix-pep-b", "slix-mam-a", "slix-mam-b", "xjs-fast", "xjs-ws-a", "xjs-ws-b"}
+	srv := startServerWeb(t, bin, freePort(t), freePort(t), freePort(t), users)
 
 	t.Run("go-sendxmpp/starttls", func(t *testing.T) {
 		knownIssue(t, "issue 9 defect 1: go-sendxmpp writes a newline after <starttls/>, which Krill takes "+
@@ -300,15 +311,21 @@ func TestClients(t *testing.T) {
 		// Direct TLS checks the certificate against the host in the
 		// service address, so it is dialled by name.
 		{"xmpp.js/direct-tls", "xmpps://localhost:" + port(srv.direct), "xjs-tls"},
+		// RFC 7395 over wss://, through @xmpp/websocket.
+		{"xmpp.js/websocket", "wss://localhost:" + port(srv.web) + "/xmpp-websocket", "xjs-ws"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			node := lookPath(t, "node")
 			_, err := os.Stat("xmppjs/node_modules/@xmpp/client/package.json")
 			need(t, err == nil, "@xmpp/client is not installed in interop/xmppjs (npm ci --prefix interop/xmppjs)")
 			body := "hello from xmpp.js over " + tc.name
-			out, err := runClient(t, []string{"NODE_EXTRA_CA_CERTS=" + srv.cert()}, "xmppjs", node, "pair.mjs",
-				tc.service, domain, tc.user+"-a@"+domain, tc.user+"-b@"+domain, password, body)
-			want := fmt.Sprintf("receiver got %q from %s-a@%s/sender/", body, tc.user, domain)
+			args := []string{"pair.mjs", tc.service, domain, tc.user + "-a@" + domain, tc.user + "-b@" + domain, password, body}
+			if strings.HasPrefix(tc.service, "wss:") && !nodeHasWebSocket(node) {
+				// Node 20 has its WebSocket client behind a flag; 22 has it on.
+				args = append([]string{"--experimental-websocket"}, args...)
+			}
+			out, err := runClient(t, []string{"NODE_EXTRA_CA_CERTS=" + srv.cert()}, "xmppjs", node, args...)
+			want := fmt.Sprintf("receiver got %q from %s-a@%s/sender", body, tc.user, domain)
 			if err != nil || !strings.Contains(out, want) {
 				t.Fatalf("xmpp.js: %v; want %s", err, want)
 			}
@@ -507,6 +524,14 @@ type message struct{ from, body string }
 // its initial presence and returns the messages it receives.
 func melliumReceiver(t *testing.T, srv *server, bare string) <-chan message {
 	t.Helper()
+	_, got := melliumSession(t, srv, bare)
+	return got
+}
+
+// melliumSession is melliumReceiver that also returns the session, to
+// send with.
+func melliumSession(t *testing.T, srv *server, bare string) (*xmpp.Session, <-chan message) {
+	t.Helper()
 	pem, err := os.ReadFile(srv.cert())
 	if err != nil {
 		t.Fatal(err)
@@ -548,7 +573,7 @@ func melliumReceiver(t *testing.T, srv *server, bare string) <-chan message {
 	if err := s.Send(ctx, stanza.Presence{}.Wrap(nil)); err != nil {
 		t.Fatal(err)
 	}
-	return got
+	return s, got
 }
 
 // TestMakeRunStopsOnSIGTERM: `make run` builds bin/krill and execs it, so one
@@ -648,7 +673,7 @@ func TestSlixmppMUC(t *testing.T) {
 	t.Logf("python3-slixmpp %s", debVersion("python3-slixmpp"))
 	srv := startServer(t, krillBin(t), freePort(t), "", []string{"muc-go", "muc-slix"})
 	const room = "lobby@conference." + domain
-	goClient := melliumSession(t, srv, "muc-go@"+domain)
+	goClient := melliumStanzas(t, srv, "muc-go@"+domain)
 	send := func(raw string) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
@@ -709,9 +734,9 @@ type melliumClient struct {
 	got chan received
 }
 
-// melliumSession logs bare in over STARTTLS with mellium.im/xmpp and
+// melliumStanzas logs bare in over STARTTLS with mellium.im/xmpp and
 // returns what it receives, each element with its raw XML re-encoded.
-func melliumSession(t *testing.T, srv *server, bare string) *melliumClient {
+func melliumStanzas(t *testing.T, srv *server, bare string) *melliumClient {
 	t.Helper()
 	pem, err := os.ReadFile(srv.cert())
 	if err != nil {
@@ -756,4 +781,11 @@ func melliumSession(t *testing.T, srv *server, bare string) *melliumClient {
 		}))
 	}()
 	return c
+}
+
+// nodeHasWebSocket reports whether node has the WebSocket global without
+// a flag.
+func nodeHasWebSocket(node string) bool {
+	out, err := exec.Command(node, "-e", "process.stdout.write(typeof WebSocket)").Output()
+	return err == nil && string(out) == "function"
 }

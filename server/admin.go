@@ -157,7 +157,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS, descTLSFail,
-		descTLSLayer, descTLSRecErr, descTLSAEAD, descTLSKeyUpd, descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail, descAuthProf, descDropped} {
+		descTLSLayer, descTLSRecErr, descTLSAEAD, descTLSKeyUpd, descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail, descAuthProf, descDropped, descWebConns, descWebReqs, descWSCloses} {
 		ch <- d
 	}
 }
@@ -174,6 +174,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descConns, float64(st.PreauthPlain), "preauth_plain")
 	gauge(descConns, float64(st.PreauthTLS), "preauth_tls")
+	gauge(descConns, float64(st.PreauthWeb), "preauth_web")
+	s.collectWeb(st, gauge, counter)
 	gauge(descConns, float64(st.Authenticated), "authenticated")
 	counter(descAccepted, st.Accepted)
 	for r := reasonNone + 1; r < numCloseReasons; r++ {

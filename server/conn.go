@@ -33,6 +33,7 @@ const (
 	flagPreauth                       // counted in the pre-auth limiter
 	flagWorkPending                   // waiting for a worker; input is held in gnet's buffer
 	flagAwaitPong                     // a server ping is outstanding
+	flagWeb                           // accepted on the web listener: c.tr is a *wsConn (ws.go)
 )
 
 // conn is the state of one client connection. It is kept small because
@@ -72,10 +73,14 @@ func (c *conn) setReason(r closeReason) {
 func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 	s.stats.accepted.Add(1)
 	ip := addrIP(gc.RemoteAddr())
+	kind := s.listenerOf(gc)
 	if s.stopping.Load() {
 		// No conn state exists yet: the context carries the close reason
 		// to OnClose, which counts it.
 		gc.SetContext(reasonShutdown)
+		if kind == listenerWeb {
+			return s.webRefusal(503, "the server is shutting down"), gnet.Close
+		}
 		b := s.appendHeader(nil)
 		return appendStreamError(b, stream.SystemShutdown.Err, "the server is shutting down"), gnet.Close
 	}
@@ -87,6 +92,9 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 		text := "too many unauthenticated connections from your address"
 		if cond == stream.ResourceConstraint.Err {
 			text = "too many unauthenticated connections"
+		}
+		if kind == listenerWeb {
+			return s.webRefusal(503, text), gnet.Close
 		}
 		b := s.appendHeader(nil)
 		b = appendStreamError(b, cond, text)
@@ -100,12 +108,16 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 		MaxDepth:    s.conf().C2S.MaxDepth,
 	})
 	gc.SetContext(c)
-	s.stats.preauthPlain.Add(1)
 	// Absolute from accept: nothing the client sends moves it.
 	c.preauthAt = time.Since(s.epoch) + s.conf().Preauth.Timeout
-	if s.isDirectTLS(gc) {
+	switch kind {
+	case listenerWeb:
+		s.startWeb(c) // counted in preauth_web
+	case listenerDirectTLS:
+		s.stats.preauthPlain.Add(1)
 		s.startTLS(c, true)
-	} else {
+	default:
+		s.stats.preauthPlain.Add(1)
 		s.armDeadline(c)
 	}
 	return nil, gnet.None
@@ -169,6 +181,16 @@ func (s *Server) frame(c *conn, buf []byte) int {
 		c.sess.lastActive = c.loop.since()
 		c.flags &^= flagAwaitPong
 	}
+	if c.has(flagWeb) {
+		// HTTP, then WebSocket frames around the XML (ws.go).
+		return s.webInput(c, buf)
+	}
+	return s.frameUnits(c, buf)
+}
+
+// frameUnits frames the XML stream in buf and handles each unit; frame
+// without the web layer.
+func (s *Server) frameUnits(c *conn, buf []byte) int {
 	tr := c.tr
 	off := 0
 	for off < len(buf) && !c.has(flagClosed) && c.tr == tr {
@@ -190,19 +212,24 @@ func (s *Server) frame(c *conn, buf []byte) int {
 		}
 		unit := buf[off : off+tok.Len]
 		off += tok.Len
-		switch tok.Kind {
-		case stanza.KindHeader:
-			s.handleHeader(c, unit)
-		case stanza.KindElement:
-			s.handleElement(c, unit)
-		case stanza.KindClose:
-			s.closeStream(c)
-		case stanza.KindWhitespace:
-			// Keepalive: it proves liveness of a session but buys a
-			// pre-auth connection nothing.
-		}
+		s.handleUnit(c, tok.Kind, unit)
 	}
 	return off
+}
+
+// handleUnit handles one complete unit the framer reported.
+func (s *Server) handleUnit(c *conn, kind stanza.Kind, unit []byte) {
+	switch kind {
+	case stanza.KindHeader:
+		s.handleHeader(c, unit)
+	case stanza.KindElement:
+		s.handleElement(c, unit)
+	case stanza.KindClose:
+		s.closeStream(c)
+	case stanza.KindWhitespace:
+		// Keepalive: it proves liveness of a session but buys a
+		// pre-auth connection nothing.
+	}
 }
 
 // maxPending bounds the input a connection may send while its input is

@@ -147,9 +147,12 @@ func (s *Server) handleHeader(c *conn, unit []byte) {
 	switch c.phase {
 	case phaseHeader, phaseNegotiate:
 		c.phase = phaseNegotiate
-		if c.tr.secure() {
+		switch {
+		case c.tr.secure():
 			b = append(b, s.featuresTLS...)
-		} else {
+		case c.has(flagWeb):
+			b = append(b, s.web.features...) // no STARTTLS over WebSocket (ws.go)
+		default:
 			b = append(b, s.featuresPlain...)
 		}
 	case phaseAuthHeader, phaseBind:
@@ -201,7 +204,7 @@ func (s *Server) handleElement(c *conn, unit []byte) {
 			return
 		}
 		if ns == nsTLS && local == "starttls" {
-			if c.tr.secure() || c.ex != nil || c.sess != nil {
+			if c.tr.secure() || c.ex != nil || c.sess != nil || c.has(flagWeb) {
 				c.write([]byte(`<failure xmlns='` + nsTLS + `'/>` + streamClose))
 				s.shut(c, reasonError)
 				return

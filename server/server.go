@@ -71,8 +71,11 @@ type Server struct {
 
 	authFailures ratelimit.Window // failed logins per address prefix; see failureLimit
 	directAddr   netip.AddrPort   // the direct TLS listener, once bound
+	webAddr      netip.AddrPort   // the web listener, once bound
 
-	listen, directListen string // listener addresses with concrete ports
+	listen, directListen, webListen string // listener addresses with concrete ports
+
+	web webState // the web listener's routes and prebuilt answers (ws.go)
 
 	// Prebuilt wire bytes that depend only on the configuration.
 	featuresPlain []byte // before TLS: STARTTLS, and SCRAM if plaintext auth is allowed
@@ -149,6 +152,7 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 	s.featuresBind = append(s.featuresBind, `</stream:features>`...)
 	s.featuresBound = append([]byte(`<stream:features>`), reg.StreamFeatures(nil, hook.PhaseBound, true)...)
 	s.featuresBound = append(s.featuresBound, `</stream:features>`...)
+	s.initWeb()
 	return s, nil
 }
 
@@ -177,6 +181,12 @@ func (s *Server) Start() error {
 			return err
 		}
 		addrs = append(addrs, "tcp://"+s.directListen)
+	}
+	if s.cfg.Web.Listen != "" {
+		if s.webListen, err = concretePort(s.cfg.Web.Listen); err != nil {
+			return err
+		}
+		addrs = append(addrs, "tcp://"+s.webListen)
 	}
 	// gnet.Rotate blocks for the engine's life; its event loops are the
 	// only goroutines that serve clients.
@@ -212,6 +222,7 @@ func (s *Server) Start() error {
 		s.log.Info("listening", zap.String("listener", "c2s direct tls"), zap.Stringer("addr", s.directAddr),
 			zap.String("domain", s.cfg.Domain))
 	}
+	s.logWeb()
 	return nil
 }
 
@@ -234,16 +245,26 @@ func (s *Server) ReloadCertificates() error {
 	return nil
 }
 
-// isDirectTLS reports whether gc was accepted on the direct TLS listener.
-// gnet reports the listener's configured address as the local address,
-// which is ambiguous with port 0, so ask the socket.
-func (s *Server) isDirectTLS(gc gnet.Conn) bool {
-	if !s.directAddr.IsValid() {
-		return false
+// listener tells the listeners apart.
+type listener uint8
+
+const (
+	listenerC2S       listener = iota // c2s.listen
+	listenerDirectTLS                 // c2s.direct_tls_listen
+	listenerWeb                       // web.listen (ws.go)
+)
+
+// listenerOf reports which listener accepted gc. gnet reports the
+// listener's configured address as the local address, which is ambiguous
+// with port 0, so ask the socket (once, and only when there is more than
+// one listener).
+func (s *Server) listenerOf(gc gnet.Conn) listener {
+	if !s.directAddr.IsValid() && !s.webAddr.IsValid() {
+		return listenerC2S
 	}
 	sa, err := unix.Getsockname(gc.Fd())
 	if err != nil {
-		return false
+		return listenerC2S
 	}
 	var port int
 	switch a := sa.(type) {
@@ -252,7 +273,15 @@ func (s *Server) isDirectTLS(gc gnet.Conn) bool {
 	case *unix.SockaddrInet6:
 		port = a.Port
 	}
-	return port == int(s.directAddr.Port()) && port != int(s.addr.(*net.TCPAddr).Port)
+	switch {
+	case port == int(s.addr.(*net.TCPAddr).Port):
+		return listenerC2S
+	case s.directAddr.IsValid() && port == int(s.directAddr.Port()):
+		return listenerDirectTLS
+	case s.webAddr.IsValid() && port == int(s.webAddr.Port()):
+		return listenerWeb
+	}
+	return listenerC2S
 }
 
 // Addr returns the c2s listener's address once Start has returned.
@@ -381,6 +410,7 @@ type loop struct {
 	now         time.Time                     // wheel time, refreshed every tick
 	scratch     []byte
 	plainBuf    []byte // decrypted records, allocated on first TLS read
+	wsOut       []byte // WebSocket frames being assembled (ws.go), allocated on first use
 	hot         leanHot
 	tickPending atomic.Bool
 	tickPosted  atomic.Int64 // when the pending tick was posted, Unix ns
@@ -429,6 +459,9 @@ func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 	s.addr = net.TCPAddrFromAddrPort(boundAddr(eng, s.listen))
 	if s.directListen != "" {
 		s.directAddr = boundAddr(eng, s.directListen)
+	}
+	if s.webListen != "" {
+		s.webAddr = boundAddr(eng, s.webListen)
 	}
 	s.booted <- nil
 	return gnet.None

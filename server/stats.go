@@ -33,7 +33,10 @@ type Stats struct {
 	// Connections by state, as gauges.
 	preauthPlain  atomic.Int64
 	preauthTLS    atomic.Int64
+	preauthWeb    atomic.Int64 // on the web listener, before authentication (ws:// and wss://)
 	authenticated atomic.Int64
+
+	webStats // the web listener's (ws.go, web.go)
 
 	in, out [3]atomic.Uint64 // stanzas by kind, indexed like stanzaKinds
 
@@ -111,6 +114,8 @@ func (s *Stats) connState(c *conn) *atomic.Int64 {
 	switch {
 	case c.has(flagClosed):
 		return nil
+	case c.has(flagPreauth) && c.has(flagWeb):
+		return &s.preauthWeb
 	case c.has(flagPreauth) && !c.tr.secure():
 		return &s.preauthPlain
 	case c.has(flagPreauth):
@@ -194,9 +199,15 @@ type StatsSnapshot struct {
 	TLSWaiting      int   // handshakes waiting for a slot now
 	PreauthPlain    int64 // unauthenticated connections without TLS now
 	PreauthTLS      int64 // unauthenticated connections with TLS (or setting it up) now
-	Authenticated   int64 // authenticated connections now
-	Preauth         int   // unauthenticated connections now
-	Sessions        int   // bound sessions now
+	PreauthWeb      int64 // unauthenticated connections on the web listener (HTTP or WebSocket, with or without TLS) now
+	WebOpen         int64 // connections on the web listener now, authenticated or not
+	// WebRequests counts the web listener's answers by HTTP status
+	// ("101" for a WebSocket upgrade); WSCloses the close frames sent by
+	// status code ("1000", "1002", ...).
+	WebRequests, WSCloses map[string]uint64
+	Authenticated         int64 // authenticated connections now
+	Preauth               int   // unauthenticated connections now
+	Sessions              int   // bound sessions now
 
 	// AuthFailed split: failures after a password or proof was compared
 	// (the ones that matter for password guessing), and exchanges that
@@ -256,6 +267,10 @@ func (s *Stats) snapshot() StatsSnapshot {
 		AuthThrottled:    s.authThrottled.Load(),
 		PreauthPlain:     s.preauthPlain.Load(),
 		PreauthTLS:       s.preauthTLS.Load(),
+		PreauthWeb:       s.preauthWeb.Load(),
+		WebOpen:          s.webOpen.Load(),
+		WebRequests:      s.webRequestCounts(),
+		WSCloses:         s.wsCloseCounts(),
 		Authenticated:    s.authenticated.Load(),
 
 		AuthFailedCredential: s.authFailedCredential.Load(),

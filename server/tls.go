@@ -346,16 +346,24 @@ func (p *tlsPipe) SetWriteDeadline(time.Time) error { return nil }
 // startTLS gives c a TLS layer waiting for the ClientHello, with its
 // handshake deadline. Called on the loop.
 func (s *Server) startTLS(c *conn, direct bool) {
-	t := &tlsConn{hsDeadline: time.Now().Add(s.conf().TLS.HandshakeTimeout), direct: direct}
-	t.pipe.c = c
 	cfg := s.tlsStartTLS
 	if direct {
 		cfg = s.tlsDirect
 	}
-	t.pipe.recordBound = leanConfig(cfg)
-	t.tc = tls.Server(&t.pipe, cfg)
+	t := s.newTLS(c, cfg, direct)
 	s.stats.move(c, func() { c.tr = t })
 	s.armDeadline(c)
+}
+
+// newTLS returns a TLS layer for c waiting for the ClientHello, its
+// handshake deadline running; the caller makes it c's transport (or the
+// layer under the web one, ws.go).
+func (s *Server) newTLS(c *conn, cfg *tls.Config, direct bool) *tlsConn {
+	t := &tlsConn{hsDeadline: time.Now().Add(s.conf().TLS.HandshakeTimeout), direct: direct}
+	t.pipe.c = c
+	t.pipe.recordBound = leanConfig(cfg)
+	t.tc = tls.Server(&t.pipe, cfg)
+	return t
 }
 
 // processTLS takes the ciphertext gnet holds for c according to the stage
@@ -631,7 +639,7 @@ func (s *Server) finishHandshake(c *conn, t *tlsConn, err error) {
 		p.closed = true
 		p.mu.Unlock()
 		t.tc = nil
-		c.tr = l // both layers are secure: the state gauges do not move
+		c.swapLayer(l) // both layers are secure: the state gauges do not move
 		l.input(s, c)
 		return
 	}

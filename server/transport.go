@@ -8,10 +8,11 @@ import (
 // transport is the layer between gnet's buffers and the framer: it turns
 // what the client sent into plaintext for the framer and the core's
 // plaintext into bytes on the wire. Plain TCP passes bytes through; TLS
-// decrypts and encrypts, after a handshake; WebSocket will unwrap frames.
+// decrypts and encrypts, after a handshake; WebSocket (wsConn, ws.go)
+// reads an HTTP upgrade and then unwraps frames, over either of them.
 // A connection starts with plainTCP, or tlsConn on the direct TLS listener,
-// and STARTTLS swaps the layer (startTLS). Every method runs on the
-// connection's loop.
+// or wsConn on the web listener, and STARTTLS swaps the layer (startTLS).
+// Every method runs on the connection's loop.
 type transport interface {
 	// input takes what gnet holds for c and hands the plaintext to
 	// s.frame. What the framer does not consume stays buffered, in gnet's

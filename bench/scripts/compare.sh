@@ -11,7 +11,9 @@
 #
 # Knobs (environment): N (5000), R (2), NBIG (15000, Krill only; 0 skips),
 # RBIG (2), SERVERS ("krill prosody ejabberd"), STAGES ("tcp stream tls
-# auth"), CLIENTS (2 client processes), CURVES (the client's key exchange
+# auth"; the WebSocket stages ws, wss and wss-auth are measured on each
+# server's WebSocket endpoint: Krill 5443 /xmpp-websocket, Prosody 5380 and
+# 5381 /xmpp-websocket, ejabberd 5482 and 5443 /ws), CLIENTS (2 client processes), CURVES (the client's key exchange
 # groups, empty: Go's default), WORKLOADS (1; 0 skips), QUICK (0; 1 = the Krill-only quick suite
 # of `make bench`), OUT (bench/results/DATE-MACHINE), WORK (/tmp/krill-compare).
 set -euo pipefail
@@ -104,6 +106,11 @@ krill_provision() {
 krill_start() {
 	local extra=()
 	[ "$1" = idle ] && extra=(KRILL_PREAUTH_TIMEOUT=30m KRILL_C2S_IDLE_PING=0s)
+	# The web listener for the WebSocket stages: over TLS for wss*.
+	case "${CUR_STAGE:-}" in
+	wss*) extra+=(KRILL_WEB_LISTEN=127.0.0.1:5443 KRILL_WEB_TLS=true) ;;
+	ws*) extra+=(KRILL_WEB_LISTEN=127.0.0.1:5443 KRILL_WEB_TLS=false KRILL_C2S_ALLOW_PLAINTEXT=true) ;;
+	esac
 	env KRILL_DATA_DIR="$KDATA" KRILL_C2S_LISTEN=127.0.0.1:5222 KRILL_C2S_DIRECT_TLS_LISTEN= \
 		KRILL_ADMIN_LISTEN=127.0.0.1:5280 KRILL_LOG_FORMAT=json KRILL_LOG_LEVEL=warn "${extra[@]}" \
 		prlimit --nofile=$NOFILE:$NOFILE "$KRILL" serve >"$WORK/krill.log" 2>&1 &
@@ -112,6 +119,7 @@ krill_start() {
 	# Krill's Go heap and stacks, from its admin listener's /metrics.
 	METRICS=(-metrics http://127.0.0.1:5280/metrics)
 	ADDR=127.0.0.1:5222
+	WS_ADDR=127.0.0.1:5443 WSS_ADDR=127.0.0.1:5443 WS_PATH=/xmpp-websocket
 	wait_port 5222
 }
 krill_stop() { stop_pid "$SERVER_PID"; }
@@ -133,7 +141,15 @@ prosody_config() { # $1: idle|default
 	network_settings = { tcp_backlog = 4096, nagle = false }
 	c2s_ports = { 5322 }
 	c2s_interfaces = { "127.0.0.1" }
-	modules_enabled = { "roster", "saslauth", "tls", "disco", "ping", "version", "offline" }
+	modules_enabled = { "roster", "saslauth", "tls", "disco", "ping", "version", "offline", "websocket" }
+	http_ports = { 5380 }
+	http_interfaces = { "127.0.0.1" }
+	https_ports = { 5381 }
+	https_interfaces = { "127.0.0.1" }
+	https_ssl = { certificate = "$WORK/cert.pem", key = "$WORK/key.pem" }
+	-- ws:// as secure, as Krill's ws stages allow SASL without TLS: the
+	-- ws stage would get no features otherwise (c2s_require_encryption).
+	consider_websocket_secure = true
 	modules_disabled = { "s2s" }
 	c2s_require_encryption = true
 	authentication = "internal_hashed"
@@ -163,6 +179,7 @@ prosody_start() {
 	PIDARGS=(-pids "$SERVER_PID")
 	METRICS=()
 	ADDR=127.0.0.1:5322
+	WS_ADDR=127.0.0.1:5380 WSS_ADDR=127.0.0.1:5381 WS_PATH=/xmpp-websocket
 	wait_port 5322
 }
 prosody_stop() { stop_pid "$SERVER_PID"; }
@@ -201,6 +218,19 @@ ejabberd_config() { # $1: idle|default
 	    module: ejabberd_http
 	    request_handlers:
 	      /api: mod_http_api
+	  - port: 5482
+	    ip: "127.0.0.1"
+	    module: ejabberd_http
+	    backlog: 4096
+	    request_handlers:
+	      /ws: ejabberd_http_ws
+	  - port: 5443
+	    ip: "127.0.0.1"
+	    module: ejabberd_http
+	    backlog: 4096
+	    tls: true
+	    request_handlers:
+	      /ws: ejabberd_http_ws
 	auth_method: internal
 	auth_password_format: scram
 	auth_scram_hash: sha256
@@ -239,6 +269,7 @@ ejabberd_start() {
 	PIDARGS=(-pids "$SERVER_PID")
 	METRICS=()
 	ADDR=127.0.0.1:5422
+	WS_ADDR=127.0.0.1:5482 WSS_ADDR=127.0.0.1:5443 WS_PATH=/ws
 	wait_port 5422 120
 }
 ejabberd_provision() {
@@ -280,7 +311,12 @@ stop_pid() {
 JSON="$OUT/results.jsonl"
 TERMINAL="$OUT/terminal.txt"
 bench_idle() { # server n repeat stage
-	"$KB" idle -server "$1" -addr "$ADDR" "${PIDARGS[@]}" "${METRICS[@]}" -n "$2" -repeat "$3" -stage "$4" \
+	local addr=$ADDR
+	case "$4" in
+	wss*) addr=$WSS_ADDR ;;
+	ws*) addr=$WS_ADDR ;;
+	esac
+	"$KB" idle -server "$1" -addr "$addr" -web-path "${WS_PATH:-/xmpp-websocket}" "${PIDARGS[@]}" "${METRICS[@]}" -n "$2" -repeat "$3" -stage "$4" \
 		-clients "$CLIENTS" -curves "$CURVES" -password "$PASSWORD" -json "$JSON" | tee -a "$TERMINAL" ||
 		echo "$1 $4 n=$2 rep=$3: FAILED" | tee -a "$TERMINAL"
 }
@@ -312,7 +348,7 @@ for s in $SERVERS; do
 	for stage in $STAGES; do
 		for rep in $(seq 1 "$R"); do
 			log "$s idle $stage n=$N repeat $rep"
-			"${s}_start" idle
+			CUR_STAGE=$stage "${s}_start" idle
 			bench_idle "$s" "$N" "$rep" "$stage"
 			"${s}_stop"
 		done
@@ -323,7 +359,7 @@ if [ "$NBIG" -gt 0 ] && [[ " $SERVERS " == *" krill "* ]]; then
 	for stage in $STAGES; do
 		for rep in $(seq 1 "$RBIG"); do
 			log "krill idle $stage n=$NBIG repeat $rep"
-			krill_start idle
+			CUR_STAGE=$stage krill_start idle
 			bench_idle krill "$NBIG" "$rep" "$stage"
 			krill_stop
 		done

@@ -228,7 +228,7 @@ func startClients(ctx context.Context, t *target, stage string, n, k, conc int) 
 		}
 		cmd := exec.CommandContext(ctx, exe, "client",
 			"-addr", t.addr, "-domain", t.domain, "-users", t.users, "-password", t.password,
-			"-curves", t.curves, "-verify="+strconv.FormatBool(t.verify),
+			"-curves", t.curves, "-verify="+strconv.FormatBool(t.verify), "-web-path", t.webPath,
 			"-sources", strings.Join(mine, ","), "-stage", stage,
 			"-n", strconv.Itoa(share), "-first", strconv.Itoa(first), "-concurrency", strconv.Itoa(conc))
 		first += share

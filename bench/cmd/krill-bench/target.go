@@ -36,6 +36,7 @@ type target struct {
 	curves   string
 	verify   bool
 	jsonPath string
+	webPath  string // the WebSocket stages' endpoint
 }
 
 // register adds the flags common to every workload.
@@ -52,6 +53,7 @@ func (t *target) register(fs *flag.FlagSet) {
 	fs.StringVar(&t.curves, "curves", "", "client key exchange groups (x25519, x25519mlkem768, p256, ...); empty: Go's default")
 	fs.BoolVar(&t.verify, "verify", false, "verify the server's certificate (off: the bench measures, it does not authenticate the server)")
 	fs.StringVar(&t.jsonPath, "json", "", "append results as JSON lines to this file")
+	fs.StringVar(&t.webPath, "web-path", bench.DefaultWebPath, "WebSocket endpoint of the ws, ws-auth, wss and wss-auth stages, whose -addr is the server's web listener (Prosody: /xmpp-websocket on 5280; ejabberd: as its listener says)")
 }
 
 // check validates the flags that every workload uses.
@@ -153,6 +155,7 @@ func (t *target) options(stage bench.Stage) (bench.Options, error) {
 		UserPrefix: prefix,
 		FirstUser:  first,
 		Password:   t.password,
+		WebPath:    t.webPath,
 		TLSConfig: &tls.Config{
 			// The bench measures the server; it does not authenticate it.
 			InsecureSkipVerify: !t.verify, //nolint:gosec
