@@ -75,10 +75,14 @@ func Standard(store Store, opt Options) []hook.Module {
 	// The archive goes after blocking and carbons (see package mam) and
 	// before offline storage, whose copy then carries the stanza ID.
 	var archive []hook.Module
+	// The MUC service archives rooms into the same archive (XEP-0313
+	// on room JIDs) when there is one.
+	mc := &muc.Module{Store: store, Config: opt.Config}
 	if opt.Config.MAM.Enabled {
 		m := &mam.Module{Store: store, Blocker: blk, Now: opt.Now}
 		off.Archived = m.Delivered
 		archive = append(archive, m)
+		mc.Archiver = m
 	}
 	mods := append(append([]hook.Module{
 		ping.Module{},
@@ -99,7 +103,7 @@ func Standard(store Store, opt Options) []hook.Module {
 	}, archive...), []hook.Module{
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
-		&muc.Module{Store: store, Config: opt.Config},
+		mc,
 		// Holding before counting: stream management goes after csi, so
 		// that it counts what reaches the client.
 		csi.New(opt.Config.CSI.MaxBufferBytes),
