@@ -1,6 +1,7 @@
 package mam
 
 import (
+	"bytes"
 	"context"
 	"strings"
 	"time"
@@ -25,12 +26,24 @@ import (
 const deleteBatch = 1000
 
 // ArchiveGroupchat implements the muc module's Archiver: it queues msg
-// (from room/nick, without to) for room's archive and returns the
+// (from room/nick, without to) for room's archive if it has content
+// (archivable) and returns the
 // archive ID the room's copies carry in <stanza-id by=room/>, or "" when
-// the queue was full (the message goes out unarchived, without one). It
-// runs on the sender's loop and does not block.
-func (m *Module) ArchiveGroupchat(h hook.Host, room, nick, _, _ string, msg []byte, at time.Time) string {
-	p := pending{rec: storage.ArchiveRecord{User: room, Room: true, ID: m.ids.next(at), With: room, WithResource: nick, Stanza: msg}}
+// it is not archived (no content, or the queue was full; the message goes
+// out without one). It
+// runs on the sender's loop and does not block. The ID is of the
+// archive's clock, as a user's archive IDs are.
+func (m *Module) ArchiveGroupchat(h hook.Host, room, nick, _, _ string, msg []byte, _ time.Time) string {
+	// What a user's archive keeps of a chat, a room's keeps of its
+	// messages: not chat states alone, nor what asks not to be stored.
+	if !archivable("", msg) || !bytes.HasPrefix(msg, []byte(`<message `)) {
+		return ""
+	}
+	// Forwarded, the message keeps its namespace (XEP-0297).
+	stored := make([]byte, 0, len(msg)+len(nsClient)+10)
+	stored = append(stored, `<message xmlns='`+nsClient+`'`...)
+	stored = append(stored, msg[len(`<message`):]...)
+	p := pending{rec: storage.ArchiveRecord{User: room, Room: true, ID: m.ids.next(m.now()), With: room, WithResource: nick, Stanza: stored}}
 	if !m.enqueue(h, p) {
 		if m.dropped.Add(1)&1023 == 1 {
 			h.Logger().Warn("groupchat message not archived: archive write queue full", zap.String("room", room))
