@@ -167,7 +167,7 @@ func TestMUCArchive(t *testing.T) {
 // adds no stanza-id, advertises no urn:xmpp:mam:2 and refuses queries;
 // who may read an archive: an occupant, anyone for a public open room,
 // not a non-occupant of a members-only room; a temporary room's archive
-// goes when its last occupant leaves.
+// goes when its last occupant leaves; a chat state alone is not archived.
 func TestMUCArchiveOffAndAccess(t *testing.T) {
 	srv, store, _ := mamServer(t, nil, "alice", "carol")
 	w := &mucWorld{t: t, srv: srv, secret: mucSecret(t, store)}
@@ -218,6 +218,9 @@ func TestMUCArchiveOffAndAccess(t *testing.T) {
 	got = alice.exchange(t, `<message to='`+pj+`' type='groupchat' id='p3'><body>kept</body></message>`,
 		`<message from='`+pj+`/Alice' to='alice@localhost/a' type='groupchat' id='p3'><body>kept</body><occupant-id xmlns='urn:xmpp:occupant-id:0' id='`+w.id("plain", "alice@localhost")+`'/><stanza-id xmlns='urn:xmpp:sid:0' by='`+pj+`' id='{*}'/></message>`)
 	id := stanzaID(t, got, pj)
+	// A chat state alone is not conversation: not archived, no stanza-id.
+	alice.exchange(t, `<message to='`+pj+`' type='groupchat' id='p5'><active xmlns='http://jabber.org/protocol/chatstates'/></message>`,
+		`<message from='`+pj+`/Alice' to='alice@localhost/a' type='groupchat' id='p5'><active xmlns='http://jabber.org/protocol/chatstates'/><occupant-id xmlns='urn:xmpp:occupant-id:0' id='`+w.id("plain", "alice@localhost")+`'/></message>`)
 	alice.exchange(t, roomQuery(pj, "p4", "", "<max>0</max>"), roomFin(pj, "p4", false, "", "", 1))
 	if n := roomArchived(t, store, pj); n != 1 {
 		t.Fatalf("archive of %s holds %d messages (want 1, %s)", pj, n, id)
