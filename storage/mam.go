@@ -119,8 +119,10 @@ type Archive interface {
 	// ID below before, and returns how many it deleted.
 	ExpireArchive(ctx context.Context, before int64, limit int) (int, error)
 	// DeleteArchive deletes at most limit items of user's archive (a
-	// destroyed MUC room's) and returns how many it deleted.
-	DeleteArchive(ctx context.Context, user string, limit int) (int, error)
+	// destroyed MUC room's) with an ID below before, and returns how
+	// many it deleted. The bound spares what a new room of the same
+	// name archived since.
+	DeleteArchive(ctx context.Context, user string, before int64, limit int) (int, error)
 	// ArchivePrefs returns user's stored preferences; ok is false when
 	// none are stored.
 	ArchivePrefs(ctx context.Context, user string) (p ArchivePrefs, ok bool, err error)
@@ -148,7 +150,7 @@ const (
 	queryRoomArchiveAppend = `INSERT INTO mam_messages (username, id, with_jid, with_res, stanza)
 		VALUES (?, ?, ?, ?, ?) ON CONFLICT (username, id) DO NOTHING`
 	queryArchiveDelete = `DELETE FROM mam_messages WHERE (username, id) IN
-		(SELECT username, id FROM mam_messages WHERE username = ? LIMIT ?)`
+		(SELECT username, id FROM mam_messages WHERE username = ? AND id < ? LIMIT ?)`
 	queryArchiveItem  = `SELECT stanza FROM mam_messages WHERE username = ? AND id = ?`
 	queryArchiveFirst = `SELECT id FROM mam_messages WHERE username = ? ORDER BY id LIMIT 1`
 	queryArchiveLast  = `SELECT id FROM mam_messages WHERE username = ? ORDER BY id DESC LIMIT 1`
@@ -407,8 +409,8 @@ func (s *SQL) ExpireArchive(ctx context.Context, before int64, limit int) (int, 
 }
 
 // DeleteArchive implements [Archive.DeleteArchive].
-func (s *SQL) DeleteArchive(ctx context.Context, user string, limit int) (int, error) {
-	res, err := s.mam.del.ExecContext(ctx, user, limit)
+func (s *SQL) DeleteArchive(ctx context.Context, user string, before int64, limit int) (int, error) {
+	res, err := s.mam.del.ExecContext(ctx, user, before, limit)
 	if err != nil {
 		return 0, fmt.Errorf("storage: delete archive of %q: %w", user, err)
 	}

@@ -205,8 +205,8 @@ func testArchive(t *testing.T, open func(t *testing.T) archiveStore) {
 	})
 	t.Run("room archive", func(t *testing.T) {
 		// A MUC room's archive is keyed by the room's bare JID, has no
-		// account, and is deleted in bounded batches when the room is
-		// destroyed; the accounts' archives are untouched.
+		// account, and is deleted in bounded batches below an ID when
+		// the room is destroyed; the accounts' archives are untouched.
 		s := open(t)
 		fill(t, s)
 		const room = "alice@conference.localhost"
@@ -226,7 +226,7 @@ func testArchive(t *testing.T, open func(t *testing.T) archiveStore) {
 		}
 		total := 0
 		for range 10 {
-			n, err := s.DeleteArchive(ctx, room, 3)
+			n, err := s.DeleteArchive(ctx, room, 7, 3)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -238,8 +238,11 @@ func testArchive(t *testing.T, open func(t *testing.T) archiveStore) {
 				break
 			}
 		}
-		if total != 7 {
-			t.Errorf("deleted %d, want 7", total)
+		if total != 6 {
+			t.Errorf("deleted %d, want 6 (below ID 7)", total)
+		}
+		if got, _ := s.ArchivePage(ctx, ArchiveQuery{User: room, Max: 50}); !slices.Equal(ids(got), []int64{7}) {
+			t.Errorf("room archive left %v, want [7]", ids(got))
 		}
 		if got, _ := s.ArchivePage(ctx, ArchiveQuery{User: "alice", Max: 50}); len(got) != 20 {
 			t.Errorf("alice's archive has %d after the room's deletion, want 20", len(got))

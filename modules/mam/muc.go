@@ -53,16 +53,19 @@ func (m *Module) ArchiveGroupchat(h hook.Host, room, nick, _, _ string, msg []by
 	return formatID(p.rec.ID)
 }
 
-// DeleteRoomArchive implements the muc module's Archiver: a destroyed
-// room's archive is deleted on the worker pool, in bounded batches, after
-// what was queued for it is written.
+// DeleteRoomArchive implements the muc module's Archiver: a gone room's
+// archive, up to now, is deleted on the worker pool, in bounded batches,
+// after what was queued for it is written.
 func (m *Module) DeleteRoomArchive(h hook.Host, room string) {
 	log := h.Logger()
+	// IDs only grow: what a new room of the same name archives from now
+	// on is above the bound and stays.
+	before := m.ids.next(m.now())
 	var run func(ctx context.Context)
 	run = func(ctx context.Context) {
 		m.drain(ctx, log)
 		for range expireBatches {
-			n, err := m.Store.DeleteArchive(ctx, room, deleteBatch)
+			n, err := m.Store.DeleteArchive(ctx, room, before, deleteBatch)
 			if err != nil {
 				log.Error("room archive not deleted", zap.String("room", room), zap.Error(err))
 				return
