@@ -253,7 +253,8 @@ func TestClients(t *testing.T) {
 	gate(t)
 	bin := krillBin(t)
 	users := []string{"gs-starttls-a", "gs-starttls-b", "gs-tls-a", "gs-tls-b", "slix-a", "slix-b",
-		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b", "slix-pep-a", "slix-pep-b", "slix-mam-a", "slix-mam-b", "xjs-fast", "xjs-ws-a", "xjs-ws-b"}
+		"xjs-a", "xjs-b", "xjs-tls-a", "xjs-tls-b", "xjs-sm-a", "xjs-sm-b", "slix-pep-a", "slix-pep-b", "slix-mam-a", "slix-mam-b", "xjs-fast", "xjs-ws-a", "xjs-ws-b",
+		"slix-mm-a", "slix-mm-b"}
 	srv := startServerWeb(t, bin, freePort(t), freePort(t), freePort(t), users)
 
 	t.Run("go-sendxmpp/starttls", func(t *testing.T) {
@@ -302,6 +303,19 @@ func TestClients(t *testing.T) {
 			"slix-mam-a@"+domain, "slix-mam-b@"+domain, password, "7")
 		if err != nil || !strings.Contains(out, "archive paged: 3 pages forwards, 3 backwards") {
 			t.Fatalf("slixmpp MAM: %v", err)
+		}
+	})
+	t.Run("slixmpp/muc-mam", func(t *testing.T) {
+		// XEP-0313 on a room JID with slixmpp's own MUC and MAM plugins:
+		// the stanza-ids by the room, then the room archive paged.
+		py := "/usr/bin/python3"
+		_, err := exec.Command(py, "-c", "import slixmpp").CombinedOutput()
+		need(t, err == nil, "python3-slixmpp is not installed")
+		host, port, _ := net.SplitHostPort(srv.c2s)
+		out, err := runClient(t, nil, "", py, "slixmpp_mucmam.py", host, port, srv.cert(),
+			"slix-mm-a@"+domain, "slix-mm-b@"+domain, password, "archived@conference."+domain, "5")
+		if err != nil || !strings.Contains(out, "room archive paged: 3 pages") {
+			t.Fatalf("slixmpp MUC MAM: %v", err)
 		}
 	})
 	t.Run("xmpp.js/sm-resume", func(t *testing.T) { smResume(t, srv) })

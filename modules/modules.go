@@ -72,13 +72,21 @@ func Standard(store Store, opt Options) []hook.Module {
 	off := &offline.Module{Store: store, Accounts: store, Blocker: blk}
 	av := &avatar.Module{Store: store}
 	pp := &pep.Module{Store: store, Blocker: blk, OnPublish: av.Published}
-	// The archive goes after blocking and carbons (see package mam) and
-	// before offline storage, whose copy then carries the stanza ID.
+	// The archive goes after blocking (see package mam) and before
+	// offline storage, whose copy then carries the stanza ID.
 	var archive []hook.Module
+	// The MUC service archives rooms into the same archive (XEP-0313
+	// on room JIDs) when there is one.
+	mc := &muc.Module{Store: store, Config: opt.Config}
+	cb := &carbons.Module{Blocker: blk}
 	if opt.Config.MAM.Enabled {
-		m := &mam.Module{Store: store, Blocker: blk, Now: opt.Now}
+		// Carbons runs the archive's Pre stage before its copies,
+		// which then carry the stanza IDs (see package mam).
+		m := &mam.Module{Store: store, Blocker: blk, Now: opt.Now, Chained: true}
+		cb.Archive = m.Archive
 		off.Archived = m.Delivered
 		archive = append(archive, m)
+		mc.Archiver = m
 	}
 	mods := append(append([]hook.Module{
 		ping.Module{},
@@ -89,7 +97,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		&lastactivity.Module{Started: opt.Started, Store: store},
 		account.New(store),
 		blk,
-		&carbons.Module{Blocker: blk},
+		cb,
 		&roster.Module{Store: store, Accounts: store},
 		// Before presence, which consumes the broadcasts whose caps
 		// it reads.
@@ -99,7 +107,7 @@ func Standard(store Store, opt Options) []hook.Module {
 	}, archive...), []hook.Module{
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
-		&muc.Module{Store: store, Config: opt.Config},
+		mc,
 		// Holding before counting: stream management goes after csi, so
 		// that it counts what reaches the client.
 		csi.New(opt.Config.CSI.MaxBufferBytes),

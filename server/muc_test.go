@@ -621,11 +621,14 @@ type fakeArchive struct {
 	got []string
 }
 
-func (f *fakeArchive) ArchiveGroupchat(room, nick, realBare, occupantID string, msg []byte, _ time.Time) {
+func (f *fakeArchive) ArchiveGroupchat(_ hook.Host, room, nick, realBare, occupantID string, msg []byte, _ time.Time) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.got = append(f.got, room+" "+nick+" "+realBare+" "+string(msg))
+	return "" // not archived: the copies carry no stanza-id
 }
+
+func (f *fakeArchive) DeleteRoomArchive(hook.Host, string) {}
 
 func (f *fakeArchive) QueryRoom(c *hook.Ctx, st *hook.Stanza, room string) error {
 	c.ReplyResult([]byte(`<fin xmlns='urn:xmpp:mam:2' complete='true'/>`))

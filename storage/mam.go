@@ -58,8 +58,13 @@ type ArchivePrefs struct {
 
 // ArchiveRecord is one message to append to one user's archive.
 type ArchiveRecord struct {
-	// User is the archive's owner (a localpart).
+	// User is the archive's owner: a localpart, or, when Room is set, a
+	// MUC room's bare JID (which holds an '@', so it cannot be a
+	// localpart: both kinds share mam_messages without colliding).
 	User string
+	// Room marks the archive of a MUC room (XEP-0313 §6): appended
+	// without the account check.
+	Room bool
 	// ID is the archive ID, unique within the archive and greater than
 	// every ID appended to it before.
 	ID int64
@@ -113,6 +118,11 @@ type Archive interface {
 	// ExpireArchive deletes at most limit items, of any user, with an
 	// ID below before, and returns how many it deleted.
 	ExpireArchive(ctx context.Context, before int64, limit int) (int, error)
+	// DeleteArchive deletes at most limit items of user's archive (a
+	// destroyed MUC room's) with an ID below before, and returns how
+	// many it deleted. The bound spares what a new room of the same
+	// name archived since.
+	DeleteArchive(ctx context.Context, user string, before int64, limit int) (int, error)
 	// ArchivePrefs returns user's stored preferences; ok is false when
 	// none are stored.
 	ArchivePrefs(ctx context.Context, user string) (p ArchivePrefs, ok bool, err error)
@@ -136,6 +146,11 @@ const (
 		SELECT CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT)
 		WHERE EXISTS (SELECT 1 FROM accounts WHERE username = ?)
 		ON CONFLICT (username, id) DO NOTHING`
+	// A room's archive (ArchiveRecord.Room) has no account to check.
+	queryRoomArchiveAppend = `INSERT INTO mam_messages (username, id, with_jid, with_res, stanza)
+		VALUES (?, ?, ?, ?, ?) ON CONFLICT (username, id) DO NOTHING`
+	queryArchiveDelete = `DELETE FROM mam_messages WHERE (username, id) IN
+		(SELECT username, id FROM mam_messages WHERE username = ? AND id < ? LIMIT ?)`
 	queryArchiveItem  = `SELECT stanza FROM mam_messages WHERE username = ? AND id = ?`
 	queryArchiveFirst = `SELECT id FROM mam_messages WHERE username = ? ORDER BY id LIMIT 1`
 	queryArchiveLast  = `SELECT id FROM mam_messages WHERE username = ? ORDER BY id DESC LIMIT 1`
@@ -196,14 +211,17 @@ func archiveWhere(d Dialect, w int) string {
 // the (username, id) or (username, with_jid, id) index from a bound: its
 // cost is a descent of the index plus the page (O(log n + page)).
 type mamStmts struct {
-	appendRec, item, first, last, expire *sql.Stmt
-	prefs, allPrefs, setPrefs, inRoster  *sql.Stmt
-	pageAsc, pageDesc, count             [numWith]*sql.Stmt
+	appendRec, appendRoom, del          *sql.Stmt
+	item, first, last, expire           *sql.Stmt
+	prefs, allPrefs, setPrefs, inRoster *sql.Stmt
+	pageAsc, pageDesc, count            [numWith]*sql.Stmt
 }
 
 func (m *mamStmts) statements(d Dialect) []stmtSpec {
 	specs := []stmtSpec{
 		{&m.appendRec, true, queryArchiveAppend},
+		{&m.appendRoom, true, queryRoomArchiveAppend},
+		{&m.del, true, queryArchiveDelete},
 		{&m.item, false, queryArchiveItem},
 		{&m.first, false, queryArchiveFirst},
 		{&m.last, false, queryArchiveLast},
@@ -271,10 +289,22 @@ func (s *SQL) AppendArchive(ctx context.Context, recs []ArchiveRecord) error {
 		return nil
 	}
 	err := s.inTx(ctx, s.write, nil, func(tx *sql.Tx) error {
-		st := tx.StmtContext(ctx, s.mam.appendRec)
+		var st, room *sql.Stmt
 		for i := range recs {
 			r := &recs[i]
-			if _, err := st.ExecContext(ctx, r.User, r.ID, r.With, r.WithResource, string(r.Stanza), r.User); err != nil {
+			var err error
+			if r.Room {
+				if room == nil {
+					room = tx.StmtContext(ctx, s.mam.appendRoom)
+				}
+				_, err = room.ExecContext(ctx, r.User, r.ID, r.With, r.WithResource, string(r.Stanza))
+			} else {
+				if st == nil {
+					st = tx.StmtContext(ctx, s.mam.appendRec)
+				}
+				_, err = st.ExecContext(ctx, r.User, r.ID, r.With, r.WithResource, string(r.Stanza), r.User)
+			}
+			if err != nil {
 				return fmt.Errorf("%q id %d: %w", r.User, r.ID, err)
 			}
 		}
@@ -374,6 +404,19 @@ func (s *SQL) ExpireArchive(ctx context.Context, before int64, limit int) (int, 
 	n, err := res.RowsAffected()
 	if err != nil {
 		return 0, fmt.Errorf("storage: expire archive: %w", err)
+	}
+	return int(n), nil
+}
+
+// DeleteArchive implements [Archive.DeleteArchive].
+func (s *SQL) DeleteArchive(ctx context.Context, user string, before int64, limit int) (int, error) {
+	res, err := s.mam.del.ExecContext(ctx, user, before, limit)
+	if err != nil {
+		return 0, fmt.Errorf("storage: delete archive of %q: %w", user, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("storage: delete archive of %q: %w", user, err)
 	}
 	return int(n), nil
 }

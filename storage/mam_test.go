@@ -203,6 +203,51 @@ func testArchive(t *testing.T, open func(t *testing.T) archiveStore) {
 			t.Errorf("bob left %v", ids(got))
 		}
 	})
+	t.Run("room archive", func(t *testing.T) {
+		// A MUC room's archive is keyed by the room's bare JID, has no
+		// account, and is deleted in bounded batches below an ID when
+		// the room is destroyed; the accounts' archives are untouched.
+		s := open(t)
+		fill(t, s)
+		const room = "alice@conference.localhost"
+		var recs []ArchiveRecord
+		for i := int64(1); i <= 7; i++ {
+			recs = append(recs, ArchiveRecord{User: room, Room: true, ID: i, With: room, WithResource: "nick", Stanza: []byte("<message/>")})
+		}
+		recs = append(recs, ArchiveRecord{User: "ghost@conference.localhost", ID: 1, With: "x@y", Stanza: []byte("<m/>")})
+		if err := s.AppendArchive(ctx, recs); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.ArchivePage(ctx, ArchiveQuery{User: room, After: 2, Max: 3}); !slices.Equal(ids(got), seq(3, 5)) {
+			t.Errorf("room page = %v", ids(got))
+		}
+		if got, _ := s.ArchivePage(ctx, ArchiveQuery{User: "ghost@conference.localhost", Max: 3}); len(got) != 0 {
+			t.Errorf("a record not marked Room was stored without an account: %v", ids(got))
+		}
+		total := 0
+		for range 10 {
+			n, err := s.DeleteArchive(ctx, room, 7, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n > 3 {
+				t.Fatalf("deleted %d in a batch of 3", n)
+			}
+			total += n
+			if n == 0 {
+				break
+			}
+		}
+		if total != 6 {
+			t.Errorf("deleted %d, want 6 (below ID 7)", total)
+		}
+		if got, _ := s.ArchivePage(ctx, ArchiveQuery{User: room, Max: 50}); !slices.Equal(ids(got), []int64{7}) {
+			t.Errorf("room archive left %v, want [7]", ids(got))
+		}
+		if got, _ := s.ArchivePage(ctx, ArchiveQuery{User: "alice", Max: 50}); len(got) != 20 {
+			t.Errorf("alice's archive has %d after the room's deletion, want 20", len(got))
+		}
+	})
 	t.Run("prefs", func(t *testing.T) {
 		s := open(t)
 		addUsers(t, s, "alice", "bob")

@@ -13,6 +13,7 @@
 package carbons
 
 import (
+	"bytes"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,14 @@ type Blocker interface {
 // blocks anybody).
 type Module struct {
 	Blocker Blocker
+	// Archive, when set, is the message archive's Pre stage (package
+	// mam's Module.Archive, with Chained set), run here first so that
+	// the copies carry XEP-0359 stanza IDs as XEP-0313 §5.1.1 asks: a
+	// <received/> copy the recipient's, as the original does, and a
+	// <sent/> copy the sender's, which Archive returns ("" when the
+	// sender's archive does not store the message), never the
+	// recipient's.
+	Archive func(c *hook.Ctx, st *hook.Stanza) (sentID string)
 
 	// enabled marks a session that enabled carbons; other loops read it
 	// when they copy a message to the session.
@@ -142,6 +151,10 @@ func (m *Module) closed(c *hook.Ctx, _ hook.Event) hook.Verdict {
 // resources that routing does not give it to (§7), then lets the core
 // route the original.
 func (m *Module) pre(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
+	sentID := ""
+	if m.Archive != nil {
+		sentID = m.Archive(c, st)
+	}
 	sess := c.Session
 	if sess == nil || st.Type == "groupchat" {
 		return hook.Continue
@@ -164,6 +177,11 @@ func (m *Module) pre(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 		m.copyReceived(c.Host, st, r, inner, domain)
 	}
 	if copySent {
+		if m.Archive != nil && !toSelf {
+			// The recipient's stanza ID is for the recipient's
+			// devices; the sender's go with the sender's archive's.
+			inner = sentInner(inner, st.Bare(), self+"@"+domain, sentID)
+		}
 		m.copySent(c.Host, sess, st, r, toSelf, inner, self+"@"+domain)
 	}
 	return hook.Continue
@@ -270,6 +288,46 @@ func forwarded(st *hook.Stanza) []byte {
 	b = append(b, stamped[:name]...)
 	b = append(b, ` xmlns='`+nsClient+`'`...)
 	return append(b, stamped[name:]...)
+}
+
+// NSSID is XEP-0359's namespace, of the <stanza-id/> the archive adds.
+const NSSID = "urn:xmpp:sid:0"
+
+// sentInner returns the forwarded message inner of a <sent/> copy
+// without the <stanza-id/> by the recipient's bare JID recipient (the
+// archive added it; forged ones were removed before), and with the
+// sender's (by sender, id sentID) when there is one.
+func sentInner(inner []byte, recipient, sender, sentID string) []byte {
+	if !bytes.Contains(inner, []byte(NSSID)) && sentID == "" {
+		return inner
+	}
+	out := make([]byte, 0, len(inner)+len(sender)+len(sentID)+48)
+	prev := 0
+	stanza.Children(inner, func(ch []byte) bool {
+		t, err := stanza.ParseStartTag(ch)
+		if err != nil || string(t.Local()) != "stanza-id" {
+			return true
+		}
+		ns, _ := t.AttrString("xmlns")
+		by, _ := t.AttrString("by")
+		if ns == NSSID && by == recipient {
+			off := cap(inner) - cap(ch)
+			out = append(out, inner[prev:off]...)
+			prev = off + len(ch)
+		}
+		return true
+	})
+	end := bytes.LastIndex(inner, []byte("</"))
+	if sentID == "" || end < prev {
+		return append(out, inner[prev:]...)
+	}
+	out = append(out, inner[prev:end]...)
+	out = append(out, `<stanza-id xmlns='`+NSSID+`' by='`...)
+	out = stanza.AppendEscaped(out, sender)
+	out = append(out, `' id='`...)
+	out = stanza.AppendEscaped(out, sentID)
+	out = append(out, `'/>`...)
+	return append(out, inner[end:]...)
 }
 
 // copies builds the wrapping messages of one original, which differ only

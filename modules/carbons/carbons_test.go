@@ -344,3 +344,31 @@ func TestUnusedCostsNothing(t *testing.T) {
 		t.Fatalf("classify allocates %v times", n)
 	}
 }
+
+// TestSentInner: a <sent/> copy's message loses the recipient's stanza-id
+// and gains the sender's, whatever else is around it.
+func TestSentInner(t *testing.T) {
+	const (
+		bob   = `<stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='R'/>`
+		alice = `<stanza-id xmlns='urn:xmpp:sid:0' by='alice@localhost' id='S'/>`
+		room  = `<stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.example' id='K'/>`
+		open  = `<message xmlns='jabber:client' to='bob@localhost' from='alice@localhost/a'>`
+	)
+	cases := []struct {
+		name, in, sentID, want string
+	}{
+		{"replaced", open + `<body>x</body>` + bob + `</message>`, "S", open + `<body>x</body>` + alice + `</message>`},
+		{"removed, none of the sender's", open + `<body>x</body>` + bob + `</message>`, "", open + `<body>x</body></message>`},
+		{"whitespace and a remote one kept", open + "\n <body>x</body>\n " + room + "\n " + bob + "\n</message>", "S", open + "\n <body>x</body>\n " + room + "\n \n" + alice + "</message>"},
+		{"no stanza-id, none to add", open + `<body>x</body></message>`, "", open + `<body>x</body></message>`},
+		{"no stanza-id, the sender's added", open + `<body>x</body></message>`, "S", open + `<body>x</body>` + alice + `</message>`},
+		{"another namespace kept", open + `<stanza-id xmlns='urn:other' by='bob@localhost' id='R'/></message>`, "", open + `<stanza-id xmlns='urn:other' by='bob@localhost' id='R'/></message>`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := string(sentInner([]byte(tc.in), "bob@localhost", "alice@localhost", tc.sentID)); got != tc.want {
+				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+		})
+	}
+}

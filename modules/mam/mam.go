@@ -10,9 +10,12 @@
 // the decision (XEP-0441 preferences, kept in memory) and the IDs are made
 // there, and the records go to a bounded queue that jobs on the worker
 // pool write in batches (writer.go), so delivery never waits for storage.
-// The module runs after blocking and carbons (modules.Standard): a refused
-// message is not archived, and carbons copies do not carry the
-// recipient's stanza ID to the sender.
+// The module runs after blocking (modules.Standard): a refused message is
+// not archived. With carbons, the carbons module runs the archiving
+// (Archive, Chained) before it copies, so that a <received/> copy carries
+// the recipient's stanza ID, as the original does, and a <sent/> copy the
+// sender's instead of the recipient's, which the sender's other devices
+// must not see.
 //
 // No duplicates with offline delivery and stream management: the copy
 // that routing gives to offline storage, or that stream management stores
@@ -72,6 +75,10 @@ type Module struct {
 	Blocker Blocker
 	// Now is the clock (nil: time.Now); tests move it.
 	Now func() time.Time
+	// Chained: the carbons module calls Archive from its own Pre
+	// handler, before it makes its copies (so that they carry the
+	// stanza IDs), and Register adds no Pre handler.
+	Chained bool
 
 	// queried marks a session that has queried the archive.
 	queried hook.Flag
@@ -102,7 +109,9 @@ func (m *Module) Register(r *hook.Registrar) error {
 		return err
 	}
 	m.queried = r.Flag()
-	r.Stanza(hook.Message, hook.ToBare|hook.ToFull, hook.Pre, m.pre)
+	if !m.Chained {
+		r.Stanza(hook.Message, hook.ToBare|hook.ToFull, hook.Pre, m.pre)
+	}
 	r.IQ(hook.PhaseBound, hook.IQSet, hook.ToAccount, NS, "query", m.query)
 	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToAccount, NS, "query", m.form)
 	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToAccount, NS, "metadata", m.metadata)
@@ -144,9 +153,22 @@ func own(c *hook.Ctx, st *hook.Stanza) bool {
 // pre archives a message a session sends to a local account, and
 // removes forged stanza IDs from every message it sends.
 func (m *Module) pre(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
+	m.Archive(c, st)
+	return hook.Continue
+}
+
+// Archive is the Pre stage of a message from a session: it removes
+// forged stanza IDs, archives the message for the recipient (when local)
+// and the sender, and adds the recipient's <stanza-id/> to st. It
+// returns the sender's archive ID when the sender's archive stores the
+// message now ("" otherwise, and for a message to oneself, whose one
+// archive ID st carries), for the carbons module's <sent/> copies
+// (XEP-0313 §5.1.1: a carbon copy carries the stanza-id of the archive
+// of the account it goes to). Run on the sender's loop.
+func (m *Module) Archive(c *hook.Ctx, st *hook.Stanza) (sentID string) {
 	sess := c.Session
 	if sess == nil {
-		return hook.Continue
+		return ""
 	}
 	h := c.Host
 	domain := h.Domain()
@@ -157,7 +179,7 @@ func (m *Module) pre(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 		}
 	}
 	if !archivable(st.Type, st.Raw) {
-		return hook.Continue
+		return ""
 	}
 	self := sess.Local()
 	fromBare, fromRes := splitFull(st.From)
@@ -191,10 +213,12 @@ func (m *Module) pre(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 				roster: d == ifRoster}
 			if !m.enqueue(h, p) {
 				m.full(c)
+			} else if d == store {
+				sentID = formatID(p.rec.ID)
 			}
 		}
 	}
-	return hook.Continue
+	return sentID
 }
 
 // full counts and logs a message the write queue had no room for.

@@ -449,28 +449,37 @@ func (m *Module) metadata(c *hook.Ctx, st *hook.Stanza) error {
 	user, log := c.Session.Local(), c.Log
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
 		m.drain(ctx, log)
-		first, last, ok, err := m.Store.ArchiveBounds(ctx, user)
+		b, err := m.metadataOf(ctx, user)
 		if err != nil {
 			log.Error("archive metadata failed", zap.String("user", user), zap.Error(err))
 			return func(c *hook.Ctx) { c.ReplyError("wait", "internal-server-error", "") }
 		}
-		b := []byte(`<metadata xmlns='` + NS + `'>`)
-		if ok {
-			for _, e := range []struct {
-				name string
-				id   int64
-			}{{"start", first}, {"end", last}} {
-				b = append(b, '<')
-				b = append(b, e.name...)
-				b = append(b, ` id='`...)
-				b = append(b, formatID(e.id)...)
-				b = append(b, `' timestamp='`...)
-				b = appendStamp(b, timeOf(e.id))
-				b = append(b, `'/>`...)
-			}
-		}
-		b = append(b, `</metadata>`...)
 		return func(c *hook.Ctx) { c.ReplyResult(b) }
 	}, nil)
 	return nil
+}
+
+// metadataOf builds the <metadata/> of an archive (a user's or a room's).
+// It runs on a worker.
+func (m *Module) metadataOf(ctx context.Context, user string) ([]byte, error) {
+	first, last, ok, err := m.Store.ArchiveBounds(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	b := []byte(`<metadata xmlns='` + NS + `'>`)
+	if ok {
+		for _, e := range []struct {
+			name string
+			id   int64
+		}{{"start", first}, {"end", last}} {
+			b = append(b, '<')
+			b = append(b, e.name...)
+			b = append(b, ` id='`...)
+			b = append(b, formatID(e.id)...)
+			b = append(b, `' timestamp='`...)
+			b = appendStamp(b, timeOf(e.id))
+			b = append(b, `'/>`...)
+		}
+	}
+	return append(b, `</metadata>`...), nil
 }

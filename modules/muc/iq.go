@@ -165,6 +165,9 @@ func (r *room) features() []string {
 	pick(r.cfg.Moderated, "muc_moderated", "muc_unmoderated")
 	pick(r.cfg.PasswordOn, "muc_passwordprotected", "muc_unsecured")
 	pick(r.cfg.WhoisAnyone, "muc_nonanonymous", "muc_semianonymous")
+	if r.archives() {
+		f = append(f, NSMAM)
+	}
 	sort.Strings(f)
 	return f
 }
@@ -773,7 +776,7 @@ func (r *room) destroy(h hook.Host, alt, reason, password string) {
 	}
 	r.gone = true
 	r.mu.Unlock()
-	r.m.drop(r)
+	r.m.drop(h, r)
 	for _, x := range outs {
 		x.o.sess.Deliver(x.b)
 	}

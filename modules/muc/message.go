@@ -2,6 +2,7 @@ package muc
 
 import (
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/text/secure/precis"
@@ -169,11 +170,17 @@ func (r *room) groupchat(c *hook.Ctx, st *hook.Stanza, o *occupant) {
 		r.saveConfig(h)
 	} else {
 		r.m.messages.Add(1)
-		r.remember(head, tail, now, h.Config().MUC.MaxHistory)
-		if r.cfg.Archive && r.m.Archiver != nil {
+		if r.archives() {
+			// The archive keeps the message as the room sends it,
+			// without to; the copies and the history carry its
+			// archive ID (XEP-0359 <stanza-id by=room/>), so that a
+			// client recognises in the archive what it has.
 			msg := append(append([]byte(nil), head[:len(head)-len(` to='`)]...), tail[1:]...)
-			r.m.Archiver.ArchiveGroupchat(r.jid, o.nick, o.bare, o.id, msg, now)
+			if id := r.m.Archiver.ArchiveGroupchat(h, r.jid, o.nick, o.bare, o.id, msg, now); id != "" {
+				tail = r.withStanzaID(tail, id)
+			}
 		}
+		r.remember(head, tail, now, h.Config().MUC.MaxHistory)
 	}
 	r.sendLocked(h, &broadcast{head: head, plain: tail}, nil)
 }
@@ -204,8 +211,17 @@ func (r *room) fromOccupant(st *hook.Stanza, o *occupant, typ string, extra []by
 	})
 	tail = append(tail, '>')
 	stanza.Children(st.Raw, func(ch []byte) bool {
-		if t, err := stanza.ParseStartTag(ch); err == nil && string(t.Local()) == "occupant-id" {
-			return true // stripped: only the room says who sent what
+		if t, err := stanza.ParseStartTag(ch); err == nil {
+			switch string(t.Local()) {
+			case "occupant-id":
+				return true // stripped: only the room says who sent what
+			case "stanza-id":
+				// Only the room says where it archived a message
+				// (XEP-0359 §4): one by the room's JID is forged.
+				if by, _ := t.AttrString("by"); strings.EqualFold(by, r.jid) {
+					return true
+				}
+			}
 		}
 		tail = append(tail, ch...)
 		return true
@@ -215,6 +231,24 @@ func (r *room) fromOccupant(st *hook.Stanza, o *occupant, typ string, extra []by
 	tail = append(tail, o.id...)
 	tail = append(tail, `'/></message>`...)
 	return head, tail
+}
+
+// archives reports whether the room archives its messages: archiving
+// configured on, and an archive wired. Called with r.mu held.
+func (r *room) archives() bool { return r.cfg.Archive && r.m.Archiver != nil }
+
+// withStanzaID returns tail (ending in </message>) with the XEP-0359
+// <stanza-id/> of the room's archive entry id before the end tag.
+func (r *room) withStanzaID(tail []byte, id string) []byte {
+	const end = `</message>`
+	out := make([]byte, 0, len(tail)+len(r.jid)+len(id)+48)
+	out = append(out, tail[:len(tail)-len(end)]...)
+	out = append(out, `<stanza-id xmlns='`+NSSID+`' by='`...)
+	out = stanza.AppendEscaped(out, r.jid)
+	out = append(out, `' id='`...)
+	out = stanza.AppendEscaped(out, id)
+	out = append(out, `'/>`+end...)
+	return out
 }
 
 // remember keeps a groupchat message for history, within the room's

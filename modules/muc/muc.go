@@ -62,13 +62,20 @@ type Store = storage.MUC
 // Archiver is the seam for MUC archives (XEP-0313 on room JIDs), which
 // the archive module provides: a room configured with
 // muc#roomconfig_enablearchiving hands it every groupchat message it
-// broadcasts, and announces status 170 on join. Archive must not block
-// (it runs on the sender's loop, the room locked): it queues.
+// broadcasts, and announces status 170 on join. Its methods must not
+// block (they run on the sender's loop, the room locked): they queue.
+// The archive module (package mam) implements it.
 type Archiver interface {
 	// ArchiveGroupchat stores the message msg (complete, from
 	// room/nick, without to) sent to room by the occupant with the
-	// given real bare JID and occupant id, at at.
-	ArchiveGroupchat(room, nick, realBare, occupantID string, msg []byte, at time.Time)
+	// given real bare JID and occupant id, at at. It returns the
+	// message's archive ID, which the room's copies carry as
+	// <stanza-id by=room/> (XEP-0359, XEP-0313 §6), or "" when the
+	// message was not archived.
+	ArchiveGroupchat(h hook.Host, room, nick, realBare, occupantID string, msg []byte, at time.Time) (id string)
+	// DeleteRoomArchive deletes the archive of room, which is gone: a
+	// destroyed room, or a temporary one its last occupant left.
+	DeleteRoomArchive(h hook.Host, room string)
 }
 
 // ArchiveQuerier is the optional other half of the archive seam: an
@@ -81,9 +88,13 @@ type ArchiveQuerier interface {
 	QueryRoom(c *hook.Ctx, st *hook.Stanza, room string) error
 }
 
-// NSMAM is the namespace of XEP-0313 queries a room forwards to its
-// ArchiveQuerier.
-const NSMAM = "urn:xmpp:mam:2"
+// Namespaces of MUC archives: NSMAM is XEP-0313's, of the queries a
+// room forwards to its ArchiveQuerier and of its disco feature; NSSID is
+// XEP-0359's, of the <stanza-id/> a room's archived messages carry.
+const (
+	NSMAM = "urn:xmpp:mam:2"
+	NSSID = "urn:xmpp:sid:0"
+)
 
 // Module is the multi-user chat service. Set Store (nil: no room can be
 // persistent) and Config before registering.
@@ -257,7 +268,7 @@ func (m *Module) handle(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 		if r.handle(c, st) {
 			return hook.Stop
 		}
-		m.drop(r)
+		m.drop(c.Host, r)
 	}
 	c.ReplyError("wait", "resource-constraint", "room busy")
 	return hook.Stop
@@ -333,7 +344,7 @@ func (m *Module) load(c *hook.Ctx, st *hook.Stanza) {
 			}
 			m.mu.Unlock()
 			if !r.handle(c, st) {
-				m.drop(r)
+				m.drop(c.Host, r)
 				m.handle(c, st)
 			}
 		}
@@ -369,14 +380,22 @@ func (m *Module) emptied(r *room) {
 	r.gone = true
 }
 
-// drop removes a gone room from the map, once.
-func (m *Module) drop(r *room) {
+// drop removes a gone room from the map, once, and deletes its archive:
+// a gone room is a destroyed one or a temporary one nobody is in, whose
+// history must not greet whoever creates a room of that name next.
+func (m *Module) drop(h hook.Host, r *room) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.rooms[r.name] != r {
 		return
 	}
 	delete(m.rooms, r.name)
+	r.mu.Lock()
+	archived := r.cfg.Archive
+	r.mu.Unlock()
+	if archived && m.Archiver != nil {
+		m.Archiver.DeleteRoomArchive(h, r.jid)
+	}
 	if r.countedTemp {
 		if m.temp[r.creator]--; m.temp[r.creator] <= 0 {
 			delete(m.temp, r.creator)

@@ -556,7 +556,7 @@ func (r *room) leaveLocked(h hook.Host, o *occupant, extra []byte, codes []int, 
 	r.run(h, start, small)
 	switch {
 	case gone:
-		r.m.drop(r)
+		r.m.drop(h, r)
 	case empty:
 		r.m.evictNow(h, r)
 	}
