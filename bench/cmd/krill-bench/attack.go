@@ -32,6 +32,7 @@ type attackRecord struct {
 	Server          string    `json:"server"`
 	Time            time.Time `json:"time"`
 	Hostile         int       `json:"hostile"`
+	HostileProfile  string    `json:"hostile_profile,omitempty"` // how they fail: sasl, sasl2, fast
 	HostileOpened   int       `json:"hostile_opened"`
 	Seconds         float64   `json:"seconds"`
 	LastClosedS     float64   `json:"last_hostile_closed_s"` // -1: some still open at the end
@@ -47,10 +48,35 @@ type attackRecord struct {
 	FirstLoginError string    `json:"first_login_error,omitempty"`
 }
 
-// attackCmd opens K hostile connections that complete TLS, fail a SASL
-// login and then keep the connection alive with whitespace pings, while
-// legitimate clients log in; it samples the server's memory every second
-// and records when each hostile connection was closed by the server.
+// Hostile profiles: how a hostile connection fails its one login.
+const (
+	profileSASL  = "sasl"  // RFC 6120 SASL SCRAM-SHA-256, wrong password
+	profileSASL2 = "sasl2" // XEP-0388 SASL2 SCRAM-SHA-256, wrong password
+	profileFAST  = "fast"  // SASL2 HT-SHA-256-EXPR with a made-up XEP-0484 token
+)
+
+// hostileUA is the user-agent id of the hostile FAST logins: a token login
+// needs one, and the token is wrong whatever it is.
+const hostileUA = "0badc0de-0000-4000-8000-000000000000"
+
+// failLogin makes one login of profile fail on c as user, as a hostile
+// client does; it returns bench.ErrRefused (wrapped) when the server
+// refused it, which is the expected outcome.
+func failLogin(c net.Conn, profile, user, password string) error {
+	switch profile {
+	case profileSASL2:
+		return bench.Authenticate2(c, user, "wrong "+password)
+	case profileFAST:
+		return bench.AuthenticateToken(c, user, "not-a-token", hostileUA)
+	}
+	return bench.Authenticate(c, user, "wrong "+password)
+}
+
+// attackCmd opens K hostile connections that complete TLS, fail a login
+// (RFC 6120 SASL, SASL2 or a FAST token: -hostile-profile) and then keep
+// the connection alive with whitespace pings, while legitimate clients log
+// in; it samples the server's memory every second and records when each
+// hostile connection was closed by the server.
 func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var t target
 	fs := flag.NewFlagSet("attack", flag.ContinueOnError)
@@ -61,6 +87,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	ping := fs.Duration("ping", 5*time.Second, "whitespace ping interval of the hostile connections")
 	legitPar := fs.Int("legit", 2, "legitimate logins in flight at once")
 	accounts := fs.Int("accounts", 1000, "accounts the legitimate logins cycle through (the hostile ones fail as account 0)")
+	profile := fs.String("hostile-profile", profileSASL, "how the hostile connections fail their login: sasl (RFC 6120, wrong password), sasl2 (XEP-0388, wrong password) or fast (SASL2 with a wrong XEP-0484 token)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -69,6 +96,12 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if *hostile < 1 || *legitPar < 1 || *accounts < *legitPar+1 {
 		return fmt.Errorf("krill-bench: need -hostile >= 1, -legit >= 1, -accounts > -legit")
+	}
+	switch *profile {
+	case profileSASL, profileSASL2, profileFAST:
+	default:
+		fmt.Fprintf(stderr, "krill-bench: -hostile-profile %q: want sasl, sasl2 or fast\n", *profile)
+		return errUsage
 	}
 	legit, err := t.options(bench.StageAuth)
 	if err != nil {
@@ -114,7 +147,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 					continue
 				}
 				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-				if err := bench.Authenticate(c, legit.UserPrefix+"0", "wrong "+legit.Password); !errors.Is(err, bench.ErrRefused) {
+				if err := failLogin(c, *profile, legit.UserPrefix+"0", legit.Password); !errors.Is(err, bench.ErrRefused) {
 					bench.Abort(c)
 					continue
 				}
@@ -165,7 +198,7 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	lw.Wait()
 	slices.Sort(lr.lat)
 	rec := attackRecord{
-		Kind: "attack", Server: t.server, Time: time.Now().UTC(), Hostile: *hostile, HostileOpened: int(opened.Load()),
+		Kind: "attack", Server: t.server, Time: time.Now().UTC(), Hostile: *hostile, HostileProfile: *profile, HostileOpened: int(opened.Load()),
 		Seconds: dur.Seconds(), OpenAtEnd: openAtEnd, LastClosedS: -1,
 		Logins: len(lr.lat), LoginsFailed: lr.failed, P50ms: ms(percentile(lr.lat, 50)), P99ms: ms(percentile(lr.lat, 99)),
 		BaselineP50ms: ms(percentile(base.lat, 50)),
@@ -177,8 +210,8 @@ func attackCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if lr.firstErr != nil {
 		rec.FirstLoginError = lr.firstErr.Error()
 	}
-	fmt.Fprintf(stdout, "%-9s attack %d hostile (%d opened), %.0fs: last closed at %.1fs (-1: %d still open)  legit %d logins (%d failed) p50 %.1f ms p99 %.1f ms (quiet p50 %.1f ms)  rss %.1f -> peak %.1f MB\n",
-		rec.Server, rec.Hostile, rec.HostileOpened, rec.Seconds, rec.LastClosedS, rec.OpenAtEnd, rec.Logins, rec.LoginsFailed,
+	fmt.Fprintf(stdout, "%-9s attack %d hostile %s (%d opened), %.0fs: last closed at %.1fs (-1: %d still open)  legit %d logins (%d failed) p50 %.1f ms p99 %.1f ms (quiet p50 %.1f ms)  rss %.1f -> peak %.1f MB\n",
+		rec.Server, rec.Hostile, rec.HostileProfile, rec.HostileOpened, rec.Seconds, rec.LastClosedS, rec.OpenAtEnd, rec.Logins, rec.LoginsFailed,
 		rec.P50ms, rec.P99ms, rec.BaselineP50ms, float64(rec.RSSBefore)/(1<<20), float64(rec.RSSPeak)/(1<<20))
 	return out.write(rec)
 }
@@ -232,11 +265,11 @@ func runLoginsCounted(ctx context.Context, o bench.Options, accounts, par int, c
 	const bound = 10_000_000 // logins; ctx ends the run long before
 	for range par {
 		wg.Go(func() {
-			for i := next.Add(1) - 1; i < bound && ctx.Err() == nil; i = next.Add(1) - 1 {
+			for i := next.Add(1) - 1; i < bound && !ended(ctx); i = next.Add(1) - 1 {
 				t0 := time.Now()
 				c, err := bench.Dial(ctx, o, int(i)%accounts)
 				d := time.Since(t0)
-				if ctx.Err() != nil {
+				if ended(ctx) {
 					if c != nil {
 						bench.Abort(c)
 					}
@@ -261,4 +294,17 @@ func runLoginsCounted(ctx context.Context, o bench.Options, accounts, par int, c
 	}
 	wg.Wait()
 	return res, nil
+}
+
+// ended reports whether ctx is done or its deadline has passed. A dial
+// fails with "i/o timeout" as soon as the deadline passes, while ctx.Err()
+// is set only when ctx's own timer has run, which a loaded machine can
+// delay by milliseconds: a loop that checked ctx.Err() alone counted
+// hundreds of immediate "failures" in that gap.
+func ended(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }

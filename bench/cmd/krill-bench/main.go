@@ -10,7 +10,7 @@
 //	krill-bench [idle] -addr 127.0.0.1:5222 -pgrep 'krill serve' -stage auth -n 5000
 //	krill-bench login-rate -addr ... -pids 123 -logins 3000
 //	krill-bench throughput -addr ... -pids 123 -pairs 50 -duration 10s
-//	krill-bench attack -addr ... -pids 123 -hostile 1000 -duration 90s
+//	krill-bench attack -addr ... -pids 123 -hostile 1000 -duration 90s [-hostile-profile sasl2]
 //	krill-bench provision-prosody -dir DATA/localhost/accounts -n 5000
 //	krill-bench report -dir bench/results/DATE-MACHINE
 //

@@ -371,3 +371,13 @@ func TestReadGoMem(t *testing.T) {
 		t.Fatalf("non-loopback endpoint: %v", err)
 	}
 }
+
+// TestAttackProfileUsage: an unknown -hostile-profile is a usage error,
+// found before any connection is made.
+func TestAttackProfileUsage(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"attack", "-addr", "127.0.0.1:1", "-pids", "1", "-hostile-profile", "sasl3"}, nil, &out, &out)
+	if !errors.Is(err, errUsage) || !strings.Contains(out.String(), `-hostile-profile "sasl3": want sasl, sasl2 or fast`) {
+		t.Fatalf("err = %v, output %q; want errUsage naming the profiles", err, out.String())
+	}
+}

@@ -259,7 +259,7 @@ func writeMarkdown(w io.Writer, res *results) {
 	if len(res.attack) > 0 {
 		fmt.Fprintln(w, "## Pre-auth attack")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "Hostile connections complete TLS, fail one SCRAM login and then send a whitespace ping every 5 s; legitimate clients log in meanwhile. Servers on their default pre-auth timeouts.")
+		fmt.Fprintln(w, "Hostile connections complete TLS, fail one SCRAM login (RFC 6120 SASL unless the server column names another profile: sasl2, fast) and then send a whitespace ping every 5 s; legitimate clients log in meanwhile. Servers on their default pre-auth timeouts.")
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "| server | hostile | seconds | last hostile closed at s | still open at end | legit logins | failed | p50 ms | p99 ms | quiet p50 ms | RSS before MB | RSS peak MB | RSS end MB |")
 		fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -268,8 +268,12 @@ func writeMarkdown(w io.Writer, res *results) {
 			if r.LastClosedS < 0 {
 				last = "not all"
 			}
+			server := r.Server
+			if r.HostileProfile != "" && r.HostileProfile != profileSASL {
+				server += " (" + r.HostileProfile + ")"
+			}
 			fmt.Fprintf(w, "| %s | %d | %.0f | %s | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n",
-				r.Server, r.HostileOpened, r.Seconds, last, r.OpenAtEnd, r.Logins, r.LoginsFailed, r.P50ms, r.P99ms,
+				server, r.HostileOpened, r.Seconds, last, r.OpenAtEnd, r.Logins, r.LoginsFailed, r.P50ms, r.P99ms,
 				r.BaselineP50ms, mb(r.RSSBefore), mb(r.RSSPeak), mb(r.RSSEnd))
 		}
 		fmt.Fprintln(w)
