@@ -402,8 +402,8 @@ func matches(want, got string) bool {
 	return regexp.MustCompile(re.String()).MatchString(got)
 }
 
-// streamError is the stream error the server closes with.
-func streamError(cond, text string) string {
+// tcpStreamError is the stream error, then the stream close, the server ends a TCP stream with.
+func tcpStreamError(cond, text string) string {
 	return `<stream:error><` + cond + ` ` + streamsNS + `/><text ` + streamsNS + `>` + text + `</text></stream:error></stream:stream>`
 }
 
@@ -466,7 +466,7 @@ func TestSeedScenarioSASL2(t *testing.T) {
 		}
 		return want.String(), nil
 	}
-	timeout := streamError("connection-timeout", "authentication took too long")
+	timeout := tcpStreamError("connection-timeout", "authentication took too long")
 	ping := `<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>`
 	classes := []struct {
 		name string
@@ -485,7 +485,7 @@ func TestSeedScenarioSASL2(t *testing.T) {
 				return challenge, firstErr(h.send(scramFirst), h.await("</challenge>", 1))
 			},
 			trickle: []string{" ", `<response xmlns='urn:xmpp:sasl:2'>`, "AAAA"}},
-		{name: "wrong password, then pings", n: 100, credential: 1, closeWith: streamError("not-authorized", "authenticate first"),
+		{name: "wrong password, then pings", n: 100, credential: 1, closeWith: tcpStreamError("not-authorized", "authenticate first"),
 			script: func(h *seedClient) (string, error) {
 				return wrongPassword, firstErr(h.send(plainWrong), h.await("</failure>", 1))
 			},
@@ -511,12 +511,12 @@ func TestSeedScenarioSASL2(t *testing.T) {
 			},
 			trickle: []string{" ", "\n"}},
 		{name: "wrong passwords until closed", n: 50, credential: maxAuth,
-			closeWith: streamError("policy-violation", "too many failed authentication attempts"),
+			closeWith: tcpStreamError("policy-violation", "too many failed authentication attempts"),
 			script: func(h *seedClient) (string, error) {
 				return repeat(h, maxAuth, func(int) (string, string) { return plainWrong, wrongPassword })
 			}},
 		{name: "malformed authenticate until closed", n: 50, exchange: maxEx,
-			closeWith: streamError("policy-violation", "too many failed SASL exchanges"),
+			closeWith: tcpStreamError("policy-violation", "too many failed SASL exchanges"),
 			script: func(h *seedClient) (string, error) {
 				return repeat(h, maxEx, func(i int) (string, string) {
 					m := malformed[i%len(malformed)]
@@ -524,19 +524,19 @@ func TestSeedScenarioSASL2(t *testing.T) {
 				})
 			}},
 		{name: "wrong FAST tokens until closed", n: 50, credential: maxAuth,
-			closeWith: streamError("policy-violation", "too many failed authentication attempts"),
+			closeWith: tcpStreamError("policy-violation", "too many failed authentication attempts"),
 			script: func(h *seedClient) (string, error) {
 				return repeat(h, maxAuth, func(int) (string, string) { return fastWrong, wrongPassword })
 			}},
-		{name: "oversized authenticate", n: 30, closeWith: streamError("policy-violation", "stanza: byte {*}: element too large"), scanned: true,
+		{name: "oversized authenticate", n: 30, closeWith: tcpStreamError("policy-violation", "stanza: byte {*}: element too large"), scanned: true,
 			script: func(h *seedClient) (string, error) {
 				return "", h.send(sasl2Open + `PLAIN'><initial-response>` + strings.Repeat("A", cfg.Preauth.MaxStanzaSize) + `</initial-response></authenticate>`)
 			}},
-		{name: "too many elements in authenticate", n: 30, closeWith: streamError("policy-violation", "stanza: byte {*}: too many elements"), scanned: true,
+		{name: "too many elements in authenticate", n: 30, closeWith: tcpStreamError("policy-violation", "stanza: byte {*}: too many elements"), scanned: true,
 			script: func(h *seedClient) (string, error) {
 				return "", h.send(sasl2Open + `PLAIN'>` + strings.Repeat(`<x/>`, cfg.Preauth.MaxElements) + `</authenticate>`)
 			}},
-		{name: "ping in an exchange", n: 40, closeWith: streamError("policy-violation", "only SASL2 responses during a SASL2 exchange"),
+		{name: "ping in an exchange", n: 40, closeWith: tcpStreamError("policy-violation", "only SASL2 responses during a SASL2 exchange"),
 			script: func(h *seedClient) (string, error) {
 				if err := firstErr(h.send(scramFirst), h.await("</challenge>", 1)); err != nil {
 					return "", err
@@ -670,7 +670,7 @@ func TestSeedScenarioSASL2(t *testing.T) {
 		w.exchange(t, plainWrong, wrongPassword)
 	}
 	w.send(plainWrong)
-	if got, want := w.closed(), wrongPassword+streamError("policy-violation", "too many failed authentication attempts"); got != want {
+	if got, want := w.closed(), wrongPassword+tcpStreamError("policy-violation", "too many failed authentication attempts"); got != want {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 	w = tlsFrom(t, srv, tc, "127.0.30.1")
