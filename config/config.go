@@ -38,6 +38,7 @@ type Config struct {
 	CSI      CSI      `koanf:"csi"`
 	SM       SM       `koanf:"sm"`
 	FAST     FAST     `koanf:"fast"`
+	S2S      S2S      `koanf:"s2s"`
 }
 
 // FAST configures XEP-0484 Fast Authentication Streamlining Tokens: tokens
@@ -404,6 +405,7 @@ func Default() Config {
 		SM: SM{MaxQueueBytes: 256 << 10, MaxQueueStanzas: 500, ResumeTimeout: DefaultResumeTimeout,
 			MaxParkedPerAccount: 5, MaxParkedTotal: 0, RequestEvery: 5},
 		FAST: FAST{Enabled: true, TokenTTL: DefaultFASTTokenTTL, MaxTokens: DefaultFASTMaxTokens},
+		S2S:  defaultS2S(),
 	}
 }
 
@@ -591,5 +593,6 @@ func (c *Config) Validate() error {
 	if c.Server.Tick < time.Millisecond || c.Server.Tick > time.Second {
 		bad("server.tick", c.Server.Tick, "must be between 1ms and 1s")
 	}
+	c.validateS2S(bad)
 	return errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"flag"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ func TestDefaultIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if loaded != c {
+	if !reflect.DeepEqual(loaded, c) {
 		t.Fatalf("Load with nothing set = %+v, want the defaults %+v", loaded, c)
 	}
 }
