@@ -65,8 +65,11 @@ func (s *Server) deliver(from *loop, to string, b []byte) int {
 
 // deliverTo is deliver with the JID in its normalised parts.
 func (s *Server) deliverTo(from *loop, local, domain, resource string, b []byte) int {
-	if domain != s.cfg.Domain || local == "" {
-		return 0 // no server-to-server yet
+	if domain != s.cfg.Domain {
+		return s.deliverRemote(from, domain, b) // federation (s2s_out.go)
+	}
+	if local == "" {
+		return 0
 	}
 	tag, err := stanza.ParseStartTag(b)
 	if err != nil {

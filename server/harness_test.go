@@ -43,6 +43,7 @@ func testConfig(t testing.TB) config.Config {
 	cfg.C2S.AllowPlaintext = true
 	cfg.Server.EventLoops = 2
 	cfg.Admin.Listen = "127.0.0.1:0"
+	cfg.S2S.Listen = "" // the federation tests set their own
 	return cfg
 }
 
