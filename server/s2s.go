@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -10,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -291,16 +289,13 @@ func (s *Server) startS2STLS(c *conn, cfg *tls.Config, direct bool) *tlsConn {
 	} else {
 		t.tc = tls.Server(&t.pipe, cfg)
 	}
-	s.s2sMove(c, func() { c.tr = t })
+	c.tr = t // s2s streams are not in the clients' gauges: no stats.move
 	s.armDeadline(c)
 	if st != nil && st.outbound {
 		s.beginHandshake(c, t)
 	}
 	return t
 }
-
-// s2sMove is stats.move for s2s streams, whose gauges are their own.
-func (s *Server) s2sMove(c *conn, change func()) { change() }
 
 // s2sSecured runs on the loop when c's TLS handshake is done: the peer's
 // certificate is checked and an outbound stream opens its new stream.
@@ -644,7 +639,7 @@ func localPort(gc gnet.Conn) int {
 	return 0
 }
 
-// splitHostPortInt splits a listener address into its port.
+// portOf returns the port of a listener address.
 func portOf(addr string) int {
 	_, p, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -653,12 +648,6 @@ func portOf(addr string) int {
 	n, _ := strconv.Atoi(p)
 	return n
 }
-
-// errS2SClosed marks a link whose stream closed.
-var errS2SClosed = errors.New("server: s2s stream closed")
-
-// trimSpace is bytes.TrimSpace for payloads.
-func trimSpace(b []byte) []byte { return bytes.TrimSpace(b) }
 
 // b64 is the SASL encoding.
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -259,7 +259,6 @@ func (s *Server) openOutbound(gc gnet.Conn, d *s2sDial) ([]byte, gnet.Action) {
 // then SASL EXTERNAL when offered, else dialback (XEP-0220), as Prosody
 // orders it.
 func (s *Server) outboundElement(c *conn, st *s2sStream, tag stanza.StartTag, ns, local string, unit []byte) {
-	lk := st.link
 	switch {
 	case ns == nsStream && local == "features":
 		s.outboundFeatures(c, st, unit)
@@ -283,7 +282,6 @@ func (s *Server) outboundElement(c *conn, st *s2sStream, tag stanza.StartTag, ns
 		}
 		s.fail(c, stream.NotAuthorized.Err, "dialback refused")
 	default:
-		_ = lk
 		s.fail(c, stream.UnsupportedStanzaType.Err, "this stream carries stanzas the other way")
 	}
 }
@@ -679,8 +677,3 @@ func (s *Server) S2SAddr() net.Addr {
 	a, _ := net.ResolveTCPAddr("tcp", s.fed.listen)
 	return a
 }
-
-// s2sTimeoutText is the text of a connect timeout.
-const s2sTimeoutText = "server-to-server negotiation took too long"
-
-var _ = s2sTimeoutText
