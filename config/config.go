@@ -26,19 +26,20 @@ type Config struct {
 	// DataDir holds the embedded database and generated certificates.
 	DataDir string `koanf:"data_dir"`
 
-	C2S      C2S      `koanf:"c2s"`
-	Preauth  Preauth  `koanf:"preauth"`
-	TLS      TLS      `koanf:"tls"`
-	Log      Log      `koanf:"log"`
-	Server   Server   `koanf:"server"`
-	Storage  Storage  `koanf:"storage"`
-	IM       IM       `koanf:"im"`
-	Register Register `koanf:"register"`
-	Admin    Admin    `koanf:"admin"`
-	CSI      CSI      `koanf:"csi"`
-	SM       SM       `koanf:"sm"`
-	FAST     FAST     `koanf:"fast"`
-	S2S      S2S      `koanf:"s2s"`
+	C2S       C2S       `koanf:"c2s"`
+	Preauth   Preauth   `koanf:"preauth"`
+	TLS       TLS       `koanf:"tls"`
+	Log       Log       `koanf:"log"`
+	Server    Server    `koanf:"server"`
+	Storage   Storage   `koanf:"storage"`
+	IM        IM        `koanf:"im"`
+	Register  Register  `koanf:"register"`
+	Admin     Admin     `koanf:"admin"`
+	CSI       CSI       `koanf:"csi"`
+	SM        SM        `koanf:"sm"`
+	FAST      FAST      `koanf:"fast"`
+	S2S       S2S       `koanf:"s2s"`
+	Component Component `koanf:"component"`
 }
 
 // FAST configures XEP-0484 Fast Authentication Streamlining Tokens: tokens
@@ -404,8 +405,9 @@ func Default() Config {
 		CSI:      CSI{MaxBufferBytes: DefaultCSIBufferBytes},
 		SM: SM{MaxQueueBytes: 256 << 10, MaxQueueStanzas: 500, ResumeTimeout: DefaultResumeTimeout,
 			MaxParkedPerAccount: 5, MaxParkedTotal: 0, RequestEvery: 5},
-		FAST: FAST{Enabled: true, TokenTTL: DefaultFASTTokenTTL, MaxTokens: DefaultFASTMaxTokens},
-		S2S:  defaultS2S(),
+		FAST:      FAST{Enabled: true, TokenTTL: DefaultFASTTokenTTL, MaxTokens: DefaultFASTMaxTokens},
+		S2S:       defaultS2S(),
+		Component: Component{Listen: DefaultComponentListen},
 	}
 }
 

@@ -97,11 +97,21 @@ func (c *Config) validateS2S(bad func(key string, v any, why string)) {
 	if s.MaxStanzaSize < 1024 {
 		bad("s2s.max_stanza_size", s.MaxStanzaSize, "must be >= 1024")
 	}
+	if c.Component.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Component.Listen); err != nil {
+			bad("component.listen", c.Component.Listen, "must be host:port or empty")
+		}
+	}
+	for d, secret := range c.Component.Secrets {
+		if secret == "" || d == c.Domain || strings.ContainsAny(d, "@/ ") {
+			bad("component.secrets."+d, "(secret)", "must be a non-empty secret for a domain other than the server's")
+		}
+	}
 }
 
 // dottedTables are the tables keyed by domain names, whose dots are not
 // key separators.
-var dottedTables = []string{"s2s.routes", "s2s.require_valid_certs_for"}
+var dottedTables = []string{"s2s.routes", "s2s.require_valid_certs_for", "component.secrets"}
 
 // domainTable returns the flat entries of a table keyed by domain names:
 // koanf splits keys at dots, so "b.test" arrives as nested tables, which
@@ -122,6 +132,9 @@ func setDomainTables(c *Config, all map[string]any) error {
 	if len(routes) > 0 {
 		c.S2S.Routes = routes
 	}
+	if secrets := domainTable(all, "component.secrets"); len(secrets) > 0 {
+		c.Component.Secrets = secrets
+	}
 	req := domainTable(all, "s2s.require_valid_certs_for")
 	if len(req) > 0 {
 		c.S2S.RequireValidCertsFor = make(map[string]bool, len(req))
@@ -135,3 +148,19 @@ func setDomainTables(c *Config, all map[string]any) error {
 	}
 	return nil
 }
+
+// Component configures XEP-0114 external components: trusted services
+// (gateways, push app servers) that connect over TCP, authenticate with a
+// shared secret and serve a subdomain.
+type Component struct {
+	// Listen is the host:port components connect to; the listener runs
+	// only when Secrets names at least one component. Keep it on loopback
+	// or a private network: the protocol has no TLS.
+	Listen string `koanf:"listen"`
+	// Secrets maps each component's domain to its shared secret, in a
+	// [component.secrets] table.
+	Secrets map[string]string `koanf:"secrets"`
+}
+
+// DefaultComponentListen is Prosody's component port, on loopback.
+const DefaultComponentListen = "127.0.0.1:5347"

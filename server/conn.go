@@ -74,7 +74,10 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 	if d, ok := gc.Context().(*s2sDial); ok {
 		return s.openOutbound(gc, d)
 	}
-	if in, direct := s.isS2SListener(gc); in {
+	if in, direct, comp := s.isS2SListener(gc); in || comp {
+		if comp {
+			return s.openComponent(gc)
+		}
 		return s.openInbound(gc, direct)
 	}
 	s.stats.accepted.Add(1)

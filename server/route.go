@@ -157,7 +157,7 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 	}
 	switch st.Addr {
 	case hook.ToRemote:
-		s.deliverRemote(c.loop, st.Domain, stamp(st.Tag, st.Raw, st.From))
+		s.deliverTo(c.loop, st.Local, st.Domain, st.Resource, stamp(st.Tag, st.Raw, st.From)) // a component or a remote domain
 	case hook.ToNone, hook.ToHost:
 		if st.Addr == hook.ToHost && st.Resource != "" {
 			cx.ReplyError("cancel", "service-unavailable", "")

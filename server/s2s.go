@@ -22,6 +22,7 @@ import (
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stream"
 
+	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
 )
 
@@ -54,9 +55,14 @@ type federation struct {
 	srvTLS  *tls.Config // inbound STARTTLS: asks for the peer's certificate
 	direct  *tls.Config // inbound XEP-0368 direct TLS (ALPN xmpp-server)
 	preauth preauthLimiter
+	inbound []hook.Inbound // modules with a remote side
 
 	listen, directListen string // with concrete ports, "" when off
 	port, directPort     int
+
+	components map[string]*s2sLink // connected XEP-0114 components, by domain
+	compListen string
+	compPort   int
 
 	// Counters, exported with kind="s2s" next to the clients'.
 	accepted, dialled     atomic.Uint64
@@ -76,8 +82,9 @@ type s2sStream struct {
 	link     *s2sLink // outbound only
 	remote   string   // the peer's domain; inbound: from its header, authenticated once phaseSession
 	id       string   // inbound: the stream id we sent; outbound: the one the peer sent last
-	outbound bool
-	verified bool // the peer's certificate validates for remote
+	outbound  bool
+	component bool // an XEP-0114 component's stream (s2s_component.go)
+	verified  bool // the peer's certificate validates for remote
 	triedExt bool // outbound: SASL EXTERNAL was tried
 	dbSent   bool // outbound: db:result was sent
 	dbWait   bool // inbound: waiting for the authoritative server's answer
@@ -108,7 +115,7 @@ type s2sDial struct{ link *s2sLink }
 // initFederation prepares the s2s state: TLS configurations, roots, the
 // dialback secret. Called from New.
 func (s *Server) initFederation() error {
-	f := &federation{links: make(map[string]*s2sLink), verifies: make(map[string]*conn)}
+	f := &federation{links: make(map[string]*s2sLink), verifies: make(map[string]*conn), components: make(map[string]*s2sLink)}
 	if _, err := rand.Read(f.secret[:]); err != nil {
 		return fmt.Errorf("server: dialback secret: %w", err)
 	}
@@ -135,6 +142,11 @@ func (s *Server) initFederation() error {
 	f.direct = f.srvTLS.Clone()
 	f.direct.NextProtos = []string{"xmpp-server"}
 	f.preauth.init(s.cfg.Preauth.MaxPerIP, s.cfg.Preauth.MaxTotal, prefixes(&s.cfg))
+	for _, m := range s.hooks.Modules() {
+		if in, ok := m.(hook.Inbound); ok {
+			f.inbound = append(f.inbound, in)
+		}
+	}
 	s.fed = f
 	return nil
 }
@@ -224,13 +236,16 @@ func (f *federation) dialbackKey(receiving, originating, id string) string {
 }
 
 // isS2SListener reports which s2s listener gc was accepted on, if any.
-func (s *Server) isS2SListener(gc gnet.Conn) (s2s, direct bool) {
+func (s *Server) isS2SListener(gc gnet.Conn) (s2s, direct, component bool) {
 	f := s.fed
-	if f.port == 0 && f.directPort == 0 {
-		return false, false
+	if f.port == 0 && f.directPort == 0 && f.compPort == 0 {
+		return false, false, false
 	}
 	port := localPort(gc)
-	return port != 0 && (port == f.port || port == f.directPort), port != 0 && port == f.directPort
+	if port == 0 {
+		return false, false, false
+	}
+	return port == f.port || port == f.directPort, port == f.directPort, port == f.compPort
 }
 
 // openInbound accepts a stream from another server: the pre-auth policy
@@ -337,11 +352,16 @@ func (s *Server) s2sHeader(c *conn, unit []byte) {
 	case h.Name.Local != "stream" || h.Name.Space != nsStream:
 		s.fail(c, stream.InvalidNamespace.Err, "the stream element must be {"+nsStream+"}stream")
 		return
-	case h.DefaultNS != nsServer:
+	case h.DefaultNS != nsServer && !st.component:
 		s.fail(c, stream.InvalidNamespace.Err, "the default namespace must be "+nsServer)
 		return
+	case st.component:
 	case h.Version == "" || !validVersion(h.Version):
 		s.fail(c, stream.UnsupportedVersion.Err, "only XMPP 1.0 streams are supported")
+		return
+	}
+	if st.component {
+		s.componentHeader(c, st, h)
 		return
 	}
 	if st.outbound {
@@ -422,6 +442,10 @@ func (s *Server) s2sElement(c *conn, unit []byte) {
 	local := string(tag.Local())
 	if c.phase == phaseHeader || c.phase == phaseAuthHeader {
 		s.fail(c, stream.NotWellFormed.Err, "expected a stream header")
+		return
+	}
+	if st.component {
+		s.componentElement(c, st, tag, local, unit)
 		return
 	}
 	if ns == nsDialback && local == "verify" {
@@ -512,6 +536,10 @@ func (s *Server) s2sAuthenticated(c *conn, st *s2sStream) {
 	c.phase = phaseSession
 	c.framer.SetLimits(stanza.Limits{MaxBytes: s.conf().S2S.MaxStanzaSize, MaxDepth: s.conf().C2S.MaxDepth})
 	st.last = c.loop.since()
+	if st.component {
+		c.loop.wheel.Cancel(&c.timer) // a component stays while it is up
+		return
+	}
 	s.armIdle(c, st)
 	s.log.Debug("s2s inbound authenticated", zap.String("domain", st.remote), zap.Stringer("ip", c.ip))
 }
@@ -618,6 +646,9 @@ func (s *Server) s2sRelease(c *conn) {
 		}
 		f.mu.Unlock()
 	}
+	if st.component {
+		s.componentGone(c, st)
+	}
 	if st.outbound {
 		f.outbound.Add(-1)
 		cond := "remote-server-not-found"
@@ -693,4 +724,30 @@ func (s *Server) S2SStats() S2SStats {
 		}
 	}
 	return st
+}
+
+// inboundModules offers a stanza from a remote domain to the modules that
+// see the remote side of their protocols (hook.Inbound); true when one
+// consumed it.
+func (s *Server) inboundModules(c *conn, tag stanza.StartTag, kind hook.Kind, typ, from, to string, unit []byte) bool {
+	if len(s.fed.inbound) == 0 {
+		return false
+	}
+	st := &c.loop.stanza
+	*st = hook.Stanza{Kind: kind, Type: typ, From: from, To: to, Tag: tag, Raw: unit}
+	st.ID, _ = tag.AttrString("id")
+	if !s.address(st) {
+		return true
+	}
+	if kind == hook.IQ {
+		st.Payload, st.NS, st.Name, _ = payloadOf(unit)
+	}
+	cx := c.loop.ctxFor(c, st)
+	defer cx.Reset(nil, nil, nil)
+	for _, m := range s.fed.inbound {
+		if m.InboundStanza(cx, st) == hook.Stop {
+			return true
+		}
+	}
+	return false
 }

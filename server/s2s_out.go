@@ -199,8 +199,15 @@ func (s *Server) dial(lk *s2sLink) {
 			s.linkGone(lk, nil, "remote-server-not-found")
 			return
 		}
-		if r := <-res; r.Err != nil {
-			s.linkGone(lk, nil, "remote-server-not-found")
+		// Bounded: a loop that stops never answers (Stop waits for
+		// the workers).
+		select {
+		case r := <-res:
+			if r.Err != nil {
+				s.linkGone(lk, nil, "remote-server-not-found")
+			}
+		case <-ctx.Done():
+			s.linkGone(lk, nil, "remote-server-timeout")
 		}
 	})
 	if ok != nil {
@@ -623,6 +630,17 @@ func (s *Server) fromRemote(c *conn, tag stanza.StartTag, local, from string, to
 	tl, td, tr := splitJID(to.String())
 	kind, _ := hook.KindOf(tag.Local())
 	typ, _ := tag.AttrString("type")
+	if s.inboundModules(c, tag, kind, typ, from, to.String(), unit) {
+		return
+	}
+	if kind == hook.IQ && tl == "" && (typ == "get" || typ == "set") {
+		if child, ns, name, ok := payloadOf(unit); ok && ns == nsPing && name == "ping" {
+			_ = child
+			id, _ := tag.AttrString("id")
+			s.deliverRemote(c.loop, splitDomain(from), stanza.AppendResult(nil, id, to.String(), from, nil))
+			return
+		}
+	}
 	if tl == "" || (kind == hook.IQ && tr == "") {
 		// To the server or an account: no module answers for remote
 		// senders yet.
@@ -666,7 +684,8 @@ func (s *Server) s2sListen() ([]string, error) {
 		f.directPort = portOf(f.directListen)
 		addrs = append(addrs, "tcp://"+f.directListen)
 	}
-	return addrs, nil
+	comp, err := s.componentListen()
+	return append(addrs, comp...), err
 }
 
 // S2SAddr returns the s2s listener's address, or nil when it is off.

@@ -4,10 +4,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha1"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -369,4 +371,89 @@ func TestS2SPreauthDeadline(t *testing.T) {
 func fedSync(t testing.TB, r *rawConn, domain, id string) {
 	t.Helper()
 	r.exchange(t, `<iq type='get' id='`+id+`' to='`+domain+`'><ping xmlns='urn:xmpp:ping'/></iq>`, `<iq type='result' id='`+id+`' from='`+domain+`'/>`)
+}
+
+// TestS2SSubscription runs RFC 6121 subscriptions across two domains, both
+// directions: each side runs its half of the state machine, and both
+// rosters end with subscription='both'; presence then flows both ways.
+func TestS2SSubscription(t *testing.T) {
+	a, b := fedPair(t, true, nil)
+	alice := fedLogin(t, a, "alice", "a")
+	bob := fedLogin(t, b, "bob", "b")
+	bob.exchange(t, `<presence/>`, `<presence from='bob@b.test/b'/>`)
+	alice.exchange(t, `<presence/>`, `<presence from='alice@a.test/a'/>`)
+
+	alice.send(`<presence type='subscribe' to='bob@b.test'/>`)
+	bob.expect(t, `<presence type='subscribe' from='alice@a.test' to='bob@b.test'/>`)
+	bob.send(`<presence type='subscribed' to='alice@a.test'/>`)
+	alice.expect(t, `<presence type='subscribed' from='bob@b.test' to='alice@a.test'/>`)
+	alice.expect(t, `<presence from='bob@b.test/b' to='alice@a.test'/>`)
+
+	bob.send(`<presence type='subscribe' to='alice@a.test'/>`)
+	alice.expect(t, `<presence type='subscribe' from='bob@b.test' to='alice@a.test'/>`)
+	alice.send(`<presence type='subscribed' to='bob@b.test'/>`)
+	bob.expect(t, `<presence type='subscribed' from='alice@a.test' to='bob@b.test'/>`)
+	bob.expect(t, `<presence from='alice@a.test/a' to='bob@b.test'/>`)
+
+	alice.exchange(t, `<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>`,
+		`<iq type='result' id='r1'><query xmlns='jabber:iq:roster' ver='{*}'><item jid='bob@b.test' subscription='both'/></query></iq>`)
+	bob.exchange(t, `<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>`,
+		`<iq type='result' id='r1'><query xmlns='jabber:iq:roster' ver='{*}'><item jid='alice@a.test' subscription='both'/></query></iq>`)
+
+	// A presence update now reaches the contact on the other domain.
+	bob.send(`<presence><show>away</show></presence>`)
+	alice.expect(t, `<presence from='bob@b.test/b' to='alice@a.test'><show>away</show></presence>`)
+}
+
+// TestComponent connects an XEP-0114 component with the right secret,
+// which then receives an iq from a local user and answers it, and one with
+// a wrong secret, refused with not-authorized.
+func TestComponent(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Domain = "a.test"
+	cfg.Component.Listen = "127.0.0.1:0"
+	cfg.Component.Secrets = map[string]string{"push.a.test": "s3cret"}
+	srv := startServer(t, cfg, "alice")
+	n := &fedNode{domain: "a.test", srv: srv}
+	alice := fedLogin(t, n, "alice", "a")
+
+	dial := func() *rawConn {
+		nc, err := net.DialTimeout("tcp", srv.ComponentAddr(), ioTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = nc.Close() })
+		return &rawConn{t: t, conn: nc}
+	}
+	open := func(r *rawConn) string {
+		r.send(`<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='push.a.test'>`)
+		got := r.expect(t, `<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:component:accept' from='push.a.test' id='{*}'>`)
+		return between(got, "id='", "'>")
+	}
+	handshake := func(id, secret string) string {
+		sum := sha1.Sum([]byte(id + secret))
+		return `<handshake>` + hex.EncodeToString(sum[:]) + `</handshake>`
+	}
+
+	bad := dial()
+	id := open(bad)
+	bad.send(handshake(id, "wrong"))
+	if got := bad.closed(); got != `<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>handshake failed</text></stream:error></stream:stream>` {
+		t.Fatalf("wrong secret: got %q", got)
+	}
+	// Not connected: a stanza for it bounces.
+	alice.send(`<iq type='get' id='q0' to='push.a.test'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	alice.expect(t, `<iq type='error' id='q0' from='push.a.test' to='alice@a.test/a'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`)
+
+	comp := dial()
+	id = open(comp)
+	comp.exchange(t, handshake(id, "s3cret"), `<handshake/>`)
+	alice.send(`<iq type='get' id='q1' to='push.a.test'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	comp.expect(t, `<iq type='get' id='q1' to='push.a.test' from='alice@a.test/a'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	comp.send(`<iq type='result' id='q1' from='push.a.test' to='alice@a.test/a'/>`)
+	alice.expect(t, `<iq type='result' id='q1' from='push.a.test' to='alice@a.test/a'/>`)
+	// A component speaks only for its own domain.
+	comp.send(`<message from='admin@a.test' to='alice@a.test/a'><body>forged</body></message>`)
+	comp.expect(t, `<stream:error><invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>from is not of the component&apos;s domain</text></stream:error></stream:stream>`)
+	fedSync(t, alice, "a.test", "p1")
 }
