@@ -79,16 +79,16 @@ type federation struct {
 // s2sStream is the federation state of one s2s conn, kept in its loop's
 // s2s map.
 type s2sStream struct {
-	link     *s2sLink // outbound only
-	remote   string   // the peer's domain; inbound: from its header, authenticated once phaseSession
-	id       string   // inbound: the stream id we sent; outbound: the one the peer sent last
+	link      *s2sLink // outbound only
+	remote    string   // the peer's domain; inbound: from its header, authenticated once phaseSession
+	id        string   // inbound: the stream id we sent; outbound: the one the peer sent last
 	outbound  bool
 	component bool // an XEP-0114 component's stream (s2s_component.go)
 	verified  bool // the peer's certificate validates for remote
-	triedExt bool // outbound: SASL EXTERNAL was tried
-	dbSent   bool // outbound: db:result was sent
-	dbWait   bool // inbound: waiting for the authoritative server's answer
-	last     time.Duration
+	triedExt  bool // outbound: SASL EXTERNAL was tried
+	dbSent    bool // outbound: db:result was sent
+	dbWait    bool // inbound: waiting for the authoritative server's answer
+	last      time.Duration
 }
 
 // s2sLink is the outbound stream to one remote domain, from the first
