@@ -12,3 +12,11 @@ package hook
 type Inbound interface {
 	InboundStanza(c *Ctx, st *Stanza) Verdict
 }
+
+// Attached is implemented by the core's sessions: whether the session has
+// a connection now. A session kept without one (parked by stream
+// management) reports false; a module that must act for a user whose
+// devices are all asleep (XEP-0357 push) asks. Only on the session's loop.
+type Attached interface {
+	Attached() bool
+}

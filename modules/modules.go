@@ -18,6 +18,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/offline"
 	"github.com/krill-xmpp/krill/modules/ping"
 	"github.com/krill-xmpp/krill/modules/presence"
+	"github.com/krill-xmpp/krill/modules/push"
 	"github.com/krill-xmpp/krill/modules/register"
 	"github.com/krill-xmpp/krill/modules/roster"
 	"github.com/krill-xmpp/krill/modules/sm"
@@ -63,6 +64,10 @@ func Standard(store Store, opt Options) []hook.Module {
 		&carbons.Module{Blocker: blk},
 		&roster.Module{Store: store, Accounts: store},
 		&presence.Module{Store: store, Blocker: blk},
+		// Before offline storage (its Undelivered handler goes first)
+		// and before csi and sm (its outbound filter sees what a parked
+		// session is sent).
+		&push.Module{},
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
 		// Holding before counting: stream management goes after csi, so

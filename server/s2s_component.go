@@ -172,3 +172,6 @@ func (s *Server) componentGone(c *conn, st *s2sStream) {
 		s.bounce(b, "cancel", "service-unavailable")
 	}
 }
+
+// Attached implements hook.Attached: false while the session is parked.
+func (s *session) Attached() bool { return s.conn != nil }

@@ -457,3 +457,32 @@ func TestComponent(t *testing.T) {
 	comp.expect(t, `<stream:error><invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>from is not of the component&apos;s domain</text></stream:error></stream:stream>`)
 	fedSync(t, alice, "a.test", "p1")
 }
+
+// TestPush: alice@a.test enables XEP-0357 push with an app server on
+// another domain (bob@b.test/app stands for it), her session is parked by
+// stream management, and a message for her from b.test makes a.test
+// publish the summary notification to the app server over s2s: message
+// count and sender, no body.
+func TestPush(t *testing.T) {
+	a, b := fedPair(t, true, nil)
+	app := fedLogin(t, b, "bob", "app")
+	app.exchange(t, `<presence/>`, `<presence from='bob@b.test/app'/>`)
+	bob := fedLogin(t, b, "bob", "b")
+
+	alice := fedLogin(t, a, "alice", "phone")
+	alice.exchange(t, `<iq type='set' id='e1'><enable xmlns='urn:xmpp:push:0' jid='bob@b.test/app' node='dev-1'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>tok</value></field></x></enable></iq>`,
+		`<iq type='result' id='e1'/>`)
+	alice.send(`<enable xmlns='urn:xmpp:sm:3' resume='true'/>`)
+	alice.skipUntil(`/>`)
+	alice.exchange(t, `<presence/>`, `<presence from='alice@a.test/phone'/>`)
+	_ = alice.conn.Close() // the phone sleeps: the session is parked
+	if !waitFor(ioTimeout, func() bool { return a.srv.Stats().Modules["sm.parked_now"] == 1 }) {
+		t.Fatal("the session was not parked")
+	}
+
+	bob.send(`<message type='chat' id='m1' to='alice@a.test'><body>wake up</body></message>`)
+	app.expect(t, `<iq type='set' id='{*}' from='alice@a.test' to='bob@b.test/app'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='dev-1'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field><field var='message-count'><value>1</value></field><field var='last-message-sender'><value>bob@b.test/b</value></field></x></notification></item></publish><publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>tok</value></field></x></publish-options></pubsub></iq>`)
+	if n := a.srv.Stats().Modules["push.notifications"]; n != 1 {
+		t.Fatalf("notifications = %d", n)
+	}
+}
