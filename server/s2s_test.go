@@ -312,7 +312,7 @@ func TestS2SInvalidFrom(t *testing.T) {
 // that never authenticate are closed at the absolute deadline, counted
 // with kind s2s, and nothing they send is routed.
 func TestS2SPreauthDeadline(t *testing.T) {
-	const n = 200
+	const n = 500
 	cfg := testConfig(t)
 	cfg.Domain = "b.test"
 	cfg.Preauth.Timeout = 1500 * time.Millisecond
