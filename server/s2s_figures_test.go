@@ -54,7 +54,6 @@ func TestS2SFigures(t *testing.T) {
 			}
 			return fds
 		}
-		defer func() {}()
 		warm := open(200)
 		if !waitFor(ioTimeout, func() bool { return srv.S2SStats().Preauth == 200 }) {
 			t.Fatal("warm-up streams not open")

@@ -688,6 +688,10 @@ func (s *Server) s2sListen() ([]string, error) {
 	return append(addrs, comp...), err
 }
 
+// S2SDirectTLSAddr returns the s2s direct TLS listener's address, or ""
+// when it is off.
+func (s *Server) S2SDirectTLSAddr() string { return s.fed.directListen }
+
 // S2SAddr returns the s2s listener's address, or nil when it is off.
 func (s *Server) S2SAddr() net.Addr {
 	if s.fed.listen == "" {

@@ -486,3 +486,44 @@ func TestPush(t *testing.T) {
 		t.Fatalf("notifications = %d", n)
 	}
 }
+
+// TestS2SDirectTLS opens an inbound stream on s2s.direct_tls_listen
+// (XEP-0368, ALPN xmpp-server): no STARTTLS, SASL EXTERNAL at once.
+func TestS2SDirectTLS(t *testing.T) {
+	a, b := fedPair(t, true, func(_, b *config.Config) { b.S2S.DirectTLSListen = "127.0.0.3:0" })
+	tc, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", b.srv.S2SDirectTLSAddr(),
+		&tls.Config{ServerName: "b.test", InsecureSkipVerify: true, NextProtos: []string{"xmpp-server"}, Certificates: []tls.Certificate{a.ca.cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tc.Close() })
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "xmpp-server" {
+		t.Fatalf("ALPN %q", p)
+	}
+	r := &rawConn{t: t, conn: tc}
+	r.send(`<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='a.test' to='b.test' version='1.0'>`)
+	r.expect(t, `<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='b.test' to='a.test' id='{*}' version='1.0'><stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>`)
+	r.exchange(t, `<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>`, `<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>`)
+}
+
+// TestS2SIdleTimeout: an s2s stream without stanzas for s2s.idle_timeout
+// is closed on both sides; the next stanza opens a new one.
+func TestS2SIdleTimeout(t *testing.T) {
+	a, b := fedPair(t, true, func(a, b *config.Config) {
+		a.S2S.IdleTimeout = 500 * time.Millisecond
+		b.S2S.IdleTimeout = 500 * time.Millisecond
+	})
+	alice := fedLogin(t, a, "alice", "a")
+	bob := fedLogin(t, b, "bob", "b")
+	bob.exchange(t, `<presence/>`, `<presence from='bob@b.test/b'/>`)
+	for i := range 2 {
+		alice.send(fmt.Sprintf(`<message type='chat' id='m%d' to='bob@b.test/b'><body>x</body></message>`, i))
+		bob.expect(t, fmt.Sprintf(`<message type='chat' id='m%d' to='bob@b.test/b' from='alice@a.test/a'><body>x</body></message>`, i))
+		if !waitFor(ioTimeout, func() bool { return a.srv.S2SStats().Outbound == 0 && b.srv.S2SStats().Authenticated == 0 }) {
+			t.Fatalf("idle stream not closed: a %+v, b %+v", a.srv.S2SStats(), b.srv.S2SStats())
+		}
+	}
+	if d := a.srv.S2SStats().Dialled; d != 2 {
+		t.Fatalf("dialled %d, want 2 (one stream, closed idle, then another)", d)
+	}
+}
