@@ -725,29 +725,3 @@ func (s *Server) S2SStats() S2SStats {
 	}
 	return st
 }
-
-// inboundModules offers a stanza from a remote domain to the modules that
-// see the remote side of their protocols (hook.Inbound); true when one
-// consumed it.
-func (s *Server) inboundModules(c *conn, tag stanza.StartTag, kind hook.Kind, typ, from, to string, unit []byte) bool {
-	if len(s.fed.inbound) == 0 {
-		return false
-	}
-	st := &c.loop.stanza
-	*st = hook.Stanza{Kind: kind, Type: typ, From: from, To: to, Tag: tag, Raw: unit}
-	st.ID, _ = tag.AttrString("id")
-	if !s.address(st) {
-		return true
-	}
-	if kind == hook.IQ {
-		st.Payload, st.NS, st.Name, _ = payloadOf(unit)
-	}
-	cx := c.loop.ctxFor(c, st)
-	defer cx.Reset(nil, nil, nil)
-	for _, m := range s.fed.inbound {
-		if m.InboundStanza(cx, st) == hook.Stop {
-			return true
-		}
-	}
-	return false
-}

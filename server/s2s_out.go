@@ -625,38 +625,61 @@ func hmacEqual(a, b string) bool {
 }
 
 // fromRemote routes a stanza from an authenticated peer to a local JID as
-// a local one would be: sessions, or the server answering.
+// a local one would be: the modules with a remote side first
+// (hook.Inbound), then sessions, then for a message nobody took the
+// Undelivered stage (offline storage), else the RFC 6121 8.5 answer, sent
+// back over federation.
 func (s *Server) fromRemote(c *conn, tag stanza.StartTag, local, from string, to jid.JID, unit []byte) {
-	tl, td, tr := splitJID(to.String())
 	kind, _ := hook.KindOf(tag.Local())
 	typ, _ := tag.AttrString("type")
-	if s.inboundModules(c, tag, kind, typ, from, to.String(), unit) {
+	st := &c.loop.stanza
+	*st = hook.Stanza{Kind: kind, Type: typ, From: from, To: to.String(), Tag: tag, Raw: unit}
+	st.ID, _ = tag.AttrString("id")
+	if !s.address(st) {
 		return
 	}
-	if kind == hook.IQ && tl == "" && (typ == "get" || typ == "set") {
-		if child, ns, name, ok := payloadOf(unit); ok && ns == nsPing && name == "ping" {
-			_ = child
-			id, _ := tag.AttrString("id")
-			s.deliverRemote(c.loop, splitDomain(from), stanza.AppendResult(nil, id, to.String(), from, nil))
+	if kind == hook.IQ {
+		st.Payload, st.NS, st.Name, _ = payloadOf(unit)
+	}
+	cx := c.loop.ctxFor(c, st)
+	defer cx.Reset(nil, nil, nil)
+	for _, m := range s.fed.inbound {
+		if m.InboundStanza(cx, st) == hook.Stop {
 			return
 		}
 	}
-	if tl == "" || (kind == hook.IQ && tr == "") {
-		// To the server or an account: no module answers for remote
-		// senders yet.
+	if st.Local == "" || (kind == hook.IQ && st.Resource == "") {
+		// To the server or an account: ping is answered; other requests
+		// of remote senders have no module yet.
 		if kind == hook.IQ && (typ == "get" || typ == "set") {
-			id, _ := tag.AttrString("id")
-			s.deliverRemote(c.loop, splitDomain(from), stanza.AppendError(nil, "iq", id, to.String(), from, "cancel", "service-unavailable", ""))
+			if st.NS == nsPing && st.Name == "ping" {
+				// Addressed: a reply to a remote sender has a to.
+				cx.Reply(stanza.AppendResult(cx.Scratch(), st.ID, st.To, st.From, nil))
+				return
+			}
+			cx.ReplyError("cancel", "service-unavailable", "")
 		}
 		return
 	}
-	if s.deliverTo(c.loop, tl, td, tr, unit) > 0 {
+	if s.deliverTo(c.loop, st.Local, st.Domain, st.Resource, unit) > 0 {
 		return
 	}
-	if kind == hook.IQ && (typ == "get" || typ == "set") {
-		id, _ := tag.AttrString("id")
-		s.deliverRemote(c.loop, splitDomain(from), stanza.AppendError(nil, "iq", id, to.String(), from, "cancel", "service-unavailable", ""))
+	switch {
+	case kind == hook.Presence:
+		return
+	case kind == hook.IQ:
+		cx.ReplyError("cancel", "service-unavailable", "")
+		return
+	case typ == "error" || typ == "headline" || typ == "groupchat":
+		return
 	}
+	if st.Addr == hook.ToFull {
+		st.Addr = hook.ToBare // undelivered to a full JID: tried as the bare JID
+	}
+	if s.hooks.Stanza(cx, hook.Undelivered, st) == hook.Stop {
+		return
+	}
+	cx.ReplyError("cancel", "service-unavailable", "")
 }
 
 func splitDomain(j string) string {

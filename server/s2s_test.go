@@ -527,3 +527,27 @@ func TestS2SIdleTimeout(t *testing.T) {
 		t.Fatalf("dialled %d, want 2 (one stream, closed idle, then another)", d)
 	}
 }
+
+// TestS2SOffline: a message from a remote domain for an account with no
+// session is stored offline and delivered at the next login, as a local
+// one is; an iq for a resource that is not there is answered with
+// service-unavailable over federation.
+func TestS2SOffline(t *testing.T) {
+	a, b := fedPair(t, true, nil)
+	alice := fedLogin(t, a, "alice", "a")
+	alice.send(`<message type='chat' id='m1' to='bob@b.test'><body>while you were out</body></message>`)
+	if !waitFor(ioTimeout, func() bool { return b.srv.Stats().Modules["offline.stored"] == 1 }) {
+		t.Fatal("not stored offline")
+	}
+	alice.send(`<iq type='get' id='q1' to='bob@b.test/gone'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	alice.expect(t, `<iq type='error' id='q1' from='bob@b.test/gone' to='alice@a.test/a'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`)
+	alice.send(`<iq type='get' id='q2' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>`)
+	alice.expect(t, `<iq type='result' id='q2' from='b.test' to='alice@a.test/a'/>`)
+
+	bob := fedLogin(t, b, "bob", "b")
+	bob.send(`<presence/>`)
+	got := bob.skipUntil(`</message>`)
+	if !strings.Contains(got, `<message type='chat' id='m1' to='bob@b.test' from='alice@a.test/a'><body>while you were out</body><delay xmlns='urn:xmpp:delay' from='b.test' stamp='`) {
+		t.Fatalf("bob got %q", got)
+	}
+}
