@@ -321,8 +321,14 @@ func (s *Server) s2sSecured(c *conn, t *tlsConn) {
 	}
 	cs := t.tc.ConnectionState()
 	if st.outbound {
-		st.verified = s.s2sVerify(cs.PeerCertificates, st.remote)
 		c.write(appendS2SHeader(c.loop.scratch[:0], s.cfg.Domain, st.remote, ""))
+		// Verified on a worker; the peer's features wait in the input
+		// until the verdict is in.
+		certs, remote := cs.PeerCertificates, st.remote
+		s.async(c, func(context.Context) func() {
+			ok := s.s2sVerify(certs, remote)
+			return func() { st.verified = ok }
+		}, func() { s.fail(c, stream.ResourceConstraint.Err, "server busy") })
 		return
 	}
 	// Inbound: the domain is known from the header after the restart;
@@ -399,15 +405,26 @@ func (s *Server) s2sHeader(c *conn, unit []byte) {
 		b = append(b, `<stream:features>`...)
 		if !c.tr.secure() {
 			b = append(b, `<starttls xmlns='`+nsTLS+`'><required/></starttls>`...)
+		} else if certs := c.loop.s2sPeerCerts[c]; len(certs) > 0 {
+			// Chain verification is CPU work a peer can ask for on
+			// every stream: on a worker, the stream's input paused; the
+			// features follow the header once it is done.
+			c.write(b[:len(b)-len(`<stream:features>`)])
+			c.loop.scratch = b[:0]
+			remote := st.remote
+			s.async(c, func(context.Context) func() {
+				ok := s.s2sVerify(certs, remote)
+				return func() {
+					st.verified = ok
+					c.write(s.appendS2SFeatures(nil, st))
+				}
+			}, func() { s.fail(c, stream.ResourceConstraint.Err, "server busy") })
+			return
 		} else {
-			certs := c.loop.s2sPeerCerts[c]
-			st.verified = s.s2sVerify(certs, st.remote)
-			if st.verified {
-				b = append(b, `<mechanisms xmlns='`+nsSASL+`'><mechanism>EXTERNAL</mechanism></mechanisms>`...)
-			}
-			if !s.cfg.S2S.RequireValidCertsFrom(st.remote) {
-				b = append(b, `<dialback xmlns='`+nsDialbackFeature+`'><errors/></dialback>`...)
-			}
+			b = s.appendS2SFeatures(b[:len(b)-len(`<stream:features>`)], st)
+			c.write(b)
+			c.loop.scratch = b[:0]
+			return
 		}
 		b = append(b, `</stream:features>`...)
 	case phaseAuthHeader:
@@ -724,4 +741,18 @@ func (s *Server) S2SStats() S2SStats {
 		}
 	}
 	return st
+}
+
+// appendS2SFeatures appends the features of a secure inbound stream
+// before authentication: EXTERNAL when the peer's certificate validates
+// for its domain, dialback unless policy wants a valid certificate.
+func (s *Server) appendS2SFeatures(b []byte, st *s2sStream) []byte {
+	b = append(b, `<stream:features>`...)
+	if st.verified {
+		b = append(b, `<mechanisms xmlns='`+nsSASL+`'><mechanism>EXTERNAL</mechanism></mechanisms>`...)
+	}
+	if !s.cfg.S2S.RequireValidCertsFrom(st.remote) {
+		b = append(b, `<dialback xmlns='`+nsDialbackFeature+`'><errors/></dialback>`...)
+	}
+	return append(b, `</stream:features>`...)
 }
