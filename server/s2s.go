@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/fips140"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -141,6 +142,13 @@ func (s *Server) initFederation() error {
 	}
 	f.direct = f.srvTLS.Clone()
 	f.direct.NextProtos = []string{"xmpp-server"}
+	if s.cfg.TLS.Lean && !fips140.Enabled() {
+		// Inbound streams idle like clients: the lean record layer
+		// after the handshake, as for c2s (tls13.go).
+		f.srvTLS.SessionTicketsDisabled, f.direct.SessionTicketsDisabled = true, true
+		withKeyLog(f.srvTLS)
+		withKeyLog(f.direct)
+	}
 	f.preauth.init(s.cfg.Preauth.MaxPerIP, s.cfg.Preauth.MaxTotal, prefixes(&s.cfg))
 	for _, m := range s.hooks.Modules() {
 		if in, ok := m.(hook.Inbound); ok {
@@ -302,6 +310,7 @@ func (s *Server) startS2STLS(c *conn, cfg *tls.Config, direct bool) *tlsConn {
 	if st != nil && st.outbound {
 		t.tc = tls.Client(&t.pipe, cfg)
 	} else {
+		t.pipe.recordBound = leanConfig(cfg)
 		t.tc = tls.Server(&t.pipe, cfg)
 	}
 	c.tr = t // s2s streams are not in the clients' gauges: no stats.move

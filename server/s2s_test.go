@@ -504,6 +504,10 @@ func TestS2SDirectTLS(t *testing.T) {
 	r.send(`<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='a.test' to='b.test' version='1.0'>`)
 	r.expect(t, `<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='b.test' to='a.test' id='{*}' version='1.0'><stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>`)
 	r.exchange(t, `<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>`, `<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>`)
+	// Inbound s2s streams idle on the lean record layer, as clients do.
+	if st := b.srv.Stats(); st.TLSLean == 0 {
+		t.Fatalf("no inbound TLS session on the lean record layer: %+v", st)
+	}
 }
 
 // TestS2SIdleTimeout: an s2s stream without stanzas for s2s.idle_timeout
