@@ -1,10 +1,16 @@
 package server_test
 
 import (
+	"bufio"
+	"crypto/tls"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -109,4 +115,110 @@ func TestS2SFigures(t *testing.T) {
 		el := time.Since(start)
 		t.Logf("one s2s link, alice@a.test -> bob@b.test, %d messages in %v: %.0f messages/s", n, el.Round(time.Millisecond), n/el.Seconds())
 	})
+}
+
+// TestS2SFiguresAuthenticated measures an idle inbound s2s stream after
+// STARTTLS and SASL EXTERNAL: the peers run in a child process (this test
+// binary again, TestS2SFiguresClient), so that the server's RSS holds no
+// client state. KRILL_S2S_FIGURES=1.
+func TestS2SFiguresAuthenticated(t *testing.T) {
+	if os.Getenv("KRILL_S2S_FIGURES") == "" || os.Getenv("KRILL_S2S_CLIENT") != "" {
+		t.Skip("set KRILL_S2S_FIGURES=1")
+	}
+	const warm, n = 100, 1000
+	aCA, bCA := newDevCA(t, "a.test"), newDevCA(t, "b.test")
+	cfg := testConfig(t)
+	cfg.Domain = "b.test"
+	cfg.TLS.Cert, cfg.TLS.Key = bCA.certFile, bCA.keyFile
+	cfg.S2S.Listen = "127.0.0.1:0"
+	cfg.S2S.CAFile = aCA.caFile
+	cfg.S2S.IdleTimeout = 0
+	cfg.Preauth.Timeout = 10 * time.Minute
+	srv := startServer(t, cfg)
+	peers := func(k int) {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestS2SFiguresClient$")
+		cmd.Env = append(os.Environ(), "KRILL_S2S_CLIENT=1", "KRILL_S2S_ADDR="+srv.S2SAddr().String(),
+			"KRILL_S2S_N="+strconv.Itoa(k), "KRILL_S2S_CERT="+aCA.certFile, "KRILL_S2S_KEY="+aCA.keyFile)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdin, _ := cmd.StdinPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "KRILL_READY") {
+				return
+			}
+			if strings.Contains(sc.Text(), "FAIL") {
+				t.Fatalf("peers: %s", sc.Text())
+			}
+		}
+		t.Fatal("peers exited before ready")
+	}
+	snap := func() (uint64, uint64) {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		pm, err := bench.ReadProcMemory(os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pm.RSS, ms.HeapAlloc
+	}
+	peers(warm)
+	r0, h0 := snap()
+	peers(n)
+	if !waitFor(ioTimeout, func() bool { return srv.S2SStats().Authenticated == warm+n }) {
+		t.Fatalf("authenticated streams: %d", srv.S2SStats().Authenticated)
+	}
+	r1, h1 := snap()
+	st := srv.Stats()
+	t.Logf("inbound s2s authenticated (STARTTLS, SASL EXTERNAL, idle), %d streams: rss %.0f B/stream, go heap %.0f B/stream (lean TLS sessions %d, stock %d)",
+		n, float64(int64(r1)-int64(r0))/n, float64(int64(h1)-int64(h0))/n, st.TLSLean, st.TLSStock)
+}
+
+// TestS2SFiguresClient is the child of TestS2SFiguresAuthenticated: it
+// opens KRILL_S2S_N authenticated streams as a.test and holds them.
+func TestS2SFiguresClient(t *testing.T) {
+	if os.Getenv("KRILL_S2S_CLIENT") == "" {
+		t.Skip("run by TestS2SFiguresAuthenticated")
+	}
+	k, _ := strconv.Atoi(os.Getenv("KRILL_S2S_N"))
+	cert, err := tls.LoadX509KeyPair(os.Getenv("KRILL_S2S_CERT"), os.Getenv("KRILL_S2S_KEY"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := os.Getenv("KRILL_S2S_ADDR")
+	header := `<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='a.test' to='b.test' version='1.0'>`
+	var keep []net.Conn
+	for range k {
+		nc, err := net.DialTimeout("tcp", addr, ioTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &rawConn{t: t, conn: nc}
+		r.send(header)
+		r.skipUntil("</stream:features>")
+		r.send(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`)
+		r.skipUntil("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+		tc := tls.Client(nc, &tls.Config{ServerName: "b.test", InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}})
+		r.conn = tc
+		r.send(header)
+		r.skipUntil("</stream:features>")
+		r.send(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>`)
+		r.skipUntil("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+		r.send(header)
+		r.skipUntil("<stream:features/>")
+		_ = tc.SetDeadline(time.Time{})
+		keep = append(keep, tc)
+	}
+	fmt.Println("KRILL_READY")
+	_, _ = io.Copy(io.Discard, os.Stdin) // hold the streams until the parent is done
+	for _, c := range keep {
+		_ = c.Close()
+	}
 }
