@@ -555,3 +555,22 @@ func TestS2SOffline(t *testing.T) {
 		t.Fatalf("bob got %q", got)
 	}
 }
+
+// TestS2SCarbons: XEP-0280 copies across domains: the sender's other
+// resource gets a <sent/> copy of a message to another domain, the
+// recipient's other resource a <received/> copy of one from another
+// domain.
+func TestS2SCarbons(t *testing.T) {
+	a, b := fedPair(t, true, nil)
+	a1, a2 := fedLogin(t, a, "alice", "a1"), fedLogin(t, a, "alice", "a2")
+	b1, b2 := fedLogin(t, b, "bob", "b1"), fedLogin(t, b, "bob", "b2")
+	for _, r := range []*rawConn{a1, b1} {
+		r.exchange(t, `<iq type='set' id='e1'><enable xmlns='urn:xmpp:carbons:2'/></iq>`, `<iq type='result' id='e1'/>`)
+	}
+	b2.exchange(t, `<presence/>`, `<presence from='bob@b.test/b2'/>`)
+	a2.send(`<message type='chat' id='c1' to='bob@b.test/b2'><body>copied</body></message>`)
+	fwd := `<message xmlns='jabber:client' type='chat' id='c1' to='bob@b.test/b2' from='alice@a.test/a2'><body>copied</body></message>`
+	a1.expect(t, carbon("sent", "alice@a.test", "alice@a.test/a1", "chat", fwd))
+	b2.expect(t, `<message type='chat' id='c1' to='bob@b.test/b2' from='alice@a.test/a2'><body>copied</body></message>`)
+	b1.expect(t, carbon("received", "bob@b.test", "bob@b.test/b1", "chat", fwd))
+}
