@@ -38,3 +38,23 @@ func TestS2SBadRoute(t *testing.T) {
 		t.Fatal("a route without a port validated")
 	}
 }
+
+// TestComponentSecrets reads [component.secrets], keyed by domain names.
+func TestComponentSecrets(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "krill.toml")
+	body := "domain = \"example.org\"\n[component]\nlisten = \"127.0.0.1:5347\"\n[component.secrets]\n\"push.example.org\" = \"s3cret\"\n"
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Component.Secrets; len(got) != 1 || got["push.example.org"] != "s3cret" {
+		t.Fatalf("secrets = %v", got)
+	}
+	c.Component.Secrets["example.org"] = "x"
+	if err := c.Validate(); err == nil {
+		t.Fatal("a component for the server's own domain validated")
+	}
+}

@@ -23,7 +23,13 @@ func (c *conn) Write(b []byte) {
 		// Streams between servers go one way: an answer to a peer
 		// goes on the outbound stream to its domain.
 		if tag, err := stanza.ParseStartTag(b); err == nil {
-			if to, ok := tag.AttrString("to"); ok {
+			to, ok := tag.AttrString("to")
+			if st := c.loop.ctx.Stanza; !ok && st != nil && st.From != "" {
+				// A reply built for a client (no to): to the remote
+				// sender of the stanza being handled.
+				to, ok, b = st.From, true, stanza.WithAttr(tag, b, "to", st.From)
+			}
+			if ok {
 				c.loop.srv.deliver(c.loop, to, b)
 			}
 		}
