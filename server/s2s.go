@@ -58,6 +58,9 @@ type federation struct {
 	preauth preauthLimiter
 	inbound []hook.Inbound // modules with a remote side
 
+	// lookupSRV is the SRV resolver (net.DefaultResolver's; tests swap it).
+	lookupSRV func(ctx context.Context, service, proto, name string) (string, []*net.SRV, error)
+
 	listen, directListen string // with concrete ports, "" when off
 	port, directPort     int
 
@@ -111,7 +114,10 @@ type s2sLink struct {
 
 // s2sDial is the gnet context of a connection being enrolled: OnOpen
 // recognises an outbound stream by it.
-type s2sDial struct{ link *s2sLink }
+type s2sDial struct {
+	link   *s2sLink
+	direct bool // XEP-0368 direct TLS: the handshake comes first
+}
 
 // initFederation prepares the s2s state: TLS configurations, roots, the
 // dialback secret. Called from New.

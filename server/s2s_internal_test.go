@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -27,9 +29,34 @@ func TestResolve(t *testing.T) {
 		{"nowhere.invalid", "nowhere.invalid:5269"},
 	} {
 		got, err := s.resolve(ctx, tc.domain)
-		if err != nil || len(got) != 1 || got[0] != tc.want {
+		if err != nil || len(got) != 1 || got[0].addr != tc.want || got[0].direct {
 			t.Errorf("resolve(%s) = %v, %v; want [%s]", tc.domain, got, err, tc.want)
 		}
+	}
+}
+
+// TestResolveSRV merges _xmpps-server._tcp (direct TLS) and
+// _xmpp-server._tcp by priority, direct TLS first on a tie (XEP-0368).
+func TestResolveSRV(t *testing.T) {
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	s, err := New(cfg, zap.NewNop(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.fed.lookupSRV = func(_ context.Context, service, _, name string) (string, []*net.SRV, error) {
+		switch service {
+		case "xmpps-server":
+			return "", []*net.SRV{{Target: "tls.b.test.", Port: 5270, Priority: 5}, {Target: "tls2.b.test.", Port: 443, Priority: 20}}, nil
+		case "xmpp-server":
+			return "", []*net.SRV{{Target: "plain.b.test.", Port: 5269, Priority: 5}, {Target: "backup.b.test.", Port: 5269, Priority: 10}}, nil
+		}
+		return "", nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
+	}
+	got, err := s.resolve(context.Background(), "b.test")
+	want := []s2sTarget{{"tls.b.test:5270", true}, {"plain.b.test:5269", false}, {"backup.b.test:5269", false}, {"tls2.b.test:443", true}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("resolve = %v, %v; want %v", got, err, want)
 	}
 }
 

@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -175,11 +177,13 @@ func (s *Server) dial(lk *s2sLink) {
 			return
 		}
 		var nc net.Conn
+		var direct bool
 		cond := "remote-server-not-found"
 		for _, a := range addrs {
 			var d net.Dialer
-			nc, err = d.DialContext(ctx, "tcp", a)
+			nc, err = d.DialContext(ctx, "tcp", a.addr)
 			if err == nil {
+				direct = a.direct
 				break
 			}
 			if ctx.Err() != nil {
@@ -193,7 +197,7 @@ func (s *Server) dial(lk *s2sLink) {
 			return
 		}
 		s.fed.dialled.Add(1)
-		res, err := lk.loop.el.Enroll(gnet.NewContext(context.Background(), &s2sDial{link: lk}), nc)
+		res, err := lk.loop.el.Enroll(gnet.NewContext(context.Background(), &s2sDial{link: lk, direct: direct}), nc)
 		if err != nil {
 			_ = nc.Close()
 			s.linkGone(lk, nil, "remote-server-not-found")
@@ -215,25 +219,71 @@ func (s *Server) dial(lk *s2sLink) {
 	}
 }
 
+// s2sTarget is one address to try for a remote domain; direct is XEP-0368
+// direct TLS (from _xmpps-server._tcp).
+type s2sTarget struct {
+	addr   string
+	direct bool
+}
+
 // resolve returns the addresses to try for domain: its [s2s.routes]
-// entry, or DNS SRV _xmpp-server._tcp in priority order, or the domain
-// itself on 5269 (RFC 6120 3.2). Runs on a worker.
-func (s *Server) resolve(ctx context.Context, domain string) ([]string, error) {
+// entry; else the SRV records of _xmpps-server._tcp (direct TLS, XEP-0368)
+// and _xmpp-server._tcp merged by priority, direct TLS first on a tie; else
+// the domain itself on 5269 (RFC 6120 3.2.1). Runs on a worker.
+func (s *Server) resolve(ctx context.Context, domain string) ([]s2sTarget, error) {
 	if a, ok := s.cfg.S2S.Routes[domain]; ok {
-		return []string{a}, nil
+		return []s2sTarget{{addr: a}}, nil
 	}
-	_, srvs, err := net.DefaultResolver.LookupSRV(ctx, "xmpp-server", "tcp", domain)
-	if err == nil && len(srvs) > 0 {
+	lookup := s.fed.lookupSRV
+	if lookup == nil {
+		lookup = net.DefaultResolver.LookupSRV
+	}
+	type rec struct {
+		srv    *net.SRV
+		direct bool
+	}
+	var recs []rec
+	refused := 0
+	for _, svc := range []struct {
+		name   string
+		direct bool
+	}{{"xmpps-server", true}, {"xmpp-server", false}} {
+		_, srvs, err := lookup(ctx, svc.name, "tcp", domain)
+		if err != nil || len(srvs) == 0 {
+			continue
+		}
 		if len(srvs) == 1 && srvs[0].Target == "." {
-			return nil, nil // the domain offers no service (RFC 2782)
+			refused++ // this service is not offered (RFC 2782)
+			continue
 		}
-		out := make([]string, 0, len(srvs))
 		for _, r := range srvs {
-			out = append(out, net.JoinHostPort(r.Target, strconv.Itoa(int(r.Port))))
+			recs = append(recs, rec{r, svc.direct})
 		}
-		return out, nil
 	}
-	return []string{net.JoinHostPort(domain, "5269")}, nil
+	if len(recs) == 0 {
+		if refused == 2 {
+			return nil, nil
+		}
+		return []s2sTarget{{addr: net.JoinHostPort(domain, "5269")}}, nil
+	}
+	// Stable: each lookup's order (priority, then weight) is kept.
+	slices.SortStableFunc(recs, func(a, b rec) int {
+		if a.srv.Priority != b.srv.Priority {
+			return int(a.srv.Priority) - int(b.srv.Priority)
+		}
+		if a.direct != b.direct {
+			if a.direct {
+				return -1
+			}
+			return 1
+		}
+		return 0
+	})
+	out := make([]s2sTarget, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, s2sTarget{addr: net.JoinHostPort(strings.TrimSuffix(r.srv.Target, "."), strconv.Itoa(int(r.srv.Port))), direct: r.direct})
+	}
+	return out, nil
 }
 
 // openOutbound sets up an enrolled outbound stream and opens it.
@@ -258,6 +308,14 @@ func (s *Server) openOutbound(gc gnet.Conn, d *s2sDial) ([]byte, gnet.Action) {
 	}
 	// The connect deadline plays the pre-auth deadline's part.
 	c.preauthAt = lk.started.Add(s.conf().S2S.ConnectTimeout).Sub(s.epoch)
+	if d.direct {
+		// XEP-0368: TLS first (ALPN xmpp-server); the stream header
+		// follows the handshake (s2sSecured).
+		cfg := s.clientTLS(lk.domain)
+		cfg.NextProtos = []string{"xmpp-server"}
+		s.startS2STLS(c, cfg, true)
+		return nil, gnet.None
+	}
 	s.armDeadline(c)
 	return appendS2SHeader(nil, s.cfg.Domain, lk.domain, ""), gnet.None
 }
@@ -680,11 +738,6 @@ func (s *Server) fromRemote(c *conn, tag stanza.StartTag, local, from string, to
 		return
 	}
 	cx.ReplyError("cancel", "service-unavailable", "")
-}
-
-func splitDomain(j string) string {
-	_, d, _ := splitJID(j)
-	return d
 }
 
 // s2sListen returns the gnet addresses of the s2s listeners, resolving

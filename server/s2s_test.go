@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -573,4 +575,37 @@ func TestS2SCarbons(t *testing.T) {
 	a1.expect(t, carbon("sent", "alice@a.test", "alice@a.test/a1", "chat", fwd))
 	b2.expect(t, `<message type='chat' id='c1' to='bob@b.test/b2' from='alice@a.test/a2'><body>copied</body></message>`)
 	b1.expect(t, carbon("received", "bob@b.test", "bob@b.test/b1", "chat", fwd))
+}
+
+// TestS2SOutboundDirectTLS: with no [s2s.routes] entry, a.test finds
+// b.test through _xmpps-server._tcp (a stand-in resolver) and opens the
+// stream with direct TLS (XEP-0368, ALPN xmpp-server), before the plain
+// _xmpp-server._tcp record of the same priority.
+func TestS2SOutboundDirectTLS(t *testing.T) {
+	a, b := fedPair(t, true, func(a, b *config.Config) {
+		b.S2S.DirectTLSListen = "127.0.0.3:0"
+		delete(a.S2S.Routes, "b.test")
+	})
+	host, port, _ := net.SplitHostPort(b.srv.S2SDirectTLSAddr())
+	p, _ := strconv.Atoi(port)
+	// The plain record names a closed port: only direct TLS can work.
+	_, plainPort, _ := net.SplitHostPort(freePort(t, "127.0.0.3"))
+	pp, _ := strconv.Atoi(plainPort)
+	server.SetLookupSRV(a.srv, func(_ context.Context, service, _, name string) (string, []*net.SRV, error) {
+		if name != "b.test" {
+			return "", nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
+		}
+		if service == "xmpps-server" {
+			return "", []*net.SRV{{Target: host, Port: uint16(p), Priority: 1}}, nil
+		}
+		return "", []*net.SRV{{Target: host, Port: uint16(pp), Priority: 1}}, nil
+	})
+	alice := fedLogin(t, a, "alice", "a")
+	bob := fedLogin(t, b, "bob", "b")
+	bob.exchange(t, `<presence/>`, `<presence from='bob@b.test/b'/>`)
+	alice.send(`<message type='chat' id='d1' to='bob@b.test/b'><body>direct</body></message>`)
+	bob.expect(t, `<message type='chat' id='d1' to='bob@b.test/b' from='alice@a.test/a'><body>direct</body></message>`)
+	if st := b.srv.S2SStats(); st.Accepted != 1 || st.AuthExternal != 1 {
+		t.Fatalf("b: %+v", st)
+	}
 }
