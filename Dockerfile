@@ -44,11 +44,12 @@ WORKDIR /var/lib/krill
 # publish 5280 only to the monitoring network.
 ENV KRILL_C2S_LISTEN=0.0.0.0:5222 \
     KRILL_C2S_DIRECT_TLS_LISTEN=0.0.0.0:5223 \
+    KRILL_S2S_LISTEN=0.0.0.0:5269 \
     KRILL_ADMIN_LISTEN=0.0.0.0:5280 \
     KRILL_DATA_DIR=/var/lib/krill \
     KRILL_LOG_FORMAT=json
-# c2s STARTTLS, c2s direct TLS (XEP-0368), admin (metrics, health).
-EXPOSE 5222/tcp 5223/tcp 5280/tcp
+# c2s STARTTLS, c2s direct TLS (XEP-0368), s2s (federation), admin (metrics, health).
+EXPOSE 5222/tcp 5223/tcp 5269/tcp 5280/tcp
 # The database (and the generated development certificate); the operator's
 # certificate and key (KRILL_TLS_CERT, KRILL_TLS_KEY).
 VOLUME ["/var/lib/krill", "/etc/krill/tls"]

@@ -37,11 +37,13 @@ test:
 	$(GO) test -count=1 ./...
 
 ## interop: the built server against XMPP clients nobody here wrote (go-sendxmpp, slixmpp,
-## xmpp.js, xmppc) and `make run` stopped by one SIGTERM; .ci/run installs the clients
+## xmpp.js, xmppc) and `make run` stopped by one SIGTERM, and federation with Debian's Prosody;
+## .ci/run installs the clients
 ## (interop/README.md). Under CI=true a missing client fails; elsewhere it is skipped.
 .PHONY: interop
 interop: build
 	KRILL_INTEROP=1 KRILL_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m ./interop/
+	KRILL_INTEROP=1 $(GO) test -count=1 -v -timeout 5m -run 'TestProsodyInterop' ./server/
 
 ## test-postgres: the storage suite against a local PostgreSQL (TEST_POSTGRES_DSN; storage/README.md)
 TEST_POSTGRES_DSN ?= postgres://krill_test:krill_test@127.0.0.1:5432/krill_test?sslmode=disable

@@ -64,6 +64,7 @@ func startBenchServerFor(tb testing.TB, accounts int, stage bench.Stage) *benchS
 	cfg.DataDir = tb.TempDir()
 	cfg.C2S.Listen = "127.0.0.1:0"
 	cfg.C2S.DirectTLSListen = ""
+	cfg.S2S.Listen = ""
 	// No admin listener: its fixed default port would collide with a
 	// server running on the machine (a bench run) or another test.
 	cfg.Admin.Listen = ""

@@ -26,22 +26,24 @@ type Config struct {
 	// DataDir holds the embedded database and generated certificates.
 	DataDir string `koanf:"data_dir"`
 
-	C2S      C2S      `koanf:"c2s"`
-	Preauth  Preauth  `koanf:"preauth"`
-	TLS      TLS      `koanf:"tls"`
-	Log      Log      `koanf:"log"`
-	Server   Server   `koanf:"server"`
-	Storage  Storage  `koanf:"storage"`
-	IM       IM       `koanf:"im"`
-	Register Register `koanf:"register"`
-	Admin    Admin    `koanf:"admin"`
-	CSI      CSI      `koanf:"csi"`
-	SM       SM       `koanf:"sm"`
-	FAST     FAST     `koanf:"fast"`
-	PEP      PEP      `koanf:"pep"`
-	MAM      MAM      `koanf:"mam"`
-	MUC      MUC      `koanf:"muc"`
-	Web      Web      `koanf:"web"`
+	C2S       C2S       `koanf:"c2s"`
+	Preauth   Preauth   `koanf:"preauth"`
+	TLS       TLS       `koanf:"tls"`
+	Log       Log       `koanf:"log"`
+	Server    Server    `koanf:"server"`
+	Storage   Storage   `koanf:"storage"`
+	IM        IM        `koanf:"im"`
+	Register  Register  `koanf:"register"`
+	Admin     Admin     `koanf:"admin"`
+	CSI       CSI       `koanf:"csi"`
+	SM        SM        `koanf:"sm"`
+	FAST      FAST      `koanf:"fast"`
+	PEP       PEP       `koanf:"pep"`
+	MAM       MAM       `koanf:"mam"`
+	MUC       MUC       `koanf:"muc"`
+	Web       Web       `koanf:"web"`
+	S2S       S2S       `koanf:"s2s"`
+	Component Component `koanf:"component"`
 }
 
 // FAST configures XEP-0484 Fast Authentication Streamlining Tokens: tokens
@@ -533,7 +535,9 @@ func Default() Config {
 		PEP:  PEP{MaxNodes: 64, MaxItems: 256, MaxItemBytes: 128 << 10, MaxBytes: 4 << 20},
 		MUC: MUC{MaxRoomsPerUser: DefaultMUCMaxRooms, MaxOccupants: DefaultMUCMaxOccupants,
 			MaxHistory: DefaultMUCMaxHistory, MessageRate: DefaultMUCMessageRate, IdleUnload: DefaultMUCIdleUnload},
-		Web: Web{Path: DefaultWebPath, AllowedOrigins: []string{}},
+		Web:       Web{Path: DefaultWebPath, AllowedOrigins: []string{}},
+		S2S:       defaultS2S(),
+		Component: Component{Listen: DefaultComponentListen},
 	}
 }
 
@@ -785,5 +789,6 @@ func (c *Config) Validate() error {
 	if c.Server.Tick < time.Millisecond || c.Server.Tick > time.Second {
 		bad("server.tick", c.Server.Tick, "must be between 1ms and 1s")
 	}
+	c.validateS2S(bad)
 	return errors.Join(errs...)
 }

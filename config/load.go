@@ -100,6 +100,11 @@ func Load(path string, environ []string, fs *flag.FlagSet) (Config, error) {
 			return Config{}, fmt.Errorf("config: flags: %w", err)
 		}
 	}
+	// Tables keyed by domain names are read flat, their dots joined again.
+	all := k.All()
+	for _, t := range dottedTables {
+		k.Delete(t)
+	}
 	var c Config
 	dc := &mapstructure.DecoderConfig{
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(mapstructure.StringToTimeDurationHookFunc(),
@@ -115,6 +120,9 @@ func Load(path string, environ []string, fs *flag.FlagSet) (Config, error) {
 			where = path
 		}
 		return Config{}, fmt.Errorf("config: %s: %w", where, err)
+	}
+	if err := setDomainTables(&c, all); err != nil {
+		return Config{}, err
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("config: invalid:\n%w", err)
@@ -148,7 +156,7 @@ func envKeys(environ []string) (map[string]any, error) {
 // KRILL_PREAUTH_MAX_PER_IP is "preauth.max_per_ip".
 func EnvKey(name string) string {
 	rest := strings.ToLower(strings.TrimPrefix(name, EnvPrefix))
-	for _, section := range []string{"c2s", "preauth", "tls", "log", "server", "storage", "im", "register", "admin", "csi", "sm", "fast", "pep", "mam", "muc", "web"} {
+	for _, section := range []string{"c2s", "preauth", "tls", "log", "server", "storage", "im", "register", "admin", "csi", "sm", "fast", "pep", "mam", "muc", "web", "s2s", "component"} {
 		if after, ok := strings.CutPrefix(rest, section+"_"); ok {
 			return section + "." + after
 		}

@@ -171,7 +171,7 @@ func startServerWeb(t *testing.T, bin, c2s, direct, web string, users []string) 
 // env is cleanEnv plus this server's configuration.
 func (s *server) env() []string {
 	return append(cleanEnv(), "KRILL_DOMAIN="+domain, "KRILL_DATA_DIR="+s.dataDir,
-		"KRILL_C2S_LISTEN="+s.c2s, "KRILL_C2S_DIRECT_TLS_LISTEN="+s.direct, "KRILL_WEB_LISTEN="+s.web, "KRILL_WEB_TLS=true", "KRILL_ADMIN_LISTEN=127.0.0.1:0",
+		"KRILL_C2S_LISTEN="+s.c2s, "KRILL_C2S_DIRECT_TLS_LISTEN="+s.direct, "KRILL_WEB_LISTEN="+s.web, "KRILL_WEB_TLS=true", "KRILL_S2S_LISTEN=", "KRILL_ADMIN_LISTEN=127.0.0.1:0",
 		"KRILL_LOG_FORMAT=json", "KRILL_LOG_LEVEL=debug")
 }
 
@@ -605,7 +605,7 @@ func TestMakeRunStopsOnSIGTERM(t *testing.T) {
 	ports := []string{freePort(t), freePort(t), freePort(t)}
 	cmd := exec.Command(mk, "-C", root, "run")
 	cmd.Env = append(cleanEnv(), "KRILL_DATA_DIR="+data, "KRILL_C2S_LISTEN="+ports[0],
-		"KRILL_C2S_DIRECT_TLS_LISTEN="+ports[1], "KRILL_ADMIN_LISTEN="+ports[2], "KRILL_LOG_FORMAT=json")
+		"KRILL_C2S_DIRECT_TLS_LISTEN="+ports[1], "KRILL_S2S_LISTEN=", "KRILL_ADMIN_LISTEN="+ports[2], "KRILL_LOG_FORMAT=json")
 	// Its own process group, so that a failed test can still kill the server.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()

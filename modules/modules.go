@@ -25,6 +25,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/ping"
 	"github.com/krill-xmpp/krill/modules/presence"
 	"github.com/krill-xmpp/krill/modules/private"
+	"github.com/krill-xmpp/krill/modules/push"
 	"github.com/krill-xmpp/krill/modules/register"
 	"github.com/krill-xmpp/krill/modules/roster"
 	"github.com/krill-xmpp/krill/modules/sm"
@@ -105,6 +106,10 @@ func Standard(store Store, opt Options) []hook.Module {
 		av,
 		&presence.Module{Store: store, Blocker: blk},
 	}, archive...), []hook.Module{
+		// Before offline storage (its Undelivered handler goes first)
+		// and before csi and sm (its outbound filter sees what a parked
+		// session is sent).
+		&push.Module{},
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
 		mc,

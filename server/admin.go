@@ -131,9 +131,9 @@ func newServerMetrics() serverMetrics {
 type statsCollector Server
 
 var (
-	descConns     = prometheus.NewDesc("krill_connections", "Open client connections by state.", []string{"state"}, nil)
-	descAccepted  = prometheus.NewDesc("krill_connections_accepted_total", "Client connections accepted.", nil, nil)
-	descClosed    = prometheus.NewDesc("krill_connections_closed_total", "Client connections closed, by reason.", []string{"reason"}, nil)
+	descConns     = prometheus.NewDesc("krill_connections", "Open connections by kind (c2s, s2s) and state.", []string{"kind", "state"}, nil)
+	descAccepted  = prometheus.NewDesc("krill_connections_accepted_total", "Connections accepted, by kind (c2s, s2s).", []string{"kind"}, nil)
+	descClosed    = prometheus.NewDesc("krill_connections_closed_total", "Connections closed, by kind (c2s, s2s) and reason.", []string{"kind", "reason"}, nil)
 	descAuth      = prometheus.NewDesc("krill_logins_total", "SASL authentications by result.", []string{"result"}, nil)
 	descHandshake = prometheus.NewDesc("krill_tls_handshakes", "TLS handshakes now, running or waiting for a slot.", []string{"state"}, nil)
 	descTLS       = prometheus.NewDesc("krill_tls_handshakes_total", "TLS handshakes started, failed and timed out.", []string{"result"}, nil)
@@ -172,14 +172,22 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	gauge(descConns, float64(st.PreauthPlain), "preauth_plain")
-	gauge(descConns, float64(st.PreauthTLS), "preauth_tls")
-	gauge(descConns, float64(st.PreauthWeb), "preauth_web")
+	gauge(descConns, float64(st.PreauthPlain), "c2s", "preauth_plain")
+	gauge(descConns, float64(st.PreauthTLS), "c2s", "preauth_tls")
+	gauge(descConns, float64(st.PreauthWeb), "c2s", "preauth_web")
 	s.collectWeb(st, gauge, counter)
-	gauge(descConns, float64(st.Authenticated), "authenticated")
-	counter(descAccepted, st.Accepted)
+	gauge(descConns, float64(st.Authenticated), "c2s", "authenticated")
+	counter(descAccepted, st.Accepted, "c2s")
 	for r := reasonNone + 1; r < numCloseReasons; r++ {
-		counter(descClosed, s.stats.closedBy[r].Load(), closeReasonNames[r])
+		counter(descClosed, s.stats.closedBy[r].Load(), "c2s", closeReasonNames[r])
+	}
+	f := s.fed
+	gauge(descConns, float64(f.preauthN.Load()), "s2s", "preauth")
+	gauge(descConns, float64(f.authedN.Load()), "s2s", "authenticated")
+	gauge(descConns, float64(f.outbound.Load()), "s2s", "outbound")
+	counter(descAccepted, f.accepted.Load(), "s2s")
+	for r := reasonNone + 1; r < numCloseReasons; r++ {
+		counter(descClosed, f.closedBy[r].Load(), "s2s", closeReasonNames[r])
 	}
 	counter(descAuth, st.AuthSucceeded, "success")
 	counter(descAuth, st.AuthFailed, "failure")

@@ -43,10 +43,10 @@ func TestMetrics(t *testing.T) {
 	authedTLS.expect(t, `<message to='sam@localhost/s' from='rita@localhost/r'><body>m</body></message>`)
 
 	want := []string{
-		`krill_connections{state="preauth_plain"} 3`,
-		`krill_connections{state="preauth_tls"} 2`,
-		`krill_connections{state="authenticated"} 2`,
-		`krill_connections_accepted_total 7`,
+		`krill_connections{kind="c2s",state="preauth_plain"} 3`,
+		`krill_connections{kind="c2s",state="preauth_tls"} 2`,
+		`krill_connections{kind="c2s",state="authenticated"} 2`,
+		`krill_connections_accepted_total{kind="c2s"} 7`,
 		`krill_logins_total{result="success"} 2`,
 		`krill_stanzas_total{direction="in",kind="message"} 1`,
 		`krill_stanzas_total{direction="out",kind="message"} 1`,
@@ -79,9 +79,9 @@ func TestMetrics(t *testing.T) {
 	_ = tlsConns[0].conn.Close()
 	if !waitFor(ioTimeout, func() bool {
 		_, body = get(t, base+"/metrics")
-		return strings.Contains(body, `krill_connections{state="preauth_plain"} 2`) &&
-			strings.Contains(body, `krill_connections{state="preauth_tls"} 1`) &&
-			strings.Contains(body, `krill_connections_closed_total{reason="dropped"} 2`)
+		return strings.Contains(body, `krill_connections{kind="c2s",state="preauth_plain"} 2`) &&
+			strings.Contains(body, `krill_connections{kind="c2s",state="preauth_tls"} 1`) &&
+			strings.Contains(body, `krill_connections_closed_total{kind="c2s",reason="dropped"} 2`)
 	}) {
 		t.Fatalf("after two closes: %s", grepLines(body, "krill_connections"))
 	}

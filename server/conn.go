@@ -34,6 +34,7 @@ const (
 	flagWorkPending                   // waiting for a worker; input is held in gnet's buffer
 	flagAwaitPong                     // a server ping is outstanding
 	flagWeb                           // accepted on the web listener: c.tr is a *wsConn (ws.go)
+	flagS2S                           // a server-to-server stream; its state is in loop.s2s
 )
 
 // conn is the state of one client connection. It is kept small because
@@ -71,6 +72,15 @@ func (c *conn) setReason(r closeReason) {
 // open accepts a connection, applies the pre-auth caps and arms the
 // absolute pre-auth deadline.
 func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
+	if d, ok := gc.Context().(*s2sDial); ok {
+		return s.openOutbound(gc, d)
+	}
+	if in, direct, comp := s.isS2SListener(gc); in || comp {
+		if comp {
+			return s.openComponent(gc)
+		}
+		return s.openInbound(gc, direct)
+	}
 	s.stats.accepted.Add(1)
 	ip := addrIP(gc.RemoteAddr())
 	kind := s.listenerOf(gc)
@@ -316,7 +326,7 @@ func (s *Server) fail(c *conn, cond, text string) {
 	}
 	b := c.loop.scratch[:0]
 	if !c.has(flagHeaderSent) {
-		b = s.appendHeader(b)
+		b = s.appendHeaderFor(c, b)
 		c.flags |= flagHeaderSent
 	}
 	b = appendStreamError(b, cond, text)
@@ -398,6 +408,9 @@ func (s *Server) release(c *conn, why closeReason) {
 	}
 	s.stats.move(c, func() { c.flags |= flagClosed })
 	c.loop.wheel.Cancel(&c.timer)
+	if c.has(flagS2S) {
+		s.s2sRelease(c) // its pre-auth count is the s2s limiter's
+	}
 	if c.has(flagPreauth) {
 		c.flags &^= flagPreauth
 		s.preauth.release(c.ip.Addr())
@@ -446,7 +459,16 @@ func (s *Server) closed(gc gnet.Conn, err error) {
 			s.sessionEnded(c, "connection lost", "", err)
 			s.release(c, why)
 		}
+		if c.has(flagS2S) {
+			s.s2sClosed(c.reason)
+			gc.SetContext(nil)
+			return
+		}
 		s.stats.closedBy[c.reason].Add(1)
+	case s2sRefused:
+		s.s2sClosed(closeReason(v))
+		gc.SetContext(nil)
+		return
 	case closeReason:
 		s.stats.closedBy[v].Add(1) // refused in open
 	default:
@@ -485,6 +507,10 @@ func (s *Server) onDeadline(c *conn) {
 		return
 	}
 	defer s.contain(c, nil)
+	if c.has(flagS2S) {
+		s.s2sDeadline(c)
+		return
+	}
 	if c.phase != phaseSession {
 		now := time.Now()
 		if d := c.tr.deadline(); !d.IsZero() && !now.Before(d) {

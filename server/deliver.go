@@ -65,8 +65,14 @@ func (s *Server) deliver(from *loop, to string, b []byte) int {
 
 // deliverTo is deliver with the JID in its normalised parts.
 func (s *Server) deliverTo(from *loop, local, domain, resource string, b []byte) int {
-	if domain != s.cfg.Domain || local == "" {
-		return 0 // no server-to-server yet
+	if domain != s.cfg.Domain {
+		if s.toComponent(domain, b) { // XEP-0114 (s2s_component.go)
+			return 1
+		}
+		return s.deliverRemote(from, domain, b) // federation (s2s_out.go)
+	}
+	if local == "" {
+		return 0
 	}
 	tag, err := stanza.ParseStartTag(b)
 	if err != nil {

@@ -19,6 +19,22 @@ var _ hook.Conn = (*conn)(nil)
 // Write implements hook.Conn: a bound session's stanzas pass the outbound
 // chain; before binding they go straight to the connection.
 func (c *conn) Write(b []byte) {
+	if c.has(flagS2S) {
+		// Streams between servers go one way: an answer to a peer
+		// goes on the outbound stream to its domain.
+		if tag, err := stanza.ParseStartTag(b); err == nil {
+			to, ok := tag.AttrString("to")
+			if st := c.loop.ctx.Stanza; !ok && st != nil && st.From != "" {
+				// A reply built for a client (no to): to the remote
+				// sender of the stanza being handled.
+				to, ok, b = st.From, true, stanza.WithAttr(tag, b, "to", st.From)
+			}
+			if ok {
+				c.loop.srv.deliver(c.loop, to, b)
+			}
+		}
+		return
+	}
 	if c.sess != nil && c.sess.bound {
 		c.sess.send(b)
 		return

@@ -47,6 +47,7 @@ func testConfig(t testing.TB) config.Config {
 	// messages; the tests of other features expect exact bytes without
 	// it. mam_test.go turns it on.
 	cfg.MAM.Enabled = false
+	cfg.S2S.Listen = "" // the federation tests set their own
 	return cfg
 }
 

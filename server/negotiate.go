@@ -120,6 +120,10 @@ func appendStreamError(b []byte, cond, text string) []byte {
 // handleHeader checks the client's stream header and answers with ours and
 // the features of the current phase.
 func (s *Server) handleHeader(c *conn, unit []byte) {
+	if c.has(flagS2S) {
+		s.s2sHeader(c, unit)
+		return
+	}
 	h, err := stanza.ParseHeader(unit)
 	if err != nil {
 		s.fail(c, stream.BadFormat.Err, "malformed stream header")
@@ -175,6 +179,10 @@ func validVersion(v string) bool {
 
 // handleElement dispatches one top-level element by phase.
 func (s *Server) handleElement(c *conn, unit []byte) {
+	if c.has(flagS2S) {
+		s.s2sElement(c, unit)
+		return
+	}
 	tag, err := stanza.ParseStartTag(unit)
 	if err != nil {
 		s.fail(c, stream.NotWellFormed.Err, err.Error())

@@ -161,7 +161,7 @@ func (s *Server) handleStanza(c *conn, tag stanza.StartTag, ns, local string, un
 			h(cx, st) // a domain a module serves (Registrar.Domain)
 			return
 		}
-		cx.ReplyError("cancel", "remote-server-not-found", "")
+		s.deliverTo(c.loop, st.Local, st.Domain, st.Resource, stamp(st.Tag, st.Raw, st.From)) // a component or a remote domain
 	case hook.ToNone, hook.ToHost:
 		if st.Addr == hook.ToHost && st.Resource != "" {
 			cx.ReplyError("cancel", "service-unavailable", "")

@@ -16,6 +16,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -68,6 +69,8 @@ type Server struct {
 	tlsStartTLS *tls.Config
 	tlsDirect   *tls.Config
 	handshakes  handshakeLimiter
+
+	fed *federation // server-to-server streams (s2s.go)
 
 	authFailures ratelimit.Window // failed logins per address prefix; see failureLimit
 	directAddr   netip.AddrPort   // the direct TLS listener, once bound
@@ -144,6 +147,9 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 	}
 	s.certs = certs
 	s.tlsStartTLS, s.tlsDirect = tlsConfigs(certs, cfg.TLS.Lean)
+	if err := s.initFederation(); err != nil {
+		return nil, err
+	}
 	s.host = host{s}
 	s.featuresPlain = s.buildFeatures(false)
 	s.featuresTLS = s.buildFeatures(true)
@@ -188,6 +194,11 @@ func (s *Server) Start() error {
 		}
 		addrs = append(addrs, "tcp://"+s.webListen)
 	}
+	s2s, err := s.s2sListen()
+	if err != nil {
+		return err
+	}
+	addrs = append(addrs, s2s...)
 	// gnet.Rotate blocks for the engine's life; its event loops are the
 	// only goroutines that serve clients.
 	go func() {
@@ -223,6 +234,7 @@ func (s *Server) Start() error {
 			zap.String("domain", s.cfg.Domain))
 	}
 	s.logWeb()
+	s.logS2SListeners()
 	return nil
 }
 
@@ -420,6 +432,12 @@ type loop struct {
 	// cork, to go out as one write (conn.cork); nil when none.
 	corked *conn
 	cork   []byte
+
+	// Federation state of the loop's s2s streams (s2s.go); nil until one
+	// exists. s2sPeerCerts holds an inbound stream's certificates from
+	// its TLS handshake until its restarted header names the domain.
+	s2s          map[*conn]*s2sStream
+	s2sPeerCerts map[*conn][]*x509.Certificate
 }
 
 func newLoop(s *Server, el gnet.EventLoop) *loop {

@@ -112,7 +112,7 @@ func kindIndex(b []byte) int {
 // admitted and after it is gone.
 func (s *Stats) connState(c *conn) *atomic.Int64 {
 	switch {
-	case c.has(flagClosed):
+	case c.has(flagClosed), c.has(flagS2S): // s2s streams have gauges of their own
 		return nil
 	case c.has(flagPreauth) && c.has(flagWeb):
 		return &s.preauthWeb

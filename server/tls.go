@@ -627,6 +627,9 @@ func (s *Server) finishHandshake(c *conn, t *tlsConn, err error) {
 		// and the framer has seen nothing yet.
 		c.framer.Reset()
 	}
+	if c.has(flagS2S) {
+		s.s2sSecured(c, t)
+	}
 	s.armDeadline(c)
 	if l != nil {
 		// The tls.Conn is dropped and can never write again: its pipe is

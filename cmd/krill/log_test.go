@@ -117,7 +117,7 @@ func TestServeLogSampledAndFlushed(t *testing.T) {
 	const conns = 300
 	bin := buildKrill(t)
 	addr, admin := freePort(t), freePort(t)
-	p := startKrill(t, bin, []string{"KRILL_C2S_LISTEN=" + addr, "KRILL_C2S_DIRECT_TLS_LISTEN=", "KRILL_ADMIN_LISTEN=" + admin,
+	p := startKrill(t, bin, []string{"KRILL_C2S_LISTEN=" + addr, "KRILL_C2S_DIRECT_TLS_LISTEN=", "KRILL_S2S_LISTEN=", "KRILL_ADMIN_LISTEN=" + admin,
 		"KRILL_DATA_DIR=" + t.TempDir(), "KRILL_LOG_FORMAT=json", "KRILL_LOG_LEVEL=debug", "KRILL_LOG_FLUSH_INTERVAL=1h"}, 2)
 
 	start := time.Now()

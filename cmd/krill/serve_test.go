@@ -33,7 +33,7 @@ func TestServeProcess(t *testing.T) {
 
 	data := filepath.Join(dir, "data")
 	cmd := exec.Command(bin, "serve")
-	cmd.Env = append(os.Environ(), "KRILL_C2S_LISTEN="+addr, "KRILL_C2S_DIRECT_TLS_LISTEN="+direct, "KRILL_DATA_DIR="+data,
+	cmd.Env = append(os.Environ(), "KRILL_C2S_LISTEN="+addr, "KRILL_C2S_DIRECT_TLS_LISTEN="+direct, "KRILL_S2S_LISTEN=", "KRILL_DATA_DIR="+data,
 		"KRILL_ADMIN_LISTEN="+freePort(t),
 		"KRILL_LOG_FORMAT=json", "KRILL_DOMAIN=example.test")
 	stderr, err := cmd.StderrPipe()
@@ -144,7 +144,7 @@ func TestConsoleLogNotATerminal(t *testing.T) {
 	}
 	bin := buildKrill(t)
 	p := &krillProcess{cmd: exec.Command(bin, "serve"), lines: make(chan string, 256)}
-	p.cmd.Env = append(os.Environ(), "KRILL_C2S_LISTEN="+freePort(t), "KRILL_C2S_DIRECT_TLS_LISTEN="+freePort(t),
+	p.cmd.Env = append(os.Environ(), "KRILL_C2S_LISTEN="+freePort(t), "KRILL_C2S_DIRECT_TLS_LISTEN="+freePort(t), "KRILL_S2S_LISTEN=",
 		"KRILL_ADMIN_LISTEN="+freePort(t), "KRILL_DATA_DIR="+t.TempDir(), "KRILL_LOG_FORMAT=console", "KRILL_LOG_LEVEL=debug")
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {

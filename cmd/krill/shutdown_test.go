@@ -134,7 +134,7 @@ func TestSIGTERMKeepsMessages(t *testing.T) {
 	bin := buildKrill(t)
 	data := t.TempDir()
 	addr, admin := freePort(t), freePort(t)
-	env := []string{"KRILL_C2S_LISTEN=" + addr, "KRILL_C2S_DIRECT_TLS_LISTEN=", "KRILL_ADMIN_LISTEN=" + admin,
+	env := []string{"KRILL_C2S_LISTEN=" + addr, "KRILL_C2S_DIRECT_TLS_LISTEN=", "KRILL_S2S_LISTEN=", "KRILL_ADMIN_LISTEN=" + admin,
 		"KRILL_DATA_DIR=" + data, "KRILL_LOG_FORMAT=json", "KRILL_C2S_ALLOW_PLAINTEXT=true"}
 	for _, u := range []string{"alice", "bob"} {
 		if out, err := exec.Command(bin, "user", "add", u, "--password", "pw-"+u, "--data_dir="+data).CombinedOutput(); err != nil {
@@ -221,7 +221,7 @@ func TestReloadCommand(t *testing.T) {
 	addr := freePort(t)
 	write := func(domain, timeout string) {
 		conf := "domain = \"" + domain + "\"\ndata_dir = \"" + filepath.Join(dir, "data") + "\"\n" +
-			"[c2s]\nlisten = \"" + addr + "\"\ndirect_tls_listen = \"\"\n" +
+			"[c2s]\nlisten = \"" + addr + "\"\ndirect_tls_listen = \"\"\n[s2s]\nlisten = \"\"\n" +
 			"[admin]\nlisten = \"\"\n[log]\nformat = \"json\"\n[preauth]\ntimeout = \"" + timeout + "\"\n"
 		if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)

@@ -15,6 +15,7 @@ package carbons
 import (
 	"bytes"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -87,7 +88,7 @@ func (m *Module) Register(r *hook.Registrar) error {
 	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToAccount, NS, "disable", badRequest)
 	// Messages to other domains are not copied while there is no
 	// server-to-server: the core bounces them with remote-server-not-found.
-	r.Stanza(hook.Message, hook.ToBare|hook.ToFull, hook.Pre, m.pre)
+	r.Stanza(hook.Message, hook.ToBare|hook.ToFull|hook.ToRemote, hook.Pre, m.pre)
 	r.On(hook.Closed, m.closed)
 	r.DiscoFeature(NS)
 	// XEP-0386: enabled inline in Bind 2's <bind/>; nothing to answer.
@@ -160,9 +161,10 @@ func (m *Module) pre(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 		return hook.Continue
 	}
 	self := sess.Local()
-	toSelf := st.Local == self
+	remote := st.Addr == hook.ToRemote // over federation: only <sent/> copies here (remote.go)
+	toSelf := !remote && st.Local == self
 	copySent := m.table.any(self)
-	copyReceived := !toSelf && m.table.any(st.Local)
+	copyReceived := !remote && !toSelf && m.table.any(st.Local)
 	if !copySent && !copyReceived {
 		return hook.Continue
 	}
@@ -170,7 +172,10 @@ func (m *Module) pre(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 	if !eligible(st, t) {
 		return hook.Continue
 	}
-	r := planRoute(c.Host, st)
+	var r route
+	if !remote {
+		r = planRoute(c.Host, st)
+	}
 	inner := forwarded(st)
 	domain := c.Host.Domain()
 	if copyReceived && !(t&mucPM != 0 && st.Addr == hook.ToFull) {
@@ -209,9 +214,12 @@ func (m *Module) copyReceived(h hook.Host, st *hook.Stanza, r route, inner []byt
 		return
 	}
 	sender := localOf(st.From)
+	// A sender of another domain (remote.go) has no blocklist here.
+	local := sender != "" && strings.HasPrefix(st.From[len(sender)+1:], domain) &&
+		(len(st.From) == len(sender)+1+len(domain) || st.From[len(sender)+1+len(domain)] == '/')
 	c := newCopies("received", st.Local+"@"+domain, st.Type, inner)
 	for _, o := range targets {
-		if m.Blocker != nil {
+		if m.Blocker != nil && local {
 			if j, err := jid.Parse(o.Full()); err != nil || m.Blocker.Blocks(sender, j) {
 				continue
 			}

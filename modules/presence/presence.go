@@ -243,9 +243,13 @@ func (m *Module) fanOut(host hook.Host, sess hook.Session, stamped []byte, direc
 		}
 		directed = slices.DeleteFunc(directed, func(d string) bool { return d == it.Contact })
 		local, ok := localOf(it.Contact, domain)
-		if !ok || m.blocked(user, local, it.Contact, sender) {
+		if ok && m.blocked(user, local, it.Contact, sender) {
 			continue
 		}
+		if !ok && m.blockedRemote(user, it.Contact) {
+			continue
+		}
+		// A contact of another domain gets it over federation.
 		host.Deliver(it.Contact, stanza.WithAttr(tag, stamped, "to", it.Contact))
 	}
 	for _, d := range directed {
@@ -269,7 +273,11 @@ func (m *Module) probe(host hook.Host, sess hook.Session, items []storage.Roster
 			continue
 		}
 		local, ok := localOf(it.Contact, domain)
-		if !ok || m.blocked(user, local, it.Contact, me) {
+		if !ok {
+			m.probeRemote(host, user, it.Contact) // remote.go
+			continue
+		}
+		if m.blocked(user, local, it.Contact, me) {
 			continue
 		}
 		host.Sessions(local, func(o hook.Session) { sendLast(sess, o, full) })

@@ -190,8 +190,9 @@ func TestSubscriptionStanzas(t *testing.T) {
 		{"no such account", `<presence id='x' to='nobody@localhost' type='subscribe'/>`,
 			`<presence type='error' id='x' from='nobody@localhost' to='alice@localhost/a'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>`},
 		{"no such account, unsubscribe", `<presence id='x' to='nobody@localhost' type='unsubscribe'/>`, ""},
-		{"remote", `<presence id='y' to='carol@example.org/r' type='subscribe'/>`,
-			`<presence type='error' id='y' from='carol@example.org' to='alice@localhost/a'><error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>no server-to-server connections</text></error></presence>`},
+		// A remote contact: the user's half of the state machine here,
+		// the stanza to the contact's server (remote.go, TestRemote...).
+		{"remote", `<presence id='y' to='carol@example.org/r' type='subscribe'/>`, ""},
 		{"no to", `<presence type='subscribe'/>`, ""},
 		{"to self", `<presence to='alice@localhost' type='subscribe'/>`, ""},
 		{"to the server", `<presence to='localhost' type='subscribed'/>`, ""},
@@ -207,7 +208,9 @@ func TestSubscriptionStanzas(t *testing.T) {
 		}
 		expect(t, tc.name, ca.Written, want...)
 	}
-	expect(t, "nothing else for alice", a.Take())
+	// The remote subscribe's half on alice's side: ask='subscribe'.
+	expect(t, "nothing else for alice", a.Take(),
+		`<iq type='set' id='push6' to='alice@localhost/a'><query xmlns='jabber:iq:roster' ver='4'><item jid='carol@example.org' subscription='none' ask='subscribe'/></query></iq>`)
 	expect(t, "nothing else for bob", b.Take())
 
 	// Other presence is not the roster's.

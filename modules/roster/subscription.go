@@ -26,14 +26,7 @@ func (m *Module) subscription(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 	user, peer := sess.Local(), st.Local
 	switch {
 	case st.Addr == hook.ToRemote:
-		if st.Type == "subscribe" {
-			bare := st.Domain
-			if st.Local != "" {
-				bare = st.Local + "@" + st.Domain
-			}
-			c.Reply(stanza.AppendError(c.Scratch(), "presence", st.ID, bare, st.From, "cancel", "remote-server-not-found", "no server-to-server connections"))
-		}
-		return hook.Stop
+		return m.remoteSubscription(c, st) // remote.go
 	case st.Addr&(hook.ToBare|hook.ToFull) == 0 || peer == "" || peer == user:
 		// To nobody, to the server, or to the user's own account: there is
 		// no subscription to change.
@@ -360,6 +353,12 @@ type effects struct {
 	deliveries  []delivery
 	presence    [][2]string // [from, to] localparts: from's current presence to to
 	unavailable [][2]string // [from, to]: from's unavailable presence to to
+
+	// The same towards contacts of other domains (remote.go): to is a
+	// bare JID.
+	remote        []delivery // subscription stanzas, user is the bare JID to send to
+	presenceTo    [][2]string
+	unavailableTo [][2]string
 }
 
 type push struct {
@@ -427,6 +426,27 @@ func (m *Module) apply(host hook.Host, fx *effects) {
 				if b := addressed(last, to); b != nil {
 					host.Deliver(to, b)
 				}
+			}
+		})
+	}
+	for _, d := range fx.remote {
+		host.Deliver(d.user, d.b)
+	}
+	for _, p := range fx.presenceTo {
+		to := p[1]
+		host.Sessions(p[0], func(o hook.Session) {
+			if last := o.Presence(); last != nil {
+				if b := addressed(last, to); b != nil {
+					host.Deliver(to, b)
+				}
+			}
+		})
+	}
+	for _, p := range fx.unavailableTo {
+		to := p[1]
+		host.Sessions(p[0], func(o hook.Session) {
+			if o.Available() {
+				host.Deliver(to, stanza.AppendPresence(nil, "unavailable", o.Full(), to))
 			}
 		})
 	}

@@ -40,14 +40,15 @@ const (
 var containerEnv = [][2]string{
 	{"KRILL_C2S_LISTEN", "0.0.0.0:5222"},
 	{"KRILL_C2S_DIRECT_TLS_LISTEN", "0.0.0.0:5223"},
+	{"KRILL_S2S_LISTEN", "0.0.0.0:5269"},
 	{"KRILL_ADMIN_LISTEN", "0.0.0.0:5280"},
 	{"KRILL_DATA_DIR", dataDir},
 	{"KRILL_LOG_FORMAT", "json"},
 }
 
-// exposedPorts are c2s STARTTLS, c2s direct TLS (XEP-0368) and the admin
-// listener (health and metrics).
-var exposedPorts = []string{"5222/tcp", "5223/tcp", "5280/tcp"}
+// exposedPorts are c2s STARTTLS, c2s direct TLS (XEP-0368), server-to-server
+// (federation) and the admin listener (health and metrics).
+var exposedPorts = []string{"5222/tcp", "5223/tcp", "5269/tcp", "5280/tcp"}
 
 // volumes hold what must outlive the container: the database and the
 // generated development certificate, and the operator's certificates.

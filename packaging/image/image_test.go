@@ -256,7 +256,7 @@ func checkImage(t *testing.T, img v1.Image, binary []byte, arch string) map[stri
 		{"entrypoint", c.Entrypoint, []string{"/krill"}},
 		{"cmd", c.Cmd, []string{"serve"}},
 		{"working dir", c.WorkingDir, "/var/lib/krill"},
-		{"exposed ports", c.ExposedPorts, map[string]struct{}{"5222/tcp": {}, "5223/tcp": {}, "5280/tcp": {}}},
+		{"exposed ports", c.ExposedPorts, map[string]struct{}{"5222/tcp": {}, "5223/tcp": {}, "5269/tcp": {}, "5280/tcp": {}}},
 		{"volumes", c.Volumes, map[string]struct{}{"/var/lib/krill": {}, "/etc/krill/tls": {}}},
 		{"env", c.Env, imageEnv()},
 		{"healthcheck", c.Healthcheck, healthcheck},

@@ -1,0 +1,778 @@
+package server
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"go.uber.org/zap"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stream"
+
+	"github.com/krill-xmpp/krill/hook"
+	"github.com/krill-xmpp/krill/stanza"
+)
+
+// deliverRemote queues b, a stamped stanza, on the outbound stream to
+// domain, opening one if none exists. It returns 1: the stanza was taken
+// (queued, or bounced to its sender when it cannot be).
+func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
+	f := s.fed
+	for range 2 {
+		f.mu.Lock()
+		lk := f.links[domain]
+		fresh := lk == nil
+		if fresh {
+			lk = &s2sLink{domain: domain, started: time.Now(), loop: from}
+			if lk.loop == nil {
+				lk.loop = s.anyLoop()
+			}
+			if lk.loop == nil {
+				f.mu.Unlock()
+				s.bounce(b, "wait", "remote-server-timeout")
+				return 1
+			}
+			f.links[domain] = lk
+		}
+		f.mu.Unlock()
+		if fresh {
+			s.dial(lk)
+		}
+		switch lk.push(s, b) {
+		case pushOK:
+			return 1
+		case pushFull:
+			s.bounce(b, "wait", "resource-constraint")
+			return 1
+		}
+		// pushDead: the link closed meanwhile; a new one is made.
+	}
+	s.bounce(b, "cancel", "remote-server-not-found")
+	return 1
+}
+
+// anyLoop returns some event loop, for a link asked for by a worker.
+func (s *Server) anyLoop() *loop {
+	if lp := s.loopsV.Load(); lp != nil && len(*lp) > 0 {
+		return (*lp)[0]
+	}
+	return nil
+}
+
+type pushResult uint8
+
+const (
+	pushOK pushResult = iota
+	pushFull
+	pushDead
+)
+
+// push queues b on the link and, once the stream is authenticated, has
+// the link's loop write it.
+func (lk *s2sLink) push(s *Server, b []byte) pushResult {
+	lk.mu.Lock()
+	if lk.dead {
+		lk.mu.Unlock()
+		return pushDead
+	}
+	if lk.bytes+len(b) > s.conf().S2S.MaxQueueBytes {
+		lk.mu.Unlock()
+		return pushFull
+	}
+	lk.queue = append(lk.queue, b)
+	lk.bytes += len(b)
+	post := lk.ready && !lk.posted
+	lk.posted = lk.posted || post
+	lk.mu.Unlock()
+	if post {
+		lk.post(s)
+	}
+	return pushOK
+}
+
+// pushControl queues a dialback verify request, written as soon as the
+// stream is secure and open, before authentication.
+func (lk *s2sLink) pushControl(s *Server, b []byte) bool {
+	lk.mu.Lock()
+	if lk.dead {
+		lk.mu.Unlock()
+		return false
+	}
+	lk.control = append(lk.control, b)
+	post := lk.c != nil && !lk.posted
+	lk.posted = lk.posted || post
+	lk.mu.Unlock()
+	if post {
+		lk.post(s)
+	}
+	return true
+}
+
+func (lk *s2sLink) post(s *Server) {
+	err := lk.loop.el.Execute(bgctx, gnet.RunnableFunc(func(context.Context) error {
+		lk.drain(s)
+		return nil
+	}))
+	if err != nil {
+		lk.mu.Lock()
+		lk.posted = false
+		lk.mu.Unlock()
+	}
+}
+
+func (lk *s2sLink) isReady() bool {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	return lk.ready
+}
+
+// drain writes what waits, on the link's loop: verify requests once the
+// stream is open, stanzas once it is authenticated.
+func (lk *s2sLink) drain(s *Server) {
+	lk.mu.Lock()
+	c := lk.c
+	lk.posted = false
+	if c == nil || c.has(flagClosed) {
+		lk.mu.Unlock()
+		return
+	}
+	st := s2sOf(c)
+	var ctl, q [][]byte
+	if st != nil && st.id != "" && c.tr.secure() && c.tr.ready() {
+		ctl, lk.control = lk.control, nil
+	}
+	if lk.ready {
+		q, lk.queue, lk.bytes = lk.queue, nil, 0
+	}
+	lk.mu.Unlock()
+	c.cork()
+	for _, b := range ctl {
+		c.write(b)
+	}
+	for _, b := range q {
+		c.write(b)
+	}
+	c.uncork()
+	if n := len(q); n > 0 {
+		s.fed.stanzasOut.Add(uint64(n))
+		st.last = c.loop.since()
+	}
+}
+
+// dial resolves the link's domain and connects on a worker, then enrolls
+// the socket into the link's loop; OnOpen continues (openOutbound).
+func (s *Server) dial(lk *s2sLink) {
+	timeout := s.conf().S2S.ConnectTimeout
+	ok := s.pool.Submit(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		addrs, err := s.resolve(ctx, lk.domain)
+		if err != nil || len(addrs) == 0 {
+			s.log.Debug("s2s: no address", zap.String("domain", lk.domain), zap.Error(err))
+			s.linkGone(lk, nil, "remote-server-not-found")
+			return
+		}
+		var nc net.Conn
+		var direct bool
+		cond := "remote-server-not-found"
+		for _, a := range addrs {
+			var d net.Dialer
+			nc, err = d.DialContext(ctx, "tcp", a.addr)
+			if err == nil {
+				direct = a.direct
+				break
+			}
+			if ctx.Err() != nil {
+				cond = "remote-server-timeout"
+				break
+			}
+		}
+		if nc == nil {
+			s.log.Debug("s2s: connect failed", zap.String("domain", lk.domain), zap.Error(err))
+			s.linkGone(lk, nil, cond)
+			return
+		}
+		s.fed.dialled.Add(1)
+		res, err := lk.loop.el.Enroll(gnet.NewContext(context.Background(), &s2sDial{link: lk, direct: direct}), nc)
+		if err != nil {
+			_ = nc.Close()
+			s.linkGone(lk, nil, "remote-server-not-found")
+			return
+		}
+		// Bounded: a loop that stops never answers (Stop waits for
+		// the workers).
+		select {
+		case r := <-res:
+			if r.Err != nil {
+				s.linkGone(lk, nil, "remote-server-not-found")
+			}
+		case <-ctx.Done():
+			s.linkGone(lk, nil, "remote-server-timeout")
+		}
+	})
+	if ok != nil {
+		s.linkGone(lk, nil, "remote-server-timeout")
+	}
+}
+
+// s2sTarget is one address to try for a remote domain; direct is XEP-0368
+// direct TLS (from _xmpps-server._tcp).
+type s2sTarget struct {
+	addr   string
+	direct bool
+}
+
+// resolve returns the addresses to try for domain: its [s2s.routes]
+// entry; else the SRV records of _xmpps-server._tcp (direct TLS, XEP-0368)
+// and _xmpp-server._tcp merged by priority, direct TLS first on a tie; else
+// the domain itself on 5269 (RFC 6120 3.2.1). Runs on a worker.
+func (s *Server) resolve(ctx context.Context, domain string) ([]s2sTarget, error) {
+	if a, ok := s.cfg.S2S.Routes[domain]; ok {
+		return []s2sTarget{{addr: a}}, nil
+	}
+	lookup := s.fed.lookupSRV
+	if lookup == nil {
+		lookup = net.DefaultResolver.LookupSRV
+	}
+	type rec struct {
+		srv    *net.SRV
+		direct bool
+	}
+	var recs []rec
+	refused := 0
+	for _, svc := range []struct {
+		name   string
+		direct bool
+	}{{"xmpps-server", true}, {"xmpp-server", false}} {
+		_, srvs, err := lookup(ctx, svc.name, "tcp", domain)
+		if err != nil || len(srvs) == 0 {
+			continue
+		}
+		if len(srvs) == 1 && srvs[0].Target == "." {
+			refused++ // this service is not offered (RFC 2782)
+			continue
+		}
+		for _, r := range srvs {
+			recs = append(recs, rec{r, svc.direct})
+		}
+	}
+	if len(recs) == 0 {
+		if refused == 2 {
+			return nil, nil
+		}
+		return []s2sTarget{{addr: net.JoinHostPort(domain, "5269")}}, nil
+	}
+	// Stable: each lookup's order (priority, then weight) is kept.
+	slices.SortStableFunc(recs, func(a, b rec) int {
+		if a.srv.Priority != b.srv.Priority {
+			return int(a.srv.Priority) - int(b.srv.Priority)
+		}
+		if a.direct != b.direct {
+			if a.direct {
+				return -1
+			}
+			return 1
+		}
+		return 0
+	})
+	out := make([]s2sTarget, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, s2sTarget{addr: net.JoinHostPort(strings.TrimSuffix(r.srv.Target, "."), strconv.Itoa(int(r.srv.Port))), direct: r.direct})
+	}
+	return out, nil
+}
+
+// openOutbound sets up an enrolled outbound stream and opens it.
+func (s *Server) openOutbound(gc gnet.Conn, d *s2sDial) ([]byte, gnet.Action) {
+	lk := d.link
+	l := s.loopFor(gc.EventLoop())
+	c := &conn{gc: gc, loop: l, ip: makePeerAddr(addrIP(gc.RemoteAddr())), tr: plainTCP{}, flags: flagS2S | flagHeaderSent}
+	c.framer.SetLimits(stanza.Limits{MaxBytes: s.conf().S2S.MaxStanzaSize, MaxDepth: s.conf().C2S.MaxDepth})
+	gc.SetContext(c)
+	st := &s2sStream{link: lk, remote: lk.domain, outbound: true}
+	l.s2sAdd(c, st)
+	s.fed.outbound.Add(1)
+	lk.mu.Lock()
+	dead := lk.dead
+	if !dead {
+		lk.c = c
+	}
+	lk.mu.Unlock()
+	if dead {
+		c.setReason(reasonShutdown)
+		return nil, gnet.Close
+	}
+	// The connect deadline plays the pre-auth deadline's part.
+	c.preauthAt = lk.started.Add(s.conf().S2S.ConnectTimeout).Sub(s.epoch)
+	if d.direct {
+		// XEP-0368: TLS first (ALPN xmpp-server); the stream header
+		// follows the handshake (s2sSecured).
+		cfg := s.clientTLS(lk.domain)
+		cfg.NextProtos = []string{"xmpp-server"}
+		s.startS2STLS(c, cfg, true)
+		return nil, gnet.None
+	}
+	s.armDeadline(c)
+	return appendS2SHeader(nil, s.cfg.Domain, lk.domain, ""), gnet.None
+}
+
+// outboundElement runs the initiating side of the negotiation: STARTTLS,
+// then SASL EXTERNAL when offered, else dialback (XEP-0220), as Prosody
+// orders it.
+func (s *Server) outboundElement(c *conn, st *s2sStream, tag stanza.StartTag, ns, local string, unit []byte) {
+	switch {
+	case ns == nsStream && local == "features":
+		s.outboundFeatures(c, st, unit)
+	case ns == nsTLS && local == "proceed":
+		s.startS2STLS(c, s.clientTLS(st.remote), false)
+	case ns == nsTLS && local == "failure":
+		s.fail(c, stream.PolicyViolation.Err, "the peer refused TLS")
+	case ns == nsSASL && local == "success":
+		c.phase = phaseAuthHeader
+		c.framer.Reset()
+		c.write(appendS2SHeader(c.loop.scratch[:0], s.cfg.Domain, st.remote, ""))
+	case ns == nsSASL && local == "failure":
+		if !s.tryDialback(c, st) {
+			s.fail(c, stream.NotAuthorized.Err, "SASL EXTERNAL failed and dialback is not possible")
+		}
+	case ns == nsDialback && local == "result":
+		typ, _ := tag.AttrString("type")
+		if typ == "valid" {
+			s.linkReady(c, st)
+			return
+		}
+		s.fail(c, stream.NotAuthorized.Err, "dialback refused")
+	default:
+		s.fail(c, stream.UnsupportedStanzaType.Err, "this stream carries stanzas the other way")
+	}
+}
+
+// outboundFeatures acts on the receiving server's features.
+func (s *Server) outboundFeatures(c *conn, st *s2sStream, unit []byte) {
+	var tlsOffered, external, dialback bool
+	stanza.Children(unit, func(child []byte) bool {
+		t, err := stanza.ParseStartTag(child)
+		if err != nil {
+			return true
+		}
+		ns, _ := t.AttrString("xmlns")
+		switch {
+		case ns == nsTLS:
+			tlsOffered = true
+		case ns == nsSASL:
+			stanza.Children(child, func(m []byte) bool {
+				if v, err := stanza.Text(m); err == nil && v == "EXTERNAL" {
+					external = true
+				}
+				return true
+			})
+		case ns == nsDialbackFeature:
+			dialback = true
+		}
+		return true
+	})
+	switch {
+	case c.phase == phaseBind:
+		// Features of the stream restarted after SASL: authenticated.
+		s.linkReady(c, st)
+		return
+	case !c.tr.secure():
+		if !tlsOffered {
+			s.fail(c, stream.PolicyViolation.Err, "TLS is required")
+			return
+		}
+		c.write([]byte(`<starttls xmlns='` + nsTLS + `'/>`))
+		return
+	}
+	// Secure and open: verify requests for the peer may go now.
+	st.link.mu.Lock()
+	if len(st.link.control) > 0 && !st.link.posted {
+		st.link.posted = true
+		st.link.mu.Unlock()
+		st.link.drain(s)
+	} else {
+		st.link.mu.Unlock()
+	}
+	if external && !st.triedExt {
+		st.triedExt = true
+		c.write([]byte(`<auth xmlns='` + nsSASL + `' mechanism='EXTERNAL'>` + b64(s.cfg.Domain) + `</auth>`))
+		return
+	}
+	st.dbSent = false
+	if !dialback || !s.tryDialback(c, st) {
+		s.fail(c, stream.NotAuthorized.Err, "no authentication method in common")
+	}
+}
+
+// tryDialback sends db:result, unless policy needs a valid certificate
+// the peer does not have (XEP-0344: no dialback to paper over it then).
+func (s *Server) tryDialback(c *conn, st *s2sStream) bool {
+	if st.dbSent || st.id == "" {
+		return false
+	}
+	if !st.verified && s.cfg.S2S.RequireValidCertsFrom(st.remote) {
+		return false
+	}
+	st.dbSent = true
+	key := s.fed.dialbackKey(st.remote, s.cfg.Domain, st.id)
+	b := append(c.loop.scratch[:0], `<db:result from='`...)
+	b = stanza.AppendEscaped(b, s.cfg.Domain)
+	b = append(b, `' to='`...)
+	b = stanza.AppendEscaped(b, st.remote)
+	b = append(b, `'>`+key+`</db:result>`...)
+	c.write(b)
+	c.loop.scratch = b[:0]
+	return true
+}
+
+// linkReady marks an outbound stream authenticated and writes what waits.
+func (s *Server) linkReady(c *conn, st *s2sStream) {
+	c.phase = phaseSession
+	lk := st.link
+	lk.mu.Lock()
+	lk.ready = true
+	lk.posted = true
+	lk.mu.Unlock()
+	st.last = c.loop.since()
+	s.armIdle(c, st)
+	s.log.Debug("s2s outbound authenticated", zap.String("domain", st.remote))
+	lk.drain(s)
+}
+
+// linkGone ends a link: it leaves the table and what it queued is bounced
+// with cond. c is the stream that closed, nil when none was enrolled.
+func (s *Server) linkGone(lk *s2sLink, c *conn, cond string) {
+	f := s.fed
+	f.mu.Lock()
+	if f.links[lk.domain] == lk {
+		delete(f.links, lk.domain)
+	}
+	f.mu.Unlock()
+	lk.mu.Lock()
+	if c != nil && lk.c != c && lk.c != nil {
+		lk.mu.Unlock()
+		return
+	}
+	lk.dead = true
+	q, ctl := lk.queue, lk.control
+	lk.queue, lk.control, lk.bytes = nil, nil, 0
+	lk.mu.Unlock()
+	typ := "cancel"
+	if cond == "remote-server-timeout" {
+		typ = "wait"
+	}
+	for _, b := range q {
+		s.bounce(b, typ, cond)
+	}
+	for _, b := range ctl {
+		// A verify request that cannot go: its inbound stream is told.
+		if tag, err := stanza.ParseStartTag(b); err == nil {
+			id, _ := tag.AttrString("id")
+			s.dbAnswer(id, "", false)
+		}
+	}
+}
+
+// bounce returns an error for b, a stanza that could not be delivered, to
+// its local sender. Errors are never bounced (no loops), nor unavailable
+// presence.
+func (s *Server) bounce(b []byte, typ, cond string) {
+	tag, err := stanza.ParseStartTag(b)
+	if err != nil {
+		return
+	}
+	t, _ := tag.AttrString("type")
+	kind := string(tag.Local())
+	if t == "error" || (kind == "presence" && t != "" && t != "subscribe" && t != "probe") {
+		return
+	}
+	from, _ := tag.AttrString("from")
+	to, _ := tag.AttrString("to")
+	if from == "" {
+		return
+	}
+	fl, fd, _ := splitJID(from)
+	if fd != s.cfg.Domain || fl == "" {
+		return
+	}
+	id, _ := tag.AttrString("id")
+	s.fed.bounced.Add(1)
+	e := stanza.AppendError(nil, kind, id, to, from, typ, cond, "")
+	s.deliver(nil, from, e)
+}
+
+// dbResult handles an inbound db:result (XEP-0220 2.1.2): the key is
+// checked with the authoritative server over our outbound stream to it,
+// unless the peer's certificate already proves the domain.
+func (s *Server) dbResult(c *conn, st *s2sStream, tag stanza.StartTag, unit []byte) {
+	from, _ := tag.AttrString("from")
+	to, _ := tag.AttrString("to")
+	answer := func(typ, cond string) {
+		b := append(c.loop.scratch[:0], `<db:result from='`...)
+		b = stanza.AppendEscaped(b, s.cfg.Domain)
+		b = append(b, `' to='`...)
+		b = stanza.AppendEscaped(b, from)
+		b = append(b, `' type='`+typ+`'`...)
+		if cond != "" {
+			b = append(b, `><error type='cancel'><`+cond+` xmlns='`+nsStanzas+`'/></error></db:result>`...)
+		} else {
+			b = append(b, `/>`...)
+		}
+		c.write(b)
+		c.loop.scratch = b[:0]
+	}
+	fj, err := jid.Parse(from)
+	switch {
+	case !c.tr.secure():
+		s.fail(c, stream.PolicyViolation.Err, "dialback only over TLS")
+		return
+	case err != nil || fj.Localpart() != "" || fj.Resourcepart() != "":
+		answer("error", "jid-malformed")
+		return
+	case to != s.cfg.Domain:
+		answer("error", "item-not-found")
+		return
+	case st.remote != "" && fj.String() != st.remote:
+		// One domain per stream: no piggybacking.
+		answer("error", "not-acceptable")
+		return
+	case st.dbWait:
+		answer("error", "not-acceptable")
+		return
+	}
+	st.remote = fj.String()
+	if s.cfg.S2S.RequireValidCertsFrom(st.remote) && !st.verified {
+		answer("error", "not-authorized")
+		return
+	}
+	if st.verified {
+		// XEP-0344: the certificate proves the domain; no dialback round.
+		s.fed.authDB.Add(1)
+		answer("valid", "")
+		s.s2sAuthenticated(c, st)
+		return
+	}
+	key, err := stanza.Text(unit)
+	if err != nil || key == "" {
+		answer("error", "bad-request")
+		return
+	}
+	st.dbWait = true
+	f := s.fed
+	f.mu.Lock()
+	f.verifies[st.id] = c
+	f.mu.Unlock()
+	v := []byte(`<db:verify from='`)
+	v = stanza.AppendEscaped(v, s.cfg.Domain)
+	v = append(v, `' to='`...)
+	v = stanza.AppendEscaped(v, st.remote)
+	v = append(v, `' id='`+st.id+`'>`...)
+	v = stanza.AppendEscaped(v, key)
+	v = append(v, `</db:verify>`...)
+	s.verifyVia(st.remote, v)
+}
+
+// verifyVia sends a db:verify request on the outbound stream to domain,
+// opening one if needed.
+func (s *Server) verifyVia(domain string, v []byte) {
+	f := s.fed
+	for range 2 {
+		f.mu.Lock()
+		lk := f.links[domain]
+		fresh := lk == nil
+		if fresh {
+			lk = &s2sLink{domain: domain, started: time.Now(), loop: s.anyLoop()}
+			f.links[domain] = lk
+		}
+		f.mu.Unlock()
+		if fresh {
+			s.dial(lk)
+		}
+		if lk.pushControl(s, v) {
+			return
+		}
+	}
+	if tag, err := stanza.ParseStartTag(v); err == nil {
+		id, _ := tag.AttrString("id")
+		s.dbAnswer(id, "", false)
+	}
+}
+
+// dbVerify handles db:verify: a request (no type) we answer as the
+// authoritative server, on the stream it came on; an answer (type) to a
+// request of ours, handed to the inbound stream waiting for it.
+func (s *Server) dbVerify(c *conn, st *s2sStream, tag stanza.StartTag, unit []byte) {
+	from, _ := tag.AttrString("from")
+	to, _ := tag.AttrString("to")
+	id, _ := tag.AttrString("id")
+	if typ, ok := tag.AttrString("type"); ok {
+		if st.outbound {
+			s.dbAnswer(id, from, typ == "valid")
+		}
+		return
+	}
+	if !c.tr.secure() || st.outbound {
+		s.fail(c, stream.PolicyViolation.Err, "dialback verification only over an inbound TLS stream")
+		return
+	}
+	key, _ := stanza.Text(unit)
+	typ := "invalid"
+	if to == s.cfg.Domain && key != "" && hmacEqual(key, s.fed.dialbackKey(from, to, id)) {
+		typ = "valid"
+	}
+	b := append(c.loop.scratch[:0], `<db:verify from='`...)
+	b = stanza.AppendEscaped(b, to)
+	b = append(b, `' to='`...)
+	b = stanza.AppendEscaped(b, from)
+	b = append(b, `' id='`...)
+	b = stanza.AppendEscaped(b, id)
+	b = append(b, `' type='`+typ+`'/>`...)
+	c.write(b)
+	c.loop.scratch = b[:0]
+}
+
+// dbAnswer completes the dialback of the inbound stream whose id is id.
+func (s *Server) dbAnswer(id, from string, valid bool) {
+	f := s.fed
+	f.mu.Lock()
+	c := f.verifies[id]
+	delete(f.verifies, id)
+	f.mu.Unlock()
+	if c == nil {
+		return
+	}
+	s.onLoop(c, func() {
+		st := s2sOf(c)
+		if st == nil || !st.dbWait || (from != "" && from != st.remote) {
+			return
+		}
+		st.dbWait = false
+		b := append(c.loop.scratch[:0], `<db:result from='`...)
+		b = stanza.AppendEscaped(b, s.cfg.Domain)
+		b = append(b, `' to='`...)
+		b = stanza.AppendEscaped(b, st.remote)
+		if !valid {
+			b = append(b, `' type='invalid'/>`...)
+			c.write(b)
+			c.loop.scratch = b[:0]
+			s.fed.authFailed.Add(1)
+			s.fail(c, stream.NotAuthorized.Err, "dialback key not confirmed")
+			return
+		}
+		b = append(b, `' type='valid'/>`...)
+		c.write(b)
+		c.loop.scratch = b[:0]
+		s.fed.authDB.Add(1)
+		s.s2sAuthenticated(c, st)
+	})
+}
+
+func hmacEqual(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	var v byte
+	for i := 0; i < len(a); i++ {
+		v |= a[i] ^ b[i]
+	}
+	return v == 0
+}
+
+// fromRemote routes a stanza from an authenticated peer to a local JID as
+// a local one would be: the modules with a remote side first
+// (hook.Inbound), then sessions, then for a message nobody took the
+// Undelivered stage (offline storage), else the RFC 6121 8.5 answer, sent
+// back over federation.
+func (s *Server) fromRemote(c *conn, tag stanza.StartTag, local, from string, to jid.JID, unit []byte) {
+	kind, _ := hook.KindOf(tag.Local())
+	typ, _ := tag.AttrString("type")
+	st := &c.loop.stanza
+	*st = hook.Stanza{Kind: kind, Type: typ, From: from, To: to.String(), Tag: tag, Raw: unit}
+	st.ID, _ = tag.AttrString("id")
+	if !s.address(st) {
+		return
+	}
+	if kind == hook.IQ {
+		st.Payload, st.NS, st.Name, _ = payloadOf(unit)
+	}
+	cx := c.loop.ctxFor(c, st)
+	defer cx.Reset(nil, nil, nil)
+	for _, m := range s.fed.inbound {
+		if m.InboundStanza(cx, st) == hook.Stop {
+			return
+		}
+	}
+	if st.Local == "" || (kind == hook.IQ && st.Resource == "") {
+		// To the server or an account: ping is answered; other requests
+		// of remote senders have no module yet.
+		if kind == hook.IQ && (typ == "get" || typ == "set") {
+			if st.NS == nsPing && st.Name == "ping" {
+				// Addressed: a reply to a remote sender has a to.
+				cx.Reply(stanza.AppendResult(cx.Scratch(), st.ID, st.To, st.From, nil))
+				return
+			}
+			cx.ReplyError("cancel", "service-unavailable", "")
+		}
+		return
+	}
+	if s.deliverTo(c.loop, st.Local, st.Domain, st.Resource, unit) > 0 {
+		return
+	}
+	switch {
+	case kind == hook.Presence:
+		return
+	case kind == hook.IQ:
+		cx.ReplyError("cancel", "service-unavailable", "")
+		return
+	case typ == "error" || typ == "headline" || typ == "groupchat":
+		return
+	}
+	if st.Addr == hook.ToFull {
+		st.Addr = hook.ToBare // undelivered to a full JID: tried as the bare JID
+	}
+	if s.hooks.Stanza(cx, hook.Undelivered, st) == hook.Stop {
+		return
+	}
+	cx.ReplyError("cancel", "service-unavailable", "")
+}
+
+// s2sListen returns the gnet addresses of the s2s listeners, resolving
+// port 0 first.
+func (s *Server) s2sListen() ([]string, error) {
+	f := s.fed
+	var addrs []string
+	var err error
+	if s.cfg.S2S.Listen != "" {
+		if f.listen, err = concretePort(s.cfg.S2S.Listen); err != nil {
+			return nil, err
+		}
+		f.port = portOf(f.listen)
+		addrs = append(addrs, "tcp://"+f.listen)
+	}
+	if s.cfg.S2S.DirectTLSListen != "" {
+		if f.directListen, err = concretePort(s.cfg.S2S.DirectTLSListen); err != nil {
+			return nil, err
+		}
+		f.directPort = portOf(f.directListen)
+		addrs = append(addrs, "tcp://"+f.directListen)
+	}
+	comp, err := s.componentListen()
+	return append(addrs, comp...), err
+}
+
+// S2SDirectTLSAddr returns the s2s direct TLS listener's address, or ""
+// when it is off.
+func (s *Server) S2SDirectTLSAddr() string { return s.fed.directListen }
+
+// S2SAddr returns the s2s listener's address, or nil when it is off.
+func (s *Server) S2SAddr() net.Addr {
+	if s.fed.listen == "" {
+		return nil
+	}
+	a, _ := net.ResolveTCPAddr("tcp", s.fed.listen)
+	return a
+}
