@@ -689,9 +689,9 @@ func TestSeedScenarioSASL2(t *testing.T) {
 		`krill_logins_by_profile_total{profile="sasl"} 1`,
 		`krill_logins_by_profile_total{profile="sasl2"} 2`,
 		`krill_logins_by_profile_total{profile="fast"} 0`,
-		fmt.Sprintf(`krill_connections_closed_total{reason="deadline"} %d`, deadline),
-		fmt.Sprintf(`krill_connections_closed_total{reason="policy"} %d`, policy+1),
-		fmt.Sprintf(`krill_connections_closed_total{reason="error"} %d`, badInput),
+		fmt.Sprintf(`krill_connections_closed_total{kind="c2s",reason="deadline"} %d`, deadline),
+		fmt.Sprintf(`krill_connections_closed_total{kind="c2s",reason="policy"} %d`, policy+1),
+		fmt.Sprintf(`krill_connections_closed_total{kind="c2s",reason="error"} %d`, badInput),
 	} {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("metrics lack %s; stats %+v", want, after)
