@@ -187,6 +187,7 @@ func (s *Server) Start() error {
 			return err
 		}
 		addrs = append(addrs, "tcp://"+s.webListen)
+		s.startTransfers()
 	}
 	// gnet.Rotate blocks for the engine's life; its event loops are the
 	// only goroutines that serve clients.
@@ -315,6 +316,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		}
 	}
 	s.pool.Close()
+	if s.web.xfer != nil {
+		s.web.xfer.Close()
+	}
 	return err
 }
 
