@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -31,7 +32,7 @@ const uploadSvc = "upload.localhost"
 type uploadEnv struct {
 	srv   *server.Server
 	mod   *upload.Module
-	dir   string // upload.path
+	dir   string       // upload.path
 	clock atomic.Int64 // UnixNano
 	http  *http.Client
 }
@@ -357,4 +358,69 @@ func TestUploadExpiry(t *testing.T) {
 	}
 	// Its 5 bytes of quota are free again.
 	e.requestSlot(t, c, "n", "new.txt", 5, "")
+}
+
+// A PUT whose client goes away mid-body frees its claim and its quota: the
+// slot can be used again. While it runs it holds the one transfer
+// upload.max_transfers allows, so another gets 503. A client that asks
+// for 100 Continue gets it before it sends the body.
+func TestUploadAbortAndTransferCap(t *testing.T) {
+	e := startUpload(t, func(c *config.Config) {
+		c.Upload.MaxTransfers = 1
+		c.Upload.UserQuota = 101 << 10
+	}, "alice")
+	c := dialRaw(t, e.srv)
+	c.scramLogin("alice", testPassword, "r")
+	data := make([]byte, 100<<10)
+	_, _ = rand.Read(data)
+	s := e.requestSlot(t, c, "s1", "big.bin", len(data), "")
+	small := e.requestSlot(t, c, "s2", "small.bin", 3, "")
+
+	path := strings.TrimPrefix(s.put, "http://"+e.srv.WebAddr().String())
+	raw := dialWeb(t, e.srv)
+	raw.send(fmt.Sprintf("PUT %s HTTP/1.1\r\nHost: localhost\r\nAuthorization: %s\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", path, s.auth, len(data)))
+	raw.expect(t, "HTTP/1.1 100 Continue\r\n\r\n")
+	raw.send(string(data[:1000]))
+	// The transfer is counted once the 100 Continue is out: the cap is
+	// reached.
+	resp, body := e.do(t, "PUT", small.put, []byte("abc"), "Authorization", small.auth)
+	wantStatus(t, "PUT beside a running transfer", resp, body, 503)
+	_ = raw.conn.Close()
+
+	ok := waitFor(ioTimeout, func() bool {
+		resp, body := e.do(t, "PUT", small.put, []byte("abc"), "Authorization", small.auth)
+		return resp.StatusCode == 201 && string(body) == "stored\n"
+	})
+	if !ok {
+		t.Fatal("the aborted transfer was not counted out")
+	}
+	// The aborted slot is free again, and the whole quota with it.
+	req, _ := http.NewRequest("PUT", s.put, bytes.NewReader(data))
+	req.Header.Set("Authorization", s.auth)
+	req.Header.Set("Expect", "100-continue")
+	cl := &http.Client{Timeout: ioTimeout, Transport: &http.Transport{DisableKeepAlives: true, ExpectContinueTimeout: ioTimeout}}
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("PUT after the abort: %d", resp.StatusCode)
+	}
+	resp, body = e.do(t, "GET", s.get, nil)
+	wantStatus(t, "GET", resp, body, 200)
+	if !bytes.Equal(body, data) {
+		t.Fatal("GET differs from the PUT")
+	}
+}
+
+// dialWeb connects to the web listener for raw HTTP.
+func dialWeb(t *testing.T, srv *server.Server) *rawConn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", srv.WebAddr().String(), ioTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return &rawConn{t: t, conn: conn}
 }

@@ -50,7 +50,13 @@ const (
 	wsWait wsStage = iota + wsClosing + 1 // a route's Async job runs
 	wsBody                                // Receive: a request body goes to a transfer worker
 	wsSend                                // Send: a file goes out
+	wsDrain                               // answered: the refused body is read and dropped
 )
+
+// maxDrain caps the refused request body read after the answer. Closing
+// with the body unread would reset the connection (RFC 9112 section 9.6),
+// and the client could lose the answer; a larger body is not waited for.
+const maxDrain = 1 << 20
 
 // webXfer is a transfer in progress, in wsPartial.
 type webXfer struct {
@@ -150,10 +156,41 @@ func (r *webReq) Respond(status int, ctype, header string, body []byte) {
 		return
 	}
 	r.s.webWrite(r.c, r.w, status, ctype, header, body, r.isHead())
+	if n := r.bodyLeft(); n > 0 && n <= maxDrain {
+		r.w.partial().drain = n
+		r.w.stage = wsDrain
+		return
+	}
 	r.s.shut(r.c, reasonClient)
 }
 
-func (r *webReq) isHead() bool { return r.w.part != nil && r.w.part.head || r.req != nil && string(r.req.method) == "HEAD" }
+// bodyLeft is the request body not read yet.
+func (r *webReq) bodyLeft() int64 {
+	switch {
+	case r.expects100() && (r.w.part == nil || r.w.part.xfer == nil):
+		return 0 // refused before 100 Continue: the client sends no body
+	case r.w.part != nil && r.w.part.xfer != nil:
+		return r.w.part.xfer.left
+	case r.req != nil:
+		return max(r.req.clen, 0)
+	case r.w.part != nil:
+		return r.w.part.drain
+	}
+	return 0
+}
+
+// webDrain drops the body of a refused request, then closes.
+func (s *Server) webDrain(c *conn, w *wsConn, buf []byte) {
+	p := w.part
+	p.drain -= min(int64(len(buf)), p.drain)
+	if p.drain == 0 {
+		s.shut(c, reasonClient)
+	}
+}
+
+func (r *webReq) isHead() bool {
+	return r.w.part != nil && r.w.part.head || r.req != nil && string(r.req.method) == "HEAD"
+}
 
 // Async runs job on the transfer pool with the connection's input held.
 func (r *webReq) Async(job func() func(gone bool), busy func()) {
@@ -163,6 +200,9 @@ func (r *webReq) Async(job func() func(gone bool), busy func()) {
 	}
 	if r.req != nil && r.req.expect100 {
 		w.partial().expect = true
+	}
+	if r.req != nil && r.req.clen > 0 {
+		w.partial().drain = r.req.clen
 	}
 	if w.stage == wsHTTP {
 		w.stage = wsWait

@@ -66,6 +66,9 @@ type wsPartial struct {
 	// Expect: 100-continue.
 	xfer         *webXfer
 	head, expect bool
+	// drain is the request body still to be read and dropped after an
+	// answer that refused it (webroute.go).
+	drain int64
 }
 
 // partial returns w.part, allocating it.
@@ -78,7 +81,7 @@ func (w *wsConn) partial() *wsPartial {
 
 // tidy drops w.part once it holds nothing.
 func (w *wsConn) tidy() {
-	if p := w.part; p != nil && p.frag == nil && p.out == nil && p.xfer == nil && !p.head && !p.expect {
+	if p := w.part; p != nil && p.frag == nil && p.out == nil && p.xfer == nil && !p.head && !p.expect && p.drain == 0 {
 		w.part = nil
 	}
 }
@@ -207,6 +210,9 @@ func (s *Server) webInput(c *conn, buf []byte) int {
 		return off + s.webBody(c, w, buf[off:])
 	case wsSend:
 		return len(buf) // nothing more is read during a download
+	case wsDrain:
+		s.webDrain(c, w, buf[off:])
+		return len(buf)
 	}
 	return off // wsHTTP after an answer, wsWait: held below
 }
