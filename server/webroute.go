@@ -47,10 +47,10 @@ const drainPoll = 5 * time.Millisecond
 
 // More web stages (ws.go has wsHTTP, wsOpen, wsClosing).
 const (
-	wsWait wsStage = iota + wsClosing + 1 // a route's Async job runs
-	wsBody                                // Receive: a request body goes to a transfer worker
-	wsSend                                // Send: a file goes out
-	wsDrain                               // answered: the refused body is read and dropped
+	wsWait  wsStage = iota + wsClosing + 1 // a route's Async job runs
+	wsBody                                 // Receive: a request body goes to a transfer worker
+	wsSend                                 // Send: a file goes out
+	wsDrain                                // answered: the refused body is read and dropped
 )
 
 // maxDrain caps the refused request body read after the answer. Closing
