@@ -151,7 +151,7 @@ func TestUploadPutGet(t *testing.T) {
 			t.Errorf("preflight %s = %q, want %q", k, got, v)
 		}
 	}
-	resp, body = e.do(t, "OPTIONS", s.put, nil, "Origin", "https://evil.example")
+	resp, _ = e.do(t, "OPTIONS", s.put, nil, "Origin", "https://evil.example")
 	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" {
 		t.Errorf("preflight from another origin allowed: %q", got)
 	}

@@ -30,8 +30,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
@@ -65,7 +63,6 @@ type Module struct {
 	domain string
 	secret []byte
 	base   atomic.Pointer[string] // the web listener's base URL
-	log    *zap.Logger
 
 	mu     sync.Mutex
 	used   map[string]int64    // bytes stored (and being stored) per account
