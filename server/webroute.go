@@ -179,6 +179,14 @@ func (r *webReq) bodyLeft() int64 {
 	return 0
 }
 
+// drainLeft is the announced request body not read yet, past the head.
+func (w *wsConn) drainLeft() int64 {
+	if w.part == nil {
+		return 0
+	}
+	return w.part.drain
+}
+
 // webDrain drops the body of a refused request, then closes.
 func (s *Server) webDrain(c *conn, w *wsConn, buf []byte) {
 	p := w.part
@@ -297,6 +305,13 @@ func (r *webReq) expects100() bool {
 // webBody takes the body of a Receive from the plaintext below.
 func (s *Server) webBody(c *conn, w *wsConn, buf []byte) int {
 	x := w.part.xfer
+	if int64(len(buf)) > x.left+maxRequestHead {
+		// More than the announced body: what gnet buffers for a transfer
+		// is bounded by its Content-Length (at most upload.max_file_size).
+		s.log.Debug("web transfer refused", zap.String("why", "input beyond Content-Length"), zap.Stringer("ip", c.ip))
+		s.shut(c, reasonPolicy)
+		return len(buf)
+	}
 	if x.busy || x.ended {
 		return 0
 	}

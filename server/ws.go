@@ -214,6 +214,10 @@ func (s *Server) webInput(c *conn, buf []byte) int {
 		s.webDrain(c, w, buf[off:])
 		return len(buf)
 	}
+	if w.stage == wsWait && int64(len(buf)-off) > w.drainLeft()+maxRequestHead {
+		s.shut(c, reasonPolicy) // input beyond the announced body while a route's job runs
+		return len(buf)
+	}
 	return off // wsHTTP after an answer, wsWait: held below
 }
 
