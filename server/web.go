@@ -57,6 +57,12 @@ type webState struct {
 	modRoutes bool
 	xfer      *workpool.Pool
 	xfers     atomic.Int32
+	// handshakeHold is what a web connection may have in gnet's buffer
+	// beyond maxHandshakeInput while its TLS handshake runs: with module
+	// routes, a request head and the largest upload (which a client sends
+	// right after its Finished, and which a transfer may buffer anyway);
+	// else nothing more.
+	handshakeHold int
 	// tls is the c2s TLS configuration with ALPN http/1.1, which
 	// browsers and WebSocket clients offer (and Go refuses a handshake
 	// whose ALPN offer it shares nothing with).

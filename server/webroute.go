@@ -88,6 +88,9 @@ func (s *Server) initWebRoutes() {
 			s.web.modRoutes = true
 		}
 	}
+	if s.web.modRoutes {
+		s.web.handshakeHold = maxRequestHead + int(min(s.cfg.Upload.MaxFileSize, 1<<30))
+	}
 }
 
 // startTransfers makes the transfer pool and tells modules the web
