@@ -42,6 +42,7 @@ type Config struct {
 	MAM       MAM       `koanf:"mam"`
 	MUC       MUC       `koanf:"muc"`
 	Web       Web       `koanf:"web"`
+	Upload    Upload    `koanf:"upload"`
 	S2S       S2S       `koanf:"s2s"`
 	Component Component `koanf:"component"`
 }
@@ -173,6 +174,52 @@ type Web struct {
 	// see-other-uri sends the client there (RFC 7395, see-other-uri): for
 	// moving clients to another endpoint.
 	SeeOtherURI string `koanf:"see_other_uri"`
+}
+
+// Upload configures XEP-0363 HTTP file upload (modules/upload): a slot
+// service on its own domain, PUT and GET on the web listener.
+type Upload struct {
+	// Domain is the slot service's domain: "" means upload.<domain>, "off"
+	// turns the service off. It needs web.listen: files move over HTTP.
+	Domain string `koanf:"domain"`
+	// MaxFileSize is the largest file in bytes, announced in disco
+	// (max-file-size).
+	MaxFileSize int64 `koanf:"max_file_size"`
+	// SlotTTL is how long a slot's PUT URL is valid after it is issued.
+	SlotTTL time.Duration `koanf:"slot_ttl"`
+	// UserQuota caps the bytes of stored files one account has uploaded;
+	// 0 means no cap.
+	UserQuota int64 `koanf:"user_quota"`
+	// TotalQuota caps the bytes of all stored files; 0 means no cap.
+	TotalQuota int64 `koanf:"total_quota"`
+	// ExpireAfter is how long a file is kept after its upload; 0 keeps
+	// files for ever.
+	ExpireAfter time.Duration `koanf:"expire_after"`
+	// Path is the directory files are stored in; "" means DataDir/upload.
+	Path string `koanf:"path"`
+	// MaxTransfers caps the PUTs and GETs in progress at once; one more is
+	// answered 503 with Retry-After.
+	MaxTransfers int `koanf:"max_transfers"`
+}
+
+// UploadDomain returns the upload slot service's domain, "" when the
+// service is off.
+func (c *Config) UploadDomain() string {
+	switch c.Upload.Domain {
+	case "off":
+		return ""
+	case "":
+		return "upload." + c.Domain
+	}
+	return c.Upload.Domain
+}
+
+// UploadPath returns the directory uploaded files are kept in.
+func (c *Config) UploadPath() string {
+	if c.Upload.Path != "" {
+		return c.Upload.Path
+	}
+	return filepath.Join(c.DataDir, "upload")
 }
 
 // CSI configures XEP-0352 client state indication: what a session that
@@ -487,6 +534,14 @@ const (
 	DefaultMUCMessageRate  = 5
 	DefaultMUCIdleUnload   = 10 * time.Minute
 	DefaultMUCMaxRooms     = 50
+	// XEP-0363 HTTP upload defaults: 10 MiB files (what Prosody's
+	// mod_http_file_share allows), slots valid 5 minutes, 1 GiB per
+	// account, files kept 7 days, 64 transfers at once.
+	DefaultUploadMaxFileSize  = 10 << 20
+	DefaultUploadSlotTTL      = 5 * time.Minute
+	DefaultUploadUserQuota    = 1 << 30
+	DefaultUploadExpireAfter  = 7 * 24 * time.Hour
+	DefaultUploadMaxTransfers = 64
 )
 
 // Default returns the configuration used when nothing is set.
@@ -535,9 +590,11 @@ func Default() Config {
 		PEP:  PEP{MaxNodes: 64, MaxItems: 256, MaxItemBytes: 128 << 10, MaxBytes: 4 << 20},
 		MUC: MUC{MaxRoomsPerUser: DefaultMUCMaxRooms, MaxOccupants: DefaultMUCMaxOccupants,
 			MaxHistory: DefaultMUCMaxHistory, MessageRate: DefaultMUCMessageRate, IdleUnload: DefaultMUCIdleUnload},
-		Web:       Web{Path: DefaultWebPath, AllowedOrigins: []string{}},
+		Upload: Upload{MaxFileSize: DefaultUploadMaxFileSize, SlotTTL: DefaultUploadSlotTTL,
+			UserQuota: DefaultUploadUserQuota, ExpireAfter: DefaultUploadExpireAfter, MaxTransfers: DefaultUploadMaxTransfers},
 		S2S:       defaultS2S(),
 		Component: Component{Listen: DefaultComponentListen},
+		Web:       Web{Path: DefaultWebPath, AllowedOrigins: []string{}},
 	}
 }
 
@@ -770,6 +827,29 @@ func (c *Config) Validate() error {
 		if d == c.Domain || strings.ContainsAny(d, "@/ ") || strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") {
 			bad("muc.domain", c.MUC.Domain, `must be a domain other than domain, "" (conference.<domain>) or "off"`)
 		}
+	}
+	if d := c.UploadDomain(); d != "" {
+		if d == c.Domain || d == c.MUCDomain() || strings.ContainsAny(d, "@/ ") || strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") {
+			bad("upload.domain", c.Upload.Domain, `must be a domain other than domain and muc.domain, "" (upload.<domain>) or "off"`)
+		}
+	}
+	if c.Upload.MaxFileSize < 1 {
+		bad("upload.max_file_size", c.Upload.MaxFileSize, "must be >= 1")
+	}
+	if c.Upload.SlotTTL <= 0 {
+		bad("upload.slot_ttl", c.Upload.SlotTTL, "must be > 0")
+	}
+	if c.Upload.UserQuota < 0 {
+		bad("upload.user_quota", c.Upload.UserQuota, "must be >= 0")
+	}
+	if c.Upload.TotalQuota < 0 {
+		bad("upload.total_quota", c.Upload.TotalQuota, "must be >= 0")
+	}
+	if c.Upload.ExpireAfter < 0 {
+		bad("upload.expire_after", c.Upload.ExpireAfter, "must be >= 0")
+	}
+	if c.Upload.MaxTransfers < 1 {
+		bad("upload.max_transfers", c.Upload.MaxTransfers, "must be >= 1")
 	}
 	if c.MUC.MaxRoomsPerUser < 0 {
 		bad("muc.max_rooms_per_user", c.MUC.MaxRoomsPerUser, "must be >= 0")

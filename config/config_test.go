@@ -125,6 +125,12 @@ func TestLoadErrors(t *testing.T) {
 			"KRILL_MUC_MAX_ROOMS_PER_USER=-1", "KRILL_MUC_IDLE_UNLOAD=-1s"}, []string{
 			"muc.max_occupants: must be >= 1, got 0", "muc.max_history: must be between 0 and 1000, got 1001",
 			"muc.message_rate: must be >= 0, got -1", "muc.max_rooms_per_user: must be >= 0, got -1", "muc.idle_unload: must be >= 0, got -1s"}},
+		{"upload domain is the muc domain", "", []string{"KRILL_DOMAIN=example.org", "KRILL_UPLOAD_DOMAIN=conference.example.org"}, []string{
+			`upload.domain: must be a domain other than domain and muc.domain, "" (upload.<domain>) or "off", got conference.example.org`}},
+		{"upload limits", "", []string{"KRILL_UPLOAD_MAX_FILE_SIZE=0", "KRILL_UPLOAD_SLOT_TTL=0s", "KRILL_UPLOAD_USER_QUOTA=-1",
+			"KRILL_UPLOAD_TOTAL_QUOTA=-1", "KRILL_UPLOAD_EXPIRE_AFTER=-1s", "KRILL_UPLOAD_MAX_TRANSFERS=0"}, []string{
+			"upload.max_file_size: must be >= 1, got 0", "upload.slot_ttl: must be > 0, got 0s", "upload.user_quota: must be >= 0, got -1",
+			"upload.total_quota: must be >= 0, got -1", "upload.expire_after: must be >= 0, got -1s", "upload.max_transfers: must be >= 1, got 0"}},
 		{"every invalid value at once", "testdata/invalid.toml", nil, []string{
 			"domain: must not be empty", "preauth.timeout: must be > 0, got 0s",
 			"preauth.max_failed_auth: must be >= 1, got 0",
@@ -194,5 +200,30 @@ func TestMUCDomain(t *testing.T) {
 		if got := c.MUCDomain(); got != tc.want {
 			t.Errorf("domain %q, muc.domain %q: MUCDomain() = %q, want %q", tc.domain, tc.muc, got, tc.want)
 		}
+	}
+}
+
+// TestUploadDomain: "" is upload.<domain>, "off" disables, anything else
+// is taken as is; files go to <data_dir>/upload unless upload.path says.
+func TestUploadDomain(t *testing.T) {
+	for _, tc := range []struct{ domain, upload, want string }{
+		{"example.org", "", "upload.example.org"},
+		{"example.org", "off", ""},
+		{"example.org", "files.example.org", "files.example.org"},
+	} {
+		c := Default()
+		c.Domain, c.Upload.Domain = tc.domain, tc.upload
+		if got := c.UploadDomain(); got != tc.want {
+			t.Errorf("domain %q, upload.domain %q: UploadDomain() = %q, want %q", tc.domain, tc.upload, got, tc.want)
+		}
+	}
+	c := Default()
+	c.DataDir = "/var/lib/krill"
+	if got := c.UploadPath(); got != "/var/lib/krill/upload" {
+		t.Errorf("UploadPath() = %q", got)
+	}
+	c.Upload.Path = "/srv/files"
+	if got := c.UploadPath(); got != "/srv/files" {
+		t.Errorf("UploadPath() = %q", got)
 	}
 }

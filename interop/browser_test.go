@@ -2,9 +2,11 @@ package interop
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -25,8 +27,12 @@ import (
 // browserPage is the test page: @xmpp/client's browser bundle (its
 // dist/xmpp.min.js, the global XMPP) logs in over Krill's WebSocket
 // endpoint, sends its presence, and answers every chat message with
-// "echo: " and its body. window.state and window.received are what the
-// test reads; #log is what a screenshot shows.
+// "echo: " and its body. window.upload(to) shares a file as a browser
+// client does with XEP-0363: a slot from upload.<domain>, a PUT with
+// fetch() (after the CORS preflight its Authorization header causes),
+// then the GET URL in a message to to; window.uploaded is its outcome.
+// window.state and window.received are what the test reads; #log is what
+// a screenshot shows.
 const browserPage = `<!doctype html>
 <html><head><meta charset="utf-8"><title>Krill browser test</title>
 <style>body{font:14px monospace} #log{white-space:pre}</style></head>
@@ -53,6 +59,28 @@ xmpp.on("online", async (address) => {
   await xmpp.send(xml("presence"));
   setState("ready " + address.toString());
 });
+window.uploadText = "h\u00e9llo from the browser, " + "x".repeat(1000) + "\n";
+window.uploaded = null;
+window.upload = async (to) => {
+  try {
+    const data = new TextEncoder().encode(window.uploadText);
+    const res = await xmpp.iqCaller.request(xml("iq", { type: "get", to: "upload." + q.get("domain") },
+      xml("request", { xmlns: "urn:xmpp:http:upload:0", filename: "h\u00e9llo world.txt", size: String(data.length), "content-type": "text/plain; charset=utf-8" })));
+    const slot = res.getChild("slot", "urn:xmpp:http:upload:0");
+    const put = slot.getChild("put"), get = slot.getChild("get").attrs.url;
+    const headers = { "Content-Type": "text/plain; charset=utf-8" };
+    for (const h of put.getChildren("header")) headers[h.attrs.name] = h.text();
+    const r = await fetch(put.attrs.url, { method: "PUT", headers, body: data });
+    show("PUT " + r.status + " " + get);
+    if (r.status === 201) {
+      await xmpp.send(xml("message", { to, type: "chat" }, xml("body", {}, get)));
+    }
+    window.uploaded = { status: r.status, url: get, size: data.length };
+  } catch (e) {
+    show("upload failed: " + e);
+    window.uploaded = { status: 0, url: String(e), size: 0 };
+  }
+};
 xmpp.start().catch((e) => setState("error: " + e.message));
 </script></body></html>
 `
@@ -155,11 +183,11 @@ func TestBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Over wss:// the client negotiates SASL2 and Bind 2: the resource is
-	// its tag, "browser", and a part the server derives (XEP-0386).
-	full, ok := strings.CutPrefix(state, "ready ")
-	if !ok || !strings.HasPrefix(full, "web-a@localhost/browser/") {
-		t.Fatalf("browser client state %q, want ready web-a@localhost/browser/...", state)
+	// With SASL2 and Bind 2 (XEP-0386), which @xmpp/client uses when
+	// offered, "browser" is the resource's tag and the server adds to it.
+	pageJID, ok := strings.CutPrefix(state, "ready ")
+	if !ok || !strings.HasPrefix(pageJID, "web-a@localhost/browser/") {
+		t.Fatalf("browser client state %q, want ready web-a@localhost/browser…", state)
 	}
 
 	s, got := melliumSession(t, srv, "web-b@"+domain)
@@ -173,8 +201,8 @@ func TestBrowser(t *testing.T) {
 	}
 	select {
 	case m := <-got:
-		if m.body != "echo: "+body || m.from != full {
-			t.Fatalf("the Go client got %q from %q, want %q from %s", m.body, m.from, "echo: "+body, full)
+		if m.body != "echo: "+body || m.from != pageJID {
+			t.Fatalf("the Go client got %q from %q, want %q from %s", m.body, m.from, "echo: "+body, pageJID)
 		}
 	case <-time.After(waitTimeout):
 		t.Fatalf("no answer from the browser within %v", waitTimeout)
@@ -186,6 +214,50 @@ func TestBrowser(t *testing.T) {
 	if len(received) != 1 || received[0].Body != body || !strings.HasPrefix(received[0].From, "web-b@localhost/") {
 		t.Fatalf("the browser received %+v, want one %q from web-b@localhost", received, body)
 	}
+
+	// XEP-0363 from the page: a slot, a PUT with fetch(), the URL sent to
+	// web-b, which fetches the file byte for byte.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[chromedp.Void](`window.upload("web-b@localhost"), undefined`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Poll[chromedp.Void](`window.uploaded !== null`, chromedp.WithPollingTimeout(waitTimeout))); err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	up, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
+		Status int
+		URL    string
+		Size   int
+	}](`window.uploaded`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up.Status != 201 {
+		t.Fatalf("the browser's upload: %+v", up)
+	}
+	select {
+	case m := <-got:
+		if m.body != up.URL || m.from != pageJID {
+			t.Fatalf("the Go client got %q from %q, want the URL %q", m.body, m.from, up.URL)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatalf("no URL from the browser within %v", waitTimeout)
+	}
+	want, err := chromedp.Run(ctx, chromedp.Evaluate[string](`window.uploadText`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: waitTimeout, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // the development certificate
+	resp, err := hc.Get(up.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || string(file) != want || len(file) != up.Size ||
+		resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+		t.Fatalf("GET %s: %d %q, %d bytes (%v); want %d bytes of the page's text", up.URL, resp.StatusCode, resp.Header.Get("Content-Type"), len(file), err, up.Size)
+	}
+	t.Logf("browser upload: PUT with fetch(), %d bytes, fetched back exactly from %s", len(file), up.URL)
 	failed = false
 }
 

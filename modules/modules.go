@@ -29,6 +29,7 @@ import (
 	"github.com/krill-xmpp/krill/modules/register"
 	"github.com/krill-xmpp/krill/modules/roster"
 	"github.com/krill-xmpp/krill/modules/sm"
+	"github.com/krill-xmpp/krill/modules/upload"
 	"github.com/krill-xmpp/krill/modules/vcard"
 	"github.com/krill-xmpp/krill/modules/version"
 	"github.com/krill-xmpp/krill/storage"
@@ -113,6 +114,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
 		mc,
+		&upload.Module{Config: opt.Config, Now: opt.Now},
 		// Holding before counting: stream management goes after csi, so
 		// that it counts what reaches the client.
 		csi.New(opt.Config.CSI.MaxBufferBytes),

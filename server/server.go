@@ -193,6 +193,7 @@ func (s *Server) Start() error {
 			return err
 		}
 		addrs = append(addrs, "tcp://"+s.webListen)
+		s.startTransfers()
 	}
 	s2s, err := s.s2sListen()
 	if err != nil {
@@ -327,6 +328,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		}
 	}
 	s.pool.Close()
+	if s.web.xfer != nil {
+		s.web.xfer.Close()
+	}
 	return err
 }
 

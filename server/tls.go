@@ -418,8 +418,19 @@ func (s *Server) processTLS(c *conn, t *tlsConn) {
 		pending := len(t.pipe.in)
 		t.pipe.mu.Unlock()
 		if pending+len(buf) > maxHandshakeInput {
-			s.tlsFail(c, causeOther, "too much input during the handshake", nil)
-			return
+			if !c.has(flagWeb) || len(buf) > s.web.handshakeHold {
+				s.tlsFail(c, causeOther, "too much input during the handshake", nil)
+				return
+			}
+			// A browser or HTTP client sends its request, an upload's
+			// body with it, right after its Finished: the pipe takes
+			// up to the cap, which holds the Finished, and the rest
+			// waits in gnet's buffer for the record layer (see
+			// handshakeHold).
+			buf = buf[:maxHandshakeInput-pending]
+			if len(buf) == 0 {
+				return // (gnet's Discard(0) would drop everything)
+			}
 		}
 		t.pipe.feed(buf)
 		_, _ = c.gc.Discard(len(buf))
@@ -646,8 +657,9 @@ func (s *Server) finishHandshake(c *conn, t *tlsConn, err error) {
 		l.input(s, c)
 		return
 	}
-	// Clients often send their stream header with their Finished: read now.
-	s.readTLS(c, t, nil)
+	// Clients often send their stream header with their Finished: read
+	// now, with what waited in gnet's buffer (a web request's body).
+	s.processTLS(c, t)
 }
 
 // tlsScratch returns the loop's buffer for decrypted records.

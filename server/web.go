@@ -12,6 +12,7 @@ import (
 
 	"github.com/krill-xmpp/krill/stanza"
 	"github.com/krill-xmpp/krill/websocket"
+	"github.com/krill-xmpp/krill/workpool"
 )
 
 // The web listener (web.listen): HTTP/1.1 on the event loops, one request
@@ -51,6 +52,17 @@ type webState struct {
 	features []byte // pre-auth stream features over ws:// (no STARTTLS)
 	seeOther []byte // <close see-other-uri=.../>, when configured
 	anyOrig  bool   // web.allowed_origins is empty or holds "*"
+	// modRoutes: modules added routes (webroute.go), which use xfer, the
+	// transfer pool, for at most upload.max_transfers transfers (xfers).
+	modRoutes bool
+	xfer      *workpool.Pool
+	xfers     atomic.Int32
+	// handshakeHold is what a web connection may have in gnet's buffer
+	// beyond maxHandshakeInput while its TLS handshake runs: with module
+	// routes, a request head and the largest upload (which a client sends
+	// right after its Finished, and which a transfer may buffer anyway);
+	// else nothing more.
+	handshakeHold int
 	// tls is the c2s TLS configuration with ALPN http/1.1, which
 	// browsers and WebSocket clients offer (and Go refuses a handshake
 	// whose ALPN offer it shares nothing with).
@@ -77,6 +89,7 @@ func (s *Server) initWeb() {
 		{path: "/.well-known/host-meta", serve: hostMeta(false)},
 		{path: "/.well-known/host-meta.json", serve: hostMeta(true)},
 	}
+	s.initWebRoutes()
 }
 
 // logWeb logs the web listener once it is up.
@@ -93,6 +106,10 @@ func (s *Server) logWeb() {
 
 // httpRequest is a parsed request head; its slices point into the input.
 type httpRequest struct {
+	head                 []byte // the whole head, for headerValue
+	query                []byte
+	clen                 int64 // Content-Length; -1 none, -2 malformed, conflicting or chunked
+	expect100            bool  // Expect: 100-continue
 	method, path         []byte
 	host, origin         []byte
 	key, version         []byte
@@ -147,7 +164,9 @@ func parseRequest(head []byte, req *httpRequest) string {
 		return "HTTP/1.1 only"
 	}
 	req.method = method
-	req.path, _, _ = bytes.Cut(target, []byte("?"))
+	req.head = head
+	req.clen = -1
+	req.path, req.query, _ = bytes.Cut(target, []byte("?"))
 	for len(rest) > 0 {
 		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
 		if len(line) == 0 {
@@ -181,14 +200,38 @@ func parseRequest(head []byte, req *httpRequest) string {
 			req.protoXMPP = req.protoXMPP || hasToken(value, "xmpp")
 		case bytes.EqualFold(name, []byte("Content-Length")):
 			req.hasBody = req.hasBody || string(value) != "0"
+			req.clen = contentLength(value, req.clen)
 		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
 			req.hasBody = true
+			req.clen = -2
+		case bytes.EqualFold(name, []byte("Expect")):
+			req.expect100 = bytes.EqualFold(value, []byte("100-continue"))
 		}
 	}
 	if req.hostCount > 1 || req.http11 && req.hostCount == 0 {
 		return "exactly one Host header is required"
 	}
 	return ""
+}
+
+// contentLength parses a Content-Length value given the one before (-1
+// for none): digits only (RFC 9110 section 8.6), and a second header must
+// agree with the first; -2 otherwise. A Transfer-Encoding wins (-2).
+func contentLength(v []byte, prev int64) int64 {
+	if prev == -2 || len(v) == 0 || len(v) > 18 {
+		return -2
+	}
+	var n int64
+	for _, b := range v {
+		if b < '0' || b > '9' {
+			return -2
+		}
+		n = n*10 + int64(b-'0')
+	}
+	if prev >= 0 && prev != n {
+		return -2
+	}
+	return n
 }
 
 // hasToken reports whether the comma-separated list v holds tok, compared
@@ -314,9 +357,11 @@ func validHost(h []byte) bool {
 
 // statusText is the reason phrase of each status the web listener sends.
 var statusText = map[int]string{
-	101: "Switching Protocols", 200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-	405: "Method Not Allowed", 426: "Upgrade Required", 431: "Request Header Fields Too Large",
-	503: "Service Unavailable",
+	101: "Switching Protocols", 200: "OK", 201: "Created", 204: "No Content", 206: "Partial Content",
+	400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+	411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
+	416: "Range Not Satisfiable", 426: "Upgrade Required", 431: "Request Header Fields Too Large",
+	500: "Internal Server Error", 503: "Service Unavailable", 507: "Insufficient Storage",
 }
 
 // webRespond answers with status and a plain-text body saying why, then
@@ -345,10 +390,12 @@ func appendResponse(b []byte, status int, ctype, extra string, body []byte, head
 	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(b, ' ')
 	b = append(b, statusText[status]...)
-	b = append(b, "\r\nContent-Type: "...)
-	b = append(b, ctype...)
-	b = append(b, "\r\nContent-Length: "...)
-	b = strconv.AppendInt(b, int64(len(body)), 10)
+	if status != 204 { // 204 has neither (RFC 9110 sections 8.6, 15.3.5)
+		b = append(b, "\r\nContent-Type: "...)
+		b = append(b, ctype...)
+		b = append(b, "\r\nContent-Length: "...)
+		b = strconv.AppendInt(b, int64(len(body)), 10)
+	}
 	b = append(b, "\r\nConnection: close\r\nCache-Control: no-store\r\n"...)
 	b = append(b, extra...)
 	b = append(b, "\r\n"...)
@@ -370,7 +417,7 @@ func (s *Server) webRefusal(status int, why string) []byte {
 }
 
 // webStatuses are the statuses counted, in krill_web_requests_total.
-var webStatuses = [...]int{101, 200, 400, 403, 404, 405, 426, 431, 503}
+var webStatuses = [...]int{101, 200, 201, 204, 206, 400, 403, 404, 405, 409, 411, 413, 415, 416, 426, 431, 500, 503, 507}
 
 // wsCodes are the close codes counted, in krill_websocket_closes_total.
 var wsCodes = [...]uint16{websocket.CloseNormal, websocket.CloseProtocolError, websocket.CloseUnsupportedData,

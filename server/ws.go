@@ -61,6 +61,14 @@ type wsPartial struct {
 	// out holds the start of a top-level element the core wrote in part
 	// (the core writes whole elements: this is a safety net).
 	out []byte
+	// xfer is a module route's transfer (webroute.go); head and expect
+	// remember, past the request head, a HEAD request and an
+	// Expect: 100-continue.
+	xfer         *webXfer
+	head, expect bool
+	// drain is the request body still to be read and dropped after an
+	// answer that refused it (webroute.go).
+	drain int64
 }
 
 // partial returns w.part, allocating it.
@@ -73,7 +81,7 @@ func (w *wsConn) partial() *wsPartial {
 
 // tidy drops w.part once it holds nothing.
 func (w *wsConn) tidy() {
-	if p := w.part; p != nil && p.frag == nil && p.out == nil {
+	if p := w.part; p != nil && p.frag == nil && p.out == nil && p.xfer == nil && !p.head && !p.expect && p.drain == 0 {
 		w.part = nil
 	}
 }
@@ -160,6 +168,9 @@ func (w *wsConn) deadline() time.Time        { return w.under.deadline() }
 func (w *wsConn) expired(s *Server, c *conn) { w.under.expired(s, c) }
 func (w *wsConn) dropped() closeReason       { return w.under.dropped() }
 func (w *wsConn) release(c *conn) {
+	if w.part != nil && w.part.xfer != nil {
+		c.loop.srv.xferAbort(w.part.xfer)
+	}
 	w.part = nil
 	w.under.release(c)
 	c.loop.srv.stats.webOpen.Add(-1)
@@ -188,11 +199,26 @@ func (s *Server) webInput(c *conn, buf []byte) int {
 	off := 0
 	if w.stage == wsHTTP {
 		off = s.webRequest(c, w, buf)
-		if off == 0 || c.has(flagClosed) || w.stage != wsOpen {
+		if off == 0 || c.has(flagClosed) {
 			return off
 		}
 	}
-	return off + s.wsFrames(c, w, buf[off:])
+	switch w.stage {
+	case wsOpen, wsClosing:
+		return off + s.wsFrames(c, w, buf[off:])
+	case wsBody:
+		return off + s.webBody(c, w, buf[off:])
+	case wsSend:
+		return len(buf) // nothing more is read during a download
+	case wsDrain:
+		s.webDrain(c, w, buf[off:])
+		return len(buf)
+	}
+	if w.stage == wsWait && int64(len(buf)-off) > w.drainLeft()+maxRequestHead {
+		s.shut(c, reasonPolicy) // input beyond the announced body while a route's job runs
+		return len(buf)
+	}
+	return off // wsHTTP after an answer, wsWait: held below
 }
 
 // maxMessage is the largest WebSocket message c may send: the stanza size
