@@ -33,6 +33,7 @@ import (
 	"golang.org/x/sys/unix"
 	"mellium.im/xmpp/stream"
 
+	"github.com/krill-xmpp/krill/cluster"
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/ratelimit"
@@ -62,6 +63,11 @@ type Server struct {
 	sessions sessionTable
 	preauth  preauthLimiter
 	stats    Stats
+
+	// cluster is this node's membership of a cluster, nil when standalone
+	// (cluster.go).
+	cluster      *cluster.Node
+	clusterStats clusterStats
 
 	// TLS: the certificate, the two configurations and the handshake cap.
 	certs       *certSource
@@ -158,6 +164,10 @@ func (s *Server) Start() error {
 		return ErrStarted
 	}
 	s.pool = workpool.New(s.cfg.Server.Workers, s.cfg.Server.WorkQueue)
+	if err := s.startCluster(); err != nil {
+		s.pool.Close()
+		return err
+	}
 	loops := s.cfg.Server.EventLoops
 	if loops == 0 {
 		loops = runtime.GOMAXPROCS(0)
@@ -198,6 +208,9 @@ func (s *Server) Start() error {
 	if err := <-s.booted; err != nil {
 		ticker.Stop()
 		s.pool.Close()
+		if s.cluster != nil {
+			s.cluster.Close()
+		}
 		return err
 	}
 	// One ticker goroutine for the whole server drives every loop's wheel.
@@ -286,6 +299,10 @@ func (s *Server) Stop(ctx context.Context) error {
 		}
 	}
 	s.pool.Close()
+	if s.cluster != nil {
+		// After the sessions: their directory entries are deleted first.
+		s.cluster.Close()
+	}
 	return err
 }
 
