@@ -239,6 +239,9 @@ func Start(ctx context.Context, cfg config.Cluster, o Options) (*Node, error) {
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			n.log.Info("reconnected to nats", zap.String("url", c.ConnectedUrlRedacted()))
+			if n.ready != nil {
+				go n.reconnected()
+			}
 		}),
 	}
 	if cfg.Credentials != "" {
@@ -316,6 +319,9 @@ func Start(ctx context.Context, cfg config.Cluster, o Options) (*Node, error) {
 	n.log.Info("joined the cluster", zap.String("nats", nc.ConnectedUrlRedacted()), zap.String("incarnation", n.inc))
 	return n, nil
 }
+
+// Connected reports whether the node is connected to NATS.
+func (n *Node) Connected() bool { return n.nc.IsConnected() }
 
 // Name returns the node's name.
 func (n *Node) Name() string { return n.name }

@@ -129,6 +129,7 @@ type localTable struct {
 type localRec struct {
 	owner any    // the server's session
 	rev   uint64 // revision of our last write; 0 while the bind is in flight
+	val   []byte // the value last written, for reassert
 }
 
 // opKind is a directory write.
@@ -138,6 +139,7 @@ const (
 	opBind opKind = iota
 	opPresence
 	opUnbind
+	opReassert
 )
 
 type op struct {
@@ -207,6 +209,8 @@ func (n *Node) writer(ch chan op) {
 			n.writePresence(ctx, o)
 		case opUnbind:
 			n.writeUnbind(ctx, o)
+		case opReassert:
+			n.writeReassert(ctx, o)
 		}
 		cancel()
 	}
@@ -241,9 +245,63 @@ func (n *Node) writeBind(ctx context.Context, o op) {
 	}
 	n.local.mu.Lock()
 	if r := n.local.m[o.key]; r != nil && r.owner == o.owner {
+		r.rev, r.val = rev, o.val
+	}
+	n.local.mu.Unlock()
+}
+
+// writeReassert writes a held key again after this node lost NATS for a
+// while: the others may have taken it as dead and deleted its keys. A key
+// another node bound since is left to it (the watch closes the session
+// here with conflict).
+func (n *Node) writeReassert(ctx context.Context, o op) {
+	n.local.mu.Lock()
+	r := n.local.m[o.key]
+	var rev uint64
+	var val []byte
+	if r != nil && r.owner == o.owner {
+		rev, val = r.rev, r.val
+	}
+	n.local.mu.Unlock()
+	if rev == 0 || val == nil {
+		return
+	}
+	e, err := n.kv.Get(ctx, o.key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		rev, err = n.kv.Create(ctx, o.key, val)
+	case err != nil:
+	case e.Revision() == rev:
+		return // untouched
+	default:
+		var v value
+		if json.Unmarshal(e.Value(), &v) == nil && v.Node != n.name {
+			return
+		}
+		rev, err = n.kv.Update(ctx, o.key, val, e.Revision())
+	}
+	if err != nil {
+		n.log.Warn("directory reassert failed", zap.String("key", o.key), zap.Error(err))
+		return
+	}
+	n.local.mu.Lock()
+	if r := n.local.m[o.key]; r != nil && r.owner == o.owner {
 		r.rev = rev
 	}
 	n.local.mu.Unlock()
+}
+
+// reassert queues a reassert of every key this node holds.
+func (n *Node) reassert() {
+	n.local.mu.Lock()
+	ops := make([]op, 0, len(n.local.m))
+	for k, r := range n.local.m {
+		ops = append(ops, op{kind: opReassert, key: k, owner: r.owner})
+	}
+	n.local.mu.Unlock()
+	for _, o := range ops {
+		n.enqueue(o)
+	}
 }
 
 // writePresence updates the key if this node still holds it at the
@@ -266,7 +324,7 @@ func (n *Node) writePresence(ctx context.Context, o op) {
 	}
 	n.local.mu.Lock()
 	if r := n.local.m[o.key]; r != nil && r.owner == o.owner {
-		r.rev = nrev
+		r.rev, r.val = nrev, o.val
 	}
 	n.local.mu.Unlock()
 }
@@ -398,6 +456,20 @@ func (n *Node) sendHeartbeat() {
 	_ = n.nc.Publish(n.hbSubject, b)
 }
 
+// reconnected runs when the NATS connection is back: the others get
+// node_timeout from now to be heard again, and this node's keys are
+// written again in case the others took it as dead meanwhile.
+func (n *Node) reconnected() {
+	now := time.Now()
+	n.nodesMu.Lock()
+	for _, st := range n.nodes {
+		st.lastSeen = now
+	}
+	n.nodesMu.Unlock()
+	n.sendHeartbeat()
+	n.reassert()
+}
+
 // onHeartbeat runs on nats.go's goroutine for the heartbeat subject.
 func (n *Node) onHeartbeat(m *nats.Msg) {
 	var hb heartbeat
@@ -422,7 +494,12 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 }
 
 // checkNodes takes as dead the nodes silent for longer than node_timeout.
+// While this node is cut from NATS it hears nobody, which says nothing of
+// the others: it judges no one until it is back (reconnected).
 func (n *Node) checkNodes(now time.Time) {
+	if !n.nc.IsConnected() {
+		return
+	}
 	var dead []string
 	n.nodesMu.Lock()
 	for name, st := range n.nodes {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -32,8 +33,13 @@ import (
 // port and returns its URL; it stops when t ends.
 func testNATS(t testing.TB) (*natsserver.Server, string) {
 	t.Helper()
-	opts := &natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
-		NoLog: true, NoSigs: true}
+	return runNATS(t, &natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		NoLog: true, NoSigs: true})
+}
+
+// runNATS starts a NATS server with opts; it stops when t ends.
+func runNATS(t testing.TB, opts *natsserver.Options) (*natsserver.Server, string) {
+	t.Helper()
 	ns, err := natsserver.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -346,4 +352,42 @@ func TestClusterPasswordChangeClosesEverywhere(t *testing.T) {
 		t.Fatalf("session on the other node got %q", out)
 	}
 	me.sync(t, "alive")
+}
+
+// TestClusterNATSRestart: the NATS server restarts (same port, same
+// JetStream directory); the nodes reconnect, take nobody as dead for the
+// outage, and route as before.
+func TestClusterNATSRestart(t *testing.T) {
+	dsn := clusterDSN(t)
+	ns, url := testNATS(t)
+	a := startNode(t, clusterConfig(t, url, dsn, "a"), "alice", "bob")
+	b := startNode(t, clusterConfig(t, url, dsn, "b"))
+	alice := dialRaw(t, a)
+	alice.scramLogin("alice", testPassword, "a")
+	bob := dialRaw(t, b)
+	bob.scramLogin("bob", testPassword, "b")
+	seen(t, a, "bob", "b", false)
+	seen(t, b, "alice", "a", false)
+
+	port := ns.Addr().(*net.TCPAddr).Port
+	store := ns.JetStreamConfig().StoreDir
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	if !waitFor(ioTimeout, func() bool { return !a.ClusterNode().Connected() && !b.ClusterNode().Connected() }) {
+		t.Fatal("nodes did not notice the NATS server going")
+	}
+	// The same port and JetStream directory: the directory survives.
+	runNATS(t, &natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: store, NoLog: true, NoSigs: true})
+	if !waitFor(ioTimeout, func() bool { return a.ClusterNode().Connected() && b.ClusterNode().Connected() }) {
+		t.Fatal("nodes did not reconnect")
+	}
+	seen(t, a, "bob", "b", false)
+	seen(t, b, "alice", "a", false)
+	alice.send(`<message to='bob@localhost/b' type='chat' id='m1'><body>still here</body></message>`)
+	bob.expect(t, `<message to='bob@localhost/b' type='chat' id='m1' from='alice@localhost/a'><body>still here</body></message>`)
+	bob.send(`<message to='alice@localhost/a' type='chat' id='m2'><body>yes</body></message>`)
+	alice.expect(t, `<message to='alice@localhost/a' type='chat' id='m2' from='bob@localhost/b'><body>yes</body></message>`)
+	if st := a.ClusterNode().Stats(); st.NodesDown != 0 {
+		t.Fatalf("node a took %d node(s) as dead during the outage", st.NodesDown)
+	}
 }
