@@ -1,0 +1,192 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/krill-xmpp/krill/config"
+)
+
+func TestKey(t *testing.T) {
+	for _, tc := range []struct{ local, resource string }{
+		{"alice", "phone"},
+		{"a.b", "x/y z"},
+		{"ünï", "資源"},
+		{"q", "."},
+	} {
+		t.Run(tc.local+"/"+tc.resource, func(t *testing.T) {
+			k := key(tc.local, tc.resource)
+			for _, r := range k {
+				ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
+				if !ok {
+					t.Fatalf("key %q has %q, outside the KV key alphabet", k, r)
+				}
+			}
+			l, res, ok := parseKey(k)
+			if !ok || l != tc.local || res != tc.resource {
+				t.Fatalf("parseKey(%q) = %q, %q, %v", k, l, res, ok)
+			}
+		})
+	}
+	if _, _, ok := parseKey("x.y"); ok {
+		t.Fatal("parseKey accepted a foreign key")
+	}
+}
+
+// nopHandler counts what the node hands over.
+type nopHandler struct{ delivered, conflicts, down atomic.Int64 }
+
+func (h *nopHandler) Deliver(string, []byte) { h.delivered.Add(1) }
+func (h *nopHandler) Close(string, string)   {}
+func (h *nopHandler) Conflict(any)           { h.conflicts.Add(1) }
+func (h *nopHandler) NodeDown(_ string, gone []*Entry, _ bool) {
+	h.down.Add(int64(len(gone)))
+}
+
+func runNATS(t testing.TB) string {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Cleanup(ns.Shutdown)
+	return ns.ClientURL()
+}
+
+func testCluster(url, name string) config.Cluster {
+	return config.Cluster{NATSURL: url, NodeName: name, Heartbeat: 50 * time.Millisecond,
+		NodeTimeout: 300 * time.Millisecond, Replicas: 1}
+}
+
+// TestBindConflictAndDeath drives two nodes without a server: a bind on
+// b of a key a holds closes a's owner (conflict), and b's death removes
+// its entries from a's directory within the timeout.
+func TestBindConflictAndDeath(t *testing.T) {
+	url := runNATS(t)
+	ctx := context.Background()
+	ha, hb := &nopHandler{}, &nopHandler{}
+	a, err := Start(ctx, testCluster(url, "a"), Options{Domain: "example.org", Handler: ha})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Start(ctx, testCluster(url, "b"), Options{Domain: "example.org", Handler: hb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownerA := new(int)
+	a.Bound("alice", "r", ownerA)
+	if !waitFor(func() bool { return b.Find("alice", "r") != nil }) {
+		t.Fatal("b never saw alice/r")
+	}
+	b.Bound("alice", "r", new(int))
+	if !waitFor(func() bool { return ha.conflicts.Load() == 1 }) {
+		t.Fatal("a's session was not closed with conflict")
+	}
+	if e := a.Find("alice", "r"); e == nil || e.Node != "b" {
+		t.Fatalf("a's directory: %+v", e)
+	}
+	if !b.Send("a", "alice@example.org/x", []byte("<message/>")) || !waitFor(func() bool { return ha.delivered.Load() == 1 }) {
+		t.Fatal("a stanza from b did not reach a")
+	}
+	b.Bound("bob", "r", new(int))
+	if !waitFor(func() bool { return a.Find("bob", "r") != nil }) {
+		t.Fatal("a never saw bob/r")
+	}
+	// b dies without a word: its connection goes (Close would delete its
+	// keys; closing only the NATS connection is what a crash looks like).
+	b.nc.Close()
+	t0 := time.Now()
+	if !waitFor(func() bool { return a.Find("bob", "r") == nil && a.Find("alice", "r") == nil }) {
+		t.Fatal("b's entries outlived it")
+	}
+	t.Logf("b's death seen after %v (timeout 300ms, heartbeat 50ms)", time.Since(t0))
+	if ha.down.Load() != 2 {
+		t.Fatalf("NodeDown reported %d sessions, want 2", ha.down.Load())
+	}
+	b.Close()
+}
+
+func waitFor(cond func() bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return cond()
+}
+
+// TestDirectoryMemory measures what the directory costs per session, at
+// N = 10,000 sessions: on the NATS side (the embedded server's heap after
+// the bucket holds N entries) and on a Krill node (its heap after loading
+// them). Both live in this process; each is a heap delta after a GC.
+// Set KRILL_CLUSTER_MEMORY=1 to run it:
+//
+//	KRILL_CLUSTER_MEMORY=1 go test -run DirectoryMemory -v ./cluster/
+func TestDirectoryMemory(t *testing.T) {
+	if os.Getenv("KRILL_CLUSTER_MEMORY") == "" {
+		t.Skip("KRILL_CLUSTER_MEMORY not set: a measurement, not a test")
+	}
+	const N = 10000
+	url := runNATS(t)
+	ctx := context.Background()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketPrefix + "example_org", History: 1, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h0 := heap()
+	presence := []byte(`<presence from='user00000@example.org/phone-abcdef'><priority>0</priority><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://conversations.im' ver='abcdefghijabcdefghijabcdefgh='/></presence>`)
+	v, _ := json.Marshal(value{Node: "writer", Inc: "0123456789abcdef", Avail: true, Presence: presence, Flags: 3})
+	for i := range N {
+		if _, err := kv.Put(ctx, key(fmt.Sprintf("user%05d", i), "phone-abcdef"), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h1 := heap()
+	n, err := Start(ctx, testCluster(url, "reader"), Options{Domain: "example.org", Handler: &nopHandler{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(func() bool { return n.Stats().Remote == N }) {
+		t.Fatalf("directory holds %d of %d", n.Stats().Remote, N)
+	}
+	h2 := heap()
+	// Reading the bucket also warms the NATS server's block cache: the
+	// node's own share is what its Close and release give back.
+	n.Close()
+	n = nil
+	h3 := heap()
+	t.Logf("value %d B (presence %d B); NATS side after the writes %.0f B/session; node loaded %.0f B/session, of which the node's directory %.0f B/session",
+		len(v), len(presence), float64(h1-h0)/N, float64(h2-h1)/N, float64(h2-h3)/N)
+}
+
+func heap() int64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
