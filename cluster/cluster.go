@@ -345,6 +345,11 @@ func (n *Node) Close() {
 		go func() { n.writersWG.Wait(); close(done) }()
 		select {
 		case <-done:
+			// The keys are gone; the other nodes stop routing here as
+			// their watches see it. A stanza they published before is
+			// on its way: one heartbeat (at most a second) lets it
+			// arrive before the inbox closes.
+			time.Sleep(min(n.cfg.Heartbeat, time.Second))
 		case <-time.After(closeTimeout):
 			n.log.Warn("directory writes unfinished at close", zap.Duration("after", closeTimeout))
 		}

@@ -206,9 +206,29 @@ func (h clusterHandler) Deliver(full string, b []byte) {
 				s.stats.stanzasRouted.Add(uint64(n))
 				return
 			}
+			// The session went (a node draining, a logout racing the
+			// directory): the message goes where one to an account
+			// with no available resource goes, offline storage.
+			if h.undelivered(local, tag, typ, b) {
+				return
+			}
 		}
 	}
 	s.clusterStats.undelivered.Add(1)
+}
+
+// undelivered fires the Undelivered stage for a message from another node
+// that found no session here, as route does for one from a local session
+// (there is no connection to answer on).
+func (h clusterHandler) undelivered(local string, tag stanza.StartTag, typ string, b []byte) bool {
+	s := h.s
+	st := &hook.Stanza{Kind: hook.Message, Type: typ, Tag: tag, Raw: b, Addr: hook.ToBare,
+		Local: local, Domain: s.cfg.Domain}
+	st.ID, _ = tag.AttrString("id")
+	st.From, _ = tag.AttrString("from")
+	st.To, _ = tag.AttrString("to")
+	cx := &hook.Ctx{Host: s.host, Registry: s.hooks, Log: s.log, Stanza: st}
+	return s.hooks.Stanza(cx, hook.Undelivered, st) == hook.Stop
 }
 
 // Close implements cluster.Handler.

@@ -391,3 +391,95 @@ func TestClusterNATSRestart(t *testing.T) {
 		t.Fatalf("node a took %d node(s) as dead during the outage", st.NodesDown)
 	}
 }
+
+// TestClusterRollingRestart: a node shuts down gracefully while messages
+// to one of its users flow from another node; every message is either
+// delivered before the session closes or stored offline, and the user
+// gets the rest when he logs in on the remaining node. None is lost.
+func TestClusterRollingRestart(t *testing.T) {
+	dsn := clusterDSN(t)
+	_, url := testNATS(t)
+	ca, cb := clusterConfig(t, url, dsn, "a"), clusterConfig(t, url, dsn, "b")
+	ca.IM.OfflineQuota, cb.IM.OfflineQuota = 1000, 1000
+	a := startNode(t, ca, "alice", "bob")
+	b := startNode(t, cb)
+	alice := dialRaw(t, a)
+	alice.scramLogin("alice", testPassword, "a")
+	bob := dialRaw(t, b)
+	bob.scramLogin("bob", testPassword, "b")
+	bob.exchange(t, `<presence/>`, `<presence from='bob@localhost/b'/>`)
+	seen(t, a, "bob", "b", true)
+
+	msg := func(i int) string {
+		return fmt.Sprintf(`<message to='bob@localhost' type='chat' id='m%d'><body>%d</body></message>`, i, i)
+	}
+	total := 0
+	for ; total < 100; total++ {
+		alice.send(msg(total))
+	}
+	first := bob.skipUntil(`id='m99' from='alice@localhost/a'><body>99</body></message>`)
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- b.Shutdown(ctx)
+	}()
+	// Messages keep coming until the node has gone (at most 900 more).
+	var shutErr error
+	stopped := false
+	for ; !stopped && total < 1000; total++ {
+		select {
+		case shutErr = <-done:
+			stopped = true
+		default:
+		}
+		alice.send(msg(total))
+		if total%10 == 0 {
+			alice.sync(t, "f")
+		}
+	}
+	before := first + bob.closed()
+	if !stopped {
+		select {
+		case shutErr = <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("Shutdown did not return")
+		}
+	}
+	if shutErr != nil {
+		t.Fatalf("Shutdown: %v", shutErr)
+	}
+	alice.sync(t, "s")
+	got := make(map[string]int)
+	count := func(s string) {
+		for _, part := range strings.Split(s, "<message ")[1:] {
+			if i := strings.Index(part, "id='m"); i >= 0 {
+				id := part[i+4:]
+				got[id[:strings.IndexByte(id, '\'')]]++
+			}
+		}
+	}
+	count(before)
+	delivered := len(got)
+	bob2 := dialRaw(t, a)
+	bob2.scramLogin("bob", testPassword, "back")
+	bob2.send(`<presence/>`)
+	// Offline messages come after the presence echo; ping until all
+	// have arrived (bounded: waitFor's timeout).
+	var after string
+	if !waitFor(ioTimeout, func() bool {
+		bob2.send(`<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>`)
+		after += bob2.skipUntil(`<iq type='result' id='p' from='localhost'/>`)
+		return strings.Count(before, "<message ")+strings.Count(after, "<message ") >= total
+	}) {
+		t.Logf("before the close: %d, offline: %d", delivered, strings.Count(after, "<message "))
+	}
+	count(after)
+	for i := range total {
+		id := fmt.Sprintf("m%d", i)
+		if got[id] != 1 {
+			t.Errorf("message %s arrived %d times", id, got[id])
+		}
+	}
+	t.Logf("%d delivered before the node closed, %d stored offline and delivered on the other node", delivered, len(got)-delivered)
+}

@@ -291,6 +291,12 @@ func (s *Server) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	if s.cluster != nil {
+		// After the sessions, before the workers: their directory
+		// entries are deleted, then what other nodes sent meanwhile is
+		// taken (offline storage runs on the workers).
+		s.cluster.Close()
+	}
 	// Modules finish what they batch (last activity), then jobs already
 	// queued (offline messages being stored, say) finish.
 	for _, m := range s.hooks.Modules() {
@@ -299,10 +305,6 @@ func (s *Server) Stop(ctx context.Context) error {
 		}
 	}
 	s.pool.Close()
-	if s.cluster != nil {
-		// After the sessions: their directory entries are deleted first.
-		s.cluster.Close()
-	}
 	return err
 }
 
