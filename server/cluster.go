@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"mellium.im/xmpp/stream"
 
@@ -18,9 +19,9 @@ import (
 // sessions, and what other nodes send is handed to local sessions through
 // their mailboxes, as deliveries from another loop are.
 
-// clusterStats are the cluster's counters on this node.
+// clusterStats are the cluster's counters on this node (the cluster
+// package keeps the NATS side's).
 type clusterStats struct {
-	routedOut   atomic.Uint64 // stanzas published to another node
 	undelivered atomic.Uint64 // stanzas from another node for a session gone here
 }
 
@@ -40,7 +41,40 @@ func (s *Server) startCluster() error {
 		return err
 	}
 	s.cluster = n
+	s.metrics.extra = append(s.metrics.extra, (*clusterCollector)(s))
 	return nil
+}
+
+// clusterCollector exposes the cluster's gauges and counters on this node.
+type clusterCollector Server
+
+var (
+	descClusterNodes   = prometheus.NewDesc("krill_cluster_nodes", "Live cluster nodes as this node sees them, itself included.", nil, nil)
+	descClusterRemote  = prometheus.NewDesc("krill_cluster_remote_sessions", "Sessions on other nodes in this node's directory.", nil, nil)
+	descClusterStanzas = prometheus.NewDesc("krill_cluster_stanzas_total", "Stanzas and commands sent to other nodes (out) and received from them (in).", []string{"direction"}, nil)
+	descClusterDropped = prometheus.NewDesc("krill_cluster_dropped_total", "What the cluster could not carry: stanzas not published or dropped as a slow consumer (publish), directory writes refused by a full queue (directory), stanzas from another node for a session gone here that no module took (undelivered).", []string{"reason"}, nil)
+	descClusterDown    = prometheus.NewDesc("krill_cluster_nodes_down_total", "Nodes this node found dead (no heartbeat for cluster.node_timeout, or restarted).", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descClusterNodes, descClusterRemote, descClusterStanzas, descClusterDropped, descClusterDown} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	s := (*Server)(c)
+	st := s.cluster.Stats()
+	ch <- prometheus.MustNewConstMetric(descClusterNodes, prometheus.GaugeValue, float64(st.Nodes))
+	ch <- prometheus.MustNewConstMetric(descClusterRemote, prometheus.GaugeValue, float64(st.Remote))
+	ch <- prometheus.MustNewConstMetric(descClusterStanzas, prometheus.CounterValue, float64(st.Sent), "out")
+	ch <- prometheus.MustNewConstMetric(descClusterStanzas, prometheus.CounterValue, float64(st.Received), "in")
+	ch <- prometheus.MustNewConstMetric(descClusterDropped, prometheus.CounterValue, float64(st.Dropped), "publish")
+	ch <- prometheus.MustNewConstMetric(descClusterDropped, prometheus.CounterValue, float64(st.WriteDropped), "directory")
+	ch <- prometheus.MustNewConstMetric(descClusterDropped, prometheus.CounterValue, float64(s.clusterStats.undelivered.Load()), "undelivered")
+	ch <- prometheus.MustNewConstMetric(descClusterDown, prometheus.CounterValue, float64(st.NodesDown))
 }
 
 // errClusterStorage is the start-up refusal of a cluster on SQLite (the
@@ -155,7 +189,6 @@ func (r *remote) Deliver(b []byte) bool {
 	if !r.s.cluster.Send(r.e.Node, r.Full(), b) {
 		return false
 	}
-	r.s.clusterStats.routedOut.Add(1)
 	r.s.stats.stanzasRouted.Add(1)
 	return true
 }

@@ -254,6 +254,21 @@ func TestClusterMessagesAndPresence(t *testing.T) {
 	bob.send(`<iq type='result' id='v' to='alice@localhost/a'><query xmlns='jabber:iq:version'><name>t</name></query></iq>`)
 	alice.expect(t, `<iq type='result' id='v' to='alice@localhost/a' from='bob@localhost/b'><query xmlns='jabber:iq:version'><name>t</name></query></iq>`)
 
+	// The cluster's metrics on node a: two nodes, bob remote, stanzas
+	// both ways.
+	_, metrics := get(t, "http://"+a.AdminAddr().String()+"/metrics")
+	for _, want := range []string{"krill_cluster_nodes 2\n", "krill_cluster_remote_sessions 1\n", "krill_cluster_nodes_down_total 0\n",
+		`krill_cluster_dropped_total{reason="publish"} 0` + "\n"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q:\n%s", want, grepLines(metrics, "krill_cluster"))
+		}
+	}
+	for _, dir := range []string{"in", "out"} {
+		if strings.Contains(metrics, `krill_cluster_stanzas_total{direction="`+dir+`"} 0`+"\n") {
+			t.Errorf("no stanza %s:\n%s", dir, grepLines(metrics, "krill_cluster"))
+		}
+	}
+
 	// alice's connection drops: bob, on the other node, learns it.
 	_ = alice.conn.Close()
 	bob.expect(t, `<presence type='unavailable' from='alice@localhost/a' to='bob@localhost'/>`)
