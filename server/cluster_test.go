@@ -498,3 +498,41 @@ func TestClusterRollingRestart(t *testing.T) {
 	}
 	t.Logf("%d delivered before the node closed, %d stored offline and delivered on the other node", delivered, len(got)-delivered)
 }
+
+// TestClusterCarbons: message carbons (XEP-0280) reach the enabled
+// resources of both parties on the other node: the module flag travels in
+// the directory.
+func TestClusterCarbons(t *testing.T) {
+	dsn := clusterDSN(t)
+	_, url := testNATS(t)
+	a := startNode(t, clusterConfig(t, url, dsn, "a"), "alice", "bob")
+	b := startNode(t, clusterConfig(t, url, dsn, "b"))
+	login := func(srv *server.Server, user, res string) *rawConn {
+		c := dialRaw(t, srv)
+		c.scramLogin(user, testPassword, res)
+		c.exchange(t, `<iq type='set' id='e1'><enable xmlns='urn:xmpp:carbons:2'/></iq>`, `<iq type='result' id='e1'/>`)
+		c.exchange(t, `<presence/>`, `<presence from='`+user+`@localhost/`+res+`'/>`)
+		return c
+	}
+	aa, ab := login(a, "alice", "a"), login(b, "alice", "b")
+	bx, by := login(a, "bob", "x"), login(b, "bob", "y")
+	seen(t, a, "alice", "b", true)
+	seen(t, a, "bob", "y", true)
+	seen(t, b, "alice", "a", true)
+	seen(t, b, "bob", "x", true)
+
+	aa.send(`<message to='bob@localhost/x' type='chat' id='m1'><body>hi</body></message>`)
+	fwd := `<message xmlns='jabber:client' to='bob@localhost/x' type='chat' id='m1' from='alice@localhost/a'><body>hi</body></message>`
+	bx.skipUntil(`<message to='bob@localhost/x' type='chat' id='m1' from='alice@localhost/a'><body>hi</body></message>`)
+	for _, c := range []struct {
+		r    *rawConn
+		want string
+	}{
+		{ab, carbon("sent", "alice@localhost", "alice@localhost/b", "chat", fwd)},
+		{by, carbon("received", "bob@localhost", "bob@localhost/y", "chat", fwd)},
+	} {
+		if got := c.r.skipUntil(c.want); !strings.HasSuffix(got, c.want) {
+			t.Fatalf("got %q", got)
+		}
+	}
+}
