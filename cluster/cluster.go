@@ -105,6 +105,11 @@ type Handler interface {
 	// Conflict closes the local session owner, bound here, whose full
 	// JID another node has bound since (RFC 6120 7.7.2.2, conflict).
 	Conflict(owner any)
+	// Undeliverable hands back the stanzas sent with an acknowledgement
+	// asked to a node found dead before it acknowledged them, in the
+	// order they were sent: store them as undelivered (offline), in that
+	// order. They belong to the callee.
+	Undeliverable(msgs []Returned)
 	// NodeDown reports that node died with these sessions; announce
 	// is true on the one surviving node elected to announce them
 	// unavailable to their contacts.
@@ -170,8 +175,13 @@ type Node struct {
 	closed        atomic.Bool
 	ready         chan struct{} // closed once the directory's initial values are in
 
+	acks       ackTable
+	ackSubject string
+	ackSub     *nats.Subscription
+
 	// Counters.
 	sent, received, dropped, writeDropped, nodesDown atomic.Uint64
+	untracked, ackLost, givenBack                    atomic.Uint64
 	localCount                                       atomic.Int64
 }
 
@@ -221,9 +231,11 @@ func Start(ctx context.Context, cfg config.Cluster, o Options) (*Node, error) {
 		n.dir[i].m = make(map[string][]*Entry)
 	}
 	n.local.m = make(map[string]*localRec)
+	n.acks.m = make(map[uint64]pendingMsg)
 	token := sanitize(strings.ReplaceAll(o.Domain, ".", "_"))
 	n.inboxPrefix = subjectPrefix + token + ".node."
 	n.hbSubject = subjectPrefix + token + ".hb"
+	n.ackSubject = subjectPrefix + token + ".ack." + name
 	opts := []nats.Option{
 		nats.Name("krill " + name),
 		nats.MaxReconnects(-1),
@@ -297,6 +309,9 @@ func Start(ctx context.Context, cfg config.Cluster, o Options) (*Node, error) {
 	}
 	if err == nil {
 		n.hbSub, err = nc.Subscribe(n.hbSubject, n.onHeartbeat)
+	}
+	if err == nil {
+		n.ackSub, err = nc.Subscribe(n.ackSubject, n.onAck)
 	}
 	if err != nil {
 		n.Close()
@@ -410,12 +425,23 @@ func parseKey(k string) (local, resource string, ok bool) {
 // node's inbox. It does not block (nats.go buffers); false means the
 // stanza could not be queued (the connection is closed or its reconnect
 // buffer is full).
-func (n *Node) Send(node, full string, b []byte) bool {
+//
+// keep asks the receiving node to acknowledge the stanza: if that node is
+// found dead before it does, the stanza goes to Handler.Undeliverable
+// (for messages worth storing offline).
+func (n *Node) Send(node, full string, b []byte, keep bool) bool {
 	if n.closed.Load() {
 		return false
 	}
+	if keep {
+		return n.sendKept(node, full, b)
+	}
+	return n.send(opDeliver, node, full, b)
+}
+
+func (n *Node) send(op byte, node, full string, b []byte) bool {
 	msg := make([]byte, 0, 3+len(full)+len(b))
-	msg = append(msg, opDeliver)
+	msg = append(msg, op)
 	msg = binary.BigEndian.AppendUint16(msg, uint16(len(full)))
 	msg = append(msg, full...)
 	msg = append(msg, b...)
@@ -443,20 +469,26 @@ func (n *Node) SendClose(node, full, cond string) {
 
 // onInbox runs on nats.go's goroutine for this node's inbox.
 func (n *Node) onInbox(m *nats.Msg) {
-	d := m.Data
-	if len(d) < 3 {
+	d, hdr := m.Data, 1 // hdr: the bytes before the full JID's length
+	if len(d) > 0 && d[0] == opDeliverAck {
+		hdr = 9 // op, sequence number
+	}
+	if len(d) < hdr+2 {
 		return
 	}
-	l := int(binary.BigEndian.Uint16(d[1:3]))
-	if len(d) < 3+l {
+	l := int(binary.BigEndian.Uint16(d[hdr : hdr+2]))
+	if len(d) < hdr+2+l {
 		return
 	}
-	full, rest := string(d[3:3+l]), d[3+l:]
+	full, rest := string(d[hdr+2:hdr+2+l]), d[hdr+2+l:]
 	n.received.Add(1)
 	switch d[0] {
 	case opDeliver:
 		// m.Data is the message's own buffer: nats.go does not reuse it.
 		n.h.Deliver(full, rest)
+	case opDeliverAck:
+		n.h.Deliver(full, rest)
+		n.ack(m.Reply, d[1:9])
 	case opClose:
 		n.h.Close(full, string(rest))
 	}
@@ -474,6 +506,13 @@ type Stats struct {
 	WriteDropped uint64
 	// NodesDown counts nodes found dead.
 	NodesDown uint64
+	// Pending is the number of messages sent and not yet acknowledged;
+	// GivenBack counts those handed back because their node died,
+	// AckLost those forgotten unacknowledged while their node lived,
+	// Untracked those sent without an acknowledgement because Pending
+	// was at its cap.
+	Pending                       int
+	GivenBack, AckLost, Untracked uint64
 	// Remote is the number of sessions on other live nodes.
 	Remote int
 	// Nodes is the number of live nodes, this one included.
@@ -483,7 +522,11 @@ type Stats struct {
 // Stats returns a snapshot of the counters.
 func (n *Node) Stats() Stats {
 	st := Stats{Sent: n.sent.Load(), Received: n.received.Load(), Dropped: n.dropped.Load(),
-		WriteDropped: n.writeDropped.Load(), NodesDown: n.nodesDown.Load()}
+		WriteDropped: n.writeDropped.Load(), NodesDown: n.nodesDown.Load(),
+		GivenBack: n.givenBack.Load(), AckLost: n.ackLost.Load(), Untracked: n.untracked.Load()}
+	n.acks.mu.Lock()
+	st.Pending = len(n.acks.m)
+	n.acks.mu.Unlock()
 	for i := range n.dir {
 		sh := &n.dir[i]
 		sh.mu.RLock()

@@ -44,7 +44,9 @@ func TestKey(t *testing.T) {
 }
 
 // nopHandler counts what the node hands over.
-type nopHandler struct{ delivered, conflicts, down atomic.Int64 }
+type nopHandler struct{ delivered, conflicts, down, back atomic.Int64 }
+
+func (h *nopHandler) Undeliverable(m []Returned) { h.back.Add(int64(len(m))) }
 
 func (h *nopHandler) Deliver(string, []byte) { h.delivered.Add(1) }
 func (h *nopHandler) Close(string, string)   {}
@@ -101,8 +103,12 @@ func TestBindConflictAndDeath(t *testing.T) {
 	if e := a.Find("alice", "r"); e == nil || e.Node != "b" {
 		t.Fatalf("a's directory: %+v", e)
 	}
-	if !b.Send("a", "alice@example.org/x", []byte("<message/>")) || !waitFor(func() bool { return ha.delivered.Load() == 1 }) {
+	if !b.Send("a", "alice@example.org/x", []byte("<message/>"), false) || !waitFor(func() bool { return ha.delivered.Load() == 1 }) {
 		t.Fatal("a stanza from b did not reach a")
+	}
+	// A kept message is acknowledged and forgotten.
+	if !b.Send("a", "alice@example.org/x", []byte("<message/>"), true) || !waitFor(func() bool { return ha.delivered.Load() == 2 && b.Stats().Pending == 0 }) {
+		t.Fatalf("a kept stanza was not acknowledged: %+v", b.Stats())
 	}
 	b.Bound("bob", "r", new(int))
 	if !waitFor(func() bool { return a.Find("bob", "r") != nil }) {
@@ -112,12 +118,19 @@ func TestBindConflictAndDeath(t *testing.T) {
 	// keys; closing only the NATS connection is what a crash looks like).
 	b.nc.Close()
 	t0 := time.Now()
+	// Sent to b after its death and before anyone knows: handed back.
+	if !a.Send("b", "bob@example.org/r", []byte("<message/>"), true) {
+		t.Fatal("Send failed")
+	}
 	if !waitFor(func() bool { return a.Find("bob", "r") == nil && a.Find("alice", "r") == nil }) {
 		t.Fatal("b's entries outlived it")
 	}
 	t.Logf("b's death seen after %v (timeout 300ms, heartbeat 50ms)", time.Since(t0))
 	if ha.down.Load() != 2 {
 		t.Fatalf("NodeDown reported %d sessions, want 2", ha.down.Load())
+	}
+	if ha.back.Load() != 1 || a.Stats().Pending != 0 {
+		t.Fatalf("%d message(s) handed back, %d pending; want 1, 0", ha.back.Load(), a.Stats().Pending)
 	}
 	b.Close()
 }

@@ -447,7 +447,9 @@ func (n *Node) beat() {
 		case <-t.C:
 		}
 		n.sendHeartbeat()
-		n.checkNodes(time.Now())
+		now := time.Now()
+		n.checkNodes(now)
+		n.agePending(now, 4*n.cfg.NodeTimeout)
 	}
 }
 
@@ -521,6 +523,9 @@ func (n *Node) checkNodes(now time.Time) {
 func (n *Node) down(node, keep string) {
 	n.nodesDown.Add(1)
 	gone := n.removeNode(node, keep)
+	// What this node sent there and was not acknowledged goes back,
+	// whoever announces.
+	n.giveBack(node)
 	announce := n.liveNames()[0] == n.name
 	n.h.NodeDown(node, gone, announce)
 	if !announce {

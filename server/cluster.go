@@ -181,12 +181,14 @@ func (r *remote) Slot(hook.Slot) any { return nil }
 // SetSlot implements hook.Session (no effect here).
 func (r *remote) SetSlot(hook.Slot, any) {}
 
-// Deliver implements hook.Session: b is published to the owning node.
+// Deliver implements hook.Session: b is published to the owning node; a
+// message worth storing offline is kept until that node acknowledges it
+// (cluster.Node.Send).
 func (r *remote) Deliver(b []byte) bool {
 	if r.dead {
 		return false
 	}
-	if !r.s.cluster.Send(r.e.Node, r.Full(), b) {
+	if !r.s.cluster.Send(r.e.Node, r.Full(), b, offlineWorthy(b)) {
 		return false
 	}
 	r.s.stats.stanzasRouted.Add(1)
@@ -201,6 +203,17 @@ func (r *remote) Close(cond, _ string) {
 	if !r.dead {
 		r.s.cluster.SendClose(r.e.Node, r.Full(), cond)
 	}
+}
+
+// offlineWorthy reports whether b is a message of type chat or normal:
+// what offline storage would take were its recipient gone.
+func offlineWorthy(b []byte) bool {
+	tag, err := stanza.ParseStartTag(b)
+	if err != nil || string(tag.Local()) != "message" {
+		return false
+	}
+	typ, _ := tag.AttrString("type")
+	return typ == "" || typ == "normal" || typ == "chat"
 }
 
 // clusterHandler is what the cluster node calls, on its own goroutines.
@@ -250,17 +263,61 @@ func (h clusterHandler) Deliver(full string, b []byte) {
 	s.clusterStats.undelivered.Add(1)
 }
 
+// Undeliverable implements cluster.Handler: messages routed to a node that
+// died before taking them go where one for an account with no available
+// resource goes (offline storage), in order: one job runs them one after
+// the other, and what the modules would run detached runs in that job.
+func (h clusterHandler) Undeliverable(msgs []cluster.Returned) {
+	s := h.s
+	if !s.detached(func(ctx context.Context) {
+		ih := inlineHost{host: s.host, ctx: ctx}
+		for _, m := range msgs {
+			local, _, _ := splitJID(m.Full)
+			tag, err := stanza.ParseStartTag(m.Stanza)
+			if err != nil {
+				continue
+			}
+			typ, _ := tag.AttrString("type")
+			if !h.undeliveredVia(ih, local, tag, typ, m.Stanza) {
+				s.clusterStats.undelivered.Add(1)
+			}
+		}
+	}) {
+		s.clusterStats.undelivered.Add(uint64(len(msgs)))
+		s.log.Warn("messages of a dead node not stored: worker queue full", zap.Int("messages", len(msgs)))
+	}
+}
+
+// inlineHost is the server's hook.Host for a job already on a worker:
+// Go runs the job at once, so that what the job's handlers detach keeps
+// the job's order.
+type inlineHost struct {
+	host
+	ctx context.Context
+}
+
+// Go implements hook.Host: job runs now, on this worker.
+func (h inlineHost) Go(job func(ctx context.Context)) bool {
+	job(h.ctx)
+	return true
+}
+
 // undelivered fires the Undelivered stage for a message from another node
 // that found no session here, as route does for one from a local session
 // (there is no connection to answer on).
 func (h clusterHandler) undelivered(local string, tag stanza.StartTag, typ string, b []byte) bool {
+	return h.undeliveredVia(h.s.host, local, tag, typ, b)
+}
+
+// undeliveredVia is undelivered with the Host the handlers get.
+func (h clusterHandler) undeliveredVia(hh hook.Host, local string, tag stanza.StartTag, typ string, b []byte) bool {
 	s := h.s
 	st := &hook.Stanza{Kind: hook.Message, Type: typ, Tag: tag, Raw: b, Addr: hook.ToBare,
 		Local: local, Domain: s.cfg.Domain}
 	st.ID, _ = tag.AttrString("id")
 	st.From, _ = tag.AttrString("from")
 	st.To, _ = tag.AttrString("to")
-	cx := &hook.Ctx{Host: s.host, Registry: s.hooks, Log: s.log, Stanza: st}
+	cx := &hook.Ctx{Host: hh, Registry: s.hooks, Log: s.log, Stanza: st}
 	return s.hooks.Stanza(cx, hook.Undelivered, st) == hook.Stop
 }
 
