@@ -353,6 +353,19 @@ func (n *Node) watch(w jetstream.KeyWatcher) {
 	defer n.wg.Done()
 	defer func() { _ = w.Stop() }()
 	initial := true
+	// Node names and incarnations repeat in every entry of a node: one
+	// string each (the watch goroutine's own map, a few entries).
+	intern := make(map[string]string)
+	in := func(s string) string {
+		if v, ok := intern[s]; ok {
+			return v
+		}
+		if len(intern) > 1024 {
+			clear(intern) // restarts over a long life
+		}
+		intern[s] = s
+		return s
+	}
 	for {
 		var e jetstream.KeyValueEntry
 		select {
@@ -390,8 +403,8 @@ func (n *Node) watch(w jetstream.KeyWatcher) {
 			}
 			continue
 		}
-		ent := &Entry{Local: local, Resource: resource, Node: v.Node, Available: v.Avail, Priority: v.Prio,
-			Presence: v.Presence, Flags: v.Flags, inc: v.Inc, rev: e.Revision()}
+		ent := &Entry{Local: local, Resource: resource, Node: in(v.Node), Available: v.Avail, Priority: v.Prio,
+			Presence: v.Presence, Flags: v.Flags, inc: in(v.Inc), rev: e.Revision()}
 		if !n.admit(ent) {
 			continue
 		}
