@@ -70,6 +70,8 @@ const (
 var (
 	// ErrClosed means the node has left the cluster.
 	ErrClosed = errors.New("cluster: node closed")
+	// ErrNameInUse means a live node already has this cluster.node_name.
+	ErrNameInUse = errors.New("cluster: cluster.node_name is in use by a live node")
 )
 
 // Entry is a session on another node as the directory knows it. An Entry
@@ -173,6 +175,7 @@ type Node struct {
 	cancel        context.CancelFunc
 	wg            sync.WaitGroup
 	closed        atomic.Bool
+	dupe          atomic.Bool // a heartbeat with this node's name and another incarnation was heard
 	ready         chan struct{} // closed once the directory's initial values are in
 
 	acks       ackTable
@@ -316,6 +319,19 @@ func Start(ctx context.Context, cfg config.Cluster, o Options) (*Node, error) {
 	if err != nil {
 		n.Close()
 		return nil, fmt.Errorf("cluster: subscribe: %w", err)
+	}
+	// A live node with the same name would take this one's entries as
+	// left by a previous run and delete them (and this one its): listen
+	// one and a half heartbeats before writing anything.
+	wait := time.NewTimer(n.cfg.Heartbeat + n.cfg.Heartbeat/2)
+	select {
+	case <-wait.C:
+	case <-ctx.Done():
+	}
+	wait.Stop()
+	if n.dupe.Load() {
+		n.Close()
+		return nil, fmt.Errorf("%w: %q", ErrNameInUse, name)
 	}
 	w, err := kv.WatchAll(n.ctx)
 	if err != nil {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -133,6 +134,20 @@ func TestBindConflictAndDeath(t *testing.T) {
 		t.Fatalf("%d message(s) handed back, %d pending; want 1, 0", ha.back.Load(), a.Stats().Pending)
 	}
 	b.Close()
+}
+
+// TestNameInUse: a second node with a live node's name does not start.
+func TestNameInUse(t *testing.T) {
+	url := runNATS(t)
+	a, err := Start(context.Background(), testCluster(url, "same"), Options{Domain: "example.org", Handler: &nopHandler{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	_, err = Start(context.Background(), testCluster(url, "same"), Options{Domain: "example.org", Handler: &nopHandler{}})
+	if !errors.Is(err, ErrNameInUse) {
+		t.Fatalf("second node with the same name: %v", err)
+	}
 }
 
 func waitFor(cond func() bool) bool {

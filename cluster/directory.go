@@ -488,7 +488,15 @@ func (n *Node) reconnected() {
 // onHeartbeat runs on nats.go's goroutine for the heartbeat subject.
 func (n *Node) onHeartbeat(m *nats.Msg) {
 	var hb heartbeat
-	if json.Unmarshal(m.Data, &hb) != nil || hb.Node == n.name {
+	if json.Unmarshal(m.Data, &hb) != nil {
+		return
+	}
+	if hb.Node == n.name {
+		if hb.Inc != n.inc && n.dupe.CompareAndSwap(false, true) {
+			// Two live nodes with one name would delete each other's
+			// directory entries as stale.
+			n.log.Error("another live node has this cluster.node_name", zap.String("incarnation", hb.Inc))
+		}
 		return
 	}
 	n.nodesMu.Lock()
