@@ -130,6 +130,10 @@ type localRec struct {
 	owner any    // the server's session
 	rev   uint64 // revision of our last write; 0 while the bind is in flight
 	val   []byte // the value last written, for reassert
+	// foreign is the newest revision another node wrote while our bind
+	// was in flight (its result not yet recorded): if our write is older,
+	// we lost the key.
+	foreign uint64
 }
 
 // opKind is a directory write.
@@ -244,10 +248,20 @@ func (n *Node) writeBind(ctx context.Context, o op) {
 		return
 	}
 	n.local.mu.Lock()
+	lost := false
 	if r := n.local.m[o.key]; r != nil && r.owner == o.owner {
 		r.rev, r.val = rev, o.val
+		if r.foreign > rev {
+			// Another node bound it after us, and its write was seen
+			// before our result came back.
+			lost = true
+			delete(n.local.m, o.key)
+		}
 	}
 	n.local.mu.Unlock()
+	if lost {
+		n.h.Conflict(o.owner)
+	}
 }
 
 // writeReassert writes a held key again after this node lost NATS for a
@@ -415,9 +429,14 @@ func (n *Node) watch(w jetstream.KeyWatcher) {
 		k := e.Key()
 		n.local.mu.Lock()
 		r := n.local.m[k]
-		if r != nil && r.rev != 0 && e.Revision() > r.rev {
+		switch {
+		case r == nil:
+		case r.rev == 0:
+			r.foreign = max(r.foreign, e.Revision()) // judged when our write returns
+			r = nil
+		case e.Revision() > r.rev:
 			delete(n.local.m, k)
-		} else {
+		default:
 			r = nil
 		}
 		n.local.mu.Unlock()
