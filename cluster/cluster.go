@@ -175,7 +175,7 @@ type Node struct {
 	cancel        context.CancelFunc
 	wg            sync.WaitGroup
 	closed        atomic.Bool
-	dupe          atomic.Bool // a heartbeat with this node's name and another incarnation was heard
+	dupe          atomic.Bool   // a heartbeat with this node's name and another incarnation was heard
 	ready         chan struct{} // closed once the directory's initial values are in
 
 	acks       ackTable
