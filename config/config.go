@@ -45,7 +45,49 @@ type Config struct {
 	Upload    Upload    `koanf:"upload"`
 	S2S       S2S       `koanf:"s2s"`
 	Component Component `koanf:"component"`
+	Cluster   Cluster   `koanf:"cluster"`
 }
+
+// Cluster makes this server one node of a cluster serving one domain: the
+// nodes route stanzas to each other through NATS and keep their session
+// directory in a JetStream key-value bucket (README, Cluster). An empty
+// NATSURL (the default) means a standalone server: no NATS is needed and
+// nothing below is used. Cluster mode requires storage.driver "postgres",
+// the state every node shares.
+type Cluster struct {
+	// NATSURL is one or more NATS server URLs, comma-separated
+	// ("nats://n1:4222,nats://n2:4222"); the client fails over between
+	// them. Empty: no cluster.
+	NATSURL string `koanf:"nats_url"`
+	// NodeName names this node, unique in the cluster: its inbox subject
+	// and its sessions' directory entries carry it. Letters, digits, '-'
+	// and '_' only. Empty means the host name.
+	NodeName string `koanf:"node_name"`
+	// Credentials is a NATS credentials file (JWT and NKey seed); empty
+	// for none.
+	Credentials string `koanf:"credentials"`
+	// TLSCA is a PEM file of the CAs that sign the NATS servers'
+	// certificates; empty means the system roots (TLS is used when a URL
+	// is tls:// or the server requires it).
+	TLSCA string `koanf:"tls_ca"`
+	// TLSCert and TLSKey are a client certificate and key for NATS
+	// servers that verify clients; set both or neither.
+	TLSCert string `koanf:"tls_cert"`
+	TLSKey  string `koanf:"tls_key"`
+	// Heartbeat is how often this node announces itself to the others.
+	Heartbeat time.Duration `koanf:"heartbeat"`
+	// NodeTimeout is how long a node may stay silent before the others
+	// take it as dead: they announce its sessions unavailable and route
+	// to it no more. Must be more than twice Heartbeat.
+	NodeTimeout time.Duration `koanf:"node_timeout"`
+	// Replicas is the number of JetStream replicas of the session
+	// directory bucket: 3 on a three-server NATS cluster, 1 for a single
+	// NATS server.
+	Replicas int `koanf:"replicas"`
+}
+
+// Enabled reports whether cluster mode is on.
+func (c Cluster) Enabled() bool { return c.NATSURL != "" }
 
 // FAST configures XEP-0484 Fast Authentication Streamlining Tokens: tokens
 // a client gets after a SASL2 login and logs in with later in one round
@@ -595,6 +637,8 @@ func Default() Config {
 		S2S:       defaultS2S(),
 		Component: Component{Listen: DefaultComponentListen},
 		Web:       Web{Path: DefaultWebPath, AllowedOrigins: []string{}},
+		Cluster: Cluster{Heartbeat: DefaultClusterHeartbeat, NodeTimeout: DefaultClusterNodeTimeout,
+			Replicas: 1},
 	}
 }
 
@@ -870,5 +914,55 @@ func (c *Config) Validate() error {
 		bad("server.tick", c.Server.Tick, "must be between 1ms and 1s")
 	}
 	c.validateS2S(bad)
+	c.validateCluster(bad)
 	return errors.Join(errs...)
+}
+
+// Cluster defaults.
+const (
+	// DefaultClusterHeartbeat is how often a node announces itself.
+	DefaultClusterHeartbeat = time.Second
+	// DefaultClusterNodeTimeout is how long a silent node is taken as
+	// alive: a dead node's users go unavailable within this bound plus
+	// one heartbeat.
+	DefaultClusterNodeTimeout = 5 * time.Second
+)
+
+// ErrClusterSQLite is why a cluster cannot run on SQLite: the nodes share
+// their state (accounts, rosters, offline messages) in one database.
+var ErrClusterSQLite = errors.New(`cluster mode needs storage.driver "postgres": SQLite is one process's file and the nodes share their state`)
+
+func (c *Config) validateCluster(bad func(key string, v any, why string)) {
+	cl := c.Cluster
+	if !cl.Enabled() {
+		return
+	}
+	if c.Storage.Driver != "postgres" {
+		bad("storage.driver", c.Storage.Driver, ErrClusterSQLite.Error())
+	}
+	for _, u := range strings.Split(cl.NATSURL, ",") {
+		u = strings.TrimSpace(u)
+		if !strings.Contains(u, "://") && strings.Count(u, ":") != 1 {
+			bad("cluster.nats_url", cl.NATSURL, "must be nats://host:port[,nats://host:port...]")
+			break
+		}
+	}
+	for _, r := range cl.NodeName {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			bad("cluster.node_name", cl.NodeName, "must hold only letters, digits, '-' and '_'")
+			break
+		}
+	}
+	if (cl.TLSCert == "") != (cl.TLSKey == "") {
+		bad("cluster.tls_cert", cl.TLSCert, "cluster.tls_cert and cluster.tls_key must be set together")
+	}
+	if cl.Heartbeat < 10*time.Millisecond {
+		bad("cluster.heartbeat", cl.Heartbeat, "must be >= 10ms")
+	}
+	if cl.NodeTimeout <= 2*cl.Heartbeat {
+		bad("cluster.node_timeout", cl.NodeTimeout, "must be more than twice cluster.heartbeat")
+	}
+	if cl.Replicas < 1 || cl.Replicas > 5 {
+		bad("cluster.replicas", cl.Replicas, "must be between 1 and 5")
+	}
 }

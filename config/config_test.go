@@ -146,6 +146,15 @@ func TestLoadErrors(t *testing.T) {
 		}},
 		{"buffer without flush interval", "", []string{"KRILL_LOG_FLUSH_INTERVAL=0s"}, []string{
 			"log.flush_interval: must be > 0 while log.buffer is set, got 0s"}},
+		{"cluster on sqlite", "", []string{"KRILL_CLUSTER_NATS_URL=nats://127.0.0.1:4222"}, []string{
+			`storage.driver: cluster mode needs storage.driver "postgres"`}},
+		{"cluster keys", "", []string{"KRILL_CLUSTER_NATS_URL=nats://127.0.0.1:4222", "KRILL_STORAGE_DRIVER=postgres",
+			"KRILL_STORAGE_DSN=postgres://x", "KRILL_CLUSTER_NODE_NAME=a.b", "KRILL_CLUSTER_HEARTBEAT=2s",
+			"KRILL_CLUSTER_NODE_TIMEOUT=3s", "KRILL_CLUSTER_TLS_CERT=c.pem", "KRILL_CLUSTER_REPLICAS=0"}, []string{
+			"cluster.node_name: must hold only letters, digits, '-' and '_', got a.b",
+			"cluster.node_timeout: must be more than twice cluster.heartbeat, got 3s",
+			"cluster.tls_cert: cluster.tls_cert and cluster.tls_key must be set together",
+			"cluster.replicas: must be between 1 and 5, got 0"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -156,7 +156,7 @@ func envKeys(environ []string) (map[string]any, error) {
 // KRILL_PREAUTH_MAX_PER_IP is "preauth.max_per_ip".
 func EnvKey(name string) string {
 	rest := strings.ToLower(strings.TrimPrefix(name, EnvPrefix))
-	for _, section := range []string{"c2s", "preauth", "tls", "log", "server", "storage", "im", "register", "admin", "csi", "sm", "fast", "pep", "mam", "muc", "web", "s2s", "component", "upload"} {
+	for _, section := range []string{"c2s", "preauth", "tls", "log", "server", "storage", "im", "register", "admin", "csi", "sm", "fast", "pep", "mam", "muc", "web", "s2s", "component", "upload", "cluster"} {
 		if after, ok := strings.CutPrefix(rest, section+"_"); ok {
 			return section + "." + after
 		}

@@ -180,6 +180,12 @@ func TestReadmeEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The cluster example's variables too.
+	compose, err := os.ReadFile("cluster/compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = append(b, compose...)
 	keys := config.Keys()
 	names := envName.FindAllString(string(b), -1)
 	if len(names) == 0 {

@@ -31,15 +31,20 @@ func (h host) Config() *config.Config { return h.s.conf() }
 // Go implements hook.Host.
 func (h host) Go(job func(ctx context.Context)) bool { return h.s.detached(job) }
 
-// Sessions implements hook.Host.
+// Sessions implements hook.Host: in a cluster, the account's sessions on
+// other nodes too.
 func (h host) Sessions(local string, fn func(hook.Session)) {
 	h.s.sessions.each(local, func(o *session) { fn(o) })
+	h.s.remoteEach(local, func(r *remote) { fn(r) })
 }
 
 // Session implements hook.Host.
 func (h host) Session(local, resource string) hook.Session {
 	if o := h.s.sessions.find(local, resource); o != nil {
 		return o
+	}
+	if r := h.s.remoteFind(local, resource); r != nil {
+		return r
 	}
 	return nil
 }
@@ -85,6 +90,9 @@ func (s *Server) deliverTo(from *loop, local, domain, resource string, b []byte)
 			s.stats.stanzasRouted.Add(1)
 			return 1
 		}
+		if r := s.remoteFind(local, resource); r != nil && r.Deliver(b) {
+			return 1 // another cluster node holds it
+		}
 		if kind != hook.Message || !(len(typ) == 0 || string(typ) == "normal" || string(typ) == "chat") {
 			return 0
 		}
@@ -95,6 +103,14 @@ func (s *Server) deliverTo(from *loop, local, domain, resource string, b []byte)
 	case kind == hook.Message && (string(typ) == "groupchat" || string(typ) == "error"):
 		return 0
 	}
+	// Other cluster nodes first: a publish copies b, the last local
+	// session takes it. Remote deliveries count themselves as routed.
+	remoteN := 0
+	s.remoteEach(local, func(r *remote) {
+		if r.Available() && (kind != hook.Message || r.Priority() >= 0) && r.Deliver(b) {
+			remoteN++
+		}
+	})
 	n := 0
 	var next *session
 	s.sessions.each(local, func(o *session) {
@@ -111,5 +127,5 @@ func (s *Server) deliverTo(from *loop, local, domain, resource string, b []byte)
 		n++
 	}
 	s.stats.stanzasRouted.Add(uint64(n))
-	return n
+	return n + remoteN
 }

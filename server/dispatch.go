@@ -128,6 +128,7 @@ func (l *loop) sessionCtx(sess *session) *hook.Ctx {
 func (s *Server) endSession(sess *session) {
 	if sess.bound {
 		s.sessions.unbind(sess)
+		s.clusterUnbound(sess)
 	}
 	sess.closeMailbox()
 	cx := sess.loop.sessionCtx(sess)

@@ -213,6 +213,7 @@ func (s *Server) attach(c *conn, n, o *session, h handedOver, then func(*hook.Ct
 	if prev := s.sessions.bind(n); prev != nil && prev != o {
 		prev.closeWith(stream.Conflict.Err)
 	}
+	s.clusterBound(n)
 	c.flags &^= flagWorkPending
 	if c.has(flagClosed) {
 		// The new connection went while the state travelled: the session

@@ -96,6 +96,7 @@ func (s *Server) bindSession(c *conn, full jid.JID) {
 		s.stats.replaced.Add(1)
 		old.closeWith(stream.Conflict.Err)
 	}
+	s.clusterBound(sess)
 	c.phase = phaseSession
 	c.framer.SetLimits(stanza.Limits{MaxBytes: s.conf().C2S.MaxStanzaSize, MaxDepth: s.conf().C2S.MaxDepth})
 	// The pre-auth deadline ends here; the idle-ping schedule begins.
@@ -250,7 +251,7 @@ func (s *Server) toServer(c *conn, cx *hook.Ctx, st *hook.Stanza) {
 // route delivers a stanza to a local account and answers what nobody took
 // as RFC 6121 8.5 says.
 func (s *Server) route(c *conn, cx *hook.Ctx, st *hook.Stanza) {
-	if st.Kind == hook.Message && st.Type == "groupchat" && (st.Addr == hook.ToBare || s.sessions.find(st.Local, st.Resource) == nil) {
+	if st.Kind == hook.Message && st.Type == "groupchat" && (st.Addr == hook.ToBare || s.sessions.find(st.Local, st.Resource) == nil && s.remoteFind(st.Local, st.Resource) == nil) {
 		cx.ReplyError("cancel", "service-unavailable", "")
 		return
 	}

@@ -34,6 +34,7 @@ import (
 	"golang.org/x/sys/unix"
 	"mellium.im/xmpp/stream"
 
+	"github.com/krill-xmpp/krill/cluster"
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/ratelimit"
@@ -63,6 +64,11 @@ type Server struct {
 	sessions sessionTable
 	preauth  preauthLimiter
 	stats    Stats
+
+	// cluster is this node's membership of a cluster, nil when standalone
+	// (cluster.go).
+	cluster      *cluster.Node
+	clusterStats clusterStats
 
 	// TLS: the certificate, the two configurations and the handshake cap.
 	certs       *certSource
@@ -168,6 +174,10 @@ func (s *Server) Start() error {
 		return ErrStarted
 	}
 	s.pool = workpool.New(s.cfg.Server.Workers, s.cfg.Server.WorkQueue)
+	if err := s.startCluster(); err != nil {
+		s.pool.Close()
+		return err
+	}
 	loops := s.cfg.Server.EventLoops
 	if loops == 0 {
 		loops = runtime.GOMAXPROCS(0)
@@ -220,6 +230,9 @@ func (s *Server) Start() error {
 	if err := <-s.booted; err != nil {
 		ticker.Stop()
 		s.pool.Close()
+		if s.cluster != nil {
+			s.cluster.Close()
+		}
 		return err
 	}
 	// One ticker goroutine for the whole server drives every loop's wheel.
@@ -319,6 +332,12 @@ func (s *Server) Stop(ctx context.Context) error {
 	case <-s.done:
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	if s.cluster != nil {
+		// After the sessions, before the workers: their directory
+		// entries are deleted, then what other nodes sent meanwhile is
+		// taken (offline storage runs on the workers).
+		s.cluster.Close()
 	}
 	// Modules finish what they batch (last activity), then jobs already
 	// queued (offline messages being stored, say) finish.

@@ -89,10 +89,14 @@ func (s *session) Has(f hook.Flag) bool { return s.flags.Load()&uint32(f) != 0 }
 
 // Set implements hook.Session.
 func (s *session) Set(f hook.Flag, on bool) {
+	var old uint32
 	if on {
-		s.flags.Or(uint32(f))
+		old = s.flags.Or(uint32(f))
 	} else {
-		s.flags.And(^uint32(f))
+		old = s.flags.And(^uint32(f))
+	}
+	if old != s.flags.Load() {
+		s.loop.srv.clusterSync(s)
 	}
 }
 
@@ -129,13 +133,17 @@ func (s *session) SetPresence(c *hook.Ctx, stamped []byte, priority int) {
 	s.mu.Lock()
 	s.last = stamped
 	s.mu.Unlock()
+	if stamped != nil {
+		s.priority.Store(int32(priority))
+	}
+	// The other nodes of a cluster see the presence (a no-op otherwise).
+	s.loop.srv.clusterSync(s)
 	if stamped == nil {
 		if s.available.Swap(false) {
 			s.loop.srv.hooks.Fire(c, hook.Unavailable)
 		}
 		return
 	}
-	s.priority.Store(int32(priority))
 	if !s.available.Swap(true) {
 		s.loop.srv.hooks.Fire(c, hook.Available)
 	}

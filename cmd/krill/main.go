@@ -49,6 +49,7 @@ const usage = `usage:
   krill config check [--config FILE]
   krill health [--addr HOST:PORT] [--config FILE]   (exit 0 when /healthz answers)
   krill reload [--config FILE]            (SIGHUP to the running server: configuration and certificates)
+  krill cluster status [--config FILE]    (the cluster's live nodes and their sessions, heard on NATS)
 `
 
 func main() {
@@ -80,6 +81,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = health(args[1:], stdout, stderr)
 	case "reload":
 		err = reloadCmd(args[1:], stdout, stderr)
+	case "cluster":
+		err = clusterCmd(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
