@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"sync"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -65,7 +67,21 @@ type Module struct {
 	// twice (XEP-0313 §5.1.1).
 	Archived func(sess hook.Session, b []byte) bool
 
-	stored, delivered, fromArchive atomic.Uint64
+	stored, delivered, fromArchive, raced atomic.Uint64
+}
+
+// deliveryLocks serialise the reading, handing over and deleting of one
+// account's stored messages (a striped lock: a fixed array, whatever the
+// number of accounts), so that the delivery at initial presence and the
+// one after a store that raced with it (see undelivered) never hand the
+// same message over twice. Only workers take them.
+var (
+	deliveryLocks [64]sync.Mutex
+	deliverySeed  = maphash.MakeSeed()
+)
+
+func deliveryLock(user string) *sync.Mutex {
+	return &deliveryLocks[maphash.String(deliverySeed, user)%uint64(len(deliveryLocks))]
 }
 
 // Stats are the module's counters since start.
@@ -114,12 +130,13 @@ func (m *Module) undelivered(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 	maxBytes := quotaBytes(c)
 	user, from := st.Local, st.From
 	b := stanza.WithAttr(st.Tag, st.Raw, "from", st.From) // st is valid only during this call
-	log := c.Log
+	log, host := c.Log, c.Host
 	job := func(ctx context.Context) error {
 		err := m.store(ctx, user, from, b, maxMessages, maxBytes)
 		switch {
 		case err == nil:
 			m.stored.Add(1)
+			m.afterStore(ctx, host, log, user)
 		case !errors.Is(err, errRefused) && !errors.Is(err, storage.ErrQuota):
 			log.Error("offline store failed", zap.String("user", user), zap.Error(err))
 		}
@@ -140,6 +157,32 @@ func (m *Module) undelivered(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 		return nil
 	}, func(c *hook.Ctx) { c.ReplyError("wait", "resource-constraint", "") })
 	return hook.Stop
+}
+
+// afterStore closes a race. A message is stored because its recipient had
+// no available resource when it was routed; if one became available
+// meanwhile, its initial-presence delivery may have read the store before
+// this message was committed, and the message would wait for the next
+// login. The commit happened before this check, so either that delivery
+// saw the message or this check sees the available session and delivers
+// it. Runs on a worker.
+func (m *Module) afterStore(ctx context.Context, host hook.Host, log *zap.Logger, user string) {
+	var sess hook.Session
+	host.Sessions(user, func(s hook.Session) {
+		if sess == nil && s.Available() {
+			sess = s
+		}
+	})
+	if sess == nil {
+		return
+	}
+	m.raced.Add(1)
+	for after, n := int64(0), 0; n < maxBatches; n++ {
+		var more bool
+		if after, more = m.deliverBatch(ctx, log, host.Domain(), sess, after); !more {
+			return
+		}
+	}
 }
 
 // store checks the recipient and stores b. Runs on a worker.
@@ -242,6 +285,9 @@ func (m *Module) deliverBatch(ctx context.Context, log *zap.Logger, domain strin
 		return after, false // gone unavailable: the rest waits for the next time
 	}
 	user := sess.Local()
+	mu := deliveryLock(user)
+	mu.Lock()
+	defer mu.Unlock()
 	msgs, err := m.Store.OfflineBatch(ctx, user, after, BatchSize)
 	if err != nil {
 		log.Error("offline messages read failed", zap.String("user", user), zap.Error(err))
@@ -273,9 +319,12 @@ func (m *Module) deliverBatch(ctx context.Context, log *zap.Logger, domain strin
 	return last, n == len(msgs) && len(msgs) == BatchSize
 }
 
-// Counters implements hook.Counter: "stored" and "delivered" messages.
+// Counters implements hook.Counter: "stored" and "delivered" messages,
+// those skipped because the archive had them, and the deliveries made
+// after a store that raced with an initial presence (afterStore).
 func (m *Module) Counters(fn func(event string, n uint64)) {
 	fn("stored", m.stored.Load())
 	fn("delivered", m.delivered.Load())
 	fn("skipped_archived", m.fromArchive.Load())
+	fn("delivered_after_race", m.raced.Load())
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/hook/hooktest"
+	"github.com/krill-xmpp/krill/modules/internal/imtest"
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/stanza"
 	"github.com/krill-xmpp/krill/storage"
@@ -215,5 +216,48 @@ func TestWithDelay(t *testing.T) {
 		if got := string(stanza.WithDelay([]byte(tc.in), "d", at)); got != tc.want {
 			t.Errorf("stanza.WithDelay(%s) = %s", tc.in, got)
 		}
+	}
+}
+
+// TestStoreRacingInitialPresence: a message routed while its recipient had
+// no available resource is stored; if the recipient's initial presence
+// came meanwhile and its delivery read the store before the message was
+// committed, the store itself delivers it (afterStore), once, instead of
+// leaving it for the next login.
+func TestStoreRacingInitialPresence(t *testing.T) {
+	db := open(t, "gina", "frank")
+	m := &Module{Store: db, Accounts: db}
+	reg, err := hook.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := imtest.NewHost()
+	gina := h.Bind("gina", "phone")
+	frank := h.Bind("frank", "f")
+	// gina becomes available; her delivery reads the (still empty) store.
+	gconn := imtest.NewConn(h, reg, gina)
+	gina.SetPresence(gconn.Ctx(nil), []byte(`<presence/>`), 0)
+	gconn.Run()
+	if got := gina.Take(); len(got) != 0 {
+		t.Fatalf("delivered from an empty store: %q", got)
+	}
+	// frank's message was routed before gina's presence: undelivered.
+	st := message(t, `<message to='gina@localhost' id='r1' type='chat'><body>raced</body></message>`, frank.Full())
+	fconn := imtest.NewConn(h, reg, frank)
+	if v := reg.Stanza(fconn.Ctx(&st), hook.Undelivered, &st); v != hook.Stop {
+		t.Fatalf("verdict %v", v)
+	}
+	fconn.Run()
+	got := gina.Take()
+	if len(got) != 1 || !strings.Contains(got[0], `id='r1'`) || !strings.Contains(got[0], `<body>raced</body>`) || !strings.Contains(got[0], `urn:xmpp:delay`) {
+		t.Fatalf("gina got %q, want the raced message once, with a delay", got)
+	}
+	if left, err := db.Offline(context.Background(), "gina"); err != nil || len(left) != 0 {
+		t.Fatalf("still stored: %d, %v", len(left), err)
+	}
+	counters := map[string]uint64{}
+	m.Counters(func(ev string, n uint64) { counters[ev] = n })
+	if counters["stored"] != 1 || counters["delivered"] != 1 || counters["delivered_after_race"] != 1 {
+		t.Fatalf("counters %v", counters)
 	}
 }
