@@ -512,7 +512,14 @@ func (s *Server) authFail(c *conn, v2 bool, cond, text string, checked bool) {
 	if c.phase < phaseAuthHeader {
 		c.sess = nil
 	}
+	// Counted before the failure is written, so that whoever reads it
+	// (a client, a test) finds it counted.
 	s.stats.authFailed.Add(1)
+	if checked {
+		s.stats.authFailedCredential.Add(1)
+	} else {
+		s.stats.authFailedExchange.Add(1)
+	}
 	var b []byte
 	if v2 {
 		b = append(c.loop.scratch[:0], `<failure xmlns='`+nsSASL2+`'><`...)
@@ -535,7 +542,6 @@ func (s *Server) authFail(c *conn, v2 bool, cond, text string, checked bool) {
 	c.write(b)
 	c.loop.scratch = b[:0]
 	if checked {
-		s.stats.authFailedCredential.Add(1)
 		c.failed++
 		s.authFailures.Add(c.ip.Addr(), time.Now(), s.failureLimit())
 		if int(c.failed) >= s.conf().Preauth.MaxFailedAuth {
@@ -544,7 +550,6 @@ func (s *Server) authFail(c *conn, v2 bool, cond, text string, checked bool) {
 		return
 	}
 	// Aborts count too: an endless abort loop is an exchange loop.
-	s.stats.authFailedExchange.Add(1)
 	c.failedEx++
 	if int(c.failedEx) >= s.conf().Preauth.MaxFailedExchanges {
 		s.fail(c, stream.PolicyViolation.Err, "too many failed SASL exchanges")

@@ -169,7 +169,9 @@ func (m *Module) undelivered(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 func (m *Module) afterStore(ctx context.Context, host hook.Host, log *zap.Logger, user string) {
 	var sess hook.Session
 	host.Sessions(user, func(s hook.Session) {
-		if sess == nil && s.Available() {
+		// A resource with a negative priority never gets messages to the
+		// bare JID (RFC 6121 8.5.2.1.1): those wait offline for it.
+		if sess == nil && s.Available() && s.Priority() >= 0 {
 			sess = s
 		}
 	})
