@@ -280,6 +280,14 @@ type Session interface {
 	Close(cond, text string)
 }
 
+// Remote is implemented by a Session another node of a cluster holds:
+// what this node sees of it is a copy, and work that must be serialised
+// with the session's own (delivering stored messages, say) belongs to the
+// node that holds it.
+type Remote interface {
+	Remote() bool
+}
+
 // Host is what the core offers modules beyond one request: routing, the
 // sessions of an account, background work. It is safe for concurrent use.
 type Host interface {

@@ -144,6 +144,9 @@ type remote struct {
 
 var _ hook.Session = (*remote)(nil)
 
+// Remote implements hook.Remote.
+func (r *remote) Remote() bool { return true }
+
 // Local implements hook.Session.
 func (r *remote) Local() string { return r.e.Local }
 

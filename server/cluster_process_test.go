@@ -64,6 +64,7 @@ func clusterEnv(t testing.TB, natsURL, dsn, name, addr string) []string {
 		"KRILL_DOMAIN=localhost",
 		"KRILL_DATA_DIR="+t.TempDir(),
 		"KRILL_C2S_LISTEN="+addr,
+		"KRILL_S2S_LISTEN=", // federation is not under test; several nodes share the host
 		"KRILL_C2S_DIRECT_TLS_LISTEN=",
 		"KRILL_C2S_ALLOW_PLAINTEXT=true",
 		"KRILL_ADMIN_LISTEN=",

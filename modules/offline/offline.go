@@ -171,6 +171,11 @@ func (m *Module) afterStore(ctx context.Context, host hook.Host, log *zap.Logger
 	host.Sessions(user, func(s hook.Session) {
 		// A resource with a negative priority never gets messages to the
 		// bare JID (RFC 6121 8.5.2.1.1): those wait offline for it.
+		// A session on another node of a cluster flushes the store
+		// itself, under that node's locks (hook.Remote).
+		if r, ok := s.(hook.Remote); ok && r.Remote() {
+			return
+		}
 		if sess == nil && s.Available() && s.Priority() >= 0 {
 			sess = s
 		}
