@@ -542,9 +542,9 @@ func melliumReceiver(t *testing.T, srv *server, bare string) <-chan message {
 	return got
 }
 
-// melliumSession is melliumReceiver that also returns the session, to
-// send with.
-func melliumSession(t *testing.T, srv *server, bare string) (*xmpp.Session, <-chan message) {
+// melliumLogin logs bare in over STARTTLS (SCRAM-SHA-256, resource
+// binding) with mellium.im/xmpp, an independent client.
+func melliumLogin(t *testing.T, srv *server, bare string) *xmpp.Session {
 	t.Helper()
 	pem, err := os.ReadFile(srv.cert())
 	if err != nil {
@@ -569,6 +569,16 @@ func melliumSession(t *testing.T, srv *server, bare string) (*xmpp.Session, <-ch
 	if err != nil {
 		t.Fatalf("mellium login %s: %v", bare, err)
 	}
+	return s
+}
+
+// melliumSession is melliumReceiver that also returns the session, to
+// send with.
+func melliumSession(t *testing.T, srv *server, bare string) (*xmpp.Session, <-chan message) {
+	t.Helper()
+	s := melliumLogin(t, srv, bare)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
 	got := make(chan message, 8)
 	go func() {
 		_ = s.Serve(xmpp.HandlerFunc(func(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
@@ -752,29 +762,7 @@ type melliumClient struct {
 // returns what it receives, each element with its raw XML re-encoded.
 func melliumStanzas(t *testing.T, srv *server, bare string) *melliumClient {
 	t.Helper()
-	pem, err := os.ReadFile(srv.cert())
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(pem)
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	conn, err := net.DialTimeout("tcp", srv.c2s, waitTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	origin := jid.MustParse(bare)
-	s, err := xmpp.NewSession(ctx, origin.Domain(), origin, conn, 0, xmpp.NewNegotiator(
-		func(*xmpp.Session, *xmpp.StreamConfig) xmpp.StreamConfig {
-			return xmpp.StreamConfig{Features: []xmpp.StreamFeature{
-				xmpp.StartTLS(&tls.Config{ServerName: domain, RootCAs: roots, MinVersion: tls.VersionTLS12}),
-				xmpp.SASL("", password, msasl.ScramSha256), xmpp.BindResource()}}
-		}))
-	if err != nil {
-		t.Fatalf("mellium login %s: %v", bare, err)
-	}
+	s := melliumLogin(t, srv, bare)
 	c := &melliumClient{s: s, got: make(chan received, 64)}
 	go func() {
 		_ = s.Serve(xmpp.HandlerFunc(func(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
