@@ -3,6 +3,7 @@ package muc
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -132,6 +133,8 @@ type room struct {
 	locked      bool // reserved room awaiting its configuration
 	fresh       bool // created, its first occupant not yet in
 	affs        map[string]affiliation
+	nicks       map[string]string    // reserved nicknames (XEP-0045 7.10) by bare JID
+	reserved    map[string]string    // the same, bare JIDs by nickname comparison key
 	occ         map[string]*occupant // by nick key: the nick's first session (others are its twins)
 	byJID       map[string]*occupant // by real full JID
 	history     []histEntry
@@ -150,14 +153,15 @@ type room struct {
 func (m *Module) newRoom(h hook.Host, name, creator string) *room {
 	r := &room{m: m, name: name, jid: name + "@" + m.domain, creator: creator,
 		cfg: defaultConfig(h.Config().MUC.MaxHistory), locked: true, fresh: true,
-		affs: map[string]affiliation{creator: affOwner}, occ: map[string]*occupant{}, byJID: map[string]*occupant{}}
+		affs: map[string]affiliation{creator: affOwner}, nicks: map[string]string{}, reserved: map[string]string{}, occ: map[string]*occupant{}, byJID: map[string]*occupant{}}
 	return r
 }
 
 // fromRecord loads a persistent room.
 func (m *Module) fromRecord(h hook.Host, rec storage.MUCRoom) *room {
 	r := &room{m: m, name: rec.Room, jid: rec.Room + "@" + m.domain, creator: rec.Creator,
-		affs: map[string]affiliation{}, occ: map[string]*occupant{}, byJID: map[string]*occupant{}, emptySince: time.Now()}
+		affs: map[string]affiliation{}, nicks: map[string]string{}, reserved: map[string]string{},
+		occ: map[string]*occupant{}, byJID: map[string]*occupant{}, emptySince: time.Now()}
 	r.cfg = defaultConfig(h.Config().MUC.MaxHistory)
 	if err := json.Unmarshal(rec.Config, &r.cfg); err != nil {
 		h.Logger().Error("muc room configuration unreadable", zap.String("room", rec.Room), zap.Error(err))
@@ -166,6 +170,11 @@ func (m *Module) fromRecord(h hook.Host, rec storage.MUCRoom) *room {
 	for j, a := range rec.Affiliations {
 		if v, ok := parseAffiliation(a); ok {
 			r.affs[j] = v
+		}
+	}
+	for j, n := range rec.Nicks {
+		if key, err := nickKey(n); err == nil && r.affs[j] > affNone {
+			r.nicks[j], r.reserved[key] = n, j
 		}
 	}
 	return r
@@ -240,13 +249,20 @@ func (r *room) saveAll(h hook.Host) {
 	for j, a := range r.affs {
 		affs[j] = a
 	}
+	nicks := maps.Clone(r.nicks)
 	name := r.name
 	r.persist(h, func(ctx context.Context, s Store) error {
 		if err := s.SaveMUCRoom(ctx, rec); err != nil {
 			return err
 		}
 		for j, a := range affs {
-			if err := s.SetMUCAffiliation(ctx, name, j, a.String(), ""); err != nil {
+			var err error
+			if n := nicks[j]; n != "" {
+				err = s.ReserveMUCNick(ctx, name, j, a.String(), n)
+			} else {
+				err = s.SetMUCAffiliation(ctx, name, j, a.String(), "")
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -427,6 +443,9 @@ func (r *room) join(c *hook.Ctx, st *hook.Stanza, nick, key string) {
 	case r.occ[key] != nil && r.occ[key].bare != bare:
 		fail("cancel", "conflict", "the nickname is in use")
 		return
+	case r.reserved[key] != "" && r.reserved[key] != bare:
+		fail("cancel", "conflict", errReserved)
+		return
 	case r.occ[key] != nil && len(r.occ[key].twins) >= maxTwins:
 		fail("wait", "policy-violation", "too many sessions under this nickname")
 		return
@@ -508,6 +527,11 @@ func (r *room) changeNick(c *hook.Ctx, o *occupant, nick, key string, extra []by
 	if r.occ[key] != nil {
 		r.mu.Unlock()
 		joinError(c, c.Stanza, "cancel", "conflict", "the nickname is in use")
+		return
+	}
+	if b := r.reserved[key]; b != "" && b != o.bare {
+		r.mu.Unlock()
+		joinError(c, c.Stanza, "cancel", "conflict", errReserved)
 		return
 	}
 	if head := r.occ[o.key]; head != o || len(o.twins) > 0 {
