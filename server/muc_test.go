@@ -996,3 +996,37 @@ func TestMUCReservedNick(t *testing.T) {
 	configure(t, alice, "reg", map[string]string{"membersonly": "1"})
 	w.user("erin", "e").exchange(t, regForm("r11", "Erin"), errIQ("r11", "erin@localhost/e", "cancel", "not-allowed", "the room is members-only: its admins grant membership"))
 }
+
+// TestMUCShutdown: a graceful shutdown removes every occupant with status
+// 332, each told by its own unavailable presence before its stream ends
+// with system-shutdown; two sessions sharing a nick each get theirs.
+func TestMUCShutdown(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob")
+	alice, bob, bob2 := w.user("alice", "a"), w.user("bob", "b"), w.user("bob", "b2")
+	a := occ{"bye", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	w.join(bob, "bye", "Bob", "")
+	alice.skipUntil(`</presence>`)
+	w.join(bob2, "bye", "Bob", "")
+	bob2.sync(t, "s1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- w.srv.Shutdown(ctx) }()
+	for _, c := range []struct {
+		r *rawConn
+		o occ
+	}{
+		{alice, occ{"bye", "Alice", "alice@localhost/a", "owner", "none"}},
+		{bob, occ{"bye", "Bob", "bob@localhost/b", "none", "none"}},
+		{bob2, occ{"bye", "Bob", "bob@localhost/b2", "none", "none"}},
+	} {
+		c.r.expect(t, w.pres(c.o, c.o.full, "unavailable", true, []int{110, 332}, ""))
+		if out := c.r.closed(); !strings.HasPrefix(out, "<stream:error><system-shutdown "+streamsNS+"/>") {
+			t.Fatalf("%s got %q after its 332, want the system-shutdown stream error", c.o.full, out)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -631,6 +631,34 @@ func (r *room) allSorted() []*occupant {
 // maxTwins caps the sessions one account keeps under one nick.
 const maxTwins = 16
 
+// shutdown removes every occupant with status 332, each told by its own
+// unavailable presence, and marks the room gone (Module.Drain).
+func (r *room) shutdown() {
+	type out struct {
+		o *occupant
+		b []byte
+	}
+	r.mu.Lock()
+	if r.gone {
+		r.mu.Unlock()
+		return
+	}
+	var outs []out
+	for _, o := range r.allSorted() {
+		o.extra = nil
+		o.role.Store(uint32(roleNone))
+		b := append(r.presenceHead(o), o.toAttr...)
+		b = append(b, r.presenceTail(o, "unavailable", true, nil, []int{110, 332}, true, nil)...)
+		outs = append(outs, out{o, b})
+		r.removeOccupant(o)
+	}
+	r.gone = true
+	r.mu.Unlock()
+	for _, x := range outs {
+		x.o.sess.Deliver(x.b)
+	}
+}
+
 // leaveSession takes a session out of the room, if it is in it.
 func (r *room) leaveSession(h hook.Host, sess hook.Session) {
 	r.mu.Lock()
