@@ -1030,3 +1030,46 @@ func TestMUCShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMUCSharedNickChange: when two sessions of one account share a nick
+// and one changes it, both change (XEP-0045 7.6 with multiple sessions):
+// each gets its own 303 and 110, the room sees the change once, and the
+// old nick is free.
+func TestMUCSharedNickChange(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob", "carol")
+	a1, a2, bob, carol := w.user("alice", "one"), w.user("alice", "two"), w.user("bob", "b"), w.user("carol", "c")
+	o1 := occ{"sn", "Alice", "alice@localhost/one", "owner", "moderator"}
+	o2 := occ{"sn", "Alice", "alice@localhost/two", "owner", "moderator"}
+	w.create(a1, o1)
+	b := occ{"sn", "Bob", "bob@localhost/b", "none", "participant"}
+	w.join(bob, "sn", "Bob", "")
+	a1.expect(t, w.pres(b, o1.full, "", true, nil, ""))
+	w.join(a2, "sn", "Alice", "")
+
+	renamed := func(s string) string {
+		return strings.Replace(s, `role='moderator'/>`, `role='moderator' nick='Alicia'/>`, 1)
+	}
+	a2.send(`<presence to='sn@` + mucSvc + `/Alicia'/>`)
+	n1, n2 := o1, o2
+	n1.nick, n2.nick = "Alicia", "Alicia"
+	for _, c := range []struct {
+		r    *rawConn
+		o, n occ
+	}{{a1, o1, n1}, {a2, o2, n2}} {
+		c.r.expect(t, renamed(w.pres(c.o, c.o.full, "unavailable", true, []int{110, 303}, "")))
+		c.r.expect(t, w.pres(c.n, c.n.full, "", true, []int{110}, ""))
+	}
+	bob.expect(t, renamed(w.pres(o1, b.full, "unavailable", false, []int{303}, "")))
+	bob.expect(t, w.pres(n1, b.full, "", false, nil, ""))
+
+	// Messages from either session come from the new nick; the old one
+	// is free for others.
+	a1.send(`<message to='sn@` + mucSvc + `' type='groupchat' id='g1'><body>renamed</body></message>`)
+	bob.expect(t, w.groupchat(n1, b.full, "g1", "renamed"))
+	a1.expect(t, w.groupchat(n1, o1.full, "g1", "renamed"))
+	a2.expect(t, w.groupchat(n1, o2.full, "g1", "renamed"))
+	carol.send(`<presence to='sn@` + mucSvc + `/Alice'><x xmlns='` + nsMUC + `'/></presence>`)
+	c := occ{"sn", "Alice", "carol@localhost/c", "none", "participant"}
+	carol.skipUntil(`<subject/></message>`)
+	bob.expect(t, w.pres(c, b.full, "", false, nil, ""))
+}

@@ -521,7 +521,9 @@ func (r *room) update(h hook.Host, o *occupant, extra []byte) {
 }
 
 // changeNick renames an occupant (XEP-0045 7.6): unavailable with 303 and
-// the new nick, then available under it.
+// the new nick, then available under it. Every session of the account
+// under the nick changes with it, each told with its own status 110
+// copies; the room sees the nick change once.
 func (r *room) changeNick(c *hook.Ctx, o *occupant, nick, key string, extra []byte) {
 	h := c.Host
 	if r.occ[key] != nil {
@@ -535,8 +537,7 @@ func (r *room) changeNick(c *hook.Ctx, o *occupant, nick, key string, extra []by
 		return
 	}
 	if head := r.occ[o.key]; head != o || len(o.twins) > 0 {
-		r.mu.Unlock()
-		joinError(c, c.Stanza, "modify", "not-acceptable", "the nickname is shared by several sessions: leave from the others first")
+		r.changeSharedNick(h, o, head, nick, key, extra) // unlocks
 		return
 	}
 	gone := r.presenceBroadcast(o, "unavailable", []byte(` nick='`+string(stanza.AppendEscaped(nil, nick))+`'`), []int{303})
@@ -553,6 +554,56 @@ func (r *room) changeNick(c *hook.Ctx, o *occupant, nick, key string, extra []by
 		return
 	}
 	r.sendLocked(h, r.presenceBroadcast(o, "", nil, nil), nil)
+}
+
+// changeSharedNick is changeNick for a nick several sessions of o's
+// account share (head and its twins): the room gets the nick's 303 and
+// new presence once, as head's, and each session its own with 110.
+// Called with r.mu held; it unlocks.
+func (r *room) changeSharedNick(h hook.Host, o, head *occupant, nick, key string, extra []byte) {
+	all := sessions(head)
+	var start [numParts]bool
+	queue := func(bc *broadcast) {
+		for i, s := range r.enqueue(bc, nil) {
+			start[i] = start[i] || s
+		}
+	}
+	nickAttr := []byte(` nick='` + string(stanza.AppendEscaped(nil, nick)) + `'`)
+	room := r.presenceBroadcast(head, "unavailable", nickAttr, []int{303})
+	room.selfTail, room.skip = nil, all
+	queue(room)
+	for _, s := range all {
+		own := r.presenceBroadcast(s, "unavailable", nickAttr, []int{303})
+		own.onlySelf = true
+		queue(own)
+	}
+	delete(r.occ, head.key)
+	for _, s := range all {
+		s.nick, s.key = nick, key
+	}
+	o.extra = extra
+	r.occ[key] = head
+	small := len(r.byJID) <= inlineMax
+	r.mu.Unlock()
+	r.run(h, start, small)
+	r.mu.Lock()
+	if r.gone || r.occ[key] != head {
+		r.mu.Unlock()
+		return
+	}
+	start = [numParts]bool{}
+	all = sessions(head)
+	room = r.presenceBroadcast(head, "", nil, nil)
+	room.selfTail, room.skip = nil, all
+	queue(room)
+	for _, s := range all {
+		own := r.presenceBroadcast(s, "", nil, nil)
+		own.onlySelf = true
+		queue(own)
+	}
+	small = len(r.byJID) <= inlineMax
+	r.mu.Unlock()
+	r.run(h, start, small)
 }
 
 // leave takes an occupant out with its unavailable presence, carrying
