@@ -74,6 +74,18 @@ type Stopper interface {
 	Stop(ctx context.Context)
 }
 
+// Drainer is an optional ability of a Module with something to tell the
+// sessions before a graceful shutdown ends them, such as multi-user chat
+// rooms telling their occupants they are being removed (XEP-0045 status
+// 332). Drain runs once in Server.Shutdown, after new connections are
+// refused and before any session is closed: what it hands to
+// Session.Deliver is written before the system-shutdown stream error. It
+// runs on the caller's goroutine, with handlers still running; it must
+// not block long.
+type Drainer interface {
+	Drain(ctx context.Context)
+}
+
 // Errors from New.
 var (
 	// ErrDuplicate means two modules claim the same iq, nonza or event

@@ -527,6 +527,11 @@ func TestMUCPersistence(t *testing.T) {
 		configure(t, alice, "keep", map[string]string{"persistentroom": "1", "membersonly": "1", "roomname": "Kept &amp; sound"})
 		alice.exchange(t, `<iq type='set' id='m1' to='keep@`+mucSvc+`'><query xmlns='`+nsAdmin+`'><item affiliation='member' jid='bob@localhost'/></query></iq>`,
 			`<iq type='result' id='m1' from='keep@`+mucSvc+`'/>`)
+		// Bob, a member, reserves a nickname: it is stored with his
+		// affiliation.
+		w.user("bob", "b").exchange(t, `<iq type='set' id='r1' to='keep@`+mucSvc+`'><query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>`+
+			`<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field><field var='muc#register_roomnick'><value>Bobby</value></field></x></query></iq>`,
+			`<iq type='result' id='r1' from='keep@`+mucSvc+`'/>`)
 		w.create(alice, occ{"temp", "Alice", "alice@localhost/a", "owner", "moderator"})
 		alice.send(`<presence to='temp@` + mucSvc + `/Alice' type='unavailable'/>`)
 		alice.expect(t, w.pres(occ{"temp", "Alice", "alice@localhost/a", "owner", "none"}, "alice@localhost/a", "unavailable", true, []int{110}, ""))
@@ -541,6 +546,8 @@ func TestMUCPersistence(t *testing.T) {
 		w := &mucWorld{t: t, srv: srv, secret: mucSecret(t, store)}
 		bob, carol := w.user("bob", "b"), w.user("carol", "c")
 		b := occ{"keep", "Bob", "bob@localhost/b", "member", "participant"}
+		bob.exchange(t, `<iq type='get' id='u1' to='keep@`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'/></iq>`,
+			`<iq type='result' id='u1' from='keep@`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'><identity category='conference' name='Bobby' type='text'/></query></iq>`)
 		bob.send(`<presence to='keep@` + mucSvc + `/Bob'><x xmlns='` + nsMUC + `'/></presence>`)
 		bob.expect(t, w.pres(b, b.full, "", true, []int{110}, ""))
 		bob.expect(t, subject("keep", b.full))
@@ -900,4 +907,169 @@ func TestMUCMultiSession(t *testing.T) {
 	gone := occ{"ms", "Alice", o2.full, "owner", "none"}
 	a2.expect(t, w.pres(gone, o2.full, "unavailable", true, []int{110}, ""))
 	bob.expect(t, w.pres(gone, b.full, "unavailable", false, nil, ""))
+}
+
+// TestMUCReservedNick: registering with a room (XEP-0045 7.10) through
+// its muc#register form reserves a nickname and makes the user a member;
+// the nickname is then refused to others, on join and on nick change
+// (409), and discovered on node x-roomuser-item (7.12); a ban drops it.
+func TestMUCReservedNick(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob", "carol", "dave", "erin")
+	alice, bob, carol, dave := w.user("alice", "a"), w.user("bob", "b"), w.user("carol", "c"), w.user("dave", "d")
+	a := occ{"reg", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	rj := "reg@" + mucSvc
+	const nsReg = "jabber:iq:register"
+	regForm := func(id, nick string) string {
+		return `<iq type='set' id='` + id + `' to='` + rj + `'><query xmlns='` + nsReg + `'><x xmlns='jabber:x:data' type='submit'>` +
+			`<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>` +
+			`<field var='muc#register_roomnick'><value>` + nick + `</value></field></x></query></iq>`
+	}
+	errIQ := func(id, to, typ, cond, text string) string {
+		return `<iq type='error' id='` + id + `' from='` + rj + `' to='` + to + `'><error type='` + typ + `'><` + cond + ` ` + stanzasNS + `/><text ` + stanzasNS + `>` + text + `</text></error></iq>`
+	}
+	roomUser := func(c *rawConn, id, identity string) {
+		t.Helper()
+		c.exchange(t, `<iq type='get' id='`+id+`' to='`+rj+`'><query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'/></iq>`,
+			`<iq type='result' id='`+id+`' from='`+rj+`'><query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'>`+identity+`</query></iq>`)
+	}
+	witch := `<identity category='conference' name='Witch' type='text'/>`
+
+	// Carol, not in the room, asks for the form and registers.
+	carol.exchange(t, `<iq type='get' id='r1' to='`+rj+`'><query xmlns='`+nsReg+`'/></iq>`,
+		`<iq type='result' id='r1' from='`+rj+`'><query xmlns='`+nsReg+`'><instructions>Choose the nickname to reserve in this room.</instructions>`+
+			`<x xmlns='jabber:x:data' type='form'><title>Registration</title><field type='hidden' var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>`+
+			`<field label='Desired Nickname' type='text-single' var='muc#register_roomnick'><required/></field></x></query></iq>`)
+	roomUser(carol, "u0", "")
+	carol.exchange(t, regForm("r2", "Witch"), `<iq type='result' id='r2' from='`+rj+`'/>`)
+	carol.exchange(t, `<iq type='get' id='r3' to='`+rj+`'><query xmlns='`+nsReg+`'/></iq>`,
+		`<iq type='result' id='r3' from='`+rj+`'><query xmlns='`+nsReg+`'><registered/><username>Witch</username></query></iq>`)
+	roomUser(carol, "u1", witch)
+	roomUser(bob, "u2", "")
+
+	// The nickname is Carol's: refused to Bob on join (compared by
+	// its PRECIS key), to his registration, and to Alice's nick change.
+	bob.exchange(t, `<presence to='`+rj+`/WITCH' id='j1'><x xmlns='`+nsMUC+`'/></presence>`,
+		`<presence from='`+rj+`/WITCH' to='bob@localhost/b' type='error' id='j1'><x xmlns='`+nsMUC+`'/><error type='cancel'><conflict `+stanzasNS+`/><text `+stanzasNS+`>the nickname is reserved by another user of the room</text></error></presence>`)
+	bob.exchange(t, regForm("r4", "witch"), errIQ("r4", "bob@localhost/b", "cancel", "conflict", "the nickname is reserved by another user of the room"))
+	alice.exchange(t, `<presence to='`+rj+`/Witch' id='n1'/>`,
+		`<presence from='`+rj+`/Witch' to='alice@localhost/a' type='error' id='n1'><x xmlns='`+nsMUC+`'/><error type='cancel'><conflict `+stanzasNS+`/><text `+stanzasNS+`>the nickname is reserved by another user of the room</text></error></presence>`)
+	// Nor may Carol reserve a nickname someone else is using.
+	carol.exchange(t, regForm("r5", "alice"), errIQ("r5", "carol@localhost/c", "cancel", "conflict", "the nickname is in use"))
+
+	// Bob, in the room, registers: he becomes a member, which the room sees.
+	b := occ{"reg", "Bob", "bob@localhost/b", "none", "participant"}
+	w.join(bob, "reg", "Bob", "")
+	alice.expect(t, w.pres(b, a.full, "", true, nil, ""))
+	bob.send(regForm("r6", "Bob"))
+	bm := occ{"reg", "Bob", "bob@localhost/b", "member", "participant"}
+	bob.expect(t, `<iq type='result' id='r6' from='`+rj+`'/>`)
+	bob.expect(t, w.pres(bm, b.full, "", true, []int{110}, ""))
+	alice.expect(t, w.pres(bm, a.full, "", true, nil, ""))
+
+	// Carol enters under her nickname as the member she became.
+	carol.send(`<presence to='` + rj + `/Witch'><x xmlns='` + nsMUC + `'/></presence>`)
+	cm := occ{"reg", "Witch", "carol@localhost/c", "member", "participant"}
+	carol.expect(t, w.pres(a, cm.full, "", false, nil, ""))
+	carol.expect(t, w.pres(bm, cm.full, "", false, nil, ""))
+	carol.expect(t, w.pres(cm, cm.full, "", true, []int{110}, ""))
+	carol.expect(t, subject("reg", cm.full))
+	alice.expect(t, w.pres(cm, a.full, "", true, nil, ""))
+	bob.expect(t, w.pres(cm, b.full, "", false, nil, ""))
+	alice.exchange(t, `<iq type='get' id='l1' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='member'/></query></iq>`,
+		`<iq type='result' id='l1' from='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='member' jid='bob@localhost' nick='Bob'/>`+
+			`<item affiliation='member' jid='carol@localhost' nick='Witch'/></query></iq>`)
+
+	// A ban drops the reservation: Dave may take the nickname.
+	alice.exchange(t, `<iq type='set' id='m1' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='outcast' jid='carol@localhost'/></query></iq>`, `<iq type='result' id='m1' from='`+rj+`'/>`)
+	banned := occ{"reg", "Witch", "carol@localhost/c", "outcast", "none"}
+	carol.expect(t, w.pres(banned, cm.full, "unavailable", true, []int{110, 301}, `<actor nick='Alice'/>`))
+	alice.expect(t, w.pres(banned, a.full, "unavailable", true, []int{301}, `<actor nick='Alice'/>`))
+	roomUser(carol, "u3", "")
+	carol.exchange(t, regForm("r7", "Witch"), errIQ("r7", "carol@localhost/c", "auth", "forbidden", "banned from the room"))
+	dave.exchange(t, regForm("r8", "Witch"), `<iq type='result' id='r8' from='`+rj+`'/>`)
+
+	// Bad forms, and a members-only room whose membership is the admins'.
+	dave.exchange(t, `<iq type='set' id='r9' to='`+rj+`'><query xmlns='`+nsReg+`'><x xmlns='jabber:x:data' type='submit'/></query></iq>`,
+		errIQ("r9", "dave@localhost/d", "modify", "bad-request", "a muc#register form of type submit was expected"))
+	dave.exchange(t, regForm("r10", ""), errIQ("r10", "dave@localhost/d", "modify", "not-acceptable", "nickname refused by the PRECIS nickname profile (RFC 8266)"))
+	configure(t, alice, "reg", map[string]string{"membersonly": "1"})
+	w.user("erin", "e").exchange(t, regForm("r11", "Erin"), errIQ("r11", "erin@localhost/e", "cancel", "not-allowed", "the room is members-only: its admins grant membership"))
+}
+
+// TestMUCShutdown: a graceful shutdown removes every occupant with status
+// 332, each told by its own unavailable presence before its stream ends
+// with system-shutdown; two sessions sharing a nick each get theirs.
+func TestMUCShutdown(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob")
+	alice, bob, bob2 := w.user("alice", "a"), w.user("bob", "b"), w.user("bob", "b2")
+	a := occ{"bye", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, a)
+	w.join(bob, "bye", "Bob", "")
+	alice.skipUntil(`</presence>`)
+	w.join(bob2, "bye", "Bob", "")
+	bob2.sync(t, "s1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- w.srv.Shutdown(ctx) }()
+	for _, c := range []struct {
+		r *rawConn
+		o occ
+	}{
+		{alice, occ{"bye", "Alice", "alice@localhost/a", "owner", "none"}},
+		{bob, occ{"bye", "Bob", "bob@localhost/b", "none", "none"}},
+		{bob2, occ{"bye", "Bob", "bob@localhost/b2", "none", "none"}},
+	} {
+		c.r.expect(t, w.pres(c.o, c.o.full, "unavailable", true, []int{110, 332}, ""))
+		if out := c.r.closed(); !strings.HasPrefix(out, "<stream:error><system-shutdown "+streamsNS+"/>") {
+			t.Fatalf("%s got %q after its 332, want the system-shutdown stream error", c.o.full, out)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMUCSharedNickChange: when two sessions of one account share a nick
+// and one changes it, both change (XEP-0045 7.6 with multiple sessions):
+// each gets its own 303 and 110, the room sees the change once, and the
+// old nick is free.
+func TestMUCSharedNickChange(t *testing.T) {
+	w := newMUCWorld(t, testConfig(t), "alice", "bob", "carol")
+	a1, a2, bob, carol := w.user("alice", "one"), w.user("alice", "two"), w.user("bob", "b"), w.user("carol", "c")
+	o1 := occ{"sn", "Alice", "alice@localhost/one", "owner", "moderator"}
+	o2 := occ{"sn", "Alice", "alice@localhost/two", "owner", "moderator"}
+	w.create(a1, o1)
+	b := occ{"sn", "Bob", "bob@localhost/b", "none", "participant"}
+	w.join(bob, "sn", "Bob", "")
+	a1.expect(t, w.pres(b, o1.full, "", true, nil, ""))
+	w.join(a2, "sn", "Alice", "")
+
+	renamed := func(s string) string {
+		return strings.Replace(s, `role='moderator'/>`, `role='moderator' nick='Alicia'/>`, 1)
+	}
+	a2.send(`<presence to='sn@` + mucSvc + `/Alicia'/>`)
+	n1, n2 := o1, o2
+	n1.nick, n2.nick = "Alicia", "Alicia"
+	for _, c := range []struct {
+		r    *rawConn
+		o, n occ
+	}{{a1, o1, n1}, {a2, o2, n2}} {
+		c.r.expect(t, renamed(w.pres(c.o, c.o.full, "unavailable", true, []int{110, 303}, "")))
+		c.r.expect(t, w.pres(c.n, c.n.full, "", true, []int{110}, ""))
+	}
+	bob.expect(t, renamed(w.pres(o1, b.full, "unavailable", false, []int{303}, "")))
+	bob.expect(t, w.pres(n1, b.full, "", false, nil, ""))
+
+	// Messages from either session come from the new nick; the old one
+	// is free for others.
+	a1.send(`<message to='sn@` + mucSvc + `' type='groupchat' id='g1'><body>renamed</body></message>`)
+	bob.expect(t, w.groupchat(n1, b.full, "g1", "renamed"))
+	a1.expect(t, w.groupchat(n1, o1.full, "g1", "renamed"))
+	a2.expect(t, w.groupchat(n1, o2.full, "g1", "renamed"))
+	carol.send(`<presence to='sn@` + mucSvc + `/Alice'><x xmlns='` + nsMUC + `'/></presence>`)
+	c := occ{"sn", "Alice", "carol@localhost/c", "none", "participant"}
+	carol.skipUntil(`<subject/></message>`)
+	bob.expect(t, w.pres(c, b.full, "", false, nil, ""))
 }

@@ -363,6 +363,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.stopping.Store(true)
 	s.log.Info("shutting down", zap.Int("sessions", s.sessions.count()), zap.Int("preauth", s.preauth.count()))
+	// Modules speak to the sessions while they are open: what they
+	// deliver is queued before the stream error closeWith queues.
+	for _, m := range s.hooks.Modules() {
+		if d, ok := m.(hook.Drainer); ok {
+			d.Drain(ctx)
+		}
+	}
 	s.sessions.all(func(sess *session) { sess.closeWith(stream.SystemShutdown.Err) })
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()

@@ -247,6 +247,16 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		version: 8,
+		name:    "muc reserved nicknames",
+		stmts: []string{
+			// The nickname a bare JID reserved by registering with
+			// a room (XEP-0045 7.10), kept with its affiliation;
+			// '' for none.
+			`ALTER TABLE muc_affiliations ADD COLUMN nick TEXT NOT NULL DEFAULT ''`,
+		},
+	},
 }
 
 // createMigrationsTable is the bootstrap that precedes every version: it
@@ -259,7 +269,7 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // SchemaVersion is the schema version this binary migrates databases to:
 // the version of the last entry of migrations (a test holds them equal).
-const SchemaVersion = 7
+const SchemaVersion = 8
 
 // Migrate brings the schema of db up to [SchemaVersion]: it applies, in
 // order, each migration the database has not recorded yet, each in its own

@@ -30,6 +30,9 @@ type MUCRoom struct {
 	// Affiliations maps bare JIDs to their affiliation ("owner", "admin",
 	// "member", "outcast"); none is not stored.
 	Affiliations map[string]string
+	// Nicks maps bare JIDs to the nickname they reserved by registering
+	// with the room (XEP-0045 7.10); kept with their affiliation.
+	Nicks map[string]string
 }
 
 // MUC is the store of persistent rooms. Implementations are safe for
@@ -47,6 +50,10 @@ type MUC interface {
 	// SetMUCAffiliation sets the affiliation of a bare JID in a room;
 	// "none" or "" removes it.
 	SetMUCAffiliation(ctx context.Context, room, jid, affiliation, reason string) error
+	// ReserveMUCNick sets the affiliation of a bare JID in a room
+	// together with the nickname it reserves (XEP-0045 7.10); "" drops
+	// the reservation and keeps the affiliation.
+	ReserveMUCNick(ctx context.Context, room, jid, affiliation, nick string) error
 	// MUCRoomsCreatedBy counts the persistent rooms creator created.
 	MUCRoomsCreatedBy(ctx context.Context, creator string) (int, error)
 	// PublicMUCRooms returns the names of the public persistent rooms,
@@ -61,7 +68,7 @@ var _ MUC = (*SQL)(nil)
 
 // MUCRoom implements [MUC.MUCRoom].
 func (s *SQL) MUCRoom(ctx context.Context, room string) (MUCRoom, error) {
-	r := MUCRoom{Room: room, Affiliations: map[string]string{}}
+	r := MUCRoom{Room: room, Affiliations: map[string]string{}, Nicks: map[string]string{}}
 	var public int64
 	err := s.read.QueryRowContext(ctx, s.dialect.rebind(`SELECT config, public, creator FROM muc_rooms WHERE room = ?`), room).
 		Scan(&r.Config, &public, &r.Creator)
@@ -72,17 +79,20 @@ func (s *SQL) MUCRoom(ctx context.Context, room string) (MUCRoom, error) {
 		return MUCRoom{}, fmt.Errorf("storage: room %q: %w", room, err)
 	}
 	r.Public = public != 0
-	rows, err := s.read.QueryContext(ctx, s.dialect.rebind(`SELECT jid, affiliation FROM muc_affiliations WHERE room = ?`), room)
+	rows, err := s.read.QueryContext(ctx, s.dialect.rebind(`SELECT jid, affiliation, nick FROM muc_affiliations WHERE room = ?`), room)
 	if err != nil {
 		return MUCRoom{}, fmt.Errorf("storage: affiliations of room %q: %w", room, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var j, a string
-		if err := rows.Scan(&j, &a); err != nil {
+		var j, a, n string
+		if err := rows.Scan(&j, &a, &n); err != nil {
 			return MUCRoom{}, fmt.Errorf("storage: affiliations of room %q: %w", room, err)
 		}
 		r.Affiliations[j] = a
+		if n != "" {
+			r.Nicks[j] = n
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return MUCRoom{}, fmt.Errorf("storage: affiliations of room %q: %w", room, err)
@@ -133,10 +143,27 @@ func (s *SQL) SetMUCAffiliation(ctx context.Context, room, jid, affiliation, rea
 		_, err = s.write.ExecContext(ctx, s.dialect.rebind(`DELETE FROM muc_affiliations WHERE room = ? AND jid = ?`), room, jid)
 	} else {
 		_, err = s.write.ExecContext(ctx, s.dialect.rebind(`INSERT INTO muc_affiliations (room, jid, affiliation, reason) VALUES (?, ?, ?, ?)
-			ON CONFLICT (room, jid) DO UPDATE SET affiliation = excluded.affiliation, reason = excluded.reason`), room, jid, affiliation, reason)
+			ON CONFLICT (room, jid) DO UPDATE SET affiliation = excluded.affiliation, reason = excluded.reason,
+			nick = CASE WHEN excluded.affiliation = 'outcast' THEN '' ELSE muc_affiliations.nick END`), room, jid, affiliation, reason)
 	}
 	if err != nil {
 		return fmt.Errorf("storage: affiliation of %q in %q: %w", jid, room, err)
+	}
+	return nil
+}
+
+// ReserveMUCNick implements [MUC.ReserveMUCNick]. An outcast reserves
+// nothing: a ban drops the reservation (SetMUCAffiliation), and so does
+// giving up the affiliation (its row is deleted).
+func (s *SQL) ReserveMUCNick(ctx context.Context, room, jid, affiliation, nick string) error {
+	if !validText(room) || !validText(jid) || !validText(affiliation) || !validText(nick) ||
+		affiliation == "" || affiliation == "none" || (affiliation == "outcast" && nick != "") {
+		return fmt.Errorf("%w: nickname of %q in %q", ErrInvalidText, jid, room)
+	}
+	_, err := s.write.ExecContext(ctx, s.dialect.rebind(`INSERT INTO muc_affiliations (room, jid, affiliation, reason, nick) VALUES (?, ?, ?, '', ?)
+		ON CONFLICT (room, jid) DO UPDATE SET affiliation = excluded.affiliation, nick = excluded.nick`), room, jid, affiliation, nick)
+	if err != nil {
+		return fmt.Errorf("storage: nickname of %q in %q: %w", jid, room, err)
 	}
 	return nil
 }

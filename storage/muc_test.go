@@ -78,6 +78,47 @@ func testMUC(t *testing.T, open func(t *testing.T) MUC) {
 			t.Fatalf("NUL in name: %v", err)
 		}
 	})
+	t.Run("reserved nicknames", func(t *testing.T) {
+		s := open(t)
+		if err := s.SaveMUCRoom(ctx, MUCRoom{Room: "lobby", Config: []byte(`{}`), Creator: "alice@localhost"}); err != nil {
+			t.Fatal(err)
+		}
+		steps := []struct {
+			name           string
+			do             func() error
+			wantAff, wantN map[string]string
+		}{
+			{"register", func() error { return s.ReserveMUCNick(ctx, "lobby", "bob@localhost", "member", "Bob") },
+				map[string]string{"bob@localhost": "member"}, map[string]string{"bob@localhost": "Bob"}},
+			{"promotion keeps the nick", func() error { return s.SetMUCAffiliation(ctx, "lobby", "bob@localhost", "admin", "") },
+				map[string]string{"bob@localhost": "admin"}, map[string]string{"bob@localhost": "Bob"}},
+			{"another nick", func() error { return s.ReserveMUCNick(ctx, "lobby", "bob@localhost", "admin", "Robert") },
+				map[string]string{"bob@localhost": "admin"}, map[string]string{"bob@localhost": "Robert"}},
+			{"ban drops it", func() error { return s.SetMUCAffiliation(ctx, "lobby", "bob@localhost", "outcast", "") },
+				map[string]string{"bob@localhost": "outcast"}, map[string]string{}},
+			{"again", func() error { return s.ReserveMUCNick(ctx, "lobby", "bob@localhost", "member", "Bob") },
+				map[string]string{"bob@localhost": "member"}, map[string]string{"bob@localhost": "Bob"}},
+			{"none drops both", func() error { return s.SetMUCAffiliation(ctx, "lobby", "bob@localhost", "none", "") },
+				map[string]string{}, map[string]string{}},
+		}
+		for _, st := range steps {
+			if err := st.do(); err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+			got, err := s.MUCRoom(ctx, "lobby")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(got.Affiliations, st.wantAff) || !maps.Equal(got.Nicks, st.wantN) {
+				t.Fatalf("%s: affiliations %v nicks %v; want %v %v", st.name, got.Affiliations, got.Nicks, st.wantAff, st.wantN)
+			}
+		}
+		for _, bad := range [][2]string{{"none", "x"}, {"outcast", "x"}, {"member", "a\x00"}} {
+			if err := s.ReserveMUCNick(ctx, "lobby", "bob@localhost", bad[0], bad[1]); !errors.Is(err, ErrInvalidText) {
+				t.Fatalf("ReserveMUCNick(%q, %q) = %v, want ErrInvalidText", bad[0], bad[1], err)
+			}
+		}
+	})
 	t.Run("secret", func(t *testing.T) {
 		s := open(t)
 		a, err := s.MUCSecret(ctx)

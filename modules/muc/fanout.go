@@ -2,6 +2,7 @@ package muc
 
 import (
 	"context"
+	"slices"
 
 	"github.com/krill-xmpp/krill/hook"
 )
@@ -48,9 +49,9 @@ type broadcast struct {
 	self          *occupant
 	selfTail      []byte
 	before, after [][]byte
-	// skip gets nothing (the sender of a presence update it already
-	// knows).
-	skip *occupant
+	// skip get nothing: the sessions of a nick that changes, which each
+	// get their own copy with status 110 instead.
+	skip []*occupant
 	// onlySelf sends it to self only (a presence the room does not
 	// broadcast), in order with the rest of what self gets.
 	onlySelf bool
@@ -71,7 +72,7 @@ type queued struct {
 
 // copyFor returns the stanza b with to as its recipient.
 func (bc *broadcast) copyFor(o *occupant) []byte {
-	if o == bc.skip {
+	if slices.Contains(bc.skip, o) {
 		return nil
 	}
 	tail := bc.plain

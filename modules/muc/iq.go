@@ -27,6 +27,10 @@ func (r *room) iq(c *hook.Ctx, st *hook.Stanza) {
 		return
 	}
 	switch {
+	case st.Type == "get" && st.NS == NSDiscoInfo && st.Name == "query" && attr(elem(st.Payload), "node") == nodeRoomUser:
+		b := r.roomUserItem(bareOf(st.From))
+		r.mu.Unlock()
+		c.ReplyResult(b)
 	case st.Type == "get" && st.NS == NSDiscoInfo && st.Name == "query":
 		b := r.discoInfo()
 		r.mu.Unlock()
@@ -44,6 +48,8 @@ func (r *room) iq(c *hook.Ctx, st *hook.Stanza) {
 		r.owner(c, st) // unlocks
 	case st.NS == NSMAM:
 		r.archiveQuery(c, st) // unlocks
+	case st.NS == NSRegister && st.Name == "query":
+		r.register(c, st) // unlocks
 	default:
 		r.mu.Unlock()
 		c.ReplyError("cancel", "service-unavailable", "")
@@ -399,12 +405,21 @@ func (r *room) setRole(h hook.Host, t *occupant, to role, reason, actorNick stri
 // members-only room removes them (321), the rest changes their role.
 // Called with r.mu held; it unlocks.
 func (r *room) setAffiliation(h hook.Host, bare string, to affiliation, reason, actorNick string) {
+	r.saveAffiliation(h, bare, to, reason)
+	r.applyAffiliation(h, bare, to, reason, actorNick)
+}
+
+// applyAffiliation is setAffiliation without the storage write. Called
+// with r.mu held; it unlocks.
+func (r *room) applyAffiliation(h hook.Host, bare string, to affiliation, reason, actorNick string) {
 	if to == affNone {
 		delete(r.affs, bare)
 	} else {
 		r.affs[bare] = to
 	}
-	r.saveAffiliation(h, bare, to, reason)
+	if to <= affNone {
+		r.unreserve(bare) // storage drops it with the affiliation
+	}
 	var hit []*occupant
 	for _, o := range r.allSorted() {
 		if o.bare == bare {
@@ -460,6 +475,10 @@ func (r *room) adminList(c *hook.Ctx, it adminItem, actorAff affiliation, actorR
 			b = append(b, it.aff.String()...)
 			b = append(b, `' jid='`...)
 			b = stanza.AppendEscaped(b, j)
+			if n := r.nicks[j]; n != "" {
+				b = append(b, `' nick='`...)
+				b = stanza.AppendEscaped(b, n)
+			}
 			b = append(b, `'/>`...)
 		}
 	case it.hasRole:

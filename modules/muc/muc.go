@@ -111,6 +111,7 @@ type Module struct {
 	rooms map[string]*room
 	temp  map[string]int // temporary rooms in memory by creator (bare JID)
 
+	closing   atomic.Bool // Drain has run: the service is shutting down
 	stop      chan struct{}
 	stopOnce  sync.Once
 	sweepOnce sync.Once // the eviction sweep starts with the first room
@@ -122,6 +123,7 @@ var (
 	_ hook.Module  = (*Module)(nil)
 	_ hook.Counter = (*Module)(nil)
 	_ hook.Stopper = (*Module)(nil)
+	_ hook.Drainer = (*Module)(nil)
 )
 
 // Name implements hook.Module.
@@ -183,6 +185,33 @@ func (m *Module) Counters(fn func(event string, n uint64)) {
 func (m *Module) Stop(context.Context) {
 	if m.stop != nil {
 		m.stopOnce.Do(func() { close(m.stop) })
+	}
+}
+
+// errShutdown is the text of what the service refuses once it is shutting
+// down.
+const errShutdown = "the service is shutting down"
+
+// Drain implements hook.Drainer: on a graceful shutdown every occupant of
+// every loaded room gets its own unavailable presence with status 332
+// (XEP-0045: removed because the service is shutting down), before its
+// session is closed. Only the occupant's own presence is sent, as on
+// destroy: everyone is leaving, and telling each of n occupants about
+// the n-1 others would be n² stanzas written to connections about to
+// close. Persistent rooms stay in storage as they are; the service
+// refuses what arrives afterwards.
+func (m *Module) Drain(context.Context) {
+	if m.domain == "" || m.closing.Swap(true) {
+		return
+	}
+	m.mu.Lock()
+	rooms := make([]*room, 0, len(m.rooms))
+	for _, r := range m.rooms {
+		rooms = append(rooms, r)
+	}
+	m.mu.Unlock()
+	for _, r := range rooms {
+		r.shutdown()
 	}
 }
 
@@ -253,6 +282,15 @@ func (m *Module) evictNow(h hook.Host, r *room) {
 // handle is the domain handler: every stanza a local session sends to
 // the service or a room.
 func (m *Module) handle(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
+	if m.closing.Load() {
+		switch {
+		case st.Kind == hook.Presence && st.Type == "":
+			joinError(c, st, "cancel", "service-unavailable", errShutdown)
+		case st.IsRequest():
+			c.ReplyError("cancel", "service-unavailable", errShutdown)
+		}
+		return hook.Stop
+	}
 	if st.Local == "" {
 		m.service(c, st)
 		return hook.Stop

@@ -3,6 +3,7 @@ package muc
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -132,6 +133,8 @@ type room struct {
 	locked      bool // reserved room awaiting its configuration
 	fresh       bool // created, its first occupant not yet in
 	affs        map[string]affiliation
+	nicks       map[string]string    // reserved nicknames (XEP-0045 7.10) by bare JID
+	reserved    map[string]string    // the same, bare JIDs by nickname comparison key
 	occ         map[string]*occupant // by nick key: the nick's first session (others are its twins)
 	byJID       map[string]*occupant // by real full JID
 	history     []histEntry
@@ -150,14 +153,15 @@ type room struct {
 func (m *Module) newRoom(h hook.Host, name, creator string) *room {
 	r := &room{m: m, name: name, jid: name + "@" + m.domain, creator: creator,
 		cfg: defaultConfig(h.Config().MUC.MaxHistory), locked: true, fresh: true,
-		affs: map[string]affiliation{creator: affOwner}, occ: map[string]*occupant{}, byJID: map[string]*occupant{}}
+		affs: map[string]affiliation{creator: affOwner}, nicks: map[string]string{}, reserved: map[string]string{}, occ: map[string]*occupant{}, byJID: map[string]*occupant{}}
 	return r
 }
 
 // fromRecord loads a persistent room.
 func (m *Module) fromRecord(h hook.Host, rec storage.MUCRoom) *room {
 	r := &room{m: m, name: rec.Room, jid: rec.Room + "@" + m.domain, creator: rec.Creator,
-		affs: map[string]affiliation{}, occ: map[string]*occupant{}, byJID: map[string]*occupant{}, emptySince: time.Now()}
+		affs: map[string]affiliation{}, nicks: map[string]string{}, reserved: map[string]string{},
+		occ: map[string]*occupant{}, byJID: map[string]*occupant{}, emptySince: time.Now()}
 	r.cfg = defaultConfig(h.Config().MUC.MaxHistory)
 	if err := json.Unmarshal(rec.Config, &r.cfg); err != nil {
 		h.Logger().Error("muc room configuration unreadable", zap.String("room", rec.Room), zap.Error(err))
@@ -166,6 +170,11 @@ func (m *Module) fromRecord(h hook.Host, rec storage.MUCRoom) *room {
 	for j, a := range rec.Affiliations {
 		if v, ok := parseAffiliation(a); ok {
 			r.affs[j] = v
+		}
+	}
+	for j, n := range rec.Nicks {
+		if key, err := nickKey(n); err == nil && r.affs[j] > affNone {
+			r.nicks[j], r.reserved[key] = n, j
 		}
 	}
 	return r
@@ -240,13 +249,20 @@ func (r *room) saveAll(h hook.Host) {
 	for j, a := range r.affs {
 		affs[j] = a
 	}
+	nicks := maps.Clone(r.nicks)
 	name := r.name
 	r.persist(h, func(ctx context.Context, s Store) error {
 		if err := s.SaveMUCRoom(ctx, rec); err != nil {
 			return err
 		}
 		for j, a := range affs {
-			if err := s.SetMUCAffiliation(ctx, name, j, a.String(), ""); err != nil {
+			var err error
+			if n := nicks[j]; n != "" {
+				err = s.ReserveMUCNick(ctx, name, j, a.String(), n)
+			} else {
+				err = s.SetMUCAffiliation(ctx, name, j, a.String(), "")
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -427,6 +443,9 @@ func (r *room) join(c *hook.Ctx, st *hook.Stanza, nick, key string) {
 	case r.occ[key] != nil && r.occ[key].bare != bare:
 		fail("cancel", "conflict", "the nickname is in use")
 		return
+	case r.reserved[key] != "" && r.reserved[key] != bare:
+		fail("cancel", "conflict", errReserved)
+		return
 	case r.occ[key] != nil && len(r.occ[key].twins) >= maxTwins:
 		fail("wait", "policy-violation", "too many sessions under this nickname")
 		return
@@ -502,7 +521,9 @@ func (r *room) update(h hook.Host, o *occupant, extra []byte) {
 }
 
 // changeNick renames an occupant (XEP-0045 7.6): unavailable with 303 and
-// the new nick, then available under it.
+// the new nick, then available under it. Every session of the account
+// under the nick changes with it, each told with its own status 110
+// copies; the room sees the nick change once.
 func (r *room) changeNick(c *hook.Ctx, o *occupant, nick, key string, extra []byte) {
 	h := c.Host
 	if r.occ[key] != nil {
@@ -510,9 +531,13 @@ func (r *room) changeNick(c *hook.Ctx, o *occupant, nick, key string, extra []by
 		joinError(c, c.Stanza, "cancel", "conflict", "the nickname is in use")
 		return
 	}
-	if head := r.occ[o.key]; head != o || len(o.twins) > 0 {
+	if b := r.reserved[key]; b != "" && b != o.bare {
 		r.mu.Unlock()
-		joinError(c, c.Stanza, "modify", "not-acceptable", "the nickname is shared by several sessions: leave from the others first")
+		joinError(c, c.Stanza, "cancel", "conflict", errReserved)
+		return
+	}
+	if head := r.occ[o.key]; head != o || len(o.twins) > 0 {
+		r.changeSharedNick(h, o, head, nick, key, extra) // unlocks
 		return
 	}
 	gone := r.presenceBroadcast(o, "unavailable", []byte(` nick='`+string(stanza.AppendEscaped(nil, nick))+`'`), []int{303})
@@ -529,6 +554,56 @@ func (r *room) changeNick(c *hook.Ctx, o *occupant, nick, key string, extra []by
 		return
 	}
 	r.sendLocked(h, r.presenceBroadcast(o, "", nil, nil), nil)
+}
+
+// changeSharedNick is changeNick for a nick several sessions of o's
+// account share (head and its twins): the room gets the nick's 303 and
+// new presence once, as head's, and each session its own with 110.
+// Called with r.mu held; it unlocks.
+func (r *room) changeSharedNick(h hook.Host, o, head *occupant, nick, key string, extra []byte) {
+	all := sessions(head)
+	var start [numParts]bool
+	queue := func(bc *broadcast) {
+		for i, s := range r.enqueue(bc, nil) {
+			start[i] = start[i] || s
+		}
+	}
+	nickAttr := []byte(` nick='` + string(stanza.AppendEscaped(nil, nick)) + `'`)
+	room := r.presenceBroadcast(head, "unavailable", nickAttr, []int{303})
+	room.selfTail, room.skip = nil, all
+	queue(room)
+	for _, s := range all {
+		own := r.presenceBroadcast(s, "unavailable", nickAttr, []int{303})
+		own.onlySelf = true
+		queue(own)
+	}
+	delete(r.occ, head.key)
+	for _, s := range all {
+		s.nick, s.key = nick, key
+	}
+	o.extra = extra
+	r.occ[key] = head
+	small := len(r.byJID) <= inlineMax
+	r.mu.Unlock()
+	r.run(h, start, small)
+	r.mu.Lock()
+	if r.gone || r.occ[key] != head {
+		r.mu.Unlock()
+		return
+	}
+	start = [numParts]bool{}
+	all = sessions(head)
+	room = r.presenceBroadcast(head, "", nil, nil)
+	room.selfTail, room.skip = nil, all
+	queue(room)
+	for _, s := range all {
+		own := r.presenceBroadcast(s, "", nil, nil)
+		own.onlySelf = true
+		queue(own)
+	}
+	small = len(r.byJID) <= inlineMax
+	r.mu.Unlock()
+	r.run(h, start, small)
 }
 
 // leave takes an occupant out with its unavailable presence, carrying
@@ -606,6 +681,34 @@ func (r *room) allSorted() []*occupant {
 
 // maxTwins caps the sessions one account keeps under one nick.
 const maxTwins = 16
+
+// shutdown removes every occupant with status 332, each told by its own
+// unavailable presence, and marks the room gone (Module.Drain).
+func (r *room) shutdown() {
+	type out struct {
+		o *occupant
+		b []byte
+	}
+	r.mu.Lock()
+	if r.gone {
+		r.mu.Unlock()
+		return
+	}
+	var outs []out
+	for _, o := range r.allSorted() {
+		o.extra = nil
+		o.role.Store(uint32(roleNone))
+		b := append(r.presenceHead(o), o.toAttr...)
+		b = append(b, r.presenceTail(o, "unavailable", true, nil, []int{110, 332}, true, nil)...)
+		outs = append(outs, out{o, b})
+		r.removeOccupant(o)
+	}
+	r.gone = true
+	r.mu.Unlock()
+	for _, x := range outs {
+		x.o.sess.Deliver(x.b)
+	}
+}
 
 // leaveSession takes a session out of the room, if it is in it.
 func (r *room) leaveSession(h hook.Host, sess hook.Session) {
