@@ -75,6 +75,18 @@ func TestS2SRemoteIQ(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) { bob.exchange(t, tc.send, tc.want) })
 	}
-	// Nothing reached alice's session.
+
+	// bob subscribes explicitly to the open node (as OMEMO does between
+	// strangers): the result, then the last item, then alice's next
+	// publish, all over federation.
+	const devices = `urn:xmpp:omemo:2:devices`
+	bob.exchange(t, `<iq type='set' id='r17' to='alice@a.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='`+devices+`' jid='bob@b.test/b'/></pubsub></iq>`,
+		`<iq type='result' id='r17' from='alice@a.test' to='bob@b.test/b'><pubsub xmlns='http://jabber.org/protocol/pubsub'><subscription node='`+devices+`' jid='bob@b.test/b' subscription='subscribed'/></pubsub></iq>`)
+	bob.expect(t, event("alice@a.test", "bob@b.test/b", devices, "current", `<devices xmlns='urn:xmpp:omemo:2'><device id='7'/></devices>`))
+	alice.exchange(t, `<iq type='set' id='p3'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='`+devices+`'><item id='current'><devices xmlns='urn:xmpp:omemo:2'><device id='8'/></devices></item></publish></pubsub></iq>`,
+		`<iq type='result' id='p3'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='`+devices+`'><item id='current'/></publish></pubsub></iq>`)
+	bob.expect(t, event("alice@a.test", "bob@b.test/b", devices, "current", `<devices xmlns='urn:xmpp:omemo:2'><device id='8'/></devices>`))
+
+	// Nothing else reached alice's session.
 	fedSync(t, alice, "a.test", "s1")
 }

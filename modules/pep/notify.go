@@ -473,3 +473,10 @@ func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner string, s
 		}
 	}
 }
+
+// isLocal reports whether bare (a normalised bare JID) is an account of
+// domain.
+func isLocal(bare, domain string) bool {
+	_, ok := localOf(bare, domain)
+	return ok
+}

@@ -349,6 +349,12 @@ func (m *Module) subscription(c *hook.Ctx, user string, self bool, node string, 
 				}
 				event := appendItemsEvent(nil, node, items[0].ID, items[0].Payload)
 				from := user + "@" + host.Domain()
+				if bare, _, _ := strings.Cut(subscriber, "/"); !isLocal(bare, host.Domain()) {
+					// At another server (hook.PhaseRemote): over
+					// federation, to the JID subscribed.
+					host.Deliver(subscriber, appendMessage(nil, from, subscriber, event))
+					return
+				}
 				m.toSubscriber(host, subscriber, func(s hook.Session) {
 					s.Deliver(appendMessage(nil, from, s.Full(), event))
 				})
