@@ -57,6 +57,10 @@ func TestS2SPEP(t *testing.T) {
 	alice.exchange(t, `<iq type='set' id='p1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='http://jabber.org/protocol/tune'><item id='t1'>`+tune+`</item></publish></pubsub></iq>`,
 		`<iq type='result' id='p1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='http://jabber.org/protocol/tune'><item id='t1'/></publish></pubsub></iq>`)
 	bob.expect(t, event("alice@a.test", "bob@b.test/b", "http://jabber.org/protocol/tune", "t1", tune))
+	// Subscribed to alice's presence, bob may ask her last activity
+	// (XEP-0012 section 4): she is online.
+	bob.exchange(t, `<iq type='get' id='l1' to='alice@a.test'><query xmlns='jabber:iq:last'/></iq>`,
+		`<iq type='result' id='l1' from='alice@a.test' to='bob@b.test/b'><query xmlns='jabber:iq:last' seconds='0'/></iq>`)
 
 	// A second resource with the same caps: a.test knows them (no
 	// query) and sends the last item after alice's presence reaches it.

@@ -145,7 +145,7 @@ func (m *Module) account(c *hook.Ctx, iq *hook.Stanza) error {
 			log.Error("account read for last activity failed", zap.String("user", user), zap.Error(err))
 			return reply("wait", "internal-server-error")
 		}
-		if user != self || self == "" {
+		if user != self {
 			items, _, err := m.Store.Roster(ctx, user)
 			if err != nil {
 				log.Error("roster read for last activity failed", zap.String("user", user), zap.Error(err))
