@@ -3,6 +3,7 @@ package hook
 import (
 	"context"
 	"net/netip"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -84,6 +85,15 @@ const (
 	PhaseBind
 	// PhaseBound: a routable session.
 	PhaseBound
+	// PhaseRemote: a request from another server's entity over an
+	// authenticated server-to-server stream, to the server or to an
+	// account's bare JID. Only iq handlers registered for this phase
+	// answer remote senders (the rest get service-unavailable): the Ctx
+	// has no Session, Stanza.From is the sender's full JID at the peer
+	// domain, Conn is the inbound stream (Async works) and Reply goes
+	// back over federation. A handler shared with PhaseBound must not
+	// assume a Session; Stanza.From names the sender in both phases.
+	PhaseRemote
 	numPhases
 )
 
@@ -205,6 +215,14 @@ type Stanza struct {
 // an error itself, not an iq result, not presence.
 func (st *Stanza) IsRequest() bool {
 	return st.Type != "error" && st.Type != "result" && st.Kind != Presence
+}
+
+// FromBare returns the sender's bare JID: From without its resource.
+func (st *Stanza) FromBare() string {
+	if i := strings.IndexByte(st.From, '/'); i >= 0 {
+		return st.From[:i]
+	}
+	return st.From
 }
 
 // Bare returns the bare JID To addresses, normalised ("" when To has no

@@ -707,15 +707,11 @@ func (s *Server) fromRemote(c *conn, tag stanza.StartTag, local, from string, to
 		}
 	}
 	if st.Local == "" || (kind == hook.IQ && st.Resource == "") {
-		// To the server or an account: ping is answered; other requests
-		// of remote senders have no module yet.
-		if kind == hook.IQ && (typ == "get" || typ == "set") {
-			if st.NS == nsPing && st.Name == "ping" {
-				// Addressed: a reply to a remote sender has a to.
-				cx.Reply(stanza.AppendResult(cx.Scratch(), st.ID, st.To, st.From, nil))
-				return
-			}
-			cx.ReplyError("cancel", "service-unavailable", "")
+		// To the server or an account: requests go to the modules that
+		// answer remote senders; messages and presence nobody took are
+		// dropped.
+		if kind == hook.IQ {
+			s.remoteIQ(cx, st)
 		}
 		return
 	}
@@ -738,6 +734,42 @@ func (s *Server) fromRemote(c *conn, tag stanza.StartTag, local, from string, to
 		return
 	}
 	cx.ReplyError("cancel", "service-unavailable", "")
+}
+
+// remoteIQ answers an iq from a remote sender to the server or to an
+// account's bare JID with the module registered for its payload in
+// hook.PhaseRemote: only handlers written for senders without a local
+// session see it. The reply goes back over federation (conn.Write).
+func (s *Server) remoteIQ(cx *hook.Ctx, st *hook.Stanza) {
+	var t hook.IQType
+	switch st.Type {
+	case "get":
+		t = hook.IQGet
+	case "set":
+		t = hook.IQSet
+	case "result", "error":
+		return // answers nobody waited for (the modules' were taken)
+	default:
+		cx.ReplyError("modify", "bad-request", "")
+		return
+	}
+	if st.Payload == nil {
+		cx.ReplyError("modify", "bad-request", "")
+		return
+	}
+	if st.Addr == hook.ToHost && st.Resource != "" {
+		cx.ReplyError("cancel", "service-unavailable", "")
+		return
+	}
+	h := s.hooks.IQ(hook.PhaseRemote, t, st.Addr, st.NS, st.Name)
+	if h == nil {
+		cx.ReplyError("cancel", "service-unavailable", "")
+		return
+	}
+	if err := h(cx, st); err != nil {
+		s.log.Warn("module failed", zap.String("ns", st.NS), zap.String("from", st.From), zap.Error(err))
+		cx.ReplyError("cancel", "internal-server-error", "")
+	}
 }
 
 // s2sListen returns the gnet addresses of the s2s listeners, resolving

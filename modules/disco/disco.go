@@ -48,6 +48,9 @@ func (m Module) Register(r *hook.Registrar) error {
 	r.IQ(hook.PhaseBound, hook.IQGet, to, NSInfo, "query", m.info)
 	// disco#items of an account lists its PEP nodes: the pep module's.
 	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToNone|hook.ToHost, NSItems, "query", m.items)
+	// Remote senders ask the server and accounts by address.
+	r.IQ(hook.PhaseRemote, hook.IQGet, hook.ToHost|hook.ToBare, NSInfo, "query", m.info)
+	r.IQ(hook.PhaseRemote, hook.IQGet, hook.ToHost, NSItems, "query", m.items)
 	r.DiscoFeature(NSInfo, NSItems)
 	r.AccountFeature(NSInfo)
 	reg := r.Registry()

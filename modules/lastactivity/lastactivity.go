@@ -77,6 +77,7 @@ func (*Module) Name() string { return "lastactivity" }
 // Register implements hook.Module.
 func (m *Module) Register(r *hook.Registrar) error {
 	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToHost, NS, "query", m.uptime)
+	r.IQ(hook.PhaseRemote, hook.IQGet, hook.ToHost, NS, "query", m.uptime)
 	r.DiscoFeature(NS)
 	if m.Store != nil {
 		m.w = &writer{store: m.Store, delay: m.FlushDelay}
@@ -84,6 +85,7 @@ func (m *Module) Register(r *hook.Registrar) error {
 			m.w.delay = FlushDelay
 		}
 		r.IQ(hook.PhaseBound, hook.IQGet, hook.ToAccount, NS, "query", m.account)
+		r.IQ(hook.PhaseRemote, hook.IQGet, hook.ToBare, NS, "query", m.account)
 		r.AccountFeature(NS)
 		r.On(hook.Unavailable, m.unavailable)
 	}
@@ -122,13 +124,16 @@ func (m *Module) uptime(c *hook.Ctx, _ *hook.Stanza) error {
 // account answers a query to an account's bare JID, or with no to for the
 // sender's own (XEP-0012 §4).
 func (m *Module) account(c *hook.Ctx, iq *hook.Stanza) error {
-	self := c.Session.Local()
+	self := "" // a remote sender (hook.PhaseRemote) has no local account
+	if c.Session != nil {
+		self = c.Session.Local()
+	}
 	user := iq.Local
 	if user == "" {
 		user = self
 	}
 	host, log := c.Host, c.Log
-	requester := self + "@" + host.Domain()
+	requester := iq.FromBare()
 	reply := func(typ, cond string) func(*hook.Ctx) {
 		return func(c *hook.Ctx) { c.ReplyError(typ, cond, "") }
 	}

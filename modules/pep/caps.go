@@ -10,6 +10,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"hash"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -38,6 +39,14 @@ const (
 	// maxWaiters bounds the sessions waiting on one pending hash that
 	// get their last items when it resolves.
 	maxWaiters = 256
+	// MaxRemoteCaps bounds the resources of contacts at other servers
+	// whose caps the cache follows (their available presence reached
+	// this server); beyond it a new one is not followed and gets no
+	// notification until one goes unavailable.
+	MaxRemoteCaps = 65536
+	// maxServed bounds the local accounts one remote resource has had
+	// the last items of (remoteEntry.served).
+	maxServed = 64
 	// entryOverhead is the bytes charged per entry beyond its strings.
 	entryOverhead = 128
 	// queryTimeout is how long a client has to answer; after it, the
@@ -61,10 +70,36 @@ type pendingQuery struct {
 	info    *capsInfo
 	node    string // node#ver queried
 	algo    string
-	asked   hook.Session // the session the query went to
+	asked   any // the entity the query went to: a hook.Session or a remote
 	id      string
 	sent    time.Time
-	waiters []hook.Session
+	waiters []any // hook.Session, or lastFor for a remote resource
+}
+
+// remote is a contact's resource at another server, by full JID: the
+// cache's key for an entity with no local session, whose caps came in its
+// presence over federation.
+type remote string
+
+// bare returns the remote resource's bare JID.
+func (r remote) bare() string {
+	b, _, _ := strings.Cut(string(r), "/")
+	return b
+}
+
+// remoteEntry is what the cache knows of one remote resource: its caps,
+// and the local accounts that have sent it their last items since it
+// became available with them.
+type remoteEntry struct {
+	info   *capsInfo
+	served []string
+}
+
+// lastFor is a remote resource waiting on a caps query for the last
+// items of owner.
+type lastFor struct {
+	to    remote
+	owner string
 }
 
 // capsCache is the server's XEP-0115 cache: verified feature sets by
@@ -79,8 +114,12 @@ type capsCache struct {
 	pending map[string]*pendingQuery // by ver
 	byID    map[string]*pendingQuery // by query id
 	sess    map[hook.Session]*capsInfo
-	nextID  uint64
-	now     func() time.Time // time.Now; tests move it
+	// rem holds the remote resources' entries by bare JID, then full
+	// JID; remN counts them (at most MaxRemoteCaps).
+	rem    map[string]map[remote]*remoteEntry
+	remN   int
+	nextID uint64
+	now    func() time.Time // time.Now; tests move it
 	// queries counts disco#info queries sent, for tests and stats.
 	queries uint64
 }
@@ -91,8 +130,70 @@ func newCapsCache(max int) *capsCache {
 		pending: make(map[string]*pendingQuery),
 		byID:    make(map[string]*pendingQuery),
 		sess:    make(map[hook.Session]*capsInfo),
+		rem:     make(map[string]map[remote]*remoteEntry),
 		max:     max,
 		now:     time.Now,
+	}
+}
+
+// entry returns the caps entry of k (a hook.Session or a remote), nil
+// when none. Under c.mu.
+func (c *capsCache) entry(k any) *capsInfo {
+	switch k := k.(type) {
+	case remote:
+		if e := c.rem[k.bare()][k]; e != nil {
+			return e.info
+		}
+		return nil
+	case hook.Session:
+		return c.sess[k]
+	}
+	return nil
+}
+
+// setEntry makes info k's entry; a new remote resource's served list
+// starts empty. It reports false when k is a remote resource the cache
+// has no room for. Under c.mu.
+func (c *capsCache) setEntry(k any, info *capsInfo) bool {
+	switch k := k.(type) {
+	case remote:
+		byFull := c.rem[k.bare()]
+		if e := byFull[k]; e != nil {
+			if e.info != info {
+				e.info, e.served = info, nil
+			}
+			return true
+		}
+		if c.remN >= MaxRemoteCaps {
+			return false
+		}
+		if byFull == nil {
+			byFull = make(map[remote]*remoteEntry, 1)
+			c.rem[k.bare()] = byFull
+		}
+		byFull[k] = &remoteEntry{info: info}
+		c.remN++
+	case hook.Session:
+		c.sess[k] = info
+	}
+	return true
+}
+
+// dropEntry removes k's entry. Under c.mu.
+func (c *capsCache) dropEntry(k any) {
+	switch k := k.(type) {
+	case remote:
+		b := k.bare()
+		if _, ok := c.rem[b][k]; !ok {
+			return
+		}
+		delete(c.rem[b], k)
+		if len(c.rem[b]) == 0 {
+			delete(c.rem, b)
+		}
+		c.remN--
+	case hook.Session:
+		delete(c.sess, k)
 	}
 }
 
@@ -100,12 +201,15 @@ func newCapsCache(max int) *capsCache {
 // algorithm). It returns the query to send when the hash is unknown and
 // nobody is asking yet (id and node# ver to ask s about), and whether the
 // session's entry changed.
-func (c *capsCache) seen(s hook.Session, node, ver, algo string) (id, query string, changed bool) {
+func (c *capsCache) seen(s any, node, ver, algo string) (id, query string, changed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	old := c.sess[s]
+	old := c.entry(s)
 	if old != nil && old.ver == ver {
 		return "", "", false
+	}
+	if _, ok := s.(remote); ok && old == nil && c.remN >= MaxRemoteCaps {
+		return "", "", false // not followed (MaxRemoteCaps)
 	}
 	// A session has at most one query in flight: announcing new caps
 	// drops the question about its old ones, so that one client cannot
@@ -118,7 +222,7 @@ func (c *capsCache) seen(s hook.Session, node, ver, algo string) (id, query stri
 	}
 	if info, ok := c.byVer[ver]; ok {
 		c.lru.MoveToFront(info.elem)
-		c.sess[s] = info
+		c.setEntry(s, info)
 		return "", "", true
 	}
 	if p, ok := c.pending[ver]; ok && c.now().Sub(p.sent) > queryTimeout {
@@ -131,28 +235,31 @@ func (c *capsCache) seen(s hook.Session, node, ver, algo string) (id, query stri
 		p.node = node + "#" + ver
 		p.algo = algo
 		c.pending[ver], c.byID[p.id] = p, p
-		c.sess[s] = p.info
-		if len(p.waiters) < maxWaiters {
+		c.setEntry(s, p.info)
+		if _, ok := s.(hook.Session); ok && len(p.waiters) < maxWaiters {
 			p.waiters = append(p.waiters, s)
 		}
 		return p.id, p.node, true
 	}
 	if p, ok := c.pending[ver]; ok {
-		c.sess[s] = p.info
-		if len(p.waiters) < maxWaiters {
+		c.setEntry(s, p.info)
+		if _, ok := s.(hook.Session); ok && len(p.waiters) < maxWaiters {
 			p.waiters = append(p.waiters, s)
 		}
 		return "", "", true
 	}
 	info := &capsInfo{ver: ver}
-	c.sess[s] = info
+	c.setEntry(s, info)
 	if len(c.pending) >= MaxPendingCaps {
 		return "", "", true
 	}
 	c.nextID++
 	c.queries++
 	p := &pendingQuery{info: info, node: node + "#" + ver, algo: algo, asked: s,
-		id: "caps-" + itoa(c.nextID), sent: c.now(), waiters: []hook.Session{s}}
+		id: "caps-" + itoa(c.nextID), sent: c.now()}
+	if _, ok := s.(hook.Session); ok {
+		p.waiters = []any{s}
+	}
 	c.pending[ver] = p
 	c.byID[p.id] = p
 	return p.id, p.node, true
@@ -162,7 +269,7 @@ func (c *capsCache) seen(s hook.Session, node, ver, algo string) (id, query stri
 // disco#info <query/> (nil for an error). It verifies the answer against
 // the hash and caches it; it returns the sessions waiting on it when it
 // verified, and whether id was one of the cache's queries.
-func (c *capsCache) resolve(id string, from hook.Session, result []byte) (waiters []hook.Session, ok bool) {
+func (c *capsCache) resolve(id string, from any, result []byte) (waiters []any, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.byID[id]
@@ -201,14 +308,14 @@ func (c *capsCache) resolve(id string, from hook.Session, result []byte) (waiter
 
 // forget drops a session's entry (it went unavailable or away), and a
 // query that was asked of it.
-func (c *capsCache) forget(s hook.Session) {
+func (c *capsCache) forget(s any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	info := c.sess[s]
+	info := c.entry(s)
 	if info == nil {
 		return
 	}
-	delete(c.sess, s)
+	c.dropEntry(s)
 	if p := c.pending[info.ver]; p != nil && p.asked == s {
 		delete(c.pending, info.ver)
 		delete(c.byID, p.id)
@@ -217,9 +324,9 @@ func (c *capsCache) forget(s hook.Session) {
 
 // wants reports whether session s asked for notifications of node
 // (NODE+notify in its caps).
-func (c *capsCache) wants(s hook.Session, node string) bool {
+func (c *capsCache) wants(s any, node string) bool {
 	c.mu.Lock()
-	info := c.sess[s]
+	info := c.entry(s)
 	var features []string
 	if info != nil {
 		features = info.features
@@ -230,9 +337,9 @@ func (c *capsCache) wants(s hook.Session, node string) bool {
 
 // notifyNodes returns the nodes s wants notifications of, nil when its
 // caps are unknown.
-func (c *capsCache) notifyNodes(s hook.Session) []string {
+func (c *capsCache) notifyNodes(s any) []string {
 	c.mu.Lock()
-	info := c.sess[s]
+	info := c.entry(s)
 	var features []string
 	if info != nil {
 		features = info.features
@@ -245,6 +352,42 @@ func (c *capsCache) notifyNodes(s hook.Session) []string {
 		}
 	}
 	return out
+}
+
+// remotesWanting returns the resources of bare (a contact at another
+// server) whose caps ask for notifications of node.
+func (c *capsCache) remotesWanting(bare, node string) []remote {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []remote
+	for r, e := range c.rem[bare] {
+		if e.info != nil && hasNotify(e.info.features, node) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// serve records that owner sends r its last items, and reports whether it
+// had not yet since r announced its caps: a remote resource's presence
+// reaches each local contact, and each sends its items once. It also
+// reports whether r's caps are still being asked about; then the items
+// wait for the answer (wait adds r to the query's waiters).
+func (c *capsCache) serve(r remote, owner string) (first, pending bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.rem[r.bare()][r]
+	if e == nil || slices.Contains(e.served, owner) || len(e.served) >= maxServed {
+		return false, false
+	}
+	e.served = append(e.served, owner)
+	if e.info.features == nil {
+		if p := c.pending[e.info.ver]; p != nil && len(p.waiters) < maxWaiters {
+			p.waiters = append(p.waiters, lastFor{r, owner})
+		}
+		return true, true
+	}
+	return true, false
 }
 
 // stats returns the cached entries, their bytes and the queries sent.

@@ -174,3 +174,45 @@ func TestCapsOnePendingPerSession(t *testing.T) {
 		t.Fatalf("%d queries pending, want 1", n)
 	}
 }
+
+// TestCapsRemote: the resources of contacts at other servers are keyed by
+// full JID, found by bare JID, forgotten on unavailable, bounded by
+// MaxRemoteCaps, and each local owner serves one its last items once per
+// caps announcement.
+func TestCapsRemote(t *testing.T) {
+	c := newCapsCache(CapsCacheBytes)
+	const ver = "QgayPKawpkPSDYmwT/WM94uAlu0="
+	r := remote("bob@b.test/phone")
+	id, _, changed := c.seen(r, "http://code.google.com/p/exodus", ver, "sha-1")
+	if id == "" || !changed {
+		t.Fatalf("seen: id %q changed %v", id, changed)
+	}
+	if first, pending := c.serve(r, "alice"); !first || !pending {
+		t.Fatalf("serve while pending: %v %v", first, pending)
+	}
+	if first, _ := c.serve(r, "alice"); first {
+		t.Fatal("alice served twice")
+	}
+	exodus := exodusInfo
+	if _, ok := c.resolve(id, remote("mallory@b.test/x"), []byte(exodus)); !ok {
+		t.Fatal("an answer from another JID is not ours to take, but the id is")
+	}
+	waiters, ok := c.resolve(id, r, []byte(exodus))
+	if !ok || len(waiters) != 1 || waiters[0] != (lastFor{r, "alice"}) {
+		t.Fatalf("resolve: %v %v", waiters, ok)
+	}
+	if got := c.remotesWanting("bob@b.test", "http://jabber.org/protocol/muc"); len(got) != 0 {
+		t.Fatalf("no +notify feature, yet %v", got)
+	}
+	if first, pending := c.serve(r, "carol"); !first || pending {
+		t.Fatalf("serve known: %v %v", first, pending)
+	}
+	c.forget(r)
+	if c.remN != 0 || len(c.rem) != 0 {
+		t.Fatalf("forget left %d entries", c.remN)
+	}
+	c.remN = MaxRemoteCaps // full: a new resource is not followed
+	if _, _, changed := c.seen(remote("dave@b.test/x"), "n", ver, "sha-1"); changed || c.entry(remote("dave@b.test/x")) != nil {
+		t.Fatal("followed beyond MaxRemoteCaps")
+	}
+}

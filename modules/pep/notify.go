@@ -48,6 +48,7 @@ func (m *Module) notify(ctx context.Context, host hook.Host, owner, node string,
 	// Sessions notified, kept only when explicit subscribers may repeat
 	// them.
 	var done []hook.Session
+	var remoteDone []string // remote resources notified by their caps
 	sent := 0
 	deliver := func(s hook.Session) {
 		if s.Deliver(appendMessage(nil, from, s.Full(), event)) {
@@ -76,7 +77,20 @@ func (m *Module) notify(ctx context.Context, host hook.Host, owner, node string,
 				continue
 			}
 			local, ok := localOf(it.Contact, domain)
-			if !ok || local == owner {
+			if !ok {
+				// A contact at another server: its resources whose
+				// caps (from their presence over federation) ask.
+				for _, r := range m.caps.remotesWanting(it.Contact, node) {
+					if !m.blocked(owner, it.Contact) && host.Deliver(string(r), appendMessage(nil, from, string(r), event)) > 0 {
+						sent++
+						if len(subs) > 0 {
+							remoteDone = append(remoteDone, string(r))
+						}
+					}
+				}
+				continue
+			}
+			if local == owner {
 				continue
 			}
 			// The blocklist is asked only about contacts with a
@@ -101,6 +115,14 @@ func (m *Module) notify(ctx context.Context, host hook.Host, owner, node string,
 		if bare != from && !m.subscriberAllowed(cfg, bare, items) || m.blocked(owner, bare) {
 			continue
 		}
+		if _, ok := localOf(bare, domain); !ok {
+			// At another server: once, to the JID subscribed, unless
+			// its resource was notified by its caps above.
+			if slices.Contains(remoteDone, sub) || host.Deliver(sub, appendMessage(nil, from, sub, event)) > 0 {
+				sent++
+			}
+			continue
+		}
 		m.toSubscriber(host, sub, func(s hook.Session) {
 			if !slices.Contains(done, s) {
 				deliver(s)
@@ -108,6 +130,100 @@ func (m *Module) notify(ctx context.Context, host hook.Host, owner, node string,
 		})
 	}
 	return sent
+}
+
+// recipient is whom last items go to: a local session, or a resource at
+// another server (remoteTarget).
+type recipient interface {
+	Full() string
+	Deliver(b []byte) bool
+}
+
+// remoteTarget is a resource at another server as a recipient.
+type remoteTarget struct {
+	host hook.Host
+	to   remote
+}
+
+func (r remoteTarget) Full() string          { return string(r.to) }
+func (r remoteTarget) Deliver(b []byte) bool { return r.host.Deliver(string(r.to), b) > 0 }
+
+// InboundStanza implements hook.Inbound: the caps of contacts at other
+// servers come in their presence over federation, and the answers to the
+// disco#info queries about unknown hashes come back the same way. A remote
+// resource that becomes available with caps asking for some nodes gets
+// the last items of the local account its presence is addressed to, as a
+// local one does (XEP-0163 4.3.4).
+func (m *Module) InboundStanza(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
+	switch st.Kind {
+	case hook.IQ:
+		if st.Addr == hook.ToHost && st.Resource == "" {
+			return m.capsResult(c, st)
+		}
+	case hook.Presence:
+		m.remotePresence(c, st)
+	}
+	return hook.Continue
+}
+
+// remotePresence follows the caps of a remote resource: available with
+// caps to an account (a broadcast reaches each local contact) records
+// them, asking the resource about an unknown hash; unavailable, or a
+// broadcast without caps, forgets them.
+func (m *Module) remotePresence(c *hook.Ctx, st *hook.Stanza) {
+	if st.Local == "" || strings.IndexByte(st.From, '/') < 0 {
+		return
+	}
+	r := remote(st.From)
+	switch st.Type {
+	case "":
+	case "unavailable":
+		m.caps.forget(r)
+		return
+	default:
+		return
+	}
+	node, ver, algo, ok := parseCaps(st.Raw)
+	if !ok {
+		if st.Addr == hook.ToBare {
+			m.caps.forget(r)
+		}
+		return
+	}
+	host := c.Host
+	id, query, _ := m.caps.seen(r, node, ver, algo)
+	if id != "" {
+		b := append([]byte(`<query xmlns='`+nsDiscoInfo+`' node='`), stanza.AppendEscaped(nil, query)...)
+		b = append(b, `'/>`...)
+		host.Deliver(st.From, stanza.AppendIQ(nil, "get", id, host.Domain(), st.From, b))
+	}
+	if first, pending := m.caps.serve(r, st.Local); first && !pending {
+		m.remoteLast(host, r, st.Local)
+	}
+}
+
+// remoteLast sends remote resource r the last items of owner's nodes its
+// caps ask for, if r's account has a subscription to owner's presence the
+// nodes' access models allow. Detached, on a worker.
+func (m *Module) remoteLast(host hook.Host, r remote, owner string) {
+	wanted := m.caps.notifyNodes(r)
+	if len(wanted) == 0 {
+		return
+	}
+	host.Go(func(ctx context.Context) {
+		items, _, err := m.Store.Roster(ctx, owner)
+		if err != nil {
+			host.Logger().Error("roster read for pep failed", zap.String("user", owner), zap.Error(err))
+			return
+		}
+		bare := r.bare()
+		for _, it := range items {
+			if it.Contact == bare && (it.Subscription == storage.SubFrom || it.Subscription == storage.SubBoth) && !m.blocked(owner, bare) {
+				m.sendLastOf(ctx, host, owner, remoteTarget{host, r}, wanted, false, SendOnSubPresence)
+				return
+			}
+		}
+	})
 }
 
 // inOwnerGroups reports whether contact (a bare JID) is in one of the
@@ -207,13 +323,22 @@ func (m *Module) capsResult(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 	if st.Type == "result" {
 		result = st.Payload
 	}
-	waiters, ok := m.caps.resolve(st.ID, c.Session, result)
+	var asked any = c.Session
+	if c.Session == nil {
+		asked = remote(st.From) // an answer over federation (InboundStanza)
+	}
+	waiters, ok := m.caps.resolve(st.ID, asked, result)
 	if !ok {
 		return hook.Continue
 	}
 	for _, w := range waiters {
-		if w.Available() {
-			m.sendLast(c, w)
+		switch w := w.(type) {
+		case hook.Session:
+			if w.Available() {
+				m.sendLast(c, w)
+			}
+		case lastFor:
+			m.remoteLast(c.Host, w.to, w.owner)
 		}
 	}
 	return hook.Stop
@@ -316,7 +441,7 @@ func (m *Module) lastItems(ctx context.Context, host hook.Host, s hook.Session, 
 // sendLastOf sends session s the last item of each of owner's nodes in wanted
 // whose send_last_published_item is one of when, for a contact only those
 // whose model lets a subscriber to the owner's presence read.
-func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner string, s hook.Session, wanted []string, self bool, when ...string) {
+func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner string, s recipient, wanted []string, self bool, when ...string) {
 	nodes, err := m.Store.PEPNodes(ctx, owner)
 	if err != nil {
 		host.Logger().Error("pep nodes read failed", zap.String("user", owner), zap.Error(err))
@@ -333,7 +458,7 @@ func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner string, s
 		if !self && n.Config.Access == AccessRoster && n.Config.RosterGroups != "" {
 			// Groups need the owner's roster; the subscription the
 			// caller found says the rest.
-			if !m.inOwnerGroups(ctx, owner, s.Local()+"@"+host.Domain(), n.Config) {
+			if bare, _, _ := strings.Cut(s.Full(), "/"); !m.inOwnerGroups(ctx, owner, bare, n.Config) {
 				continue
 			}
 		}
@@ -347,4 +472,11 @@ func (m *Module) sendLastOf(ctx context.Context, host hook.Host, owner string, s
 			return
 		}
 	}
+}
+
+// isLocal reports whether bare (a normalised bare JID) is an account of
+// domain.
+func isLocal(bare, domain string) bool {
+	_, ok := localOf(bare, domain)
+	return ok
 }

@@ -122,6 +122,13 @@ func (m *Module) Register(r *hook.Registrar) error {
 	r.IQ(hook.PhaseBound, hook.IQSet, to, NSOwner, "pubsub", m.ownerSet)
 	r.IQ(hook.PhaseBound, hook.IQGet, to, NSOwner, "pubsub", m.ownerGet)
 	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToBare, nsDiscoItems, "query", m.discoItems)
+	// Contacts on other servers read (and subscribe) as the access model
+	// allows; what only the owner may do they are refused (forbidden).
+	r.IQ(hook.PhaseRemote, hook.IQSet, hook.ToBare, NS, "pubsub", m.set)
+	r.IQ(hook.PhaseRemote, hook.IQGet, hook.ToBare, NS, "pubsub", m.get)
+	r.IQ(hook.PhaseRemote, hook.IQSet, hook.ToBare, NSOwner, "pubsub", m.ownerSet)
+	r.IQ(hook.PhaseRemote, hook.IQGet, hook.ToBare, NSOwner, "pubsub", m.ownerGet)
+	r.IQ(hook.PhaseRemote, hook.IQGet, hook.ToBare, nsDiscoItems, "query", m.discoItems)
 	r.AccountFeature(Features...)
 	r.Stanza(hook.Presence, hook.ToNone|hook.ToBare|hook.ToFull, hook.Pre, m.presence)
 	r.Stanza(hook.IQ, hook.ToHost|hook.ToNone, hook.Pre, m.capsResult)
@@ -186,8 +193,11 @@ type errPrecondition struct{ field string }
 func (e errPrecondition) Error() string { return "Field does not match: " + e.field }
 
 // owner returns the account a request addresses and whether the sender
-// is that account.
+// is that account (never for a remote sender, who has no Session).
 func owner(c *hook.Ctx, iq *hook.Stanza) (string, bool) {
+	if c.Session == nil {
+		return iq.Local, false
+	}
 	me := c.Session.Local()
 	if iq.Local == "" || iq.Local == me {
 		return me, true
@@ -278,9 +288,9 @@ const MaxSubscribers = 1024
 // explicit subscriptions, for those who get no presence (OMEMO between
 // strangers, XEP-0384 section 4.3).
 func (m *Module) subscription(c *hook.Ctx, user string, self bool, node string, verb []byte, subscribe bool) {
-	requester := c.Session.Full()
+	requester := c.Stanza.From
 	sj, err := jid.Parse(attr(verb, "jid"))
-	if err != nil || (sj.String() != requester && sj.String() != sj.Bare().String()) || sj.Bare().String() != requester[:strings.IndexByte(requester, '/')] {
+	if err != nil || (sj.String() != requester && sj.String() != sj.Bare().String()) || sj.Bare().String() != c.Stanza.FromBare() {
 		perr{"modify", "bad-request", "invalid-jid", ""}.reply(c)
 		return
 	}
@@ -339,6 +349,12 @@ func (m *Module) subscription(c *hook.Ctx, user string, self bool, node string, 
 				}
 				event := appendItemsEvent(nil, node, items[0].ID, items[0].Payload)
 				from := user + "@" + host.Domain()
+				if bare, _, _ := strings.Cut(subscriber, "/"); !isLocal(bare, host.Domain()) {
+					// At another server (hook.PhaseRemote): over
+					// federation, to the JID subscribed.
+					host.Deliver(subscriber, appendMessage(nil, from, subscriber, event))
+					return
+				}
 				m.toSubscriber(host, subscriber, func(s hook.Session) {
 					s.Deliver(appendMessage(nil, from, s.Full(), event))
 				})
@@ -651,7 +667,7 @@ func (m *Module) get(c *hook.Ctx, iq *hook.Stanza) error {
 			return nil
 		}
 	}
-	requester := c.Session.Full()
+	requester := iq.From
 	log := c.Log
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
 		n, ok, err := m.Store.PEPNode(ctx, user, node)
@@ -851,7 +867,7 @@ func (m *Module) ownerSet(c *hook.Ctx, iq *hook.Stanza) error {
 func (m *Module) NodeInfo(c *hook.Ctx, iq *hook.Stanza) error {
 	user, self := owner(c, iq)
 	node := attr(iq.Payload, "node")
-	requester, log := c.Session.Full(), c.Log
+	requester, log := iq.From, c.Log
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
 		n, ok, err := m.Store.PEPNode(ctx, user, node)
 		if err != nil {
@@ -878,7 +894,7 @@ func (m *Module) NodeInfo(c *hook.Ctx, iq *hook.Stanza) error {
 func (m *Module) discoItems(c *hook.Ctx, iq *hook.Stanza) error {
 	user, self := owner(c, iq)
 	node := attr(iq.Payload, "node")
-	requester, log := c.Session.Full(), c.Log
+	requester, log := iq.From, c.Log
 	bare := user + "@" + c.Host.Domain()
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
 		nodes, err := m.Store.PEPNodes(ctx, user)

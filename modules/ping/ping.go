@@ -19,6 +19,7 @@ func (Module) Name() string { return "ping" }
 // Register implements hook.Module.
 func (Module) Register(r *hook.Registrar) error {
 	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToNone|hook.ToHost|hook.ToBare, NS, "ping", handle)
+	r.IQ(hook.PhaseRemote, hook.IQGet, hook.ToHost|hook.ToBare, NS, "ping", handle)
 	r.DiscoFeature(NS)
 	return nil
 }

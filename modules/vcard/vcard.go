@@ -37,12 +37,20 @@ func (m Module) Register(r *hook.Registrar) error {
 	to := hook.ToNone | hook.ToHost | hook.ToBare
 	r.IQ(hook.PhaseBound, hook.IQGet, to, NS, "vCard", m.get)
 	r.IQ(hook.PhaseBound, hook.IQSet, to, NS, "vCard", m.set)
+	// Anyone may read an account's vCard from another server; a set from
+	// there is refused (forbidden: only the owner, who is local, may).
+	r.IQ(hook.PhaseRemote, hook.IQGet, hook.ToBare, NS, "vCard", m.get)
+	r.IQ(hook.PhaseRemote, hook.IQSet, hook.ToBare, NS, "vCard", m.set)
 	r.DiscoFeature(NS)
 	return nil
 }
 
 // set replaces the sender's own vCard.
 func (m Module) set(c *hook.Ctx, iq *hook.Stanza) error {
+	if c.Session == nil {
+		c.ReplyError("auth", "forbidden", "")
+		return nil
+	}
 	owner := c.Session.Local()
 	if iq.Local != "" && iq.Local != owner {
 		c.ReplyError("auth", "forbidden", "")
@@ -68,9 +76,9 @@ func (m Module) set(c *hook.Ctx, iq *hook.Stanza) error {
 // get returns the addressed account's vCard, the sender's own without a
 // to (or with the domain as to).
 func (m Module) get(c *hook.Ctx, iq *hook.Stanza) error {
-	target := c.Session.Local()
-	if iq.Local != "" {
-		target = iq.Local
+	target := iq.Local
+	if target == "" {
+		target = c.Session.Local() // PhaseBound only: a remote get has a to
 	}
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
 		card, err := m.Store.VCard(ctx, target)

@@ -30,6 +30,7 @@ func (Module) Name() string { return "version" }
 // server's to answer: the core refuses them, no handler being registered.
 func (m Module) Register(r *hook.Registrar) error {
 	r.IQ(hook.PhaseBound, hook.IQGet, hook.ToNone|hook.ToHost, NS, "query", m.handle)
+	r.IQ(hook.PhaseRemote, hook.IQGet, hook.ToHost, NS, "query", m.handle)
 	r.DiscoFeature(NS)
 	return nil
 }

@@ -1,0 +1,79 @@
+package server_test
+
+import (
+	"strings"
+	"testing"
+)
+
+// fedCaps returns caps' query and answer with the server named domain
+// instead of localhost.
+func fedCaps(c testCaps, id, domain, full string) (query, answer string) {
+	query = strings.Replace(c.query(id, full), "from='localhost'", "from='"+domain+"'", 1)
+	answer = strings.Replace(c.answer(id), "to='localhost'", "to='"+domain+"'", 1)
+	return query, answer
+}
+
+// TestS2SPEP: alice@a.test and bob@b.test are subscribed both ways; bob's
+// caps (+notify for tune and OMEMO device lists) reach a.test in his
+// presence, and a.test asks bob's client over federation about the unknown
+// hash. alice's publish then reaches bob's resource over s2s, and a
+// second resource of bob's, whose caps a.test now knows without asking,
+// gets the last item when it becomes available.
+func TestS2SPEP(t *testing.T) {
+	a, b := fedPair(t, true, nil)
+	alice := fedLogin(t, a, "alice", "a")
+	bob := fedLogin(t, b, "bob", "b")
+	bob.exchange(t, `<presence/>`, `<presence from='bob@b.test/b'/>`)
+	alice.exchange(t, `<presence/>`, `<presence from='alice@a.test/a'/>`)
+	alice.send(`<presence type='subscribe' to='bob@b.test'/>`)
+	bob.expect(t, `<presence type='subscribe' from='alice@a.test' to='bob@b.test'/>`)
+	bob.send(`<presence type='subscribed' to='alice@a.test'/>`)
+	alice.expect(t, `<presence type='subscribed' from='bob@b.test' to='alice@a.test'/>`)
+	alice.expect(t, `<presence from='bob@b.test/b' to='alice@a.test'/>`)
+	bob.send(`<presence type='subscribe' to='alice@a.test'/>`)
+	alice.expect(t, `<presence type='subscribe' from='bob@b.test' to='alice@a.test'/>`)
+	alice.send(`<presence type='subscribed' to='bob@b.test'/>`)
+	bob.expect(t, `<presence type='subscribed' from='alice@a.test' to='bob@b.test'/>`)
+	bob.expect(t, `<presence from='alice@a.test/a' to='bob@b.test'/>`)
+
+	// bob announces caps: his own server asks him first, then a.test,
+	// over federation, once his presence has reached alice.
+	q, ans := fedCaps(capsOMEMO, "caps-1", "b.test", "bob@b.test/b")
+	bob.send(capsOMEMO.presence())
+	bob.expect(t, q)
+	bob.send(ans)
+	c := `<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='` + capsOMEMO.node + `' ver='` + capsOMEMO.ver() + `'/>`
+	bob.expect(t, `<presence from='bob@b.test/b'>`+c+`</presence>`)
+	alice.expect(t, `<presence from='bob@b.test/b' to='alice@a.test'>`+c+`</presence>`)
+	q, ans = fedCaps(capsOMEMO, "caps-1", "a.test", "bob@b.test/b")
+	bob.expect(t, q)
+	bob.send(ans)
+	fedSync(t, bob, "b.test", "s1")
+	if n := pepCapsQueries(a); n != 1 {
+		t.Fatalf("a.test sent %d caps queries, want 1", n)
+	}
+
+	const tune = `<tune xmlns='http://jabber.org/protocol/tune'><title>Song</title></tune>`
+	alice.exchange(t, `<iq type='set' id='p1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='http://jabber.org/protocol/tune'><item id='t1'>`+tune+`</item></publish></pubsub></iq>`,
+		`<iq type='result' id='p1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='http://jabber.org/protocol/tune'><item id='t1'/></publish></pubsub></iq>`)
+	bob.expect(t, event("alice@a.test", "bob@b.test/b", "http://jabber.org/protocol/tune", "t1", tune))
+	// Subscribed to alice's presence, bob may ask her last activity
+	// (XEP-0012 section 4): she is online.
+	bob.exchange(t, `<iq type='get' id='l1' to='alice@a.test'><query xmlns='jabber:iq:last'/></iq>`,
+		`<iq type='result' id='l1' from='alice@a.test' to='bob@b.test/b'><query xmlns='jabber:iq:last' seconds='0'/></iq>`)
+
+	// A second resource with the same caps: a.test knows them (no
+	// query) and sends the last item after alice's presence reaches it.
+	b2 := fedLogin(t, b, "bob", "b2")
+	b2.send(capsOMEMO.presence())
+	got := b2.skipUntil(`<item id='t1'>` + tune + `</item></items></event></message>`)
+	if !strings.Contains(got, `<message from='alice@a.test' to='bob@b.test/b2' type='headline' id='pep-`) {
+		t.Fatalf("no last item for b2: %q", got)
+	}
+	if n := pepCapsQueries(a); n != 1 {
+		t.Fatalf("a.test sent %d caps queries, want 1", n)
+	}
+}
+
+// pepCapsQueries is the disco#info queries n's pep module has sent.
+func pepCapsQueries(n *fedNode) uint64 { return n.srv.Stats().Modules["pep.caps_queries"] }
