@@ -392,9 +392,21 @@ func TestClusterNATSRestart(t *testing.T) {
 		t.Fatal("nodes did not notice the NATS server going")
 	}
 	// The same port and JetStream directory: the directory survives.
-	runNATS(t, &natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: store, NoLog: true, NoSigs: true})
-	if !waitFor(ioTimeout, func() bool { return a.ClusterNode().Connected() && b.ClusterNode().Connected() }) {
-		t.Fatal("nodes did not reconnect")
+	ns2, _ := runNATS(t, &natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: store, NoLog: true, NoSigs: true})
+	// Connected is not enough: a stanza published before the peer's inbox
+	// subscription reaches the new server is lost (core NATS; the README
+	// says so). Routing resumes once every node has subscribed again.
+	subscribed := func() bool {
+		acc := ns2.GlobalAccount()
+		for _, subj := range []string{"krill.localhost.node.a", "krill.localhost.node.b", "krill.localhost.ack.a", "krill.localhost.ack.b"} {
+			if !acc.SubscriptionInterest(subj) {
+				return false
+			}
+		}
+		return true
+	}
+	if !waitFor(ioTimeout, func() bool { return a.ClusterNode().Connected() && b.ClusterNode().Connected() && subscribed() }) {
+		t.Fatal("nodes did not reconnect and subscribe again")
 	}
 	seen(t, a, "bob", "b", false)
 	seen(t, b, "alice", "a", false)
