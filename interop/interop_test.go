@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -92,13 +93,32 @@ func krillBin(t *testing.T) string {
 
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	// The kernel may hand a port just closed out again: never return one
+	// this process has returned before (a server given the same port for
+	// two listeners refuses to start).
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		_ = l.Close()
+		if !portsGiven[addr] {
+			portsGiven[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no unused loopback port in 100 tries")
+	return ""
 }
+
+// portsGiven are the addresses freePort returned.
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[string]bool{}
+)
 
 // server is a krill serve process with JSON logs at debug level.
 type server struct {
