@@ -297,13 +297,9 @@ func (m *Module) subscription(c *hook.Ctx, user string, self bool, node string, 
 	subscriber := sj.String()
 	host, log := c.Host, c.Log
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
-		n, ok, err := m.Store.PEPNode(ctx, user, node)
-		if err != nil {
-			log.Error("pep node read failed", zap.String("user", user), zap.Error(err))
-			return errInternal.reply
-		}
-		if !ok {
-			return errNotFound.reply
+		n, fail := m.readNode(ctx, log, user, node, true, "")
+		if fail != nil {
+			return fail
 		}
 		if !subscribe {
 			found, err := m.Store.PEPUnsubscribe(ctx, user, node, subscriber)
@@ -542,13 +538,9 @@ func (m *Module) retract(c *hook.Ctx, user, node string, verb []byte) {
 	notify, _ := parseBool(notifyAttr)
 	host, log := c.Host, c.Log
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
-		n, ok, err := m.Store.PEPNode(ctx, user, node)
-		if err != nil {
-			log.Error("pep node read failed", zap.String("user", user), zap.Error(err))
-			return errInternal.reply
-		}
-		if !ok {
-			return errNotFound.reply
+		n, fail := m.readNode(ctx, log, user, node, true, "")
+		if fail != nil {
+			return fail
 		}
 		found, err := m.Store.PEPRetract(ctx, user, node, id)
 		if err != nil {
@@ -670,18 +662,9 @@ func (m *Module) get(c *hook.Ctx, iq *hook.Stanza) error {
 	requester := iq.From
 	log := c.Log
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
-		n, ok, err := m.Store.PEPNode(ctx, user, node)
-		if err != nil {
-			log.Error("pep node read failed", zap.String("user", user), zap.Error(err))
-			return errInternal.reply
-		}
-		if !ok {
-			return errNotFound.reply
-		}
-		if !self {
-			if e, ok := m.mayRead(ctx, user, n.Config, requester); !ok {
-				return e.reply
-			}
+		_, fail := m.readNode(ctx, log, user, node, self, requester)
+		if fail != nil {
+			return fail
 		}
 		items, err := m.Store.PEPItems(ctx, user, node, ids, max)
 		if err != nil {
@@ -697,6 +680,27 @@ func (m *Module) get(c *hook.Ctx, iq *hook.Stanza) error {
 		return func(c *hook.Ctx) { c.ReplyResult(b) }
 	}, nil)
 	return nil
+}
+
+// readNode reads an account's node, on a worker. When it cannot be read,
+// or does not exist, or (unless self, the owner asking) the requester's
+// access is refused by the node's access model, it returns the error
+// reply to send instead.
+func (m *Module) readNode(ctx context.Context, log *zap.Logger, user, node string, self bool, requester string) (storage.PEPNode, func(*hook.Ctx)) {
+	n, ok, err := m.Store.PEPNode(ctx, user, node)
+	if err != nil {
+		log.Error("pep node read failed", zap.String("user", user), zap.Error(err))
+		return n, errInternal.reply
+	}
+	if !ok {
+		return n, errNotFound.reply
+	}
+	if !self {
+		if e, ok := m.mayRead(ctx, user, n.Config, requester); !ok {
+			return n, e.reply
+		}
+	}
+	return n, nil
 }
 
 // mayRead checks a contact's access to a node of owner, from owner's
@@ -765,13 +769,9 @@ func (m *Module) ownerGet(c *hook.Ctx, iq *hook.Stanza) error {
 	}
 	log := c.Log
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
-		n, ok, err := m.Store.PEPNode(ctx, user, node)
-		if err != nil {
-			log.Error("pep node read failed", zap.String("user", user), zap.Error(err))
-			return errInternal.reply
-		}
-		if !ok {
-			return errNotFound.reply
+		n, fail := m.readNode(ctx, log, user, node, true, "")
+		if fail != nil {
+			return fail
 		}
 		b := append([]byte(`<pubsub xmlns='`+NSOwner+`'><configure node='`), stanza.AppendEscaped(nil, node)...)
 		b = append(b, `'>`...)
@@ -828,13 +828,9 @@ func (m *Module) ownerSet(c *hook.Ctx, iq *hook.Stanza) error {
 			return nil
 		}
 		c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
-			n, ok, err := m.Store.PEPNode(ctx, user, node)
-			if err != nil {
-				log.Error("pep node read failed", zap.String("user", user), zap.Error(err))
-				return errInternal.reply
-			}
-			if !ok {
-				return errNotFound.reply
+			n, fail := m.readNode(ctx, log, user, node, true, "")
+			if fail != nil {
+				return fail
 			}
 			if cancel {
 				return func(c *hook.Ctx) { c.ReplyResult(nil) }
@@ -869,18 +865,9 @@ func (m *Module) NodeInfo(c *hook.Ctx, iq *hook.Stanza) error {
 	node := attr(iq.Payload, "node")
 	requester, log := iq.From, c.Log
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
-		n, ok, err := m.Store.PEPNode(ctx, user, node)
-		if err != nil {
-			log.Error("pep node read failed", zap.String("user", user), zap.Error(err))
-			return errInternal.reply
-		}
-		if !ok {
-			return errNotFound.reply
-		}
-		if !self {
-			if e, ok := m.mayRead(ctx, user, n.Config, requester); !ok {
-				return e.reply
-			}
+		_, fail := m.readNode(ctx, log, user, node, self, requester)
+		if fail != nil {
+			return fail
 		}
 		b := append([]byte(`<query xmlns='`+nsDiscoInfo+`' node='`), stanza.AppendEscaped(nil, node)...)
 		b = append(b, `'><identity category='pubsub' type='leaf'/><feature var='`+NS+`'/></query>`...)
