@@ -329,6 +329,21 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	if stage == bench.StageTLS || stage == bench.StageAuth || stage == bench.StageWSS || stage == bench.StageWSSAuth {
 		b.Logf("client key exchange groups: %s", curvesLabel())
 	}
+	// The figures above are read right after a collection, while the free
+	// heap left by the ramp's garbage (TLS handshakes in flight, mostly) is
+	// still resident. The runtime's background scavenger returns what is
+	// over its goal (the heap goal plus 10%) within seconds; rss-scavenged
+	// is the process once it has, without forcing it (no FreeOSMemory),
+	// which is where an idle server settles.
+	scav, err := waitScavenged(scavengeLimit)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(perConn(scav.proc.RSS, before.proc.RSS), "rss-scavenged-B/conn")
+	b.Logf("stage %s: free heap not yet returned %.0f B/conn (%.0f B/conn once scavenged), runtime non-heap %.0f B/conn; "+
+		"rss once scavenged %.0f B/conn",
+		stage, perConn(after.heapRetained, before.heapRetained), perConn(scav.heapRetained, before.heapRetained),
+		perConn(after.otherSys, before.otherSys), perConn(scav.proc.RSS, before.proc.RSS))
 	b.Logf("stage %s, %d idle connections (ready in %v, settled %v): server process rss %.0f B/conn, pss %.0f B/conn, "+
 		"heap+stack %.0f B/conn, heapalloc %.0f B/conn; %d goroutines (%d before)%s",
 		stage, n, ramp.Round(time.Millisecond), settle, rss, pss, heapStack, heapAlloc,
@@ -400,6 +415,13 @@ type snapshot struct {
 	heapInuse  uint64
 	stackInuse uint64
 	heapAlloc  uint64
+	// heapRetained is heap memory the runtime holds free but has not
+	// returned to the OS (HeapIdle - HeapReleased): resident until the
+	// scavenger gets to it.
+	heapRetained uint64
+	// otherSys is what the runtime has from the OS beyond the heap:
+	// stacks, its own metadata, buffers of the profiler and tracer.
+	otherSys   uint64
 	goroutines int
 	kernel     bench.KernelMemory
 	kernelErr  error
@@ -414,16 +436,55 @@ func takeSnapshot() (snapshot, error) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	s := snapshot{
-		heapInuse:  ms.HeapInuse,
-		stackInuse: ms.StackInuse,
-		heapAlloc:  ms.HeapAlloc,
-		goroutines: runtime.NumGoroutine(),
+		heapInuse:    ms.HeapInuse,
+		stackInuse:   ms.StackInuse,
+		heapAlloc:    ms.HeapAlloc,
+		heapRetained: ms.HeapIdle - ms.HeapReleased,
+		otherSys:     ms.Sys - ms.HeapSys,
+		goroutines:   runtime.NumGoroutine(),
 	}
 	var err error
 	if s.proc, err = bench.ReadProcMemory(0); err != nil {
 		return snapshot{}, err
 	}
 	s.kernel, s.kernelErr = bench.ReadKernelMemory()
+	return s, nil
+}
+
+// scavengeLimit bounds waitScavenged; scavengeQuiet is how long the
+// returned memory must stay unchanged to count as done.
+const (
+	scavengeLimit = 30 * time.Second
+	scavengeQuiet = 2 * time.Second
+	scavengePoll  = 100 * time.Millisecond
+)
+
+// waitScavenged waits, at most limit, until the runtime's background
+// scavenger has stopped returning free heap to the OS, and reads the
+// figures then. It triggers no collection and forces no return.
+func waitScavenged(limit time.Duration) (snapshot, error) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	released, since := ms.HeapReleased, time.Now()
+	for end := time.Now().Add(limit); time.Now().Before(end) && time.Since(since) < scavengeQuiet; {
+		time.Sleep(scavengePoll)
+		runtime.ReadMemStats(&ms)
+		if ms.HeapReleased != released {
+			released, since = ms.HeapReleased, time.Now()
+		}
+	}
+	s := snapshot{
+		heapInuse:    ms.HeapInuse,
+		stackInuse:   ms.StackInuse,
+		heapAlloc:    ms.HeapAlloc,
+		heapRetained: ms.HeapIdle - ms.HeapReleased,
+		otherSys:     ms.Sys - ms.HeapSys,
+		goroutines:   runtime.NumGoroutine(),
+	}
+	var err error
+	if s.proc, err = bench.ReadProcMemory(0); err != nil {
+		return snapshot{}, err
+	}
 	return s, nil
 }
 
