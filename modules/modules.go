@@ -46,6 +46,7 @@ type Store interface {
 	storage.Private
 	storage.Archive
 	storage.MUC
+	storage.Push
 }
 
 // Options are the settings of the standard modules that are fixed at
@@ -110,7 +111,7 @@ func Standard(store Store, opt Options) []hook.Module {
 		// Before offline storage (its Undelivered handler goes first)
 		// and before csi and sm (its outbound filter sees what a parked
 		// session is sent).
-		&push.Module{},
+		&push.Module{Store: store, Clustered: opt.Config.Cluster.NATSURL != ""},
 		off,
 		&register.Module{Accounts: store, Enabled: opt.Config.Register.Enabled, AllowPlaintext: opt.Config.C2S.AllowPlaintext},
 		mc,

@@ -257,6 +257,23 @@ var migrations = []migration{
 			`ALTER TABLE muc_affiliations ADD COLUMN nick TEXT NOT NULL DEFAULT ''`,
 		},
 	},
+	{
+		version: 9,
+		name:    "push registrations",
+		stmts: []string{
+			// XEP-0357: an account's app servers, kept so that
+			// asleep devices are woken after a restart too.
+			// options is the publish-options form, XML text.
+			`CREATE TABLE push_registrations (
+				username   TEXT   NOT NULL,
+				jid        TEXT   NOT NULL,
+				node       TEXT   NOT NULL,
+				options    TEXT   NOT NULL,
+				created_at BIGINT NOT NULL,
+				PRIMARY KEY (username, jid, node)
+			)`,
+		},
+	},
 }
 
 // createMigrationsTable is the bootstrap that precedes every version: it
@@ -269,7 +286,7 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // SchemaVersion is the schema version this binary migrates databases to:
 // the version of the last entry of migrations (a test holds them equal).
-const SchemaVersion = 8
+const SchemaVersion = 9
 
 // Migrate brings the schema of db up to [SchemaVersion]: it applies, in
 // order, each migration the database has not recorded yet, each in its own

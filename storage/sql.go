@@ -209,7 +209,7 @@ var ownedTables = []string{
 	"roster_items", "roster_groups", "roster_versions", "subscription_requests",
 	"offline_messages", "blocklist", "vcards", "last_activity", "fast_tokens",
 	"pep_nodes", "pep_items", "pep_subscriptions", "private_xml",
-	"mam_messages", "mam_prefs",
+	"mam_messages", "mam_prefs", "push_registrations",
 }
 
 // RemoveAccount implements [Accounts.RemoveAccount]. It deletes the account

@@ -8,19 +8,31 @@
 // Notifications carry the XEP-0357 summary form (urn:xmpp:push:summary):
 // message count and last sender, never the message body. Each
 // registration is rate-limited (MinInterval), and registrations per
-// account are capped (MaxPerAccount). Registrations live in memory: a
-// client enables push again on each login, as Conversations, Monal and
-// Siskin do.
+// account are capped (MaxPerAccount).
+//
+// With a Store, registrations are kept: a phone whose app sleeps is
+// still woken after the server restarts, though it has not logged in to
+// enable push again. They are loaded into memory when the module
+// registers (each costs its JID, node and publish-options form, about
+// 300 B with a typical secret) and enable and disable answer once the
+// store has the change. In a cluster a message for an account with no
+// session anywhere reads the account's registrations from the store,
+// since another node may have taken the enable.
 package push
 
 import (
+	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/krill-xmpp/krill/hook"
 	"github.com/krill-xmpp/krill/stanza"
+	"github.com/krill-xmpp/krill/storage"
 )
 
 // NS is XEP-0357's namespace.
@@ -31,9 +43,12 @@ const (
 	DefaultMinInterval   = 5 * time.Second
 	DefaultMaxPerAccount = 8
 	maxFieldLen          = 1024 // jid, node, secret: bytes
+	// loadTimeout bounds reading every registration at start.
+	loadTimeout = time.Minute
 )
 
-// Module is the push module. The zero value works with the defaults.
+// Module is the push module. The zero value works with the defaults and
+// keeps registrations in memory only.
 type Module struct {
 	// MinInterval is the least time between two notifications to one
 	// registration; 0 means DefaultMinInterval.
@@ -41,6 +56,13 @@ type Module struct {
 	// MaxPerAccount caps an account's registrations; 0 means
 	// DefaultMaxPerAccount. Enabling one more drops the oldest.
 	MaxPerAccount int
+	// Store keeps registrations across restarts; nil keeps them in
+	// memory only (clients enable again at each login).
+	Store storage.Push
+	// Clustered makes a message for an account with no session read
+	// the account's registrations from Store rather than memory: in a
+	// cluster the enable may have reached another node.
+	Clustered bool
 
 	mu    sync.Mutex
 	regs  map[string][]*registration // by account localpart
@@ -61,9 +83,22 @@ type registration struct {
 // Name implements hook.Module.
 func (*Module) Name() string { return "push" }
 
-// Register implements hook.Module.
+// Register implements hook.Module. With a Store it loads every kept
+// registration.
 func (m *Module) Register(r *hook.Registrar) error {
 	m.regs = make(map[string][]*registration)
+	if m.Store != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
+		defer cancel()
+		err := m.Store.EachPushRegistration(ctx, func(p storage.PushRegistration) error {
+			m.regs[p.Account] = append(m.regs[p.Account], &registration{jid: p.JID, node: p.Node, options: p.Options})
+			m.count.Add(1)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("push: load registrations: %w", err)
+		}
+	}
 	r.IQ(hook.PhaseBound, hook.IQSet, hook.ToAccount, NS, "enable", m.enable)
 	r.IQ(hook.PhaseBound, hook.IQSet, hook.ToAccount, NS, "disable", m.disable)
 	r.DiscoFeature(NS)
@@ -94,31 +129,48 @@ func (m *Module) enable(c *hook.Ctx, st *hook.Stanza) error {
 		}
 		return false
 	})
-	if m.host.Load() == nil {
-		m.host.Store(&hostRef{c.Host})
-	}
+	m.keepHost(c.Host)
 	user := c.Session.Local()
 	max := m.MaxPerAccount
 	if max <= 0 {
 		max = DefaultMaxPerAccount
 	}
-	m.mu.Lock()
-	regs := m.regs[user]
-	for i, r := range regs {
-		if r.jid == jid && r.node == node {
-			regs = append(regs[:i], regs[i+1:]...)
-			m.count.Add(-1)
-			break
+	add := func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		regs := m.regs[user]
+		for i, r := range regs {
+			if r.jid == jid && r.node == node {
+				regs = append(regs[:i], regs[i+1:]...)
+				m.count.Add(-1)
+				break
+			}
 		}
+		if len(regs) >= max {
+			regs = regs[1:]
+			m.count.Add(-1)
+		}
+		m.regs[user] = append(regs, &registration{jid: jid, node: node, options: options})
+		m.count.Add(1)
 	}
-	if len(regs) >= max {
-		regs = regs[1:]
-		m.count.Add(-1)
+	if m.Store == nil {
+		add()
+		c.ReplyResult(nil)
+		return nil
 	}
-	m.regs[user] = append(regs, &registration{jid: jid, node: node, options: options})
-	m.count.Add(1)
-	m.mu.Unlock()
-	c.ReplyResult(nil)
+	reg, log := storage.PushRegistration{Account: user, JID: jid, Node: node, Options: options, Created: time.Now().UnixNano()}, c.Log
+	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
+		if err := m.Store.PutPushRegistration(ctx, reg, max); err != nil {
+			log.Error("push registration not stored", zap.String("user", user), zap.Error(err))
+			return func(c *hook.Ctx) {
+				c.ReplyError("wait", "internal-server-error", "the registration could not be stored")
+			}
+		}
+		return func(c *hook.Ctx) {
+			add()
+			c.ReplyResult(nil)
+		}
+	}, nil)
 	return nil
 }
 
@@ -130,24 +182,55 @@ func (m *Module) disable(c *hook.Ctx, st *hook.Stanza) error {
 	}
 	jid, _ := tag.AttrString("jid")
 	node, hasNode := tag.AttrString("node")
+	if jid == "" {
+		c.ReplyError("modify", "bad-request", "jid is required")
+		return nil
+	}
 	user := c.Session.Local()
-	m.mu.Lock()
-	regs := m.regs[user][:0]
-	for _, r := range m.regs[user] {
-		if r.jid == jid && (!hasNode || r.node == node) {
-			m.count.Add(-1)
-			continue
+	remove := func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		regs := m.regs[user][:0]
+		for _, r := range m.regs[user] {
+			if r.jid == jid && (!hasNode || r.node == node) {
+				m.count.Add(-1)
+				continue
+			}
+			regs = append(regs, r)
 		}
-		regs = append(regs, r)
+		if len(regs) == 0 {
+			delete(m.regs, user)
+		} else {
+			m.regs[user] = regs
+		}
 	}
-	if len(regs) == 0 {
-		delete(m.regs, user)
-	} else {
-		m.regs[user] = regs
+	if m.Store == nil {
+		remove()
+		c.ReplyResult(nil)
+		return nil
 	}
-	m.mu.Unlock()
-	c.ReplyResult(nil)
+	log := c.Log
+	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
+		if _, err := m.Store.DeletePushRegistrations(ctx, user, jid, node, !hasNode); err != nil {
+			log.Error("push registration not deleted", zap.String("user", user), zap.Error(err))
+			return func(c *hook.Ctx) {
+				c.ReplyError("wait", "internal-server-error", "the registration could not be deleted")
+			}
+		}
+		return func(c *hook.Ctx) {
+			remove()
+			c.ReplyResult(nil)
+		}
+	}, nil)
 	return nil
+}
+
+// keepHost remembers the server's Host for the outbound filter, which
+// sees only a session.
+func (m *Module) keepHost(h hook.Host) {
+	if m.host.Load() == nil {
+		m.host.Store(&hostRef{h})
+	}
 }
 
 // filter sees what is written to a session: a message with a body for a
@@ -159,32 +242,75 @@ func (m *Module) filter(s hook.Session, b []byte) ([]byte, hook.Verdict) {
 	if a, ok := s.(hook.Attached); !ok || a.Attached() {
 		return b, hook.Continue
 	}
-	m.notify(s.Local(), b)
+	sender := ""
+	if tag, err := stanza.ParseStartTag(b); err == nil {
+		sender, _ = tag.AttrString("from")
+	}
+	m.notify(s.Local(), b, sender)
 	return b, hook.Continue
 }
 
 // undelivered sees a message no session took (the account is offline; the
 // offline module stores it after this).
 func (m *Module) undelivered(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
-	if m.count.Load() > 0 && st.Local != "" {
-		m.notify(st.Local, st.Raw)
+	if st.Local == "" {
+		return hook.Continue
+	}
+	m.keepHost(c.Host)
+	if m.Clustered && m.Store != nil && hasBody(st.Raw) {
+		// Another node may have taken the enable: the store knows.
+		// Raw is as the sender wrote it; From is who sent it.
+		user, msg, sender, log := st.Local, append([]byte(nil), st.Raw...), st.From, c.Log
+		c.Host.Go(func(ctx context.Context) {
+			regs, err := m.Store.PushRegistrations(ctx, user)
+			if err != nil {
+				log.Error("push registrations not read", zap.String("user", user), zap.Error(err))
+				return
+			}
+			m.refresh(user, regs)
+			m.notify(user, msg, sender)
+		})
+		return hook.Continue
+	}
+	if m.count.Load() > 0 {
+		m.notify(st.Local, st.Raw, st.From)
 	}
 	return hook.Continue
 }
 
+// refresh replaces user's registrations in memory with regs, read from
+// the store, keeping the rate-limiting state of those it already had.
+func (m *Module) refresh(user string, regs []storage.PushRegistration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := m.regs[user]
+	fresh := make([]*registration, 0, len(regs))
+	for _, p := range regs {
+		r := &registration{jid: p.JID, node: p.Node, options: p.Options}
+		for _, o := range old {
+			if o.jid == p.JID && o.node == p.Node {
+				r.last, r.pending = o.last, o.pending
+			}
+		}
+		fresh = append(fresh, r)
+	}
+	m.count.Add(int64(len(fresh) - len(old)))
+	if len(fresh) == 0 {
+		delete(m.regs, user)
+	} else {
+		m.regs[user] = fresh
+	}
+}
+
 // notify publishes a summary notification to each of user's
 // registrations not notified within MinInterval; msg is the message that
-// woke it (its sender is named, its body is not).
-func (m *Module) notify(user string, msg []byte) {
+// woke it, from sender (named in the summary; the body is not).
+func (m *Module) notify(user string, msg []byte, sender string) {
 	ref := m.host.Load()
 	if ref == nil || !hasBody(msg) {
 		return
 	}
 	host := ref.h
-	sender := ""
-	if tag, err := stanza.ParseStartTag(msg); err == nil {
-		sender, _ = tag.AttrString("from")
-	}
 	every := m.MinInterval
 	if every <= 0 {
 		every = DefaultMinInterval
