@@ -24,6 +24,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,7 +70,21 @@ type Module struct {
 	count atomic.Int64               // registrations in total: the filter's fast path
 	sent  atomic.Uint64
 	host  atomic.Pointer[hostRef] // from the first enable: the filter has only the session
+
+	// Notifications waiting for the app server's answer, by iq id, so
+	// that an error disables the registration; at most maxOutstanding,
+	// the oldest forgotten first (its answer is then ignored).
+	outstanding     map[string]outstanding
+	outstandingIDs  []string // in the order sent: a ring of maxOutstanding
+	outstandingNext int
+	disabledByError atomic.Uint64
 }
+
+// maxOutstanding bounds the notifications remembered for their answer.
+const maxOutstanding = 4096
+
+// outstanding is a notification sent and not answered yet.
+type outstanding struct{ user, jid, node string }
 
 type hostRef struct{ h hook.Host }
 
@@ -108,7 +123,11 @@ func (m *Module) Register(r *hook.Registrar) error {
 }
 
 // Counters implements hook.Counter.
-func (m *Module) Counters(fn func(event string, n uint64)) { fn("notifications", m.sent.Load()) }
+func (m *Module) Counters(fn func(event string, n uint64)) {
+	fn("notifications", m.sent.Load())
+	fn("registrations", uint64(max(m.count.Load(), 0)))
+	fn("disabled_by_error", m.disabledByError.Load())
+}
 
 func (m *Module) enable(c *hook.Ctx, st *hook.Stanza) error {
 	tag, err := stanza.ParseStartTag(st.Payload)
@@ -330,7 +349,9 @@ func (m *Module) notify(user string, msg []byte, sender string) {
 		r.last = now
 		n := r.pending
 		r.pending = 0
-		sends = append(sends, out{r.jid, m.appendNotification(nil, user+"@"+host.Domain(), r, n, sender)})
+		id := "push" + strconv.FormatUint(seq.Add(1), 10)
+		m.remember(id, outstanding{user, r.jid, r.node})
+		sends = append(sends, out{r.jid, m.appendNotification(nil, id, user+"@"+host.Domain(), r, n, sender)})
 	}
 	m.mu.Unlock()
 	for _, o := range sends {
@@ -341,10 +362,88 @@ func (m *Module) notify(user string, msg []byte, sender string) {
 
 var seq atomic.Uint64
 
+// remember keeps a sent notification for its answer; m.mu is held.
+func (m *Module) remember(id string, o outstanding) {
+	if m.outstanding == nil {
+		m.outstanding = make(map[string]outstanding)
+		m.outstandingIDs = make([]string, maxOutstanding)
+	}
+	if old := m.outstandingIDs[m.outstandingNext]; old != "" {
+		delete(m.outstanding, old)
+	}
+	m.outstandingIDs[m.outstandingNext] = id
+	m.outstandingNext = (m.outstandingNext + 1) % maxOutstanding
+	m.outstanding[id] = o
+}
+
+// InboundStanza implements hook.Inbound: the app server's answer to a
+// notification. An error other than of type wait (a device token the
+// push service no longer knows, say) disables the registration, as
+// Prosody's mod_cloud_notify and MongooseIM do: the client enables it
+// again when it next logs in. Only the JID the notification went to can
+// answer for it.
+func (m *Module) InboundStanza(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
+	if st.Kind != hook.IQ || (st.Type != "result" && st.Type != "error") || !strings.HasPrefix(st.ID, "push") {
+		return hook.Continue
+	}
+	m.mu.Lock()
+	o, ok := m.outstanding[st.ID]
+	if ok && o.jid == st.From && st.Local == o.user && st.Resource == "" {
+		delete(m.outstanding, st.ID) // its slot in the ring is reused later
+	} else {
+		ok = false
+	}
+	m.mu.Unlock()
+	if !ok {
+		return hook.Continue
+	}
+	if st.Type == "result" || errorType(st.Raw) == "wait" {
+		return hook.Stop
+	}
+	m.mu.Lock()
+	regs := m.regs[o.user][:0]
+	for _, r := range m.regs[o.user] {
+		if r.jid == o.jid && r.node == o.node {
+			m.count.Add(-1)
+			continue
+		}
+		regs = append(regs, r)
+	}
+	if len(regs) == 0 {
+		delete(m.regs, o.user)
+	} else {
+		m.regs[o.user] = regs
+	}
+	m.mu.Unlock()
+	m.disabledByError.Add(1)
+	if m.Store != nil {
+		log := c.Log
+		c.Host.Go(func(ctx context.Context) {
+			if _, err := m.Store.DeletePushRegistrations(ctx, o.user, o.jid, o.node, false); err != nil {
+				log.Error("push registration not deleted after an app server error", zap.String("user", o.user), zap.Error(err))
+			}
+		})
+	}
+	return hook.Stop
+}
+
+// errorType returns the type of an error stanza's error child.
+func errorType(b []byte) string {
+	typ := ""
+	stanza.Children(b, func(child []byte) bool {
+		if tag, err := stanza.ParseStartTag(child); err == nil && string(tag.Local()) == "error" {
+			typ, _ = tag.AttrString("type")
+			return false
+		}
+		return true
+	})
+	return typ
+}
+
 // appendNotification appends the pubsub publish of XEP-0357 section 7.
-func (m *Module) appendNotification(b []byte, from string, r *registration, count int, sender string) []byte {
-	b = append(b, `<iq type='set' id='push`...)
-	b = strconv.AppendUint(b, seq.Add(1), 10)
+func (m *Module) appendNotification(b []byte, id, from string, r *registration, count int, sender string) []byte {
+	b = append(b, `<iq type='set' id='`...)
+	b = append(b, id...)
 	b = append(b, `' from='`...)
 	b = stanza.AppendEscaped(b, from)
 	b = append(b, `' to='`...)
