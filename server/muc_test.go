@@ -995,6 +995,31 @@ func TestMUCReservedNick(t *testing.T) {
 	dave.exchange(t, regForm("r10", ""), errIQ("r10", "dave@localhost/d", "modify", "not-acceptable", "nickname refused by the PRECIS nickname profile (RFC 8266)"))
 	configure(t, alice, "reg", map[string]string{"membersonly": "1"})
 	w.user("erin", "e").exchange(t, regForm("r11", "Erin"), errIQ("r11", "erin@localhost/e", "cancel", "not-allowed", "the room is members-only: its admins grant membership"))
+
+	// Cancelling a registration (XEP-0077 <remove/>): an owner keeps
+	// the affiliation and loses the nickname; a member loses both,
+	// which in a members-only room removes him with 321.
+	remove := func(id string) string {
+		return `<iq type='set' id='` + id + `' to='` + rj + `'><query xmlns='` + nsReg + `'><remove/></query></iq>`
+	}
+	alice.exchange(t, regForm("r12", "Queen"), `<iq type='result' id='r12' from='`+rj+`'/>`)
+	roomUser(alice, "u4", `<identity category='conference' name='Queen' type='text'/>`)
+	alice.exchange(t, remove("r13"), `<iq type='result' id='r13' from='`+rj+`'/>`)
+	roomUser(alice, "u5", "")
+	// Bob has seen Carol banned and the configuration change.
+	bob.expect(t, w.pres(banned, b.full, "unavailable", false, []int{301}, `<actor nick='Alice'/>`))
+	bob.expect(t, `<message from='`+rj+`' to='bob@localhost/b' type='groupchat'><x xmlns='http://jabber.org/protocol/muc#user'><status code='104'/></x></message>`)
+	bob.send(remove("r14"))
+	bob.expect(t, `<iq type='result' id='r14' from='`+rj+`'/>`)
+	gone := occ{"reg", "Bob", "bob@localhost/b", "none", "none"}
+	bob.expect(t, w.pres(gone, b.full, "unavailable", true, []int{110, 321}, ""))
+	alice.expect(t, w.pres(gone, a.full, "unavailable", true, []int{321}, ""))
+	roomUser(bob, "u6", "")
+	alice.exchange(t, `<iq type='get' id='l2' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='member'/></query></iq>`,
+		`<iq type='result' id='l2' from='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='member' jid='dave@localhost' nick='Witch'/></query></iq>`)
+	// The owner's affiliation stayed.
+	alice.exchange(t, `<iq type='get' id='l3' to='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='owner'/></query></iq>`,
+		`<iq type='result' id='l3' from='`+rj+`'><query xmlns='`+nsAdmin+`'><item affiliation='owner' jid='alice@localhost'/></query></iq>`)
 }
 
 // TestMUCShutdown: a graceful shutdown removes every occupant with status

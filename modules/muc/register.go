@@ -90,6 +90,10 @@ func (r *room) register(c *hook.Ctx, st *hook.Stanza) {
 		c.ReplyResult(b)
 		return
 	}
+	if child(st.Payload, "remove") != nil {
+		r.deregister(c, bare, aff)
+		return
+	}
 	form := childNS(st.Payload, "x", NSData)
 	switch typ := attr(form, "type"); {
 	case typ == "cancel":
@@ -128,6 +132,30 @@ func (r *room) register(c *hook.Ctx, st *hook.Stanza) {
 		// Its occupants, if any, see their new affiliation (and role);
 		// the write is queued already, with the nickname.
 		r.applyAffiliation(c.Host, bare, to, "", "") // unlocks
+	}
+	c.ReplyResult(nil)
+}
+
+// deregister cancels bare's registration (XEP-0077 <remove/> sent to the
+// room): its reserved nickname goes, and so does a membership, which is
+// what registering gave; an admin or owner keeps that affiliation, since
+// registration did not give it (Prosody does the same). Losing membership
+// of a members-only room removes its occupants with 321, as any
+// affiliation change does. Nothing to cancel is not an error. Called with
+// r.mu held; it unlocks.
+func (r *room) deregister(c *hook.Ctx, bare string, aff affiliation) {
+	switch {
+	case aff == affMember:
+		r.setAffiliation(c.Host, bare, affNone, "", "") // unlocks
+	case aff > affMember && r.nicks[bare] != "":
+		r.unreserve(bare)
+		if r.cfg.Persistent {
+			name, keep := r.name, aff.String()
+			r.persist(c.Host, func(ctx context.Context, s Store) error { return s.ReserveMUCNick(ctx, name, bare, keep, "") })
+		}
+		r.mu.Unlock()
+	default:
+		r.mu.Unlock()
 	}
 	c.ReplyResult(nil)
 }
