@@ -85,7 +85,7 @@ func Standard(store Store, opt Options) []hook.Module {
 	if opt.Config.MAM.Enabled {
 		// Carbons runs the archive's Pre stage before its copies,
 		// which then carry the stanza IDs (see package mam).
-		m := &mam.Module{Store: store, Blocker: blk, Now: opt.Now, Chained: true}
+		m := &mam.Module{Store: store, Blocker: blk, Now: opt.Now, Chained: true, Rooms: store}
 		cb.Archive = m.Archive
 		off.Archived = m.Delivered
 		archive = append(archive, m)

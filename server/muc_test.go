@@ -333,6 +333,9 @@ func TestMUCConfigAndEntry(t *testing.T) {
 			f("whois", "list-single", "Who may see real JIDs", "moderators", "moderators", "anyone")+
 			f("historylength", "text-single", "Messages of history", "50")+
 			f("enablearchiving", "boolean", "Archive messages", "0")+
+			`<field var='{https://krill-xmpp.github.io/protocol/muc}archive_days' type='list-single' label='Days the archive keeps a message (0: the service&apos;s policy)'>`+
+			`<value>0</value><option><value>0</value></option><option><value>1</value></option><option><value>7</value></option>`+
+			`<option><value>30</value></option><option><value>90</value></option><option><value>365</value></option></field>`+
 			f("allowpm", "list-single", "Who may send private messages", "anyone", "anyone", "participants", "moderators", "none")+
 			f("allowinvites", "boolean", "Occupants may invite", "0")+
 			f("changesubject", "boolean", "Occupants may change the subject", "0")+

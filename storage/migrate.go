@@ -274,6 +274,15 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		version: 10,
+		name:    "muc archive retention",
+		stmts: []string{
+			// Days a room's archive keeps a message (its owner's
+			// choice); 0 follows mam.retention.
+			`ALTER TABLE muc_rooms ADD COLUMN archive_days BIGINT NOT NULL DEFAULT 0`,
+		},
+	},
 }
 
 // createMigrationsTable is the bootstrap that precedes every version: it
@@ -286,7 +295,7 @@ const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // SchemaVersion is the schema version this binary migrates databases to:
 // the version of the last entry of migrations (a test holds them equal).
-const SchemaVersion = 9
+const SchemaVersion = 10
 
 // Migrate brings the schema of db up to [SchemaVersion]: it applies, in
 // order, each migration the database has not recorded yet, each in its own

@@ -33,7 +33,13 @@ type MUCRoom struct {
 	// Nicks maps bare JIDs to the nickname they reserved by registering
 	// with the room (XEP-0045 7.10); kept with their affiliation.
 	Nicks map[string]string
+	// ArchiveDays is how many days the room's message archive keeps a
+	// message; 0 follows the service's retention. Kept in a column of
+	// its own so that the retention job finds the rooms without
+	// reading every configuration.
+	ArchiveDays int
 }
+
 
 // MUC is the store of persistent rooms. Implementations are safe for
 // concurrent use; calls block.
@@ -62,6 +68,13 @@ type MUC interface {
 	// MUCSecret returns the service's secret (32 random bytes, hex),
 	// created on first use and kept from then on.
 	MUCSecret(ctx context.Context) (string, error)
+	// ExpireRoomArchives deletes, from the archives of the persistent
+	// rooms with a retention of their own (ArchiveDays > 0), at most
+	// limit messages older than that many days: those whose archive ID
+	// is below now - days*perDay. A room's archive is keyed by its bare
+	// JID, the room's name followed by suffix ("@" and the service's
+	// domain).
+	ExpireRoomArchives(ctx context.Context, suffix string, now, perDay int64, limit int) (int, error)
 }
 
 var _ MUC = (*SQL)(nil)
@@ -70,8 +83,10 @@ var _ MUC = (*SQL)(nil)
 func (s *SQL) MUCRoom(ctx context.Context, room string) (MUCRoom, error) {
 	r := MUCRoom{Room: room, Affiliations: map[string]string{}, Nicks: map[string]string{}}
 	var public int64
-	err := s.read.QueryRowContext(ctx, s.dialect.rebind(`SELECT config, public, creator FROM muc_rooms WHERE room = ?`), room).
-		Scan(&r.Config, &public, &r.Creator)
+	var days int64
+	err := s.read.QueryRowContext(ctx, s.dialect.rebind(`SELECT config, public, creator, archive_days FROM muc_rooms WHERE room = ?`), room).
+		Scan(&r.Config, &public, &r.Creator, &days)
+	r.ArchiveDays = int(days)
 	if errors.Is(err, sql.ErrNoRows) {
 		return MUCRoom{}, fmt.Errorf("%w: %q", ErrRoomNotFound, room)
 	}
@@ -109,9 +124,10 @@ func (s *SQL) SaveMUCRoom(ctx context.Context, r MUCRoom) error {
 	if r.Public {
 		public = 1
 	}
-	_, err := s.write.ExecContext(ctx, s.dialect.rebind(`INSERT INTO muc_rooms (room, config, public, creator, updated_at) VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (room) DO UPDATE SET config = excluded.config, public = excluded.public, creator = excluded.creator, updated_at = excluded.updated_at`),
-		r.Room, string(r.Config), public, r.Creator, time.Now().Unix())
+	_, err := s.write.ExecContext(ctx, s.dialect.rebind(`INSERT INTO muc_rooms (room, config, public, creator, updated_at, archive_days) VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (room) DO UPDATE SET config = excluded.config, public = excluded.public, creator = excluded.creator,
+		updated_at = excluded.updated_at, archive_days = excluded.archive_days`),
+		r.Room, string(r.Config), public, r.Creator, time.Now().Unix(), int64(max(r.ArchiveDays, 0)))
 	if err != nil {
 		return fmt.Errorf("storage: save room %q: %w", r.Room, err)
 	}
@@ -213,4 +229,21 @@ func (s *SQL) MUCSecret(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("storage: muc secret: %w", err)
 	}
 	return v, nil
+}
+
+// ExpireRoomArchives implements [MUC.ExpireRoomArchives]: one statement
+// for every room, so that many rooms with a retention cost one bounded
+// delete per run, not one per room.
+func (s *SQL) ExpireRoomArchives(ctx context.Context, suffix string, now, perDay int64, limit int) (int, error) {
+	res, err := s.write.ExecContext(ctx, s.dialect.rebind(`DELETE FROM mam_messages WHERE (username, id) IN
+		(SELECT m.username, m.id FROM mam_messages m JOIN muc_rooms r ON m.username = r.room || ?
+		WHERE r.archive_days > 0 AND m.id < ? - r.archive_days * ? LIMIT ?)`), suffix, now, perDay, limit)
+	if err != nil {
+		return 0, fmt.Errorf("storage: expire room archives: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("storage: expire room archives: %w", err)
+	}
+	return int(n), nil
 }

@@ -68,6 +68,13 @@ type Blocker interface {
 	BlocksStored(ctx context.Context, owner string, j jid.JID) (bool, error)
 }
 
+// RoomRetention deletes what rooms with a retention of their own no
+// longer keep; storage.SQL implements it (see
+// storage.MUC.ExpireRoomArchives).
+type RoomRetention interface {
+	ExpireRoomArchives(ctx context.Context, suffix string, now, perDay int64, limit int) (int, error)
+}
+
 // Module is the message archive. Store must be set; Blocker may be nil.
 // Use it by pointer.
 type Module struct {
@@ -79,6 +86,9 @@ type Module struct {
 	// handler, before it makes its copies (so that they carry the
 	// stanza IDs), and Register adds no Pre handler.
 	Chained bool
+	// Rooms expires the archives of rooms whose owners chose a
+	// retention of their own; nil: rooms follow mam.retention only.
+	Rooms RoomRetention
 
 	// queried marks a session that has queried the archive.
 	queried hook.Flag

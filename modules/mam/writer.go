@@ -190,12 +190,14 @@ const (
 	expireEvery   = time.Minute
 )
 
-// maybeExpire deletes messages older than mam.retention, if it is time.
-// The lock is held through the run, so that a query that comes meanwhile
+// maybeExpire deletes messages older than mam.retention, and room
+// messages older than their room's own retention, if it is time. The
+// lock is held through the run, so that a query that comes meanwhile
 // waits for it rather than reading what is being deleted.
 func (m *Module) maybeExpire(ctx context.Context, h hook.Host) {
 	retention := h.Config().MAM.Retention
-	if retention <= 0 {
+	rooms := h.Config().MUCDomain()
+	if retention <= 0 && (m.Rooms == nil || rooms == "") {
 		return
 	}
 	m.expireMu.Lock()
@@ -205,7 +207,32 @@ func (m *Module) maybeExpire(ctx context.Context, h hook.Host) {
 		return
 	}
 	m.lastExpire = now
-	m.expire(ctx, h, idAt(now.Add(-retention)))
+	if retention > 0 {
+		m.expire(ctx, h, idAt(now.Add(-retention)))
+	}
+	if m.Rooms != nil && rooms != "" {
+		m.expireRooms(ctx, h, "@"+rooms, idAt(now))
+	}
+}
+
+// idsPerDay is how far archive IDs move in a day.
+const idsPerDay = int64(24*time.Hour/time.Millisecond) << idShift
+
+// expireRooms deletes, in bounded batches, room messages older than their
+// room's own retention, now being the archive ID of the run's time.
+func (m *Module) expireRooms(ctx context.Context, h hook.Host, suffix string, now int64) {
+	for range expireBatches {
+		n, err := m.Rooms.ExpireRoomArchives(ctx, suffix, now, idsPerDay, ExpireBatch)
+		if err != nil {
+			h.Logger().Error("room archive retention failed", zap.Error(err))
+			return
+		}
+		m.expired.Add(uint64(n))
+		if n < ExpireBatch {
+			return
+		}
+	}
+	h.Go(func(ctx context.Context) { m.expireRooms(ctx, h, suffix, now) })
 }
 
 // expire deletes messages with IDs below before in bounded batches.

@@ -549,6 +549,15 @@ func (r *room) owner(c *hook.Ctx, st *hook.Stanza) {
 	}
 }
 
+// fieldArchiveDays is the configuration field of a room's own archive
+// retention. XEP-0045 registers none, so it is named in Clark notation
+// under a namespace of ours, as XEP-0068 asks of unregistered fields
+// (Prosody does the same for its own).
+const fieldArchiveDays = "{https://krill-xmpp.github.io/protocol/muc}archive_days"
+
+// maxArchiveDays bounds the retention an owner may set: a hundred years.
+const maxArchiveDays = 36500
+
 // configForm is the room's muc#roomconfig form. Called with r.mu held.
 func (r *room) configForm(h hook.Host) []byte {
 	b := []byte(`<query xmlns='` + NSOwner + `'><x xmlns='` + NSData + `' type='form'><title>Room configuration</title>` +
@@ -592,6 +601,10 @@ func (r *room) configForm(h hook.Host) []byte {
 	field("whois", "list-single", "Who may see real JIDs", whois, "moderators", "anyone")
 	field("historylength", "text-single", "Messages of history", strconv.Itoa(r.cfg.HistoryLength))
 	field("enablearchiving", "boolean", "Archive messages", boolean(r.cfg.Archive))
+	b = append(b, `<field var='`+fieldArchiveDays+`' type='list-single' label='Days the archive keeps a message (0: the service&apos;s policy)'><value>`...)
+	b = strconv.AppendInt(b, int64(r.cfg.ArchiveDays), 10)
+	b = append(b, `</value><option><value>0</value></option><option><value>1</value></option><option><value>7</value></option>`+
+		`<option><value>30</value></option><option><value>90</value></option><option><value>365</value></option></field>`...)
 	field("allowpm", "list-single", "Who may send private messages", r.cfg.AllowPM, "anyone", "participants", "moderators", "none")
 	field("allowinvites", "boolean", "Occupants may invite", boolean(r.cfg.AllowInvites))
 	field("changesubject", "boolean", "Occupants may change the subject", boolean(r.cfg.ChangeSubject))
@@ -671,6 +684,11 @@ func (r *room) configure(c *hook.Ctx, v map[string][]string) string {
 			cfg.AllowPM = s
 			return s == "anyone" || s == "participants" || s == "moderators" || s == "none"
 		})
+	if vals, present := v[fieldArchiveDays]; present && ok {
+		n, err := strconv.Atoi(first(vals))
+		ok = err == nil && n >= 0 && n <= maxArchiveDays
+		cfg.ArchiveDays = n
+	}
 	if vals, present := v["muc#roomconfig_presencebroadcast"]; present && ok {
 		cfg.Hidden = 1<<roleModerator | 1<<roleParticipant | 1<<roleVisitor
 		for _, x := range vals {

@@ -77,7 +77,11 @@ type roomConfig struct {
 	Hidden uint8 `json:"hidden_roles,omitempty"`
 	// Archive is muc#roomconfig_enablearchiving: stored, and handed to
 	// the Archiver seam when one is set.
-	Archive       bool   `json:"archive,omitempty"`
+	Archive bool `json:"archive,omitempty"`
+	// ArchiveDays is how long the archive keeps a message, in days (the
+	// owner's choice, fieldArchiveDays); 0 follows mam.retention, which
+	// also bounds it (the shorter wins).
+	ArchiveDays   int    `json:"archive_days,omitempty"`
 	AllowPM       string `json:"allow_pm,omitempty"` // anyone, participants, moderators, none
 	AllowInvites  bool   `json:"allow_invites,omitempty"`
 	ChangeSubject bool   `json:"change_subject,omitempty"`
@@ -183,7 +187,7 @@ func (m *Module) fromRecord(h hook.Host, rec storage.MUCRoom) *room {
 // record is the room as stored. Called with r.mu held.
 func (r *room) record() storage.MUCRoom {
 	b, _ := json.Marshal(r.cfg)
-	return storage.MUCRoom{Room: r.name, Config: b, Public: r.cfg.Public, Creator: r.creator}
+	return storage.MUCRoom{Room: r.name, Config: b, Public: r.cfg.Public, Creator: r.creator, ArchiveDays: r.cfg.ArchiveDays}
 }
 
 // persist queues a storage write; writes of one room run in order, one at
