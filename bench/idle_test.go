@@ -435,16 +435,8 @@ func takeSnapshot() (snapshot, error) {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	s := snapshot{
-		heapInuse:    ms.HeapInuse,
-		stackInuse:   ms.StackInuse,
-		heapAlloc:    ms.HeapAlloc,
-		heapRetained: ms.HeapIdle - ms.HeapReleased,
-		otherSys:     ms.Sys - ms.HeapSys,
-		goroutines:   runtime.NumGoroutine(),
-	}
-	var err error
-	if s.proc, err = bench.ReadProcMemory(0); err != nil {
+	s, err := snapshotOf(&ms)
+	if err != nil {
 		return snapshot{}, err
 	}
 	s.kernel, s.kernelErr = bench.ReadKernelMemory()
@@ -473,6 +465,11 @@ func waitScavenged(limit time.Duration) (snapshot, error) {
 			released, since = ms.HeapReleased, time.Now()
 		}
 	}
+	return snapshotOf(&ms)
+}
+
+// snapshotOf is the snapshot of ms and of the process's memory now.
+func snapshotOf(ms *runtime.MemStats) (snapshot, error) {
 	s := snapshot{
 		heapInuse:    ms.HeapInuse,
 		stackInuse:   ms.StackInuse,
