@@ -40,7 +40,6 @@ type MUCRoom struct {
 	ArchiveDays int
 }
 
-
 // MUC is the store of persistent rooms. Implementations are safe for
 // concurrent use; calls block.
 type MUC interface {
