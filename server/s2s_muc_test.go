@@ -330,3 +330,36 @@ func sha1Hex(s string) string {
 	sum := sha1.Sum([]byte(s))
 	return hex.EncodeToString(sum[:])
 }
+
+// TestS2SMUCArchive: an occupant on another server queries the archive
+// of a room (XEP-0313 on the room's JID) over federation and gets the
+// room's messages and the final result.
+func TestS2SMUCArchive(t *testing.T) {
+	a, b := fedPair(t, true, func(a, _ *config.Config) { a.MAM.Enabled = true })
+	ma := newFedMUC(t, a)
+	alice := fedLogin(t, a, "alice", "a")
+	bob := fedLogin(t, b, "bob", "b")
+	al := occ{"arch", "Alice", "alice@a.test/a", "owner", "moderator"}
+	bo := occ{"arch", "Bob", "bob@b.test/b", "none", "participant"}
+	rj := "arch@" + ma.svc
+	ma.create(t, alice, al)
+	alice.exchange(t, `<iq type='set' id='cfg' to='`+rj+`'><query xmlns='`+nsOwner+`'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field><field var='muc#roomconfig_enablearchiving'><value>1</value></field></x></query></iq>`,
+		`<iq type='result' id='cfg' from='`+rj+`'/>`)
+	alice.expect(t, `<message from='`+rj+`' to='`+al.full+`' type='groupchat'><x xmlns='`+nsUser+`'><status code='104'/><status code='170'/></x></message>`)
+
+	bob.send(`<presence to='` + rj + `/Bob'><x xmlns='` + nsMUC + `'/></presence>`)
+	bob.expect(t, ma.pres(al, bo.full, "", false, nil, ""))
+	bob.expect(t, ma.pres(bo, bo.full, "", true, []int{110, 170}, ""))
+	bob.expect(t, ma.subject("arch", bo.full))
+	alice.expect(t, ma.pres(bo, al.full, "", true, nil, ""))
+
+	alice.send(`<message to='` + rj + `' type='groupchat' id='g1'><body>kept</body></message>`)
+	rest := `' type='groupchat' id='g1'><body>kept</body><occupant-id xmlns='urn:xmpp:occupant-id:0' id='` + ma.id("arch", "alice@a.test") + `'/>`
+	got := alice.expect(t, `<message from='`+rj+`/Alice' to='`+al.full+rest+`<stanza-id xmlns='urn:xmpp:sid:0' by='`+rj+`' id='{*}'/></message>`)
+	id := stanzaID(t, got, rj)
+	bob.expect(t, `<message from='`+rj+`/Alice' to='`+bo.full+rest+`<stanza-id xmlns='urn:xmpp:sid:0' by='`+rj+`' id='`+id+`'/></message>`)
+
+	bob.send(roomQuery(rj, "q1", "r1", ""))
+	bob.expect(t, roomResult(rj, bo.full, "r1", id, "{*}", `<message xmlns='jabber:client' from='`+rj+`/Alice`+rest+`</message>`))
+	bob.expect(t, strings.Replace(roomFin(rj, "q1", true, id, id, 1), `from='`+rj+`'`, `from='`+rj+`' to='`+bo.full+`'`, 1))
+}
