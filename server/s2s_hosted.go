@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 
@@ -84,7 +85,7 @@ func (h hostedConn) Write(b []byte) {
 		to, ok, b = st.From, true, stanza.WithAttr(tag, b, "to", st.From)
 	}
 	if ok {
-		h.s.deliver(h.l, to, b)
+		h.s.deliver(h.l, to, bytes.Clone(b)) // b may be the Ctx's scratch
 	}
 }
 

@@ -171,6 +171,13 @@ func TestS2SMUCRemoteOccupant(t *testing.T) {
 			bob.expect(t, mb.groupchat(bob2, bob2.full, "l2", "welcome"))
 			alice.expect(t, mb.groupchat(bob2, al2.full, "l2", "welcome"))
 
+			// alice's session ends without a word to the room: her
+			// server tells it (RFC 6121 4.6.3, directed presence).
+			_ = alice.conn.Close()
+			left := al2
+			left.role = "none"
+			bob.expect(t, mb.pres(left, bob2.full, "unavailable", true, nil, ""))
+
 			// One stream each way per domain pair: the services' streams
 			// are their own, authenticated as the service's domain.
 			as, bs := a.srv.S2SStats(), b.srv.S2SStats()
@@ -362,4 +369,32 @@ func TestS2SMUCArchive(t *testing.T) {
 	bob.send(roomQuery(rj, "q1", "r1", ""))
 	bob.expect(t, roomResult(rj, bo.full, "r1", id, "{*}", `<message xmlns='jabber:client' from='`+rj+`/Alice`+rest+`</message>`))
 	bob.expect(t, strings.Replace(roomFin(rj, "q1", true, id, id, 1), `from='`+rj+`'`, `from='`+rj+`' to='`+bo.full+`'`, 1))
+}
+
+// TestS2SMUCGhost: an occupant from a.test whose session is not there (it
+// joined, then its server lost it without telling the room) is removed by
+// the room when a.test answers a groupchat copy for it with
+// service-unavailable (RFC 6121 8.5.3.2.1), with 307 and 333. The join is
+// played over a raw stream authenticated as a.test.
+func TestS2SMUCGhost(t *testing.T) {
+	a, b := fedPair(t, true, nil)
+	mb := newFedMUC(t, b)
+	bob := fedLogin(t, b, "bob", "b")
+	bo := occ{"lobby", "Bob", "bob@b.test/b", "owner", "moderator"}
+	lj := "lobby@" + mb.svc
+	mb.create(t, bob, bo)
+
+	s := dialHosted(t, b, "a.test", mb.svc, &a.ca.cert)
+	s.exchange(t, `<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>`, `<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>`)
+	s.send(`<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='a.test' to='` + mb.svc + `' version='1.0'>`)
+	s.expect(t, `<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='`+mb.svc+`' to='a.test' id='{*}' version='1.0'><stream:features/>`)
+	ghost := occ{"lobby", "Ghost", "alice@a.test/ghost", "none", "participant"}
+	s.send(`<presence from='alice@a.test/ghost' to='` + lj + `/Ghost'><x xmlns='` + nsMUC + `'/></presence>`)
+	bob.expect(t, mb.pres(ghost, bo.full, "", true, nil, ""))
+
+	bob.send(`<message to='` + lj + `' type='groupchat' id='g1'><body>anyone?</body></message>`)
+	bob.expect(t, mb.groupchat(bo, bo.full, "g1", "anyone?"))
+	gone := ghost
+	gone.role = "none"
+	bob.expect(t, mb.pres(gone, bo.full, "unavailable", true, []int{307, 333}, `<reason>service-unavailable</reason>`))
 }

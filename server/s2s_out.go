@@ -745,7 +745,12 @@ func (s *Server) fromRemote(c *conn, tag stanza.StartTag, local, from string, to
 	case kind == hook.IQ:
 		cx.ReplyError("cancel", "service-unavailable", "")
 		return
-	case typ == "error" || typ == "headline" || typ == "groupchat":
+	case typ == "error" || typ == "headline":
+		return
+	case typ == "groupchat":
+		// RFC 6121 8.5.2.2.1, 8.5.3.2.1: an error to the sender, so that
+		// a remote room drops an occupant whose session is gone.
+		cx.ReplyError("cancel", "service-unavailable", "")
 		return
 	}
 	if st.Addr == hook.ToFull {
