@@ -94,7 +94,7 @@ func TestS2SMUCRemoteOccupant(t *testing.T) {
 		trust bool
 	}{{"external", true}, {"dialback", false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := fedPair(t, tc.trust, nil)
+			a, b := fedPair(t, tc.trust, func(a, _ *config.Config) { a.Web.Listen = "127.0.0.2:0" }) // upload.a.test
 			ma, mb := newFedMUC(t, a), newFedMUC(t, b)
 			alice := fedLogin(t, a, "alice", "a")
 			bob := fedLogin(t, b, "bob", "b")
@@ -170,6 +170,14 @@ func TestS2SMUCRemoteOccupant(t *testing.T) {
 			bob.send(`<message to='` + lj + `' type='groupchat' id='l2'><body>welcome</body></message>`)
 			bob.expect(t, mb.groupchat(bob2, bob2.full, "l2", "welcome"))
 			alice.expect(t, mb.groupchat(bob2, al2.full, "l2", "welcome"))
+
+			// A room created over federation (loaded through the inbound
+			// stream's Async), and the upload service, for local users only.
+			bob.send(`<presence to='bobs@` + ma.svc + `/Bob'><x xmlns='` + nsMUC + `'/></presence>`)
+			bob.expect(t, ma.pres(occ{"bobs", "Bob", "bob@b.test/b", "owner", "moderator"}, bo.full, "", true, []int{110, 201}, ""))
+			bob.expect(t, ma.subject("bobs", bo.full))
+			bob.exchange(t, `<iq type='get' id='u1' to='upload.a.test'><request xmlns='urn:xmpp:http:upload:0' filename='a.txt' size='10' content-type='text/plain'/></iq>`,
+				`<iq type='error' id='u1' from='upload.a.test' to='bob@b.test/b'><error type='cancel'><not-allowed `+stanzasNS+`/><text `+stanzasNS+`>upload slots are for this server&apos;s users</text></error></iq>`)
 
 			// alice's session ends without a word to the room: her
 			// server tells it (RFC 6121 4.6.3, directed presence).

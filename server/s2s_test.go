@@ -125,16 +125,16 @@ type fedNode struct {
 }
 
 // fedPair starts a.test on 127.0.0.2 and b.test on 127.0.0.3, routed to
-// each other with [s2s.routes], their MUC services (conference.<domain>)
-// and component domains (push.<domain>) too. With trust, each trusts the
-// other's CA (SASL EXTERNAL), whose certificates name those hosted domains;
-// without, each trusts only its own (dialback).
+// each other with [s2s.routes], their hosted domains too (conference.,
+// upload. and push.<domain>: MUC, upload, a component). With trust, each
+// trusts the other's CA (SASL EXTERNAL), whose certificates name those
+// hosted domains; without, each trusts only its own (dialback).
 func fedPair(t *testing.T, trust bool, tweak func(a, b *config.Config)) (a, b *fedNode) {
 	t.Helper()
 	a = &fedNode{domain: "a.test", ip: "127.0.0.2"}
 	b = &fedNode{domain: "b.test", ip: "127.0.0.3"}
 	for _, n := range []*fedNode{a, b} {
-		n.ca = newDevCA(t, n.domain, "conference."+n.domain, "push."+n.domain)
+		n.ca = newDevCA(t, n.domain, "conference."+n.domain, "push."+n.domain, "upload."+n.domain)
 		n.s2s = freePort(t, n.ip)
 	}
 	for _, p := range [][2]*fedNode{{a, b}, {b, a}} {
@@ -144,7 +144,7 @@ func fedPair(t *testing.T, trust bool, tweak func(a, b *config.Config)) (a, b *f
 		cfg.C2S.Listen = n.ip + ":0"
 		cfg.TLS.Cert, cfg.TLS.Key = n.ca.certFile, n.ca.keyFile
 		cfg.S2S.Listen = n.s2s
-		cfg.S2S.Routes = map[string]string{peer.domain: peer.s2s, "conference." + peer.domain: peer.s2s, "push." + peer.domain: peer.s2s}
+		cfg.S2S.Routes = map[string]string{peer.domain: peer.s2s, "conference." + peer.domain: peer.s2s, "push." + peer.domain: peer.s2s, "upload." + peer.domain: peer.s2s}
 		cfg.S2S.CAFile = n.ca.caFile
 		if trust {
 			cfg.S2S.CAFile = peer.ca.caFile
