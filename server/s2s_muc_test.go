@@ -270,11 +270,12 @@ func dialHosted(t *testing.T, n *fedNode, from, to string, cert *tls.Certificate
 // TestS2SHostedDomains: an inbound stream may be addressed to any domain
 // the server hosts (its MUC service's, a component's), not to another;
 // the pre-auth policy holds for them (nothing routed before
-// authentication).
+// authentication, the absolute deadline, counted as s2s).
 func TestS2SHostedDomains(t *testing.T) {
 	a, _ := fedPair(t, true, func(a, _ *config.Config) {
 		a.Component.Listen = "127.0.0.2:0"
 		a.Component.Secrets = map[string]string{"push.a.test": "s3cret"}
+		a.Preauth.Timeout = time.Second
 	})
 	open := func(to string) *rawConn {
 		nc, err := net.DialTimeout("tcp", a.s2s, ioTimeout)
@@ -298,7 +299,13 @@ func TestS2SHostedDomains(t *testing.T) {
 	if got := r.closed(); !strings.Contains(got, `<host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>`) {
 		t.Fatalf("unknown domain: got %q", got)
 	}
-	if st := a.srv.S2SStats(); st.StanzasIn != 0 || st.Preauth != 0 {
+	// The absolute pre-auth deadline holds for a hosted domain's stream.
+	r = open("conference.a.test")
+	r.skipUntil(`</stream:features>`)
+	if got := r.closed(); !strings.Contains(got, `<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>`) {
+		t.Fatalf("silent stream: got %q", got)
+	}
+	if st := a.srv.S2SStats(); st.StanzasIn != 0 || st.Preauth != 0 || st.ClosedDeadline != 1 {
 		t.Fatalf("after: %+v", st)
 	}
 }
