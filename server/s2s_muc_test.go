@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -412,4 +413,41 @@ func TestS2SMUCGhost(t *testing.T) {
 	gone := ghost
 	gone.role = "none"
 	bob.expect(t, mb.pres(gone, bo.full, "unavailable", true, []int{307, 333}, `<reason>service-unavailable</reason>`))
+}
+
+// TestS2SStopNoDial: a server that stops opens no new streams. alice is
+// in a room of b.test, the streams have closed idle, and a.test stops:
+// her session's end sends the room her unavailable presence (directed
+// presence), which must not dial b.test while the loops are stopping
+// (the dial would wait s2s.connect_timeout for an enrolment that never
+// comes, and Stop with it).
+func TestS2SStopNoDial(t *testing.T) {
+	a, b := fedPair(t, true, func(a, b *config.Config) {
+		a.S2S.IdleTimeout = 300 * time.Millisecond
+		b.S2S.IdleTimeout = 300 * time.Millisecond
+	})
+	mb := newFedMUC(t, b)
+	bob := fedLogin(t, b, "bob", "b")
+	alice := fedLogin(t, a, "alice", "a")
+	bo := occ{"lobby", "Bob", "bob@b.test/b", "owner", "moderator"}
+	al := occ{"lobby", "Alice", "alice@a.test/a", "none", "participant"}
+	mb.create(t, bob, bo)
+	alice.send(`<presence to='lobby@` + mb.svc + `/Alice'><x xmlns='` + nsMUC + `'/></presence>`)
+	alice.expect(t, mb.pres(bo, al.full, "", false, nil, ""))
+	bob.expect(t, mb.pres(al, bo.full, "", true, nil, ""))
+	if !waitFor(ioTimeout, func() bool { return a.srv.S2SStats().Outbound == 0 && b.srv.S2SStats().Outbound == 0 }) {
+		t.Fatalf("streams not closed idle: a %+v, b %+v", a.srv.S2SStats(), b.srv.S2SStats())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := a.srv.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("Stop took %v", el)
+	}
+	if d := a.srv.S2SStats().Dialled; d != 1 {
+		t.Fatalf("dialled %d, want 1 (no stream opened while stopping)", d)
+	}
 }

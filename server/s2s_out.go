@@ -29,6 +29,14 @@ func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
 		f.mu.Lock()
 		lk := f.links[key]
 		fresh := lk == nil
+		if fresh && s.stopping.Load() {
+			// No new streams while the server stops: a dial would wait
+			// for a loop that no longer enrolls (a session's unavailable
+			// presence to a remote room, say, as the sessions close).
+			f.mu.Unlock()
+			s.bounce(b, "wait", "remote-server-timeout")
+			return 1
+		}
 		if fresh {
 			lk = &s2sLink{domain: domain, local: key.local, started: time.Now(), loop: from}
 			if lk.loop == nil {
@@ -595,6 +603,10 @@ func (s *Server) verifyVia(local, domain string, v []byte) {
 		f.mu.Lock()
 		lk := f.links[key]
 		fresh := lk == nil
+		if fresh && s.stopping.Load() {
+			f.mu.Unlock()
+			break
+		}
 		if fresh {
 			lk = &s2sLink{domain: domain, local: local, started: time.Now(), loop: s.anyLoop()}
 			f.links[key] = lk
