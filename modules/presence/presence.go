@@ -229,19 +229,29 @@ func (m *Module) gone(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	return hook.Continue
 }
 
-// closed tells the directed-presence recipients of a session that ends
-// without having been available (a client that only joined rooms of
-// other servers) that it is gone (4.6.3); gone has announced an available
-// one and taken its recipients.
+// closed tells the directed-presence recipients at other servers of a
+// session that ends without having been available (a client that only
+// joined rooms there) that it is gone (4.6.3): nothing else would tell a
+// remote room. gone has announced an available one and taken its
+// recipients.
 func (m *Module) closed(c *hook.Ctx, _ hook.Event) hook.Verdict {
-	directed := m.take(c.Session)
-	if len(directed) == 0 {
-		return hook.Continue
-	}
-	for _, d := range directed {
-		c.Host.Deliver(d, stanza.AppendPresence(nil, "unavailable", c.Session.Full(), d))
+	for _, d := range m.take(c.Session) {
+		if domainOf(d) != c.Host.Domain() {
+			c.Host.Deliver(d, stanza.AppendPresence(nil, "unavailable", c.Session.Full(), d))
+		}
 	}
 	return hook.Continue
+}
+
+// domainOf returns the domain of a normalised JID.
+func domainOf(j string) string {
+	if i := indexByte(j, '/'); i >= 0 {
+		j = j[:i]
+	}
+	if i := indexByte(j, '@'); i >= 0 {
+		j = j[i+1:]
+	}
+	return j
 }
 
 // fanOut delivers a presence of sess (stamped, without a to): to its own
