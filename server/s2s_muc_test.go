@@ -451,3 +451,41 @@ func TestS2SStopNoDial(t *testing.T) {
 		t.Fatalf("dialled %d, want 1 (no stream opened while stopping)", d)
 	}
 }
+
+// TestS2SMUCFanout: the copies of a groupchat message for several
+// occupants of one remote domain share one stream, from the MUC domain to
+// that domain, in the room's order.
+func TestS2SMUCFanout(t *testing.T) {
+	a, b := fedPair(t, true, nil)
+	ma := newFedMUC(t, a)
+	alice := fedLogin(t, a, "alice", "a")
+	al := occ{"fan", "Alice", "alice@a.test/a", "owner", "moderator"}
+	rj := "fan@" + ma.svc
+	ma.create(t, alice, al)
+	var bobs []*rawConn
+	var occs []occ
+	for i := range 3 {
+		res, nick := fmt.Sprintf("b%d", i), fmt.Sprintf("Bob%d", i)
+		o := occ{"fan", nick, "bob@b.test/" + res, "none", "participant"}
+		c := fedLogin(t, b, "bob", res)
+		c.send(`<presence to='` + rj + `/` + nick + `'><x xmlns='` + nsMUC + `'/></presence>`)
+		c.skipUntil(`<subject/></message>`)
+		alice.expect(t, ma.pres(o, al.full, "", true, nil, ""))
+		for j, prev := range bobs {
+			prev.expect(t, ma.pres(o, occs[j].full, "", false, nil, ""))
+		}
+		bobs, occs = append(bobs, c), append(occs, o)
+	}
+	for i := range 5 {
+		alice.send(fmt.Sprintf(`<message to='%s' type='groupchat' id='f%d'><body>n%d</body></message>`, rj, i, i))
+	}
+	for i := range 5 {
+		alice.expect(t, ma.groupchat(al, al.full, fmt.Sprintf("f%d", i), fmt.Sprintf("n%d", i)))
+		for j, c := range bobs {
+			c.expect(t, ma.groupchat(al, occs[j].full, fmt.Sprintf("f%d", i), fmt.Sprintf("n%d", i)))
+		}
+	}
+	if st := a.srv.S2SStats(); st.Outbound != 1 || st.Dialled != 1 || st.StanzasOut < 3*5 {
+		t.Fatalf("a: want one outbound stream (conference.a.test to b.test) carrying every copy: %+v", st)
+	}
+}
