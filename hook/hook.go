@@ -448,6 +448,13 @@ func (r *Registrar) On(ev Event, h EventHandler) {
 // addressed ToRemote; what it answers goes back on the connection, and
 // what it sends elsewhere goes through Host.Deliver or a Session. Its
 // verdict is ignored. A domain has one handler.
+//
+// The server also answers for the domain over federation: h gets the
+// stanzas other servers send to it, those of components, and the errors
+// bounced for what it sent to other servers. Then the Ctx has no Session
+// (From is the remote or component sender), and its Conn routes what h
+// answers back to the sender, over federation if need be; a handler that
+// serves only local users checks for a Session.
 func (r *Registrar) Domain(name string, h StanzaHandler) {
 	if name == "" || h == nil {
 		r.fail("%w: domain %q", ErrInvalid, name)

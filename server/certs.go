@@ -14,8 +14,11 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
+
+	"github.com/krill-xmpp/krill/config"
 )
 
 // Development certificate files, generated in the data directory when no
@@ -35,14 +38,18 @@ type certSource struct {
 }
 
 // newCertSource loads the configured certificate, or generates (once) and
-// loads a self-signed development certificate for domain in dataDir.
-func newCertSource(certFile, keyFile, domain, dataDir string) (*certSource, error) {
+// loads a self-signed development certificate for domain in dataDir, whose
+// subject alternative names also cover hosted, the other domains the
+// server answers for over federation (muc.domain, components): a peer
+// checking the certificate of a stream from conference.<domain> (SASL
+// EXTERNAL, XEP-0178) looks for that name.
+func newCertSource(certFile, keyFile, domain, dataDir string, hosted ...string) (*certSource, error) {
 	cs := &certSource{certFile: certFile, keyFile: keyFile}
 	if certFile == "" {
 		cs.generated = true
 		cs.certFile = filepath.Join(dataDir, devCertFile)
 		cs.keyFile = filepath.Join(dataDir, devKeyFile)
-		if err := ensureDevCert(cs.certFile, cs.keyFile, domain); err != nil {
+		if err := ensureDevCert(cs.certFile, cs.keyFile, domain, hosted...); err != nil {
 			return nil, err
 		}
 	}
@@ -64,12 +71,17 @@ func (cs *certSource) Reload() error {
 	return nil
 }
 
-// ensureDevCert reuses a valid development certificate for domain, or
-// writes a new one: ECDSA P-256, self-signed, valid for a year.
-func ensureDevCert(certFile, keyFile, domain string) error {
+// ensureDevCert reuses a valid development certificate for domain and
+// hosted, or writes a new one: ECDSA P-256, self-signed, valid for a year.
+func ensureDevCert(certFile, keyFile, domain string, hosted ...string) error {
+	names := append([]string{domain}, hosted...)
 	if cert, err := tls.LoadX509KeyPair(certFile, keyFile); err == nil {
 		leaf, err := x509.ParseCertificate(cert.Certificate[0])
-		if err == nil && leaf.VerifyHostname(domain) == nil && time.Now().Add(24*time.Hour).Before(leaf.NotAfter) {
+		covers := err == nil
+		for _, n := range names {
+			covers = covers && leaf.VerifyHostname(n) == nil
+		}
+		if covers && time.Now().Add(24*time.Hour).Before(leaf.NotAfter) {
 			return nil
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -92,7 +104,7 @@ func ensureDevCert(certFile, keyFile, domain string) error {
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
-		DNSNames:              []string{domain},
+		DNSNames:              names,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -177,3 +189,20 @@ func withKeyLog(base *tls.Config) {
 
 // leanConfig reports whether cfg was made for the lean record layer.
 func leanConfig(cfg *tls.Config) bool { return cfg.GetConfigForClient != nil }
+
+// hostedDomains returns the domains besides cfg.Domain the server answers
+// for over federation, sorted: the MUC and upload services' and the
+// components'.
+func hostedDomains(cfg *config.Config) []string {
+	var out []string
+	for _, d := range []string{cfg.MUCDomain(), cfg.UploadDomain()} {
+		if d != "" {
+			out = append(out, d)
+		}
+	}
+	for d := range cfg.Component.Secrets {
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}

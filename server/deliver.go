@@ -71,6 +71,10 @@ func (s *Server) deliver(from *loop, to string, b []byte) int {
 // deliverTo is deliver with the JID in its normalised parts.
 func (s *Server) deliverTo(from *loop, local, domain, resource string, b []byte) int {
 	if domain != s.cfg.Domain {
+		if h := s.hooks.Domain(domain); h != nil {
+			s.toHosted(from, h, b) // a domain a module serves (s2s_hosted.go)
+			return 1
+		}
 		if s.toComponent(domain, b) { // XEP-0114 (s2s_component.go)
 			return 1
 		}

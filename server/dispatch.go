@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 
@@ -30,7 +31,9 @@ func (c *conn) Write(b []byte) {
 				to, ok, b = st.From, true, stanza.WithAttr(tag, b, "to", st.From)
 			}
 			if ok {
-				c.loop.srv.deliver(c.loop, to, b)
+				// b may be the Ctx's scratch, reused by the next
+				// reply; the outbound stream queues it.
+				c.loop.srv.deliver(c.loop, to, bytes.Clone(b))
 			}
 		}
 		return

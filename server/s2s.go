@@ -34,9 +34,21 @@ import (
 // (absolute deadline from accept, per-address and total caps, the pre-auth
 // stanza limits) until SASL EXTERNAL or dialback authenticates the peer's
 // domain; nothing is routed before. Outbound streams are one per remote
-// domain (s2sLink), dialled on a worker and enrolled into a loop, carrying
-// every stanza to that domain; stanzas wait in the link's queue, bounded in
-// bytes, until the stream is authenticated.
+// domain pair (s2sLink), dialled on a worker and enrolled into a loop,
+// carrying every stanza from that local domain to that remote one; stanzas
+// wait in the link's queue, bounded in bytes, until the stream is
+// authenticated.
+//
+// The server hosts more than its main domain: the domains modules serve
+// (the MUC service, upload) and the configured components' domains. Each is
+// a domain of its own towards other servers: an inbound stream may be
+// addressed to any of them (its local identity is the header's to), and
+// what a hosted domain sends leaves on a stream from that domain,
+// authenticated as it. Links are keyed by (local, remote), as Prosody keys
+// its outgoing sessions, rather than multiplexed (XEP-0220 section 2.4 /
+// XEP-0288): SASL EXTERNAL authenticates one domain per stream, our
+// inbound side refuses piggybacking, and a stream per pair needs no
+// per-stanza bookkeeping of which pairs a stream has authenticated.
 
 // Namespaces of federation.
 const (
@@ -48,8 +60,8 @@ const (
 // federation is the server's s2s state shared by all loops.
 type federation struct {
 	mu       sync.Mutex
-	links    map[string]*s2sLink // outbound, by remote domain
-	verifies map[string]*conn    // inbound streams waiting for a db:verify answer, by our stream id
+	links    map[linkKey]*s2sLink // outbound, by (local, remote) domain
+	verifies map[string]*conn     // inbound streams waiting for a db:verify answer, by our stream id
 
 	secret  [32]byte // dialback key secret (XEP-0185), per process
 	roots   *x509.CertPool
@@ -85,6 +97,7 @@ type federation struct {
 type s2sStream struct {
 	link      *s2sLink // outbound only
 	remote    string   // the peer's domain; inbound: from its header, authenticated once phaseSession
+	local     string   // our domain on this stream: inbound, the header's to (a hosted domain); outbound, the link's
 	id        string   // inbound: the stream id we sent; outbound: the one the peer sent last
 	outbound  bool
 	component bool // an XEP-0114 component's stream (s2s_component.go)
@@ -95,10 +108,15 @@ type s2sStream struct {
 	last      time.Duration
 }
 
-// s2sLink is the outbound stream to one remote domain, from the first
-// stanza queued for it until the stream closes.
+// linkKey names an outbound stream: the hosted domain it is from and the
+// remote domain it is to.
+type linkKey struct{ local, remote string }
+
+// s2sLink is the outbound stream from one hosted domain to one remote
+// domain, from the first stanza queued for it until the stream closes.
 type s2sLink struct {
-	domain  string
+	domain  string // remote
+	local   string // the hosted domain it is from (s.cfg.Domain, muc.domain, a component's)
 	loop    *loop
 	started time.Time
 
@@ -122,7 +140,7 @@ type s2sDial struct {
 // initFederation prepares the s2s state: TLS configurations, roots, the
 // dialback secret. Called from New.
 func (s *Server) initFederation() error {
-	f := &federation{links: make(map[string]*s2sLink), verifies: make(map[string]*conn), components: make(map[string]*s2sLink)}
+	f := &federation{links: make(map[linkKey]*s2sLink), verifies: make(map[string]*conn), components: make(map[string]*s2sLink)}
 	if _, err := rand.Read(f.secret[:]); err != nil {
 		return fmt.Errorf("server: dialback secret: %w", err)
 	}
@@ -225,11 +243,14 @@ func appendS2SHeader(b []byte, from, to, id string) []byte {
 func (s *Server) appendHeaderFor(c *conn, b []byte) []byte {
 	if c.has(flagS2S) {
 		st := s2sOf(c)
-		to := ""
+		to, from := "", s.cfg.Domain
 		if st != nil {
 			to = st.remote
+			if st.local != "" {
+				from = st.local
+			}
 		}
-		return appendS2SHeader(b, s.cfg.Domain, to, newStreamID())
+		return appendS2SHeader(b, from, to, newStreamID())
 	}
 	return s.appendHeader(b)
 }
@@ -336,7 +357,7 @@ func (s *Server) s2sSecured(c *conn, t *tlsConn) {
 	}
 	cs := t.tc.ConnectionState()
 	if st.outbound {
-		c.write(appendS2SHeader(c.loop.scratch[:0], s.cfg.Domain, st.remote, ""))
+		c.write(appendS2SHeader(c.loop.scratch[:0], st.local, st.remote, ""))
 		// Verified on a worker; the peer's features wait in the input
 		// until the verdict is in.
 		certs, remote := cs.PeerCertificates, st.remote
@@ -395,10 +416,16 @@ func (s *Server) s2sHeader(c *conn, unit []byte) {
 		}
 		return
 	}
-	if h.To != s.cfg.Domain {
+	switch {
+	case c.phase == phaseAuthHeader && h.To != st.local:
+		// The restart after SASL is for the domain authenticated to.
+		s.fail(c, stream.HostUnknown.Err, "the stream restarted for another domain")
+		return
+	case !s.hosts(h.To):
 		s.fail(c, stream.HostUnknown.Err, "this server does not serve that domain")
 		return
 	}
+	st.local = h.To
 	if h.From != "" {
 		d, err := jid.Parse(h.From)
 		if err != nil || d.Localpart() != "" || d.Resourcepart() != "" {
@@ -412,7 +439,7 @@ func (s *Server) s2sHeader(c *conn, unit []byte) {
 		st.remote = d.String()
 	}
 	st.id = newStreamID()
-	b := appendS2SHeader(c.loop.scratch[:0], s.cfg.Domain, st.remote, st.id)
+	b := appendS2SHeader(c.loop.scratch[:0], st.local, st.remote, st.id)
 	c.flags |= flagHeaderSent
 	switch c.phase {
 	case phaseHeader, phaseNegotiate:
@@ -646,7 +673,7 @@ func (s *Server) s2sStanza(c *conn, st *s2sStream, tag stanza.StartTag, local st
 	if err != nil {
 		return // nothing to answer to safely: dropped
 	}
-	if tj.Domainpart() != s.cfg.Domain {
+	if !s.hosts(tj.Domainpart()) {
 		s.fail(c, stream.HostUnknown.Err, "this server does not serve that domain")
 		return
 	}
@@ -770,4 +797,31 @@ func (s *Server) appendS2SFeatures(b []byte, st *s2sStream) []byte {
 		b = append(b, `<dialback xmlns='`+nsDialbackFeature+`'><errors/></dialback>`...)
 	}
 	return append(b, `</stream:features>`...)
+}
+
+// hosts reports whether domain is one this server answers for over
+// federation: its own, a domain a module serves (Registrar.Domain: the
+// MUC service, upload), or a configured component's.
+func (s *Server) hosts(domain string) bool {
+	if domain == s.cfg.Domain || s.hooks.Domain(domain) != nil {
+		return true
+	}
+	_, ok := s.cfg.Component.Secrets[domain]
+	return ok
+}
+
+// localOf returns the hosted domain a stanza leaving for another server
+// is from: the domain of its from attribute when this server hosts it,
+// else the main domain (a bounce without from, say).
+func (s *Server) localOf(b []byte) string {
+	tag, err := stanza.ParseStartTag(b)
+	if err != nil {
+		return s.cfg.Domain
+	}
+	from, _ := tag.AttrString("from")
+	_, d, _ := splitJID(from)
+	if d != s.cfg.Domain && d != "" && s.hosts(d) {
+		return d
+	}
+	return s.cfg.Domain
 }

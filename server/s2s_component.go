@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"crypto/sha1"
 	"crypto/subtle"
 	"encoding/hex"
@@ -110,7 +111,9 @@ func (s *Server) componentElement(c *conn, st *s2sStream, tag stanza.StartTag, l
 	}
 	st.last = c.loop.since()
 	s.fed.stanzasIn.Add(1)
-	s.deliver(c.loop, to, unit)
+	// unit is the loop's input buffer: what is queued (for a remote
+	// domain, a hosted one) must own its bytes.
+	s.deliver(c.loop, to, bytes.Clone(unit))
 }
 
 // attachComponent makes c the link of its domain.

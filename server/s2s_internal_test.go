@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"net"
 	"slices"
 	"testing"
@@ -77,5 +78,35 @@ func TestDialbackKey(t *testing.T) {
 	g := &federation{}
 	if g.dialbackKey("b.test", "a.test", "id1") == k {
 		t.Fatal("key does not depend on the secret")
+	}
+}
+
+// TestS2SDevCertHosted: the development certificate names the hosted
+// domains (MUC, upload, components) as SANs, so that a peer's SASL
+// EXTERNAL check of a stream from conference.<domain> passes; one made
+// before a component was configured is made again.
+func TestS2SDevCertHosted(t *testing.T) {
+	cfg := config.Default()
+	cfg.Domain = "a.test"
+	cfg.DataDir = t.TempDir()
+	leaf := func(hosted []string) *x509.Certificate {
+		t.Helper()
+		cs, err := newCertSource("", "", cfg.Domain, cfg.DataDir, hosted...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cs.cert.Load().Leaf
+	}
+	first := leaf(hostedDomains(&cfg))
+	if want := []string{"a.test", "conference.a.test", "upload.a.test"}; !slices.Equal(first.DNSNames, want) {
+		t.Fatalf("SANs %v, want %v", first.DNSNames, want)
+	}
+	if again := leaf(hostedDomains(&cfg)); again.SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Fatal("a certificate that covers the domains was not reused")
+	}
+	cfg.Component.Secrets = map[string]string{"push.a.test": "x"}
+	second := leaf(hostedDomains(&cfg))
+	if err := second.VerifyHostname("push.a.test"); err != nil {
+		t.Fatalf("after a component was configured: %v", err)
 	}
 }

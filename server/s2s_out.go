@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"slices"
@@ -18,16 +19,26 @@ import (
 )
 
 // deliverRemote queues b, a stamped stanza, on the outbound stream to
-// domain, opening one if none exists. It returns 1: the stanza was taken
-// (queued, or bounced to its sender when it cannot be).
+// domain from the hosted domain b is from (localOf), opening one if none
+// exists. It returns 1: the stanza was taken (queued, or bounced to its
+// sender when it cannot be).
 func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
 	f := s.fed
+	key := linkKey{local: s.localOf(b), remote: domain}
 	for range 2 {
 		f.mu.Lock()
-		lk := f.links[domain]
+		lk := f.links[key]
 		fresh := lk == nil
+		if fresh && s.stopping.Load() {
+			// No new streams while the server stops: a dial would wait
+			// for a loop that no longer enrolls (a session's unavailable
+			// presence to a remote room, say, as the sessions close).
+			f.mu.Unlock()
+			s.bounce(b, "wait", "remote-server-timeout")
+			return 1
+		}
 		if fresh {
-			lk = &s2sLink{domain: domain, started: time.Now(), loop: from}
+			lk = &s2sLink{domain: domain, local: key.local, started: time.Now(), loop: from}
 			if lk.loop == nil {
 				lk.loop = s.anyLoop()
 			}
@@ -36,7 +47,7 @@ func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
 				s.bounce(b, "wait", "remote-server-timeout")
 				return 1
 			}
-			f.links[domain] = lk
+			f.links[key] = lk
 		}
 		f.mu.Unlock()
 		if fresh {
@@ -293,7 +304,7 @@ func (s *Server) openOutbound(gc gnet.Conn, d *s2sDial) ([]byte, gnet.Action) {
 	c := &conn{gc: gc, loop: l, ip: makePeerAddr(addrIP(gc.RemoteAddr())), tr: plainTCP{}, flags: flagS2S | flagHeaderSent}
 	c.framer.SetLimits(stanza.Limits{MaxBytes: s.conf().S2S.MaxStanzaSize, MaxDepth: s.conf().C2S.MaxDepth})
 	gc.SetContext(c)
-	st := &s2sStream{link: lk, remote: lk.domain, outbound: true}
+	st := &s2sStream{link: lk, remote: lk.domain, local: lk.local, outbound: true}
 	l.s2sAdd(c, st)
 	s.fed.outbound.Add(1)
 	lk.mu.Lock()
@@ -317,7 +328,7 @@ func (s *Server) openOutbound(gc gnet.Conn, d *s2sDial) ([]byte, gnet.Action) {
 		return nil, gnet.None
 	}
 	s.armDeadline(c)
-	return appendS2SHeader(nil, s.cfg.Domain, lk.domain, ""), gnet.None
+	return appendS2SHeader(nil, lk.local, lk.domain, ""), gnet.None
 }
 
 // outboundElement runs the initiating side of the negotiation: STARTTLS,
@@ -334,7 +345,7 @@ func (s *Server) outboundElement(c *conn, st *s2sStream, tag stanza.StartTag, ns
 	case ns == nsSASL && local == "success":
 		c.phase = phaseAuthHeader
 		c.framer.Reset()
-		c.write(appendS2SHeader(c.loop.scratch[:0], s.cfg.Domain, st.remote, ""))
+		c.write(appendS2SHeader(c.loop.scratch[:0], st.local, st.remote, ""))
 	case ns == nsSASL && local == "failure":
 		if !s.tryDialback(c, st) {
 			s.fail(c, stream.NotAuthorized.Err, "SASL EXTERNAL failed and dialback is not possible")
@@ -399,7 +410,7 @@ func (s *Server) outboundFeatures(c *conn, st *s2sStream, unit []byte) {
 	}
 	if external && !st.triedExt {
 		st.triedExt = true
-		c.write([]byte(`<auth xmlns='` + nsSASL + `' mechanism='EXTERNAL'>` + b64(s.cfg.Domain) + `</auth>`))
+		c.write([]byte(`<auth xmlns='` + nsSASL + `' mechanism='EXTERNAL'>` + b64(st.local) + `</auth>`))
 		return
 	}
 	st.dbSent = false
@@ -418,9 +429,9 @@ func (s *Server) tryDialback(c *conn, st *s2sStream) bool {
 		return false
 	}
 	st.dbSent = true
-	key := s.fed.dialbackKey(st.remote, s.cfg.Domain, st.id)
+	key := s.fed.dialbackKey(st.remote, st.local, st.id)
 	b := append(c.loop.scratch[:0], `<db:result from='`...)
-	b = stanza.AppendEscaped(b, s.cfg.Domain)
+	b = stanza.AppendEscaped(b, st.local)
 	b = append(b, `' to='`...)
 	b = stanza.AppendEscaped(b, st.remote)
 	b = append(b, `'>`+key+`</db:result>`...)
@@ -439,7 +450,7 @@ func (s *Server) linkReady(c *conn, st *s2sStream) {
 	lk.mu.Unlock()
 	st.last = c.loop.since()
 	s.armIdle(c, st)
-	s.log.Debug("s2s outbound authenticated", zap.String("domain", st.remote))
+	s.log.Debug("s2s outbound authenticated", zap.String("domain", st.remote), zap.String("local", st.local))
 	lk.drain(s)
 }
 
@@ -448,8 +459,8 @@ func (s *Server) linkReady(c *conn, st *s2sStream) {
 func (s *Server) linkGone(lk *s2sLink, c *conn, cond string) {
 	f := s.fed
 	f.mu.Lock()
-	if f.links[lk.domain] == lk {
-		delete(f.links, lk.domain)
+	if key := (linkKey{lk.local, lk.domain}); f.links[key] == lk {
+		delete(f.links, key)
 	}
 	f.mu.Unlock()
 	lk.mu.Lock()
@@ -496,7 +507,12 @@ func (s *Server) bounce(b []byte, typ, cond string) {
 		return
 	}
 	fl, fd, _ := splitJID(from)
-	if fd != s.cfg.Domain || fl == "" {
+	switch {
+	case fd == s.cfg.Domain && fl != "":
+	case fd != s.cfg.Domain && s.hosts(fd):
+		// A hosted domain's own stanza (a room's copy for a remote
+		// occupant): the service or component learns of the failure.
+	default:
 		return
 	}
 	id, _ := tag.AttrString("id")
@@ -513,7 +529,7 @@ func (s *Server) dbResult(c *conn, st *s2sStream, tag stanza.StartTag, unit []by
 	to, _ := tag.AttrString("to")
 	answer := func(typ, cond string) {
 		b := append(c.loop.scratch[:0], `<db:result from='`...)
-		b = stanza.AppendEscaped(b, s.cfg.Domain)
+		b = stanza.AppendEscaped(b, st.local)
 		b = append(b, `' to='`...)
 		b = stanza.AppendEscaped(b, from)
 		b = append(b, `' type='`+typ+`'`...)
@@ -533,7 +549,9 @@ func (s *Server) dbResult(c *conn, st *s2sStream, tag stanza.StartTag, unit []by
 	case err != nil || fj.Localpart() != "" || fj.Resourcepart() != "":
 		answer("error", "jid-malformed")
 		return
-	case to != s.cfg.Domain:
+	case to != st.local:
+		// The receiving domain is the stream's (XEP-0220: keys are per
+		// receiving and originating domain pair).
 		answer("error", "item-not-found")
 		return
 	case st.remote != "" && fj.String() != st.remote:
@@ -567,26 +585,31 @@ func (s *Server) dbResult(c *conn, st *s2sStream, tag stanza.StartTag, unit []by
 	f.verifies[st.id] = c
 	f.mu.Unlock()
 	v := []byte(`<db:verify from='`)
-	v = stanza.AppendEscaped(v, s.cfg.Domain)
+	v = stanza.AppendEscaped(v, st.local)
 	v = append(v, `' to='`...)
 	v = stanza.AppendEscaped(v, st.remote)
 	v = append(v, `' id='`+st.id+`'>`...)
 	v = stanza.AppendEscaped(v, key)
 	v = append(v, `</db:verify>`...)
-	s.verifyVia(st.remote, v)
+	s.verifyVia(st.local, st.remote, v)
 }
 
-// verifyVia sends a db:verify request on the outbound stream to domain,
-// opening one if needed.
-func (s *Server) verifyVia(domain string, v []byte) {
+// verifyVia sends a db:verify request on the outbound stream from local
+// to domain, opening one if needed.
+func (s *Server) verifyVia(local, domain string, v []byte) {
 	f := s.fed
+	key := linkKey{local: local, remote: domain}
 	for range 2 {
 		f.mu.Lock()
-		lk := f.links[domain]
+		lk := f.links[key]
 		fresh := lk == nil
+		if fresh && s.stopping.Load() {
+			f.mu.Unlock()
+			break
+		}
 		if fresh {
-			lk = &s2sLink{domain: domain, started: time.Now(), loop: s.anyLoop()}
-			f.links[domain] = lk
+			lk = &s2sLink{domain: domain, local: local, started: time.Now(), loop: s.anyLoop()}
+			f.links[key] = lk
 		}
 		f.mu.Unlock()
 		if fresh {
@@ -621,7 +644,7 @@ func (s *Server) dbVerify(c *conn, st *s2sStream, tag stanza.StartTag, unit []by
 	}
 	key, _ := stanza.Text(unit)
 	typ := "invalid"
-	if to == s.cfg.Domain && key != "" && hmacEqual(key, s.fed.dialbackKey(from, to, id)) {
+	if s.hosts(to) && key != "" && hmacEqual(key, s.fed.dialbackKey(from, to, id)) {
 		typ = "valid"
 	}
 	b := append(c.loop.scratch[:0], `<db:verify from='`...)
@@ -652,7 +675,7 @@ func (s *Server) dbAnswer(id, from string, valid bool) {
 		}
 		st.dbWait = false
 		b := append(c.loop.scratch[:0], `<db:result from='`...)
-		b = stanza.AppendEscaped(b, s.cfg.Domain)
+		b = stanza.AppendEscaped(b, st.local)
 		b = append(b, `' to='`...)
 		b = stanza.AppendEscaped(b, st.remote)
 		if !valid {
@@ -701,6 +724,16 @@ func (s *Server) fromRemote(c *conn, tag stanza.StartTag, local, from string, to
 	}
 	cx := c.loop.ctxFor(c, st)
 	defer cx.Reset(nil, nil, nil)
+	if st.Domain != s.cfg.Domain {
+		// Another hosted domain: the module serving it, or its
+		// component; the account-side modules have nothing to do there.
+		if h := s.hooks.Domain(st.Domain); h != nil {
+			h(cx, st)
+			return
+		}
+		s.toComponent(st.Domain, bytes.Clone(unit)) // queued: its own bytes
+		return
+	}
 	for _, m := range s.fed.inbound {
 		if m.InboundStanza(cx, st) == hook.Stop {
 			return
@@ -724,7 +757,12 @@ func (s *Server) fromRemote(c *conn, tag stanza.StartTag, local, from string, to
 	case kind == hook.IQ:
 		cx.ReplyError("cancel", "service-unavailable", "")
 		return
-	case typ == "error" || typ == "headline" || typ == "groupchat":
+	case typ == "error" || typ == "headline":
+		return
+	case typ == "groupchat":
+		// RFC 6121 8.5.2.2.1, 8.5.3.2.1: an error to the sender, so that
+		// a remote room drops an occupant whose session is gone.
+		cx.ReplyError("cancel", "service-unavailable", "")
 		return
 	}
 	if st.Addr == hook.ToFull {

@@ -22,10 +22,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	msasl "mellium.im/sasl"
 
 	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/server"
+	"github.com/krill-xmpp/krill/storage"
 )
 
 // devCA is a development certificate authority of one test instance and
@@ -33,12 +35,14 @@ import (
 type devCA struct {
 	caFile, certFile, keyFile string
 	cert                      tls.Certificate // the domain's, with its key
+	ca                        *x509.Certificate
+	caKey                     *ecdsa.PrivateKey
 }
 
-// newDevCA writes a CA and a certificate for domain signed by it, so that
-// validation between two instances is real: a chain to a trusted root and
-// a DNS-ID.
-func newDevCA(t testing.TB, domain string) devCA {
+// newDevCA writes a CA and a certificate for domain (and the hosted
+// domains in extra: its SANs) signed by it, so that validation between two
+// instances is real: a chain to a trusted root and a DNS-ID.
+func newDevCA(t testing.TB, domain string, extra ...string) devCA {
 	t.Helper()
 	dir := t.TempDir()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -59,7 +63,7 @@ func newDevCA(t testing.TB, domain string) devCA {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: domain},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), DNSNames: []string{domain},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), DNSNames: append([]string{domain}, extra...),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
@@ -77,7 +81,27 @@ func newDevCA(t testing.TB, domain string) devCA {
 	write(d.certFile, "CERTIFICATE", der)
 	write(d.keyFile, "PRIVATE KEY", keyDER)
 	d.cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	d.ca, d.caKey = ca, caKey
 	return d
+}
+
+// issue returns a certificate for domain signed by the CA: a third
+// domain's, trusted wherever this CA is.
+func (d devCA) issue(t testing.TB, domain string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano()), Subject: pkix.Name{CommonName: domain},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), DNSNames: []string{domain},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, d.ca, &key.PublicKey, d.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // freePort returns host:port with a port that was free a moment ago.
@@ -97,17 +121,20 @@ type fedNode struct {
 	ca              devCA
 	cfg             config.Config
 	srv             *server.Server
+	store           *storage.SQL
 }
 
 // fedPair starts a.test on 127.0.0.2 and b.test on 127.0.0.3, routed to
-// each other with [s2s.routes]. With trust, each trusts the other's CA
-// (SASL EXTERNAL); without, each trusts only its own (dialback).
+// each other with [s2s.routes], their hosted domains too (conference.,
+// upload. and push.<domain>: MUC, upload, a component). With trust, each
+// trusts the other's CA (SASL EXTERNAL), whose certificates name those
+// hosted domains; without, each trusts only its own (dialback).
 func fedPair(t *testing.T, trust bool, tweak func(a, b *config.Config)) (a, b *fedNode) {
 	t.Helper()
 	a = &fedNode{domain: "a.test", ip: "127.0.0.2"}
 	b = &fedNode{domain: "b.test", ip: "127.0.0.3"}
 	for _, n := range []*fedNode{a, b} {
-		n.ca = newDevCA(t, n.domain)
+		n.ca = newDevCA(t, n.domain, "conference."+n.domain, "push."+n.domain, "upload."+n.domain)
 		n.s2s = freePort(t, n.ip)
 	}
 	for _, p := range [][2]*fedNode{{a, b}, {b, a}} {
@@ -117,7 +144,7 @@ func fedPair(t *testing.T, trust bool, tweak func(a, b *config.Config)) (a, b *f
 		cfg.C2S.Listen = n.ip + ":0"
 		cfg.TLS.Cert, cfg.TLS.Key = n.ca.certFile, n.ca.keyFile
 		cfg.S2S.Listen = n.s2s
-		cfg.S2S.Routes = map[string]string{peer.domain: peer.s2s}
+		cfg.S2S.Routes = map[string]string{peer.domain: peer.s2s, "conference." + peer.domain: peer.s2s, "push." + peer.domain: peer.s2s, "upload." + peer.domain: peer.s2s}
 		cfg.S2S.CAFile = n.ca.caFile
 		if trust {
 			cfg.S2S.CAFile = peer.ca.caFile
@@ -127,8 +154,14 @@ func fedPair(t *testing.T, trust bool, tweak func(a, b *config.Config)) (a, b *f
 	if tweak != nil {
 		tweak(&a.cfg, &b.cfg)
 	}
-	a.srv = startServer(t, a.cfg, "alice")
-	b.srv = startServer(t, b.cfg, "bob")
+	// KRILL_TEST_LOG=1 logs both instances at debug, each named.
+	var la, lb *zap.Logger
+	if os.Getenv("KRILL_TEST_LOG") != "" {
+		lg, _ := zap.NewDevelopment()
+		la, lb = lg.With(zap.String("node", "a")), lg.With(zap.String("node", "b"))
+	}
+	a.srv, a.store = startServerOpts(t, a.cfg, serverOpts{log: la}, "alice")
+	b.srv, b.store = startServerOpts(t, b.cfg, serverOpts{log: lb}, "bob")
 	return a, b
 }
 

@@ -143,7 +143,7 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 	s.preauth.init(cfg.Preauth.MaxPerIP, cfg.Preauth.MaxTotal, prefixes(&cfg))
 	s.sessions.init()
 	s.handshakes = handshakeLimiter{srv: s, max: cfg.TLS.MaxHandshakes, maxQueue: cfg.TLS.MaxHandshakeQueue}
-	certs, err := newCertSource(cfg.TLS.Cert, cfg.TLS.Key, cfg.Domain, cfg.DataDir)
+	certs, err := newCertSource(cfg.TLS.Cert, cfg.TLS.Key, cfg.Domain, cfg.DataDir, hostedDomains(&cfg)...)
 	if err != nil {
 		return nil, err
 	}

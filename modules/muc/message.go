@@ -83,6 +83,12 @@ func messageError(c *hook.Ctx, typ, cond, text string) {
 func (r *room) message(c *hook.Ctx, st *hook.Stanza) {
 	o := r.byJID[st.From]
 	if st.Type == "error" {
+		if o != nil && kickable(st.Raw) {
+			// A copy the room sent the occupant came back for good:
+			// its server is unreachable, or its session gone (remote.go).
+			r.bounced(c.Host, o, errorCondition(st.Raw))
+			return
+		}
 		r.mu.Unlock()
 		return
 	}

@@ -362,7 +362,12 @@ func (r *room) presence(c *hook.Ctx, st *hook.Stanza) {
 		return
 	case "error":
 		// An occupant whose client bounces the room's presence is gone
-		// (XEP-0045 7.2.15 leaves the choice; Prosody does this too).
+		// (XEP-0045 7.2.15 leaves the choice; Prosody does this too);
+		// one whose server bounced it for good (remote.go) is told why.
+		if o != nil && o.remote() && kickable(st.Raw) {
+			r.bounced(c.Host, o, errorCondition(st.Raw))
+			return
+		}
 		if o != nil {
 			r.leave(c.Host, o, nil, nil)
 			return
@@ -469,7 +474,7 @@ func (r *room) join(c *hook.Ctx, st *hook.Stanza, nick, key string) {
 		// (GC 1.0): create it as an instant room (XEP-0045 10.1.1).
 		r.locked = false
 	}
-	o := &occupant{nick: nick, key: key, full: st.From, bare: bare, sess: c.Session,
+	o := &occupant{nick: nick, key: key, full: st.From, bare: bare, sess: sessionOf(c, st.From),
 		id: r.m.occupantID(r.jid, bare), aff: aff, extra: presenceExtra(st.Raw)}
 	o.toAttr = stanza.AppendEscaped(nil, st.From)
 	o.role.Store(uint32(r.defaultRole(aff)))
@@ -515,7 +520,9 @@ func (r *room) join(c *hook.Ctx, st *hook.Stanza, nick, key string) {
 	bc.after = r.historyFor(o, child(mucX, "history"))
 	bc.after = append(bc.after, r.subjectFor(o))
 	r.sendLocked(h, bc, nil)
-	r.m.remember(c.Session, r.name)
+	if c.Session != nil {
+		r.m.remember(c.Session, r.name)
+	}
 }
 
 // update broadcasts an occupant's new presence (show, status).

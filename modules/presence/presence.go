@@ -63,7 +63,8 @@ type Module struct {
 }
 
 // recipients are a session's directed-presence recipients, normalised
-// JIDs of local accounts, at most MaxDirected.
+// JIDs of local accounts and of other servers' entities, at most
+// MaxDirected.
 type recipients struct{ jids []string }
 
 // Name implements hook.Module.
@@ -77,6 +78,7 @@ func (m *Module) Register(r *hook.Registrar) error {
 	m.directed = r.Slot()
 	r.Stanza(hook.Presence, hook.ToLocal|hook.ToRemote, hook.Pre, m.presence)
 	r.On(hook.Unavailable, m.gone)
+	r.On(hook.Closed, m.closed)
 	return nil
 }
 
@@ -102,8 +104,16 @@ func (m *Module) presence(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 	case hook.ToHost:
 		return hook.Stop // presence to the server itself is dropped
 	case hook.ToBare, hook.ToFull:
+	case hook.ToRemote:
+		if m.hosted(c, st.Domain) {
+			// A room of this server's own MUC service: it takes the
+			// session out when it ends (its sessionGone).
+			return hook.Continue
+		}
+		// Another server's entity (a room there, say): remembered, so
+		// that it hears of the session's end (4.6.3).
 	default:
-		return hook.Continue // no server-to-server yet: the core drops it
+		return hook.Continue
 	}
 	if st.Type == "error" {
 		return hook.Continue
@@ -217,6 +227,31 @@ func (m *Module) gone(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		log.Warn("unavailable presence not broadcast: worker queue full", zap.String("jid", sess.Full()))
 	}
 	return hook.Continue
+}
+
+// closed tells the directed-presence recipients at other servers of a
+// session that ends without having been available (a client that only
+// joined rooms there) that it is gone (4.6.3): nothing else would tell a
+// remote room. gone has announced an available one and taken its
+// recipients.
+func (m *Module) closed(c *hook.Ctx, _ hook.Event) hook.Verdict {
+	for _, d := range m.take(c.Session) {
+		if domainOf(d) != c.Host.Domain() {
+			c.Host.Deliver(d, stanza.AppendPresence(nil, "unavailable", c.Session.Full(), d))
+		}
+	}
+	return hook.Continue
+}
+
+// domainOf returns the domain of a normalised JID.
+func domainOf(j string) string {
+	if i := indexByte(j, '/'); i >= 0 {
+		j = j[:i]
+	}
+	if i := indexByte(j, '@'); i >= 0 {
+		j = j[i+1:]
+	}
+	return j
 }
 
 // fanOut delivers a presence of sess (stamped, without a to): to its own
@@ -344,4 +379,11 @@ func priority(raw []byte) int {
 		return 0
 	}
 	return n
+}
+
+// hosted reports whether domain is one of this server's own services
+// (muc.domain, upload.domain), whose presence needs no tracking here.
+func (m *Module) hosted(c *hook.Ctx, domain string) bool {
+	cfg := c.Host.Config()
+	return domain == cfg.MUCDomain() || domain == cfg.UploadDomain()
 }

@@ -255,6 +255,10 @@ func (m *Module) handle(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 		c.ReplyResult(m.discoInfo())
 	case st.Type == "get" && st.NS == NSDiscoItems && st.Name == "query":
 		c.ReplyResult([]byte(`<query xmlns='` + NSDiscoItems + `'/>`))
+	case st.Type == "get" && st.NS == NS && st.Name == "request" && c.Session == nil:
+		// From another server (or a component): slots and their quota
+		// are for this server's accounts.
+		c.ReplyError("cancel", "not-allowed", "upload slots are for this server's users")
 	case st.Type == "get" && st.NS == NS && st.Name == "request":
 		m.request(c, st)
 	default:
