@@ -1,0 +1,59 @@
+package hook
+
+import "context"
+
+// Cluster is what a module serving shared state (a multi-user chat room)
+// needs in cluster mode: a lease per object, so that one node at a time
+// holds it, and the forwarding of the stanzas a local session sends to the
+// node that holds it. ClusterOf returns nil on a standalone server: a
+// module that finds no Cluster behaves as it always did.
+//
+// Methods documented "any goroutine" do not block; Lease blocks (key-value
+// round trips) and runs on a worker (Conn.Async's job, Host.Go).
+type Cluster interface {
+	// Node returns this node's name. Any goroutine.
+	Node() string
+	// Owner returns the live node holding the lease of name in service,
+	// from this node's copy of the leases ("" when none or its holder
+	// is dead). Any goroutine.
+	Owner(service, name string) string
+	// Lease takes the lease of name in service for this node, or returns
+	// the live node that holds it: owner is Node() when this node holds
+	// it now. A holder found dead loses it to the caller.
+	Lease(ctx context.Context, service, name string) (owner string, err error)
+	// Release gives up a lease this node holds (queued). Any goroutine.
+	Release(service, name string)
+	// Forward sends the stanza raw (as received, without from) that from
+	// sent to node, whose server hands it to the handler of its to
+	// domain as if from had sent it there: the Ctx's Session implements
+	// Forwarded, replies through its Conn go back to from. hops counts
+	// the forwards so far (0 from the sender's own node). It reports
+	// false when the stanza could not be queued. Any goroutine.
+	Forward(node, from string, raw []byte, hops int) bool
+}
+
+// Forwarded is implemented by the Session of a stanza another node
+// forwarded (Cluster.Forward): the sender lives on node Origin.
+type Forwarded interface {
+	Session
+	// Origin returns the node the sender's session is on.
+	Origin() string
+	// Hops returns how many times the stanza was forwarded.
+	Hops() int
+}
+
+// NodeWatcher is an optional ability of a Module holding state for
+// sessions of other nodes (room occupants): NodeDown runs on every node,
+// on a goroutine of the cluster (never an event loop), when node is found
+// dead, before what it held (leases, sessions) is taken over.
+type NodeWatcher interface {
+	NodeDown(h Host, node string)
+}
+
+// ClusterOf returns h's cluster, or nil when the server is standalone.
+func ClusterOf(h Host) Cluster {
+	if x, ok := h.(interface{ Cluster() Cluster }); ok {
+		return x.Cluster()
+	}
+	return nil
+}
