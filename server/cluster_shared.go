@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/maphash"
 	"net/netip"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -110,7 +111,7 @@ func (s *Server) forwardWorker(ch chan forwarded) {
 func (s *Server) handleForwarded(f forwarded) {
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("panic in a forwarded stanza's handler", zap.Any("panic", p), zap.String("from", f.from))
+			s.log.Error("panic in a forwarded stanza's handler", zap.Any("panic", p), zap.String("from", f.from), zap.ByteString("stack", debug.Stack()))
 		}
 	}()
 	tag, err := stanza.ParseStartTag(f.stanza)
@@ -136,7 +137,7 @@ func (s *Server) handleForwarded(f forwarded) {
 		return
 	}
 	sess := &forwardedSession{s: s, full: f.from, origin: f.origin, hops: f.hops}
-	cx := &hook.Ctx{Host: s.host, Registry: s.hooks, Session: sess, Conn: forwardedConn{sess}, Stanza: st, Log: s.log}
+	cx := &hook.Ctx{Host: s.host, Registry: s.hooks, Session: sess, Conn: forwardedConn{sess, st}, Stanza: st, Log: s.log}
 	s.clusterStats.forwardIn.Add(1)
 	h(cx, st)
 }
@@ -270,7 +271,10 @@ func (f *forwardedSession) Close(cond, _ string) {
 // forwardedConn is the connection of a forwarded stanza: replies go to
 // the sender, Async runs its job at once on the forward worker (the next
 // stanza of the same object waits, which keeps their order).
-type forwardedConn struct{ f *forwardedSession }
+type forwardedConn struct {
+	f  *forwardedSession
+	st *hook.Stanza // the stanza: its header goes to Async's continuation
+}
 
 // Write implements hook.Conn: b is copied (it may be a reused scratch
 // buffer) and delivered to the sender as it would be written to its
@@ -289,7 +293,11 @@ func (c forwardedConn) Async(job func(ctx context.Context) func(*hook.Ctx), _ fu
 	if cont == nil {
 		return
 	}
-	cont(&hook.Ctx{Host: s.host, Registry: s.hooks, Session: c.f, Conn: c, Log: s.log})
+	// As for a connection's Async: the continuation sees the stanza's
+	// header only.
+	h := *c.st
+	h.Raw, h.Payload, h.Tag = nil, nil, stanza.StartTag{}
+	cont(&hook.Ctx{Host: s.host, Registry: s.hooks, Session: c.f, Conn: c, Stanza: &h, Log: s.log})
 }
 
 // Fail implements hook.Conn: the sender's node owns its stream.
