@@ -61,7 +61,9 @@ type ForwardFunc func(sent time.Time, origin string, hops int, from string, stan
 type Leases struct {
 	n      *Node
 	kv     jetstream.KeyValue
-	sub    *nats.Subscription
+	// counters is the cluster-wide counters' bucket (counter.go).
+	counters jetstream.KeyValue
+	sub      *nats.Subscription
 	prefix string // the forward subjects' prefix
 	fwd    ForwardFunc
 	ctx    context.Context
@@ -113,7 +115,11 @@ func StartLeases(ctx context.Context, n *Node, fwd ForwardFunc) (*Leases, error)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: lease bucket: %w", err)
 	}
-	l := &Leases{n: n, kv: kv, fwd: fwd, prefix: subjectPrefix + token + ".fwd.",
+	counters, err := openCounters(ctx, n, js)
+	if err != nil {
+		return nil, err
+	}
+	l := &Leases{n: n, kv: kv, counters: counters, fwd: fwd, prefix: subjectPrefix + token + ".fwd.",
 		m: make(map[string]leaseRec), held: make(map[string]uint64), rel: make(chan string, 4096)}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	w, err := kv.WatchAll(l.ctx)

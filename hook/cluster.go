@@ -1,6 +1,9 @@
 package hook
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Cluster is what a module serving shared state (a multi-user chat room)
 // needs in cluster mode: a lease per object, so that one node at a time
@@ -30,6 +33,11 @@ type Cluster interface {
 	// the forwards so far (0 from the sender's own node). It reports
 	// false when the stanza could not be queued. Any goroutine.
 	Forward(node, from string, raw []byte, hops int) bool
+	// Count counts one event of name (a registration from an address,
+	// say) in the current fixed window across the cluster and reports
+	// whether it is within max; one over max is not counted. It blocks
+	// (key-value round trips): workers only.
+	Count(ctx context.Context, name string, window time.Duration, max int) (bool, error)
 }
 
 // Forwarded is implemented by the Session of a stanza another node

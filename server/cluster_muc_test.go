@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/krill-xmpp/krill/config"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
 )
@@ -266,5 +267,43 @@ func TestClusterMUCOwnerGone(t *testing.T) {
 	_, metrics := get(t, "http://"+c.AdminAddr().String()+"/metrics")
 	if !strings.Contains(metrics, `krill_cluster_leases_taken_total{how="takeover"} 1`+"\n") {
 		t.Errorf("no takeover counted:\n%s", grepLines(metrics, "krill_cluster_leases"))
+	}
+}
+
+// TestClusterRegistrationLimit: register.max_per_ip holds across the
+// nodes (a counter in JetStream KV): two accounts from one address on two
+// nodes use the allowance, a third on either node is refused with
+// resource-constraint, another address is not; the per-node connection
+// caps stay per node.
+func TestClusterRegistrationLimit(t *testing.T) {
+	dsn := clusterDSN(t)
+	_, url := testNATS(t)
+	ca, cb := clusterConfig(t, url, dsn, "a"), clusterConfig(t, url, dsn, "b")
+	for _, c := range []*config.Config{&ca, &cb} {
+		c.Register.Enabled = true
+		c.Register.MaxPerIP = 2
+	}
+	a := startNode(t, ca)
+	b := startNode(t, cb)
+	refused := `<iq type='error' id='r'><error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>`
+	for _, s := range []struct {
+		srv        *server.Server
+		from, user string
+		want       string
+	}{
+		{a, "127.0.0.5", "first", `<iq type='result' id='r'/>`},
+		{b, "127.0.0.5", "second", `<iq type='result' id='r'/>`},
+		{a, "127.0.0.5", "third", refused}, // a's own count is 2: the cluster's is 3
+		{b, "127.0.0.5", "fourth", refused},
+		{b, "127.0.0.6", "fifth", `<iq type='result' id='r'/>`},
+	} {
+		r := dialFrom(t, s.srv, s.from)
+		r.open()
+		r.send(`<iq type='set' id='r'><query xmlns='jabber:iq:register'><username>` + s.user + `</username><password>pw</password></query></iq>`)
+		r.expect(t, s.want)
+	}
+	n := dialFrom(t, a, "127.0.0.7")
+	if got := n.scramLogin("second", "pw", "x"); got != "second@localhost/x" {
+		t.Fatalf("bound %q", got)
 	}
 }

@@ -171,6 +171,11 @@ func (c clusterHook) Lease(ctx context.Context, service, name string) (string, e
 // Release implements hook.Cluster.
 func (c clusterHook) Release(service, name string) { c.s.shared.leases.Release(service, name) }
 
+// Count implements hook.Cluster.
+func (c clusterHook) Count(ctx context.Context, name string, window time.Duration, max int) (bool, error) {
+	return c.s.shared.leases.Count(ctx, name, window, max)
+}
+
 // Forward implements hook.Cluster: the origin is this node unless the
 // stanza came forwarded already (then it keeps the sender's node).
 func (c clusterHook) Forward(node, from string, raw []byte, hops int) bool {
