@@ -59,17 +59,17 @@ type ForwardFunc func(sent time.Time, origin string, hops int, from string, stan
 // Leases is a node's side of the leases. Create it with StartLeases; Close
 // releases what it holds.
 type Leases struct {
-	n      *Node
-	kv     jetstream.KeyValue
+	n  *Node
+	kv jetstream.KeyValue
 	// counters is the cluster-wide counters' bucket (counter.go).
 	counters jetstream.KeyValue
 	sub      *nats.Subscription
-	prefix string // the forward subjects' prefix
-	fwd    ForwardFunc
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	rel    chan string
+	prefix   string // the forward subjects' prefix
+	fwd      ForwardFunc
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	rel      chan string
 
 	mu   sync.RWMutex
 	m    map[string]leaseRec // every lease, by key
