@@ -100,15 +100,50 @@ func (m *Module) routeCluster(c *hook.Ctx, st *hook.Stanza) bool {
 	m.mu.Lock()
 	r := m.rooms[st.Local]
 	m.mu.Unlock()
-	if r != nil {
-		return false
-	}
 	owner := cl.Owner(leaseService, st.Local)
 	if owner == "" || owner == cl.Node() {
-		return false // the load takes (or finds) the lease
+		return false // here, or the load takes (or finds) the lease
+	}
+	if r != nil {
+		// Another live node holds the lease of a room loaded here: this
+		// node was taken as dead while cut from NATS and the room was
+		// taken over. This copy goes; its occupants rejoin there.
+		m.stale(r)
 	}
 	m.forward(c, cl, owner, st)
 	return true
+}
+
+// stale drops a room whose lease another node holds now: each occupant
+// gets its own unavailable presence with 110 and 333, as when a holder
+// dies. Nothing is written or deleted: storage and the archive are the
+// new holder's.
+func (m *Module) stale(r *room) {
+	m.mu.Lock()
+	if m.rooms[r.name] == r {
+		delete(m.rooms, r.name)
+		if r.countedTemp {
+			if m.temp[r.creator]--; m.temp[r.creator] <= 0 {
+				delete(m.temp, r.creator)
+			}
+		}
+	}
+	m.mu.Unlock()
+	r.mu.Lock()
+	if r.gone {
+		r.mu.Unlock()
+		return
+	}
+	r.gone = true
+	var outs []*occupant
+	for _, o := range r.allSorted() {
+		outs = append(outs, o)
+		r.removeOccupant(o)
+	}
+	r.mu.Unlock()
+	for _, o := range outs {
+		o.sess.Deliver(m.removedPresence(r.name, o.nick, o.full))
+	}
 }
 
 // forward sends st to the room's holder, noting the rooms a local
