@@ -26,13 +26,14 @@ type Cluster interface {
 	Lease(ctx context.Context, service, name string) (owner string, err error)
 	// Release gives up a lease this node holds (queued). Any goroutine.
 	Release(service, name string)
-	// Forward sends the stanza raw (as received, without from) that from
-	// sent to node, whose server hands it to the handler of its to
-	// domain as if from had sent it there: the Ctx's Session implements
-	// Forwarded, replies through its Conn go back to from. hops counts
-	// the forwards so far (0 from the sender's own node). It reports
-	// false when the stanza could not be queued. Any goroutine.
-	Forward(node, from string, raw []byte, hops int) bool
+	// Forward sends the stanza raw (as received, without from) that the
+	// session from sent to node, whose server hands it to the handler of
+	// its to domain as if from had sent it there: the Ctx's Session
+	// implements Forwarded, replies through its Conn go back to from.
+	// from is a local session, or the Forwarded session of a stanza
+	// forwarded here (its node and hop count carry on). It reports false
+	// when the stanza could not be queued. Any goroutine.
+	Forward(node string, from Session, raw []byte) bool
 	// Count counts one event of name (a registration from an address,
 	// say) in the current fixed window across the cluster and reports
 	// whether it is within max; one over max is not counted. It blocks

@@ -176,17 +176,14 @@ func (c clusterHook) Count(ctx context.Context, name string, window time.Duratio
 	return c.s.shared.leases.Count(ctx, name, window, max)
 }
 
-// Forward implements hook.Cluster: the origin is this node unless the
-// stanza came forwarded already (then it keeps the sender's node).
-func (c clusterHook) Forward(node, from string, raw []byte, hops int) bool {
-	origin := c.s.cluster.Name()
-	if hops > 0 {
-		local, _, resource := splitJID(from)
-		if e := c.s.cluster.Find(local, resource); e != nil {
-			origin = e.Node
-		}
+// Forward implements hook.Cluster: a stanza forwarded here and on keeps
+// its sender's node and counts one more hop.
+func (c clusterHook) Forward(node string, from hook.Session, raw []byte) bool {
+	origin, hops := c.s.cluster.Name(), 0
+	if f, ok := from.(hook.Forwarded); ok {
+		origin, hops = f.Origin(), f.Hops()+1
 	}
-	return c.s.shared.leases.Forward(node, origin, from, raw, hops)
+	return c.s.shared.leases.Forward(node, origin, from.Full(), raw, hops)
 }
 
 // forwardedSession is the sender of a forwarded stanza as the module that
