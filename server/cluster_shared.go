@@ -147,7 +147,7 @@ func (h host) Cluster() hook.Cluster {
 	if h.s.shared == nil {
 		return nil
 	}
-	return clusterHook{h.s}
+	return clusterHook(h)
 }
 
 // clusterHook is hook.Cluster over the node's leases.
