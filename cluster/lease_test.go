@@ -25,11 +25,11 @@ func startLeased(t *testing.T, url, name string, got chan<- string) (*Node, *Lea
 	return n, l
 }
 
-// TestLeaseContention: two nodes needing the same room at once agree on
+// TestClusterLeaseContention: two nodes needing the same room at once agree on
 // one holder; the other forwards to it; the holder's death hands the
 // lease to the next taker (a takeover); a release lets the other take it
 // anew.
-func TestLeaseContention(t *testing.T) {
+func TestClusterLeaseContention(t *testing.T) {
 	url := runNATS(t)
 	ga, gb := make(chan string, 16), make(chan string, 16)
 	a, la := startLeased(t, url, "a", ga)
