@@ -29,6 +29,9 @@ type sharedState struct {
 	leases *cluster.Leases
 	shards []chan forwarded
 	seed   maphash.Seed
+	// quit ends the workers. The shards are never closed: the lease
+	// subscription's callback may still be sending when they stop.
+	quit chan struct{}
 }
 
 // forwarded is a stanza another node forwarded here.
@@ -51,21 +54,21 @@ const forwardQueue = 4096
 
 // startShared opens the leases once the node has joined.
 func (s *Server) startShared(ctx context.Context) error {
-	sh := &sharedState{seed: maphash.MakeSeed()}
+	sh := &sharedState{seed: maphash.MakeSeed(), quit: make(chan struct{})}
 	for range forwardShards {
 		ch := make(chan forwarded, forwardQueue)
 		sh.shards = append(sh.shards, ch)
-		go s.forwardWorker(ch)
+		go s.forwardWorker(ch, sh.quit)
 	}
+	// The callback reads s.shared: set it before the subscription.
+	s.shared = sh
 	l, err := cluster.StartLeases(ctx, s.cluster, s.onForward)
 	if err != nil {
-		for _, ch := range sh.shards {
-			close(ch)
-		}
+		close(sh.quit)
+		s.shared = nil
 		return err
 	}
 	sh.leases = l
-	s.shared = sh
 	return nil
 }
 
@@ -77,9 +80,7 @@ func (s *Server) closeShared() {
 		return
 	}
 	s.shared.leases.Close()
-	for _, ch := range s.shared.shards {
-		close(ch)
-	}
+	close(s.shared.quit)
 }
 
 // onForward runs on the lease subscription's goroutine: the stanza goes to
@@ -100,9 +101,14 @@ func (s *Server) onForward(sent time.Time, origin string, hops int, from string,
 }
 
 // forwardWorker hands forwarded stanzas to the handler of their domain.
-func (s *Server) forwardWorker(ch chan forwarded) {
-	for f := range ch {
-		s.handleForwarded(f)
+func (s *Server) forwardWorker(ch chan forwarded, quit chan struct{}) {
+	for {
+		select {
+		case f := <-ch:
+			s.handleForwarded(f)
+		case <-quit:
+			return
+		}
 	}
 }
 
@@ -144,7 +150,7 @@ func (s *Server) handleForwarded(f forwarded) {
 
 // Cluster implements hook.ClusterOf's accessor: nil when standalone.
 func (h host) Cluster() hook.Cluster {
-	if h.s.shared == nil {
+	if h.s.shared == nil || h.s.shared.leases == nil {
 		return nil
 	}
 	return clusterHook(h)
