@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/server"
 	"github.com/krill-xmpp/krill/storage"
 )
@@ -306,4 +307,85 @@ func TestClusterRegistrationLimit(t *testing.T) {
 	if got := n.scramLogin("second", "pw", "x"); got != "second@localhost/x" {
 		t.Fatalf("bound %q", got)
 	}
+}
+
+// TestClusterMUCOwnerKilled: three krill serve processes; a persistent
+// room held by n1 has occupants on n2 and n3; n1 is killed with SIGKILL.
+// Once it is found dead, bob (n2) and carol (n3) are each told they are
+// out (110, 333); bob's rejoin makes n2 take the lease over and load the
+// room from storage (its name intact), carol's rejoin is forwarded to n2,
+// and a message from one reaches the other through the room.
+func TestClusterMUCOwnerKilled(t *testing.T) {
+	dsn := clusterDSN(t)
+	_, natsURL := testNATS(t)
+	bin, err := buildKrill()
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := storage.OpenPostgres(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := sasl.NewCredentials(testPassword, sasl.DefaultIterations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"alice", "bob", "carol"} {
+		if err := store.AddAccount(context.Background(), u, creds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n1 := startProcessNode(t, bin, natsURL, dsn, "n1")
+	n2 := startProcessNode(t, bin, natsURL, dsn, "n2")
+	n3 := startProcessNode(t, bin, natsURL, dsn, "n3")
+	w := &mucWorld{t: t, secret: mucSecret(t, store)}
+	_ = store.Close()
+
+	alice := dialNode(t, n1)
+	alice.scramLogin("alice", testPassword, "a")
+	ao := occ{"proc", "Alice", "alice@localhost/a", "owner", "moderator"}
+	w.create(alice, ao)
+	configure(t, alice, "proc", map[string]string{"persistentroom": "1", "roomname": "Survivor"})
+	bob, carol := dialNode(t, n2), dialNode(t, n3)
+	bob.scramLogin("bob", testPassword, "b")
+	carol.scramLogin("carol", testPassword, "c")
+	bo := occ{"proc", "Bob", "bob@localhost/b", "none", "participant"}
+	co := occ{"proc", "Carol", "carol@localhost/c", "none", "participant"}
+	bob.send(`<presence to='proc@` + mucSvc + `/Bob'><x xmlns='` + nsMUC + `'/></presence>`)
+	bob.expect(t, w.pres(ao, bo.full, "", false, nil, ""))
+	bob.expect(t, w.pres(bo, bo.full, "", true, []int{110}, ""))
+	bob.expect(t, subject("proc", bo.full))
+	carol.send(`<presence to='proc@` + mucSvc + `/Carol'><x xmlns='` + nsMUC + `'/></presence>`)
+	carol.expect(t, w.pres(ao, co.full, "", false, nil, ""))
+	carol.expect(t, w.pres(bo, co.full, "", false, nil, ""))
+	carol.expect(t, w.pres(co, co.full, "", true, []int{110}, ""))
+	carol.expect(t, subject("proc", co.full))
+	bob.expect(t, w.pres(co, bo.full, "", false, nil, ""))
+
+	if err := n1.cmd.Process.Kill(); err != nil { // SIGKILL
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	for _, x := range []struct {
+		c    *rawConn
+		nick string
+		full string
+	}{{bob, "Bob", bo.full}, {carol, "Carol", co.full}} {
+		x.c.expect(t, `<presence from='proc@`+mucSvc+`/`+x.nick+`' to='`+x.full+`' type='unavailable'><x xmlns='`+nsUser+`'><item affiliation='none' role='none'/><status code='110'/><status code='333'/></x></presence>`)
+	}
+	t.Logf("occupants told after %v (heartbeat 100ms, node timeout 500ms)", time.Since(killed).Round(time.Millisecond))
+
+	bob.send(`<presence to='proc@` + mucSvc + `/Bob'><x xmlns='` + nsMUC + `'/></presence>`)
+	bob.expect(t, w.pres(bo, bo.full, "", true, []int{110}, ""))
+	bob.expect(t, subject("proc", bo.full))
+	bob.exchange(t, `<iq type='get' id='d1' to='proc@`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
+		`<iq type='result' id='d1' from='proc@`+mucSvc+`'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='conference' type='text' name='Survivor'/>{**}<feature var='muc_persistent'/>{**}</query></iq>`)
+	carol.send(`<presence to='proc@` + mucSvc + `/Carol'><x xmlns='` + nsMUC + `'/></presence>`)
+	carol.expect(t, w.pres(bo, co.full, "", false, nil, ""))
+	carol.expect(t, w.pres(co, co.full, "", true, []int{110}, ""))
+	carol.expect(t, subject("proc", co.full))
+	bob.expect(t, w.pres(co, bo.full, "", false, nil, ""))
+	carol.send(`<message to='proc@` + mucSvc + `' type='groupchat' id='g1'><body>still here</body></message>`)
+	carol.expect(t, w.groupchat(co, co.full, "g1", "still here"))
+	bob.expect(t, w.groupchat(co, bo.full, "g1", "still here"))
 }
