@@ -198,8 +198,9 @@ func TestClusterMUCLeaseContention(t *testing.T) {
 // before a goes, the lease is released, and bob's next join makes b take
 // the room, loaded from storage with its configuration and affiliations.
 // Then b's process dies without a word (Abandon): carol, in the room from
-// node c, is told she is out (110, 333), and her rejoin makes c take the
-// lease over from the dead holder, reloading the room again.
+// node c, is told she is out (110, 333), her XEP-0410 self-ping makes c
+// take the lease over from the dead holder, reloading the room again,
+// and is answered not-acceptable; her rejoin enters the room there.
 func TestClusterMUCOwnerGone(t *testing.T) {
 	dsn := clusterDSN(t)
 	_, url := testNATS(t)
@@ -256,7 +257,12 @@ func TestClusterMUCOwnerGone(t *testing.T) {
 	// b dies: carol, on c, is told she is out; bob's session died with b.
 	b.ClusterNode().Abandon()
 	carol.expect(t, `<presence from='keep@`+mucSvc+`/Carol' to='carol@localhost/c' type='unavailable'><x xmlns='`+nsUser+`'><item affiliation='none' role='none'/><status code='110'/><status code='333'/></x></presence>`)
-	// Her rejoin takes the lease over and loads the room once more.
+	// A client that missed the 333 finds out by XEP-0410 self-ping: the
+	// ping takes the lease over (node c), and the room, loaded again,
+	// does not know her.
+	carol.exchange(t, `<iq type='get' id='sp' to='keep@`+mucSvc+`/Carol'><ping xmlns='urn:xmpp:ping'/></iq>`,
+		`<iq type='error' id='sp' from='keep@`+mucSvc+`/Carol' to='carol@localhost/c'><error type='modify'><not-acceptable `+stanzasNS+`/><text `+stanzasNS+`>not an occupant of the room</text></error></iq>`)
+	// Her rejoin enters the room on c.
 	carol.send(`<presence to='keep@` + mucSvc + `/Carol'><x xmlns='` + nsMUC + `'/></presence>`)
 	carol.expect(t, w.pres(co, co.full, "", true, []int{110}, ""))
 	carol.expect(t, subject("keep", co.full))
