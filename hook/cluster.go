@@ -26,14 +26,17 @@ type Cluster interface {
 	Lease(ctx context.Context, service, name string) (owner string, err error)
 	// Release gives up a lease this node holds (queued). Any goroutine.
 	Release(service, name string)
-	// Forward sends the stanza raw (as received, without from) that the
-	// session from sent to node, whose server hands it to the handler of
-	// its to domain as if from had sent it there: the Ctx's Session
-	// implements Forwarded, replies through its Conn go back to from.
-	// from is a local session, or the Forwarded session of a stanza
-	// forwarded here (its node and hop count carry on). It reports false
-	// when the stanza could not be queued. Any goroutine.
-	Forward(node string, from Session, raw []byte) bool
+	// Forward sends the stanza raw (as received, without from) that
+	// fromJID sent to node, whose server hands it to the handler of its
+	// to domain as if the sender were there: the Ctx's Session implements
+	// Forwarded, and what is delivered to it or replied through its Conn
+	// goes back to the sender. from is the sender's session: a local one,
+	// the Forwarded session of a stanza forwarded here (its node and hop
+	// count carry on), or nil for a sender with no session here (another
+	// server's user: what goes back is routed by fromJID, over
+	// federation). It reports false when the stanza could not be queued.
+	// Any goroutine.
+	Forward(node string, from Session, fromJID string, raw []byte) bool
 	// Count counts one event of name (a registration from an address,
 	// say) in the current fixed window across the cluster and reports
 	// whether it is within max; one over max is not counted. It blocks

@@ -184,18 +184,22 @@ func (c clusterHook) Count(ctx context.Context, name string, window time.Duratio
 
 // Forward implements hook.Cluster: a stanza forwarded here and on keeps
 // its sender's node and counts one more hop.
-func (c clusterHook) Forward(node string, from hook.Session, raw []byte) bool {
+func (c clusterHook) Forward(node string, from hook.Session, fromJID string, raw []byte) bool {
 	origin, hops := c.s.cluster.Name(), 0
-	if f, ok := from.(hook.Forwarded); ok {
+	switch f := from.(type) {
+	case nil:
+		origin = "" // no session here: what goes back is routed by JID
+	case hook.Forwarded:
 		origin, hops = f.Origin(), f.Hops()+1
 	}
-	return c.s.shared.leases.Forward(node, origin, from.Full(), raw, hops)
+	return c.s.shared.leases.Forward(node, origin, fromJID, raw, hops)
 }
 
 // forwardedSession is the sender of a forwarded stanza as the module that
 // handles it sees it: what it delivers goes to the sender's node, whose
 // inbox hands it to the session (a session gone meanwhile drops it, as a
-// local session that went would).
+// local session that went would); with no origin node (a sender with no
+// session in the cluster, another server's user) it is routed by JID.
 type forwardedSession struct {
 	s      *Server
 	full   string
@@ -251,6 +255,9 @@ func (f *forwardedSession) SetSlot(hook.Slot, any) {}
 // stanza came back to its own node).
 func (f *forwardedSession) Deliver(b []byte) bool {
 	s := f.s
+	if f.origin == "" {
+		return s.deliver(nil, f.full, b) > 0
+	}
 	if f.origin == s.cluster.Name() {
 		local, _, resource := splitJID(f.full)
 		if o := s.sessions.find(local, resource); o != nil && o.deliver(nil, b) {
@@ -271,7 +278,7 @@ func (f *forwardedSession) Pass(_ hook.Outbound, b []byte) { f.Deliver(b) }
 
 // Close implements hook.Session: the session's own node closes it.
 func (f *forwardedSession) Close(cond, _ string) {
-	if f.origin != f.s.cluster.Name() {
+	if f.origin != "" && f.origin != f.s.cluster.Name() {
 		f.s.cluster.SendClose(f.origin, f.full, cond)
 	}
 }

@@ -166,17 +166,11 @@ func (m *Module) forward(c *hook.Ctx, cl hook.Cluster, owner string, st *hook.St
 		refuse("wait", "resource-constraint", "room busy")
 		return
 	}
-	if c.Session == nil {
-		// A sender without a session here (another server's user) is
-		// not forwarded: its stanzas reach the holder by its own route.
-		refuse("cancel", "service-unavailable", "the room is on another node")
-		return
-	}
 	if hops == 0 && !m.trackAway(c, owner, st) {
 		refuse("wait", "policy-violation", "in too many rooms")
 		return
 	}
-	if !cl.Forward(owner, c.Session, st.Raw) {
+	if !cl.Forward(owner, c.Session, st.From, st.Raw) {
 		refuse("wait", "remote-server-timeout", "the node holding the room is unreachable")
 	}
 }
@@ -256,7 +250,7 @@ func (m *Module) leaveAway(c *hook.Ctx, sess hook.Session, j *joined) {
 			continue
 		}
 		b := append([]byte(`<presence to='`), stanza.AppendEscaped(nil, name+"@"+m.domain)...)
-		cl.Forward(owner, sess, append(b, `' type='unavailable'/>`...))
+		cl.Forward(owner, sess, sess.Full(), append(b, `' type='unavailable'/>`...))
 	}
 }
 
