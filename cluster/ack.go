@@ -20,7 +20,7 @@ import (
 // lost), never zero times.
 
 // opDeliverAck is opDeliver with a sequence number to acknowledge:
-// [op][seq: 8][len(full): 2][full][stanza], reply subject the sender's ack
+// [op][seq: 8][sent: 8, unix ns][len(full): 2][full][stanza], reply subject the sender's ack
 // subject.
 const opDeliverAck byte = 'a'
 
@@ -55,13 +55,15 @@ func (n *Node) sendKept(node, full string, b []byte) bool {
 	}
 	n.acks.seq++
 	seq := n.acks.seq
-	msg := make([]byte, 0, 11+len(full)+len(b))
+	now := time.Now()
+	msg := make([]byte, 0, 19+len(full)+len(b))
 	msg = append(msg, opDeliverAck)
 	msg = binary.BigEndian.AppendUint64(msg, seq)
+	msg = binary.BigEndian.AppendUint64(msg, uint64(now.UnixNano()))
 	msg = binary.BigEndian.AppendUint16(msg, uint16(len(full)))
 	msg = append(msg, full...)
 	msg = append(msg, b...)
-	n.acks.m[seq] = pendingMsg{node: node, msg: msg, fullStart: 11, fullEnd: 11 + len(full), at: time.Now()}
+	n.acks.m[seq] = pendingMsg{node: node, msg: msg, fullStart: 19, fullEnd: 19 + len(full), at: now}
 	n.acks.mu.Unlock()
 	if err := n.nc.PublishRequest(n.inboxPrefix+node, n.ackSubject, msg); err != nil {
 		n.acks.mu.Lock()

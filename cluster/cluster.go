@@ -186,6 +186,8 @@ type Node struct {
 	sent, received, dropped, writeDropped, nodesDown atomic.Uint64
 	untracked, ackLost, givenBack                    atomic.Uint64
 	localCount                                       atomic.Int64
+	// route is the routing latency of the stanzas delivered here.
+	route latency
 }
 
 // Options are what Start needs besides the configuration.
@@ -456,8 +458,10 @@ func (n *Node) Send(node, full string, b []byte, keep bool) bool {
 }
 
 func (n *Node) send(op byte, node, full string, b []byte) bool {
-	msg := make([]byte, 0, 3+len(full)+len(b))
+	msg := make([]byte, 0, 11+len(full)+len(b))
 	msg = append(msg, op)
+	// The publish time: the receiver measures the routing latency.
+	msg = binary.BigEndian.AppendUint64(msg, uint64(time.Now().UnixNano()))
 	msg = binary.BigEndian.AppendUint16(msg, uint16(len(full)))
 	msg = append(msg, full...)
 	msg = append(msg, b...)
@@ -486,8 +490,11 @@ func (n *Node) SendClose(node, full, cond string) {
 // onInbox runs on nats.go's goroutine for this node's inbox.
 func (n *Node) onInbox(m *nats.Msg) {
 	d, hdr := m.Data, 1 // hdr: the bytes before the full JID's length
-	if len(d) > 0 && d[0] == opDeliverAck {
-		hdr = 9 // op, sequence number
+	switch {
+	case len(d) > 0 && d[0] == opDeliverAck:
+		hdr = 17 // op, sequence number, publish time
+	case len(d) > 0 && d[0] == opDeliver:
+		hdr = 9 // op, publish time
 	}
 	if len(d) < hdr+2 {
 		return
@@ -502,8 +509,10 @@ func (n *Node) onInbox(m *nats.Msg) {
 	case opDeliver:
 		// m.Data is the message's own buffer: nats.go does not reuse it.
 		n.h.Deliver(full, rest)
+		n.route.observe(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(d[1:9])))))
 	case opDeliverAck:
 		n.h.Deliver(full, rest)
+		n.route.observe(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(d[9:17])))))
 		n.ack(m.Reply, d[1:9])
 	case opClose:
 		n.h.Close(full, string(rest))
@@ -533,13 +542,16 @@ type Stats struct {
 	Remote int
 	// Nodes is the number of live nodes, this one included.
 	Nodes int
+	// Route is the latency from a stanza's publish on another node to
+	// its hand-over to the local session (Handler.Deliver returned).
+	Route Latency
 }
 
 // Stats returns a snapshot of the counters.
 func (n *Node) Stats() Stats {
 	st := Stats{Sent: n.sent.Load(), Received: n.received.Load(), Dropped: n.dropped.Load(),
 		WriteDropped: n.writeDropped.Load(), NodesDown: n.nodesDown.Load(),
-		GivenBack: n.givenBack.Load(), AckLost: n.ackLost.Load(), Untracked: n.untracked.Load()}
+		GivenBack: n.givenBack.Load(), AckLost: n.ackLost.Load(), Untracked: n.untracked.Load(), Route: n.route.snapshot()}
 	n.acks.mu.Lock()
 	st.Pending = len(n.acks.m)
 	n.acks.mu.Unlock()

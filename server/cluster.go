@@ -23,6 +23,10 @@ import (
 // package keeps the NATS side's).
 type clusterStats struct {
 	undelivered atomic.Uint64 // stanzas from another node for a session gone here
+	// forwardIn counts stanzas forwarded here to a shared object (a room),
+	// forwardDropped those dropped because the forward queue was full
+	// (cluster_shared.go).
+	forwardIn, forwardDropped atomic.Uint64
 }
 
 // startCluster joins the cluster when the configuration asks for it.
@@ -41,6 +45,11 @@ func (s *Server) startCluster() error {
 		return err
 	}
 	s.cluster = n
+	if err := s.startShared(ctx); err != nil {
+		n.Close()
+		s.cluster = nil
+		return err
+	}
 	s.metrics.extra = append(s.metrics.extra, (*clusterCollector)(s))
 	return nil
 }
@@ -61,6 +70,9 @@ func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClusterNodes, descClusterRemote, descClusterStanzas, descClusterDropped, descClusterDown} {
 		ch <- d
 	}
+	for _, d := range sharedDescs {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector.
@@ -75,6 +87,8 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descClusterDropped, prometheus.CounterValue, float64(st.WriteDropped), "directory")
 	ch <- prometheus.MustNewConstMetric(descClusterDropped, prometheus.CounterValue, float64(s.clusterStats.undelivered.Load()), "undelivered")
 	ch <- prometheus.MustNewConstMetric(descClusterDown, prometheus.CounterValue, float64(st.NodesDown))
+	ch <- prometheus.MustNewConstMetric(descClusterDropped, prometheus.CounterValue, float64(s.clusterStats.forwardDropped.Load()), "forward")
+	s.collectShared(ch, st)
 }
 
 // errClusterStorage is the start-up refusal of a cluster on SQLite (the
@@ -348,6 +362,7 @@ func (h clusterHandler) Conflict(owner any) {
 func (h clusterHandler) NodeDown(node string, gone []*cluster.Entry, announce bool) {
 	s := h.s
 	s.log.Warn("cluster node down", zap.String("peer", node), zap.Int("sessions", len(gone)), zap.Bool("announce", announce))
+	s.nodeDownModules(node) // every node: rooms held here lose the dead node's occupants
 	if !announce {
 		return
 	}

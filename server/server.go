@@ -69,6 +69,7 @@ type Server struct {
 	// (cluster.go).
 	cluster      *cluster.Node
 	clusterStats clusterStats
+	shared       *sharedState // leases and forwarding (cluster_shared.go), nil when standalone
 
 	// TLS: the certificate, the two configurations and the handshake cap.
 	certs       *certSource
@@ -231,6 +232,7 @@ func (s *Server) Start() error {
 		ticker.Stop()
 		s.pool.Close()
 		if s.cluster != nil {
+			s.closeShared()
 			s.cluster.Close()
 		}
 		return err
@@ -337,6 +339,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		// After the sessions, before the workers: their directory
 		// entries are deleted, then what other nodes sent meanwhile is
 		// taken (offline storage runs on the workers).
+		s.closeShared()
 		s.cluster.Close()
 	}
 	// Modules finish what they batch (last activity), then jobs already

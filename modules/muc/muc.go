@@ -117,6 +117,8 @@ type Module struct {
 	sweepOnce sync.Once // the eviction sweep starts with the first room
 
 	created, joins, messages, evicted atomic.Uint64
+
+	cs clusterState // rooms held by one node of a cluster (cluster.go)
 }
 
 var (
@@ -264,6 +266,7 @@ func (m *Module) evictLocked(r *room, now time.Time, idle time.Duration) {
 	if len(r.byJID) == 0 && r.cfg.Persistent && !r.emptySince.IsZero() && now.Sub(r.emptySince) >= idle && !r.writing && len(r.writes) == 0 && r.drained() && m.rooms[r.name] == r {
 		r.gone = true
 		delete(m.rooms, r.name)
+		m.release(r.name)
 		m.evicted.Add(1)
 	}
 }
@@ -295,6 +298,9 @@ func (m *Module) handle(c *hook.Ctx, st *hook.Stanza) hook.Verdict {
 		m.service(c, st)
 		return hook.Stop
 	}
+	if m.routeCluster(c, st) {
+		return hook.Stop // another node holds the room
+	}
 	for range 3 { // a room evicted under our feet is looked up again
 		m.mu.Lock()
 		r := m.rooms[st.Local]
@@ -321,7 +327,25 @@ func (m *Module) load(c *hook.Ctx, st *hook.Stanza) {
 	join := st.Kind == hook.Presence && st.Resource != "" && st.Type == ""
 	creator := bareOf(st.From)
 	maxRooms := c.Host.Config().MUC.MaxRoomsPerUser
+	cl := m.clusterOf(c.Host)
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
+		if cl != nil {
+			// In a cluster the room is loaded by the node that holds
+			// its lease; another holder gets the stanza.
+			owner, err := cl.Lease(ctx, leaseService, name)
+			if err != nil || owner != cl.Node() {
+				return func(c *hook.Ctx) {
+					st := reparse(c.Stanza, raw)
+					c.Stanza = st
+					if err != nil {
+						c.Log.Error("muc room lease failed", zap.String("room", name), zap.Error(err))
+						c.ReplyError("wait", "internal-server-error", "")
+						return
+					}
+					m.forward(c, cl, owner, st)
+				}
+			}
+		}
 		var rec storage.MUCRoom
 		found := false
 		var err error
@@ -346,6 +370,9 @@ func (m *Module) load(c *hook.Ctx, st *hook.Stanza) {
 			over = n >= maxRooms
 		}
 		return func(c *hook.Ctx) {
+			if cl != nil {
+				defer m.releaseUnloaded(name)
+			}
 			m.sweepOnce.Do(func() { go m.sweep() })
 			st := reparse(c.Stanza, raw)
 			c.Stanza = st
@@ -428,6 +455,7 @@ func (m *Module) drop(h hook.Host, r *room) {
 		return
 	}
 	delete(m.rooms, r.name)
+	m.release(r.name)
 	r.mu.Lock()
 	archived := r.cfg.Archive
 	r.mu.Unlock()
@@ -455,7 +483,8 @@ func (m *Module) untemp(r *room) {
 }
 
 // joined is a session's rooms (its slot): read and written on its loop.
-type joined struct{ rooms []string }
+// away are those another node of a cluster holds (cluster.go).
+type joined struct{ rooms, away []string }
 
 // remember notes that sess joined a room.
 func (m *Module) remember(sess hook.Session, name string) {
@@ -492,6 +521,7 @@ func (m *Module) sessionGone(c *hook.Ctx, _ hook.Event) hook.Verdict {
 		return hook.Continue
 	}
 	sess.SetSlot(m.slot, nil)
+	m.leaveAway(c, sess, j)
 	for _, n := range j.rooms {
 		m.mu.Lock()
 		r := m.rooms[n]

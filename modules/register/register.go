@@ -154,7 +154,22 @@ func (m *Module) handleSet(c *hook.Ctx, st *hook.Stanza) error {
 		return nil
 	}
 	pw, accounts, log := *password, m.Accounts, c.Log
+	cl := hook.ClusterOf(c.Host)
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
+		if cl != nil && limit.Max > 0 {
+			// In a cluster the limit holds across the nodes: a
+			// registration is rare and already on a worker, worth a
+			// key-value round trip. When the store fails, the node's
+			// own count above still applies.
+			ok, err := cl.Count(ctx, "register/"+limit.Prefixes.Key(ip).String(), limit.Window, limit.Max)
+			if err != nil {
+				log.Warn("cluster-wide registration count failed", zap.Error(err))
+			} else if !ok {
+				log.Debug("registration refused", zap.String("reason", "cluster rate limit"), zap.Stringer("ip", ip))
+				m.rateLimited.Add(1)
+				return func(c *hook.Ctx) { refuse(c, "wait", "resource-constraint") }
+			}
+		}
 		creds, err := sasl.NewCredentials(pw, sasl.DefaultIterations)
 		if err == nil {
 			err = accounts.AddAccount(ctx, local, creds)
