@@ -36,6 +36,10 @@ type session struct {
 	// kept for minutes when parked, fits the 192-byte size class).
 	posted bool // a drain task is queued
 	gone   bool // closed: drop further deliveries
+	// closing: a stream error is on its way (closeWith). Deliveries are
+	// refused from then on, so that their senders store or route them
+	// elsewhere, rather than queue them behind the error and lose them.
+	closing bool
 	// inboxBytes is the size of inbox, guarded by mu; it saturates.
 	inboxBytes uint32
 	// kick is the stream error to close with, set by another loop
@@ -178,6 +182,11 @@ func (s *session) deliver(from *loop, b []byte) bool {
 		}
 		return false
 	}
+	if s.closing {
+		s.mu.Unlock()
+		srv.stats.out[kindIndex(b)].Add(^uint64(0))
+		return false
+	}
 	if from == s.loop && !s.posted && s.conn != nil {
 		// Same loop and nothing queued ahead: write now, in order.
 		s.mu.Unlock()
@@ -232,6 +241,7 @@ func (s *session) closeWith(cond string) {
 		return
 	}
 	s.kick = kickCode(cond)
+	s.closing = true
 	post := !s.posted
 	s.posted = true
 	s.mu.Unlock()
