@@ -179,6 +179,7 @@ type Node struct {
 	ready         chan struct{} // closed once the directory's initial values are in
 
 	acks       ackTable
+	ho         handover // hand-overs of sessions to and from other nodes (handover.go)
 	ackSubject string
 	ackSub     *nats.Subscription
 
@@ -315,6 +316,9 @@ func Start(ctx context.Context, cfg config.Cluster, o Options) (*Node, error) {
 	}
 	if err == nil {
 		n.ackSub, err = nc.Subscribe(n.ackSubject, n.onAck)
+	}
+	if err == nil {
+		err = n.startHandover(token)
 	}
 	if err != nil {
 		n.Close()

@@ -335,6 +335,9 @@ func (h clusterHandler) Close(full, cond string) {
 // Conflict implements cluster.Handler.
 func (h clusterHandler) Conflict(owner any) {
 	if o, ok := owner.(*session); ok {
+		if h.s.claimMove(o) {
+			return // handed over (cluster_resume.go)
+		}
 		h.s.stats.replaced.Add(1)
 		o.closeWith(stream.Conflict.Err)
 	}

@@ -99,6 +99,7 @@ type Server struct {
 	started  atomic.Bool
 	stopped  atomic.Bool
 	stopping atomic.Bool // graceful shutdown under way: refuse new clients
+	moves    moveTable   // sessions handed over to other cluster nodes (cluster_resume.go)
 
 	metrics   serverMetrics
 	admin     *http.Server
