@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"testing"
+	"time"
 
 	msasl "mellium.im/sasl"
 
@@ -141,4 +142,49 @@ func TestClusterResumeAcrossNodesSASL2(t *testing.T) {
 	if out, _, failed := server.HandoverCounts(a); out != 1 || failed != 0 {
 		t.Fatalf("a handed out %d, failed %d", out, failed)
 	}
+}
+
+// TestClusterResumeTimeout: the node holding the session does not answer
+// within cluster.handover_timeout: the client gets item-not-found and may
+// bind; the holder, its hand-over never claimed, ends the session as an
+// expiry would, and the unacknowledged message goes to offline storage.
+func TestClusterResumeTimeout(t *testing.T) {
+	dsn := clusterDSN(t)
+	_, url := testNATS(t)
+	ca, cb := clusterConfig(t, url, dsn, "a"), clusterConfig(t, url, dsn, "b")
+	ca.Cluster.HandoverTimeout, cb.Cluster.HandoverTimeout = 200*time.Millisecond, 200*time.Millisecond
+	a := startNode(t, ca, "ann", "ben")
+	b := startNode(t, cb)
+	const annFull = "ann@localhost/phone"
+	ann := dialRaw(t, a)
+	ann.scramLogin("ann", testPassword, "phone")
+	id := enableResume(t, ann)
+	ben := dialRaw(t, b)
+	benFull := ben.scramLogin("ben", testPassword, "b")
+	seen(t, b, "ann", "phone", false)
+	sendChat(ben, annFull, "m1", "one")
+	ann.expect(t, chat(benFull, annFull, "m1", "one"))
+	ann.cut()
+	if !waitFor(ioTimeout, func() bool { return a.Stats().Modules["sm.parked_now"] == 1 }) {
+		t.Fatal("ann's session did not park")
+	}
+
+	release := make(chan struct{})
+	server.SetHandOutHook(a, func() { <-release })
+	next := dialRaw(t, b)
+	next.scramAuth("ann", testPassword)
+	next.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+id+`' h='0'/>`,
+		`<failed xmlns='`+nsSM+`'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>`)
+	close(release)
+	if !waitFor(ioTimeout, func() bool { return a.Stats().Modules["offline.stored"] == 1 }) {
+		t.Fatalf("the unacknowledged message was not stored offline: %v", a.Stats().Modules)
+	}
+	if _, _, failed := server.HandoverCounts(a); failed != 1 {
+		t.Fatalf("a counted %d failed hand-overs", failed)
+	}
+	gone(t, b, "ann", "phone")
+	next.exchange(t, `<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>`,
+		`<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>`+annFull+`</jid></bind></iq>`)
+	next.send(`<presence/>`)
+	next.expect(t, `<presence from='`+annFull+`'/>`+delayed(benFull, annFull, "m1", "one"))
 }
