@@ -10,6 +10,10 @@ package hook
 // another node of a cluster (stream management). The core finds it among
 // Registry.Modules.
 type Migrator interface {
+	// Resumes reports whether s can be resumed after its connection is
+	// lost (a node that drains closes such connections and lets the
+	// clients resume elsewhere). On s's loop.
+	Resumes(s Session) bool
 	// Resumable returns the local session of the account local whose
 	// resumption token is previd, or nil. Any goroutine.
 	Resumable(local, previd string) Session

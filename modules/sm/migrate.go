@@ -24,6 +24,12 @@ const stateVersion = 1
 // errState is an exported state this node cannot read.
 var errState = errors.New("sm: malformed exported state")
 
+// Resumes implements hook.Migrator.
+func (m *Module) Resumes(s hook.Session) bool {
+	st := m.get(s)
+	return st != nil && st.resumable && !st.overflow
+}
+
 // Resumable implements hook.Migrator.
 func (m *Module) Resumable(local, previd string) hook.Session {
 	var tok token
