@@ -180,6 +180,7 @@ type Node struct {
 
 	acks       ackTable
 	ho         handover // hand-overs of sessions to and from other nodes (handover.go)
+	rv         revival  // back after a cut from NATS (revive.go)
 	ackSubject string
 	ackSub     *nats.Subscription
 
@@ -251,6 +252,7 @@ func Start(ctx context.Context, cfg config.Cluster, o Options) (*Node, error) {
 			n.log.Warn("nats error", zap.Error(err))
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			n.disconnected()
 			n.log.Warn("disconnected from nats", zap.Error(err))
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {

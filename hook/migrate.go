@@ -45,3 +45,14 @@ type RemoteResumer interface {
 	// Only in PhaseBind, on the connection's loop.
 	ResumeRemote(previd string, then func(c *Ctx, ok bool))
 }
+
+// Reannouncer is implemented by the module that broadcasts presence. After
+// a cluster node was cut off long enough for the others to announce its
+// sessions unavailable, the core asks it, for each of that node's
+// available sessions (c.Session), to announce the session's last
+// presence again to those who were told it had gone: the account's
+// resources and contacts on other nodes, and contacts on other domains.
+// On the session's loop; the work goes to the worker pool.
+type Reannouncer interface {
+	Reannounce(c *Ctx)
+}
