@@ -530,6 +530,9 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 			// directory entries as stale.
 			n.log.Error("another live node has this cluster.node_name", zap.String("incarnation", hb.Inc))
 		}
+		if hb.Inc == n.inc {
+			n.heardSelf(time.Now())
+		}
 		return
 	}
 	n.nodesMu.Lock()
@@ -553,13 +556,14 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 // While this node is cut from NATS it hears nobody, which says nothing of
 // the others: it judges no one until it is back (reconnected).
 func (n *Node) checkNodes(now time.Time) {
-	if !n.nc.IsConnected() {
+	since, ok := n.hearing(now)
+	if !n.nc.IsConnected() || !ok {
 		return
 	}
 	var dead []string
 	n.nodesMu.Lock()
 	for name, st := range n.nodes {
-		if now.Sub(st.lastSeen) > n.cfg.NodeTimeout {
+		if now.Sub(st.lastSeen) > n.cfg.NodeTimeout && now.Sub(since) > n.cfg.NodeTimeout {
 			dead = append(dead, name)
 			delete(n.nodes, name)
 		}

@@ -28,6 +28,10 @@ type revival struct {
 	cutAt atomic.Int64
 	// revived counts sessions re-announced after a cut.
 	revived atomic.Uint64
+	// selfLast is when this node last heard its own heartbeat, and
+	// listeningSince when it began hearing it without a gap (Unix
+	// nanoseconds).
+	selfLast, listeningSince atomic.Int64
 }
 
 // disconnected records the start of a cut.
@@ -52,3 +56,31 @@ func (n *Node) revived(owner any) {
 // Revived returns how many sessions this node announced again after the
 // others had taken them as gone.
 func (n *Node) Revived() uint64 { return n.rv.revived.Load() }
+
+// A node judges the others by their heartbeats only while it hears its
+// own: a node cut from NATS hears nobody, and once back it must not take
+// as dead the nodes it could not hear meanwhile (the callbacks that say
+// it was cut and is back run on nats.go's goroutine, possibly after the
+// heartbeat check). Its own heartbeat coming back after a gap starts a new
+// listening period, and a peer is dead only when silent for node_timeout
+// within it.
+
+// heardSelf records this node's own heartbeat coming back at now.
+func (n *Node) heardSelf(now time.Time) {
+	last := n.rv.selfLast.Swap(now.UnixNano())
+	if last == 0 || now.Sub(time.Unix(0, last)) > n.cfg.NodeTimeout/2 {
+		n.rv.listeningSince.Store(now.UnixNano())
+	}
+}
+
+// hearing reports whether this node hears its own heartbeats (it last
+// heard one within half node_timeout, which is more than a heartbeat) and
+// since when without a longer gap. A shorter gap needs no new period: the
+// peers' silence it adds stays under node_timeout.
+func (n *Node) hearing(now time.Time) (since time.Time, ok bool) {
+	last := n.rv.selfLast.Load()
+	if last == 0 || now.Sub(time.Unix(0, last)) > n.cfg.NodeTimeout/2 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, n.rv.listeningSince.Load()), true
+}
