@@ -179,8 +179,9 @@ type Node struct {
 	ready         chan struct{} // closed once the directory's initial values are in
 
 	acks       ackTable
-	ho         handover // hand-overs of sessions to and from other nodes (handover.go)
-	rv         revival  // back after a cut from NATS (revive.go)
+	ho         handover    // hand-overs of sessions to and from other nodes (handover.go)
+	rv         revival     // back after a cut from NATS (revive.go)
+	rs         resendState // kept messages published again, copies dropped (resend.go)
 	ackSubject string
 	ackSub     *nats.Subscription
 
@@ -509,7 +510,9 @@ func (n *Node) onInbox(m *nats.Msg) {
 		// m.Data is the message's own buffer: nats.go does not reuse it.
 		n.h.Deliver(full, rest)
 	case opDeliverAck:
-		n.h.Deliver(full, rest)
+		if !n.duplicate(m.Reply, binary.BigEndian.Uint64(d[1:9])) {
+			n.h.Deliver(full, rest)
+		}
 		n.ack(m.Reply, d[1:9])
 	case opClose:
 		n.h.Close(full, string(rest))
@@ -530,7 +533,7 @@ type Stats struct {
 	NodesDown uint64
 	// Pending is the number of messages sent and not yet acknowledged;
 	// GivenBack counts those handed back because their node died,
-	// AckLost those forgotten unacknowledged while their node lived,
+	// AckLost those handed back unacknowledged while their node lived,
 	// Untracked those sent without an acknowledgement because Pending
 	// was at its cap.
 	Pending                       int

@@ -491,6 +491,7 @@ func (n *Node) beat() {
 		n.sendHeartbeat()
 		now := time.Now()
 		n.checkNodes(now)
+		n.resendPending(now)
 		n.agePending(now, 4*n.cfg.NodeTimeout)
 	}
 }

@@ -8,7 +8,9 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -154,4 +156,65 @@ func TestClusterNodeBackAfterDeath(t *testing.T) {
 	alice.expect(t, `<message to='alice@localhost/a' type='chat' id='m2' from='bob@localhost/b'><body>welcome</body></message>`)
 	// alice's own node never took bob as gone: she got nothing meanwhile.
 	alice.sync(t, "s")
+}
+
+// TestClusterNATSRestartWindow: the NATS server restarts; node a is back
+// on it while node b is not yet (its connection goes through a proxy kept
+// cut), so a message from alice on a to bob on b is published to an inbox
+// nobody subscribes to and lost by NATS. Once b is back, a publishes it
+// again (it was never acknowledged) and bob gets it exactly once, then
+// the next message.
+func TestClusterNATSRestartWindow(t *testing.T) {
+	dsn := clusterDSN(t)
+	ns, url := testNATS(t)
+	proxy := startNATSProxy(t, url[len("nats://"):])
+	ca, cb := clusterConfig(t, url, dsn, "a"), clusterConfig(t, proxy.url(), dsn, "b")
+	// b stays away for a while: not long enough to be taken as dead.
+	ca.Cluster.NodeTimeout, cb.Cluster.NodeTimeout = 5*time.Second, 5*time.Second
+	a := startNode(t, ca, "alice", "bob")
+	b := startNode(t, cb)
+	alice := dialRaw(t, a)
+	alice.scramLogin("alice", testPassword, "a")
+	bob := dialRaw(t, b)
+	bob.scramLogin("bob", testPassword, "b")
+	seen(t, a, "bob", "b", false)
+
+	proxy.setCut(true)
+	port := ns.Addr().(*net.TCPAddr).Port
+	store := ns.JetStreamConfig().StoreDir
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	if !waitFor(ioTimeout, func() bool { return !a.ClusterNode().Connected() && !b.ClusterNode().Connected() }) {
+		t.Fatal("nodes did not notice the NATS server going")
+	}
+	ns2, _ := runNATS(t, &natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: store, NoLog: true, NoSigs: true})
+	acc := ns2.GlobalAccount()
+	if !waitFor(ioTimeout, func() bool {
+		return a.ClusterNode().Connected() && acc.SubscriptionInterest("krill.localhost.node.a") && acc.SubscriptionInterest("krill.localhost.ack.a")
+	}) {
+		t.Fatal("a did not reconnect")
+	}
+	if acc.SubscriptionInterest("krill.localhost.node.b") {
+		t.Fatal("b is subscribed through a cut proxy")
+	}
+	alice.send(`<message to='bob@localhost/b' type='chat' id='m1'><body>in the window</body></message>`)
+	alice.sync(t, "s1")
+	if st := a.ClusterNode().Stats(); st.Pending != 1 {
+		t.Fatalf("a has %d message(s) waiting for an acknowledgement, want 1", st.Pending)
+	}
+
+	proxy.setCut(false)
+	bob.expect(t, `<message to='bob@localhost/b' type='chat' id='m1' from='alice@localhost/a'><body>in the window</body></message>`)
+	alice.send(`<message to='bob@localhost/b' type='chat' id='m2'><body>after</body></message>`)
+	bob.expect(t, `<message to='bob@localhost/b' type='chat' id='m2' from='alice@localhost/a'><body>after</body></message>`)
+	if !waitFor(ioTimeout, func() bool { return a.ClusterNode().Stats().Pending == 0 }) {
+		t.Fatal("a's messages were never acknowledged")
+	}
+	if resent, _ := a.ClusterNode().Resent(); resent == 0 {
+		t.Fatal("a resent nothing")
+	}
+	bob.sync(t, "s2")
+	if st := a.ClusterNode().Stats(); st.NodesDown != 0 || st.AckLost != 0 {
+		t.Fatalf("a: %d node(s) down, %d message(s) handed back", st.NodesDown, st.AckLost)
+	}
 }
