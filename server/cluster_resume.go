@@ -335,6 +335,15 @@ func (s *Server) failMove(o *session) {
 		s.moves.mu.Unlock()
 		return
 	}
+	if s.cluster.Find(o.local, o.resource()) != nil {
+		// Another node holds the key, and this node's record of it was
+		// gone before the watch could tell (a reassert, say): claimed all
+		// the same. Ending the session here would announce it
+		// unavailable and store its queue offline while it lives there.
+		s.moves.mu.Unlock()
+		s.claimMove(o)
+		return
+	}
 	delete(s.moves.m, o)
 	buf := mv.buf
 	s.moves.mu.Unlock()
