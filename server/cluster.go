@@ -42,6 +42,7 @@ func (s *Server) startCluster() error {
 	}
 	s.cluster = n
 	s.metrics.extra = append(s.metrics.extra, (*clusterCollector)(s))
+	s.metrics.extra = append(s.metrics.extra, (*handoverCollector)(s)) // cluster_handover_metrics.go
 	return nil
 }
 

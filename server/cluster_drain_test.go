@@ -85,6 +85,9 @@ func TestClusterDrain(t *testing.T) {
 	if code, body := get(t, "http://"+b.AdminAddr().String()+"/readyz"); code != http.StatusServiceUnavailable || body != "draining\n" {
 		t.Fatalf("readyz while draining: %d %q", code, body)
 	}
+	if _, m := get(t, "http://"+b.AdminAddr().String()+"/metrics"); !strings.Contains(m, "krill_cluster_draining 1\n") {
+		t.Fatalf("metrics while draining:\n%s", grepLines(m, "krill_cluster"))
+	}
 	send(20) // during the drain: before or after bob's connection closes
 	wantSOH := `<stream:error><see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>` + other + `</see-other-host></stream:error></stream:stream>`
 	if out := carl.closed(); out != wantSOH {
@@ -133,6 +136,13 @@ func TestClusterDrain(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the drain did not end")
+	}
+	_, metrics := get(t, "http://"+a.AdminAddr().String()+"/metrics")
+	for _, want := range []string{`krill_cluster_handovers_total{result="in"} 1` + "\n", `krill_cluster_handovers_total{result="failed"} 0` + "\n",
+		"krill_cluster_draining 0\n"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("a's metrics lack %q:\n%s", want, grepLines(metrics, "krill_cluster"))
+		}
 	}
 	if st := a.Stats(); st.Modules["sm.migrated_in"] != 1 || st.Modules["offline.stored"] != 0 {
 		t.Fatalf("a: migrated in %d, stored offline %d", st.Modules["sm.migrated_in"], st.Modules["offline.stored"])
