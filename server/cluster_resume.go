@@ -297,6 +297,12 @@ func (s *Server) claimMove(o *session) bool {
 		mv.to = e.Node
 	}
 	mv.state = moveForwarding
+	// From now on the directory shows the session on the new node too:
+	// the one here must not look available or interested (roster
+	// pushes, carbons), or modules would deliver to both and the client
+	// get two copies.
+	o.available.Store(false)
+	o.flags.Store(0)
 	if mv.timer != nil {
 		mv.timer.Stop()
 	}
@@ -319,7 +325,6 @@ func (s *Server) claimMove(o *session) bool {
 		}
 		o.slots = nil
 		o.stopTimers()
-		o.available.Store(false)
 		s.cluster.Released(o.local, o.resource(), o)
 	})
 	return true

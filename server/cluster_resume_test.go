@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -187,4 +189,57 @@ func TestClusterResumeTimeout(t *testing.T) {
 		`<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>`+annFull+`</jid></bind></iq>`)
 	next.send(`<presence/>`)
 	next.expect(t, `<presence from='`+annFull+`'/>`+delayed(benFull, annFull, "m1", "one"))
+}
+
+// TestClusterResumeCarbonsOnce: bob's phone, with carbons, resumes on
+// node b while his desk and carl stay on node a. Right after the
+// hand-over, node a still holds the phone's old session (it forwards
+// what reaches it) and its directory shows the phone on b: a message from
+// carl to the desk gives the phone one carbon, not one through each.
+func TestClusterResumeCarbonsOnce(t *testing.T) {
+	dsn := clusterDSN(t)
+	_, url := testNATS(t)
+	a := startNode(t, clusterConfig(t, url, dsn, "a"), "bob", "carl")
+	b := startNode(t, clusterConfig(t, url, dsn, "b"))
+
+	phone := dialRaw(t, a)
+	phone.scramLogin("bob", testPassword, "phone")
+	id := enableResume(t, phone)
+	phone.exchange(t, `<iq type='set' id='e1'><enable xmlns='urn:xmpp:carbons:2'/></iq>`, `<iq type='result' id='e1'/>`)
+	phone.exchange(t, `<presence/>`, `<presence from='bob@localhost/phone'/>`)
+	desk := dialRaw(t, a)
+	desk.scramLogin("bob", testPassword, "desk")
+	desk.send(`<presence/>`)
+	desk.skipUntil(`<presence from='bob@localhost/phone' to='bob@localhost/desk'/>`)
+	phone.expect(t, `<presence from='bob@localhost/desk'/>`)
+	phone.exchange(t, `<r xmlns='`+nsSM+`'/>`, smAck("2"))
+	phone.send(smAck("3"))
+	phone.sync(t, "p1")
+	phone.send(smAck("4"))
+	carl := dialRaw(t, a)
+	carlFull := carl.scramLogin("carl", testPassword, "c")
+	seen(t, b, "bob", "phone", true)
+	phone.cut()
+	if !waitFor(ioTimeout, func() bool { return a.Stats().Modules["sm.parked_now"] == 1 }) {
+		t.Fatal("the phone's session did not park")
+	}
+
+	next := dialRaw(t, b)
+	next.scramAuth("bob", testPassword)
+	next.exchange(t, `<resume xmlns='`+nsSM+`' previd='`+id+`' h='4'/>`, `<resumed xmlns='`+nsSM+`' previd='`+id+`' h='3'/>`)
+	if !waitFor(ioTimeout, func() bool {
+		e := a.ClusterNode().Find("bob", "phone")
+		return e != nil && e.Node == "b"
+	}) {
+		t.Fatal("a's directory never showed the phone on b")
+	}
+	var want strings.Builder
+	for i := range 2 {
+		m := fmt.Sprintf(`<message to='bob@localhost/desk' type='chat' id='c%d'><body>%d</body></message>`, i, i)
+		carl.send(m)
+		fwd := fmt.Sprintf(`<message xmlns='jabber:client' to='bob@localhost/desk' type='chat' id='c%d' from='%s'><body>%d</body></message>`, i, carlFull, i)
+		want.WriteString(carbon("received", "bob@localhost", "bob@localhost/phone", "chat", fwd))
+	}
+	next.expect(t, want.String())
+	next.sync(t, "p2")
 }
