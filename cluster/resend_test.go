@@ -90,3 +90,41 @@ func TestKeptResentAndDeduplicated(t *testing.T) {
 		t.Fatalf("b dropped %d copies, want 1", dups)
 	}
 }
+
+// dupStep is a kept message from a sender, and whether it is a copy.
+type dupStep struct {
+	from string
+	seq  uint64
+	dup  bool
+}
+
+// TestDuplicateWindow: the receiver's window over one sender's sequence
+// numbers, numbers to other nodes skipped (gaps), a copy recognised, one
+// too old to tell delivered, a new incarnation (numbers from the clock,
+// far above) starting afresh, and two senders kept apart.
+func TestDuplicateWindow(t *testing.T) {
+	const base = 1 << 40
+	for _, tc := range []struct {
+		name  string
+		steps []dupStep
+	}{
+		{"in order, then a copy", []dupStep{{"a", base, false}, {"a", base + 1, false}, {"a", base + 2, false}, {"a", base + 1, true}, {"a", base + 2, true}}},
+		{"gaps, late arrival, copy of it", []dupStep{{"a", base, false}, {"a", base + 5, false}, {"a", base + 3, false}, {"a", base + 3, true}, {"a", base + 4, false}, {"a", base + 5, true}}},
+		{"too old to tell", []dupStep{{"a", base, false}, {"a", base + dupWindow, false}, {"a", base, false}, {"a", base + 1, false}}},
+		{"wrapped window forgets what it passed", []dupStep{{"a", base, false}, {"a", base + dupWindow - 1, false}, {"a", base + 1, false}, {"a", base + dupWindow - 1, true}}},
+		{"new incarnation", []dupStep{{"a", base, false}, {"a", base + 1, false}, {"a", 2 * base, false}, {"a", 2*base + 1, false}, {"a", 2 * base, true}}},
+		{"senders apart", []dupStep{{"a", base, false}, {"b", base, false}, {"a", base, true}, {"b", base, true}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := &Node{}
+			for i, s := range tc.steps {
+				if got := n.duplicate("krill.x.ack."+s.from, s.seq); got != s.dup {
+					t.Fatalf("step %d (%s, %d): duplicate %v, want %v", i, s.from, s.seq-base, got, s.dup)
+				}
+			}
+		})
+	}
+	if (&Node{}).duplicate("", 1) {
+		t.Fatal("a message without a reply subject was taken as a copy")
+	}
+}

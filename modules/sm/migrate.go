@@ -60,6 +60,11 @@ func (m *Module) Export(s hook.Session) []byte {
 		m.parkedNow.Add(1)
 		m.parkedBytes.Add(int64(len(st.buf)))
 	}
+	return encodeState(st)
+}
+
+// encodeState is Export's form of st.
+func encodeState(st *state) []byte {
 	b := make([]byte, 0, 1+12+len(st.tok)+4+8*len(st.ents)+len(st.buf))
 	b = append(b, stateVersion)
 	b = binary.BigEndian.AppendUint32(b, st.in)
