@@ -36,6 +36,7 @@ type pendingMsg struct {
 	fullStart int
 	fullEnd   int
 	at        time.Time
+	sent      time.Time // last published (resend.go)
 }
 
 // ackTable holds the kept messages by sequence number.
@@ -53,6 +54,12 @@ func (n *Node) sendKept(node, full string, b []byte) bool {
 		n.untracked.Add(1)
 		return n.send(opDeliver, node, full, b)
 	}
+	if n.acks.seq == 0 {
+		// Sequence numbers of an incarnation start above those of the
+		// previous one: the receivers' duplicate windows (resend.go)
+		// never take a new message for an old one.
+		n.acks.seq = uint64(time.Now().UnixNano())
+	}
 	n.acks.seq++
 	seq := n.acks.seq
 	now := time.Now()
@@ -63,7 +70,7 @@ func (n *Node) sendKept(node, full string, b []byte) bool {
 	msg = binary.BigEndian.AppendUint16(msg, uint16(len(full)))
 	msg = append(msg, full...)
 	msg = append(msg, b...)
-	n.acks.m[seq] = pendingMsg{node: node, msg: msg, fullStart: 19, fullEnd: 19 + len(full), at: now}
+	n.acks.m[seq] = pendingMsg{node: node, msg: msg, fullStart: 19, fullEnd: 19 + len(full), at: now, sent: now}
 	n.acks.mu.Unlock()
 	if err := n.nc.PublishRequest(n.inboxPrefix+node, n.ackSubject, msg); err != nil {
 		n.acks.mu.Lock()
@@ -114,18 +121,32 @@ func (n *Node) takePending(node string) []pendingMsg {
 	return out
 }
 
-// agePending forgets kept messages older than limit whose node is still
-// alive: it took them (an acknowledgement lost to a reconnect, say), and
-// the table must not grow.
+// agePending hands back kept messages older than limit whose node is
+// still alive but never acknowledged them, resends included (resend.go):
+// they go to offline storage rather than wait forever, and the table does
+// not grow.
 func (n *Node) agePending(now time.Time, limit time.Duration) {
+	var seqs []uint64
+	var out []Returned
 	n.acks.mu.Lock()
 	for seq, p := range n.acks.m {
 		if now.Sub(p.at) > limit {
-			delete(n.acks.m, seq)
-			n.ackLost.Add(1)
+			seqs = append(seqs, seq)
 		}
 	}
+	slices.Sort(seqs)
+	for _, seq := range seqs {
+		p := n.acks.m[seq]
+		delete(n.acks.m, seq)
+		out = append(out, Returned{Full: string(p.msg[p.fullStart:p.fullEnd]), Stanza: p.msg[p.fullEnd:]})
+	}
 	n.acks.mu.Unlock()
+	if len(out) == 0 {
+		return
+	}
+	n.ackLost.Add(uint64(len(out)))
+	n.log.Warn("messages never acknowledged by a live node handed back", zap.Int("messages", len(out)), zap.Duration("after", limit))
+	n.h.Undeliverable(out)
 }
 
 // Returned is a kept message handed back: the full JID it was for and

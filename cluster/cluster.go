@@ -179,6 +179,9 @@ type Node struct {
 	ready         chan struct{} // closed once the directory's initial values are in
 
 	acks       ackTable
+	ho         handover    // hand-overs of sessions to and from other nodes (handover.go)
+	rv         revival     // back after a cut from NATS (revive.go)
+	rs         resendState // kept messages published again, copies dropped (resend.go)
 	ackSubject string
 	ackSub     *nats.Subscription
 
@@ -252,6 +255,7 @@ func Start(ctx context.Context, cfg config.Cluster, o Options) (*Node, error) {
 			n.log.Warn("nats error", zap.Error(err))
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			n.disconnected()
 			n.log.Warn("disconnected from nats", zap.Error(err))
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
@@ -317,6 +321,9 @@ func Start(ctx context.Context, cfg config.Cluster, o Options) (*Node, error) {
 	}
 	if err == nil {
 		n.ackSub, err = nc.Subscribe(n.ackSubject, n.onAck)
+	}
+	if err == nil {
+		err = n.startHandover(token)
 	}
 	if err != nil {
 		n.Close()
@@ -511,8 +518,10 @@ func (n *Node) onInbox(m *nats.Msg) {
 		n.h.Deliver(full, rest)
 		n.route.observe(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(d[1:9])))))
 	case opDeliverAck:
-		n.h.Deliver(full, rest)
-		n.route.observe(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(d[9:17])))))
+		if !n.duplicate(m.Reply, binary.BigEndian.Uint64(d[1:9])) {
+			n.h.Deliver(full, rest)
+			n.route.observe(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(d[9:17])))))
+		}
 		n.ack(m.Reply, d[1:9])
 	case opClose:
 		n.h.Close(full, string(rest))
@@ -533,7 +542,7 @@ type Stats struct {
 	NodesDown uint64
 	// Pending is the number of messages sent and not yet acknowledged;
 	// GivenBack counts those handed back because their node died,
-	// AckLost those forgotten unacknowledged while their node lived,
+	// AckLost those handed back unacknowledged while their node lived,
 	// Untracked those sent without an acknowledgement because Pending
 	// was at its cap.
 	Pending                       int

@@ -151,6 +151,9 @@ type op struct {
 	key   string
 	owner any
 	val   []byte
+	// force: a reassert after a cut the others took as this node's
+	// death writes the key even if untouched (they dropped the entry).
+	force bool
 }
 
 // Bound records that owner, a local session, bound local/resource. The
@@ -281,11 +284,14 @@ func (n *Node) writeReassert(ctx context.Context, o op) {
 		return
 	}
 	e, err := n.kv.Get(ctx, o.key)
+	revived := o.force
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
+		// Deleted by the node that announced this one dead.
 		rev, err = n.kv.Create(ctx, o.key, val)
+		revived = true
 	case err != nil:
-	case e.Revision() == rev:
+	case e.Revision() == rev && !o.force:
 		return // untouched
 	default:
 		var v value
@@ -303,14 +309,18 @@ func (n *Node) writeReassert(ctx context.Context, o op) {
 		r.rev = rev
 	}
 	n.local.mu.Unlock()
+	if revived {
+		n.revived(o.owner)
+	}
 }
 
-// reassert queues a reassert of every key this node holds.
-func (n *Node) reassert() {
+// reassert queues a reassert of every key this node holds; force writes
+// even the untouched ones.
+func (n *Node) reassert(force bool) {
 	n.local.mu.Lock()
 	ops := make([]op, 0, len(n.local.m))
 	for k, r := range n.local.m {
-		ops = append(ops, op{kind: opReassert, key: k, owner: r.owner})
+		ops = append(ops, op{kind: opReassert, key: k, owner: r.owner, force: force})
 	}
 	n.local.mu.Unlock()
 	for _, o := range ops {
@@ -481,6 +491,7 @@ func (n *Node) beat() {
 		n.sendHeartbeat()
 		now := time.Now()
 		n.checkNodes(now)
+		n.resendPending(now)
 		n.agePending(now, 4*n.cfg.NodeTimeout)
 	}
 }
@@ -495,13 +506,17 @@ func (n *Node) sendHeartbeat() {
 // written again in case the others took it as dead meanwhile.
 func (n *Node) reconnected() {
 	now := time.Now()
+	long := n.cutLong(now)
 	n.nodesMu.Lock()
 	for _, st := range n.nodes {
 		st.lastSeen = now
 	}
 	n.nodesMu.Unlock()
 	n.sendHeartbeat()
-	n.reassert()
+	if long {
+		n.log.Warn("back after a cut longer than node_timeout: the others took this node as dead; its sessions are announced again")
+	}
+	n.reassert(long)
 }
 
 // onHeartbeat runs on nats.go's goroutine for the heartbeat subject.
@@ -515,6 +530,9 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 			// Two live nodes with one name would delete each other's
 			// directory entries as stale.
 			n.log.Error("another live node has this cluster.node_name", zap.String("incarnation", hb.Inc))
+		}
+		if hb.Inc == n.inc {
+			n.heardSelf(time.Now())
 		}
 		return
 	}
@@ -539,13 +557,14 @@ func (n *Node) onHeartbeat(m *nats.Msg) {
 // While this node is cut from NATS it hears nobody, which says nothing of
 // the others: it judges no one until it is back (reconnected).
 func (n *Node) checkNodes(now time.Time) {
-	if !n.nc.IsConnected() {
+	since, ok := n.hearing(now)
+	if !n.nc.IsConnected() || !ok {
 		return
 	}
 	var dead []string
 	n.nodesMu.Lock()
 	for name, st := range n.nodes {
-		if now.Sub(st.lastSeen) > n.cfg.NodeTimeout {
+		if now.Sub(st.lastSeen) > n.cfg.NodeTimeout && now.Sub(since) > n.cfg.NodeTimeout {
 			dead = append(dead, name)
 			delete(n.nodes, name)
 		}

@@ -84,6 +84,18 @@ type Cluster struct {
 	// directory bucket: 3 on a three-server NATS cluster, 1 for a single
 	// NATS server.
 	Replicas int `koanf:"replicas"`
+	// HandoverTimeout bounds a stream management resumption of a session
+	// another node holds: past it the client gets item-not-found and the
+	// holder ends the session as if it had expired.
+	HandoverTimeout time.Duration `koanf:"handover_timeout"`
+	// DrainTimeout bounds krill cluster drain: how long a draining node
+	// waits for its parked sessions to be resumed elsewhere (or to
+	// expire) before it stops.
+	DrainTimeout time.Duration `koanf:"drain_timeout"`
+	// SeeOtherHost is the address (host or host:port) a draining node
+	// sends clients without stream management to, with a see-other-host
+	// stream error (RFC 6120 4.9.3.19); empty: system-shutdown.
+	SeeOtherHost string `koanf:"see_other_host"`
 }
 
 // Enabled reports whether cluster mode is on.
@@ -638,7 +650,7 @@ func Default() Config {
 		Component: Component{Listen: DefaultComponentListen},
 		Web:       Web{Path: DefaultWebPath, AllowedOrigins: []string{}},
 		Cluster: Cluster{Heartbeat: DefaultClusterHeartbeat, NodeTimeout: DefaultClusterNodeTimeout,
-			Replicas: 1},
+			Replicas: 1, HandoverTimeout: DefaultClusterHandoverTimeout, DrainTimeout: DefaultClusterDrainTimeout},
 	}
 }
 
@@ -926,6 +938,11 @@ const (
 	// alive: a dead node's users go unavailable within this bound plus
 	// one heartbeat.
 	DefaultClusterNodeTimeout = 5 * time.Second
+	// DefaultClusterHandoverTimeout bounds a resumption across nodes.
+	DefaultClusterHandoverTimeout = 5 * time.Second
+	// DefaultClusterDrainTimeout bounds a drain: a client that lost its
+	// connection reconnects within seconds, or not at all.
+	DefaultClusterDrainTimeout = time.Minute
 )
 
 // ErrClusterSQLite is why a cluster cannot run on SQLite: the nodes share
@@ -964,5 +981,14 @@ func (c *Config) validateCluster(bad func(key string, v any, why string)) {
 	}
 	if cl.Replicas < 1 || cl.Replicas > 5 {
 		bad("cluster.replicas", cl.Replicas, "must be between 1 and 5")
+	}
+	if cl.HandoverTimeout < 10*time.Millisecond {
+		bad("cluster.handover_timeout", cl.HandoverTimeout, "must be >= 10ms")
+	}
+	if cl.DrainTimeout < 0 {
+		bad("cluster.drain_timeout", cl.DrainTimeout, "must be >= 0")
+	}
+	if h := cl.SeeOtherHost; h != "" && (strings.ContainsAny(h, "<>&'\" /@") || strings.HasPrefix(h, ":")) {
+		bad("cluster.see_other_host", h, "must be a host name or host:port")
 	}
 }

@@ -155,6 +155,12 @@ func TestLoadErrors(t *testing.T) {
 			"cluster.node_timeout: must be more than twice cluster.heartbeat, got 3s",
 			"cluster.tls_cert: cluster.tls_cert and cluster.tls_key must be set together",
 			"cluster.replicas: must be between 1 and 5, got 0"}},
+		{"cluster drain keys", "", []string{"KRILL_CLUSTER_NATS_URL=nats://127.0.0.1:4222", "KRILL_STORAGE_DRIVER=postgres",
+			"KRILL_STORAGE_DSN=postgres://x", "KRILL_CLUSTER_HANDOVER_TIMEOUT=1ms", "KRILL_CLUSTER_DRAIN_TIMEOUT=-1s",
+			"KRILL_CLUSTER_SEE_OTHER_HOST=<x>"}, []string{
+			"cluster.handover_timeout: must be >= 10ms, got 1ms",
+			"cluster.drain_timeout: must be >= 0, got -1s",
+			"cluster.see_other_host: must be a host name or host:port, got <x>"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

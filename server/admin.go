@@ -56,6 +56,7 @@ func (s *Server) startAdmin() error {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
+	mux.HandleFunc("/cluster/drain", s.serveDrain)
 	if s.cfg.Admin.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -83,6 +84,9 @@ func (s *Server) AdminAddr() net.Addr { return s.adminAddr }
 func (s *Server) ready(ctx context.Context) error {
 	if s.stopping.Load() {
 		return errors.New("shutting down")
+	}
+	if s.drain.on.Load() {
+		return errors.New("draining")
 	}
 	if s.addr == nil {
 		return errors.New("listeners not up")

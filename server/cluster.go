@@ -51,6 +51,7 @@ func (s *Server) startCluster() error {
 		return err
 	}
 	s.metrics.extra = append(s.metrics.extra, (*clusterCollector)(s))
+	s.metrics.extra = append(s.metrics.extra, (*handoverCollector)(s)) // cluster_handover_metrics.go
 	return nil
 }
 
@@ -349,6 +350,9 @@ func (h clusterHandler) Close(full, cond string) {
 // Conflict implements cluster.Handler.
 func (h clusterHandler) Conflict(owner any) {
 	if o, ok := owner.(*session); ok {
+		if h.s.claimMove(o) {
+			return // handed over (cluster_resume.go)
+		}
 		h.s.stats.replaced.Add(1)
 		o.closeWith(stream.Conflict.Err)
 	}

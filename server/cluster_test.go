@@ -394,8 +394,10 @@ func TestClusterNATSRestart(t *testing.T) {
 	// The same port and JetStream directory: the directory survives.
 	ns2, _ := runNATS(t, &natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: store, NoLog: true, NoSigs: true})
 	// Connected is not enough: a stanza published before the peer's inbox
-	// subscription reaches the new server is lost (core NATS; the README
-	// says so). Routing resumes once every node has subscribed again.
+	// subscription reaches the new server is lost by core NATS (a chat
+	// message is published again, TestClusterNATSRestartWindow; other
+	// stanzas are not). Routing resumes once every node has subscribed
+	// again.
 	subscribed := func() bool {
 		acc := ns2.GlobalAccount()
 		for _, subj := range []string{"krill.localhost.node.a", "krill.localhost.node.b", "krill.localhost.ack.a", "krill.localhost.ack.b"} {

@@ -84,12 +84,15 @@ func (s *Server) open(gc gnet.Conn) ([]byte, gnet.Action) {
 	s.stats.accepted.Add(1)
 	ip := addrIP(gc.RemoteAddr())
 	kind := s.listenerOf(gc)
-	if s.stopping.Load() {
+	if s.stopping.Load() || s.drain.on.Load() {
 		// No conn state exists yet: the context carries the close reason
 		// to OnClose, which counts it.
 		gc.SetContext(reasonShutdown)
 		if kind == listenerWeb {
 			return s.webRefusal(503, "the server is shutting down"), gnet.Close
+		}
+		if s.drain.on.Load() {
+			return s.drainRefusal(), gnet.Close
 		}
 		b := s.appendHeader(nil)
 		return appendStreamError(b, stream.SystemShutdown.Err, "the server is shutting down"), gnet.Close

@@ -214,6 +214,13 @@ func (s *Server) attach(c *conn, n, o *session, h handedOver, then func(*hook.Ct
 		prev.closeWith(stream.Conflict.Err)
 	}
 	s.clusterBound(n)
+	s.attached(c, n, o.loop != c.loop, then)
+}
+
+// attached ends step 2 once the state is in n: the answer, the resent
+// queue, then what came meanwhile (a resumption from another cluster
+// node ends here too). across: the state came from another event loop.
+func (s *Server) attached(c *conn, n *session, across bool, then func(*hook.Ctx, bool)) {
 	c.flags &^= flagWorkPending
 	if c.has(flagClosed) {
 		// The new connection went while the state travelled: the session
@@ -230,7 +237,7 @@ func (s *Server) attach(c *conn, n, o *session, h handedOver, then func(*hook.Ct
 		c.loop.wheel.Arm(&c.timer, c, c.loop.now.Add(s.conf().C2S.IdlePing))
 	}
 	s.stats.resumed.Add(1)
-	if o.loop != c.loop {
+	if across {
 		s.stats.resumedAcross.Add(1)
 	}
 	// The answer, the resent queue and what came meanwhile go out as one

@@ -100,6 +100,8 @@ type Server struct {
 	started  atomic.Bool
 	stopped  atomic.Bool
 	stopping atomic.Bool // graceful shutdown under way: refuse new clients
+	moves    moveTable   // sessions handed over to other cluster nodes (cluster_resume.go)
+	drain    drainState  // krill cluster drain (cluster_drain.go)
 
 	metrics   serverMetrics
 	admin     *http.Server

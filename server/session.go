@@ -180,7 +180,8 @@ func (s *session) deliver(from *loop, b []byte) bool {
 			srv.stats.out[kindIndex(b)].Add(^uint64(0)) // counted again there
 			return next.deliver(from, b)
 		}
-		return false
+		// Handed over to another cluster node: it follows the session.
+		return srv.movedDeliver(s, b)
 	}
 	if s.closing {
 		s.mu.Unlock()

@@ -13,6 +13,9 @@ import (
 
 // clusterCmd runs krill cluster SUBCOMMAND.
 func clusterCmd(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "drain" {
+		return clusterDrain(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "status" {
 		fmt.Fprint(stderr, usage)
 		return flag.ErrHelp

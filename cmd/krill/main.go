@@ -50,6 +50,7 @@ const usage = `usage:
   krill health [--addr HOST:PORT] [--config FILE]   (exit 0 when /healthz answers)
   krill reload [--config FILE]            (SIGHUP to the running server: configuration and certificates)
   krill cluster status [--config FILE]    (the cluster's live nodes and their sessions, heard on NATS)
+  krill cluster drain [--config FILE]     (this node lets its clients resume on the others, then exits)
 `
 
 func main() {
@@ -294,8 +295,15 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	log.flush()
-	s := <-sig
-	for ; s == syscall.SIGHUP; s = <-sig {
+	var s os.Signal
+	select {
+	case s = <-sig:
+	case <-srv.Drained():
+		// krill cluster drain: the server has stopped.
+		log.Info("drained: exiting")
+		return srv.DrainErr()
+	}
+	for s == syscall.SIGHUP {
 		// SIGHUP: configuration and certificates again; what cannot
 		// change live is logged as needing a restart.
 		next, err := reload()
@@ -314,6 +322,12 @@ func serve(args []string, stderr io.Writer) error {
 			log.level.SetLevel(l)
 		}
 		log.flush()
+		select {
+		case s = <-sig:
+		case <-srv.Drained():
+			log.Info("drained: exiting")
+			return srv.DrainErr()
+		}
 	}
 	log.Info("stopping", zap.Stringer("signal", s))
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)

@@ -74,6 +74,9 @@ type Module struct {
 	parkedNow, parkedBytes                                                 atomic.Int64
 	resumed, resumeFailed, overflows, expired, evicted, closedParked, lost atomic.Uint64
 	parks                                                                  atomic.Uint64
+	// migratedOut and migratedIn count sessions handed to and taken from
+	// other nodes of a cluster (migrate.go).
+	migratedOut, migratedIn atomic.Uint64
 	// expireFn is expire as a func value made once, not per park.
 	expireFn func(*hook.Ctx)
 }
@@ -551,13 +554,7 @@ func (m *Module) takeOver(c *hook.Ctx, previd string, h uint32, hok bool, out fu
 		}
 		m.mu.Unlock()
 	}
-	r, ok := c.Conn.(hook.Resumer)
-	if old == nil || !ok || !hok {
-		m.resumeFailed.Add(1)
-		out(c, failed("item-not-found"), false)
-		return
-	}
-	r.Resume(old, func(c *hook.Ctx, ok bool) {
+	cont := func(c *hook.Ctx, ok bool) {
 		st := m.get(c.Session)
 		if !ok || st == nil {
 			m.resumeFailed.Add(1)
@@ -596,7 +593,21 @@ func (m *Module) takeOver(c *hook.Ctx, previd string, h uint32, hok bool, out fu
 		if len(st.ents) > 0 {
 			c.Session.Pass(m.out, []byte(`<r xmlns='`+NS+`'/>`))
 		}
-	})
+	}
+	if old == nil && hok && len(previd) == tokenLen {
+		// Not here: in a cluster, another node may hold it.
+		if rr, ok := c.Conn.(hook.RemoteResumer); ok {
+			rr.ResumeRemote(previd, cont)
+			return
+		}
+	}
+	r, ok := c.Conn.(hook.Resumer)
+	if old == nil || !ok || !hok {
+		m.resumeFailed.Add(1)
+		out(c, failed("item-not-found"), false)
+		return
+	}
+	r.Resume(old, cont)
 }
 
 // closed handles what the client never acknowledged when the session
@@ -694,4 +705,6 @@ func (m *Module) Counters(fn func(event string, n uint64)) {
 	fn("evicted", m.evicted.Load())
 	fn("closed_parked", m.closedParked.Load())
 	fn("unacked_lost", m.lost.Load())
+	fn("migrated_out", m.migratedOut.Load())
+	fn("migrated_in", m.migratedIn.Load())
 }
