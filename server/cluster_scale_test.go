@@ -169,7 +169,7 @@ func TestClusterScale(t *testing.T) {
 				}
 			}
 		}()
-		countMessages(t, run.to, burst)
+		readMessages(t, run.to, burst)
 		c1 := cpuOf(t, pids...)
 		t.Logf("%s CPU per message, pipelined (%d; nodes k0, k1 and NATS): %.1f µs [load %s]", run.name, burst,
 			float64(c1-c0)/float64(burst)/1e3, loadAvg())
@@ -555,8 +555,8 @@ func scaleLogin(t *testing.T, n *scaleNode, user, resource string) *rawConn {
 	return c
 }
 
-// countMessages reads until n messages have arrived on c.
-func countMessages(t *testing.T, c *rawConn, n int) {
+// readMessages reads until n messages have arrived on c.
+func readMessages(t *testing.T, c *rawConn, n int) {
 	t.Helper()
 	var chunk [64 << 10]byte
 	got := 0
