@@ -138,6 +138,17 @@ func TestMUC(t *testing.T) {
 			if !strings.Contains(stdout.String(), "delivered 100/100") {
 				t.Errorf("stdout = %q", stdout.String())
 			}
+			// The report's table has the run.
+			res, err := readResults(filepath.Dir(jsonPath))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var md strings.Builder
+			writeMarkdown(&md, res)
+			if !strings.Contains(md.String(), "## MUC fan-out") || !strings.Contains(md.String(), "| krill | 20 | 1 | 5 × 50/s |") ||
+				!strings.Contains(md.String(), "| 100 / 100 | 0 |") {
+				t.Errorf("report:\n%s", md.String())
+			}
 		})
 	}
 }
