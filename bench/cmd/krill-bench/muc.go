@@ -76,6 +76,11 @@ type mucRecord struct {
 	SendSeconds   float64 `json:"send_s"`
 	IdleCPUPerSec float64 `json:"server_idle_cpu_ms_per_s"`
 	ClientCPU     float64 `json:"client_cpu_s"`
+	// Presence stanzas an occupant received, on average, from its login
+	// to the end: about 3 when the room broadcasts moderators' presence
+	// only (its own, the sender's, its own initial presence), N-1 more
+	// when it broadcasts everyone's.
+	PresencesPerOccupant float64 `json:"presences_per_occupant"`
 	// The machine's 1-minute load average before and after the send phase.
 	LoadBefore float64      `json:"load1_before"`
 	LoadAfter  float64      `json:"load1_after"`
@@ -218,6 +223,7 @@ func mucCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		JoinSeconds: joinTime.Seconds(), Delivered: rep.delivered, Expected: int64(*n) * int64(*msgs),
 		OutOfOrder: rep.outOfOrder, ServerCPU: (after.CPU - before.CPU).Seconds(), SendSeconds: sendTime.Seconds(),
 		IdleCPUPerSec: idleRate, ClientCPU: clientCPU.Seconds(), LoadBefore: load0, LoadAfter: load1,
+		PresencesPerOccupant: float64(rep.presences) / float64(*n),
 	}
 	if rep.delivered > 0 {
 		rec.CPUPerCopyUs = float64((after.CPU - before.CPU).Microseconds()) / float64(rep.delivered)
@@ -239,10 +245,10 @@ func mucCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(lasts) > 0 {
 		rec.LastMaxMs = ms(lasts[len(lasts)-1])
 	}
-	fmt.Fprintf(stdout, "%-9s muc n=%-6d rep=%d  %d msgs at %.1f/s: last copy p50 %.1f ms p99 %.1f ms max %.1f ms  per copy p50 %.1f ms p99 %.1f ms  server cpu %.2f us/copy (%.2fs; idle %.0f ms/s)  delivered %d/%d  out of order %d  join %.1fs  load %.1f-%.1f\n",
+	fmt.Fprintf(stdout, "%-9s muc n=%-6d rep=%d  %d msgs at %.1f/s: last copy p50 %.1f ms p99 %.1f ms max %.1f ms  per copy p50 %.1f ms p99 %.1f ms  server cpu %.2f us/copy (%.2fs; idle %.0f ms/s)  delivered %d/%d  out of order %d  presences/occupant %.1f  join %.1fs  load %.1f-%.1f\n",
 		rec.Server, rec.Occupants, rec.Repeat, rec.Messages, rec.Rate, rec.LastP50ms, rec.LastP99ms, rec.LastMaxMs,
 		rec.CopyP50ms, rec.CopyP99ms, rec.CPUPerCopyUs, rec.ServerCPU, rec.IdleCPUPerSec, rec.Delivered, rec.Expected,
-		rec.OutOfOrder, rec.JoinSeconds, rec.LoadBefore, rec.LoadAfter)
+		rec.OutOfOrder, rec.PresencesPerOccupant, rec.JoinSeconds, rec.LoadBefore, rec.LoadAfter)
 	if err := out.write(rec); err != nil {
 		return err
 	}
@@ -566,8 +572,8 @@ func (ks *mucKids) waitAll(ctx context.Context, wait time.Duration) []int64 {
 
 // mucReport is what the clients read, summed.
 type mucReport struct {
-	delivered, outOfOrder int64
-	lat                   []time.Duration
+	delivered, outOfOrder, presences int64
+	lat                              []time.Duration
 }
 
 // report asks every client for its latencies and counts.
@@ -599,11 +605,13 @@ func (ks *mucKids) report(ctx context.Context) (mucReport, error) {
 						}
 					}
 				case "count":
-					if len(f) == 3 {
+					if len(f) == 4 {
 						d, _ := strconv.ParseInt(f[1], 10, 64)
 						o, _ := strconv.ParseInt(f[2], 10, 64)
+						p, _ := strconv.ParseInt(f[3], 10, 64)
 						r.delivered += d
 						r.outOfOrder += o
+						r.presences += p
 					}
 				case "copies":
 					// copies SEQ COUNT
@@ -663,6 +671,7 @@ type occupant struct {
 	next       int   // the sequence number expected next
 	outOfOrder int64 // copies that did not carry next
 	lat        []int64
+	presences  atomic.Int64 // <presence elements read
 }
 
 // mucClientCmd is a child process of muc. On "go" it logs its n
@@ -671,7 +680,7 @@ type occupant struct {
 // "got SEQ UNIXNS" once every one of its occupants has read message SEQ
 // (UNIXNS: the last read). On "report" it prints "lat" lines (per-copy
 // latencies in microseconds), "copies SEQ K" lines, "count DELIVERED
-// OUTOFORDER" and "end". End of stdin closes everything.
+// OUTOFORDER PRESENCES" and "end". End of stdin closes everything.
 func mucClientCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var t target
 	fs := flag.NewFlagSet("muc-client", flag.ContinueOnError)
@@ -826,12 +835,13 @@ func mucClientCmd(ctx context.Context, args []string, stdin io.Reader, stdout, s
 			if c != "report" {
 				continue
 			}
-			var delivered, ooo int64
+			var delivered, ooo, pres int64
 			line := []byte("lat")
 			for _, oc := range occs {
 				oc.mu.Lock()
 				delivered += int64(len(oc.lat))
 				ooo += oc.outOfOrder
+				pres += oc.presences.Load()
 				for _, l := range oc.lat {
 					line = append(line, ' ')
 					line = strconv.AppendInt(line, l/1000, 10)
@@ -846,7 +856,7 @@ func mucClientCmd(ctx context.Context, args []string, stdin io.Reader, stdout, s
 			for seq := range counts {
 				fmt.Fprintf(w, "copies %d %d\n", seq, counts[seq].Load())
 			}
-			fmt.Fprintf(w, "count %d %d\nend\n", delivered, ooo)
+			fmt.Fprintf(w, "count %d %d %d\nend\n", delivered, ooo, pres)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -859,13 +869,18 @@ func mucClientCmd(ctx context.Context, args []string, stdin io.Reader, stdout, s
 func (oc *occupant) read(msgs int, joined chan<- error, onCopy func(seq int, at int64)) {
 	var (
 		buf      []byte
-		chunk    = make([]byte, 4096)
+		chunk    = make([]byte, 4096+8)
 		isJoined bool
+		carry    int // bytes of the last read kept before chunk's new ones
 	)
 	for {
-		k, err := oc.c.Read(chunk)
+		k, err := oc.c.Read(chunk[carry:])
 		now := time.Now().UnixNano()
-		buf = append(buf, chunk[:k]...)
+		// A <presence split between two reads is counted once: an
+		// occurrence starting in the kept 8 bytes ends in the new ones.
+		oc.presences.Add(int64(bytes.Count(chunk[:carry+k], []byte("<presence"))))
+		buf = append(buf, chunk[carry:carry+k]...)
+		carry = copy(chunk, chunk[max(0, carry+k-8):carry+k])
 		if !isJoined {
 			switch {
 			case joinedMarker(buf):

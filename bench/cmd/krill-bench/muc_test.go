@@ -90,9 +90,15 @@ func TestMUC(t *testing.T) {
 		name       string
 		persistent bool
 		broadcast  string
+		// Bounds on the presence stanzas an occupant reads: its own
+		// initial presence, its self-presence in the room and the
+		// sender's; with every presence broadcast, also the other 19
+		// occupants' (those in the room when it joins, and those who
+		// join after it).
+		minPres, maxPres float64
 	}{
-		{"temporary, moderators' presence only", false, "moderator"},
-		{"persistent, every presence", true, ""},
+		{"temporary, moderators' presence only", false, "moderator", 2, 4},
+		{"persistent, every presence", true, "", 2 + 19, 4 + 19},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,6 +129,9 @@ func TestMUC(t *testing.T) {
 			}
 			if rec.Delivered != occupants*messages || rec.Expected != occupants*messages || rec.OutOfOrder != 0 {
 				t.Fatalf("delivered %d of %d, %d out of order", rec.Delivered, rec.Expected, rec.OutOfOrder)
+			}
+			if rec.PresencesPerOccupant < tt.minPres || rec.PresencesPerOccupant > tt.maxPres {
+				t.Errorf("presences per occupant %.2f, want %.0f to %.0f", rec.PresencesPerOccupant, tt.minPres, tt.maxPres)
 			}
 			if len(rec.PerMessage) != messages {
 				t.Fatalf("per message: %+v", rec.PerMessage)
