@@ -273,7 +273,7 @@ for size in $SIZES; do
 		"${s}_start"
 		for rep in $(seq 1 "$R"); do
 			log "$s muc n=$size run $rep (load $(cut -d' ' -f1-3 /proc/loadavg))"
-			"$KB" muc -server "$s" -addr "$ADDR" -pids "$SERVER_PID" -room "r$rep-$size@conference.localhost" \
+			prlimit --nofile=$NOFILE:$NOFILE "$KB" muc -server "$s" -addr "$ADDR" -pids "$SERVER_PID" -room "r$rep-$size@conference.localhost" \
 				-n "$size" -messages "$msgs" -rate "$rate" -presence-broadcast "$BROADCAST" -repeat "$rep" \
 				-password "$PASSWORD" -json "$JSON" | tee -a "$OUT/terminal.txt" ||
 				echo "$s muc n=$size run $rep: FAILED" | tee -a "$OUT/terminal.txt"
