@@ -14,7 +14,9 @@
 # Knobs (environment): SIZES ("1000"; add 10000 for the big room), R (3),
 # SERVERS ("krill prosody ejabberd"), MSGS (50), RATE (5, messages/s),
 # MSGS_BIG and RATE_BIG (20 and 1, for rooms over 5,000), BROADCAST
-# ("moderator"), OUT (bench/results/DATE-muc), WORK (a new /tmp/krill-muc.XXXX).
+# ("moderator"), JOIN_TIMEOUT (10m: a server that has not taken every
+# occupant in by then fails the run, with the count it reached), OUT
+# (bench/results/DATE-muc), WORK (a new /tmp/krill-muc.XXXX).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,6 +29,7 @@ RATE=${RATE:-5}
 MSGS_BIG=${MSGS_BIG:-20}
 RATE_BIG=${RATE_BIG:-1}
 BROADCAST=${BROADCAST:-moderator}
+JOIN_TIMEOUT=${JOIN_TIMEOUT:-10m}
 NOFILE=20000
 PASSWORD="bench password"
 OUT=${OUT:-bench/results/$(date -u +%F)-muc}
@@ -273,10 +276,13 @@ for size in $SIZES; do
 		"${s}_start"
 		for rep in $(seq 1 "$R"); do
 			log "$s muc n=$size run $rep (load $(cut -d' ' -f1-3 /proc/loadavg))"
-			prlimit --nofile=$NOFILE:$NOFILE "$KB" muc -server "$s" -addr "$ADDR" -pids "$SERVER_PID" -room "r$rep-$size@conference.localhost" \
-				-n "$size" -messages "$msgs" -rate "$rate" -presence-broadcast "$BROADCAST" -repeat "$rep" \
-				-password "$PASSWORD" -json "$JSON" | tee -a "$OUT/terminal.txt" ||
-				echo "$s muc n=$size run $rep: FAILED" | tee -a "$OUT/terminal.txt"
+			if ! prlimit --nofile=$NOFILE:$NOFILE "$KB" muc -server "$s" -addr "$ADDR" -pids "$SERVER_PID" \
+				-room "r$rep-$size@conference.localhost" -n "$size" -messages "$msgs" -rate "$rate" \
+				-presence-broadcast "$BROADCAST" -join-timeout "$JOIN_TIMEOUT" -repeat "$rep" \
+				-password "$PASSWORD" -json "$JSON" 2> >(tee "$WORK/stderr.txt" >&2) | tee -a "$OUT/terminal.txt"; then
+				sleep 1
+				echo "$s muc n=$size run $rep: FAILED: $(tr '\r' '\n' <"$WORK/stderr.txt" | tail -1)" | tee -a "$OUT/terminal.txt"
+			fi
 		done
 		"${s}_stop"
 	done

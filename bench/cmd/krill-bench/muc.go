@@ -106,6 +106,7 @@ func mucCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	broadcast := fs.String("presence-broadcast", "moderator", "roles whose presence the room broadcasts (muc#roomconfig_presencebroadcast), comma-separated; empty: the field is not sent")
 	idle := fs.Duration("idle", 2*time.Second, "quiet period before the send phase over which the server's idle CPU is read")
 	wait := fs.Duration("wait", time.Minute, "how long to wait for the last copies after the last message")
+	joinTimeout := fs.Duration("join-timeout", 15*time.Minute, "bound on logging in and joining all occupants")
 	repeat := fs.Int("repeat", 1, "repeat number, written into the result")
 	timeout := fs.Duration("timeout", 20*time.Minute, "bound on the whole run")
 	if err := fs.Parse(args); err != nil {
@@ -158,7 +159,7 @@ func mucCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer kids.stop()
 	joinStart := time.Now()
-	if err := kids.join(ctx, stderr); err != nil {
+	if err := kids.join(ctx, stderr, *joinTimeout); err != nil {
 		return err
 	}
 	joinTime := time.Since(joinStart)
@@ -472,45 +473,90 @@ func (ks *mucKids) childErr(i int) error {
 }
 
 // join tells every client to log in and join, and waits until all are in
-// the room, drawing a progress bar on w. From then on a goroutine per
-// client records its "got" lines.
-func (ks *mucKids) join(ctx context.Context, w io.Writer) error {
+// the room, drawing a progress bar on w, for at most timeout.
+func (ks *mucKids) join(ctx context.Context, w io.Writer, timeout time.Duration) error {
 	for _, in := range ks.ins {
 		if _, err := io.WriteString(in, "go\n"); err != nil {
 			return err
 		}
 	}
+	type update struct {
+		i, n  int
+		ready bool
+		gone  bool
+	}
+	updates := make(chan update, 64)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	for i := range ks.procs {
+		// Reads client i's lines up to its ready line, no further: what
+		// follows is waitAll's.
+		wg.Go(func() {
+			for {
+				var u update
+				select {
+				case line, ok := <-ks.lines[i]:
+					if !ok {
+						u = update{i: i, gone: true}
+					} else if f, ok := strings.CutPrefix(line, "progress "); ok {
+						n, _ := strconv.Atoi(f)
+						u = update{i: i, n: n}
+					} else if f, ok := strings.CutPrefix(line, "ready "); ok {
+						n, _ := strconv.Atoi(f)
+						u = update{i: i, n: n, ready: true}
+					} else {
+						continue
+					}
+				case <-stop:
+					return
+				}
+				select {
+				case updates <- u:
+				case <-stop:
+					return
+				}
+				if u.ready || u.gone {
+					return
+				}
+			}
+		})
+	}
 	done := make([]int, len(ks.procs))
+	total := func() int {
+		t := 0
+		for _, d := range done {
+			t += d
+		}
+		return t
+	}
 	start := time.Now()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
-	for i := range ks.procs {
-		for ready := false; !ready; {
-			select {
-			case line, ok := <-ks.lines[i]:
-				if !ok {
-					fmt.Fprintln(w)
-					return ks.childErr(i)
-				}
-				if f, ok := strings.CutPrefix(line, "progress "); ok {
-					done[i], _ = strconv.Atoi(f)
-				} else if f, ok := strings.CutPrefix(line, "ready "); ok {
-					done[i], _ = strconv.Atoi(f)
-					ready = true
-				}
-			case <-tick.C:
-				total := 0
-				for _, d := range done {
-					total += d
-				}
-				progress(w, "join", total, ks.n, start)
-			case <-ctx.Done():
+	limit := time.NewTimer(timeout)
+	defer limit.Stop()
+	for pending := len(ks.procs); pending > 0; {
+		select {
+		case u := <-updates:
+			if u.gone {
 				fmt.Fprintln(w)
-				return ctx.Err()
+				return ks.childErr(u.i)
 			}
+			done[u.i] = u.n
+			if u.ready {
+				pending--
+			}
+		case <-tick.C:
+			progress(w, "join", total(), ks.n, start)
+		case <-limit.C:
+			fmt.Fprintln(w)
+			return fmt.Errorf("%w: %d of %d occupants joined within %v", errMUC, total(), ks.n, timeout)
+		case <-ctx.Done():
+			fmt.Fprintln(w)
+			return ctx.Err()
 		}
 	}
-	progress(w, "join", ks.n, ks.n, start)
+	progress(w, "join", total(), ks.n, start)
 	fmt.Fprintln(w)
 	return nil
 }
@@ -814,6 +860,12 @@ func mucClientCmd(ctx context.Context, args []string, stdin io.Reader, stdout, s
 			waiting = false
 		case <-tick.C:
 			fmt.Fprintf(w, "progress %d\n", joined.Load())
+		case _, ok := <-cmds:
+			if !ok { // the parent gave up
+				cancel()
+				<-allIn
+				return context.Canceled
+			}
 		}
 	}
 	select {
