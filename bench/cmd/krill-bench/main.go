@@ -1,6 +1,7 @@
 // Command krill-bench measures an XMPP server from outside: what its idle
 // connections cost at each stage of a session, how fast it logs clients
-// in, how fast it moves messages between sessions, and how it holds up
+// in, how fast it moves messages between sessions, how fast it fans a
+// groupchat message out to a room's occupants, and how it holds up
 // while hostile pre-authentication connections linger. It drives any
 // server by address (Krill, Prosody, ejabberd) and reads the server's
 // memory from /proc by process id, so it runs on the server's machine.
@@ -11,6 +12,7 @@
 //	krill-bench login-rate -addr ... -pids 123 -logins 3000
 //	krill-bench throughput -addr ... -pids 123 -pairs 50 -duration 10s
 //	krill-bench attack -addr ... -pids 123 -hostile 1000 -duration 90s [-hostile-profile sasl2]
+//	krill-bench muc -addr ... -pids 123 -room bench@conference.localhost -n 1000 -messages 50 -rate 5
 //	krill-bench provision-prosody -dir DATA/localhost/accounts -n 5000
 //	krill-bench report -dir bench/results/DATE-MACHINE
 //
@@ -75,6 +77,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return throughputCmd(ctx, args, stdout, stderr)
 	case "attack":
 		return attackCmd(ctx, args, stdout, stderr)
+	case "muc":
+		return mucCmd(ctx, args, stdout, stderr)
+	case "muc-client":
+		return mucClientCmd(ctx, args, stdin, stdout, stderr)
 	case "provision-prosody":
 		return provisionProsodyCmd(args, stderr)
 	case "provision-ejabberd":
@@ -82,7 +88,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "report":
 		return reportCmd(args, stdout, stderr)
 	default:
-		fmt.Fprintf(stderr, "krill-bench: unknown subcommand %q (idle, login-rate, throughput, attack, provision-prosody, provision-ejabberd, report)\n", sub)
+		fmt.Fprintf(stderr, "krill-bench: unknown subcommand %q (idle, login-rate, throughput, attack, muc, provision-prosody, provision-ejabberd, report)\n", sub)
 		return errUsage
 	}
 }

@@ -23,9 +23,9 @@ import (
 )
 
 // TestMain lets the test binary act as the client processes that idle
-// starts (it re-executes itself with "client").
+// and muc start (it re-executes itself with "client" or "muc-client").
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == "client" {
+	if len(os.Args) > 1 && (os.Args[1] == "client" || os.Args[1] == "muc-client") {
 		if err := run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
 			os.Exit(1)

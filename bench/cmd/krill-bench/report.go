@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -21,6 +22,7 @@ type results struct {
 	throughput []throughputRecord
 	attack     []attackRecord
 	samples    []attackSample
+	muc        []mucRecord
 }
 
 // reportCmd turns the JSON lines of a results directory into results.md,
@@ -101,6 +103,11 @@ func readResults(dir string) (*results, error) {
 				var r attackRecord
 				if json.Unmarshal(line, &r) == nil {
 					res.attack = append(res.attack, r)
+				}
+			case "muc":
+				var r mucRecord
+				if json.Unmarshal(line, &r) == nil {
+					res.muc = append(res.muc, r)
 				}
 			case "attack-sample":
 				var r attackSample
@@ -278,9 +285,79 @@ func writeMarkdown(w io.Writer, res *results) {
 		}
 		fmt.Fprintln(w)
 	}
+	if len(res.muc) > 0 {
+		writeMUC(w, res.muc)
+	}
 }
 
 func mb(b uint64) float64 { return float64(b) / (1 << 20) }
+
+// netOfIdle is a run's server CPU per copy less what the server spends
+// idle over as long as the send phase took (some servers tick while idle).
+func netOfIdle(r mucRecord) float64 {
+	if r.Delivered == 0 {
+		return 0
+	}
+	return (r.ServerCPU - r.IdleCPUPerSec/1000*r.SendSeconds) * 1e6 / float64(r.Delivered)
+}
+
+// writeMUC prints the muc runs, one row per server and room size: the
+// median over the runs and, below each, the range.
+func writeMUC(w io.Writer, recs []mucRecord) {
+	type key struct {
+		server string
+		n      int
+	}
+	groups := map[key][]mucRecord{}
+	var keys []key
+	for _, r := range recs {
+		k := key{r.Server, r.Occupants}
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], r)
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		return cmp.Or(cmp.Compare(a.n, b.n), cmp.Compare(orderOf(serverOrder, a.server), orderOf(serverOrder, b.server)), strings.Compare(a.server, b.server))
+	})
+	fmt.Fprintln(w, "## MUC fan-out")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "One sender posts groupchat messages at a bounded rate to a room of N occupants; each occupant timestamps each copy. Median of the runs, range in brackets. Last copy: from the sender's write to the last occupant's read, per message. Server CPU: utime+stime of the server's processes over the send phase / copies read; net of idle: less the server's idle CPU rate (read over a quiet period just before) times the send phase's length.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| server | occupants | runs | messages × rate | last copy p50 ms | last copy p99 ms | per copy p50 ms | per copy p99 ms | server CPU µs/copy | net of idle µs/copy | idle CPU ms/s | copies read | out of order | presences/occupant | join s | load (1 min) |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, k := range keys {
+		g := groups[k]
+		col := func(f func(mucRecord) float64, prec int) string {
+			v := make([]float64, len(g))
+			for i, r := range g {
+				v[i] = f(r)
+			}
+			s := strconv.FormatFloat(median(v), 'f', prec, 64)
+			if len(v) > 1 {
+				s += " (" + strconv.FormatFloat(slices.Min(v), 'f', prec, 64) + " – " + strconv.FormatFloat(slices.Max(v), 'f', prec, 64) + ")"
+			}
+			return s
+		}
+		var got, want, ooo int64
+		lo, hi := math.Inf(1), math.Inf(-1)
+		for _, r := range g {
+			got += r.Delivered
+			want += r.Expected
+			ooo += r.OutOfOrder
+			lo = min(lo, r.LoadBefore, r.LoadAfter)
+			hi = max(hi, r.LoadBefore, r.LoadAfter)
+		}
+		fmt.Fprintf(w, "| %s | %s | %d | %d × %g/s | %s | %s | %s | %s | **%s** | %s | %s | %s / %s | %d | %s | %s | %.1f – %.1f |\n",
+			k.server, num(float64(k.n)), len(g), g[0].Messages, g[0].Rate,
+			col(func(r mucRecord) float64 { return r.LastP50ms }, 1), col(func(r mucRecord) float64 { return r.LastP99ms }, 1),
+			col(func(r mucRecord) float64 { return r.CopyP50ms }, 1), col(func(r mucRecord) float64 { return r.CopyP99ms }, 1),
+			col(func(r mucRecord) float64 { return r.CPUPerCopyUs }, 1), col(netOfIdle, 1), col(func(r mucRecord) float64 { return r.IdleCPUPerSec }, 0),
+			num(float64(got)), num(float64(want)), ooo, col(func(r mucRecord) float64 { return r.PresencesPerOccupant }, 1),
+			col(func(r mucRecord) float64 { return r.JoinSeconds }, 1), lo, hi)
+	}
+	fmt.Fprintln(w)
+}
 
 // writeRatios prints, per stage, each server's median RSS per connection
 // relative to Krill's at the same N.
