@@ -469,9 +469,21 @@ func (s *Server) linkGone(lk *s2sLink, c *conn, cond string) {
 		return
 	}
 	lk.dead = true
+	neverUp := !lk.ready
 	q, ctl := lk.queue, lk.control
 	lk.queue, lk.control, lk.bytes = nil, nil, 0
 	lk.mu.Unlock()
+	if neverUp && !s.stopping.Load() {
+		// Unreachable, and no inbound stream says otherwise: the peer
+		// is gone (an idle inbound stream closed in order earlier did
+		// not tell).
+		f.mu.Lock()
+		up := f.perDomain[lk.domain] > 0
+		f.mu.Unlock()
+		if !up {
+			s.peerGone(lk.domain)
+		}
+	}
 	typ := "cancel"
 	if cond == "remote-server-timeout" {
 		typ = "wait"
@@ -569,6 +581,9 @@ func (s *Server) dbResult(c *conn, st *s2sStream, tag stanza.StartTag, unit []by
 	}
 	if st.verified {
 		// XEP-0344: the certificate proves the domain; no dialback round.
+		if !s.s2sClaim(c, st) {
+			return
+		}
 		s.fed.authDB.Add(1)
 		answer("valid", "")
 		s.s2sAuthenticated(c, st)
@@ -674,6 +689,9 @@ func (s *Server) dbAnswer(id, from string, valid bool) {
 			return
 		}
 		st.dbWait = false
+		if valid && !s.s2sClaim(c, st) {
+			return
+		}
 		b := append(c.loop.scratch[:0], `<db:result from='`...)
 		b = stanza.AppendEscaped(b, st.local)
 		b = append(b, `' to='`...)
