@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/krill-xmpp/krill/config"
+	"github.com/krill-xmpp/krill/server"
 )
 
 // s2sExternal authenticates s, a stream from from to n opened by
@@ -72,4 +73,23 @@ func TestS2SMaxStreamsPerDomain(t *testing.T) {
 	s2sExternal(t, s, a, "b.test")
 	s.send(`<message from='bob@b.test/y' to='alice@a.test/a' id='n1' type='chat'><body>again</body></message>`)
 	alice.expect(t, `<message from='bob@b.test/y' to='alice@a.test/a' id='n1' type='chat'><body>again</body></message>`)
+}
+
+// TestS2SLinkLoops: outbound links are spread over the event loops (two
+// here) rather than put on the loop of whoever asked first: alice's
+// requests to b.test and to conference.b.test, both from her loop, open
+// two links that land on different loops, and both carry their answers.
+func TestS2SLinkLoops(t *testing.T) {
+	a, _ := fedPair(t, true, nil)
+	alice := fedLogin(t, a, "alice", "a")
+	alice.exchange(t, `<iq type='get' id='p1' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>`,
+		`<iq type='result' id='p1' from='b.test' to='alice@a.test/a'/>`)
+	alice.exchange(t, `<iq type='get' id='p2' to='conference.b.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>`,
+		`<iq type='result' id='p2' from='conference.b.test' to='alice@a.test/a'>{**}</iq>`)
+	got := server.LinkLoops(a.srv)
+	l1, ok1 := got["a.test>b.test"]
+	l2, ok2 := got["a.test>conference.b.test"]
+	if !ok1 || !ok2 || l1 == l2 {
+		t.Fatalf("link loops = %v, want the two links on different loops", got)
+	}
 }

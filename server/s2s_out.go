@@ -21,7 +21,8 @@ import (
 // deliverRemote queues b, a stamped stanza, on the outbound stream to
 // domain from the hosted domain b is from (localOf), opening one if none
 // exists. It returns 1: the stanza was taken (queued, or bounced to its
-// sender when it cannot be).
+// sender when it cannot be). from is the caller's loop (nil on a worker);
+// a new link goes to the least loaded loop whichever it is (linkLoop).
 func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
 	f := s.fed
 	key := linkKey{local: s.localOf(b), remote: domain}
@@ -38,10 +39,7 @@ func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
 			return 1
 		}
 		if fresh {
-			lk = &s2sLink{domain: domain, local: key.local, started: time.Now(), loop: from}
-			if lk.loop == nil {
-				lk.loop = s.anyLoop()
-			}
+			lk = &s2sLink{domain: domain, local: key.local, started: time.Now(), loop: s.linkLoop()}
 			if lk.loop == nil {
 				f.mu.Unlock()
 				s.bounce(b, "wait", "remote-server-timeout")
@@ -66,12 +64,34 @@ func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
 	return 1
 }
 
-// anyLoop returns some event loop, for a link asked for by a worker.
+// anyLoop returns some event loop, for a task asked for by a worker.
 func (s *Server) anyLoop() *loop {
 	if lp := s.loopsV.Load(); lp != nil && len(*lp) > 0 {
 		return (*lp)[0]
 	}
 	return nil
+}
+
+// linkLoop returns the event loop a new outbound link is enrolled into:
+// the one with the fewest links, the first on a tie, its count taken.
+// Links asked for by a worker (a module's delivery, a dialback verify)
+// would otherwise all land on one loop, and those asked for by a loop on
+// the loop of whichever session spoke first; gnet spreads accepted
+// connections round-robin, so clients are even and links decide. nil
+// before the loops are up.
+func (s *Server) linkLoop() *loop {
+	lp := s.loopsV.Load()
+	if lp == nil || len(*lp) == 0 {
+		return nil
+	}
+	best := (*lp)[0]
+	for _, l := range (*lp)[1:] {
+		if l.links.Load() < best.links.Load() {
+			best = l
+		}
+	}
+	best.links.Add(1)
+	return best
 }
 
 type pushResult uint8
@@ -468,6 +488,9 @@ func (s *Server) linkGone(lk *s2sLink, c *conn, cond string) {
 		lk.mu.Unlock()
 		return
 	}
+	if !lk.dead && lk.loop != nil {
+		lk.loop.links.Add(-1)
+	}
 	lk.dead = true
 	neverUp := !lk.ready
 	q, ctl := lk.queue, lk.control
@@ -623,7 +646,11 @@ func (s *Server) verifyVia(local, domain string, v []byte) {
 			break
 		}
 		if fresh {
-			lk = &s2sLink{domain: domain, local: local, started: time.Now(), loop: s.anyLoop()}
+			lk = &s2sLink{domain: domain, local: local, started: time.Now(), loop: s.linkLoop()}
+			if lk.loop == nil {
+				f.mu.Unlock()
+				break
+			}
 			f.links[key] = lk
 		}
 		f.mu.Unlock()

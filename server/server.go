@@ -468,6 +468,9 @@ type loop struct {
 	// its TLS handshake until its restarted header names the domain.
 	s2s          map[*conn]*s2sStream
 	s2sPeerCerts map[*conn][]*x509.Certificate
+	// links counts the outbound links enrolled into (or dialling for)
+	// this loop, which linkLoop balances.
+	links atomic.Int32
 }
 
 func newLoop(s *Server, el gnet.EventLoop) *loop {
