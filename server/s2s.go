@@ -75,6 +75,8 @@ type federation struct {
 	// domain (s2s.max_streams_per_domain); guarded by mu.
 	perDomain map[string]int
 
+	dialer dialer // outbound connects (s2s_dial.go)
+
 	// lookupSRV is the SRV resolver (net.DefaultResolver's; tests swap it).
 	lookupSRV func(ctx context.Context, service, proto, name string) (string, []*net.SRV, error)
 
@@ -181,6 +183,7 @@ func (s *Server) initFederation() error {
 		withKeyLog(f.srvTLS)
 		withKeyLog(f.direct)
 	}
+	f.dialer.init()
 	f.preauth.init(s.cfg.Preauth.MaxPerIP, s.cfg.Preauth.MaxTotal, prefixes(&s.cfg))
 	for _, m := range s.hooks.Modules() {
 		if in, ok := m.(hook.Inbound); ok {
@@ -834,6 +837,7 @@ type S2SStats struct {
 	AuthDialback            uint64 // peers authenticated with dialback, or its certificate shortcut
 	AuthFailed, InvalidFrom uint64
 	ClosedDeadline          uint64 // s2s streams closed at a deadline (pre-auth, connect, TLS)
+	Dialling, DialWaiting   int    // outbound connects in flight (at most s2s.max_dials), links waiting for one
 	DomainCapped            uint64 // inbound streams refused by s2s.max_streams_per_domain
 	ClosedBy                map[string]uint64
 }
@@ -846,6 +850,7 @@ func (s *Server) S2SStats() S2SStats {
 		StanzasOut: f.stanzasOut.Load(), Bounced: f.bounced.Load(), AuthExternal: f.authExternal.Load(),
 		AuthDialback: f.authDB.Load(), AuthFailed: f.authFailed.Load(), InvalidFrom: f.invalidFrom.Load(),
 		ClosedDeadline: f.closedBy[reasonDeadline].Load(), DomainCapped: f.domainCapped.Load(), ClosedBy: make(map[string]uint64)}
+	st.Dialling, st.DialWaiting = f.dialer.stats()
 	for r := reasonDeadline; r < numCloseReasons; r++ {
 		if v := f.closedBy[r].Load(); v > 0 {
 			st.ClosedBy[closeReasonNames[r]] = v

@@ -194,62 +194,6 @@ func (lk *s2sLink) drain(s *Server) {
 	}
 }
 
-// dial resolves the link's domain and connects on a worker, then enrolls
-// the socket into the link's loop; OnOpen continues (openOutbound).
-func (s *Server) dial(lk *s2sLink) {
-	timeout := s.conf().S2S.ConnectTimeout
-	ok := s.pool.Submit(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		addrs, err := s.resolve(ctx, lk.domain)
-		if err != nil || len(addrs) == 0 {
-			s.log.Debug("s2s: no address", zap.String("domain", lk.domain), zap.Error(err))
-			s.linkGone(lk, nil, "remote-server-not-found")
-			return
-		}
-		var nc net.Conn
-		var direct bool
-		cond := "remote-server-not-found"
-		for _, a := range addrs {
-			var d net.Dialer
-			nc, err = d.DialContext(ctx, "tcp", a.addr)
-			if err == nil {
-				direct = a.direct
-				break
-			}
-			if ctx.Err() != nil {
-				cond = "remote-server-timeout"
-				break
-			}
-		}
-		if nc == nil {
-			s.log.Debug("s2s: connect failed", zap.String("domain", lk.domain), zap.Error(err))
-			s.linkGone(lk, nil, cond)
-			return
-		}
-		s.fed.dialled.Add(1)
-		res, err := lk.loop.el.Enroll(gnet.NewContext(context.Background(), &s2sDial{link: lk, direct: direct}), nc)
-		if err != nil {
-			_ = nc.Close()
-			s.linkGone(lk, nil, "remote-server-not-found")
-			return
-		}
-		// Bounded: a loop that stops never answers (Stop waits for
-		// the workers).
-		select {
-		case r := <-res:
-			if r.Err != nil {
-				s.linkGone(lk, nil, "remote-server-not-found")
-			}
-		case <-ctx.Done():
-			s.linkGone(lk, nil, "remote-server-timeout")
-		}
-	})
-	if ok != nil {
-		s.linkGone(lk, nil, "remote-server-timeout")
-	}
-}
-
 // s2sTarget is one address to try for a remote domain; direct is XEP-0368
 // direct TLS (from _xmpps-server._tcp).
 type s2sTarget struct {

@@ -323,6 +323,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		return nil
 	}
 	s.stopping.Store(true)
+	// Connects in flight end now: a peer that does not answer does not
+	// hold Stop for s2s.connect_timeout.
+	s.stopDials()
 	if s.admin != nil {
 		_ = s.admin.Shutdown(ctx)
 	}
