@@ -45,6 +45,17 @@ type S2S struct {
 	MaxQueueBytes int `koanf:"max_queue_bytes"`
 	// MaxStanzaSize is the largest stanza an authenticated peer may send.
 	MaxStanzaSize int `koanf:"max_stanza_size"`
+	// MaxStreamsPerDomain caps the authenticated inbound streams of one
+	// peer domain, over all the domains this server hosts; one more is
+	// refused with policy-violation when it authenticates. A peer needs
+	// one stream per hosted domain it talks to (the main domain, the MUC
+	// service, upload, a component) and briefly one more while it
+	// replaces a stream. 0 is no cap.
+	MaxStreamsPerDomain int `koanf:"max_streams_per_domain"`
+	// MaxDials caps the outbound connections being set up at once (DNS
+	// and TCP connect, on goroutines of their own rather than the worker
+	// pool); further links wait their turn. Stop cancels them.
+	MaxDials int `koanf:"max_dials"`
 }
 
 // Federation defaults.
@@ -53,6 +64,15 @@ const (
 	DefaultS2SIdleTimeout    = 10 * time.Minute
 	DefaultS2SConnectTimeout = 30 * time.Second
 	DefaultS2SMaxQueueBytes  = 256 << 10
+	// DefaultS2SMaxStreamsPerDomain is 8: a peer's stream to each of a
+	// typical server's hosted domains (main, MUC, upload, a component or
+	// two) with room for one being replaced, and still a small fraction
+	// of preauth.max_per_ip for a peer that opens streams in a loop.
+	DefaultS2SMaxStreamsPerDomain = 8
+	// DefaultS2SMaxDials is 16 connects in flight: each is a goroutine
+	// and a socket for at most connect_timeout, and a server rarely
+	// starts talking to more than a few new domains at once.
+	DefaultS2SMaxDials = 16
 )
 
 // RequireValidCertsFrom reports whether domain must present a valid
@@ -67,7 +87,8 @@ func (s *S2S) RequireValidCertsFrom(domain string) bool {
 func defaultS2S() S2S {
 	return S2S{Listen: DefaultS2SListen, IdleTimeout: DefaultS2SIdleTimeout,
 		ConnectTimeout: DefaultS2SConnectTimeout, MaxQueueBytes: DefaultS2SMaxQueueBytes,
-		MaxStanzaSize: DefaultMaxStanzaSize}
+		MaxStanzaSize: DefaultMaxStanzaSize, MaxStreamsPerDomain: DefaultS2SMaxStreamsPerDomain,
+		MaxDials: DefaultS2SMaxDials}
 }
 
 func (c *Config) validateS2S(bad func(key string, v any, why string)) {
@@ -96,6 +117,12 @@ func (c *Config) validateS2S(bad func(key string, v any, why string)) {
 	}
 	if s.MaxStanzaSize < 1024 {
 		bad("s2s.max_stanza_size", s.MaxStanzaSize, "must be >= 1024")
+	}
+	if s.MaxStreamsPerDomain < 0 {
+		bad("s2s.max_streams_per_domain", s.MaxStreamsPerDomain, "must be >= 0 (0: no cap)")
+	}
+	if s.MaxDials < 1 {
+		bad("s2s.max_dials", s.MaxDials, "must be >= 1")
 	}
 	if c.Component.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Component.Listen); err != nil {

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -56,5 +57,37 @@ func TestComponentSecrets(t *testing.T) {
 	c.Component.Secrets["example.org"] = "x"
 	if err := c.Validate(); err == nil {
 		t.Fatal("a component for the server's own domain validated")
+	}
+}
+
+// TestS2SLimits checks s2s.max_streams_per_domain and s2s.max_dials:
+// their defaults validate, 0 streams means no cap, and each bad value is
+// named by its key.
+func TestS2SLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		streams int
+		dials   int
+		bad     string
+	}{
+		{"defaults", DefaultS2SMaxStreamsPerDomain, DefaultS2SMaxDials, ""},
+		{"no stream cap", 0, 1, ""},
+		{"negative streams", -1, 16, "s2s.max_streams_per_domain"},
+		{"no dials", 8, 0, "s2s.max_dials"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			c.S2S.MaxStreamsPerDomain, c.S2S.MaxDials = tc.streams, tc.dials
+			err := c.Validate()
+			switch {
+			case tc.bad == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad)):
+				t.Fatalf("Validate = %v, want an error naming %s", err, tc.bad)
+			}
+		})
+	}
+	if d := Default().S2S; d.MaxStreamsPerDomain != 8 || d.MaxDials != 16 {
+		t.Fatalf("defaults = %d streams, %d dials", d.MaxStreamsPerDomain, d.MaxDials)
 	}
 }

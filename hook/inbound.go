@@ -20,3 +20,19 @@ type Inbound interface {
 type Attached interface {
 	Attached() bool
 }
+
+// PeerGone is an optional interface of a Module: the server no longer
+// hears from another server's domain. It is called when the last
+// authenticated inbound stream from domain ends other than by an orderly
+// stream close (the peer dropped the connection, broke the protocol, or
+// a deadline passed), and when an outbound stream to domain could not be
+// set up while no inbound stream from it is up (the peer is unreachable).
+// What the module keeps about that domain's users on the word of their
+// presence (a resource's capabilities, say) can go: an unreachable server
+// sends no unavailable presence for them. An orderly close (an idle
+// stream, either side) says nothing of the peer's users and calls nothing.
+// Called on an event loop or a dialer goroutine: it must not block, and
+// must be safe for concurrent use.
+type PeerGone interface {
+	PeerGone(domain string)
+}

@@ -189,6 +189,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descConns, float64(f.preauthN.Load()), "s2s", "preauth")
 	gauge(descConns, float64(f.authedN.Load()), "s2s", "authenticated")
 	gauge(descConns, float64(f.outbound.Load()), "s2s", "outbound")
+	dialling, _ := f.dialer.stats()
+	gauge(descConns, float64(dialling), "s2s", "dialling")
 	counter(descAccepted, f.accepted.Load(), "s2s")
 	for r := reasonNone + 1; r < numCloseReasons; r++ {
 		counter(descClosed, f.closedBy[r].Load(), "s2s", closeReasonNames[r])

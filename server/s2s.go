@@ -68,7 +68,14 @@ type federation struct {
 	srvTLS  *tls.Config // inbound STARTTLS: asks for the peer's certificate
 	direct  *tls.Config // inbound XEP-0368 direct TLS (ALPN xmpp-server)
 	preauth preauthLimiter
-	inbound []hook.Inbound // modules with a remote side
+	inbound []hook.Inbound  // modules with a remote side
+	gone    []hook.PeerGone // modules told when a peer domain goes away
+
+	// perDomain counts the authenticated inbound streams of each peer
+	// domain (s2s.max_streams_per_domain); guarded by mu.
+	perDomain map[string]int
+
+	dialer dialer // outbound connects (s2s_dial.go)
 
 	// lookupSRV is the SRV resolver (net.DefaultResolver's; tests swap it).
 	lookupSRV func(ctx context.Context, service, proto, name string) (string, []*net.SRV, error)
@@ -90,6 +97,7 @@ type federation struct {
 	authExternal, authDB  atomic.Uint64
 	authFailed            atomic.Uint64
 	invalidFrom           atomic.Uint64
+	domainCapped          atomic.Uint64 // streams refused by s2s.max_streams_per_domain
 }
 
 // s2sStream is the federation state of one s2s conn, kept in its loop's
@@ -105,6 +113,7 @@ type s2sStream struct {
 	triedExt  bool // outbound: SASL EXTERNAL was tried
 	dbSent    bool // outbound: db:result was sent
 	dbWait    bool // inbound: waiting for the authoritative server's answer
+	claimed   bool // inbound: counted in federation.perDomain
 	last      time.Duration
 }
 
@@ -140,7 +149,8 @@ type s2sDial struct {
 // initFederation prepares the s2s state: TLS configurations, roots, the
 // dialback secret. Called from New.
 func (s *Server) initFederation() error {
-	f := &federation{links: make(map[linkKey]*s2sLink), verifies: make(map[string]*conn), components: make(map[string]*s2sLink)}
+	f := &federation{links: make(map[linkKey]*s2sLink), verifies: make(map[string]*conn), components: make(map[string]*s2sLink),
+		perDomain: make(map[string]int)}
 	if _, err := rand.Read(f.secret[:]); err != nil {
 		return fmt.Errorf("server: dialback secret: %w", err)
 	}
@@ -173,10 +183,14 @@ func (s *Server) initFederation() error {
 		withKeyLog(f.srvTLS)
 		withKeyLog(f.direct)
 	}
+	f.dialer.init()
 	f.preauth.init(s.cfg.Preauth.MaxPerIP, s.cfg.Preauth.MaxTotal, prefixes(&s.cfg))
 	for _, m := range s.hooks.Modules() {
 		if in, ok := m.(hook.Inbound); ok {
 			f.inbound = append(f.inbound, in)
+		}
+		if g, ok := m.(hook.PeerGone); ok {
+			f.gone = append(f.gone, g)
 		}
 	}
 	s.fed = f
@@ -574,11 +588,63 @@ func (s *Server) s2sExternal(c *conn, st *s2sStream, tag stanza.StartTag, unit [
 		fail("invalid-authzid")
 		return
 	}
+	if !s.s2sClaim(c, st) {
+		return
+	}
 	s.fed.authExternal.Add(1)
 	c.write([]byte(`<success xmlns='` + nsSASL + `'/>`))
 	c.phase = phaseAuthHeader
 	c.flags &^= flagHeaderSent
 	c.framer.Reset()
+}
+
+// s2sClaim counts c, an inbound stream about to be authenticated for
+// st.remote, against s2s.max_streams_per_domain; one beyond the cap is
+// closed with policy-violation instead. Called where authentication
+// succeeds (SASL success, dialback valid), before the peer is told.
+func (s *Server) s2sClaim(c *conn, st *s2sStream) bool {
+	f := s.fed
+	limit := s.conf().S2S.MaxStreamsPerDomain
+	f.mu.Lock()
+	n := f.perDomain[st.remote]
+	if limit > 0 && n >= limit {
+		f.mu.Unlock()
+		f.domainCapped.Add(1)
+		s.fail(c, stream.PolicyViolation.Err, "too many streams from this domain")
+		return false
+	}
+	f.perDomain[st.remote] = n + 1
+	f.mu.Unlock()
+	st.claimed = true
+	return true
+}
+
+// s2sUnclaim releases st's place in its domain's count. When it was the
+// domain's last stream and the stream did not end in order (a dropped
+// connection, an error, a deadline: why), the modules are told the peer
+// is gone.
+func (s *Server) s2sUnclaim(st *s2sStream, why closeReason) {
+	f := s.fed
+	st.claimed = false
+	f.mu.Lock()
+	n := f.perDomain[st.remote] - 1
+	if n > 0 {
+		f.perDomain[st.remote] = n
+	} else {
+		delete(f.perDomain, st.remote)
+	}
+	f.mu.Unlock()
+	if n <= 0 && why != reasonClient && why != reasonShutdown {
+		s.peerGone(st.remote)
+	}
+}
+
+// peerGone tells the modules that domain went away (hook.PeerGone).
+func (s *Server) peerGone(domain string) {
+	s.log.Debug("s2s peer gone", zap.String("domain", domain))
+	for _, g := range s.fed.gone {
+		g.PeerGone(domain)
+	}
 }
 
 // s2sAuthenticated makes an inbound stream routable for st.remote: the
@@ -686,6 +752,11 @@ func (s *Server) s2sStanza(c *conn, st *s2sStream, tag stanza.StartTag, local st
 func (s *Server) s2sRelease(c *conn) {
 	f := s.fed
 	st := s2sOf(c)
+	if st != nil && st.claimed {
+		// Before the gauges move: whoever sees the stream gone sees the
+		// modules told.
+		s.s2sUnclaim(st, c.reason)
+	}
 	delete(c.loop.s2s, c)
 	delete(c.loop.s2sPeerCerts, c)
 	if c.has(flagPreauth) {
@@ -766,6 +837,8 @@ type S2SStats struct {
 	AuthDialback            uint64 // peers authenticated with dialback, or its certificate shortcut
 	AuthFailed, InvalidFrom uint64
 	ClosedDeadline          uint64 // s2s streams closed at a deadline (pre-auth, connect, TLS)
+	Dialling, DialWaiting   int    // outbound connects in flight (at most s2s.max_dials), links waiting for one
+	DomainCapped            uint64 // inbound streams refused by s2s.max_streams_per_domain
 	ClosedBy                map[string]uint64
 }
 
@@ -776,7 +849,8 @@ func (s *Server) S2SStats() S2SStats {
 		Authenticated: f.authedN.Load(), Outbound: f.outbound.Load(), StanzasIn: f.stanzasIn.Load(),
 		StanzasOut: f.stanzasOut.Load(), Bounced: f.bounced.Load(), AuthExternal: f.authExternal.Load(),
 		AuthDialback: f.authDB.Load(), AuthFailed: f.authFailed.Load(), InvalidFrom: f.invalidFrom.Load(),
-		ClosedDeadline: f.closedBy[reasonDeadline].Load(), ClosedBy: make(map[string]uint64)}
+		ClosedDeadline: f.closedBy[reasonDeadline].Load(), DomainCapped: f.domainCapped.Load(), ClosedBy: make(map[string]uint64)}
+	st.Dialling, st.DialWaiting = f.dialer.stats()
 	for r := reasonDeadline; r < numCloseReasons; r++ {
 		if v := f.closedBy[r].Load(); v > 0 {
 			st.ClosedBy[closeReasonNames[r]] = v

@@ -133,6 +133,7 @@ func TestS2SFiguresAuthenticated(t *testing.T) {
 	cfg.S2S.Listen = "127.0.0.1:0"
 	cfg.S2S.CAFile = aCA.caFile
 	cfg.S2S.IdleTimeout = 0
+	cfg.S2S.MaxStreamsPerDomain = 0 // every peer is a.test: no cap
 	cfg.Preauth.Timeout = 10 * time.Minute
 	srv := startServer(t, cfg)
 	peers := func(k int) {

@@ -21,7 +21,8 @@ import (
 // deliverRemote queues b, a stamped stanza, on the outbound stream to
 // domain from the hosted domain b is from (localOf), opening one if none
 // exists. It returns 1: the stanza was taken (queued, or bounced to its
-// sender when it cannot be).
+// sender when it cannot be). from is the caller's loop (nil on a worker);
+// a new link goes to the least loaded loop whichever it is (linkLoop).
 func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
 	f := s.fed
 	key := linkKey{local: s.localOf(b), remote: domain}
@@ -38,10 +39,7 @@ func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
 			return 1
 		}
 		if fresh {
-			lk = &s2sLink{domain: domain, local: key.local, started: time.Now(), loop: from}
-			if lk.loop == nil {
-				lk.loop = s.anyLoop()
-			}
+			lk = &s2sLink{domain: domain, local: key.local, started: time.Now(), loop: s.linkLoop()}
 			if lk.loop == nil {
 				f.mu.Unlock()
 				s.bounce(b, "wait", "remote-server-timeout")
@@ -66,12 +64,34 @@ func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
 	return 1
 }
 
-// anyLoop returns some event loop, for a link asked for by a worker.
+// anyLoop returns some event loop, for a task asked for by a worker.
 func (s *Server) anyLoop() *loop {
 	if lp := s.loopsV.Load(); lp != nil && len(*lp) > 0 {
 		return (*lp)[0]
 	}
 	return nil
+}
+
+// linkLoop returns the event loop a new outbound link is enrolled into:
+// the one with the fewest links, the first on a tie, its count taken.
+// Links asked for by a worker (a module's delivery, a dialback verify)
+// would otherwise all land on one loop, and those asked for by a loop on
+// the loop of whichever session spoke first; gnet spreads accepted
+// connections round-robin, so clients are even and links decide. nil
+// before the loops are up.
+func (s *Server) linkLoop() *loop {
+	lp := s.loopsV.Load()
+	if lp == nil || len(*lp) == 0 {
+		return nil
+	}
+	best := (*lp)[0]
+	for _, l := range (*lp)[1:] {
+		if l.links.Load() < best.links.Load() {
+			best = l
+		}
+	}
+	best.links.Add(1)
+	return best
 }
 
 type pushResult uint8
@@ -171,62 +191,6 @@ func (lk *s2sLink) drain(s *Server) {
 	if n := len(q); n > 0 {
 		s.fed.stanzasOut.Add(uint64(n))
 		st.last = c.loop.since()
-	}
-}
-
-// dial resolves the link's domain and connects on a worker, then enrolls
-// the socket into the link's loop; OnOpen continues (openOutbound).
-func (s *Server) dial(lk *s2sLink) {
-	timeout := s.conf().S2S.ConnectTimeout
-	ok := s.pool.Submit(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		addrs, err := s.resolve(ctx, lk.domain)
-		if err != nil || len(addrs) == 0 {
-			s.log.Debug("s2s: no address", zap.String("domain", lk.domain), zap.Error(err))
-			s.linkGone(lk, nil, "remote-server-not-found")
-			return
-		}
-		var nc net.Conn
-		var direct bool
-		cond := "remote-server-not-found"
-		for _, a := range addrs {
-			var d net.Dialer
-			nc, err = d.DialContext(ctx, "tcp", a.addr)
-			if err == nil {
-				direct = a.direct
-				break
-			}
-			if ctx.Err() != nil {
-				cond = "remote-server-timeout"
-				break
-			}
-		}
-		if nc == nil {
-			s.log.Debug("s2s: connect failed", zap.String("domain", lk.domain), zap.Error(err))
-			s.linkGone(lk, nil, cond)
-			return
-		}
-		s.fed.dialled.Add(1)
-		res, err := lk.loop.el.Enroll(gnet.NewContext(context.Background(), &s2sDial{link: lk, direct: direct}), nc)
-		if err != nil {
-			_ = nc.Close()
-			s.linkGone(lk, nil, "remote-server-not-found")
-			return
-		}
-		// Bounded: a loop that stops never answers (Stop waits for
-		// the workers).
-		select {
-		case r := <-res:
-			if r.Err != nil {
-				s.linkGone(lk, nil, "remote-server-not-found")
-			}
-		case <-ctx.Done():
-			s.linkGone(lk, nil, "remote-server-timeout")
-		}
-	})
-	if ok != nil {
-		s.linkGone(lk, nil, "remote-server-timeout")
 	}
 }
 
@@ -468,10 +432,25 @@ func (s *Server) linkGone(lk *s2sLink, c *conn, cond string) {
 		lk.mu.Unlock()
 		return
 	}
+	if !lk.dead && lk.loop != nil {
+		lk.loop.links.Add(-1)
+	}
 	lk.dead = true
+	neverUp := !lk.ready
 	q, ctl := lk.queue, lk.control
 	lk.queue, lk.control, lk.bytes = nil, nil, 0
 	lk.mu.Unlock()
+	if neverUp && !s.stopping.Load() {
+		// Unreachable, and no inbound stream says otherwise: the peer
+		// is gone (an idle inbound stream closed in order earlier did
+		// not tell).
+		f.mu.Lock()
+		up := f.perDomain[lk.domain] > 0
+		f.mu.Unlock()
+		if !up {
+			s.peerGone(lk.domain)
+		}
+	}
 	typ := "cancel"
 	if cond == "remote-server-timeout" {
 		typ = "wait"
@@ -569,6 +548,9 @@ func (s *Server) dbResult(c *conn, st *s2sStream, tag stanza.StartTag, unit []by
 	}
 	if st.verified {
 		// XEP-0344: the certificate proves the domain; no dialback round.
+		if !s.s2sClaim(c, st) {
+			return
+		}
 		s.fed.authDB.Add(1)
 		answer("valid", "")
 		s.s2sAuthenticated(c, st)
@@ -608,7 +590,11 @@ func (s *Server) verifyVia(local, domain string, v []byte) {
 			break
 		}
 		if fresh {
-			lk = &s2sLink{domain: domain, local: local, started: time.Now(), loop: s.anyLoop()}
+			lk = &s2sLink{domain: domain, local: local, started: time.Now(), loop: s.linkLoop()}
+			if lk.loop == nil {
+				f.mu.Unlock()
+				break
+			}
 			f.links[key] = lk
 		}
 		f.mu.Unlock()
@@ -674,6 +660,9 @@ func (s *Server) dbAnswer(id, from string, valid bool) {
 			return
 		}
 		st.dbWait = false
+		if valid && !s.s2sClaim(c, st) {
+			return
+		}
 		b := append(c.loop.scratch[:0], `<db:result from='`...)
 		b = stanza.AppendEscaped(b, st.local)
 		b = append(b, `' to='`...)

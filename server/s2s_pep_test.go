@@ -3,6 +3,8 @@ package server_test
 import (
 	"strings"
 	"testing"
+
+	"github.com/krill-xmpp/krill/config"
 )
 
 // fedCaps returns caps' query and answer with the server named domain
@@ -77,3 +79,83 @@ func TestS2SPEP(t *testing.T) {
 
 // pepCapsQueries is the disco#info queries n's pep module has sent.
 func pepCapsQueries(n *fedNode) uint64 { return n.srv.Stats().Modules["pep.caps_queries"] }
+
+// TestS2SPEPPeerGone: the caps a.test follows for the resources of a peer
+// domain go when the peer does (hook.PeerGone): carol@c.test/x (a domain
+// b.test's CA vouches for, on raw sockets) announces caps alice's client
+// made known, so a.test asks nobody. Her stream closing in order (an idle
+// close) keeps them; with two streams up, one dropped keeps them; the
+// last one dropped (the TCP connection ends without a stream close)
+// takes them. Announced again and closed in order, they go when a.test
+// finds c.test unreachable (its route refuses connections).
+func TestS2SPEPPeerGone(t *testing.T) {
+	refused := freePort(t, "127.0.0.1")
+	a, b := fedPair(t, true, func(a, _ *config.Config) { a.S2S.Routes["c.test"] = refused })
+	alice := fedLogin(t, a, "alice", "a")
+	q, ans := fedCaps(capsOMEMO, "caps-1", "a.test", "alice@a.test/a")
+	alice.send(capsOMEMO.presence())
+	alice.expect(t, q)
+	alice.send(ans)
+	c := `<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='` + capsOMEMO.node + `' ver='` + capsOMEMO.ver() + `'/>`
+	alice.expect(t, `<presence from='alice@a.test/a'>`+c+`</presence>`)
+
+	cert := b.ca.issue(t, "c.test")
+	remoteCaps := func() uint64 { return a.srv.Stats().Modules["pep.caps_remote"] }
+	announce := func(s *s2sClient) {
+		t.Helper()
+		p := `<presence from='carol@c.test/x' to='alice@a.test'>` + c + `</presence>`
+		s.send(p)
+		alice.expect(t, p) // pep saw it before the session did
+		if n := remoteCaps(); n != 1 {
+			t.Fatalf("caps_remote = %d, want 1", n)
+		}
+	}
+	authed := func(n int64) {
+		t.Helper()
+		if !waitFor(ioTimeout, func() bool { return a.srv.S2SStats().Authenticated == n }) {
+			t.Fatalf("authenticated inbound streams: %+v", a.srv.S2SStats())
+		}
+	}
+
+	s, _ := dialS2S(t, a, "c.test", &cert)
+	s2sExternal(t, s, a, "c.test")
+	announce(s)
+	s.send(`</stream:stream>`)
+	if got := s.closed(); got != `</stream:stream>` {
+		t.Fatalf("close: got %q", got)
+	}
+	authed(0)
+	if n := remoteCaps(); n != 1 {
+		t.Fatalf("after an orderly close: caps_remote = %d, want 1", n)
+	}
+
+	s1, _ := dialS2S(t, a, "c.test", &cert)
+	s2sExternal(t, s1, a, "c.test")
+	s2, _ := dialS2S(t, a, "c.test", &cert)
+	s2sExternal(t, s2, a, "c.test")
+	announce(s2)
+	_ = s1.conn.Close()
+	authed(1)
+	if n := remoteCaps(); n != 1 {
+		t.Fatalf("with a stream left: caps_remote = %d, want 1", n)
+	}
+	_ = s2.conn.Close()
+	authed(0)
+	if n := remoteCaps(); n != 0 {
+		t.Fatalf("after the peer went: caps_remote = %d, want 0", n)
+	}
+
+	s, _ = dialS2S(t, a, "c.test", &cert)
+	s2sExternal(t, s, a, "c.test")
+	announce(s)
+	s.send(`</stream:stream>`)
+	if got := s.closed(); got != `</stream:stream>` {
+		t.Fatalf("close: got %q", got)
+	}
+	authed(0)
+	alice.send(`<message type='chat' id='m1' to='carol@c.test/x'><body>there?</body></message>`)
+	alice.expect(t, `<message type='error' id='m1' from='carol@c.test/x' to='alice@a.test/a'><error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>`)
+	if n := remoteCaps(); n != 0 {
+		t.Fatalf("after c.test was unreachable: caps_remote = %d, want 0", n)
+	}
+}

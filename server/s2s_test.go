@@ -115,9 +115,28 @@ func freePort(t testing.TB, ip string) string {
 	return l.Addr().String()
 }
 
+// freePorts returns k host:port addresses on ip, distinct: their
+// listeners are open together before all close. A server listening on
+// ip:0 next to a port taken with freePort could be handed that same port
+// back by the kernel.
+func freePorts(t testing.TB, ip string, k int) []string {
+	t.Helper()
+	out := make([]string, 0, k)
+	for range k {
+		l, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			t.Skipf("cannot listen on %s: %v", ip, err)
+		}
+		defer l.Close()
+		out = append(out, l.Addr().String())
+	}
+	return out
+}
+
 // fedNode is one instance of a two-domain federation test.
 type fedNode struct {
 	domain, ip, s2s string
+	c2s             string // the c2s listener, distinct from s2s
 	ca              devCA
 	cfg             config.Config
 	srv             *server.Server
@@ -135,13 +154,14 @@ func fedPair(t *testing.T, trust bool, tweak func(a, b *config.Config)) (a, b *f
 	b = &fedNode{domain: "b.test", ip: "127.0.0.3"}
 	for _, n := range []*fedNode{a, b} {
 		n.ca = newDevCA(t, n.domain, "conference."+n.domain, "push."+n.domain, "upload."+n.domain)
-		n.s2s = freePort(t, n.ip)
+		ports := freePorts(t, n.ip, 2)
+		n.s2s, n.c2s = ports[0], ports[1]
 	}
 	for _, p := range [][2]*fedNode{{a, b}, {b, a}} {
 		n, peer := p[0], p[1]
 		cfg := testConfig(t)
 		cfg.Domain = n.domain
-		cfg.C2S.Listen = n.ip + ":0"
+		cfg.C2S.Listen = n.c2s
 		cfg.TLS.Cert, cfg.TLS.Key = n.ca.certFile, n.ca.keyFile
 		cfg.S2S.Listen = n.s2s
 		cfg.S2S.Routes = map[string]string{peer.domain: peer.s2s, "conference." + peer.domain: peer.s2s, "push." + peer.domain: peer.s2s, "upload." + peer.domain: peer.s2s}

@@ -327,6 +327,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		return nil
 	}
 	s.stopping.Store(true)
+	// Connects in flight end now: a peer that does not answer does not
+	// hold Stop for s2s.connect_timeout.
+	s.stopDials()
 	if s.admin != nil {
 		_ = s.admin.Shutdown(ctx)
 	}
@@ -473,6 +476,9 @@ type loop struct {
 	// its TLS handshake until its restarted header names the domain.
 	s2s          map[*conn]*s2sStream
 	s2sPeerCerts map[*conn][]*x509.Certificate
+	// links counts the outbound links enrolled into (or dialling for)
+	// this loop, which linkLoop balances.
+	links atomic.Int32
 }
 
 func newLoop(s *Server, el gnet.EventLoop) *loop {

@@ -397,6 +397,41 @@ func (c *capsCache) stats() (entries, bytes int, queries uint64) {
 	return len(c.byVer), c.bytes, c.queries
 }
 
+// remoteCount is the remote resources followed (at most MaxRemoteCaps).
+func (c *capsCache) remoteCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.remN
+}
+
+// forgetDomain drops the entries of every remote resource at domain, and
+// the queries asked of them. It walks the followed bare JIDs: a peer that
+// goes away is rare next to presence, which an index by domain would tax.
+func (c *capsCache) forgetDomain(domain string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for bare, byFull := range c.rem {
+		d := bare
+		if _, after, ok := strings.Cut(bare, "@"); ok {
+			d = after
+		}
+		if d != domain {
+			continue
+		}
+		for r, e := range byFull {
+			if p := c.pending[e.info.ver]; p != nil && p.asked == r {
+				delete(c.pending, e.info.ver)
+				delete(c.byID, p.id)
+			}
+			n++
+		}
+		c.remN -= len(byFull)
+		delete(c.rem, bare)
+	}
+	return n
+}
+
 func hasNotify(sorted []string, node string) bool {
 	want := node + "+notify"
 	i := sort.SearchStrings(sorted, want)

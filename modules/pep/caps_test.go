@@ -216,3 +216,30 @@ func TestCapsRemote(t *testing.T) {
 		t.Fatal("followed beyond MaxRemoteCaps")
 	}
 }
+
+// TestCapsForgetDomain: a peer gone (hook.PeerGone) takes its resources'
+// entries and the queries asked of them, and nothing of other domains
+// (a domain that ends like it, a server's own resource included).
+func TestCapsForgetDomain(t *testing.T) {
+	c := newCapsCache(CapsCacheBytes)
+	const ver = "QgayPKawpkPSDYmwT/WM94uAlu0="
+	for _, r := range []remote{"bob@b.test/phone", "bob@b.test/pc", "carol@b.test/x", "b.test/srv", "dan@sub.b.test/x", "erin@c.test/y"} {
+		c.seen(r, "n", ver, "sha-1")
+	}
+	if c.remoteCount() != 6 || len(c.pending) != 1 {
+		t.Fatalf("before: %d entries, %d pending", c.remoteCount(), len(c.pending))
+	}
+	if n := (&Module{caps: c}).caps.forgetDomain("b.test"); n != 4 {
+		t.Fatalf("forgot %d, want 4", n)
+	}
+	if c.remoteCount() != 2 || c.entry(remote("dan@sub.b.test/x")) == nil || c.entry(remote("erin@c.test/y")) == nil {
+		t.Fatalf("after: %d entries %v", c.remoteCount(), c.rem)
+	}
+	if len(c.pending) != 0 || len(c.byID) != 0 {
+		t.Fatalf("the query asked of bob@b.test/phone is still pending: %v", c.pending)
+	}
+	(&Module{caps: c}).PeerGone("c.test")
+	if c.remoteCount() != 1 {
+		t.Fatalf("PeerGone(c.test) left %d entries", c.remoteCount())
+	}
+}

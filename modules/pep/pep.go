@@ -139,13 +139,21 @@ func (m *Module) Register(r *hook.Registrar) error {
 	return nil
 }
 
-// Counters implements hook.Counter: the caps cache's entries, bytes and
-// the disco#info queries sent.
+// Counters implements hook.Counter: the caps cache's entries, bytes, the
+// disco#info queries sent and the remote resources followed.
 func (m *Module) Counters(fn func(event string, n uint64)) {
 	e, b, q := m.caps.stats()
 	fn("caps_entries", uint64(e))
 	fn("caps_bytes", uint64(b))
 	fn("caps_queries", q)
+	fn("caps_remote", uint64(m.caps.remoteCount()))
+}
+
+// PeerGone implements hook.PeerGone: the caps of the resources at a server
+// that went away are forgotten, since it sends no unavailable presence
+// for them.
+func (m *Module) PeerGone(domain string) {
+	m.caps.forgetDomain(domain)
 }
 
 // limits returns the account limits in force.

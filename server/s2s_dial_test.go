@@ -1,0 +1,95 @@
+//go:build linux
+
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// blackhole returns the address of a loopback listener that never
+// accepts and whose accept queue is full (listen backlog 0, one
+// connection queued): Linux drops further SYNs, so a connect to it hangs
+// until its caller gives up, as one to a host that does not answer does.
+func blackhole(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	fill, err := net.DialTimeout("tcp", addr, ioTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fill.Close() })
+	if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+		c.Close()
+		t.Skip("the kernel accepted beyond a full backlog: no blackhole here")
+	}
+	return addr
+}
+
+// TestS2SDialNoWorkers: connects to peers that do not answer run on the
+// dialer, not the worker pool: with 2 workers, 4 links to 4 unanswering
+// domains (s2s.max_dials 3: three connects hang, one link waits its turn)
+// leave the workers free, so alice's roster requests (storage, on the
+// workers) are answered; then Stop returns at once rather than after
+// s2s.connect_timeout (a minute), and what waited is bounced.
+func TestS2SDialNoWorkers(t *testing.T) {
+	hole := blackhole(t)
+	cfg := testConfig(t)
+	cfg.Domain = "a.test"
+	cfg.Server.Workers = 2
+	cfg.S2S.MaxDials = 3
+	cfg.S2S.ConnectTimeout = time.Minute
+	cfg.S2S.Routes = map[string]string{}
+	const n = 4
+	for i := range n {
+		cfg.S2S.Routes[fmt.Sprintf("h%d.test", i)] = hole
+	}
+	srv := startServer(t, cfg, "alice")
+	node := &fedNode{domain: "a.test", srv: srv}
+	alice := fedLogin(t, node, "alice", "a")
+	for i := range n {
+		alice.send(fmt.Sprintf(`<message type='chat' id='m%d' to='bob@h%d.test'><body>x</body></message>`, i, i))
+	}
+	if !waitFor(ioTimeout, func() bool { st := srv.S2SStats(); return st.Dialling == 3 && st.DialWaiting == 1 }) {
+		t.Fatalf("dials: %+v", srv.S2SStats())
+	}
+	for i := range 2 * cfg.Server.Workers {
+		id := "r" + strconv.Itoa(i)
+		alice.exchange(t, `<iq type='get' id='`+id+`'><query xmlns='jabber:iq:roster'/></iq>`, `<iq type='result' id='`+id+`'>{**}</iq>`)
+	}
+	if st := srv.S2SStats(); st.Dialling != 3 || st.DialWaiting != 1 || st.Dialled != 0 {
+		t.Fatalf("the dials did not hang: %+v", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := srv.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("Stop took %v with connects hanging", el)
+	}
+	if st := srv.S2SStats(); st.Dialling != 0 || st.DialWaiting != 0 || st.Bounced != n {
+		t.Fatalf("after Stop: %+v", st)
+	}
+}
