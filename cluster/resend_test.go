@@ -68,6 +68,7 @@ func TestKeptResentAndDeduplicated(t *testing.T) {
 	}
 	defer sub.Unsubscribe()
 	msg := binary.BigEndian.AppendUint64([]byte{opDeliverAck}, 42)
+	msg = binary.BigEndian.AppendUint64(msg, uint64(time.Now().UnixNano())) // publish time
 	msg = binary.BigEndian.AppendUint16(msg, uint16(len("bob@example.org/r")))
 	msg = append(msg, "bob@example.org/r<message id='twice'/>"...)
 	for range 2 {

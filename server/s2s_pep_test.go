@@ -58,11 +58,21 @@ func TestS2SPEP(t *testing.T) {
 	const tune = `<tune xmlns='http://jabber.org/protocol/tune'><title>Song</title></tune>`
 	alice.exchange(t, `<iq type='set' id='p1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='http://jabber.org/protocol/tune'><item id='t1'>`+tune+`</item></publish></pubsub></iq>`,
 		`<iq type='result' id='p1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='http://jabber.org/protocol/tune'><item id='t1'/></publish></pubsub></iq>`)
-	bob.expect(t, event("alice@a.test", "bob@b.test/b", "http://jabber.org/protocol/tune", "t1", tune))
+	ev := event("alice@a.test", "bob@b.test/b", "http://jabber.org/protocol/tune", "t1", tune)
+	bob.expect(t, ev)
 	// Subscribed to alice's presence, bob may ask her last activity
-	// (XEP-0012 section 4): she is online.
-	bob.exchange(t, `<iq type='get' id='l1' to='alice@a.test'><query xmlns='jabber:iq:last'/></iq>`,
-		`<iq type='result' id='l1' from='alice@a.test' to='bob@b.test/b'><query xmlns='jabber:iq:last' seconds='0'/></iq>`)
+	// (XEP-0012 section 4): she is online. Before the answer, at most one
+	// more copy of the event: the last item a.test sends bob's resource
+	// once his caps are known runs detached, and under load it may read
+	// the item the publish just stored (XEP-0163 allows the repeat).
+	bob.send(`<iq type='get' id='l1' to='alice@a.test'><query xmlns='jabber:iq:last'/></iq>`)
+	last := `<iq type='result' id='l1' from='alice@a.test' to='bob@b.test/b'><query xmlns='jabber:iq:last' seconds='0'/></iq>`
+	if before := strings.TrimSuffix(bob.skipUntil(last), last); before != "" {
+		id, _, _ := strings.Cut(before[strings.Index(before, "id='")+len("id='"):], "'")
+		if want := strings.Replace(ev, "{*}", id, 1); before != want {
+			t.Fatalf("before the last activity answer: %q, want nothing or one more %q", before, want)
+		}
+	}
 
 	// A second resource with the same caps: a.test knows them (no
 	// query) and sends the last item after alice's presence reaches it.

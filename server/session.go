@@ -36,15 +36,16 @@ type session struct {
 	// kept for minutes when parked, fits the 192-byte size class).
 	posted bool // a drain task is queued
 	gone   bool // closed: drop further deliveries
-	// closing: a stream error is on its way (closeWith). Deliveries are
-	// refused from then on, so that their senders store or route them
-	// elsewhere, rather than queue them behind the error and lose them.
-	closing bool
 	// inboxBytes is the size of inbox, guarded by mu; it saturates.
 	inboxBytes uint32
 	// kick is the stream error to close with, set by another loop
 	// (guarded by mu): a kickCode, 0 for none.
 	kick uint8
+	// closing: a stream error is on its way (closeWith), guarded by mu.
+	// Deliveries are refused from then on, so that their senders store
+	// or route them elsewhere, rather than queue them behind the error
+	// and lose them. (After kick, in what would be padding.)
+	closing bool
 	// lastActive is an offset from the server's epoch, in loop time:
 	// monotonic, and 8 bytes instead of a time.Time's 24.
 	lastActive time.Duration
