@@ -404,7 +404,8 @@ func TestLoadSecret(t *testing.T) {
 
 // TestUseWrittenOnlyWhenNeeded: a login with a token used before and no
 // count writes nothing (the write, a synced commit, is most of a token
-// login's cost); the first use, a count and invalidate are written.
+// login's cost); the first use and invalidate are written, a count at the
+// next flush.
 func TestUseWrittenOnlyWhenNeeded(t *testing.T) {
 	e := newEnv(t, Options{})
 	ctx := context.Background()
@@ -436,7 +437,11 @@ func TestUseWrittenOnlyWhenNeeded(t *testing.T) {
 	if u, _ := used(); !u.Equal(first) {
 		t.Fatalf("a count-less login wrote the use: %v, first %v", u, first)
 	}
-	login(7) // a count: written, and checked from now on
+	login(7) // a count: checked from now on, written behind (counts.go)
+	if _, c := used(); c != -1 {
+		t.Fatalf("count 7 written before the flush: %d", c)
+	}
+	e.tokens.counts.flush(ctx)
 	if u, c := used(); c != 7 || !u.After(first) {
 		t.Fatalf("after count 7: used %v, last count %d", u, c)
 	}
