@@ -34,14 +34,15 @@ import (
 // are lost, and the same counts would be accepted once more after the
 // restart. That reopens nothing the count protects against. The count
 // guards a client's TLS 0-RTT flight, which a network attacker can replay
-// verbatim without reading it (XEP-0484 section 4.4 asks for it "via TLS
-// 0-RTT payloads"); Krill's TLS takes no early data, and a 1-RTT record
-// cannot be replayed into another connection at all. Whoever can read a
-// login's plaintext gains nothing from an old count either: the count is
-// outside the HT proof, so such a reader could send any higher count. HT-
-// SHA-256-EXPR binds the proof to the connection's tls-exporter (RFC
-// 9266), unique per connection, so a recorded proof is refused on any
-// other connection whatever its count; -ENDP binds it to the server's
+// verbatim without reading it (XEP-0484, "Client authenticates using
+// FAST": servers reject replayed counts "received via TLS 0-RTT
+// payloads"); Krill's TLS takes no early data, and a 1-RTT record cannot
+// be replayed into another connection at all. Whoever can read a login's
+// plaintext gains nothing from an old count either: the count is outside
+// the HT proof, so such a reader could send any higher count. HT-SHA-256-
+// EXPR binds the proof to the connection's tls-exporter (RFC 9266),
+// unique per connection, so a recorded proof is refused on any other
+// connection whatever its count; -ENDP binds it to the server's
 // certificate only (the same for every connection) and -NONE to nothing,
 // which is why XEP-0484 says clients MUST prefer channel binding.
 //

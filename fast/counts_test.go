@@ -101,6 +101,14 @@ func TestCountCrashWindow(t *testing.T) {
 
 	restart := func() {
 		t.Helper()
+		// The old process is gone: what it held in memory with it.
+		c := e.tokens.counts
+		c.mu.Lock()
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+		c.entries, c.stopped = nil, true
+		c.mu.Unlock()
 		var err error
 		if e.tokens, err = New(e.store, testSecret(1), Options{Now: e.clock.now}); err != nil {
 			t.Fatal(err)
@@ -109,6 +117,9 @@ func TestCountCrashWindow(t *testing.T) {
 	restart() // a crash: count 5 was never written
 	e.countLogin(t, tok, 5, nil)
 	e.tokens.Flush(ctx) // a clean stop writes it
+	if c := e.lastCount(t, "phone"); c != 5 {
+		t.Fatalf("database count %d after Flush, want 5", c)
+	}
 	restart()
 	e.countLogin(t, tok, 5, storage.ErrReplayed)
 	e.countLogin(t, tok, 6, nil)

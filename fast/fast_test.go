@@ -66,7 +66,11 @@ func newEnv(t *testing.T, opts Options) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{store: s, tokens: tok, clock: c}
+	e := &env{store: s, tokens: tok, clock: c}
+	// Before the store closes (cleanups run last first): no count
+	// written behind may outlive the test.
+	t.Cleanup(func() { e.tokens.Flush(context.Background()) })
+	return e
 }
 
 // login runs one token login as a client would: initiator message over

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
+	"sync/atomic"
 )
 
 // TLS session resumption (tls.session_tickets). A reconnecting client
@@ -48,6 +49,24 @@ const ticketTagLen = sha256.Size
 type ticketKeys struct {
 	keys  *tls.Config
 	certs *certSource
+	last  atomic.Pointer[certTag] // the tag of the certificate last seen
+}
+
+// certTag is a certificate's tag in tickets, kept for the current
+// certificate so that a handshake does not hash it again.
+type certTag struct {
+	leaf *x509.Certificate
+	tag  [ticketTagLen]byte
+}
+
+// tagOf returns leaf's tag.
+func (k *ticketKeys) tagOf(leaf *x509.Certificate) *[ticketTagLen]byte {
+	if t := k.last.Load(); t != nil && t.leaf == leaf {
+		return &t.tag
+	}
+	t := &certTag{leaf: leaf, tag: sha256.Sum256(leaf.Raw)}
+	k.last.Store(t)
+	return &t.tag
 }
 
 func newTicketKeys(certs *certSource) *ticketKeys {
@@ -60,8 +79,7 @@ func (k *ticketKeys) wrap(cs tls.ConnectionState, ss *tls.SessionState, leaf *x5
 	if leaf == nil {
 		leaf = k.certs.cert.Load().Leaf
 	}
-	tag := sha256.Sum256(leaf.Raw)
-	ss.Extra = append(ss.Extra, tag[:])
+	ss.Extra = append(ss.Extra, k.tagOf(leaf)[:])
 	return k.keys.EncryptTicket(cs, ss)
 }
 
@@ -79,8 +97,7 @@ func (k *ticketKeys) unwrap(identity []byte, cs tls.ConnectionState) (*tls.Sessi
 	}
 	tag := ss.Extra[len(ss.Extra)-1]
 	leaf := k.certs.cert.Load().Leaf
-	now := sha256.Sum256(leaf.Raw)
-	if len(tag) != ticketTagLen || subtle.ConstantTimeCompare(tag, now[:]) != 1 {
+	if len(tag) != ticketTagLen || subtle.ConstantTimeCompare(tag, k.tagOf(leaf)[:]) != 1 {
 		return nil, nil, nil
 	}
 	ss.Extra = ss.Extra[:len(ss.Extra)-1]
