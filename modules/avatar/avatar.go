@@ -9,8 +9,8 @@
 // The hash of each account with a bound session is kept in one map for the
 // server; a session costs a flag bit (its account's hash was loaded), set
 // by a job at resource binding that reads storage while the client waits,
-// unless the map holds the account's hash already (another session of it
-// is bound, or is being replaced by this one; standalone only).
+// unless the map holds the account's avatar hash already (another session
+// of it is bound, or is being replaced by this one; standalone only).
 package avatar
 
 import (
@@ -54,7 +54,7 @@ type Module struct {
 
 	loaded hook.Flag
 	mu     sync.RWMutex
-	hashes map[string]string // localpart → hex SHA-1, "" for none; absent: not loaded
+	hashes map[string]string // localpart → hex SHA-1; absent: none, or not loaded
 }
 
 // Name implements hook.Module.
@@ -81,15 +81,20 @@ func (m *Module) hash(user string) string {
 	return m.hashes[user]
 }
 
-// setHash records the account's hash, "" for no avatar.
 func (m *Module) setHash(user, h string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.hashes[user] = h
+	if h == "" {
+		delete(m.hashes, user)
+	} else {
+		m.hashes[user] = h
+	}
 }
 
-// known reports whether the account's hash is held (loaded by a session
-// of this node and kept up to date since).
+// known reports whether the account's avatar hash is held: loaded by a
+// session of this node and kept up to date since. An account without an
+// avatar holds no entry (an entry per account would be memory per
+// session), so its logins read storage each time.
 func (m *Module) known(user string) bool {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
@@ -108,8 +113,8 @@ func (m *Module) bound(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	if m.known(user) && c.Host.Config().Cluster.NATSURL == "" {
 		// Held for another session of the account, and kept up to
 		// date while one is bound (Published, VCardSet; closed drops it
-		// with the last session): the two reads are not repeated, which
-		// a reconnecting client would pay at each login (its previous
+		// with the last session): the read is not repeated, which a
+		// reconnecting client would pay at each login (its previous
 		// session, replaced, is still closing). In a cluster another
 		// node may have changed the avatar: there the login reads.
 		sess.Set(m.loaded, true)
@@ -133,9 +138,7 @@ func (m *Module) closed(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	user, others := c.Session.Local(), false
 	c.Host.Sessions(user, func(s hook.Session) { others = others || s != c.Session })
 	if !others {
-		m.mu.Lock()
-		delete(m.hashes, user)
-		m.mu.Unlock()
+		m.setHash(user, "")
 	}
 	return hook.Continue
 }
