@@ -1,10 +1,14 @@
 package server_test
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -236,4 +240,70 @@ func TestTLSResumptionAfterReload(t *testing.T) {
 	cb = cbData(t, r, sasl.HTSHA256Endp)
 	r.fastAuth(sasl.HTSHA256Endp, "alice", token, uaB, cb, "", "")
 	r.expect(t, fastSuccess("alice", token, cb, `</authorization-identifier></success>`+boundFeatures))
+}
+
+// pythonResume is a client written with Python's ssl module (OpenSSL):
+// a first connection over STARTTLS reads the stream features (and with
+// them the server's ticket) and closes; a second one offers that session,
+// then logs in with SASL PLAIN, binds and pings over it. It prints whether
+// the session was reused.
+const pythonResume = `
+import socket, ssl, sys, base64
+host, port, ca, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+hdr = b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+def until(s, want):
+    buf = b""
+    while want not in buf:
+        d = s.recv(4096)
+        if not d:
+            sys.exit("closed before %r: %r" % (want, buf))
+        buf += d
+    return buf
+ctx = ssl.create_default_context(cafile=ca)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+def connect(session):
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(hdr); until(s, b"</stream:features>")
+    s.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"); until(s, b"<proceed")
+    t = ctx.wrap_socket(s, server_hostname="localhost", session=session)
+    t.sendall(hdr); until(t, b"</stream:features>")
+    return t
+first = connect(None)
+session = first.session
+first.sendall(b"</stream:stream>"); until(first, b"</stream:stream>")
+first.close()
+t = connect(session)
+t.sendall(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>" + base64.b64encode(b"\0frank\0" + pw.encode()) + b"</auth>")
+until(t, b"<success")
+t.sendall(hdr); until(t, b"</stream:features>")
+t.sendall(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"); until(t, b"</jid>")
+t.sendall(b"<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>"); until(t, b"id='p1'")
+print("reused" if t.session_reused else "not reused")
+t.close()
+`
+
+// TestTLSResumptionPython: OpenSSL's client (through Python's ssl module)
+// resumes a session over the lean layer and logs in on it: the lean
+// layer's records after crypto/tls's ticket open in OpenSSL too.
+func TestTLSResumptionPython(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 not installed")
+	}
+	cfg := leanConfig(t)
+	srv := startServer(t, cfg, "frank")
+	_, port, _ := net.SplitHostPort(srv.Addr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 3*ioTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "python3", "-c", pythonResume, "127.0.0.1", port,
+		filepath.Join(cfg.DataDir, "dev-cert.pem"), testPassword).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if strings.TrimSpace(string(out)) != "reused" {
+		t.Fatalf("output %q", out)
+	}
+	st := srv.Stats()
+	if st.TLSLean != 2 || st.TLSResumed != 1 || st.TLSRecordErrors != 0 {
+		t.Fatalf("lean %d, resumed %d, record errors %d (%s)", st.TLSLean, st.TLSResumed, st.TLSRecordErrors, out)
+	}
 }
