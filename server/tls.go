@@ -622,10 +622,11 @@ func (s *Server) finishHandshake(c *conn, t *tlsConn, err error) {
 		s.tlsFail(c, cause, alert, err)
 		return
 	}
-	if t.tc.ConnectionState().DidResume {
+	cs := t.tc.ConnectionState()
+	if cs.DidResume {
 		s.stats.tlsResumed.Add(1)
 	}
-	l, lerr := newLeanTLS(t)
+	l, lerr := newLeanTLS(t, &cs)
 	switch {
 	case lerr == nil:
 		s.stats.tlsLean.Add(1)

@@ -574,26 +574,25 @@ func (l *leanTLS) handshake(c *conn, body []byte) *recordError {
 // errNotLean says why a handshake stays on the stock path.
 var errNotLean = errors.New("server: connection not eligible for the lean record layer")
 
-// newLeanTLS builds the lean layer from an established handshake on t:
-// TLS 1.3 with a suite we implement and both secrets logged. It takes the
-// secrets (zeroing the pipe's copy), the channel-binding values, the
-// number of records crypto/tls sealed under the server's application key
-// (its session tickets) and the ciphertext the pipe holds beyond the
-// client's Finished.
-func newLeanTLS(t *tlsConn) (*leanTLS, error) {
+// newLeanTLS builds the lean layer from an established handshake on t,
+// whose state is cs: TLS 1.3 with a suite we implement and both secrets
+// logged. It takes the secrets (zeroing the pipe's copy), the
+// channel-binding values, the number of records crypto/tls sealed under
+// the server's application key (its session tickets) and the ciphertext
+// the pipe holds beyond the client's Finished.
+func newLeanTLS(t *tlsConn, cs *tls.ConnectionState) (*leanTLS, error) {
 	p := &t.pipe
 	k := p.secrets
 	if k == nil {
 		return nil, errNotLean
 	}
 	defer func() { k.wipe(); p.secrets = nil }()
-	cs := t.tc.ConnectionState()
 	su := suiteByID(cs.CipherSuite)
 	if cs.Version != tls.VersionTLS13 || su == nil || int(k.nc) != su.size || int(k.ns) != su.size {
 		return nil, errNotLean
 	}
 	l := &leanTLS{suite: su, cb: &leanBinding{leaf: p.leaf}}
-	exp, err := sasl.TLSBinding(&cs, p.leaf)(sasl.BindingTLSExporter)
+	exp, err := sasl.TLSBinding(cs, p.leaf)(sasl.BindingTLSExporter)
 	if err != nil || len(exp) != len(l.cb.exporter) {
 		return nil, fmt.Errorf("server: tls-exporter: %w", err)
 	}
