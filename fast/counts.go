@@ -140,7 +140,7 @@ func (c *counts) accept(username, id string, count, dbLast int64, gen uint64, no
 	e.count, e.at, e.dirty = count, now, true
 	if !c.armed {
 		c.armed = true
-		c.timer = time.AfterFunc(c.delay, func() { c.flush(context.Background()) })
+		c.timer = time.AfterFunc(c.delay, c.tick)
 	}
 	return countAccepted
 }
@@ -154,6 +154,26 @@ func (c *counts) persisted(id string, count int64) {
 	}
 }
 
+// flushTimeout bounds one scheduled flush: a database that does not
+// answer holds the writes back, not a goroutine forever.
+const flushTimeout = 30 * time.Second
+
+// tick is the scheduled flush. The flush stays armed while it runs, so
+// ticks never overlap; the next is armed if counts are still waiting
+// (accepted meanwhile, or a write failed).
+func (c *counts) tick() {
+	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+	defer cancel()
+	c.flush(ctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.armed = false
+	if len(c.entries) > 0 && !c.stopped {
+		c.armed = true
+		c.timer = time.AfterFunc(c.delay, c.tick)
+	}
+}
+
 // flush writes every pending count, one write per token, and lets the
 // written entries leave memory. Entries whose write failed stay and are
 // tried again at the next flush.
@@ -164,7 +184,6 @@ func (c *counts) flush(ctx context.Context) {
 		at           time.Time
 	}
 	c.mu.Lock()
-	c.armed = false
 	var batch []use
 	for id, e := range c.entries {
 		if !e.dirty {
@@ -176,7 +195,6 @@ func (c *counts) flush(ctx context.Context) {
 		batch = append(batch, use{id, e.username, e.count, e.at})
 	}
 	c.mu.Unlock()
-	retry := false
 	for _, u := range batch {
 		err := c.store.UseFastToken(ctx, u.username, u.id, u.count, u.at, false)
 		switch {
@@ -187,7 +205,6 @@ func (c *counts) flush(ctx context.Context) {
 			// is gone (revoked): nothing to keep either way.
 		default:
 			c.failed.Add(1)
-			retry = true
 			continue
 		}
 		c.mu.Lock()
@@ -197,28 +214,18 @@ func (c *counts) flush(ctx context.Context) {
 		}
 		c.mu.Unlock()
 	}
-	c.mu.Lock()
-	if (retry || len(c.entries) > 0) && !c.armed && !c.stopped && ctx.Err() == nil {
-		c.armed = true
-		c.timer = time.AfterFunc(c.delay, func() { c.flush(context.Background()) })
-	}
-	c.mu.Unlock()
 }
 
-// stop writes what is pending and stops the timer.
+// stop writes what is pending and stops the timer; logins from now on
+// write their own counts.
 func (c *counts) stop(ctx context.Context) {
 	c.mu.Lock()
+	c.stopped = true
 	if c.timer != nil {
 		c.timer.Stop()
 	}
 	c.mu.Unlock()
 	c.flush(ctx)
-	c.mu.Lock()
-	if c.timer != nil {
-		c.timer.Stop()
-	}
-	c.stopped = true
-	c.mu.Unlock()
 }
 
 // checkCount runs the in-memory check for a login of row with count,

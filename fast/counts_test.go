@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/krill-xmpp/krill/sasl"
 	"github.com/krill-xmpp/krill/storage"
@@ -159,4 +160,83 @@ func TestCountWrittenAtOnce(t *testing.T) {
 	e.tokens = other
 	e.countLogin(t, tok, 5, storage.ErrReplayed)
 	e.countLogin(t, tok, 6, nil)
+}
+
+// failingUse fails UseFastToken while fail is set: a database that is
+// down for the write-behind.
+type failingUse struct {
+	*storage.SQL
+	fail bool
+}
+
+func (f *failingUse) UseFastToken(ctx context.Context, username, id string, count int64, now time.Time, invalidate bool) error {
+	if f.fail {
+		return errors.New("database down")
+	}
+	return f.SQL.UseFastToken(ctx, username, id, count, now, invalidate)
+}
+
+// TestCountWriteFails: a count whose write fails stays in memory (still
+// refusing replays) and is written by the next flush; the failure is
+// counted.
+func TestCountWriteFails(t *testing.T) {
+	e := newEnv(t, Options{})
+	ctx := context.Background()
+	tok := e.issue(t, "phone", sasl.HTSHA256Expr)
+	e.countLogin(t, tok, -1, nil)
+	store := &failingUse{SQL: e.store, fail: true}
+	e.tokens.counts.store = store
+	e.countLogin(t, tok, 5, nil)
+	e.tokens.counts.flush(ctx)
+	if w, f := e.tokens.CountStats(); w != 0 || f != 1 {
+		t.Fatalf("written %d, failed %d; want one failure", w, f)
+	}
+	e.countLogin(t, tok, 5, storage.ErrReplayed)
+	store.fail = false
+	e.tokens.counts.flush(ctx)
+	if c := e.lastCount(t, "phone"); c != 5 {
+		t.Fatalf("database count %d after the retry, want 5", c)
+	}
+}
+
+// TestCountRace: logins racing with one count (a replayed flight
+// arriving on several connections at once): exactly one passes the
+// in-memory check.
+func TestCountRace(t *testing.T) {
+	e := newEnv(t, Options{})
+	tok := e.issue(t, "phone", sasl.HTSHA256Expr)
+	e.countLogin(t, tok, -1, nil)
+	const n = 8
+	hts := make([]*sasl.HT, n)
+	msg := append([]byte("alice\x00"), hmac256([]byte(tok.Secret), cat("Initiator", exporterA))...)
+	for i := range hts {
+		ht, err := sasl.NewHT(sasl.Options{Mechanism: sasl.HTSHA256Expr, Binding: binding(exporterA)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ht.Start(msg); err != nil {
+			t.Fatal(err)
+		}
+		hts[i] = ht
+	}
+	errs := make(chan error, n)
+	for _, ht := range hts {
+		go func() {
+			_, err := e.tokens.Authenticate(context.Background(), ht, Login{Username: "alice", Client: "phone", Count: 7})
+			errs <- err
+		}()
+	}
+	ok := 0
+	for range n {
+		err := <-errs
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, storage.ErrReplayed):
+			t.Fatalf("racing login: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d of %d racing logins with one count passed, want 1", ok, n)
+	}
 }
