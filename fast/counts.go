@@ -55,8 +55,12 @@ import (
 const DefaultCountFlush = time.Second
 
 // MaxPendingCounts bounds the tokens whose counts wait in memory; beyond
-// it a login writes its count itself. Only a valid token adds an entry,
-// so this bounds what many devices logging in at once can hold.
+// it a login with a count fails for the moment (temporary-auth-failure)
+// until a flush has made room. Only a valid token adds an entry, and the
+// bound is some 40 times the logins a second a core can serve, so this
+// caps memory rather than shaping traffic. A login does not write its
+// count itself instead: a count in the database but not in memory could
+// be accepted once more by a login that read its row just before.
 const MaxPendingCounts = 1 << 16
 
 // maxStaleReads bounds the re-reads of one login whose row went stale
@@ -65,7 +69,8 @@ const MaxPendingCounts = 1 << 16
 const maxStaleReads = 3
 
 // errCountBusy is what a login gets when its row went stale under flushes
-// maxStaleReads times: a temporary failure, the client retries.
+// maxStaleReads times, when memory is full (MaxPendingCounts) or after
+// Flush: a temporary failure, the client retries.
 var errCountBusy = errors.New("fast: replay counter busy")
 
 // countEntry is a token's highest count accepted in memory.
@@ -98,7 +103,7 @@ const (
 	countAccepted verdict = iota
 	countReplayed
 	countStale // the row may be older than an entry that left: read it again
-	countFull  // no room: write the count now
+	countFull  // no room, or stopped: refuse for now
 )
 
 // generation is read before a login reads its token's row.
@@ -216,8 +221,8 @@ func (c *counts) flush(ctx context.Context) {
 	}
 }
 
-// stop writes what is pending and stops the timer; logins from now on
-// write their own counts.
+// stop writes what is pending and stops the timer; logins with a count
+// fail from now on (countFull).
 func (c *counts) stop(ctx context.Context) {
 	c.mu.Lock()
 	c.stopped = true
@@ -229,23 +234,22 @@ func (c *counts) stop(ctx context.Context) {
 }
 
 // checkCount runs the in-memory check for a login of row with count,
-// reading the row again if it went stale (see counts). It reports whether
-// the login must write its count itself (no room in memory).
-func (t *Tokens) checkCount(ctx context.Context, l Login, row *storage.FastToken, gen uint64, now time.Time) (writeNow bool, err error) {
+// reading the row again if it went stale (see counts).
+func (t *Tokens) checkCount(ctx context.Context, l Login, row *storage.FastToken, gen uint64, now time.Time) error {
 	last := row.LastCount
 	for range maxStaleReads {
 		switch t.counts.accept(l.Username, row.ID, l.Count, last, gen, now) {
 		case countAccepted:
-			return false, nil
+			return nil
 		case countFull:
-			return true, nil
+			return errCountBusy
 		case countReplayed:
-			return false, fmt.Errorf("%w: count %d", storage.ErrReplayed, l.Count)
+			return fmt.Errorf("%w: count %d", storage.ErrReplayed, l.Count)
 		}
 		gen = t.counts.generation()
 		rows, err := t.store.FastTokens(ctx, l.Username, l.Client)
 		if err != nil {
-			return false, fmt.Errorf("fast: look up tokens: %w", err)
+			return fmt.Errorf("fast: look up tokens: %w", err)
 		}
 		found := false
 		for i := range rows {
@@ -254,15 +258,15 @@ func (t *Tokens) checkCount(ctx context.Context, l Login, row *storage.FastToken
 			}
 		}
 		if !found {
-			return false, fmt.Errorf("%w: FAST token %s", storage.ErrNotFound, row.ID)
+			return fmt.Errorf("%w: FAST token %s", storage.ErrNotFound, row.ID)
 		}
 	}
-	return false, errCountBusy
+	return errCountBusy
 }
 
 // Flush writes the replay counts waiting in memory (see counts) and
-// returns once they are written; the server calls it when it stops.
-// Counts accepted after Flush are written by their own logins.
+// returns once they are written; the server calls it when it stops, after
+// the event loops. A login with a count after Flush fails (temporarily).
 func (t *Tokens) Flush(ctx context.Context) {
 	if t.counts != nil {
 		t.counts.stop(ctx)

@@ -304,14 +304,13 @@ func (t *Tokens) Authenticate(ctx context.Context, ht *sasl.HT, l Login) (Result
 	if l.Count >= 0 && t.counts != nil {
 		// Checked (and kept) in memory first, even when written below,
 		// so that every count of this process passes one check.
-		writeNow, err := t.checkCount(ctx, l, row, gen, now)
+		err := t.checkCount(ctx, l, row, gen, now)
 		switch {
 		case errors.Is(err, storage.ErrReplayed) || errors.Is(err, storage.ErrNotFound):
 			return Result{}, fmt.Errorf("%w: %w", sasl.ErrNotAuthorized, err)
 		case err != nil:
 			return Result{}, err
 		}
-		write = write || writeNow
 	}
 	if write {
 		if err := t.store.UseFastToken(ctx, l.Username, row.ID, l.Count, now, l.Invalidate); err != nil {
