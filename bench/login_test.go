@@ -245,8 +245,9 @@ func loginMain() int {
 		held = make([]resumable, par)
 	}
 	var devs []*bench.Reconnector // BenchmarkReconnect's devices
+	var devTLS []*tls.Config
 	if m := os.Getenv(envReconnect); m != "" {
-		devs = reconnectDevices(m, par)
+		devs, devTLS = reconnectDevices(m, os.Getenv(envReconnectTLS), par, tc)
 	}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
@@ -259,7 +260,7 @@ func loginMain() int {
 		var lat []time.Duration
 		switch {
 		case devs != nil:
-			lat, err = runReconnects(o, n, devs)
+			lat, err = runReconnects(o, n, devs, devTLS)
 		case held != nil:
 			lat, err = runResumes(o, n, held)
 		default:

@@ -461,8 +461,15 @@ type TLS struct {
 	// Lean carries TLS 1.3 sessions on Krill's own record layer after the
 	// stock crypto/tls handshake, keeping per connection only keys, IVs
 	// and sequence numbers instead of an idle tls.Conn (about 7 KB). TLS
-	// 1.2 stays on crypto/tls. Session tickets are off while it is on.
+	// 1.2 stays on crypto/tls.
 	Lean bool `koanf:"lean"`
+	// SessionTickets lets clients resume TLS sessions (RFC 8446 2.2):
+	// stateless tickets sealed with server-wide keys that rotate daily and
+	// are dropped after seven days, tied to the certificate they were
+	// issued under. A resumption still runs a fresh (EC)DHE exchange
+	// (psk_dhe_ke) and skips the certificate and its signature; 0-RTT
+	// stays off. Nothing is kept per connection after the handshake.
+	SessionTickets bool `koanf:"session_tickets"`
 	// IdleRelease is how long a lean TLS session keeps its expanded
 	// AEADs (about 1.3 KB each way for AES-GCM) after its last record; the
 	// next record expands them again from the kept keys (about 0.6 us; the
@@ -626,7 +633,7 @@ func Default() Config {
 			IPv6Prefix:         DefaultIPv6Prefix,
 		},
 		TLS: TLS{MaxHandshakes: DefaultMaxHandshakes, MaxHandshakeQueue: DefaultMaxHandshakeQueue,
-			HandshakeTimeout: DefaultHandshakeTimeout, Lean: true,
+			HandshakeTimeout: DefaultHandshakeTimeout, Lean: true, SessionTickets: true,
 			IdleRelease: DefaultTLSIdleRelease, KeyUpdateRecords: DefaultTLSKeyUpdate},
 		Log: Log{Level: "info", Format: "console", Sampling: true, Buffer: DefaultLogBuffer,
 			FlushInterval: DefaultLogFlushInterval},

@@ -32,8 +32,9 @@
 // ([Tokens.Authenticate]) derives the live tokens of that account and
 // client issued for the mechanism used (at most two: XEP-0484's current
 // and new), compares in constant time, and then: refuses a count not above
-// the last one accepted for the token (a replay; storage does it as a
-// compare-and-set), deletes the client's tokens older than the one used,
+// the last one accepted for the token (a replay; checked in memory and
+// written behind on a standalone server, counts.go, and by a
+// compare-and-set in storage in a cluster), deletes the client's tokens older than the one used,
 // deletes the token on invalidate='true', and hands out a fresh token when
 // the client asks or the used one is older than Options.RotateAfter; the
 // used token stays valid until the fresh one is used, so a client cut off
@@ -121,6 +122,12 @@ type Options struct {
 	RotateAfter time.Duration
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+	// CountFlush is how long a replay count accepted in memory may wait
+	// before it is written (counts.go); 0 means DefaultCountFlush.
+	// Negative writes every count before the login succeeds, a
+	// compare-and-set in the database: what a cluster needs, whose nodes
+	// share the database and not their memory.
+	CountFlush time.Duration
 }
 
 // Tokens issues and checks FAST tokens of one server. It is safe for
@@ -130,6 +137,7 @@ type Tokens struct {
 	store  storage.FastTokens
 	secret [SecretLen]byte
 	opts   Options
+	counts *counts // nil: counts written at once (Options.CountFlush < 0)
 }
 
 // New returns the token service over store with secret (at least
@@ -150,7 +158,13 @@ func New(store storage.FastTokens, secret []byte, opts Options) (*Tokens, error)
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.CountFlush == 0 {
+		opts.CountFlush = DefaultCountFlush
+	}
 	t := &Tokens{store: store, opts: opts}
+	if opts.CountFlush > 0 {
+		t.counts = &counts{store: store, delay: opts.CountFlush}
+	}
 	// A longer secret is folded to SecretLen bytes.
 	sum := sha256.Sum256(secret)
 	if len(secret) == SecretLen {
@@ -246,6 +260,10 @@ func (t *Tokens) Authenticate(ctx context.Context, ht *sasl.HT, l Login) (Result
 	if l.RequestToken != "" && !sasl.IsHT(l.RequestToken) {
 		return Result{}, fmt.Errorf("%w: %w: %q", sasl.ErrMalformed, ErrMechanism, l.RequestToken)
 	}
+	var gen uint64
+	if t.counts != nil && l.Count >= 0 {
+		gen = t.counts.generation() // before the row is read (counts)
+	}
 	rows, err := t.store.FastTokens(ctx, l.Username, l.Client)
 	if err != nil {
 		return Result{}, fmt.Errorf("fast: look up tokens: %w", err)
@@ -278,16 +296,32 @@ func (t *Tokens) Authenticate(ctx context.Context, ht *sasl.HT, l Login) (Result
 	}
 	// The use is written (a transaction whose commit syncs the
 	// database: most of a token login's cost) only when it changes
-	// something a later login depends on: a count to compare with, an
-	// invalidation, or the first use, which drops the client's older
-	// tokens. A token used before, without count, is simply good.
-	if l.Count >= 0 || l.Invalidate || row.Used.IsZero() {
+	// something a later login depends on: a count to compare with (unless
+	// counts are written behind, counts.go), an invalidation, or the
+	// first use, which drops the client's older tokens. A token used
+	// before, without count, is simply good.
+	write := l.Invalidate || row.Used.IsZero() || l.Count >= 0 && t.counts == nil
+	if l.Count >= 0 && t.counts != nil {
+		// Checked (and kept) in memory first, even when written below,
+		// so that every count of this process passes one check.
+		err := t.checkCount(ctx, l, row, gen, now)
+		switch {
+		case errors.Is(err, storage.ErrReplayed) || errors.Is(err, storage.ErrNotFound):
+			return Result{}, fmt.Errorf("%w: %w", sasl.ErrNotAuthorized, err)
+		case err != nil:
+			return Result{}, err
+		}
+	}
+	if write {
 		if err := t.store.UseFastToken(ctx, l.Username, row.ID, l.Count, now, l.Invalidate); err != nil {
 			if errors.Is(err, storage.ErrReplayed) || errors.Is(err, storage.ErrNotFound) {
 				// Replayed, or revoked (a password change) since the look-up.
 				return Result{}, fmt.Errorf("%w: %w", sasl.ErrNotAuthorized, err)
 			}
 			return Result{}, fmt.Errorf("fast: record login: %w", err)
+		}
+		if l.Count >= 0 && t.counts != nil {
+			t.counts.persisted(row.ID, l.Count)
 		}
 	}
 	res := Result{Additional: extra}

@@ -142,6 +142,7 @@ var (
 	descHandshake = prometheus.NewDesc("krill_tls_handshakes", "TLS handshakes now, running or waiting for a slot.", []string{"state"}, nil)
 	descTLS       = prometheus.NewDesc("krill_tls_handshakes_total", "TLS handshakes started, failed and timed out.", []string{"result"}, nil)
 	descTLSFail   = prometheus.NewDesc("krill_tls_handshake_failures_total", "TLS handshakes that failed, by cause (client_alert, client_closed, timeout, not_tls, other, queue_full).", []string{"cause"}, nil)
+	descTLSResume = prometheus.NewDesc("krill_tls_resumed_total", "Finished TLS handshakes that resumed a session with a ticket (tls.session_tickets): no certificate or signature, a fresh key exchange.", nil, nil)
 	descTLSLayer  = prometheus.NewDesc("krill_tls_record_layer_total", "Finished TLS handshakes by the record layer that carries the session: lean (tls.lean, TLS 1.3) or stock (crypto/tls: tls.lean off, TLS 1.2, FIPS mode).", []string{"layer"}, nil)
 	descTLSRecErr = prometheus.NewDesc("krill_tls_record_errors_total", "Connections the lean TLS record layer closed for a bad record or a fatal alert from the client.", nil, nil)
 	descTLSKeyUpd = prometheus.NewDesc("krill_tls_key_updates_total", "KeyUpdates lean TLS sessions sent on their own after tls.key_update_records records.", nil, nil)
@@ -161,7 +162,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descAccepted, descClosed, descAuth, descHandshake, descTLS, descTLSFail,
-		descTLSLayer, descTLSRecErr, descTLSAEAD, descTLSKeyUpd, descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail, descAuthProf, descDropped, descWebConns, descWebReqs, descWSCloses} {
+		descTLSLayer, descTLSResume, descTLSRecErr, descTLSAEAD, descTLSKeyUpd, descQueue, descRejected, descStanzas, descModule, descLate, descPanics, descBytesConn, descAuthFail, descAuthProf, descDropped, descWebConns, descWebReqs, descWSCloses} {
 		ch <- d
 	}
 }
@@ -213,6 +214,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descTLSLayer, s.stats.tlsLean.Load(), "lean")
 	counter(descTLSLayer, s.stats.tlsStock.Load(), "stock")
+	counter(descTLSResume, s.stats.tlsResumed.Load())
 	counter(descTLSRecErr, s.stats.tlsRecordErrors.Load())
 	counter(descTLSAEAD, s.stats.tlsCooled.Load(), "cooled")
 	counter(descTLSAEAD, s.stats.tlsRewarmed.Load(), "rewarmed")

@@ -63,7 +63,8 @@ func TestAvatarHashInPresence(t *testing.T) {
 	bob.exchange(t, `<iq type='get' id='vc2' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>`,
 		`<iq type='result' id='vc2' from='alice@localhost'><vCard xmlns='vcard-temp'><BDAY>1476-06-09</BDAY><PHOTO><TYPE>image/png</TYPE><BINVAL>aGVsbG8=</BINVAL></PHOTO></vCard></iq>`)
 
-	// A new session of alice's gets the hash from storage at login.
+	// A new session of alice's, while a1 is bound, takes the hash the
+	// server keeps for the account (no storage read at its login).
 	a2 := dialRaw(t, srv)
 	a2.scramLogin("alice", testPassword, "a2")
 	a2.send(`<presence/>`)

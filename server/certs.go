@@ -141,10 +141,10 @@ func writePEM(path, typ string, der []byte, mode os.FileMode) error {
 //
 // With lean (tls.lean) each handshake gets its own configuration, made by
 // GetConfigForClient, whose KeyLogWriter hands the connection's traffic
-// secrets to the connection itself (keyLog), and session tickets are off:
-// a ticket would be the first record under the server's application key,
-// which the lean layer would then have to account for.
-func tlsConfigs(cs *certSource, lean bool) (starttls, direct *tls.Config) {
+// secrets to the connection itself (keyLog). With tickets non-nil
+// (tls.session_tickets) clients may resume their sessions (tickets.go);
+// nil turns tickets off.
+func tlsConfigs(cs *certSource, lean bool, tickets *ticketKeys) (starttls, direct *tls.Config) {
 	starttls = &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -156,15 +156,22 @@ func tlsConfigs(cs *certSource, lean bool) (starttls, direct *tls.Config) {
 			}
 			return cert, nil
 		},
+		SessionTicketsDisabled: true,
 	}
-	starttls.SessionTicketsDisabled = lean
+	if tickets != nil {
+		withTickets(starttls, tickets)
+	}
 	direct = starttls.Clone()
 	direct.NextProtos = []string{"xmpp-client"}
-	if lean && !fips140.Enabled() {
+	switch {
+	case lean && !fips140.Enabled():
 		// FIPS 140-3 mode refuses nonces the caller chooses for AES-GCM:
 		// there the stock record layer stays.
-		withKeyLog(starttls)
-		withKeyLog(direct)
+		withKeyLogTickets(starttls, tickets)
+		withKeyLogTickets(direct, tickets)
+	case tickets != nil:
+		withPipeTickets(starttls, tickets)
+		withPipeTickets(direct, tickets)
 	}
 	return starttls, direct
 }
@@ -173,8 +180,19 @@ func tlsConfigs(cs *certSource, lean bool) (starttls, direct *tls.Config) {
 // of its own whose key-log writer belongs to that connection. Matching
 // lines of one shared writer to connections by client random would be
 // unsafe: the random is the client's choice, and secrets are logged before
-// the client's Finished is verified.
-func withKeyLog(base *tls.Config) {
+// the client's Finished is verified. Session tickets are turned off: the
+// lean layer must know how many records crypto/tls sealed under the
+// application key, which only withKeyLogTickets counts.
+func withKeyLog(base *tls.Config) { withKeyLogTickets(base, nil) }
+
+// withKeyLogTickets is withKeyLog with session tickets through tickets
+// (nil: off), counted per connection (pipeTickets).
+func withKeyLogTickets(base *tls.Config, tickets *ticketKeys) {
+	if tickets == nil {
+		base.SessionTicketsDisabled = true
+		base.WrapSession, base.UnwrapSession = nil, nil
+	}
+	base.KeyLogWriter = keyLog{} // marks base lean (leanConfig); logs nothing
 	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		p, ok := hello.Conn.(*tlsPipe)
 		if !ok {
@@ -183,12 +201,35 @@ func withKeyLog(base *tls.Config) {
 		cfg := base.Clone()
 		cfg.GetConfigForClient = nil
 		cfg.KeyLogWriter = keyLog{p}
+		if tickets != nil {
+			pipeTickets(cfg, p, tickets)
+		}
 		return cfg, nil
 	}
 }
 
-// leanConfig reports whether cfg was made for the lean record layer.
-func leanConfig(cfg *tls.Config) bool { return cfg.GetConfigForClient != nil }
+// withPipeTickets gives each handshake over a tlsPipe on the stock record
+// layer a configuration of its own whose ticket hooks record, on a
+// resumption, the certificate of the session resumed (pipeTickets).
+func withPipeTickets(base *tls.Config, tickets *ticketKeys) {
+	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		p, ok := hello.Conn.(*tlsPipe)
+		if !ok {
+			return nil, nil
+		}
+		cfg := base.Clone()
+		cfg.GetConfigForClient = nil
+		pipeTickets(cfg, p, tickets)
+		return cfg, nil
+	}
+}
+
+// leanConfig reports whether cfg was made for the lean record layer
+// (withKeyLog).
+func leanConfig(cfg *tls.Config) bool {
+	_, ok := cfg.KeyLogWriter.(keyLog)
+	return ok
+}
 
 // hostedDomains returns the domains besides cfg.Domain the server answers
 // for over federation, sorted: the MUC and upload services' and the

@@ -451,3 +451,41 @@ func TestSASL2DowngradeProtection(t *testing.T) {
 		t.Fatal("a stripped list hashes like the offered one")
 	}
 }
+
+// TestFASTCountWriteBehind: a standalone server checks <fast count/> in
+// memory (a replay is refused at once) and writes the highest count of
+// each token behind; stopping the server writes what is pending, so the
+// database holds the last count when the process exits.
+func TestFASTCountWriteBehind(t *testing.T) {
+	cfg := fastConfig(t)
+	srv, store, clk := startFAST(t, cfg, "alice")
+	tc := clientTLS(t, cfg)
+	token := fastPassword(t, srv, tc, clk, "alice", uaA, sasl.HTSHA256Expr)
+	login := func(count, want string) {
+		t.Helper()
+		r := fastOpen(t, srv, tc)
+		cb := cbData(t, r, sasl.HTSHA256Expr)
+		r.fastAuth(sasl.HTSHA256Expr, "alice", token, uaA, cb, ` count='`+count+`'`, "")
+		if want == "" {
+			want = fastSuccess("alice", token, cb, `</authorization-identifier></success>`+boundFeatures)
+		}
+		r.expect(t, want)
+	}
+	login("1", "")
+	login("2", "")
+	login("3", "")
+	login("3", fastRefused)
+	login("2", fastRefused)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := store.FastTokens(ctx, "alice", uaA)
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("rows %+v, %v", rows, err)
+	}
+	if rows[0].LastCount != 3 {
+		t.Fatalf("last count %d in the database after Stop, want 3", rows[0].LastCount)
+	}
+}

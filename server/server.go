@@ -75,6 +75,7 @@ type Server struct {
 	certs       *certSource
 	tlsStartTLS *tls.Config
 	tlsDirect   *tls.Config
+	tickets     *ticketKeys // TLS session ticket keys; nil with tls.session_tickets off
 	handshakes  handshakeLimiter
 
 	fed *federation // server-to-server streams (s2s.go)
@@ -155,7 +156,10 @@ func New(cfg config.Config, log *zap.Logger, accounts storage.Accounts, reg *hoo
 			zap.String("cert", certs.certFile))
 	}
 	s.certs = certs
-	s.tlsStartTLS, s.tlsDirect = tlsConfigs(certs, cfg.TLS.Lean)
+	if cfg.TLS.SessionTickets {
+		s.tickets = newTicketKeys(certs)
+	}
+	s.tlsStartTLS, s.tlsDirect = tlsConfigs(certs, cfg.TLS.Lean, s.tickets)
 	if err := s.initFederation(); err != nil {
 		return nil, err
 	}

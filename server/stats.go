@@ -47,6 +47,7 @@ type Stats struct {
 	// (tls.lean off, TLS 1.2, FIPS mode), and connections the lean layer
 	// closed for a bad record or a client's fatal alert.
 	tlsLean, tlsStock, tlsRecordErrors atomic.Uint64
+	tlsResumed                         atomic.Uint64 // handshakes that resumed a session (tickets.go)
 	// Lean sessions whose AEADs were dropped after tls.idle_release, and
 	// directions expanded again by a record after that.
 	tlsCooled, tlsRewarmed atomic.Uint64
@@ -218,6 +219,9 @@ type StatsSnapshot struct {
 	// that carries the session; TLSRecordErrors the connections the lean
 	// layer closed for a bad record or the client's fatal alert.
 	TLSLean, TLSStock, TLSRecordErrors uint64
+	// TLSResumed counts finished handshakes that resumed a session with a
+	// ticket (tls.session_tickets).
+	TLSResumed uint64
 	// TLSCooled counts lean sessions whose AEADs were dropped after
 	// tls.idle_release; TLSRewarmed the directions expanded again.
 	TLSCooled, TLSRewarmed uint64
@@ -276,6 +280,7 @@ func (s *Stats) snapshot() StatsSnapshot {
 		AuthFailedCredential: s.authFailedCredential.Load(),
 		AuthFailedExchange:   s.authFailedExchange.Load(),
 		TLSLean:              s.tlsLean.Load(),
+		TLSResumed:           s.tlsResumed.Load(),
 		TLSStock:             s.tlsStock.Load(),
 		TLSRecordErrors:      s.tlsRecordErrors.Load(),
 		TLSCooled:            s.tlsCooled.Load(),

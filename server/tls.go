@@ -158,6 +158,10 @@ type tlsPipe struct {
 	// as "bad record MAC" (see handshakeCause).
 	tail  [alertRecordLen]byte
 	ntail uint8
+	// tickets counts the NewSessionTicket messages crypto/tls wrote
+	// (tickets.go): in TLS 1.3 each is one record under the server's
+	// application key, sealed before the lean layer takes that key over.
+	tickets uint8
 	// recordBound (tls.lean) makes Read return at most the rest of the
 	// current record while the handshake runs, so that crypto/tls never
 	// buffers what the client sent after its Finished: that belongs to
@@ -618,7 +622,11 @@ func (s *Server) finishHandshake(c *conn, t *tlsConn, err error) {
 		s.tlsFail(c, cause, alert, err)
 		return
 	}
-	l, lerr := newLeanTLS(t)
+	cs := t.tc.ConnectionState()
+	if cs.DidResume {
+		s.stats.tlsResumed.Add(1)
+	}
+	l, lerr := newLeanTLS(t, &cs)
 	switch {
 	case lerr == nil:
 		s.stats.tlsLean.Add(1)

@@ -260,6 +260,9 @@ type keyLog struct{ p *tlsPipe }
 func (w keyLog) Write(line []byte) (int, error) {
 	n := len(line)
 	defer clear(line)
+	if w.p == nil {
+		return n, nil // the base configuration's marker (withKeyLog)
+	}
 	var dst *[48]byte
 	var ln *uint8
 	if w.p.secrets == nil {
@@ -571,24 +574,25 @@ func (l *leanTLS) handshake(c *conn, body []byte) *recordError {
 // errNotLean says why a handshake stays on the stock path.
 var errNotLean = errors.New("server: connection not eligible for the lean record layer")
 
-// newLeanTLS builds the lean layer from an established handshake on t:
-// TLS 1.3 with a suite we implement and both secrets logged. It takes the
-// secrets (zeroing the pipe's copy), the channel-binding values and the
-// ciphertext the pipe holds beyond the client's Finished.
-func newLeanTLS(t *tlsConn) (*leanTLS, error) {
+// newLeanTLS builds the lean layer from an established handshake on t,
+// whose state is cs: TLS 1.3 with a suite we implement and both secrets
+// logged. It takes the secrets (zeroing the pipe's copy), the
+// channel-binding values, the number of records crypto/tls sealed under
+// the server's application key (its session tickets) and the ciphertext
+// the pipe holds beyond the client's Finished.
+func newLeanTLS(t *tlsConn, cs *tls.ConnectionState) (*leanTLS, error) {
 	p := &t.pipe
 	k := p.secrets
 	if k == nil {
 		return nil, errNotLean
 	}
 	defer func() { k.wipe(); p.secrets = nil }()
-	cs := t.tc.ConnectionState()
 	su := suiteByID(cs.CipherSuite)
 	if cs.Version != tls.VersionTLS13 || su == nil || int(k.nc) != su.size || int(k.ns) != su.size {
 		return nil, errNotLean
 	}
 	l := &leanTLS{suite: su, cb: &leanBinding{leaf: p.leaf}}
-	exp, err := sasl.TLSBinding(&cs, p.leaf)(sasl.BindingTLSExporter)
+	exp, err := sasl.TLSBinding(cs, p.leaf)(sasl.BindingTLSExporter)
 	if err != nil || len(exp) != len(l.cb.exporter) {
 		return nil, fmt.Errorf("server: tls-exporter: %w", err)
 	}
@@ -601,6 +605,10 @@ func newLeanTLS(t *tlsConn) (*leanTLS, error) {
 		l.rd.wipe()
 		return nil, err
 	}
+	// crypto/tls sealed its session tickets, one record each, under the
+	// server's application key already (tickets.go): our first record
+	// follows them.
+	l.wr.seq = uint64(p.tickets)
 	return l, nil
 }
 

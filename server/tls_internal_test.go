@@ -35,7 +35,7 @@ func TestTLSTemporaryErrorNotSticky(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, _ := tlsConfigs(certs, false)
+	cfg, _ := tlsConfigs(certs, false, nil)
 	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		t.Run(tls.VersionName(version), func(t *testing.T) {
 			a, b := net.Pipe()

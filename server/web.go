@@ -76,8 +76,11 @@ func (s *Server) initWeb() {
 	w.tls = s.tlsStartTLS.Clone()
 	w.tls.GetConfigForClient = nil
 	w.tls.NextProtos = []string{"http/1.1"}
-	if s.tlsStartTLS.GetConfigForClient != nil {
-		withKeyLog(w.tls) // the lean record layer's per-connection key log
+	switch {
+	case leanConfig(s.tlsStartTLS):
+		withKeyLogTickets(w.tls, s.tickets) // the lean record layer's per-connection key log
+	case s.tickets != nil:
+		withPipeTickets(w.tls, s.tickets)
 	}
 	w.anyOrig = len(s.cfg.Web.AllowedOrigins) == 0 || slices.Contains(s.cfg.Web.AllowedOrigins, "*")
 	if u := s.cfg.Web.SeeOtherURI; u != "" {

@@ -261,7 +261,13 @@ func serve(args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if tokens, err = fast.New(store, secret, fast.Options{TTL: cfg.FAST.TokenTTL, MaxTokens: cfg.FAST.MaxTokens}); err != nil {
+		opts := fast.Options{TTL: cfg.FAST.TokenTTL, MaxTokens: cfg.FAST.MaxTokens}
+		if cfg.Cluster.NATSURL != "" {
+			// The nodes share the database, not their memory: replay
+			// counts are checked and written there at each login.
+			opts.CountFlush = -1
+		}
+		if tokens, err = fast.New(store, secret, opts); err != nil {
 			return err
 		}
 	}

@@ -8,7 +8,9 @@
 //
 // The hash of each account with a bound session is kept in one map for the
 // server; a session costs a flag bit (its account's hash was loaded), set
-// by a job at resource binding that reads storage while the client waits.
+// by a job at resource binding that reads storage while the client waits,
+// unless the map holds the account's avatar hash already (another session
+// of it is bound, or is being replaced by this one; standalone only).
 package avatar
 
 import (
@@ -52,7 +54,7 @@ type Module struct {
 
 	loaded hook.Flag
 	mu     sync.RWMutex
-	hashes map[string]string // localpart → hex SHA-1; absent: none
+	hashes map[string]string // localpart → hex SHA-1; absent: none, or not loaded
 }
 
 // Name implements hook.Module.
@@ -89,6 +91,17 @@ func (m *Module) setHash(user, h string) {
 	}
 }
 
+// known reports whether the account's avatar hash is held: loaded by a
+// session of this node and kept up to date since. An account without an
+// avatar holds no entry (an entry per account would be memory per
+// session), so its logins read storage each time.
+func (m *Module) known(user string) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	_, ok := m.hashes[user]
+	return ok
+}
+
 // bound loads the account's hash before the session's first stanza is
 // read (the job pauses its input).
 func (m *Module) bound(c *hook.Ctx, _ hook.Event) hook.Verdict {
@@ -97,6 +110,16 @@ func (m *Module) bound(c *hook.Ctx, _ hook.Event) hook.Verdict {
 	}
 	sess, log := c.Session, c.Log
 	user := sess.Local()
+	if m.known(user) && c.Host.Config().Cluster.NATSURL == "" {
+		// Held for another session of the account, and kept up to
+		// date while one is bound (Published, VCardSet; closed drops it
+		// with the last session): the read is not repeated, which a
+		// reconnecting client would pay at each login (its previous
+		// session, replaced, is still closing). In a cluster another
+		// node may have changed the avatar: there the login reads.
+		sess.Set(m.loaded, true)
+		return hook.Continue
+	}
 	c.Conn.Async(func(ctx context.Context) func(*hook.Ctx) {
 		h, err := m.load(ctx, user)
 		if err != nil {

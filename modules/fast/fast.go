@@ -136,3 +136,15 @@ func (m *Module) sweep(ctx context.Context) {
 	}
 	_, _ = m.Tokens.Sweep(ctx) // housekeeping: the next sweep retries
 }
+
+// Stop implements hook.Stopper: the replay counts waiting in memory are
+// written (package fast, counts.go).
+func (m *Module) Stop(ctx context.Context) { m.Tokens.Flush(ctx) }
+
+// Counters implements hook.Counter: replay counts written behind, and
+// such writes that failed (kept and tried again).
+func (m *Module) Counters(fn func(event string, n uint64)) {
+	written, failed := m.Tokens.CountStats()
+	fn("counts_written", written)
+	fn("counts_failed", failed)
+}
