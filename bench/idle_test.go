@@ -285,6 +285,21 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	b.ReportMetric(heapStack, "heap+stack-B/conn")
 	b.ReportMetric(heapAlloc, "heapalloc-B/conn")
 	b.ReportMetric(float64(n), "conns")
+	// The figures above are read right after a collection, while the free
+	// heap left by the ramp's garbage (TLS handshakes in flight, mostly) is
+	// still resident. The runtime's background scavenger returns what is
+	// over its goal (the heap goal plus 10%) within seconds; rss-scavenged
+	// is the process once it has, without forcing it (no FreeOSMemory),
+	// which is where an idle server settles.
+	scav, err := waitScavenged(scavengeLimit)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(perConn(scav.proc.RSS, before.proc.RSS), "rss-scavenged-B/conn")
+	b.Logf("stage %s: free heap not yet returned %.0f B/conn (%.0f B/conn once scavenged), runtime non-heap %.0f B/conn; "+
+		"rss once scavenged %.0f B/conn",
+		stage, perConn(after.heapRetained, before.heapRetained), perConn(scav.heapRetained, before.heapRetained),
+		perConn(after.otherSys, before.otherSys), perConn(scav.proc.RSS, before.proc.RSS))
 	if stage == bench.StageParked {
 		// What the parked sessions' queues hold (presence they were sent
 		// before their connection went), part of rss-B/conn.
@@ -329,21 +344,6 @@ func benchIdle(b *testing.B, stage bench.Stage, n int) {
 	if stage == bench.StageTLS || stage == bench.StageAuth || stage == bench.StageWSS || stage == bench.StageWSSAuth {
 		b.Logf("client key exchange groups: %s", curvesLabel())
 	}
-	// The figures above are read right after a collection, while the free
-	// heap left by the ramp's garbage (TLS handshakes in flight, mostly) is
-	// still resident. The runtime's background scavenger returns what is
-	// over its goal (the heap goal plus 10%) within seconds; rss-scavenged
-	// is the process once it has, without forcing it (no FreeOSMemory),
-	// which is where an idle server settles.
-	scav, err := waitScavenged(scavengeLimit)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ReportMetric(perConn(scav.proc.RSS, before.proc.RSS), "rss-scavenged-B/conn")
-	b.Logf("stage %s: free heap not yet returned %.0f B/conn (%.0f B/conn once scavenged), runtime non-heap %.0f B/conn; "+
-		"rss once scavenged %.0f B/conn",
-		stage, perConn(after.heapRetained, before.heapRetained), perConn(scav.heapRetained, before.heapRetained),
-		perConn(after.otherSys, before.otherSys), perConn(scav.proc.RSS, before.proc.RSS))
 	b.Logf("stage %s, %d idle connections (ready in %v, settled %v): server process rss %.0f B/conn, pss %.0f B/conn, "+
 		"heap+stack %.0f B/conn, heapalloc %.0f B/conn; %d goroutines (%d before)%s",
 		stage, n, ramp.Round(time.Millisecond), settle, rss, pss, heapStack, heapAlloc,
