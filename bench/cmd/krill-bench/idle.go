@@ -331,27 +331,34 @@ func (cs *clients) goAndWait(ctx context.Context, w io.Writer, label string) err
 // stop closes the clients' stdin, which makes them close their
 // connections and exit, waits for them, and returns their CPU time.
 func (cs *clients) stop() time.Duration {
-	cs.once.Do(func() {
-		for _, in := range cs.ins {
-			_ = in.Close()
-		}
-		for _, p := range cs.procs {
-			done := make(chan struct{})
-			go func() { _ = p.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				_ = p.Process.Kill()
-				<-done
-			}
-			if ps := p.ProcessState; ps != nil {
-				if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-					cs.cpu += rusageCPU(ru)
-				}
-			}
-		}
-	})
+	cs.once.Do(func() { cs.cpu = stopChildren(cs.ins, cs.procs) })
 	return cs.cpu
+}
+
+// stopChildren closes the child processes' stdin, which makes them close
+// their connections and exit, waits for each (killing one that takes
+// over 30 s), and returns the CPU time they used.
+func stopChildren(ins []io.WriteCloser, procs []*exec.Cmd) time.Duration {
+	for _, in := range ins {
+		_ = in.Close()
+	}
+	var cpu time.Duration
+	for _, p := range procs {
+		done := make(chan struct{})
+		go func() { _ = p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = p.Process.Kill()
+			<-done
+		}
+		if ps := p.ProcessState; ps != nil {
+			if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+				cpu += rusageCPU(ru)
+			}
+		}
+	}
+	return cpu
 }
 
 // limitedWriter keeps the first n bytes written to it.

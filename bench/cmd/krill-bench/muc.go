@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/krill-xmpp/krill/bench"
@@ -687,26 +686,7 @@ func (ks *mucKids) copies(seq int) int { return ks.counts[seq] }
 // stop closes the clients' stdin, which makes them close their
 // connections and exit, waits for them, and returns their CPU time.
 func (ks *mucKids) stop() time.Duration {
-	ks.once.Do(func() {
-		for _, in := range ks.ins {
-			_ = in.Close()
-		}
-		for _, p := range ks.procs {
-			done := make(chan struct{})
-			go func() { _ = p.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				_ = p.Process.Kill()
-				<-done
-			}
-			if ps := p.ProcessState; ps != nil {
-				if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-					ks.cpu += rusageCPU(ru)
-				}
-			}
-		}
-	})
+	ks.once.Do(func() { ks.cpu = stopChildren(ks.ins, ks.procs) })
 	return ks.cpu
 }
 
