@@ -56,6 +56,16 @@ type S2S struct {
 	// and TCP connect, on goroutines of their own rather than the worker
 	// pool); further links wait their turn. Stop cancels them.
 	MaxDials int `koanf:"max_dials"`
+	// MaxPendingLinks caps the outbound streams being set up at once
+	// (queued for a dial, connecting, negotiating); a stanza for one more
+	// new domain is bounced with resource-constraint (type wait) until
+	// some are up or given up. With MaxPendingBytes it bounds what a
+	// client naming many unreachable domains can make the server hold.
+	MaxPendingLinks int `koanf:"max_pending_links"`
+	// MaxPendingBytes caps the stanzas queued, over all the outbound
+	// streams being set up, for their authentication; beyond it a stanza
+	// is bounced with resource-constraint.
+	MaxPendingBytes int `koanf:"max_pending_bytes"`
 }
 
 // Federation defaults.
@@ -73,6 +83,13 @@ const (
 	// and a socket for at most connect_timeout, and a server rarely
 	// starts talking to more than a few new domains at once.
 	DefaultS2SMaxDials = 16
+	// DefaultS2SMaxPendingLinks is 4,096 streams being set up: a server
+	// restarting with contacts on a few thousand domains reaches them all
+	// at once, and each costs a few hundred bytes besides its queue.
+	DefaultS2SMaxPendingLinks = 4096
+	// DefaultS2SMaxPendingBytes is 64 MiB of stanzas waiting for those
+	// streams, a few KB each for thousands of domains at once.
+	DefaultS2SMaxPendingBytes = 64 << 20
 )
 
 // RequireValidCertsFrom reports whether domain must present a valid
@@ -88,7 +105,7 @@ func defaultS2S() S2S {
 	return S2S{Listen: DefaultS2SListen, IdleTimeout: DefaultS2SIdleTimeout,
 		ConnectTimeout: DefaultS2SConnectTimeout, MaxQueueBytes: DefaultS2SMaxQueueBytes,
 		MaxStanzaSize: DefaultMaxStanzaSize, MaxStreamsPerDomain: DefaultS2SMaxStreamsPerDomain,
-		MaxDials: DefaultS2SMaxDials}
+		MaxDials: DefaultS2SMaxDials, MaxPendingLinks: DefaultS2SMaxPendingLinks, MaxPendingBytes: DefaultS2SMaxPendingBytes}
 }
 
 func (c *Config) validateS2S(bad func(key string, v any, why string)) {
@@ -123,6 +140,12 @@ func (c *Config) validateS2S(bad func(key string, v any, why string)) {
 	}
 	if s.MaxDials < 1 {
 		bad("s2s.max_dials", s.MaxDials, "must be >= 1")
+	}
+	if s.MaxPendingLinks < 1 {
+		bad("s2s.max_pending_links", s.MaxPendingLinks, "must be >= 1")
+	}
+	if s.MaxPendingBytes < s.MaxQueueBytes {
+		bad("s2s.max_pending_bytes", s.MaxPendingBytes, "must be >= s2s.max_queue_bytes")
 	}
 	if c.Component.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Component.Listen); err != nil {

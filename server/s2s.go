@@ -59,9 +59,15 @@ const (
 
 // federation is the server's s2s state shared by all loops.
 type federation struct {
-	mu       sync.Mutex
-	links    map[linkKey]*s2sLink // outbound, by (local, remote) domain
-	verifies map[string]*conn     // inbound streams waiting for a db:verify answer, by our stream id
+	mu    sync.Mutex
+	links map[linkKey]*s2sLink // outbound, by (local, remote) domain
+	// pending and pendingBytes count the outbound links being set up
+	// and what they hold queued, against s2s.max_pending_links and
+	// s2s.max_pending_bytes: a client naming many unreachable domains
+	// must not grow the server without bound.
+	pending, pendingBytes atomic.Int64
+	pendingFull           atomic.Uint64    // stanzas bounced at either cap
+	verifies              map[string]*conn // inbound streams waiting for a db:verify answer, by our stream id
 
 	secret  [32]byte // dialback key secret (XEP-0185), per process
 	roots   *x509.CertPool
@@ -134,6 +140,7 @@ type s2sLink struct {
 	ready   bool       // authenticated: stanzas flow
 	dead    bool
 	posted  bool     // a drain task is queued on the loop
+	setup   bool     // counted in federation.pending until ready or dead
 	queue   [][]byte // stanzas waiting for ready or for the drain
 	bytes   int
 	control [][]byte // db:verify requests, sent once the stream is secure
@@ -839,7 +846,12 @@ type S2SStats struct {
 	ClosedDeadline          uint64 // s2s streams closed at a deadline (pre-auth, connect, TLS)
 	Dialling, DialWaiting   int    // outbound connects in flight (at most s2s.max_dials), links waiting for one
 	DomainCapped            uint64 // inbound streams refused by s2s.max_streams_per_domain
-	ClosedBy                map[string]uint64
+	// Outbound streams being set up and the bytes they hold queued
+	// (s2s.max_pending_links, s2s.max_pending_bytes), and the stanzas
+	// bounced at either cap.
+	PendingLinks, PendingBytes int64
+	PendingFull                uint64
+	ClosedBy                   map[string]uint64
 }
 
 // S2SStats returns a snapshot of the federation counters.
@@ -851,6 +863,7 @@ func (s *Server) S2SStats() S2SStats {
 		AuthDialback: f.authDB.Load(), AuthFailed: f.authFailed.Load(), InvalidFrom: f.invalidFrom.Load(),
 		ClosedDeadline: f.closedBy[reasonDeadline].Load(), DomainCapped: f.domainCapped.Load(), ClosedBy: make(map[string]uint64)}
 	st.Dialling, st.DialWaiting = f.dialer.stats()
+	st.PendingLinks, st.PendingBytes, st.PendingFull = f.pending.Load(), f.pendingBytes.Load(), f.pendingFull.Load()
 	for r := reasonDeadline; r < numCloseReasons; r++ {
 		if v := f.closedBy[r].Load(); v > 0 {
 			st.ClosedBy[closeReasonNames[r]] = v

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -90,6 +91,54 @@ func TestS2SDialNoWorkers(t *testing.T) {
 		t.Fatalf("Stop took %v with connects hanging", el)
 	}
 	if st := srv.S2SStats(); st.Dialling != 0 || st.DialWaiting != 0 || st.Bounced != n {
+		t.Fatalf("after Stop: %+v", st)
+	}
+}
+
+// TestS2SPendingCaps: the outbound streams being set up are capped in
+// number (s2s.max_pending_links) and in what they hold queued
+// (s2s.max_pending_bytes): a client naming unanswering domains gets
+// resource-constraint bounces beyond them, and the counts go back to
+// zero when the links are given up.
+func TestS2SPendingCaps(t *testing.T) {
+	hole := blackhole(t)
+	cfg := testConfig(t)
+	cfg.Domain = "a.test"
+	cfg.S2S.MaxDials = 1
+	cfg.S2S.ConnectTimeout = time.Minute
+	cfg.S2S.MaxPendingLinks = 2
+	cfg.S2S.MaxQueueBytes = 1024
+	cfg.S2S.MaxPendingBytes = 1024
+	cfg.S2S.Routes = map[string]string{}
+	for i := range 3 {
+		cfg.S2S.Routes[fmt.Sprintf("h%d.test", i)] = hole
+	}
+	srv := startServer(t, cfg, "alice")
+	alice := fedLogin(t, &fedNode{domain: "a.test", srv: srv}, "alice", "a")
+	body := strings.Repeat("x", 400)
+	msg := func(id, to string) string {
+		return `<message type='chat' id='` + id + `' to='` + to + `'><body>` + body + `</body></message>`
+	}
+	bounce := func(id, to string) string {
+		return `<message type='error' id='` + id + `' from='` + to + `' to='alice@a.test/a'>` +
+			`<error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>`
+	}
+	alice.send(msg("m0", "bob@h0.test"))
+	alice.send(msg("m1", "bob@h1.test"))
+	// A third domain: two links are being set up already.
+	alice.exchange(t, msg("m2", "bob@h2.test"), bounce("m2", "bob@h2.test"))
+	// A second stanza for h1: the two links' queues would pass 1,024 bytes.
+	alice.exchange(t, msg("m3", "bob@h1.test"), bounce("m3", "bob@h1.test"))
+	st := srv.S2SStats()
+	if st.PendingLinks != 2 || st.PendingFull != 2 || st.PendingBytes <= 0 || st.PendingBytes > 1024 {
+		t.Fatalf("pending: %+v", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := srv.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := srv.S2SStats(); st.PendingLinks != 0 || st.PendingBytes != 0 {
 		t.Fatalf("after Stop: %+v", st)
 	}
 }

@@ -38,13 +38,22 @@ func (s *Server) deliverRemote(from *loop, domain string, b []byte) int {
 			s.bounce(b, "wait", "remote-server-timeout")
 			return 1
 		}
+		if fresh && f.pending.Load() >= int64(s.conf().S2S.MaxPendingLinks) {
+			// As many links being set up as allowed: this domain
+			// waits until some are up or given up.
+			f.mu.Unlock()
+			f.pendingFull.Add(1)
+			s.bounce(b, "wait", "resource-constraint")
+			return 1
+		}
 		if fresh {
-			lk = &s2sLink{domain: domain, local: key.local, started: time.Now(), loop: s.linkLoop()}
+			lk = &s2sLink{domain: domain, local: key.local, started: time.Now(), loop: s.linkLoop(), setup: true}
 			if lk.loop == nil {
 				f.mu.Unlock()
 				s.bounce(b, "wait", "remote-server-timeout")
 				return 1
 			}
+			f.pending.Add(1)
 			f.links[key] = lk
 		}
 		f.mu.Unlock()
@@ -113,6 +122,14 @@ func (lk *s2sLink) push(s *Server, b []byte) pushResult {
 	if lk.bytes+len(b) > s.conf().S2S.MaxQueueBytes {
 		lk.mu.Unlock()
 		return pushFull
+	}
+	if lk.setup {
+		if s.fed.pendingBytes.Add(int64(len(b))) > int64(s.conf().S2S.MaxPendingBytes) {
+			s.fed.pendingBytes.Add(-int64(len(b)))
+			s.fed.pendingFull.Add(1)
+			lk.mu.Unlock()
+			return pushFull
+		}
 	}
 	lk.queue = append(lk.queue, b)
 	lk.bytes += len(b)
@@ -404,6 +421,17 @@ func (s *Server) tryDialback(c *conn, st *s2sStream) bool {
 	return true
 }
 
+// endSetup takes lk out of the count of links being set up, with what it
+// has queued, once it is up or gone. Called with lk.mu held.
+func (s *Server) endSetup(lk *s2sLink) {
+	if !lk.setup {
+		return
+	}
+	lk.setup = false
+	s.fed.pending.Add(-1)
+	s.fed.pendingBytes.Add(-int64(lk.bytes))
+}
+
 // linkReady marks an outbound stream authenticated and writes what waits.
 func (s *Server) linkReady(c *conn, st *s2sStream) {
 	c.phase = phaseSession
@@ -411,6 +439,7 @@ func (s *Server) linkReady(c *conn, st *s2sStream) {
 	lk.mu.Lock()
 	lk.ready = true
 	lk.posted = true
+	s.endSetup(lk)
 	lk.mu.Unlock()
 	st.last = c.loop.since()
 	s.armIdle(c, st)
@@ -436,6 +465,7 @@ func (s *Server) linkGone(lk *s2sLink, c *conn, cond string) {
 		lk.loop.links.Add(-1)
 	}
 	lk.dead = true
+	s.endSetup(lk)
 	neverUp := !lk.ready
 	q, ctl := lk.queue, lk.control
 	lk.queue, lk.control, lk.bytes = nil, nil, 0
@@ -589,12 +619,18 @@ func (s *Server) verifyVia(local, domain string, v []byte) {
 			f.mu.Unlock()
 			break
 		}
+		if fresh && f.pending.Load() >= int64(s.conf().S2S.MaxPendingLinks) {
+			f.mu.Unlock()
+			f.pendingFull.Add(1)
+			break
+		}
 		if fresh {
-			lk = &s2sLink{domain: domain, local: local, started: time.Now(), loop: s.linkLoop()}
+			lk = &s2sLink{domain: domain, local: local, started: time.Now(), loop: s.linkLoop(), setup: true}
 			if lk.loop == nil {
 				f.mu.Unlock()
 				break
 			}
+			f.pending.Add(1)
 			f.links[key] = lk
 		}
 		f.mu.Unlock()
