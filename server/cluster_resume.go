@@ -223,7 +223,7 @@ func (s *Server) dropMove(o *session) {
 func (s *Server) handOut(o *session, mv *move, mig hook.Migrator, reply func([]byte)) {
 	defer s.containDetached()
 	o.mu.Lock()
-	if o.gone || o.kick != 0 || !o.bound {
+	if o.gone || o.kick != 0 || o.closing || !o.bound {
 		o.mu.Unlock()
 		s.dropMove(o)
 		reply(nil)
