@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"net/netip"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,9 @@ import (
 type sharedState struct {
 	leases *cluster.Leases
 	shards []chan forwarded
+	// queued is the bytes of the stanzas waiting in the shards, against
+	// forwardBytes.
+	queued atomic.Int64
 	seed   maphash.Seed
 	// quit ends the workers. The shards are never closed: the lease
 	// subscription's callback may still be sending when they stop.
@@ -48,9 +52,14 @@ type forwarded struct {
 // they are workers, not event loops.
 const forwardShards = 4
 
-// forwardQueue caps the forwarded stanzas waiting per shard; beyond it
-// they are dropped and counted (krill_cluster_dropped_total{reason="forward"}).
-const forwardQueue = 4096
+// forwardQueue caps the forwarded stanzas waiting per shard, and
+// forwardBytes their bytes over every shard; beyond either a stanza is
+// dropped, counted (krill_cluster_dropped_total{reason="forward"}), and
+// its sender gets resource-constraint (type wait).
+const (
+	forwardQueue = 4096
+	forwardBytes = 32 << 20
+)
 
 // startShared opens the leases once the node has joined.
 func (s *Server) startShared(ctx context.Context) error {
@@ -58,7 +67,7 @@ func (s *Server) startShared(ctx context.Context) error {
 	for range forwardShards {
 		ch := make(chan forwarded, forwardQueue)
 		sh.shards = append(sh.shards, ch)
-		go s.forwardWorker(ch, sh.quit)
+		go s.forwardWorker(sh, ch)
 	}
 	// The callback reads s.shared: set it before the subscription.
 	s.shared = sh
@@ -92,21 +101,31 @@ func (s *Server) onForward(sent time.Time, origin string, hops int, from string,
 	}
 	to, _ := tag.AttrString("to")
 	local, _, _ := splitJID(to)
-	ch := s.shared.shards[maphash.String(s.shared.seed, local)%forwardShards]
-	select {
-	case ch <- forwarded{sent: sent, origin: origin, hops: hops, from: from, stanza: b}:
-	default:
-		s.clusterStats.forwardDropped.Add(1)
+	sh := s.shared
+	ch := sh.shards[maphash.String(sh.seed, local)%forwardShards]
+	if sh.queued.Add(int64(len(b))) <= forwardBytes {
+		select {
+		case ch <- forwarded{sent: sent, origin: origin, hops: hops, from: from, stanza: b}:
+			return
+		default:
+		}
+	}
+	sh.queued.Add(-int64(len(b)))
+	s.clusterStats.forwardDropped.Add(1)
+	if typ, _ := tag.AttrString("type"); typ != "error" && from != "" {
+		id, _ := tag.AttrString("id")
+		s.deliver(nil, from, stanza.AppendError(nil, string(tag.Local()), id, to, from, "wait", "resource-constraint", "the node serving it is overloaded"))
 	}
 }
 
 // forwardWorker hands forwarded stanzas to the handler of their domain.
-func (s *Server) forwardWorker(ch chan forwarded, quit chan struct{}) {
+func (s *Server) forwardWorker(sh *sharedState, ch chan forwarded) {
 	for {
 		select {
 		case f := <-ch:
+			sh.queued.Add(-int64(len(f.stanza)))
 			s.handleForwarded(f)
-		case <-quit:
+		case <-sh.quit:
 			return
 		}
 	}
