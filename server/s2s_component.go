@@ -28,7 +28,7 @@ func (s *Server) componentListen() ([]string, error) {
 	if s.cfg.Component.Listen == "" || len(s.cfg.Component.Secrets) == 0 {
 		return nil, nil
 	}
-	addr, err := concretePort(s.cfg.Component.Listen)
+	addr, err := s.ports.concrete(s.cfg.Component.Listen)
 	if err != nil {
 		return nil, err
 	}

@@ -842,14 +842,14 @@ func (s *Server) s2sListen() ([]string, error) {
 	var addrs []string
 	var err error
 	if s.cfg.S2S.Listen != "" {
-		if f.listen, err = concretePort(s.cfg.S2S.Listen); err != nil {
+		if f.listen, err = s.ports.concrete(s.cfg.S2S.Listen); err != nil {
 			return nil, err
 		}
 		f.port = portOf(f.listen)
 		addrs = append(addrs, "tcp://"+f.listen)
 	}
 	if s.cfg.S2S.DirectTLSListen != "" {
-		if f.directListen, err = concretePort(s.cfg.S2S.DirectTLSListen); err != nil {
+		if f.directListen, err = s.ports.concrete(s.cfg.S2S.DirectTLSListen); err != nil {
 			return nil, err
 		}
 		f.directPort = portOf(f.directListen)

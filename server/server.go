@@ -54,6 +54,9 @@ var (
 // Server is one Krill c2s endpoint. Create it with New, run it with Start,
 // stop it with Stop.
 type Server struct {
+	// ports holds the free ports picked for port-0 listeners until
+	// the engine binds them (Start).
+	ports    portPicker
 	cfg      config.Config                 // as started; never changes
 	live     atomic.Pointer[config.Config] // the live keys, swapped by Reload
 	log      *zap.Logger
@@ -195,18 +198,19 @@ func (s *Server) Start() error {
 	// gnet tells listeners apart by their configured address, so port 0
 	// (tests) is resolved to a free port first.
 	var err error
-	if s.listen, err = concretePort(s.cfg.C2S.Listen); err != nil {
+	defer s.ports.release() // on every return; before gnet binds below too
+	if s.listen, err = s.ports.concrete(s.cfg.C2S.Listen); err != nil {
 		return err
 	}
 	addrs := []string{"tcp://" + s.listen}
 	if s.cfg.C2S.DirectTLSListen != "" {
-		if s.directListen, err = concretePort(s.cfg.C2S.DirectTLSListen); err != nil {
+		if s.directListen, err = s.ports.concrete(s.cfg.C2S.DirectTLSListen); err != nil {
 			return err
 		}
 		addrs = append(addrs, "tcp://"+s.directListen)
 	}
 	if s.cfg.Web.Listen != "" {
-		if s.webListen, err = concretePort(s.cfg.Web.Listen); err != nil {
+		if s.webListen, err = s.ports.concrete(s.cfg.Web.Listen); err != nil {
 			return err
 		}
 		addrs = append(addrs, "tcp://"+s.webListen)
@@ -217,6 +221,7 @@ func (s *Server) Start() error {
 		return err
 	}
 	addrs = append(addrs, s2s...)
+	s.ports.release()
 	// gnet.Rotate blocks for the engine's life; its event loops are the
 	// only goroutines that serve clients.
 	go func() {
@@ -530,9 +535,15 @@ func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 	return gnet.None
 }
 
-// concretePort returns addr, with port 0 replaced by a port that was free
-// a moment ago.
-func concretePort(addr string) (string, error) {
+// portPicker resolves port 0 in listen addresses to free ports (gnet
+// tells listeners apart by their configured address). It holds each port
+// it picked open until release, so that two listeners of one server
+// never get the same port, as they could if each were closed at once.
+type portPicker struct{ held []net.Listener }
+
+// concrete returns addr, with port 0 replaced by a port free now and held
+// until release.
+func (p *portPicker) concrete(addr string) (string, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || port != "0" {
 		return addr, err
@@ -541,8 +552,16 @@ func concretePort(addr string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("server: finding a free port on %s: %w", host, err)
 	}
-	defer l.Close()
+	p.held = append(p.held, l)
 	return l.Addr().String(), nil
+}
+
+// release closes the held ports, for the listeners to bind them.
+func (p *portPicker) release() {
+	for _, l := range p.held {
+		_ = l.Close()
+	}
+	p.held = nil
 }
 
 // boundAddr returns the address a listener is bound to (the real port
