@@ -257,6 +257,9 @@ func TestClusterMUCOwnerGone(t *testing.T) {
 	// b dies: carol, on c, is told she is out; bob's session died with b.
 	b.ClusterNode().Abandon()
 	carol.expect(t, `<presence from='keep@`+mucSvc+`/Carol' to='carol@localhost/c' type='unavailable'><x xmlns='`+nsUser+`'><item affiliation='none' role='none'/><status code='110'/><status code='333'/></x></presence>`)
+	// dave, on the same node, whose join the room refused, is told
+	// nothing: he was never in it.
+	dave.sync(t, "s0")
 	// A client that missed the 333 finds out by XEP-0410 self-ping: the
 	// ping takes the lease over (node c), and the room, loaded again,
 	// does not know her.

@@ -1,6 +1,7 @@
 package muc
 
 import (
+	"bytes"
 	"slices"
 	"strings"
 	"sync"
@@ -219,6 +220,41 @@ func (m *Module) trackAway(c *hook.Ctx, owner string, st *hook.Stanza) bool {
 		m.forgetAway(st.Local, sess)
 	}
 	return true
+}
+
+// awayOut sees what is written to a session in cluster mode: the answer
+// of a room held on another node that refuses the session's join (an
+// error presence) or removes it (its own unavailable presence, 110 without
+// the 303 of a nick change) takes that room off the session's list, so
+// that the holder's death later tells it nothing about a room it is not
+// in.
+func (m *Module) awayOut(s hook.Session, b []byte) ([]byte, hook.Verdict) {
+	if len(b) < 10 || string(b[:9]) != "<presence" {
+		return b, hook.Continue
+	}
+	j, _ := s.Slot(m.slot).(*joined)
+	if j == nil || len(j.away) == 0 {
+		return b, hook.Continue
+	}
+	tag, err := stanza.ParseStartTag(b)
+	if err != nil {
+		return b, hook.Continue
+	}
+	typ, _ := tag.AttrString("type")
+	switch {
+	case typ == "error":
+	case typ == "unavailable" && bytes.Contains(b, []byte(`<status code='110'/>`)) && !bytes.Contains(b, []byte(`<status code='303'/>`)):
+	default:
+		return b, hook.Continue
+	}
+	from, _ := tag.AttrString("from")
+	name, domain, _ := strings.Cut(from, "@")
+	if domain, _, _ = strings.Cut(domain, "/"); domain != m.domain || !slices.Contains(j.away, name) {
+		return b, hook.Continue
+	}
+	j.away = slices.DeleteFunc(j.away, func(n string) bool { return n == name })
+	m.forgetAway(name, s)
+	return b, hook.Continue
 }
 
 // forgetAway takes sess out of the away room name.

@@ -153,6 +153,11 @@ func (m *Module) Register(r *hook.Registrar) error {
 	// stream management parks is neither, and stays in them.
 	r.On(hook.Unavailable, m.sessionGone)
 	r.On(hook.Closed, m.sessionGone)
+	if m.Config.Cluster.NATSURL != "" {
+		// Rooms held on other nodes: a refused join or a removal must
+		// take the room off the session's list (cluster.go, awayOut).
+		r.Outbound(m.awayOut)
+	}
 	return nil
 }
 
