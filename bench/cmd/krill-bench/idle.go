@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -213,23 +214,15 @@ func startClients(ctx context.Context, t *target, stage string, n, k, conc int) 
 	cs := &clients{want: n}
 	first := 0
 	for i := range k {
-		share := n / k
-		if i < n%k {
-			share++
-		}
+		share := shareOf(n, k, i)
 		if share == 0 {
 			continue
 		}
-		var mine []string
-		for j, a := range src {
-			if len(src) < k || j%k == i {
-				mine = append(mine, a.String())
-			}
-		}
+		mine := sourcesOf(src, k, i)
 		cmd := exec.CommandContext(ctx, exe, "client",
 			"-addr", t.addr, "-domain", t.domain, "-users", t.users, "-password", t.password,
 			"-curves", t.curves, "-verify="+strconv.FormatBool(t.verify), "-web-path", t.webPath,
-			"-sources", strings.Join(mine, ","), "-stage", stage,
+			"-sources", mine, "-stage", stage,
 			"-n", strconv.Itoa(share), "-first", strconv.Itoa(first), "-concurrency", strconv.Itoa(conc))
 		first += share
 		in, err := cmd.StdinPipe()
@@ -333,6 +326,27 @@ func (cs *clients) goAndWait(ctx context.Context, w io.Writer, label string) err
 func (cs *clients) stop() time.Duration {
 	cs.once.Do(func() { cs.cpu = stopChildren(cs.ins, cs.procs) })
 	return cs.cpu
+}
+
+// shareOf is child i's share of n connections over k children: they
+// differ by at most one, the larger first.
+func shareOf(n, k, i int) int {
+	if i < n%k {
+		return n/k + 1
+	}
+	return n / k
+}
+
+// sourcesOf is child i's part of the source addresses, comma-separated:
+// every k-th one, or all of them when there are fewer than k.
+func sourcesOf(src []netip.Addr, k, i int) string {
+	var mine []string
+	for j, a := range src {
+		if len(src) < k || j%k == i {
+			mine = append(mine, a.String())
+		}
+	}
+	return strings.Join(mine, ",")
 }
 
 // stopChildren closes the child processes' stdin, which makes them close

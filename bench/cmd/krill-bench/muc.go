@@ -413,23 +413,15 @@ func startMUCClients(ctx context.Context, t *target, room string, n, k, conc, ms
 	ks := &mucKids{n: n, msgs: msgs, done: make([]int, msgs), counts: make([]int, msgs)}
 	first := 1
 	for i := range k {
-		share := n / k
-		if i < n%k {
-			share++
-		}
+		share := shareOf(n, k, i)
 		if share == 0 {
 			continue
 		}
-		var mine []string
-		for j, a := range src {
-			if len(src) < k || j%k == i {
-				mine = append(mine, a.String())
-			}
-		}
+		mine := sourcesOf(src, k, i)
 		cmd := exec.CommandContext(ctx, exe, "muc-client",
 			"-addr", t.addr, "-domain", t.domain, "-users", t.users, "-password", t.password,
 			"-curves", t.curves, "-verify="+strconv.FormatBool(t.verify),
-			"-sources", strings.Join(mine, ","), "-room", room, "-messages", strconv.Itoa(msgs),
+			"-sources", mine, "-room", room, "-messages", strconv.Itoa(msgs),
 			"-n", strconv.Itoa(share), "-first", strconv.Itoa(first), "-concurrency", strconv.Itoa(conc))
 		first += share
 		in, err := cmd.StdinPipe()
